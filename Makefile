@@ -1,0 +1,31 @@
+PY ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: install test test-all demo coco bench clean
+
+$(BIN)/captioner: setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,meteor]'
+	touch $(BIN)/captioner
+
+install: $(BIN)/captioner
+
+test: install
+	$(BIN)/pytest -q
+
+test-all: install
+	$(BIN)/pytest -q -m ""
+
+demo: install
+	$(BIN)/captioner demo
+
+coco: install
+	$(BIN)/captioner download
+
+bench: install
+	$(BIN)/python scripts/bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

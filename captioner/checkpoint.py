@@ -1,0 +1,130 @@
+"""Checkpoints: one .npz of plain arrays plus one JSON string of metadata.
+
+Layout inside the .npz (loaded with allow_pickle=False, so nothing in it can run):
+    meta                  0-d unicode array: JSON (format, version, model config, vocabulary,
+                          features, training state)
+    param/<name>          model parameters (W_embed, W_proj, ...)
+    optim/<name>/<key>    optimizer state arrays per parameter (Adam's m and v, ...)
+    history/<key>         1-D float arrays (per-step training loss, ...)
+
+Written to a temporary file in the same directory, fsynced, then renamed over
+the target: a crash or a full disk leaves the previous checkpoint intact.
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .errors import CaptionerError
+
+FORMAT = "captioner-checkpoint"
+VERSION = 1
+
+
+def save(path, params, meta, optim_arrays=None, history=None):
+    """Atomically write a checkpoint.
+
+    params: dict name -> ndarray; meta: JSON-serialisable dict;
+    optim_arrays: dict name -> dict key -> ndarray; history: dict key -> 1-D array.
+    """
+    arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}
+    for name, state in (optim_arrays or {}).items():
+        arrays.update({f"optim/{name}/{k}": np.asarray(v) for k, v in state.items()})
+    arrays.update({f"history/{k}": np.asarray(v) for k, v in (history or {}).items()})
+    meta = dict(meta, format=FORMAT, version=VERSION)
+    arrays["meta"] = np.array(json.dumps(meta))
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _atomic_write(path, write):
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise CaptionerError(
+                f"{path}: could not write checkpoint ({e.strerror or e}); free some space or choose "
+                f"another --out; the previous checkpoint is untouched") from None
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path, obj):
+    """Atomically write a human-readable JSON file (history.json)."""
+    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
+
+
+def load(path):
+    """Read a checkpoint -> (params, meta, optim_arrays, history). Raises CaptionerError."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CaptionerError(f"{path}: is a directory; pass a checkpoint file such as {path}/best.npz")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise CaptionerError(f"{path}: no such checkpoint; check the path (runs/<name>/best.npz)") from None
+    except ValueError as e:
+        # numpy refuses object arrays (pickles) when allow_pickle=False: never unpickle.
+        if "pickle" in str(e):
+            raise CaptionerError(f"{path}: holds pickled objects, refused for safety; "
+                                 f"only checkpoints written by captioner can be loaded") from None
+        raise CaptionerError(f"{path}: not a captioner checkpoint ({e})") from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise CaptionerError(f"{path}: not a readable checkpoint (truncated or corrupt: {e}); "
+                             f"use another checkpoint, e.g. last.npz or best.npz of the run") from None
+    if "meta" not in files:
+        raise CaptionerError(f"{path}: no metadata; not a checkpoint written by captioner")
+    try:
+        meta = json.loads(str(files.pop("meta")))
+        assert isinstance(meta, dict)
+    except Exception:
+        raise CaptionerError(f"{path}: metadata is not valid JSON; the file is damaged") from None
+    if meta.get("format") != FORMAT:
+        raise CaptionerError(f"{path}: not a captioner checkpoint (format {meta.get('format')!r})")
+    version = meta.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CaptionerError(f"{path}: checkpoint format version {version!r} is newer than this "
+                             f"captioner understands ({VERSION}); upgrade captioner")
+    params, optim, history = {}, {}, {}
+    for key, arr in files.items():
+        kind, _, rest = key.partition("/")
+        if kind == "param":
+            params[rest] = arr
+        elif kind == "optim":
+            name, _, k = rest.rpartition("/")
+            optim.setdefault(name, {})[k] = arr
+        elif kind == "history":
+            history[rest] = arr
+    return params, meta, optim, history
+
+
+def check_params(path, params, model):
+    """Check that loaded parameters fit `model` exactly (names, shapes, finite values)."""
+    for name, ref in model.params.items():
+        if name not in params:
+            raise CaptionerError(f"{path}: parameter {name} is missing; the checkpoint is incomplete")
+        if params[name].shape != ref.shape:
+            raise CaptionerError(f"{path}: parameter {name} has shape {params[name].shape}, "
+                                 f"the model expects {ref.shape}; the metadata and arrays disagree")
+        if not np.all(np.isfinite(params[name])):
+            raise CaptionerError(f"{path}: parameter {name} holds NaN or inf; use an earlier checkpoint")
+    extra = set(params) - set(model.params)
+    if extra:
+        raise CaptionerError(f"{path}: unexpected parameters {sorted(extra)}")

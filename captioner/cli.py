@@ -1,0 +1,410 @@
+"""The `captioner` command: a thin shell over the library.
+
+Heavy imports (numpy, h5py) happen inside the commands so `captioner --help`
+starts instantly.
+"""
+import math
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import CaptionerError
+
+DATA_DEFAULT = "data/coco_captioning"
+
+
+class _Group(click.Group):
+    """Turn CaptionerError into one line on stderr and its exit code, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CaptionerError as e:
+            click.echo(f"captioner: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+class _Positive(click.ParamType):
+    """A finite number > 0 (click's FloatRange lets NaN through)."""
+
+    name = "number"
+
+    def __init__(self, allow_zero=False):
+        self.allow_zero = allow_zero
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v) or v < 0 or (v == 0 and not self.allow_zero):
+            self.fail(f"{value!r} must be a finite number {'>=' if self.allow_zero else '>'} 0", param, ctx)
+        return v
+
+
+POSITIVE = _Positive()
+NON_NEGATIVE = _Positive(allow_zero=True)
+COUNT = click.IntRange(min=1)
+
+
+def data_option(f):
+    f = click.option("--features", default="auto", show_default=True,
+                     help="Feature kind: pca (512-d), fc7 (4096-d), or a kind written by "
+                          "`captioner prepare`; auto takes pca when present.")(f)
+    return click.option("--data", type=click.Path(file_okay=False), envvar="CAPTIONER_DATA",
+                        default=DATA_DEFAULT, show_default=True,
+                        help="Dataset directory in the CS231n coco_captioning layout "
+                             "(env CAPTIONER_DATA).")(f)
+
+
+def _load_data(data, features, splits=("train", "val"), max_train=None):
+    from .data import load_coco_data
+    if not os.path.isdir(data):
+        raise CaptionerError(f"{data}: no such dataset directory; run `captioner download` (or "
+                             f"`make coco`), or point --data / CAPTIONER_DATA at one")
+    return load_coco_data(data, features=features, splits=splits, max_train=max_train)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="captioner")
+def cli():
+    """A NumPy image captioner: CNN features + RNN/LSTM decoder, trained on COCO.
+
+    \b
+    Start with the sanity check, then train:
+      captioner overfit --small
+      captioner train --cell lstm --epochs 10
+      captioner sample --checkpoint runs/<run>/best.npz --split val
+    """
+
+
+# ---------------------------------------------------------------- train
+
+@cli.command()
+@data_option
+@click.option("--cell", type=click.Choice(["lstm", "rnn"]), default="lstm", show_default=True)
+@click.option("--epochs", type=COUNT, default=10, show_default=True)
+@click.option("--batch-size", type=COUNT, default=100, show_default=True)
+@click.option("--lr", type=POSITIVE, default=1e-3, show_default=True, help="Learning rate.")
+@click.option("--lr-decay", type=POSITIVE, default=0.95, show_default=True,
+              help="Multiply the learning rate by this after every epoch.")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd", "sgd_momentum", "rmsprop"]),
+              default="adam", show_default=True)
+@click.option("--weight-decay", type=NON_NEGATIVE, default=0.0, show_default=True,
+              help="L2 penalty on the weight matrices.")
+@click.option("--clip-norm", type=NON_NEGATIVE, default=0.0, show_default=True,
+              help="Clip the global gradient norm to this (0: off).")
+@click.option("--hidden-dim", type=COUNT, default=512, show_default=True)
+@click.option("--wordvec-dim", type=COUNT, default=256, show_default=True)
+@click.option("--max-train", type=COUNT, default=None, help="Keep only the first N training captions.")
+@click.option("--val-size", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Validation captions scored after every epoch (a fixed subset).")
+@click.option("--save-every", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Also save `last` every N steps (0: only at epoch ends).")
+@click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Every N epochs, BLEU-4 and CIDEr-D of greedy captions on 200 val images.")
+@click.option("--keep-best", type=click.Choice(["loss", "cider"]), default="loss", show_default=True,
+              help="What `best.npz` means: lowest val loss, or highest CIDEr-D (needs --eval-every).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default runs/<timestamp>-<cell>).")
+@click.option("--resume", type=click.Path(exists=True), default=None,
+              help="Continue a run: its directory or a checkpoint. --epochs may extend it.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def train(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer, weight_decay,
+          clip_norm, hidden_dim, wordvec_dim, max_train, val_size, save_every, eval_every, keep_best,
+          seed, out, resume, quiet):
+    """Train a captioner on COCO features.
+
+    \b
+    Example:
+      captioner train --cell lstm --epochs 10 --out runs/lstm
+      captioner train --resume runs/lstm --epochs 20
+    """
+    from . import training
+    from .model import CaptioningRNN
+
+    given = {p for p in ctx.params
+             if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT}
+    if resume:
+        path = training.find_checkpoint(resume)
+        model, meta, optim, history = training.load_model(path)
+        state = training.resume_state(meta, optim, history)
+        settings = dict(state["settings"])
+        if "epochs" in given:
+            settings["epochs"] = epochs
+        data_dir = data if "data" in given else settings["data_dir"]
+        d = _load_data(data_dir, meta["features"]["kind"], max_train=settings.get("max_train"))
+        training.check_compatible(path, meta, d)
+        run_dir = os.path.dirname(os.path.abspath(path)) if out is None else out
+        os.makedirs(run_dir, exist_ok=True)
+        click.echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
+    else:
+        if keep_best == "cider" and not eval_every:
+            raise click.UsageError("--keep-best cider needs --eval-every N")
+        d = _load_data(data, features, max_train=max_train)
+        model = CaptioningRNN(d["word_to_idx"], input_dim=d["feature_dim"], wordvec_dim=wordvec_dim,
+                              hidden_dim=hidden_dim, cell_type=cell, seed=seed)
+        settings = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                        lr_decay=lr_decay, weight_decay=weight_decay, clip_norm=clip_norm,
+                        seed=seed, val_size=val_size, save_every=save_every,
+                        eval_every=eval_every, keep_best=keep_best, data_dir=os.path.abspath(data), features=d["feature_kind"], max_train=max_train)
+        state = None
+        run_dir = training.new_run_dir(out, cell)
+    click.echo(f"{len(d['train_captions']):,} training captions, {model.cell_type} "
+               f"hidden {model.hidden_dim}, {d['encoder']} features ({d['feature_dim']}-d) -> {run_dir}")
+    with training.run_lock(run_dir):
+        try:
+            state = training.train(d, model, run_dir, state=state, progress=not quiet,
+                                   log=click.echo, **settings)
+        except training.Interrupted as e:
+            click.echo(f"\n{e}; continue with: captioner train --resume {run_dir}", err=True)
+            ctx.exit(128 + e.signum)
+    best = state["best"]
+    click.echo(f"done: {run_dir}/last.npz; best ({best['metric']} {best['value']:.4f}, "
+               f"epoch {best['epoch']}): {run_dir}/best.npz")
+
+
+# ---------------------------------------------------------------- overfit
+
+@cli.command()
+@data_option
+@click.option("--small", is_flag=True, help="The CS231n sanity check: 50 captions (the default size).")
+@click.option("--cell", type=click.Choice(["lstm", "rnn"]), default=None,
+              help="One cell only (default: both, side by side).")
+@click.option("--n", type=COUNT, default=50, show_default=True, help="How many captions to memorise.")
+@click.option("--epochs", type=COUNT, default=50, show_default=True)
+def overfit(data, features, small, cell, n, epochs):
+    """Memorise a tiny subset to near-zero loss: the first check to run.
+
+    \b
+    Passes (exit 0) when the final loss is below 0.1 (rnn) / 0.5 (lstm).
+    Example:
+      captioner overfit --small
+      captioner overfit --cell rnn --n 100
+    """
+    import numpy as np
+
+    from .data import decode_captions
+    from .training import overfit as run
+
+    d = _load_data(data, features, splits=("train",))
+    cells = [cell] if cell else ["rnn", "lstm"]
+    limits = {"rnn": 0.1, "lstm": 0.5}
+    results = {}
+    for c in cells:
+        click.echo(f"overfitting {min(n, len(d['train_captions']))} captions with the {c} cell ...")
+        results[c] = run(d, c, n=n, epochs=epochs)
+    click.echo("\nloss per epoch (mean over the epoch's batches)")
+    click.echo("epoch " + "".join(f"{c:>10}" for c in cells))
+    n_epochs = len(results[cells[0]][1]["epochs"])
+    for e in sorted({0, n_epochs - 1} | set(range(4, n_epochs, 5))):
+        click.echo(f"{e + 1:5d} " + "".join(
+            f"{results[c][1]['epochs'][e]['train_loss']:10.4f}" for c in cells))
+
+    rows = results[cells[0]][2]
+    feats = d["train_features"][d["train_image_idxs"][rows]]
+    truth = decode_captions(d["train_captions"][rows], d["idx_to_word"])
+    click.echo(f"\n{len(rows)} memorised images: sampled caption vs ground truth")
+    exact = {c: 0 for c in cells}
+    samples = {c: decode_captions(results[c][0].sample(feats, max_length=d["train_captions"].shape[1] - 1),
+                                  d["idx_to_word"]) for c in cells}
+    for j, t in enumerate(truth):
+        click.echo(f"  truth: {t}")
+        for c in cells:
+            exact[c] += samples[c][j] == t
+            click.echo(f"  {c:>5}: {samples[c][j]}{'' if samples[c][j] == t else '   [differs]'}")
+    ok = True
+    click.echo("")
+    for c in cells:
+        final = results[c][1]["epochs"][-1]["train_loss"]
+        passed = final < limits[c]
+        ok &= passed
+        click.echo(f"{c}: final loss {final:.4f} ({'PASS' if passed else 'FAIL'}, needs < {limits[c]}); "
+                   f"{exact[c]}/{len(rows)} sampled captions equal their ground truth")
+    if not ok:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- sample
+
+@cli.command()
+@click.argument("images", nargs=-1)
+@click.option("--checkpoint", "ckpt", type=click.Path(), default=None,
+              help="Checkpoint (default: the newest runs/*/best.npz).")
+@data_option
+@click.option("--split", type=click.Choice(["train", "val"]), default=None,
+              help="Caption dataset images instead of picture files.")
+@click.option("--count", type=COUNT, default=5, show_default=True)
+@click.option("--max-length", type=COUNT, default=16, show_default=True)
+@click.option("--seed", type=int, default=None, help="Pick the same images again.")
+def sample(images, ckpt, data, features, split, count, max_length, seed):
+    """Caption images: dataset images (--split) or picture files.
+
+    \b
+    Example:
+      captioner sample --checkpoint runs/lstm/best.npz --split val --count 5
+    """
+    import numpy as np
+
+    from .training import check_compatible, load_model
+
+    ckpt = ckpt or _newest_best()
+    model, meta, _, _ = load_model(ckpt)
+    if images:
+        raise CaptionerError("captioning picture files needs the image encoder, which is not part of "
+                             "this version yet; use --split val to caption dataset images", exit_code=2)
+    if split is None:
+        raise CaptionerError("nothing to caption: give picture files or --split train|val")
+    from .data import decode_captions, image_groups
+    d = _load_data(data if data != DATA_DEFAULT else meta.get("training", {}).get("settings", {}).get("data_dir", data),
+                   meta["features"]["kind"], splits=(split,))
+    check_compatible(ckpt, meta, d)
+    idxs, rows = image_groups(d, split)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(idxs), size=min(count, len(idxs)), replace=False)
+    gen = decode_captions(model.sample(d[f"{split}_features"][idxs[pick]], max_length=max_length),
+                          d["idx_to_word"])
+    urls = d.get(f"{split}_urls")
+    for j, p in enumerate(pick):
+        where = urls[idxs[p]] if urls else f"{split} image {idxs[p]}"
+        click.echo(f"{where}\n  generated: {gen[j]}")
+        for r in rows[p]:
+            click.echo(f"  truth:     {decode_captions(d[f'{split}_captions'][r], d['idx_to_word'])}")
+
+
+def _newest_best():
+    import glob
+    found = sorted(glob.glob(os.path.join("runs", "*", "best.npz")), key=os.path.getmtime)
+    if not found:
+        raise CaptionerError("runs/: no trained model found (runs/*/best.npz); train one with "
+                             "`captioner train` or pass --checkpoint")
+    return found[-1]
+
+
+# ---------------------------------------------------------------- evaluate
+
+METRIC_KEYS = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"]
+
+
+@cli.command()
+@click.option("--checkpoint", "ckpt", type=click.Path(), default=None,
+              help="Model to caption the split with (default: the newest runs/*/best.npz).")
+@data_option
+@click.option("--split", type=click.Choice(["train", "val"]), default="val", show_default=True)
+@click.option("--max-images", type=COUNT, default=None, help="Only the first N images of the split.")
+@click.option("--beam-size", type=COUNT, default=3, show_default=True)
+@click.option("--max-length", type=COUNT, default=16, show_default=True)
+@click.option("--length-norm", type=NON_NEGATIVE, default=0.0, show_default=True,
+              help="Rank beams by logprob / length**alpha (0: raw logprob).")
+@click.option("--results", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Score this COCO results file instead of a model.")
+@click.option("--references", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="COCO annotations to score --results against.")
+@click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--save-results", type=click.Path(dir_okay=False), default=None,
+              help="Write the generated captions in the COCO results format.")
+def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, length_norm, results,
+             references, no_meteor, as_json, save_results):
+    """Score captions with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (the COCO toolkit's numbers).
+
+    \b
+    Example:
+      captioner evaluate --checkpoint runs/lstm/best.npz --split val --beam-size 3
+      captioner evaluate --results captions.json --references captions_val2014.json
+    """
+    import json
+
+    from . import metrics
+    if results or references:
+        if not (results and references):
+            raise click.UsageError("--results and --references go together")
+        refs = metrics.load_annotations(references)
+        res = metrics.load_results(results, known_ids=set(refs))
+        scores, notes = metrics.score({i: refs[i] for i in res}, res, meteor=not no_meteor)
+        what = f"{len(res):,} captions of {results}"
+    else:
+        from .evaluation import evaluate_model
+        from .training import check_compatible, load_model
+        ckpt = ckpt or _newest_best()
+        model, meta, _, _ = load_model(ckpt)
+        d = _load_data(data, meta["features"]["kind"], splits=(split,))
+        check_compatible(ckpt, meta, d)
+        scores, notes, generated = evaluate_model(
+            model, d, split, meteor=not no_meteor, max_images=max_images, beam_size=beam_size,
+            max_length=max_length, length_norm=length_norm)
+        what = f"{ckpt} on {len(generated):,} {split} images, beam {beam_size}"
+        if save_results:
+            from .checkpoint import write_json
+            write_json(save_results, generated)
+    if as_json:
+        click.echo(json.dumps({"scores": scores, "notes": notes}))
+        return
+    click.echo(what)
+    for k in METRIC_KEYS:
+        if k in scores:
+            click.echo(f"  {k:8s} {scores[k]:.3f}")
+    for note in notes:
+        click.echo(f"  ({note})")
+
+
+# ---------------------------------------------------------------- info
+
+@cli.command()
+@data_option
+@click.option("--checkpoint", "ckpt", type=click.Path(exists=True), default=None)
+def info(data, features, ckpt):
+    """Show what a dataset or a checkpoint holds.
+
+    \b
+    Example:
+      captioner info --data data/coco_captioning
+      captioner info --checkpoint runs/lstm/best.npz
+    """
+    if ckpt:
+        from .training import load_model
+        model, meta, _, history = load_model(ckpt)
+        t = meta.get("training", {})
+        n = sum(p.size for p in model.params.values())
+        click.echo(f"checkpoint {ckpt} (format version {meta['version']}, {meta.get('created', '?')})")
+        click.echo(f"  model: {model.cell_type}, hidden {model.hidden_dim}, word vectors "
+                   f"{model.wordvec_dim}, {n:,} parameters, vocabulary {len(meta['vocab'])}")
+        click.echo(f"  features: {meta['features']['encoder']} ({meta['features']['dim']}-d)")
+        click.echo(f"  trained: {t.get('epoch', 0)} epochs, {t.get('step', 0)} steps; best: {t.get('best')}")
+        for r in t.get("epochs", []):
+            click.echo(f"    {r}")
+        return
+    d = _load_data(data, features)
+    click.echo(f"dataset {d['base_dir']}: vocabulary {len(d['idx_to_word'])} words, "
+               f"{d['encoder']} features ({d['feature_dim']}-d)")
+    for split in ("train", "val"):
+        if f"{split}_captions" in d:
+            caps = d[f"{split}_captions"]
+            lengths = (caps[:, 1:] != 0).sum(1) - 1
+            click.echo(f"  {split}: {len(caps):,} captions of {len(d[f'{split}_features']):,} images, "
+                       f"{caps.shape[1]} columns, mean {lengths.mean():.1f} words")
+
+
+# ---------------------------------------------------------------- download
+
+@cli.command()
+@click.option("--dest", type=click.Path(file_okay=False), default="data", show_default=True)
+@click.option("--url", default=None, help="Mirror of coco_captioning.zip.")
+def download(dest, url):
+    """Download and unpack the CS231n COCO data (~1 GB; resumable).
+
+    \b
+    Example:
+      captioner download --dest data
+    """
+    from .download import COCO_URL, download_coco
+    path = download_coco(dest, url=url or COCO_URL)
+    click.echo(f"COCO captioning data ready in {path}")
+
+
+def main(argv=None):
+    cli.main(args=argv, prog_name="captioner")

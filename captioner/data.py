@@ -1,0 +1,478 @@
+"""COCO captioning data in the CS231n `coco_captioning` layout: load, check, sample, write.
+
+The layout (one folder, what `captioner download` unpacks and `captioner prepare` writes):
+
+    coco2014_captions.h5        {split}_captions (N, 17) int, {split}_image_idxs (N,) int
+    coco2014_vocab.json         {"idx_to_word": [...], "word_to_idx": {...}}
+    {split}2014_{suffix}.h5     'features' (M, D) float; attrs['encoder'] names the CNN (ours only)
+    {split}2014_images.txt      one image file name per feature row (optional)
+    {split}2014_urls.txt        one image URL per feature row (optional)
+
+Captions are <START> w1 .. wk <END> padded with <NULL> to 17 columns; row i of
+{split}_captions describes feature row {split}_image_idxs[i].
+
+Every problem with the user's files raises CaptionerError with one line naming the
+file, what is wrong and how to fix it; nothing here lets a raw h5py/json traceback out.
+"""
+import json
+import os
+from contextlib import contextmanager
+
+import h5py
+import numpy as np
+
+from captioner.errors import CaptionerError
+
+FEATURE_KINDS = {'pca': 'vgg16_fc7_pca', 'fc7': 'vgg16_fc7'}  # kind -> file suffix
+CAPTIONS_FILE = 'coco2014_captions.h5'
+VOCAB_FILE = 'coco2014_vocab.json'
+SPECIAL_TOKENS = ('<NULL>', '<START>', '<END>')
+# Feature matrices up to this size (as float32) are read into RAM: the 512-d PCA
+# train set is 170 MB; the 4096-d fc7 ones (663 MB val, 1.36 GB train) stay on disk.
+MAX_IN_MEMORY_BYTES = 256 * 2**20
+CHECK_CHUNK_BYTES = 32 * 2**20  # bounded memory for the NaN/inf scan
+
+FIX_DATA = 're-download with `captioner download` (or rebuild with `captioner prepare`)'
+FIX_MISSING = 'run `captioner download`, or pass --data DIR pointing at a coco_captioning folder'
+
+
+def feature_file(base_dir, split, kind):
+    """Path of the features file of one split: {split}2014_{suffix}.h5."""
+    return os.path.join(base_dir, f'{split}2014_{FEATURE_KINDS.get(kind, kind)}.h5')
+
+
+class H5Rows:
+    """Rows of a 2-D HDF5 dataset read on demand, for feature files too big for RAM.
+
+    rows[idx] with an int array of shape (B,) returns a float32 (B, D) array in the
+    requested order (repeats allowed); an int returns one (D,) row; a slice reads a
+    contiguous block. The file opens on first use; close() or `with` releases it.
+    """
+
+    def __init__(self, path, name='features'):
+        self.path, self.name = path, name
+        self._file = None
+        with h5py.File(path, 'r') as f:
+            self.shape = tuple(f[name].shape)
+        self.dtype = np.dtype(np.float32)
+
+    def _ds(self):
+        if self._file is None:
+            self._file = h5py.File(self.path, 'r')
+        return self._file[self.name]
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        ds = self._ds()
+        if isinstance(idx, slice):
+            return np.asarray(ds[idx], dtype=np.float32)
+        idx = np.asarray(idx)
+        if idx.ndim == 0:
+            return self[idx[None]][0]
+        if idx.dtype.kind not in 'iu':
+            raise IndexError(f'{self.path}: row indices must be integers, got {idx.dtype}')
+        idx = idx.ravel()
+        if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
+            raise IndexError(f'{self.path}: row index out of range 0..{self.shape[0] - 1}')
+        if idx.size == 0:
+            return np.empty((0,) + self.shape[1:], np.float32)
+        # h5py fancy indexing wants strictly increasing indices: read each needed row
+        # once in file order, then scatter back to the order asked for.
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        rows = np.asarray(ds[uniq], dtype=np.float32)
+        return rows[inverse]
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f'H5Rows({self.path!r}, shape={self.shape})'
+
+
+def close_coco_data(data):
+    """Release the file handles of any lazily read features in a load_coco_data dict."""
+    for value in data.values():
+        if isinstance(value, H5Rows):
+            value.close()
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _need_file(path):
+    if not os.path.isfile(path):
+        raise CaptionerError(f'{path}: file not found; {FIX_MISSING}')
+
+
+@contextmanager
+def _open_h5(path):
+    _need_file(path)
+    try:
+        f = h5py.File(path, 'r')
+    except OSError as e:
+        reason = str(e).split('(', 1)[-1].rstrip(')') if '(' in str(e) else str(e)
+        raise CaptionerError(f'{path}: not a readable HDF5 file ({reason}); the file is '
+                             f'corrupt or truncated: {FIX_DATA}') from None
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def _dataset(f, path, name):
+    if name not in f or not isinstance(f[name], h5py.Dataset):
+        found = ', '.join(sorted(f.keys())) or 'nothing'
+        raise CaptionerError(f"{path}: missing dataset '{name}' (found: {found}); {FIX_DATA}")
+    return f[name]
+
+
+def _read(ds, path, sel=()):
+    try:
+        return ds[sel]
+    except (OSError, RuntimeError) as e:
+        raise CaptionerError(f"{path}: cannot read '{ds.name.lstrip('/')}' ({e}); the file is "
+                             f'corrupt or truncated: {FIX_DATA}') from None
+
+
+def load_vocab(path):
+    """Read and check coco2014_vocab.json -> (word_to_idx, idx_to_word)."""
+    _need_file(path)
+    try:
+        with open(path, encoding='utf-8') as f:
+            vocab = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CaptionerError(f'{path}: malformed JSON at line {e.lineno} column {e.colno} '
+                             f'({e.msg}); {FIX_DATA}') from None
+    except UnicodeDecodeError:
+        raise CaptionerError(f'{path}: not UTF-8 text; {FIX_DATA}') from None
+    if not isinstance(vocab, dict):
+        raise CaptionerError(f'{path}: expected a JSON object with idx_to_word and word_to_idx; {FIX_DATA}')
+    for key in ('idx_to_word', 'word_to_idx'):
+        if key not in vocab:
+            raise CaptionerError(f"{path}: missing key '{key}'; {FIX_DATA}")
+    idx_to_word, word_to_idx = vocab['idx_to_word'], vocab['word_to_idx']
+    if not isinstance(idx_to_word, list) or not all(isinstance(w, str) for w in idx_to_word):
+        raise CaptionerError(f'{path}: idx_to_word must be a list of strings; {FIX_DATA}')
+    if not isinstance(word_to_idx, dict) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in word_to_idx.values()):
+        raise CaptionerError(f'{path}: word_to_idx must map words to integers; {FIX_DATA}')
+    missing = [t for t in SPECIAL_TOKENS if t not in word_to_idx]
+    if missing:
+        raise CaptionerError(f'{path}: vocabulary lacks {", ".join(missing)} '
+                             f'(needs {", ".join(SPECIAL_TOKENS)}); {FIX_DATA}')
+    if len(idx_to_word) != len(word_to_idx):
+        raise CaptionerError(f'{path}: idx_to_word has {len(idx_to_word)} words but word_to_idx has '
+                             f'{len(word_to_idx)}; they must list the same words; {FIX_DATA}')
+    for i, w in enumerate(idx_to_word):
+        if word_to_idx.get(w) != i:
+            raise CaptionerError(f"{path}: idx_to_word[{i}] is {w!r} but word_to_idx[{w!r}] is "
+                                 f'{word_to_idx.get(w)}; the two tables disagree; {FIX_DATA}')
+    return word_to_idx, idx_to_word
+
+
+def _load_captions(path, splits, vocab_size, vocab_path):
+    out = {}
+    with _open_h5(path) as f:
+        for split in splits:
+            cap_ds = _dataset(f, path, f'{split}_captions')
+            idx_ds = _dataset(f, path, f'{split}_image_idxs')
+            if cap_ds.dtype.kind not in 'iu':
+                raise CaptionerError(f"{path}: '{split}_captions' has dtype {cap_ds.dtype}, expected "
+                                     f'integer word ids; {FIX_DATA}')
+            if idx_ds.dtype.kind not in 'iu':
+                raise CaptionerError(f"{path}: '{split}_image_idxs' has dtype {idx_ds.dtype}, expected "
+                                     f'integer feature rows; {FIX_DATA}')
+            if cap_ds.ndim != 2 or cap_ds.shape[1] < 2:
+                raise CaptionerError(f"{path}: '{split}_captions' has shape {cap_ds.shape}, expected "
+                                     f'(N, T) with T >= 2; {FIX_DATA}')
+            if idx_ds.ndim != 1 or idx_ds.shape[0] != cap_ds.shape[0]:
+                raise CaptionerError(f"{path}: '{split}_image_idxs' has shape {idx_ds.shape} but "
+                                     f"'{split}_captions' has {cap_ds.shape[0]} rows; {FIX_DATA}")
+            if cap_ds.shape[0] == 0:
+                raise CaptionerError(f"{path}: split '{split}' is empty (0 captions); {FIX_DATA}")
+            captions = _read(cap_ds, path)
+            lo, hi = int(captions.min()), int(captions.max())
+            if lo < 0 or hi >= vocab_size:
+                bad = hi if hi >= vocab_size else lo
+                raise CaptionerError(f"{path}: '{split}_captions' has word id {bad} (max id {hi}) but "
+                                     f'{vocab_path} has {vocab_size} words; the captions and vocabulary '
+                                     f'do not belong together: {FIX_DATA}')
+            out[f'{split}_captions'] = captions.astype(np.int32, copy=False)
+            out[f'{split}_image_idxs'] = _read(idx_ds, path).astype(np.int64, copy=False)
+    return out
+
+
+def _available_kinds(base_dir, split):
+    prefix = f'{split}2014_'
+    suffix_to_kind = {v: k for k, v in FEATURE_KINDS.items()}
+    try:
+        names = os.listdir(base_dir)
+    except OSError:
+        return set()
+    return {suffix_to_kind.get(n[len(prefix):-3], n[len(prefix):-3])
+            for n in names if n.startswith(prefix) and n.endswith('.h5') and len(n) > len(prefix) + 3}
+
+
+def _pick_kind(base_dir, splits, features):
+    if features != 'auto':
+        return features
+    per_split = [_available_kinds(base_dir, s) for s in splits]
+    common = set.intersection(*per_split) if per_split else set()
+    if 'pca' in common:
+        return 'pca'
+    if len(common) == 1:
+        return common.pop()
+    if len(common) > 1:
+        raise CaptionerError(f'{base_dir}: several feature kinds present ({", ".join(sorted(common))}); '
+                             f'choose one with --features KIND')
+    anywhere = set.union(*per_split) if per_split else set()
+    if anywhere:  # some split has features the others lack: name the first missing file
+        kind = 'pca' if 'pca' in anywhere else sorted(anywhere)[0]
+        for s, kinds in zip(splits, per_split):
+            if kind not in kinds:
+                raise CaptionerError(f'{feature_file(base_dir, s, kind)}: file not found; {FIX_MISSING}')
+    raise CaptionerError(f'{base_dir}: no feature files ({"/".join(splits)}2014_<kind>.h5) found; '
+                         f'{FIX_MISSING}')
+
+
+def _check_finite(ds, path):
+    rows_per_chunk = max(1, CHECK_CHUNK_BYTES // max(1, ds.shape[1] * 4))
+    for start in range(0, ds.shape[0], rows_per_chunk):
+        rows = slice(start, start + rows_per_chunk)
+        block = _read(ds, path, rows) if isinstance(ds, h5py.Dataset) else ds[rows]
+        ok = np.isfinite(block).all(axis=1)
+        if not ok.all():
+            row = start + int(np.argmin(ok))
+            raise CaptionerError(f'{path}: features contain NaN or inf (first at row {row}); '
+                                 f'{FIX_DATA}')
+
+
+def _load_features(path, kind, lazy, check_finite):
+    """-> (features ndarray or H5Rows, encoder name)."""
+    with _open_h5(path) as f:
+        ds = _dataset(f, path, 'features')
+        if ds.dtype.kind != 'f':
+            raise CaptionerError(f"{path}: 'features' has dtype {ds.dtype}, expected float; {FIX_DATA}")
+        if ds.ndim != 2:
+            raise CaptionerError(f"{path}: 'features' has shape {ds.shape}, expected 2-D (rows, dim); "
+                                 f'{FIX_DATA}')
+        if ds.shape[0] == 0 or ds.shape[1] == 0:
+            raise CaptionerError(f"{path}: 'features' is empty (shape {ds.shape}); {FIX_DATA}")
+        encoder = ds.attrs.get('encoder', FEATURE_KINDS.get(kind, kind))
+        if isinstance(encoder, bytes):
+            encoder = encoder.decode('utf-8', 'replace')
+        encoder = str(encoder)
+        if lazy is None:
+            lazy = ds.shape[0] * ds.shape[1] * 4 > MAX_IN_MEMORY_BYTES
+        if lazy:
+            if check_finite:
+                _check_finite(ds, path)
+            return H5Rows(path), encoder
+        features = np.asarray(_read(ds, path), dtype=np.float32)
+    if check_finite:
+        _check_finite(features, path)
+    return features, encoder
+
+
+def _read_lines(path, n_rows, feat_path):
+    """Lines of an optional txt file (None if absent); must have one line per feature row."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CaptionerError(f'{path}: cannot read ({e}); {FIX_DATA}') from None
+    if len(lines) != n_rows:
+        raise CaptionerError(f'{path}: has {len(lines)} lines but {feat_path} has {n_rows} feature rows '
+                             f'(one line per row expected); {FIX_DATA}, or delete the txt file')
+    return lines
+
+
+def load_coco_data(base_dir, features='auto', splits=('train', 'val'), max_train=None,
+                   lazy=None, check_finite=True):
+    """Load and check a coco_captioning folder. Returns a dict like CS231n's:
+
+    word_to_idx, idx_to_word; per split: {split}_captions int32 (N, T),
+    {split}_image_idxs int64 (N,), {split}_features float32 (M, D) ndarray (or an
+    H5Rows when bigger than MAX_IN_MEMORY_BYTES; lazy=True/False forces it),
+    {split}_urls and {split}_images (lists of M str, or None when the txt file is
+    absent); feature_kind, feature_dim, encoder, base_dir.
+    features: 'auto' (pca if present, else the one kind present), 'pca', 'fc7' or
+    any other file suffix. max_train keeps the first N training captions.
+    """
+    base_dir = str(base_dir)
+    if not os.path.isdir(base_dir):
+        raise CaptionerError(f'{base_dir}: data folder not found; {FIX_MISSING}')
+    splits = tuple(splits)
+    if not splits:
+        raise CaptionerError(f'{base_dir}: no splits requested')
+    if max_train is not None and max_train < 1:
+        raise CaptionerError(f'--max-train must be at least 1, got {max_train}')
+    vocab_path = os.path.join(base_dir, VOCAB_FILE)
+    word_to_idx, idx_to_word = load_vocab(vocab_path)
+    data = {'word_to_idx': word_to_idx, 'idx_to_word': idx_to_word, 'base_dir': base_dir}
+    # Check every file exists before the (possibly slow) reads, so one message names all we need.
+    kind = _pick_kind(base_dir, splits, features)
+    feat_paths = {s: feature_file(base_dir, s, kind) for s in splits}
+    for path in [os.path.join(base_dir, CAPTIONS_FILE), *feat_paths.values()]:
+        _need_file(path)
+    data.update(_load_captions(os.path.join(base_dir, CAPTIONS_FILE), splits, len(idx_to_word), vocab_path))
+
+    dims, encoders = {}, {}
+    try:
+        for split in splits:
+            path = feat_paths[split]
+            feats, encoders[split] = _load_features(path, kind, lazy, check_finite)
+            data[f'{split}_features'] = feats
+            n_rows, dims[split] = feats.shape
+            idxs = data[f'{split}_image_idxs']
+            lo, hi = int(idxs.min()), int(idxs.max())
+            if lo < 0 or hi >= n_rows:
+                raise CaptionerError(f"{os.path.join(base_dir, CAPTIONS_FILE)}: '{split}_image_idxs' "
+                                     f'points at feature row {hi if hi >= n_rows else lo} but {path} has '
+                                     f'{n_rows} rows; captions and features do not belong together: {FIX_DATA}')
+            for name in ('images', 'urls'):
+                data[f'{split}_{name}'] = _read_lines(
+                    os.path.join(base_dir, f'{split}2014_{name}.txt'), n_rows, path)
+        first = splits[0]
+        for split in splits[1:]:
+            if dims[split] != dims[first]:
+                raise CaptionerError(f'{feat_paths[split]}: features are {dims[split]}-d but '
+                                     f'{feat_paths[first]} has {dims[first]}-d; both splits must come '
+                                     f'from the same encoder: {FIX_DATA}')
+            if encoders[split] != encoders[first]:
+                raise CaptionerError(f"{feat_paths[split]}: encoder '{encoders[split]}' differs from "
+                                     f"'{encoders[first]}' in {feat_paths[first]}; {FIX_DATA}")
+    except BaseException:
+        close_coco_data(data)
+        raise
+
+    if max_train is not None and 'train' in splits:
+        data['train_captions'] = data['train_captions'][:max_train]
+        data['train_image_idxs'] = data['train_image_idxs'][:max_train]
+    data.update(feature_kind=kind, feature_dim=dims[splits[0]], encoder=encoders[splits[0]])
+    return data
+
+
+# ----------------------------------------------------------------------------- using
+
+def sample_coco_minibatch(data, batch_size=100, split='train', rng=None):
+    """Random captions (with replacement, as CS231n) and their image features.
+
+    Returns captions int32 (B, T), features float32 (B, D), urls (list of B str, or None).
+    rng: a np.random.Generator, a seed, or None.
+    """
+    rng = np.random.default_rng(rng)
+    captions = data[f'{split}_captions']
+    mask = rng.integers(captions.shape[0], size=batch_size)
+    image_idxs = data[f'{split}_image_idxs'][mask]
+    features = data[f'{split}_features'][image_idxs]
+    urls = data.get(f'{split}_urls')
+    if urls is not None:
+        urls = [urls[i] for i in image_idxs]
+    return captions[mask], features, urls
+
+
+def decode_captions(captions, idx_to_word):
+    """Word ids -> text: drops <NULL> and <START>, stops at <END>.
+
+    captions: (T,) -> str, or (N, T) -> list of N str.
+    """
+    captions = np.asarray(captions)
+    if captions.ndim == 1:
+        return decode_captions(captions[None], idx_to_word)[0]
+    decoded = []
+    for row in captions:
+        words = []
+        for i in row:
+            word = idx_to_word[i]
+            if word == '<END>':
+                break
+            if word not in ('<NULL>', '<START>'):
+                words.append(word)
+        decoded.append(' '.join(words))
+    return decoded
+
+
+def image_groups(data, split):
+    """Group caption rows by image: -> (image_idxs (K,) sorted unique, [rows_of_image_k, ...]).
+
+    rows_of_image_k is an int array of row numbers into data[f'{split}_captions'],
+    in their original order; used by evaluation (all references of one image).
+    """
+    idxs = data[f'{split}_image_idxs']
+    order = np.argsort(idxs, kind='stable')
+    uniq, starts = np.unique(idxs[order], return_index=True)
+    return uniq, np.split(order, starts[1:])
+
+
+# ----------------------------------------------------------------------------- writing
+
+@contextmanager
+def _atomic_path(path):
+    """Yield a temp name beside `path`; move it into place only if the block succeeds."""
+    tmp = f'{path}.tmp-{os.getpid()}'
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_text(path, text):
+    with _atomic_path(path) as tmp:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+
+
+def write_dataset(out_dir, splits, idx_to_word, kind='pca', encoder=None):
+    """Write a complete coco_captioning folder; returns out_dir.
+
+    splits: {split: dict(captions (N, T) int, image_idxs (N,) int, features (M, D) float
+    (any array-like that slices rows, e.g. H5Rows), images, urls (lists of M str or None))}.
+    coco2014_captions.h5 is rewritten with exactly these splits; features go to
+    {split}2014_{suffix}.h5 with attrs['encoder'] when encoder is given. Each file is
+    written under a temp name and renamed, so a crash never leaves a half file in place.
+    """
+    out_dir = str(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    idx_to_word = list(idx_to_word)
+    vocab = {'idx_to_word': idx_to_word, 'word_to_idx': {w: i for i, w in enumerate(idx_to_word)}}
+    _write_text(os.path.join(out_dir, VOCAB_FILE), json.dumps(vocab))
+
+    with _atomic_path(os.path.join(out_dir, CAPTIONS_FILE)) as tmp:
+        with h5py.File(tmp, 'w') as f:
+            for split, d in splits.items():
+                f.create_dataset(f'{split}_captions', data=np.asarray(d['captions'], dtype=np.int32))
+                f.create_dataset(f'{split}_image_idxs', data=np.asarray(d['image_idxs'], dtype=np.int32))
+
+    for split, d in splits.items():
+        feats = d['features']
+        n, dim = feats.shape
+        with _atomic_path(feature_file(out_dir, split, kind)) as tmp:
+            with h5py.File(tmp, 'w') as f:
+                ds = f.create_dataset('features', shape=(n, dim), dtype=np.float32)
+                step = max(1, CHECK_CHUNK_BYTES // (4 * dim))
+                for start in range(0, n, step):  # chunked so a lazy source never sits in RAM whole
+                    ds[start:start + step] = np.asarray(feats[start:start + step], dtype=np.float32)
+                if encoder is not None:
+                    ds.attrs['encoder'] = str(encoder)
+        for name in ('images', 'urls'):
+            lines = d.get(name)
+            if lines is not None:
+                if len(lines) != n:
+                    raise ValueError(f'{split} {name}: {len(lines)} lines for {n} feature rows')
+                _write_text(os.path.join(out_dir, f'{split}2014_{name}.txt'),
+                            ''.join(f'{line}\n' for line in lines))
+    return out_dir

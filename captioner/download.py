@@ -1,0 +1,267 @@
+"""Fetch and unpack the CS231n coco_captioning zip (~1 GB), resumably and safely.
+
+download_coco() = fetch_resumable() (HTTP Range, continues a .part file) +
+install_zip() (refuses unsafe entries, extracts beside the target, checks the
+files with load_coco_data and the expected shapes, then renames into place).
+A failure at any step leaves an existing data folder untouched.
+"""
+import http.client
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+
+import h5py
+from tqdm import tqdm
+
+from captioner.data import CAPTIONS_FILE, FIX_DATA, close_coco_data, load_coco_data
+from captioner.errors import CaptionerError
+
+COCO_URL = 'http://cs231n.stanford.edu/coco_captioning.zip'
+COCO_DIR = 'coco_captioning'  # the zip's top folder and the installed folder name
+COCO_FILES = (
+    'coco2014_captions.h5', 'coco2014_vocab.json',
+    'train2014_vgg16_fc7.h5', 'train2014_vgg16_fc7_pca.h5', 'train2014_images.txt', 'train2014_urls.txt',
+    'val2014_vgg16_fc7.h5', 'val2014_vgg16_fc7_pca.h5', 'val2014_images.txt', 'val2014_urls.txt',
+)
+# The shapes of the CS231n release: (file, dataset) -> shape.
+COCO_SHAPES = {
+    ('coco2014_captions.h5', 'train_captions'): (400135, 17),
+    ('coco2014_captions.h5', 'train_image_idxs'): (400135,),
+    ('coco2014_captions.h5', 'val_captions'): (195954, 17),
+    ('coco2014_captions.h5', 'val_image_idxs'): (195954,),
+    ('train2014_vgg16_fc7_pca.h5', 'features'): (82783, 512),
+    ('val2014_vgg16_fc7_pca.h5', 'features'): (40504, 512),
+    ('train2014_vgg16_fc7.h5', 'features'): (82783, 4096),
+    ('val2014_vgg16_fc7.h5', 'features'): (40504, 4096),
+}
+CHUNK = 1 << 20
+
+
+def download_coco(dest_dir='data', url=COCO_URL, progress=True, shapes=COCO_SHAPES, required=COCO_FILES,
+                  force=False, keep_zip=False, retries=3, timeout=60):
+    """Download and install the dataset; returns dest_dir/coco_captioning.
+
+    Skips everything if that folder already holds coco2014_captions.h5 (force=True
+    re-installs). A finished dest_dir/coco_captioning.zip is reused, a .part one is
+    resumed. shapes: expected {(file, dataset): shape} (None to skip, e.g. for a small
+    test zip); required: file names the zip must contain. The zip is deleted after a
+    successful install unless keep_zip.
+    """
+    dest_dir = str(dest_dir)
+    target = os.path.join(dest_dir, COCO_DIR)
+    if not force and os.path.isfile(os.path.join(target, CAPTIONS_FILE)):
+        _say(progress, f'{target} already present (pass force=True / --force to reinstall)')
+        return target
+    try:
+        os.makedirs(dest_dir, exist_ok=True)
+    except OSError as e:
+        raise CaptionerError(f'{dest_dir}: cannot create the download folder ({e.strerror}); '
+                             f'pick another with --dest') from None
+    zip_path = os.path.join(dest_dir, COCO_DIR + '.zip')
+    if not os.path.isfile(zip_path):
+        fetch_resumable(url, zip_path, progress=progress, retries=retries, timeout=timeout)
+    install_zip(zip_path, target, shapes=shapes, required=required, progress=progress)
+    if not keep_zip:
+        os.remove(zip_path)
+    return target
+
+
+def _say(progress, msg):
+    if progress:
+        print(msg, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- fetching
+
+def _content_range(header):
+    """'bytes 100-199/1000' -> (100, 1000); 'bytes */1000' -> (None, 1000); total None if '*'."""
+    m = re.fullmatch(r'\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*', header or '')
+    if not m:
+        return None, None
+    start = int(m.group(1)) if m.group(1) is not None else None
+    total = int(m.group(2)) if m.group(2) != '*' else None
+    return start, total
+
+
+def _fetch_once(url, part, progress, timeout):
+    """One request continuing `part`. True when the file is complete."""
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    headers = {'Range': f'bytes={have}-'} if have else {}
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # nothing left to send: complete, or a stale longer file
+            _, total = _content_range(e.headers.get('Content-Range'))
+            e.close()
+            if total == have:
+                return True
+            os.remove(part)
+            return False
+        raise
+    with resp:
+        if resp.status == 206:
+            start, total = _content_range(resp.headers.get('Content-Range'))
+            if start != have:  # not the bytes we asked for: start over
+                os.remove(part)
+                return False
+            mode = 'ab'
+        else:  # 200: the server ignored Range, so the body is the whole file again
+            have, mode = 0, 'wb'
+            length = resp.headers.get('Content-Length')
+            total = int(length) if length and length.isdigit() else None
+        with open(part, mode) as f, tqdm(total=total, initial=have, unit='B', unit_scale=True,
+                                         desc=os.path.basename(part), disable=not progress) as bar:
+            while True:
+                chunk = resp.read(CHUNK)
+                if not chunk:
+                    break
+                f.write(chunk)
+                bar.update(len(chunk))
+    size = os.path.getsize(part)
+    if total is None or size == total:  # without a length, a clean end of stream is all we know
+        return True
+    if size > total:
+        os.remove(part)
+    return False
+
+
+def fetch_resumable(url, dest, progress=True, retries=3, timeout=60):
+    """Download url to dest via dest.part, continuing a partial file with HTTP Range.
+
+    Retries dropped connections up to `retries` times, each resuming where the last
+    stopped; dest appears (by rename) only when complete.
+    """
+    part = dest + '.part'
+    last = 'connection closed early'
+    for _ in range(retries + 1):
+        try:
+            if _fetch_once(url, part, progress, timeout):
+                os.replace(part, dest)
+                return dest
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                raise CaptionerError(f'{url}: HTTP {e.code} {e.reason}; check the URL or download the zip '
+                                     f'by hand to {dest}', exit_code=1) from None
+            last = f'HTTP {e.code} {e.reason}'
+        except (OSError, http.client.HTTPException) as e:  # URLError, resets, timeouts
+            last = getattr(e, 'reason', None) or str(e) or type(e).__name__
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    raise CaptionerError(f'{url}: download failed after {retries + 1} attempts ({last}); {have} bytes kept '
+                         f'in {part}: rerun `captioner download` to resume', exit_code=1)
+
+
+# ----------------------------------------------------------------------------- unpacking
+
+def _unsafe(info):
+    """Why a zip entry must not be extracted, or None."""
+    name = info.filename
+    if name.startswith(('/', '\\')) or re.match(r'^[A-Za-z]:', name):
+        return 'absolute path'
+    if '..' in re.split(r'[/\\]', name):
+        return "'..' in path"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return 'symlink'
+    return None
+
+
+def _members(zf, zip_path):
+    """{path inside the data folder: ZipInfo} for the files to extract; refuses unsafe entries."""
+    members = {}
+    for info in zf.infolist():
+        why = _unsafe(info)
+        if why:
+            raise CaptionerError(f"{zip_path}: refusing unsafe entry '{info.filename}' ({why}); this is "
+                                 f'not the CS231n zip: delete it and rerun `captioner download`')
+        if info.is_dir() or info.filename.startswith('__MACOSX/'):
+            continue
+        rel = info.filename
+        if rel.startswith(COCO_DIR + '/'):
+            rel = rel[len(COCO_DIR) + 1:]
+        members[rel] = info
+    return members
+
+
+def _check_shapes(folder, shapes, zip_path):
+    for (name, dataset), want in shapes.items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue  # files not required are not checked
+        with h5py.File(path, 'r') as f:
+            got = f[dataset].shape if dataset in f else None
+        if got != tuple(want):
+            raise CaptionerError(f"{zip_path}: {name} '{dataset}' has shape {got}, expected {tuple(want)}; "
+                                 f'delete the zip and rerun `captioner download`')
+
+
+def _validate(folder, shapes, zip_path):
+    """Open every feature kind in `folder` with load_coco_data (all its checks), then shapes."""
+    kinds = sorted({n[len('train2014_'):-3] for n in os.listdir(folder)
+                    if n.startswith('train2014_') and n.endswith('.h5')})
+    try:
+        for suffix in kinds or ['auto']:
+            close_coco_data(load_coco_data(folder, features=suffix, lazy=True))
+    except CaptionerError as e:
+        # Name the file by its place in the zip, not the temp folder that is about to vanish.
+        msg = str(e).replace(folder + os.sep, '').replace(folder, '')
+        msg = msg.replace(FIX_DATA, 'delete the zip and rerun `captioner download`')
+        raise CaptionerError(f'{zip_path}: bad content: {msg}') from None
+    if shapes:
+        _check_shapes(folder, shapes, zip_path)
+
+
+def install_zip(zip_path, target, shapes=COCO_SHAPES, required=COCO_FILES, progress=True):
+    """Safely unpack a coco_captioning zip into `target` (replacing it only on success)."""
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CaptionerError(f'{zip_path}: not a valid zip file ({e}); delete it and rerun '
+                             f'`captioner download`') from None
+    parent = os.path.dirname(os.path.abspath(target))
+    with zf:
+        members = _members(zf, zip_path)
+        missing = [n for n in required if n not in members]
+        if missing:
+            raise CaptionerError(f'{zip_path}: missing {", ".join(missing)}; not a complete CS231n '
+                                 f'coco_captioning zip: delete it and rerun `captioner download`')
+        tmp = tempfile.mkdtemp(prefix=f'.{COCO_DIR}.tmp-', dir=parent)
+        try:
+            _say(progress, f'extracting {zip_path} ...')
+            for rel, info in members.items():
+                out = os.path.join(tmp, rel)
+                os.makedirs(os.path.dirname(out), exist_ok=True)
+                try:
+                    with zf.open(info) as src, open(out, 'wb') as dst:
+                        shutil.copyfileobj(src, dst, CHUNK)
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+                    raise CaptionerError(f"{zip_path}: entry '{info.filename}' is corrupt ({e}); delete "
+                                         f'the zip and rerun `captioner download`') from None
+            _say(progress, 'checking the files ...')
+            _validate(tmp, shapes, zip_path)
+            _swap_in(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)
+    return target
+
+
+def _swap_in(new, target):
+    """Rename `new` to `target`; an old target is moved aside first and removed after."""
+    if not os.path.exists(target):
+        os.replace(new, target)
+        return
+    old = tempfile.mkdtemp(prefix=f'.{COCO_DIR}.old-', dir=os.path.dirname(os.path.abspath(target)))
+    os.rmdir(old)
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old)

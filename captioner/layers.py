@@ -1,0 +1,411 @@
+"""Layers for a recurrent captioner: one forward/backward pair per layer, CS231n API.
+
+Every forward returns (out, cache) and every backward takes (dout, cache).
+Shapes: N batch, T time steps, D input size, H hidden size, V vocabulary.
+Nothing is cast: outputs have the inputs' dtype (float64 for gradient
+checks, float32 for training).
+
+The recurrences also exist in a *packed* form (``rnn_packed_forward`` ...),
+the layout PyTorch calls PackedSequence: sequences sorted by length,
+longest first, stored time-major with the padding dropped, so step t is the
+contiguous block ``x[offsets[t]:offsets[t] + batch_sizes[t]]`` of the first
+batch_sizes[t] sequences. Padding costs nothing and the input projection and
+every weight gradient become one big matmul over all steps.
+``rnn_forward``/``lstm_forward`` are thin wrappers around it.
+"""
+import numpy as np
+
+
+# ---------------------------------------------------------------- affine
+
+def affine_forward(x, w, b):
+    """x (N, D) @ w (D, M) + b (M,) -> out (N, M). x may be (N, d1, ..., dk)."""
+    out = x.reshape(x.shape[0], -1) @ w + b
+    return out, (x, w)
+
+
+def affine_backward(dout, cache):
+    """dout (N, M) -> dx (same shape as x), dw (D, M), db (M,)."""
+    x, w = cache
+    x2 = x.reshape(x.shape[0], -1)
+    return (dout @ w.T).reshape(x.shape), x2.T @ dout, dout.sum(axis=0)
+
+
+def temporal_affine_forward(x, w, b):
+    """x (N, T, D) @ w (D, M) + b (M,) -> out (N, T, M), as one matmul."""
+    N, T, D = x.shape
+    out = (x.reshape(N * T, D) @ w + b).reshape(N, T, -1)
+    return out, (x, w)
+
+
+def temporal_affine_backward(dout, cache):
+    """dout (N, T, M) -> dx (N, T, D), dw (D, M), db (M,)."""
+    x, w = cache
+    N, T, D = x.shape
+    d2 = dout.reshape(N * T, -1)
+    return (d2 @ w.T).reshape(N, T, D), x.reshape(N * T, D).T @ d2, d2.sum(axis=0)
+
+
+# ---------------------------------------------------------------- embedding
+
+def word_embedding_forward(x, W):
+    """x (N, T) int ids in [0, V), W (V, D) -> out (N, T, D) = W[x]."""
+    return W[x], (x, W.shape[0])
+
+
+def word_embedding_backward(dout, cache):
+    """dout (N, T, D) -> dW (V, D). Repeated ids accumulate."""
+    x, V = cache
+    return embedding_grad(x.ravel(), dout.reshape(x.size, -1), V)
+
+
+def embedding_grad(ids, dout, V):
+    """Sum the rows of dout (S, D) into dW (V, D) by ids (S,)."""
+    dW = np.zeros((V, dout.shape[1]), dtype=dout.dtype)
+    order, starts, words = group_ids(ids)
+    if len(words):
+        dW[words] = segment_sum(dout[order], starts)
+    return dW
+
+
+def group_ids(ids):
+    """Group equal ids: -> order (argsort of ids), starts (U,) of each run in
+    ids[order], words (U,) the distinct ids."""
+    order = np.argsort(ids, kind="stable")
+    sid = ids[order]
+    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]]) if len(sid) else np.zeros(0, int)
+    return order, starts, sid[starts]
+
+
+def segment_sum(x, starts):
+    """Sums of the row runs x[starts[u]:starts[u+1]] -> (U, C).
+
+    Short runs (most words): add the j-th row of every run that has one,
+    j = 1..7, a few big vectorised steps. Long runs (<START>, "a"): one
+    contiguous np.sum each. np.add.reduceat(x, starts, axis=0) gives the same
+    sums but is ~8x slower on (1000, 2048) float32; np.add.at is slower still.
+    """
+    counts = np.diff(np.r_[starts, len(x)])
+    out = x[starts]
+    short = counts <= 8
+    for j in range(1, int(counts[short].max(initial=0))):
+        has = np.flatnonzero(short & (counts > j))
+        out[has] += x[starts[has] + j]
+    for u in np.flatnonzero(~short):
+        np.sum(x[starts[u]:starts[u] + counts[u]], axis=0, out=out[u])
+    return out
+
+
+# ---------------------------------------------------------------- nonlinearities
+
+def _sigmoid(x, out):
+    """out = 1 / (1 + exp(-x)), in place allowed. For x << 0 exp overflows to
+    inf and 1/inf = 0, the correct limit (callers silence the warning)."""
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += 1
+    return np.divide(1, out, out=out)
+
+
+# ---------------------------------------------------------------- vanilla RNN
+
+def rnn_step_forward(x, prev_h, Wx, Wh, b):
+    """x (N, D), prev_h (N, H), Wx (D, H), Wh (H, H), b (H,) -> next_h (N, H).
+
+    next_h = tanh(x @ Wx + prev_h @ Wh + b)
+    """
+    next_h = x @ Wx
+    next_h += prev_h @ Wh
+    next_h += b
+    np.tanh(next_h, out=next_h)
+    return next_h, (x, prev_h, Wx, Wh, next_h)
+
+
+def rnn_step_backward(dnext_h, cache):
+    """dnext_h (N, H) -> dx (N, D), dprev_h (N, H), dWx (D, H), dWh (H, H), db (H,)."""
+    x, prev_h, Wx, Wh, next_h = cache
+    da = dnext_h * (1 - next_h * next_h)
+    return da @ Wx.T, da @ Wh.T, x.T @ da, prev_h.T @ da, da.sum(axis=0)
+
+
+def rnn_packed_forward(a, h0, Wh, batch_sizes):
+    """Tanh RNN over a packed batch.
+
+    a: (S, H) input projections x @ Wx + b, packed (see module doc); it is
+       overwritten and kept in the cache. h0: (N0, H), N0 >= batch_sizes[0].
+    batch_sizes: (T,) non-increasing, sum S.
+    Returns h (S, H) packed hidden states and a cache.
+    """
+    S, H = a.shape
+    offs = np.r_[0, np.cumsum(batch_sizes)]
+    hprev = np.empty((S, H), dtype=a.dtype)  # h_{t-1} per row: dWh is one matmul
+    tmp = np.empty((int(batch_sizes[0]) if len(batch_sizes) else 0, H), dtype=a.dtype)
+    for t, n in enumerate(batch_sizes):
+        lo, hi = offs[t], offs[t] + n
+        hprev[lo:hi] = h0[:n] if t == 0 else a[offs[t - 1]:offs[t - 1] + n]
+        np.matmul(hprev[lo:hi], Wh, out=tmp[:n])
+        a[lo:hi] += tmp[:n]
+        np.tanh(a[lo:hi], out=a[lo:hi])  # a now holds h_t
+    return a, (a, hprev, Wh, batch_sizes, offs)
+
+
+def rnn_packed_backward(dh, cache):
+    """dh (S, H) upstream gradient on the packed h (overwritten).
+
+    Returns da (S, H) gradient on the input projections (so dWx = x.T @ da,
+    db = da.sum(0), dx = da @ Wx.T), dh0 (batch_sizes[0], H) and dWh (H, H).
+    """
+    h, hprev, Wh, batch_sizes, offs = cache
+    da = dh
+    tmp = np.empty((int(batch_sizes[0]) if len(batch_sizes) else 0, h.shape[1]), dtype=h.dtype)
+    dprev = None
+    for t in range(len(batch_sizes) - 1, -1, -1):
+        n = batch_sizes[t]
+        lo, hi = offs[t], offs[t] + n
+        d = da[lo:hi]
+        if dprev is not None:
+            d[:len(dprev)] += dprev
+        np.multiply(h[lo:hi], h[lo:hi], out=tmp[:n])
+        np.subtract(1, tmp[:n], out=tmp[:n])
+        d *= tmp[:n]
+        dprev = d @ Wh.T
+    dh0 = dprev if dprev is not None else np.zeros((0, h.shape[1]), dtype=h.dtype)
+    return da, dh0, hprev.T @ da
+
+
+# ---------------------------------------------------------------- LSTM
+
+def _lstm_cell(a, prev_c, c, tc, h):
+    """Activate the pre-activations a (n, 4H) in place (gates i, f, o, g) and
+    write c = f * prev_c + i * g, tc = tanh(c), h = o * tc. prev_c None means 0."""
+    H = a.shape[1] // 4
+    _sigmoid(a[:, :3 * H], out=a[:, :3 * H])
+    np.tanh(a[:, 3 * H:], out=a[:, 3 * H:])
+    i, f, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+    np.multiply(i, g, out=c)
+    if prev_c is not None:
+        np.multiply(f, prev_c, out=tc)
+        c += tc
+    np.tanh(c, out=tc)
+    np.multiply(o, tc, out=h)
+
+
+def _lstm_cell_backward(dh, dc_next, gates, prev_c, tc, da, dc):
+    """Gradients of one LSTM step on n rows.
+
+    dh (n, H) grad on h; dc_next (m, H), m <= n, grad on c arriving from the
+    next step (rows >= m get none; None = no rows); gates (n, 4H) activated
+    i, f, o, g; prev_c (n, H) or None for zeros; tc = tanh(c).
+    Writes da (n, 4H) grad on the pre-activations and dc (n, H) the total
+    grad on c; returns dc (callers form dprev_c = dc * f).
+    """
+    H = tc.shape[1]
+    i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    di, df, do, dg = da[:, :H], da[:, H:2 * H], da[:, 2 * H:3 * H], da[:, 3 * H:]
+    # dc = dc_next + dh * o * (1 - tc^2); `do` is scratch until written below
+    np.multiply(tc, tc, out=dc)
+    np.subtract(1, dc, out=dc)
+    dc *= o
+    dc *= dh
+    if dc_next is not None:
+        dc[:len(dc_next)] += dc_next
+    np.multiply(dh, tc, out=do)
+    np.multiply(dc, g, out=di)
+    if prev_c is None:
+        df[...] = 0
+    else:
+        np.multiply(dc, prev_c, out=df)
+    np.multiply(dc, i, out=dg)
+    # sigmoid' = s (1 - s) on i, f, o at once; tanh' = 1 - g^2 on g
+    s = gates[:, :3 * H]
+    ds = np.subtract(1, s)
+    ds *= s
+    da[:, :3 * H] *= ds
+    gg = np.multiply(g, g)
+    np.subtract(1, gg, out=gg)
+    dg *= gg
+    return dc
+
+
+def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
+    """x (N, D), prev_h (N, H), prev_c (N, H), Wx (D, 4H), Wh (H, 4H), b (4H,)
+    -> next_h (N, H), next_c (N, H). Gates along 4H: i, f, o (sigmoid), g (tanh)."""
+    a = x @ Wx
+    a += prev_h @ Wh
+    a += b
+    H = prev_h.shape[1]
+    next_c = np.empty((x.shape[0], H), dtype=a.dtype)
+    tc = np.empty_like(next_c)
+    next_h = np.empty_like(next_c)
+    with np.errstate(over="ignore"):
+        _lstm_cell(a, prev_c, next_c, tc, next_h)
+    return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, a, tc)
+
+
+def lstm_step_backward(dnext_h, dnext_c, cache):
+    """dnext_h, dnext_c (N, H) -> dx (N, D), dprev_h (N, H), dprev_c (N, H),
+    dWx (D, 4H), dWh (H, 4H), db (4H,)."""
+    x, prev_h, prev_c, Wx, Wh, gates, tc = cache
+    H = tc.shape[1]
+    da = np.empty_like(gates)
+    dc = _lstm_cell_backward(dnext_h, dnext_c, gates, prev_c, tc, da, np.empty_like(tc))
+    dprev_c = dc * gates[:, H:2 * H]
+    return da @ Wx.T, da @ Wh.T, dprev_c, x.T @ da, prev_h.T @ da, da.sum(axis=0)
+
+
+def lstm_packed_forward(a, h0, Wh, batch_sizes):
+    """LSTM over a packed batch, c0 = 0.
+
+    a: (S, 4H) input projections x @ Wx + b, packed (see module doc); it is
+       overwritten with the gate activations and kept in the cache.
+    h0: (N0, H), N0 >= batch_sizes[0]. batch_sizes: (T,) non-increasing, sum S.
+    Returns h (S, H) packed hidden states and a cache.
+    """
+    S, H = a.shape[0], a.shape[1] // 4
+    offs = np.r_[0, np.cumsum(batch_sizes)]
+    hprev = np.empty((S, H), dtype=a.dtype)  # h_{t-1} per row: dWh is one matmul
+    h = np.empty((S, H), dtype=a.dtype)
+    c = np.empty((S, H), dtype=a.dtype)
+    tc = np.empty((S, H), dtype=a.dtype)
+    tmp = np.empty((int(batch_sizes[0]) if len(batch_sizes) else 0, 4 * H), dtype=a.dtype)
+    with np.errstate(over="ignore"):
+        for t, n in enumerate(batch_sizes):
+            lo, hi = offs[t], offs[t] + n
+            if t == 0:
+                hprev[lo:hi] = h0[:n]
+                prev_c = None
+            else:
+                plo = offs[t - 1]
+                hprev[lo:hi] = h[plo:plo + n]
+                prev_c = c[plo:plo + n]
+            np.matmul(hprev[lo:hi], Wh, out=tmp[:n])
+            a[lo:hi] += tmp[:n]
+            _lstm_cell(a[lo:hi], prev_c, c[lo:hi], tc[lo:hi], h[lo:hi])
+    return h, (a, c, tc, hprev, Wh, batch_sizes, offs)
+
+
+def lstm_packed_backward(dh, cache):
+    """dh (S, H) upstream gradient on the packed h (read only).
+
+    Returns da (S, 4H) gradient on the input projections (so dWx = x.T @ da,
+    db = da.sum(0), dx = da @ Wx.T), dh0 (batch_sizes[0], H) and dWh (H, 4H).
+    """
+    gates, c, tc, hprev, Wh, batch_sizes, offs = cache
+    S, H = c.shape
+    da = np.empty_like(gates)
+    n0 = int(batch_sizes[0]) if len(batch_sizes) else 0
+    dht = np.empty((n0, H), dtype=c.dtype)
+    dc = np.empty((n0, H), dtype=c.dtype)
+    dprev_h = dprev_c = None
+    for t in range(len(batch_sizes) - 1, -1, -1):
+        n = batch_sizes[t]
+        lo, hi = offs[t], offs[t] + n
+        d = dht[:n]
+        d[...] = dh[lo:hi]
+        if dprev_h is not None:
+            d[:len(dprev_h)] += dprev_h
+        prev_c = c[offs[t - 1]:offs[t - 1] + n] if t > 0 else None
+        _lstm_cell_backward(d, dprev_c, gates[lo:hi], prev_c, tc[lo:hi], da[lo:hi], dc[:n])
+        dprev_h = da[lo:hi] @ Wh.T
+        dprev_c = dc[:n] * gates[lo:hi, H:2 * H]
+    dh0 = dprev_h if dprev_h is not None else np.zeros((0, H), dtype=c.dtype)
+    return da, dh0, hprev.T @ da
+
+
+# ---------------------------------------------------------------- padded wrappers
+
+def _packing(lengths, N, T):
+    """-> order (N,) longest first, step mask (T, N) in sorted order, batch_sizes (T,)."""
+    lengths = np.full(N, T) if lengths is None else np.minimum(np.asarray(lengths), T)
+    order = np.argsort(-lengths, kind="stable")
+    active = np.arange(T)[:, None] < lengths[order][None, :]
+    return order, active, active.sum(axis=1)
+
+
+def _seq_forward(core, x, h0, Wx, Wh, b, lengths):
+    N, T, D = x.shape
+    order, active, bs = _packing(lengths, N, T)
+    xp = x[order].swapaxes(0, 1)[active]           # (S, D) packed, time-major
+    h, core_cache = core(xp @ Wx + b, h0[order], Wh, bs)
+    out = np.zeros((T, N, h.shape[1]), dtype=h.dtype)
+    out[active] = h
+    hs = np.empty_like(out.swapaxes(0, 1))
+    hs[order] = out.swapaxes(0, 1)
+    return hs, (order, active, xp, Wx, h0.shape, core_cache)
+
+
+def _seq_backward(core_backward, dh, cache):
+    order, active, xp, Wx, h0_shape, core_cache = cache
+    N, T = dh.shape[:2]
+    da, dh0s, dWh = core_backward(dh[order].swapaxes(0, 1)[active], core_cache)
+    dx_t = np.zeros((T, N, xp.shape[1]), dtype=da.dtype)
+    dx_t[active] = da @ Wx.T
+    dx = np.empty_like(dx_t.swapaxes(0, 1))
+    dx[order] = dx_t.swapaxes(0, 1)
+    dh0 = np.zeros(h0_shape, dtype=da.dtype)
+    dh0[order[:len(dh0s)]] = dh0s
+    return dx, dh0, xp.T @ da, dWh, da.sum(axis=0)
+
+
+def rnn_forward(x, h0, Wx, Wh, b, lengths=None):
+    """Tanh RNN. x (N, T, D), h0 (N, H), Wx (D, H), Wh (H, H), b (H,) -> h (N, T, H).
+
+    lengths (N,) optional: row n only runs its first lengths[n] steps; h is 0
+    after that and its gradient ignored. None = all T steps (plain CS231n).
+    """
+    return _seq_forward(rnn_packed_forward, x, h0, Wx, Wh, b, lengths)
+
+
+def rnn_backward(dh, cache):
+    """dh (N, T, H) -> dx (N, T, D), dh0 (N, H), dWx (D, H), dWh (H, H), db (H,)."""
+    return _seq_backward(rnn_packed_backward, dh, cache)
+
+
+def lstm_forward(x, h0, Wx, Wh, b, lengths=None):
+    """LSTM, c0 = 0. x (N, T, D), h0 (N, H), Wx (D, 4H), Wh (H, 4H), b (4H,) -> h (N, T, H).
+
+    lengths as in rnn_forward.
+    """
+    return _seq_forward(lstm_packed_forward, x, h0, Wx, Wh, b, lengths)
+
+
+def lstm_backward(dh, cache):
+    """dh (N, T, H) -> dx (N, T, D), dh0 (N, H), dWx (D, 4H), dWh (H, 4H), db (4H,)."""
+    return _seq_backward(lstm_packed_backward, dh, cache)
+
+
+# ---------------------------------------------------------------- loss
+
+def softmax_loss_rows(x, y, scale):
+    """Cross-entropy of logits x (M, V) against ids y (M,), summed and times scale.
+
+    Returns (loss, dx). x is overwritten (dx reuses its memory): the logits
+    are the biggest activation of a captioning step.
+    """
+    M = x.shape[0]
+    rows = np.arange(M)
+    x -= x.max(axis=1, keepdims=True)
+    picked = x[rows, y]
+    np.exp(x, out=x)
+    z = x.sum(axis=1)
+    loss = float(np.log(z).sum() - picked.sum()) * scale
+    x /= z[:, None]
+    x[rows, y] -= 1
+    x *= scale
+    return loss, x
+
+
+def temporal_softmax_loss(x, y, mask, verbose=False):
+    """Softmax loss summed over time, divided by N, on masked positions only.
+
+    x (N, T, V) logits, y (N, T) ids in [0, V), mask (N, T) bool
+    -> loss (float), dx (N, T, V). Positions with mask False add nothing.
+    """
+    N, T, V = x.shape
+    keep = mask.reshape(-1).astype(bool)
+    loss, dsel = softmax_loss_rows(x.reshape(N * T, V)[keep], y.reshape(-1)[keep], 1.0 / N)
+    dx = np.zeros((N * T, V), dtype=x.dtype)
+    dx[keep] = dsel
+    if verbose:
+        print("dx:", dx.shape)
+    return loss, dx.reshape(N, T, V)

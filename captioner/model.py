@@ -1,0 +1,163 @@
+"""CaptioningRNN: image features -> h0, then a word-level RNN/LSTM (CS231n layout).
+
+loss() is the training fast path: the batch is sorted by caption length and
+packed (captioner.layers module doc) so padding steps are never computed, and
+only positions with a real target reach the vocabulary affine + softmax.
+The result equals the padded computation up to float rounding.
+"""
+import numpy as np
+
+from captioner import layers
+from captioner.errors import CaptionerError
+
+PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
+
+
+class CaptioningRNN:
+    """Decoder: W_embed (V, W), W_proj (D, H), b_proj (H,), Wx (W, kH), Wh (H, kH),
+    b (kH,), W_vocab (H, V), b_vocab (V,) with k = 1 (rnn) or 4 (lstm, gates i, f, o, g)."""
+
+    def __init__(self, word_to_idx, input_dim=512, wordvec_dim=256, hidden_dim=512,
+                 cell_type="rnn", dtype=np.float32, seed=None):
+        if cell_type not in ("rnn", "lstm"):
+            raise CaptionerError(f"cell_type must be 'rnn' or 'lstm', got {cell_type!r}")
+        for tok in ("<NULL>", "<START>", "<END>"):
+            if tok not in word_to_idx:
+                raise CaptionerError(f"vocabulary has no {tok} token; use the CS231n vocabulary layout")
+        self.cell_type = cell_type
+        self.dtype = np.dtype(dtype)
+        self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
+        self.word_to_idx = dict(word_to_idx)
+        self.idx_to_word = {i: w for w, i in self.word_to_idx.items()}
+        self._null = word_to_idx["<NULL>"]
+        self._start = word_to_idx["<START>"]
+        self._end = word_to_idx["<END>"]
+        self._unk = word_to_idx.get("<UNK>")
+        # never generated: padding, the start token, and "unknown word"
+        self.banned = np.array([i for i in (self._null, self._start, self._unk) if i is not None])
+
+        V, D, W, H = len(word_to_idx), input_dim, wordvec_dim, hidden_dim
+        k = 4 if cell_type == "lstm" else 1
+        rng = np.random.default_rng(seed)
+        # drawn in float64 then cast, so float32 and float64 models share a seed's values
+        p = {
+            "W_embed": rng.standard_normal((V, W)) / 100,
+            "W_proj": rng.standard_normal((D, H)) / np.sqrt(D),
+            "b_proj": np.zeros(H),
+            "Wx": rng.standard_normal((W, k * H)) / np.sqrt(W),
+            "Wh": rng.standard_normal((H, k * H)) / np.sqrt(H),
+            "b": np.zeros(k * H),
+            "W_vocab": rng.standard_normal((H, V)) / np.sqrt(H),
+            "b_vocab": np.zeros(V),
+        }
+        self.params = {n: np.ascontiguousarray(v, dtype=self.dtype) for n, v in p.items()}
+
+    # ------------------------------------------------------------ training
+
+    def loss(self, features, captions):
+        """features (N, D), captions (N, T+1) int -> (loss, grads).
+
+        Inputs are captions[:, :-1], targets captions[:, 1:]; <NULL> targets
+        are ignored; the summed loss is divided by N. grads has params' keys.
+        """
+        p = self.params
+        features = np.asarray(features, dtype=self.dtype)
+        captions = np.asarray(captions)
+        N = captions.shape[0]
+        cin, cout = captions[:, :-1], captions[:, 1:]
+        T = cin.shape[1]
+        mask = cout != self._null
+        # a row's steps after its last real target cannot change the loss
+        lengths = np.where(mask.any(axis=1), T - np.argmax(mask[:, ::-1], axis=1), 0)
+        order = np.argsort(-lengths, kind="stable")
+        active = np.arange(T)[:, None] < lengths[order][None, :]   # (T, N) sorted rows
+        bs = active.sum(axis=1)
+        bs = bs[bs > 0]
+        ids_in = cin[order].T[active]            # (S,) packed, time-major
+        ids_out = cout[order].T[active]
+        keep = mask[order].T[active]
+        n0 = int(bs[0]) if len(bs) else 0
+        feats = features[order[:n0]]
+
+        h0, proj_cache = layers.affine_forward(feats, p["W_proj"], p["b_proj"])
+        # An embedding followed by x @ Wx is a linear map of the distinct words:
+        # project each word once (U <= V rows, ~S/3 on real captions), then gather.
+        order_ids, starts, words = layers.group_ids(ids_in)   # words: (U,) distinct
+        inverse = np.empty_like(ids_in)
+        inverse[order_ids] = np.repeat(np.arange(len(words)), np.diff(np.r_[starts, len(ids_in)]))
+        e = p["W_embed"][words]                  # (U, W)
+        a = (e @ p["Wx"])[inverse]               # (S, kH) packed input projections
+        a += p["b"]
+        core = layers.lstm_packed_forward if self.cell_type == "lstm" else layers.rnn_packed_forward
+        h, core_cache = core(a, h0, p["Wh"], bs)
+        all_kept = bool(keep.all())
+        hk = h if all_kept else h[keep]
+        logits = hk @ p["W_vocab"]
+        logits += p["b_vocab"]
+        loss, dlogits = layers.softmax_loss_rows(logits, ids_out[keep], 1.0 / N)
+
+        g = {}
+        g["W_vocab"] = hk.T @ dlogits
+        g["b_vocab"] = dlogits.sum(axis=0)
+        dhk = dlogits @ p["W_vocab"].T
+        if all_kept:
+            dh = dhk
+        else:
+            dh = np.zeros_like(h)
+            dh[keep] = dhk
+        back = layers.lstm_packed_backward if self.cell_type == "lstm" else layers.rnn_packed_backward
+        da, dh0, g["Wh"] = back(dh, core_cache)
+        # ... and back: sum da over each word's occurrences first, then multiply
+        da_w = layers.segment_sum(da[order_ids], starts)   # (U, kH)
+        g["Wx"] = e.T @ da_w
+        g["b"] = da_w.sum(axis=0)
+        g["W_embed"] = np.zeros_like(p["W_embed"])
+        g["W_embed"][words] = da_w @ p["Wx"].T
+        _, g["W_proj"], g["b_proj"] = layers.affine_backward(dh0, proj_cache)
+        return loss, {n: g[n] for n in PARAM_NAMES}
+
+    # ------------------------------------------------------------ decoding
+
+    def init_state(self, features):
+        """features (N, D) -> (h0 (N, H), c0 (N, H) zeros for lstm, None for rnn)."""
+        p = self.params
+        h = np.asarray(features, dtype=self.dtype) @ p["W_proj"] + p["b_proj"]
+        c = np.zeros_like(h) if self.cell_type == "lstm" else None
+        return h, c
+
+    def step(self, words, h, c=None):
+        """One decoder step for any batch: words (B,) ids, h (B, H), c (B, H) or None
+        -> (logits (B, V), next_h, next_c). Used by sample() and captioner.decoding."""
+        p = self.params
+        x = p["W_embed"][words]
+        if self.cell_type == "lstm":
+            h, c, _ = layers.lstm_step_forward(x, h, c, p["Wx"], p["Wh"], p["b"])
+        else:
+            h, _ = layers.rnn_step_forward(x, h, p["Wx"], p["Wh"], p["b"])
+        logits = h @ p["W_vocab"]
+        logits += p["b_vocab"]
+        return logits, h, c
+
+    def sample(self, features, max_length=30):
+        """Greedy captions (N, max_length) int64, without <START>.
+
+        Never emits <NULL>, <START> or <UNK>; a row ends with <END> and is
+        padded with <NULL> after it. Finished rows drop out of the batch.
+        """
+        N = len(features)
+        captions = np.full((N, max_length), self._null, dtype=np.int64)
+        h, c = self.init_state(features)
+        rows = np.arange(N)
+        words = np.full(N, self._start)
+        for t in range(max_length):
+            if rows.size == 0:
+                break
+            logits, h, c = self.step(words, h, c)
+            logits[:, self.banned] = -np.inf
+            words = logits.argmax(axis=1)
+            captions[rows, t] = words
+            live = words != self._end
+            if not live.all():
+                rows, words, h = rows[live], words[live], h[live]
+                c = c[live] if c is not None else None
+        return captions

@@ -1,0 +1,365 @@
+"""Training: the epoch loop, checkpoints of a run, exact resume, the overfit check.
+
+A run directory holds `last.npz` (written every `save_every` steps, at the end
+of each epoch and on Ctrl-C / SIGTERM), `best.npz` (best validation loss, or
+CIDEr-D with keep_best='cider') and `history.json`. Everything that decides
+what happens next is in the checkpoint: parameters, optimizer state, epoch and
+step within the epoch. The data order of epoch e is a permutation seeded by
+(seed, e), so a resumed run replays exactly the batches it would have seen.
+"""
+import contextlib
+import datetime
+import fcntl
+import math
+import os
+import signal
+import time
+
+import numpy as np
+
+from . import checkpoint
+from .errors import CaptionerError
+from .model import CaptioningRNN
+from .optim import OPTIMIZERS
+
+DEFAULTS = dict(epochs=10, batch_size=100, optimizer="adam", lr=1e-3, lr_decay=0.95,
+                weight_decay=0.0, clip_norm=0.0, seed=0, val_size=1000, save_every=1000,
+                eval_every=0, eval_images=200, keep_best="loss")
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving `last`; exit with 128 + signum."""
+
+    def __init__(self, signum, path):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; saved {path}")
+        self.signum, self.path = signum, path
+
+
+# ---------------------------------------------------------------- models on disk
+
+def model_meta(model, data):
+    return {"model": {"cell_type": model.cell_type, "input_dim": model.input_dim,
+                      "wordvec_dim": model.wordvec_dim, "hidden_dim": model.hidden_dim},
+            "vocab": [model.idx_to_word[i] for i in range(len(model.idx_to_word))],
+            "features": {"kind": data["feature_kind"], "dim": int(data["feature_dim"]),
+                         "encoder": data["encoder"]}}
+
+
+def load_model(path, dtype=np.float32):
+    """Checkpoint -> (model, meta, optim_arrays, history); every field checked."""
+    params, meta, optim, history = checkpoint.load(path)
+    try:
+        cfg, vocab, feats = meta["model"], meta["vocab"], meta["features"]
+        if cfg["cell_type"] not in ("rnn", "lstm"):
+            raise ValueError(f"unknown cell type {cfg['cell_type']!r}")
+        word_to_idx = {w: i for i, w in enumerate(vocab)}
+        if len(word_to_idx) != len(vocab) or not all(isinstance(w, str) for w in vocab):
+            raise ValueError("vocabulary has duplicate or non-string words")
+        model = CaptioningRNN(word_to_idx, input_dim=int(cfg["input_dim"]),
+                              wordvec_dim=int(cfg["wordvec_dim"]),
+                              hidden_dim=int(cfg["hidden_dim"]), cell_type=cfg["cell_type"],
+                              dtype=dtype, seed=0)
+        int(feats["dim"]), str(feats["kind"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CaptionerError(f"{path}: metadata is incomplete or wrong ({e!s}); "
+                             f"not a checkpoint this captioner wrote") from None
+    checkpoint.check_params(path, params, model)
+    for k, v in params.items():
+        model.params[k] = np.ascontiguousarray(v, dtype=dtype)
+    return model, meta, optim, history
+
+
+def check_compatible(path, meta, data):
+    """A checkpoint can only be used with data of the same vocabulary and features."""
+    if list(meta["vocab"]) != list(data["idx_to_word"]):
+        raise CaptionerError(f"{path}: its vocabulary ({len(meta['vocab'])} words) differs from the "
+                             f"dataset's in {data['base_dir']} ({len(data['idx_to_word'])} words); "
+                             f"use the dataset the model was trained on")
+    f = meta["features"]
+    if int(f["dim"]) != int(data["feature_dim"]) or f.get("encoder") != data["encoder"]:
+        raise CaptionerError(f"{path}: trained on {f.get('encoder')} features ({f['dim']}-d) but the "
+                             f"dataset has {data['encoder']} ({data['feature_dim']}-d); "
+                             f"pass --features {f['kind']} or the matching --data")
+
+
+def find_checkpoint(path):
+    """A run directory means its last.npz (for --resume)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "last.npz")
+        if not os.path.exists(path):
+            raise CaptionerError(f"{path}: no checkpoint in this run directory yet; start a new run")
+    return path
+
+
+@contextlib.contextmanager
+def run_lock(run_dir):
+    """One writer per run directory. flock dies with the process, so kill -9 leaves no stale lock."""
+    path = os.path.join(run_dir, "train.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CaptionerError(f"{run_dir}: another `captioner train` is writing to this run "
+                             f"directory; wait for it to finish or choose another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def new_run_dir(out, cell):
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = os.path.join("runs", f"{stamp}-{cell}")
+    if os.path.exists(os.path.join(out, "last.npz")):
+        raise CaptionerError(f"{out}: already holds a run; continue it with --resume {out} "
+                             f"or choose another --out")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+# ---------------------------------------------------------------- the loop
+
+def fresh_state(settings):
+    return {"epoch": 0, "step_in_epoch": 0, "step": 0, "settings": dict(settings),
+            "optim": None, "epochs": [], "best": None}
+
+
+def _split_optim(configs):
+    """Per-parameter optimizer configs -> (JSON scalars, npz arrays)."""
+    scalars, arrays = {}, {}
+    for name, cfg in configs.items():
+        scalars[name] = {k: v.item() if isinstance(v, np.generic) else v
+                         for k, v in cfg.items() if not isinstance(v, np.ndarray)}
+        arrays[name] = {k: v for k, v in cfg.items() if isinstance(v, np.ndarray)}
+    return scalars, arrays
+
+
+def _join_optim(scalars, arrays, dtype):
+    configs = {}
+    for name, cfg in scalars.items():
+        configs[name] = dict(cfg)
+        for k, v in arrays.get(name, {}).items():
+            configs[name][k] = np.array(v, dtype=dtype)
+    return configs
+
+
+def resume_state(meta, optim_arrays, history, dtype=np.float32):
+    state = dict(meta["training"])
+    state["optim"] = _join_optim(state["optim"], optim_arrays, dtype)
+    state["loss_history"] = list(history.get("loss", []))
+    return state
+
+
+class _SignalFlag:
+    """Defer SIGINT/SIGTERM to a step boundary: parameters are updated in place,
+    so stopping mid-update would save a half-stepped model. A second signal stops at once."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self._old = {}
+        if _in_main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _in_main_thread():
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _val_subset(data, n, seed):
+    if n <= 0 or "val_captions" not in data or len(data["val_captions"]) == 0:
+        return None
+    total = len(data["val_captions"])
+    return np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+
+
+def batch(data, split, idx):
+    """Caption rows idx of a split -> (features (B, D) float32, captions (B, 17))."""
+    captions = data[f"{split}_captions"][idx]
+    features = data[f"{split}_features"][data[f"{split}_image_idxs"][idx]]
+    return features, captions
+
+
+def evaluate_loss(model, data, rows, batch_size=100):
+    """Mean per-caption loss (CS231n convention) over caption rows of val."""
+    total = 0.0
+    for i in range(0, len(rows), batch_size):
+        idx = rows[i:i + batch_size]
+        loss, _ = model.loss(*batch(data, "val", idx))
+        total += float(loss) * len(idx)
+    return total / len(rows)
+
+
+def train(data, model, run_dir=None, state=None, progress=True, log=print, **settings):
+    """Train `model` on data['train_*'] and return the final state dict.
+
+    settings: see DEFAULTS; other keys (the data path, ...) are kept in the
+    checkpoint for --resume. state: from resume_state() to continue a run.
+    run_dir None trains without writing anything (the overfit check).
+    """
+    from tqdm import tqdm
+
+    s = dict(DEFAULTS, **settings)
+    state = state or fresh_state(s)
+    state["settings"].update(epochs=s["epochs"])
+    update = OPTIMIZERS[s["optimizer"]]
+    if state["optim"] is None:
+        state["optim"] = {k: {"learning_rate": s["lr"]} for k in model.params}
+    losses = state.setdefault("loss_history", [])
+    n = len(data["train_captions"])
+    B = s["batch_size"]
+    steps_per_epoch = math.ceil(n / B)
+    val_rows = _val_subset(data, s["val_size"], s["seed"])
+
+    def save(name):
+        if run_dir is None:
+            return None
+        path = os.path.join(run_dir, f"{name}.npz")
+        scalars, arrays = _split_optim(state["optim"])
+        meta = dict(model_meta(model, data), created=datetime.datetime.now().isoformat(timespec="seconds"),
+                    training={k: v for k, v in state.items() if k not in ("optim", "loss_history")}
+                    | {"optim": scalars})
+        checkpoint.save(path, model.params, meta, arrays,
+                        {"loss": np.asarray(losses, dtype=np.float64)})
+        history = {"settings": state["settings"], "epochs": state["epochs"], "best": state["best"],
+                   "step": state["step"], "loss": [round(x, 5) for x in losses]}
+        checkpoint.write_json(os.path.join(run_dir, "history.json"), history)
+        return path
+
+    with _SignalFlag() as flag:
+        while state["epoch"] < s["epochs"]:
+            epoch = state["epoch"]
+            order = np.random.default_rng([s["seed"], epoch]).permutation(n)
+            start = state["step_in_epoch"]
+            t0 = time.perf_counter()
+            bar = tqdm(range(start, steps_per_epoch), initial=start, total=steps_per_epoch,
+                       desc=f"epoch {epoch + 1}/{s['epochs']}", disable=not progress,
+                       leave=False, unit="batch", dynamic_ncols=True)
+            running = None
+            for it in bar:
+                idx = order[it * B:(it + 1) * B]
+                loss, grads = model.loss(*batch(data, "train", idx))
+                loss = float(loss)
+                norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+                if not (math.isfinite(loss) and math.isfinite(norm)):
+                    where = f"; last good checkpoint: {run_dir}/last.npz" if run_dir else ""
+                    raise CaptionerError(f"training diverged at epoch {epoch + 1}, step {it + 1}: loss is "
+                                         f"{loss}; lower --lr or set --clip-norm{where}", exit_code=1)
+                if s["clip_norm"] and norm > s["clip_norm"]:
+                    scale = s["clip_norm"] / norm
+                    for g in grads.values():
+                        g *= scale
+                for k, w in model.params.items():
+                    dw = grads[k]
+                    if s["weight_decay"] and k.startswith("W"):
+                        dw = dw + s["weight_decay"] * w
+                    model.params[k], state["optim"][k] = update(w, dw, state["optim"][k])
+                losses.append(loss)
+                state["step"] += 1
+                state["step_in_epoch"] = it + 1
+                running = loss if running is None else 0.9 * running + 0.1 * loss
+                bar.set_postfix(loss=f"{running:.3f}", refresh=False)
+                if flag.signum is not None:
+                    bar.close()
+                    path = save("last")
+                    raise Interrupted(flag.signum, path)
+                if run_dir and s["save_every"] and state["step"] % s["save_every"] == 0:
+                    save("last")
+            bar.close()
+            record = {"epoch": epoch + 1, "step": state["step"],
+                      "train_loss": float(np.mean(losses[-(steps_per_epoch - start):] or [float("nan")])),
+                      "lr": float(state["optim"][next(iter(state["optim"]))]["learning_rate"]),
+                      "seconds": round(time.perf_counter() - t0, 2)}
+            if val_rows is not None:
+                record["val_loss"] = evaluate_loss(model, data, val_rows, B)
+            if s["eval_every"] and (epoch + 1) % s["eval_every"] == 0:
+                record.update(_eval_metrics(model, data, s["eval_images"]))
+            for cfg in state["optim"].values():
+                cfg["learning_rate"] *= s["lr_decay"]
+            state["epochs"].append(record)
+            state["epoch"] += 1
+            state["step_in_epoch"] = 0
+            log(_format_record(record, s["epochs"]))
+            better = _improved(state["best"], record, s["keep_best"])
+            if better:
+                state["best"] = better
+            save("last")
+            if better and run_dir:
+                save("best")
+            if flag.signum is not None:
+                raise Interrupted(flag.signum, os.path.join(run_dir, "last.npz") if run_dir else None)
+    return state
+
+
+def _improved(best, record, keep_best):
+    key = {"loss": "val_loss", "cider": "CIDEr"}[keep_best]
+    if key not in record:
+        key = "train_loss"
+    value = record[key]
+    higher = key == "CIDEr"
+    if best is None or best["metric"] != key or (value > best["value"] if higher else value < best["value"]):
+        return {"metric": key, "value": value, "epoch": record["epoch"]}
+    return None
+
+
+def _format_record(r, epochs):
+    parts = [f"epoch {r['epoch']}/{epochs}", f"train loss {r['train_loss']:.4f}"]
+    if "val_loss" in r:
+        parts.append(f"val loss {r['val_loss']:.4f}")
+    for k in ("Bleu_4", "CIDEr"):
+        if k in r:
+            parts.append(f"{k} {r[k]:.3f}")
+    parts.append(f"lr {r['lr']:.2e}")
+    parts.append(f"{r['seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+def _eval_metrics(model, data, n_images):
+    """BLEU-4 and CIDEr-D of greedy captions on the first n_images val images (a fixed subset)."""
+    from .evaluation import caption_split
+    from .metrics import score
+    ids, generated, refs = caption_split(model, data, "val", max_images=n_images, beam_size=1,
+                                         max_length=data["val_captions"].shape[1] - 1)
+    scores, _ = score(dict(zip(ids, refs)), dict(zip(ids, generated)), meteor=False)
+    return {"Bleu_4": scores["Bleu_4"], "CIDEr": scores["CIDEr"]}
+
+
+# ---------------------------------------------------------------- overfit
+
+def overfit(data, cell, n=50, epochs=50, batch_size=25, lr=5e-3, lr_decay=None, hidden_dim=512,
+            wordvec_dim=256, seed=231, progress=False):
+    """CS231n's sanity check: memorise n training captions, one per image.
+
+    CS231n takes the first 50 captions, which in the real (shuffled) files belong to
+    50 different images. We make that explicit: the first caption of each of the
+    first n distinct images, since no model can memorise two captions of one image.
+    Returns (model, state, rows); state['epochs'] holds the per-epoch losses.
+    """
+    _, first = np.unique(data["train_image_idxs"], return_index=True)
+    rows = np.sort(first)[:n]
+    small = dict(data, train_captions=data["train_captions"][rows],
+                 train_image_idxs=data["train_image_idxs"][rows])
+    model = CaptioningRNN(data["word_to_idx"], input_dim=data["feature_dim"],
+                          wordvec_dim=wordvec_dim, hidden_dim=hidden_dim, cell_type=cell, seed=seed)
+    if lr_decay is None:
+        lr_decay = 0.95 if cell == "rnn" else 0.995
+    state = train(small, model, None, progress=progress, log=lambda *_: None, epochs=epochs,
+                  batch_size=batch_size, lr=lr, lr_decay=lr_decay, seed=seed, val_size=0)
+    return model, state, rows

@@ -1,0 +1,180 @@
+"""Float64 gradient checks of every layer against centered differences."""
+import numpy as np
+import pytest
+
+from captioner import layers as L
+from gradcheck import numeric_grad, numeric_grad_array, rel_error
+
+TOL = 1e-6
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def check(f, inputs, dout, analytic):
+    """analytic: list of gradients in the order of inputs."""
+    for x, g in zip(inputs, analytic):
+        num = numeric_grad_array(f, x, dout)
+        assert g.shape == x.shape
+        assert rel_error(num, g) < TOL
+
+
+def test_affine(rng):
+    x, w, b = rng.standard_normal((4, 3, 2)), rng.standard_normal((6, 5)), rng.standard_normal(5)
+    out, cache = L.affine_forward(x, w, b)
+    np.testing.assert_allclose(out, x.reshape(4, 6) @ w + b)
+    dout = rng.standard_normal(out.shape)
+    check(lambda: L.affine_forward(x, w, b)[0], [x, w, b], dout, L.affine_backward(dout, cache))
+
+
+def test_temporal_affine(rng):
+    x, w, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5)), rng.standard_normal(5)
+    out, cache = L.temporal_affine_forward(x, w, b)
+    assert out.shape == (2, 3, 5)
+    np.testing.assert_allclose(out[1, 2], x[1, 2] @ w + b)
+    dout = rng.standard_normal(out.shape)
+    check(lambda: L.temporal_affine_forward(x, w, b)[0], [x, w, b], dout,
+          L.temporal_affine_backward(dout, cache))
+
+
+def test_rnn_step(rng):
+    N, D, H = 3, 4, 5
+    x, h = rng.standard_normal((N, D)), rng.standard_normal((N, H))
+    Wx, Wh, b = rng.standard_normal((D, H)), rng.standard_normal((H, H)) * 0.3, rng.standard_normal(H)
+    out, cache = L.rnn_step_forward(x, h, Wx, Wh, b)
+    np.testing.assert_allclose(out, np.tanh(x @ Wx + h @ Wh + b))
+    dout = rng.standard_normal(out.shape)
+    check(lambda: L.rnn_step_forward(x, h, Wx, Wh, b)[0], [x, h, Wx, Wh, b], dout,
+          L.rnn_step_backward(dout, cache))
+
+
+def _ref_lstm_step(x, h, c, Wx, Wh, b):
+    a = x @ Wx + h @ Wh + b
+    H = h.shape[1]
+    sig = lambda z: 1 / (1 + np.exp(-z))
+    i, f, o, g = sig(a[:, :H]), sig(a[:, H:2 * H]), sig(a[:, 2 * H:3 * H]), np.tanh(a[:, 3 * H:])
+    c2 = f * c + i * g
+    return o * np.tanh(c2), c2
+
+
+def test_lstm_step(rng):
+    N, D, H = 3, 4, 5
+    x, h, c = rng.standard_normal((N, D)), rng.standard_normal((N, H)), rng.standard_normal((N, H))
+    Wx, Wh, b = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H)), rng.standard_normal(4 * H)
+    nh, nc, cache = L.lstm_step_forward(x, h, c, Wx, Wh, b)
+    rh, rc = _ref_lstm_step(x, h, c, Wx, Wh, b)   # pins the gate order i, f, o, g
+    np.testing.assert_allclose(nh, rh, rtol=1e-12)
+    np.testing.assert_allclose(nc, rc, rtol=1e-12)
+    dh, dc = rng.standard_normal((N, H)), rng.standard_normal((N, H))
+    grads = L.lstm_step_backward(dh, dc, cache)
+
+    def f():
+        a, b_, _ = L.lstm_step_forward(x, h, c, Wx, Wh, b)
+        return float(np.sum(a * dh) + np.sum(b_ * dc))
+    for inp, g in zip([x, h, c, Wx, Wh, b], grads):
+        assert rel_error(numeric_grad(f, inp), g) < TOL
+
+
+def test_lstm_sigmoid_saturates_without_nan(rng):
+    x = np.full((1, 1), 1.0)
+    Wx = np.array([[-1e4, 1e4, 1e4, 1.0]])   # exp overflows on the i gate
+    h, c, _ = L.lstm_step_forward(x, np.zeros((1, 1)), np.ones((1, 1)), Wx, np.zeros((1, 4)), np.zeros(4))
+    np.testing.assert_allclose(c, [[1.0]])     # i = 0, f = 1
+    assert np.isfinite(h).all()
+
+
+@pytest.mark.parametrize("fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1),
+                                         (L.lstm_forward, L.lstm_backward, 4)])
+def test_sequence_layers(rng, fwd, bwd, k):
+    N, T, D, H = 2, 3, 4, 5
+    x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))
+    Wx, Wh, b = rng.standard_normal((D, k * H)), rng.standard_normal((H, k * H)) * 0.4, rng.standard_normal(k * H)
+    h, cache = fwd(x, h0, Wx, Wh, b)
+    # against a loop of step functions
+    prev, c = h0, np.zeros((N, H))
+    for t in range(T):
+        if k == 1:
+            prev, _ = L.rnn_step_forward(x[:, t], prev, Wx, Wh, b)
+        else:
+            prev, c, _ = L.lstm_step_forward(x[:, t], prev, c, Wx, Wh, b)
+        np.testing.assert_allclose(h[:, t], prev, rtol=1e-12, atol=1e-14)
+    dout = rng.standard_normal(h.shape)
+    check(lambda: fwd(x, h0, Wx, Wh, b)[0], [x, h0, Wx, Wh, b], dout, bwd(dout, cache))
+
+
+@pytest.mark.parametrize("fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1),
+                                         (L.lstm_forward, L.lstm_backward, 4)])
+def test_lengths_equal_padded_run(rng, fwd, bwd, k):
+    """Packed computation with lengths == the unpacked one on the valid steps."""
+    N, T, D, H = 5, 6, 3, 4
+    lengths = np.array([3, 6, 0, 1, 6])
+    x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))
+    Wx, Wh, b = rng.standard_normal((D, k * H)), rng.standard_normal((H, k * H)) * 0.4, rng.standard_normal(k * H)
+    valid = np.arange(T)[None, :] < lengths[:, None]
+    dout = rng.standard_normal((N, T, H)) * valid[:, :, None]
+    hp, cp = fwd(x, h0, Wx, Wh, b, lengths=lengths)
+    hf, cf = fwd(x, h0, Wx, Wh, b)
+    np.testing.assert_allclose(hp[valid], hf[valid], rtol=1e-12, atol=1e-14)
+    assert not hp[~valid].any()
+    for gp, gf in zip(bwd(dout, cp), bwd(dout, cf)):
+        np.testing.assert_allclose(gp, gf, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1),
+                                         (L.lstm_forward, L.lstm_backward, 4)])
+def test_float32_follows_inputs(rng, fwd, bwd, k):
+    N, T, D, H = 3, 4, 6, 8
+    args64 = [rng.standard_normal((N, T, D)), rng.standard_normal((N, H)), rng.standard_normal((D, k * H)) * 0.3,
+              rng.standard_normal((H, k * H)) * 0.3, rng.standard_normal(k * H) * 0.1]
+    args32 = [a.astype(np.float32) for a in args64]
+    h64, c64 = fwd(*args64)
+    h32, c32 = fwd(*args32)
+    assert h32.dtype == np.float32
+    np.testing.assert_allclose(h32, h64, rtol=1e-4, atol=1e-5)
+    dout = rng.standard_normal(h64.shape)
+    for g32, g64 in zip(bwd(dout.astype(np.float32), c32), bwd(dout, c64)):
+        assert g32.dtype == np.float32
+        np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-4)
+
+
+def test_word_embedding_repeated_ids(rng):
+    V, D = 5, 3
+    x = np.array([[0, 3, 1, 3], [2, 3, 3, 0]])   # id 3 four times, 4 never
+    W = rng.standard_normal((V, D))
+    out, cache = L.word_embedding_forward(x, W)
+    np.testing.assert_array_equal(out[1, 0], W[2])
+    dout = rng.standard_normal(out.shape)
+    dW = L.word_embedding_backward(dout, cache)
+    ref = np.zeros_like(W)
+    np.add.at(ref, x, dout)
+    np.testing.assert_allclose(dW, ref, rtol=1e-12)
+    assert not dW[4].any()
+    assert rel_error(numeric_grad_array(lambda: L.word_embedding_forward(x, W)[0], W, dout), dW) < TOL
+
+
+def test_temporal_softmax_loss(rng):
+    N, T, V = 4, 5, 7
+    x = rng.standard_normal((N, T, V))
+    y = rng.integers(0, V, (N, T))
+    mask = rng.random((N, T)) > 0.4
+    mask[0, 0], mask[0, 1] = True, False
+    x0 = x.copy()
+    loss, dx = L.temporal_softmax_loss(x, y, mask)
+    np.testing.assert_array_equal(x, x0)     # inputs untouched
+    p = np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+    ref = -np.sum(np.log(p[np.arange(N)[:, None], np.arange(T), y]) * mask) / N
+    assert abs(loss - ref) < 1e-12
+    assert not dx[~mask].any()               # masked targets contribute nothing
+    num = numeric_grad(lambda: L.temporal_softmax_loss(x, y, mask)[0], x)
+    assert rel_error(num, dx) < TOL
+    # divided by N, not by the number of unmasked tokens
+    full, _ = L.temporal_softmax_loss(x, y, np.ones((N, T), bool))
+    assert abs(full * N + np.log(p[np.arange(N)[:, None], np.arange(T), y]).sum()) < 1e-9
+
+
+def test_softmax_loss_large_logits_stable():
+    x = np.array([[[1000.0, 0.0, -1000.0]]])
+    loss, dx = L.temporal_softmax_loss(x, np.array([[1]]), np.ones((1, 1), bool))
+    assert abs(loss - 1000.0) < 1e-9 and np.isfinite(dx).all()

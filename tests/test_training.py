@@ -1,0 +1,253 @@
+"""Checkpoints, the training loop, exact resume and the CLI around them."""
+import errno
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from captioner import checkpoint, training
+from captioner.cli import cli
+from captioner.data import load_coco_data
+from captioner.errors import CaptionerError
+from captioner.model import CaptioningRNN
+from fixtures import build_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return str(build_dataset(tmp_path_factory.mktemp("coco"), n_train_images=60, captions_per_image=5,
+                             n_val_images=10, feature_dim=48, seed=1))
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    # A user never sees a traceback: any exception other than a clean exit is a bug.
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def small_model(data, cell="lstm", seed=0):
+    return CaptioningRNN(data["word_to_idx"], input_dim=data["feature_dim"], wordvec_dim=16,
+                         hidden_dim=24, cell_type=cell, seed=seed)
+
+
+SMALL = dict(batch_size=16, lr=5e-3, val_size=20, save_every=0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_resume_is_bit_identical(dataset, tmp_path, cell):
+    data = load_coco_data(dataset)
+    straight = small_model(data, cell)
+    training.train(data, straight, None, progress=False, log=lambda *_: None, epochs=3, **SMALL)
+
+    run_dir = str(tmp_path / "run")
+    os.makedirs(run_dir)
+    first = small_model(data, cell)
+    training.train(data, first, run_dir, progress=False, log=lambda *_: None, epochs=2, **SMALL)
+    model, meta, optim, history = training.load_model(os.path.join(run_dir, "last.npz"))
+    state = training.resume_state(meta, optim, history)
+    assert state["epoch"] == 2 and len(state["loss_history"]) == state["step"]
+    training.train(data, model, run_dir, state=state, progress=False, log=lambda *_: None,
+                   epochs=3, **SMALL)
+    for k in straight.params:
+        np.testing.assert_array_equal(model.params[k], straight.params[k], err_msg=k)
+
+
+def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
+    """A checkpoint saved every few steps (as on Ctrl-C) resumes inside the epoch."""
+    data = load_coco_data(dataset)
+    straight = small_model(data)
+    settings = dict(SMALL, epochs=2)
+    training.train(data, straight, None, progress=False, log=lambda *_: None, **settings)
+
+    run_dir = str(tmp_path)
+    partial = small_model(data)
+    settings_partial = dict(settings, save_every=7)
+    # Keep a copy of the checkpoint saved at step 7 (inside epoch 1), then resume from it.
+    saved = {}
+    real_save = checkpoint.save
+
+    def spy(path, params, meta, optim_arrays=None, history=None):
+        real_save(path, params, meta, optim_arrays, history)
+        if meta["training"]["step"] == 7 and "step7" not in saved:
+            saved["step7"] = path + ".step7"
+            real_save(saved["step7"], params, meta, optim_arrays, history)
+
+    checkpoint.save = spy
+    try:
+        training.train(data, partial, run_dir, progress=False, log=lambda *_: None, **settings_partial)
+    finally:
+        checkpoint.save = real_save
+    model, meta, optim, history = training.load_model(saved["step7"])
+    state = training.resume_state(meta, optim, history)
+    assert state["epoch"] == 0 and state["step_in_epoch"] == 7
+    training.train(data, model, None, state=state, progress=False, log=lambda *_: None, **settings)
+    for k in straight.params:
+        np.testing.assert_array_equal(model.params[k], straight.params[k], err_msg=k)
+
+
+def test_nan_loss_stops_with_clear_message(dataset, tmp_path):
+    data = load_coco_data(dataset)
+    model = small_model(data)
+    model.params["W_vocab"][:] = np.nan
+    with pytest.raises(CaptionerError, match="diverged"):
+        training.train(data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL)
+    assert not os.path.exists(tmp_path / "last.npz")  # nothing NaN was saved
+
+
+def test_checkpoint_round_trip_and_metadata(dataset, tmp_path):
+    data = load_coco_data(dataset)
+    model = small_model(data, "rnn")
+    training.train(data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL)
+    loaded, meta, optim, history = training.load_model(tmp_path / "last.npz")
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(loaded.params[k], v)
+        assert set(optim[k]) == {"m", "v"}
+    assert meta["features"] == {"kind": "pca", "dim": 48, "encoder": data["encoder"]}
+    assert meta["vocab"] == data["idx_to_word"] and meta["model"]["cell_type"] == "rnn"
+    h = json.loads((tmp_path / "history.json").read_text())
+    assert len(h["loss"]) == meta["training"]["step"] == len(history["loss"])
+    assert h["epochs"][0]["val_loss"] > 0
+
+
+def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.npz"
+    checkpoint.save(path, {"W": np.ones(3)}, {"x": 1})
+    before = path.read_bytes()
+
+    def full(f, **arrays):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(CaptionerError, match="No space left"):
+        checkpoint.save(path, {"W": np.zeros(3)}, {"x": 2})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.npz"]  # no temporary file left behind
+
+
+class _Payload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_pickle_is_refused_without_running(tmp_path):
+    target = tmp_path / "pwned"
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, meta=np.array("{}"), **{"param/W": np.array([_Payload(str(target))], dtype=object)})
+    with pytest.raises(CaptionerError, match="pickle"):
+        checkpoint.load(evil)
+    raw = tmp_path / "raw.npz"
+    raw.write_bytes(pickle.dumps(_Payload(str(target))))
+    with pytest.raises(CaptionerError):
+        checkpoint.load(raw)
+    assert not target.exists()
+
+
+def test_bad_checkpoints(tmp_path, dataset):
+    data = load_coco_data(dataset)
+    model = small_model(data)
+    good = tmp_path / "good.npz"
+    checkpoint.save(good, model.params, training.model_meta(model, data))
+    training.load_model(good)
+
+    trunc = tmp_path / "trunc.npz"
+    trunc.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(CaptionerError, match="trunc.npz"):
+        training.load_model(trunc)
+
+    newer = tmp_path / "newer.npz"
+    np.savez(newer, meta=np.array(json.dumps({"format": checkpoint.FORMAT, "version": 99})))
+    with pytest.raises(CaptionerError, match="newer"):
+        training.load_model(newer)
+
+    shapes = dict(model.params, W_proj=np.zeros((3, 3), np.float32))
+    wrong = tmp_path / "wrong.npz"
+    checkpoint.save(wrong, shapes, training.model_meta(model, data))
+    with pytest.raises(CaptionerError, match="W_proj"):
+        training.load_model(wrong)
+
+    meta = training.model_meta(model, data)
+    del meta["model"]
+    nometa = tmp_path / "nometa.npz"
+    checkpoint.save(nometa, model.params, meta)
+    with pytest.raises(CaptionerError, match="metadata"):
+        training.load_model(nometa)
+
+
+# ---------------------------------------------------------------- the CLI
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_overfit_small_memorises(dataset, cell):
+    result = run("overfit", "--small", "--cell", cell, "--data", dataset)
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output
+    # Memorised means the greedy sample gives back the ground truth, word for word.
+    line = [ln for ln in result.output.splitlines() if ln.startswith(f"{cell}: final loss")][0]
+    got, total = line.rsplit(";", 1)[1].split()[0].split("/")
+    assert int(total) == 50 and int(got) >= 48, result.output
+
+
+def test_train_resume_sample_info(tmp_path):
+    data = str(build_dataset(tmp_path / "coco", n_train_images=4000, captions_per_image=5,
+                             n_val_images=50, feature_dim=32, seed=2))
+    out = tmp_path / "run"
+    args = ["--data", data, "--hidden-dim", 32, "--wordvec-dim", 16, "--batch-size", 200,
+            "--val-size", 100, "--quiet"]
+    result = run("train", *args, "--epochs", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "20,000 training captions" in result.output
+    assert (out / "last.npz").exists() and (out / "best.npz").exists()
+
+    again = run("train", *args, "--epochs", 1, "--out", out)
+    assert again.exit_code == 2 and "--resume" in again.output
+
+    result = run("train", "--resume", out, "--epochs", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output and "epoch 2/2" in result.output
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history["epochs"]] == [1, 2]
+
+    result = run("sample", "--checkpoint", out / "best.npz", "--data", data, "--split", "val",
+                 "--count", 3, "--seed", 0)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("generated:") == 3
+
+    result = run("info", "--checkpoint", out / "last.npz")
+    assert result.exit_code == 0 and "lstm" in result.output and "2 epochs" in result.output
+    result = run("info", "--data", data)
+    assert result.exit_code == 0 and "20,000 captions" in result.output
+
+
+def test_cli_user_errors(tmp_path, dataset):
+    missing = run("train", "--data", tmp_path / "nope")
+    assert missing.exit_code == 2 and "captioner download" in missing.output
+    for bad in (["--lr", "0"], ["--lr", "nan"], ["--batch-size", "0"], ["--cell", "gru"],
+                ["--epochs", "-1"]):
+        result = run("train", "--data", dataset, *bad)
+        assert result.exit_code == 2, (bad, result.output)
+    result = run("sample", "--checkpoint", tmp_path / "none.npz", "--split", "val")
+    assert result.exit_code == 2 and "none.npz" in result.output
+    os.makedirs(tmp_path / "empty_runs")
+    cwd = os.getcwd()
+    os.chdir(tmp_path / "empty_runs")
+    try:
+        result = run("sample", "--split", "val")
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 2 and "no trained model" in result.output
+
+
+def test_second_writer_is_refused(tmp_path):
+    with training.run_lock(str(tmp_path)):
+        with pytest.raises(CaptionerError, match="another `captioner train`"):
+            with training.run_lock(str(tmp_path)):
+                pass
+    with training.run_lock(str(tmp_path)):  # released on exit
+        pass
