@@ -5,7 +5,7 @@ A scene is a plain dict, so it can be saved beside the pictures and read back by
     {"background": {"kind": "plain"|"gradient"|"noise", "colours": [[r, g, b], [r, g, b]],
                     "direction": "vertical"|"horizontal"|"diagonal", "noise": float, "seed": int},
      "objects": [{"shape": "circle", "colour": "red", "size": "large", "cell": [row, col],
-                  "cx": 0.5, "cy": 0.23, "radius": 0.11, "angle": 7.0}, ...]}
+                  "cx": 0.5, "cy": 0.25, "radius": 0.09, "angle": 7.0}, ...]}
 
 Every caption word is determined by the pixels: colour, shape, size, count and a 3x3 grid position.
 Objects sit in distinct cells of a 3x3 grid whose centres are at 25%, 50% and 75% of the side; no
@@ -14,14 +14,15 @@ object comes closer than 11% of the side (25 px at 224) to the border, so a 256-
 """
 import json
 import os
-import time
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-# Far apart in the encoder's feature space, not just in hue: a ridge probe on SqueezeNet features
-# confused orange with yellow and purple with blue/red (76% colour accuracy with those); with white and
-# black instead it tells all six apart (see the report of the demo's probe).
+from captioner.errors import CaptionerError
+
+# Far apart in the encoder's feature space, not just in hue: a linear probe on our SqueezeNet features
+# (600 one-object scenes) confused orange with yellow and purple with blue/red, 76% held-out colour
+# accuracy; with white and black in their place it got 98%.
 COLOURS = {
     "red": (220, 25, 30),
     "yellow": (250, 220, 10),
@@ -213,26 +214,30 @@ def write_demo_images(out_dir, n_images, seed=0, start_id=1, captions_per_image=
     """Render n_images scenes as JPEGs into out_dir plus a COCO-format captions.json; return its path.
 
     Image k has id start_id + k and depends only on (seed, id), so a prefix of a larger set is the same
-    pictures. Each `images` entry also carries its scene spec, which COCO readers ignore.
+    pictures and the same seed rewrites identical files. Each `images` entry also carries its scene
+    spec, which COCO readers ignore. Annotation ids are unique across calls with disjoint image ids.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    if n_images < 1 or start_id < 1:
+        raise CaptionerError(f"{out_dir}: asked for {n_images} demo images from id {start_id}; "
+                             "use at least 1 image and ids from 1")
     images, annotations = [], []
-    t0 = time.perf_counter()
-    for k in range(n_images):
-        image_id = start_id + k
-        rng = np.random.default_rng([seed, image_id])
-        scene = random_scene(rng)
-        name = f"demo_{image_id:012d}.jpg"
-        render_scene(scene).save(os.path.join(out_dir, name), quality=92)
-        images.append({"id": image_id, "file_name": name, "width": 224, "height": 224, "scene": scene})
-        for j, caption in enumerate(scene_captions(scene, rng, captions_per_image)):
-            # ids unique across calls with disjoint image ids (train and val sets)
-            ann_id = (image_id - 1) * captions_per_image + j + 1
-            annotations.append({"id": ann_id, "image_id": image_id, "caption": caption})
-    seconds = time.perf_counter() - t0
-    path = os.path.join(out_dir, "captions.json")
-    info = {"description": "captioner synthetic demo scenes", "seed": seed,
-            "images_per_second": round(n_images / max(seconds, 1e-9), 1)}
-    with open(path, "w") as f:
-        json.dump({"info": info, "images": images, "annotations": annotations}, f)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        for k in range(n_images):
+            image_id = start_id + k
+            rng = np.random.default_rng([seed, image_id])
+            scene = random_scene(rng)
+            name = f"demo_{image_id:012d}.jpg"
+            render_scene(scene).save(os.path.join(out_dir, name), quality=92)
+            images.append({"id": image_id, "file_name": name, "width": 224, "height": 224, "scene": scene})
+            for j, caption in enumerate(scene_captions(scene, rng, captions_per_image)):
+                annotations.append({"id": (image_id - 1) * captions_per_image + j + 1,
+                                    "image_id": image_id, "caption": caption})
+        path = os.path.join(out_dir, "captions.json")
+        info = {"description": "captioner synthetic demo scenes: coloured shapes", "seed": seed}
+        with open(path, "w") as f:
+            json.dump({"info": info, "images": images, "annotations": annotations}, f)
+    except OSError as e:
+        raise CaptionerError(f"{e.filename or out_dir}: cannot write demo images ({e.strerror or e}); "
+                             "pick a writable directory with free space") from e
     return path

@@ -20,14 +20,14 @@ import numpy as np
 
 def affine_forward(x, w, b):
     """x (N, D) @ w (D, M) + b (M,) -> out (N, M). x may be (N, d1, ..., dk)."""
-    out = x.reshape(x.shape[0], -1) @ w + b
+    out = x.reshape(x.shape[0], w.shape[0]) @ w + b
     return out, (x, w)
 
 
 def affine_backward(dout, cache):
     """dout (N, M) -> dx (same shape as x), dw (D, M), db (M,)."""
     x, w = cache
-    x2 = x.reshape(x.shape[0], -1)
+    x2 = x.reshape(x.shape[0], w.shape[0])
     return (dout @ w.T).reshape(x.shape), x2.T @ dout, dout.sum(axis=0)
 
 
@@ -62,37 +62,42 @@ def word_embedding_backward(dout, cache):
 def embedding_grad(ids, dout, V):
     """Sum the rows of dout (S, D) into dW (V, D) by ids (S,)."""
     dW = np.zeros((V, dout.shape[1]), dtype=dout.dtype)
-    order, starts, words = group_ids(ids)
+    order, starts, counts, words = group_ids(ids)
     if len(words):
-        dW[words] = segment_sum(dout[order], starts)
+        dW[words] = segment_sum(dout[order], starts, counts)
     return dW
 
 
 def group_ids(ids):
-    """Group equal ids: -> order (argsort of ids), starts (U,) of each run in
-    ids[order], words (U,) the distinct ids."""
+    """Group equal ids (S,) into runs of ids[order], most frequent id first.
+
+    -> order (S,) a stable argsort of ids, starts (U,) and counts (U,) of each
+    run in ids[order], words (U,) the distinct ids (run u holds words[u]).
+    """
     order = np.argsort(ids, kind="stable")
     sid = ids[order]
-    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]]) if len(sid) else np.zeros(0, int)
-    return order, starts, sid[starts]
+    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]]) if len(sid) else np.zeros(0, np.intp)
+    counts = np.diff(np.r_[starts, len(sid)])
+    by_count = np.argsort(-counts, kind="stable")
+    return order, starts[by_count], counts[by_count], sid[starts[by_count]]
 
 
-def segment_sum(x, starts):
-    """Sums of the row runs x[starts[u]:starts[u+1]] -> (U, C).
+def segment_sum(x, starts, counts):
+    """Row sums of the runs x[starts[u]:starts[u] + counts[u]] -> (U, C).
 
-    Short runs (most words): add the j-th row of every run that has one,
-    j = 1..7, a few big vectorised steps. Long runs (<START>, "a"): one
-    contiguous np.sum each. np.add.reduceat(x, starts, axis=0) gives the same
-    sums but is ~8x slower on (1000, 2048) float32; np.add.at is slower still.
+    Runs must come longest first (group_ids does that). Long runs (<START>,
+    "a") get one contiguous np.sum each; for the short rest, add the j-th
+    row of every run that has one, j = 1..7: slices, since they form a prefix.
+    np.add.reduceat(x, starts, axis=0) gives the same sums but is ~8x slower
+    on (1000, 2048) float32 here, and np.add.at slower still.
     """
-    counts = np.diff(np.r_[starts, len(x)])
     out = x[starts]
-    short = counts <= 8
-    for j in range(1, int(counts[short].max(initial=0))):
-        has = np.flatnonzero(short & (counts > j))
-        out[has] += x[starts[has] + j]
-    for u in np.flatnonzero(~short):
+    n_long = int(np.sum(counts > 8))
+    for u in range(n_long):
         np.sum(x[starts[u]:starts[u] + counts[u]], axis=0, out=out[u])
+    for j in range(1, int(counts[n_long:].max(initial=1))):
+        n = n_long + int(np.sum(counts[n_long:] > j))
+        out[n_long:n] += x[starts[n_long:n] + j]
     return out
 
 
@@ -190,19 +195,19 @@ def _lstm_cell(a, prev_c, c, tc, h):
     np.multiply(o, tc, out=h)
 
 
-def _lstm_cell_backward(dh, dc_next, gates, prev_c, tc, da, dc):
+def _lstm_cell_backward(dh, dc_next, gates, prev_c, tc, da, dc, scratch):
     """Gradients of one LSTM step on n rows.
 
     dh (n, H) grad on h; dc_next (m, H), m <= n, grad on c arriving from the
     next step (rows >= m get none; None = no rows); gates (n, 4H) activated
     i, f, o, g; prev_c (n, H) or None for zeros; tc = tanh(c).
     Writes da (n, 4H) grad on the pre-activations and dc (n, H) the total
-    grad on c; returns dc (callers form dprev_c = dc * f).
+    grad on c (callers form dprev_c = dc * f); scratch (n, 4H) is workspace.
     """
     H = tc.shape[1]
     i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
     di, df, do, dg = da[:, :H], da[:, H:2 * H], da[:, 2 * H:3 * H], da[:, 3 * H:]
-    # dc = dc_next + dh * o * (1 - tc^2); `do` is scratch until written below
+    # dc = dc_next + dh * o * (1 - tc^2): c feeds h through tanh and the next step directly
     np.multiply(tc, tc, out=dc)
     np.subtract(1, dc, out=dc)
     dc *= o
@@ -217,14 +222,13 @@ def _lstm_cell_backward(dh, dc_next, gates, prev_c, tc, da, dc):
         np.multiply(dc, prev_c, out=df)
     np.multiply(dc, i, out=dg)
     # sigmoid' = s (1 - s) on i, f, o at once; tanh' = 1 - g^2 on g
-    s = gates[:, :3 * H]
-    ds = np.subtract(1, s)
+    s, ds, gg = gates[:, :3 * H], scratch[:, :3 * H], scratch[:, 3 * H:]
+    np.subtract(1, s, out=ds)
     ds *= s
     da[:, :3 * H] *= ds
-    gg = np.multiply(g, g)
+    np.multiply(g, g, out=gg)
     np.subtract(1, gg, out=gg)
     dg *= gg
-    return dc
 
 
 def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
@@ -248,7 +252,8 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     x, prev_h, prev_c, Wx, Wh, gates, tc = cache
     H = tc.shape[1]
     da = np.empty_like(gates)
-    dc = _lstm_cell_backward(dnext_h, dnext_c, gates, prev_c, tc, da, np.empty_like(tc))
+    dc = np.empty_like(tc)
+    _lstm_cell_backward(dnext_h, dnext_c, gates, prev_c, tc, da, dc, np.empty_like(gates))
     dprev_c = dc * gates[:, H:2 * H]
     return da @ Wx.T, da @ Wh.T, dprev_c, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
@@ -294,22 +299,22 @@ def lstm_packed_backward(dh, cache):
     S, H = c.shape
     da = np.empty_like(gates)
     n0 = int(batch_sizes[0]) if len(batch_sizes) else 0
-    dht = np.empty((n0, H), dtype=c.dtype)
-    dc = np.empty((n0, H), dtype=c.dtype)
-    dprev_h = dprev_c = None
+    # per-step workspaces, reused: dh_t, dc_t, dprev_h, dprev_c, scratch
+    dht, dc, dph, dpc = (np.empty((n0, H), dtype=c.dtype) for _ in range(4))
+    scratch = np.empty((n0, 4 * H), dtype=c.dtype)
+    m = 0   # rows carrying dprev_h / dprev_c from step t + 1
     for t in range(len(batch_sizes) - 1, -1, -1):
         n = batch_sizes[t]
         lo, hi = offs[t], offs[t] + n
         d = dht[:n]
         d[...] = dh[lo:hi]
-        if dprev_h is not None:
-            d[:len(dprev_h)] += dprev_h
+        d[:m] += dph[:m]
         prev_c = c[offs[t - 1]:offs[t - 1] + n] if t > 0 else None
-        _lstm_cell_backward(d, dprev_c, gates[lo:hi], prev_c, tc[lo:hi], da[lo:hi], dc[:n])
-        dprev_h = da[lo:hi] @ Wh.T
-        dprev_c = dc[:n] * gates[lo:hi, H:2 * H]
-    dh0 = dprev_h if dprev_h is not None else np.zeros((0, H), dtype=c.dtype)
-    return da, dh0, hprev.T @ da
+        _lstm_cell_backward(d, dpc[:m], gates[lo:hi], prev_c, tc[lo:hi], da[lo:hi], dc[:n], scratch[:n])
+        np.matmul(da[lo:hi], Wh.T, out=dph[:n])
+        np.multiply(dc[:n], gates[lo:hi, H:2 * H], out=dpc[:n])
+        m = n
+    return da, dph[:m].copy(), hprev.T @ da
 
 
 # ---------------------------------------------------------------- padded wrappers

@@ -3,7 +3,9 @@
 loss() is the training fast path: the batch is sorted by caption length and
 packed (captioner.layers module doc) so padding steps are never computed, and
 only positions with a real target reach the vocabulary affine + softmax.
-The result equals the padded computation up to float rounding.
+The word projection runs once per distinct word of the batch, not per token.
+Every weight gradient is one matmul over all steps. The result equals the
+padded CS231n computation up to float rounding (tests/test_model.py).
 """
 import numpy as np
 
@@ -11,6 +13,25 @@ from captioner import layers
 from captioner.errors import CaptionerError
 
 PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
+
+
+def pack_captions(captions, null):
+    """Sort captions (N, T+1) by length, longest first, and pack them time-major
+    (captioner.layers module doc). A row's length is 1 + its last non-<NULL>
+    target: later steps cannot change the loss. Earlier <NULL> targets still
+    run their step but are left out of the loss via `keep`.
+
+    -> order (N,) the sort, batch_sizes (T',), ids_in, ids_out (S,) input and
+    target word per packed row, keep (S,) bool: target is not <NULL>.
+    """
+    cin, cout = captions[:, :-1], captions[:, 1:]
+    T = cin.shape[1]
+    mask = cout != null
+    lengths = np.where(mask.any(axis=1), T - np.argmax(mask[:, ::-1], axis=1), 0)
+    order = np.argsort(-lengths, kind="stable")
+    active = np.arange(T)[:, None] < lengths[order][None, :]   # (T, N) in sorted order
+    bs = active.sum(axis=1)
+    return order, bs[bs > 0], cin[order].T[active], cout[order].T[active], mask[order].T[active]
 
 
 class CaptioningRNN:
@@ -64,30 +85,20 @@ class CaptioningRNN:
         features = np.asarray(features, dtype=self.dtype)
         captions = np.asarray(captions)
         N = captions.shape[0]
-        cin, cout = captions[:, :-1], captions[:, 1:]
-        T = cin.shape[1]
-        mask = cout != self._null
-        # a row's steps after its last real target cannot change the loss
-        lengths = np.where(mask.any(axis=1), T - np.argmax(mask[:, ::-1], axis=1), 0)
-        order = np.argsort(-lengths, kind="stable")
-        active = np.arange(T)[:, None] < lengths[order][None, :]   # (T, N) sorted rows
-        bs = active.sum(axis=1)
-        bs = bs[bs > 0]
-        ids_in = cin[order].T[active]            # (S,) packed, time-major
-        ids_out = cout[order].T[active]
-        keep = mask[order].T[active]
-        n0 = int(bs[0]) if len(bs) else 0
-        feats = features[order[:n0]]
+        order, bs, ids_in, ids_out, keep = pack_captions(captions, self._null)
+        feats = features[order[:bs[0] if len(bs) else 0]]   # rows with no target drop out
 
         h0, proj_cache = layers.affine_forward(feats, p["W_proj"], p["b_proj"])
         # An embedding followed by x @ Wx is a linear map of the distinct words:
         # project each word once (U <= V rows, ~S/3 on real captions), then gather.
-        order_ids, starts, words = layers.group_ids(ids_in)   # words: (U,) distinct
-        inverse = np.empty_like(ids_in)
-        inverse[order_ids] = np.repeat(np.arange(len(words)), np.diff(np.r_[starts, len(ids_in)]))
+        order_ids, starts, counts, words = layers.group_ids(ids_in)   # words: (U,) distinct
+        inverse = np.empty_like(ids_in)                     # packed row -> its run
+        for_run = np.argsort(starts)                        # runs in sorted-id order
+        inverse[order_ids] = np.repeat(for_run, counts[for_run])
         e = p["W_embed"][words]                  # (U, W)
-        a = (e @ p["Wx"])[inverse]               # (S, kH) packed input projections
-        a += p["b"]
+        proj = e @ p["Wx"]
+        proj += p["b"]
+        a = proj[inverse]                        # (S, kH) packed input projections
         core = layers.lstm_packed_forward if self.cell_type == "lstm" else layers.rnn_packed_forward
         h, core_cache = core(a, h0, p["Wh"], bs)
         all_kept = bool(keep.all())
@@ -108,7 +119,7 @@ class CaptioningRNN:
         back = layers.lstm_packed_backward if self.cell_type == "lstm" else layers.rnn_packed_backward
         da, dh0, g["Wh"] = back(dh, core_cache)
         # ... and back: sum da over each word's occurrences first, then multiply
-        da_w = layers.segment_sum(da[order_ids], starts)   # (U, kH)
+        da_w = layers.segment_sum(da[order_ids], starts, counts)   # (U, kH)
         g["Wx"] = e.T @ da_w
         g["b"] = da_w.sum(axis=0)
         g["W_embed"] = np.zeros_like(p["W_embed"])

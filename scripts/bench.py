@@ -47,7 +47,7 @@ REF = dict(N=100, T=16, V=1004, D=512, W=256, H=512)
 NULL, START, END = 0, 1, 2
 
 # Words per caption in COCO val2014 (202,654 captions, split on [a-z0-9']+), clipped at
-# 15 so <START> + words + <END> fits in 17 tokens: index = words. Mean 10.34.
+# 15 so <START> + words + <END> fits in 17 tokens: {words: captions}. Mean 10.34.
 COCO_WORDS_HIST = {6: 5, 7: 1623, 8: 33159, 9: 44321, 10: 43581, 11: 31204, 12: 19945,
                    13: 11622, 14: 6643, 15: 10551}
 

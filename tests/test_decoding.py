@@ -129,3 +129,16 @@ def test_bad_arguments(trained):
         beam_search(m, feats, beam_size=0)
     with pytest.raises(CaptionerError, match="temperature"):
         sample_temperature(m, feats, temperature=0)
+
+
+def test_rnn_cell_beam_and_sampling():
+    m = CaptioningRNN(W2I, input_dim=6, wordvec_dim=4, hidden_dim=10, cell_type="rnn", seed=2)
+    m.params["W_vocab"] *= 10
+    feats = np.random.default_rng(0).standard_normal((7, 6))
+    greedy = m.sample(feats, max_length=9)
+    for row, hyps in zip(greedy, beam_search(m, feats, beam_size=1, max_length=9)):
+        np.testing.assert_array_equal(hyps[0][0], trim(row))
+    for f, hyps in zip(feats, beam_search(m, feats, beam_size=4, max_length=9, n_best=4)):
+        for ids, lp in hyps:
+            assert abs(score(m, f, ids) - lp) < 1e-4 * max(1.0, abs(lp))
+    assert sample_temperature(m, feats, max_length=9, rng=0).shape == (7, 9)

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from captioner import demo
+from captioner.errors import CaptionerError
 
 SIZE = 224
 
@@ -44,8 +45,8 @@ def written(tmp_path_factory):
 
 def test_same_seed_same_pixels_and_captions(written, tmp_path):
     again = Path(demo.write_demo_images(tmp_path / "again", 12, seed=7, start_id=5))
-    a, b = json.loads(written.read_text()), json.loads(again.read_text())
-    assert a["images"] == b["images"] and a["annotations"] == b["annotations"]
+    a = json.loads(written.read_text())
+    assert written.read_bytes() == again.read_bytes()
     for im in a["images"]:
         pa = np.asarray(Image.open(written.parent / im["file_name"]))
         pb = np.asarray(Image.open(again.parent / im["file_name"]))
@@ -186,3 +187,30 @@ def test_scenes_cover_every_attribute_value():
     assert {tuple(o["cell"]) for o in objs} == {(r, c) for r in range(3) for c in range(3)}
     assert {len(s["objects"]) for s in scenes} == {1, 2, 3}
     assert {s["background"]["kind"] for s in scenes} == {"plain", "gradient", "noise"}
+
+
+def test_relation_words_match_the_layout():
+    seen = set()
+    for scene in _scenes(200, seed=6):
+        objs = scene["objects"]
+        if len(objs) != 2:
+            continue
+        a, b = objs
+        text = " ".join(demo.scene_captions(scene, np.random.default_rng(0), n=6))
+        if "to the left of" in text:
+            assert a["cx"] < b["cx"] and a["cell"][0] == b["cell"][0]
+            seen.add("left")
+        if " above " in text:
+            assert a["cy"] < b["cy"]
+            seen.add("above")
+    assert seen == {"left", "above"}
+
+
+def test_unwritable_directory_is_a_one_line_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CaptionerError) as e:
+        demo.write_demo_images(blocker / "demo", 2)
+    assert "\n" not in str(e.value) and str(blocker) in str(e.value)
+    with pytest.raises(CaptionerError):
+        demo.write_demo_images(tmp_path / "none", 0)

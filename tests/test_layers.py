@@ -154,6 +154,15 @@ def test_word_embedding_repeated_ids(rng):
     assert rel_error(numeric_grad_array(lambda: L.word_embedding_forward(x, W)[0], W, dout), dW) < TOL
 
 
+def test_embedding_grad_long_and_short_runs(rng):
+    ids = rng.permutation(np.r_[np.full(30, 7), np.full(9, 2), rng.integers(0, 50, 200)])
+    dout = rng.standard_normal((len(ids), 6))
+    ref = np.zeros((50, 6))
+    np.add.at(ref, ids, dout)
+    np.testing.assert_allclose(L.embedding_grad(ids, dout, 50), ref, rtol=1e-12, atol=1e-12)
+    assert L.embedding_grad(ids[:0], dout[:0], 50).shape == (50, 6)
+
+
 def test_temporal_softmax_loss(rng):
     N, T, V = 4, 5, 7
     x = rng.standard_normal((N, T, V))

@@ -156,3 +156,11 @@ def test_sample_end_first():
     m.params["b_vocab"][END] = 100.0
     caps = m.sample(np.ones((3, 4)), max_length=5)
     np.testing.assert_array_equal(caps, [[END, NULL, NULL, NULL, NULL]] * 3)
+
+
+def test_batch_without_targets_has_zero_loss_and_grads():
+    m = CaptioningRNN(W2I, input_dim=4, wordvec_dim=3, hidden_dim=5, cell_type="lstm", seed=0)
+    caps = np.array([[START, NULL, NULL], [START, NULL, NULL]])
+    loss, grads = m.loss(np.ones((2, 4)), caps)
+    assert loss == 0.0
+    assert all(not g.any() and g.shape == m.params[k].shape for k, g in grads.items())
