@@ -238,42 +238,106 @@ def overfit(data, features, small, cell, n, epochs):
 @data_option
 @click.option("--split", type=click.Choice(["train", "val"]), default=None,
               help="Caption dataset images instead of picture files.")
-@click.option("--count", type=COUNT, default=5, show_default=True)
+@click.option("--count", type=COUNT, default=5, show_default=True, help="Dataset images to caption.")
+@click.option("--beam-size", type=COUNT, default=3, show_default=True, help="1 is greedy.")
+@click.option("--n-best", type=COUNT, default=1, show_default=True,
+              help="Print the N best captions with their log-probabilities.")
+@click.option("--temperature", type=POSITIVE, default=None,
+              help="Sample words at this temperature instead of beam search (diverse captions).")
 @click.option("--max-length", type=COUNT, default=16, show_default=True)
-@click.option("--seed", type=int, default=None, help="Pick the same images again.")
-def sample(images, ckpt, data, features, split, count, max_length, seed):
-    """Caption images: dataset images (--split) or picture files.
+@click.option("--seed", type=int, default=None, help="Pick the same images / samples again.")
+def sample(images, ckpt, data, features, split, count, beam_size, n_best, temperature, max_length,
+           seed):
+    """Caption picture files, or images of the dataset (--split).
 
     \b
     Example:
+      captioner sample photo.jpg --checkpoint runs/demo/best.npz
       captioner sample --checkpoint runs/lstm/best.npz --split val --count 5
     """
     import numpy as np
 
+    from .data import decode_captions
     from .training import check_compatible, load_model
 
+    if not images and split is None:
+        raise click.UsageError("give picture files to caption, or --split train|val")
     ckpt = ckpt or _newest_best()
     model, meta, _, _ = load_model(ckpt)
+    rng = np.random.default_rng(seed)
+
+    def captions(feats):
+        """-> per image a list of (caption, logprob or None)."""
+        if temperature is not None:
+            from .decoding import sample_temperature
+            draws = [sample_temperature(model, feats, temperature, max_length, rng) for _ in range(n_best)]
+            return [[(decode_captions(d[i], meta["vocab"]), None) for d in draws] for i in range(len(feats))]
+        from .decoding import beam_search
+        beams = beam_search(model, feats, beam_size=beam_size, max_length=max_length, n_best=n_best)
+        return [[(decode_captions(np.asarray(ids), meta["vocab"]), lp) for ids, lp in b] for b in beams]
+
+    def show(title, caps, truth=()):
+        click.echo(title)
+        for cap, lp in caps:
+            click.echo(f"  {cap}" + (f"   (log p {lp:.2f})" if n_best > 1 and lp is not None else ""))
+        for t in truth:
+            click.echo(f"  truth: {t}")
+
     if images:
-        raise CaptionerError("captioning picture files needs the image encoder, which is not part of "
-                             "this version yet; use --split val to caption dataset images", exit_code=2)
-    if split is None:
-        raise CaptionerError("nothing to caption: give picture files or --split train|val")
-    from .data import decode_captions, image_groups
-    d = _load_data(data if data != DATA_DEFAULT else meta.get("training", {}).get("settings", {}).get("data_dir", data),
-                   meta["features"]["kind"], splits=(split,))
+        from . import encoder
+        if meta["features"].get("encoder") != encoder.ENCODER_NAME:
+            raise CaptionerError(
+                f"{ckpt}: trained on {meta['features'].get('encoder')} features, which cannot be computed "
+                f"from a picture (the CS231n VGG-16 PCA basis is not published); caption dataset images with "
+                f"--split val, or build a dataset with `captioner prepare` and train on it")
+        feats, _, ok, errors = encoder.encode_files(images)
+        results = dict(zip(ok, captions(feats))) if ok else {}
+        for path in images:
+            if path in results:
+                show(path, results[path])
+        for path, message in errors:
+            click.echo(f"captioner: error: {message}", err=True)
+        if errors:
+            sys.exit(1)
+        return
+
+    from .data import image_groups
+    saved = meta.get("training", {}).get("settings", {}).get("data_dir")
+    d = _load_data(saved if data == DATA_DEFAULT and saved else data, meta["features"]["kind"],
+                   splits=(split,))
     check_compatible(ckpt, meta, d)
     idxs, rows = image_groups(d, split)
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(idxs), size=min(count, len(idxs)), replace=False)
-    gen = decode_captions(model.sample(d[f"{split}_features"][idxs[pick]], max_length=max_length),
-                          d["idx_to_word"])
+    pick = np.sort(rng.choice(len(idxs), size=min(count, len(idxs)), replace=False))
     urls = d.get(f"{split}_urls")
-    for j, p in enumerate(pick):
-        where = urls[idxs[p]] if urls else f"{split} image {idxs[p]}"
-        click.echo(f"{where}\n  generated: {gen[j]}")
-        for r in rows[p]:
-            click.echo(f"  truth:     {decode_captions(d[f'{split}_captions'][r], d['idx_to_word'])}")
+    for p, caps in zip(pick, captions(d[f"{split}_features"][idxs[pick]])):
+        truth = decode_captions(d[f"{split}_captions"][rows[p]], d["idx_to_word"])
+        show(urls[idxs[p]] if urls else f"{split} image {idxs[p]}", caps, truth)
+
+
+# ---------------------------------------------------------------- encode
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--top", type=COUNT, default=5, show_default=True)
+def encode(images, top):
+    """Run the NumPy SqueezeNet 1.1 encoder: top ImageNet classes of each picture.
+
+    \b
+    Example:
+      captioner encode photo.jpg --top 5
+    """
+    from . import encoder
+    _, logits, ok, errors = encoder.encode_files(images)
+    tops = dict(zip(ok, encoder.top_k(logits, top)))
+    for path in images:
+        if path in tops:
+            click.echo(path)
+            for idx, name, prob in tops[path]:
+                click.echo(f"  {prob:6.1%}  {idx:3d}  {name}")
+    for path, message in errors:
+        click.echo(f"captioner: error: {message}", err=True)
+    if errors:
+        sys.exit(1)
 
 
 def _newest_best():
@@ -350,6 +414,80 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
             click.echo(f"  {k:8s} {scores[k]:.3f}")
     for note in notes:
         click.echo(f"  ({note})")
+
+
+# ---------------------------------------------------------------- prepare
+
+@cli.command()
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Folder of pictures (the annotations' file_name are relative to it).")
+@click.option("--captions", "annotations", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="COCO-format annotations: images[id, file_name], annotations[image_id, caption].")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset folder to write.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="Random share of the images held out for val.")
+@click.option("--split-by", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A file listing the val pictures' file names, one a line (instead of --val-fraction).")
+@click.option("--vocab", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Reuse this coco2014_vocab.json (other words become <UNK>).")
+@click.option("--min-count", type=COUNT, default=5, show_default=True,
+              help="Without --vocab: keep train words seen at least this often.")
+@click.option("--max-words", type=COUNT, default=15, show_default=True)
+@click.option("--batch-size", type=COUNT, default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def prepare(images_dir, annotations, out, val_fraction, split_by, vocab, min_count, max_words,
+            batch_size, seed):
+    """Build a dataset in the CS231n layout from pictures, with NumPy SqueezeNet features.
+
+    \b
+    Interrupted? Run the same command again: it resumes where it stopped.
+    Example:
+      captioner prepare --images photos/ --captions captions.json --out data/mine
+    """
+    from .prepare import prepare_dataset
+    try:
+        s = prepare_dataset(images_dir, annotations, out, val_fraction=val_fraction, split_by=split_by,
+                            vocab=vocab, min_count=min_count, max_words=max_words,
+                            batch_size=batch_size, seed=seed)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; run the same command again to resume", err=True)
+        sys.exit(130)
+    click.echo(f"{s['out_dir']}: {s['encoder']} features, vocabulary {s['vocab_size']} words")
+    for split in ("train", "val"):
+        t = s[split]
+        click.echo(f"  {split}: {t['images']:,} images, {t['captions']:,} captions, "
+                   f"{t['unk_words']:.1%} of words <UNK>")
+    click.echo(f"  encoded {s['encoded_images']:,} images ({s['resumed_images']:,} resumed) "
+               f"at {s['images_per_second']:.1f} images/s")
+    for name, reason in s["skipped"][:10]:
+        click.echo(f"  skipped {name}: {reason}")
+    if len(s["skipped"]) > 10:
+        click.echo(f"  ... and {len(s['skipped']) - 10} more skipped")
+
+
+# ---------------------------------------------------------------- demo
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False), default="data/demo", show_default=True)
+@click.option("--train-images", type=COUNT, default=1500, show_default=True)
+@click.option("--val-images", type=COUNT, default=200, show_default=True)
+@click.option("--epochs", type=COUNT, default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(out, train_images, val_images, epochs, seed):
+    """The whole pipeline offline, in a few minutes: rendered scenes -> prepare -> train ->
+    evaluate -> caption a new picture.
+
+    \b
+    Exits 1 if the captions are not grounded in the pixels (CIDEr-D below twice
+    the score of the same model fed the mean feature).
+    Example:
+      captioner demo --out data/demo
+    """
+    from .demo import run_demo
+    summary = run_demo(out, n_train=train_images, n_val=val_images, epochs=epochs, seed=seed,
+                       log=click.echo)
+    if not summary["grounded"]:
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------- info

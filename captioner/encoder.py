@@ -16,7 +16,8 @@ the channel axis; 3x3 convs gather their 9 taps into the channel axis (im2col).
 
 Features for captioning: fire9 (13x13x512, after ReLU) mean-pooled over a
 2x2 grid of overlapping 7x7 windows -> 2048-d, cell order
-(top-left, top-right, bottom-left, bottom-right), each 512 channels.
+(top-left, top-right, bottom-left, bottom-right), each 512 channels, then
+scaled to norm sqrt(2048) per image (normalize).
 Global pooling would throw away where things are; the demo captions talk
 about left/right/top/bottom, and 2x2 keeps that at 4x the size of GAP.
 """
@@ -41,7 +42,7 @@ try:  # numpy 2 (numpy.core is a deprecated alias there; 1.x only has numpy.core
 except ImportError:  # pragma: no cover
     from numpy.core.multiarray import _reconstruct
 
-ENCODER_NAME = "squeezenet1.1-fire9-2x2"
+ENCODER_NAME = "squeezenet1.1-fire9-2x2-l2"
 FEATURE_DIM = 2048
 INPUT_SIZE = 227
 NUM_CLASSES = 1000
@@ -314,6 +315,18 @@ def grid_pool(x, grid=2):
     return np.concatenate(cells, axis=1)
 
 
+def normalize(features):
+    """(N, D) pooled activations -> each row scaled to norm sqrt(D), i.e. RMS 1.
+
+    Raw fire9 values (mean 0.9, std 3.2, max ~80) drive the decoder's W_proj ~ randn/sqrt(D)
+    projection into saturation (43% of tanh(h0) above 0.99); RMS-1 rows do not (1%).
+    Per image, so a lone picture needs no dataset statistics. Demo scenes, LSTM 512, 6 epochs:
+    val loss 4.32 vs 4.76 raw; sqrt-then-L2 ties (4.30) but learns slower.
+    """
+    norm = np.linalg.norm(features, axis=1, keepdims=True)
+    return features * (np.sqrt(features.shape[1]) / np.maximum(norm, 1e-12))
+
+
 def forward(params, batch):
     """batch (N,S,S,3) float32 BGR mean-subtracted (see preprocess)
     -> logits (N,1000) float32, features (N,FEATURE_DIM) float32.
@@ -334,7 +347,7 @@ def forward(params, batch):
     x = maxpool3x3s2(x)
     for name in ("fire6", "fire7", "fire8", "fire9"):
         x = fire(x, params, name)
-    features = grid_pool(x, 2)  # fire9 after its ReLUs (SqueezeNet's dropout is a no-op here)
+    features = normalize(grid_pool(x, 2))  # fire9 after its ReLUs (SqueezeNet's dropout is a no-op here)
     # conv10 is 1x1 and linear before its ReLU, but the ReLU sits between it
     # and the global mean, so it has to run at every position.
     logits = conv1x1(x, params["conv10.w"], params["conv10.b"]).mean(axis=(1, 2))

@@ -289,6 +289,7 @@ def prepare_dataset(images_dir, annotations, out_dir, val_fraction=0.1, split_by
     tokens = {i: [tokenize(c) for c in caps] for i, caps in captions.items()}
     empty = sum(not t for ts in tokens.values() for t in ts)
     tokens = {i: [t for t in ts if t] for i, ts in tokens.items()}
+    all_names = [name for _, name, _ in images]
     skipped = [(name, 'no captions in the annotations') for i, name, _ in images if not tokens.get(i)]
     images = [im for im in images if tokens.get(im[0])]
     if len(images) < 2:
@@ -297,7 +298,7 @@ def prepare_dataset(images_dir, annotations, out_dir, val_fraction=0.1, split_by
 
     names = [name for _, name, _ in images]
     if split_by is not None:
-        val_names = _read_split_file(str(split_by), names)
+        val_names = _read_split_file(str(split_by), all_names)
         is_val = [n in val_names for n in names]
     else:
         n_val = min(len(images) - 1, max(1, round(val_fraction * len(images))))

@@ -114,6 +114,10 @@ def new_run_dir(out, cell):
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = os.path.join("runs", f"{stamp}-{cell}")
+        n = 1
+        while os.path.exists(out):  # two runs started in the same second
+            n += 1
+            out = os.path.join("runs", f"{stamp}-{cell}-{n}")
     if os.path.exists(os.path.join(out, "last.npz")):
         raise CaptionerError(f"{out}: already holds a run; continue it with --resume {out} "
                              f"or choose another --out")

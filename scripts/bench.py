@@ -40,6 +40,9 @@ sys.path.insert(0, str(SCRIPTS))
 sys.path.insert(1, str(ROOT))
 
 SECTIONS = ("train", "decode", "metrics", "encoder", "startup")
+# Above this share of the CPU taken by other processes a section's figures are flagged: with
+# 2 threads on 2 cores, one stolen core stalls OpenMP/BLAS barriers (PyTorch slowed 17x here).
+BUSY = 0.10
 
 # The CS231n COCO captioning config: N captions of T+1 tokens, vocabulary V,
 # features D, word vectors W, hidden H.
@@ -96,6 +99,7 @@ class Report:
         self.rows = []  # (section, figure, value text, target text, True/False/None)
         self.data = {}
         self.skipped = {}
+        self.busy = []  # sections during which other processes took more than BUSY of the CPU
 
     def row(self, section, figure, value, target="", ok=None):
         self.rows.append((section, figure, value, target, ok))
@@ -115,7 +119,8 @@ class Report:
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths + [0])).rstrip() for r in body]
         checked = [ok for *_, ok in self.rows if ok is not None]
         lines.append(f"targets met: {sum(checked)} of {len(checked)}"
-                     + (f"; sections skipped: {', '.join(self.skipped)}" if self.skipped else ""))
+                     + (f"; sections skipped: {', '.join(self.skipped)}" if self.skipped else "")
+                     + (f"; run on a busy machine: {', '.join(self.busy)}" if self.busy else ""))
         return "\n".join(lines)
 
 
@@ -129,6 +134,26 @@ def missing(modname, *names):
         if not hasattr(mod, n):
             return f"captioner.{modname}.{n} missing"
     return None
+
+
+def cpu_snapshot():
+    """(machine busy seconds, machine total seconds, this process + waited children's CPU seconds)."""
+    try:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    total, idle = sum(f) / hz, (f[3] + f[4]) / hz
+    return total - idle, total, sum(os.times()[:4])
+
+
+def others_share(before, after):
+    """Fraction of the machine's CPU that other processes used between two snapshots: what
+    makes figures from a shared machine unreliable (0 = we had it to ourselves)."""
+    if not before or not after or after[1] <= before[1]:
+        return None
+    busy, total, ours = (a - b for a, b in zip(after, before))
+    return max(0.0, min(1.0, (busy - ours) / total))
 
 
 def _load():
@@ -604,14 +629,25 @@ def main(argv=None):
     log(f"machine: {info['cpu']}, {info['cores']} cores, numpy {info['numpy']} ({info['blas']}), "
         f"load average {info['loadavg_start']}")
     t_all = time.perf_counter()
+    others = {}
     for name in SECTIONS:
         if name not in chosen:
             continue
+        before = cpu_snapshot()
         try:
             globals()[f"bench_{name}"](rep, args)
         except Exception as e:  # noqa: BLE001 - a broken section must not hide the others
             log(traceback.format_exc())
             rep.skip(name, f"crashed: {type(e).__name__}: {e}")
+        share = others_share(before, cpu_snapshot())
+        if share is not None:
+            others[name] = round(share, 3)
+            busy = share > BUSY
+            rep.row(name, "CPU taken by other processes", f"{share:.0%}" + (
+                " - BUSY: figures unreliable, rerun on a quiet machine" if busy else " (quiet enough)"))
+            if busy:
+                rep.busy.append(name)
+    info["cpu_taken_by_others"] = others
     info["loadavg_end"] = _load()
     info["bench_seconds"] = time.perf_counter() - t_all
 
@@ -619,18 +655,17 @@ def main(argv=None):
         checked = [{"section": s, "figure": f, "value": v, "target": t, "pass": ok}
                    for s, f, v, t, ok in rep.rows if ok is not None]
         print(json.dumps({"machine": info, "quick": args.quick, "sections": chosen, **rep.data,
-                          "targets": checked, "skipped": rep.skipped}, indent=1, default=float))
+                          "targets": checked, "skipped": rep.skipped, "busy_sections": rep.busy},
+                         indent=1, default=float))
     else:
         threads = info["threadpools"] if isinstance(info["threadpools"], str) else \
             "; ".join(f"{p['internal_api']} {p['version']} {p['num_threads']} threads" for p in info["threadpools"])
         print(f"machine: {info['cpu']}; {info['cores']} cores ({info['cores_usable']} usable); "
               f"Python {info['python']}; numpy {info['numpy']}, BLAS {info['blas']}")
         print(f"BLAS config: {info.get('blas_config', '')}; threads: {threads}")
-        busy = max(info["loadavg_start"] or 0, info["loadavg_end"] or 0) > (info["cores"] or 1) * 0.75
-        print(f"load average {info['loadavg_start']} at start, {info['loadavg_end']} at end"
-              + (" - the machine was busy with other work: absolute times are inflated; ratios "
-                 "hold up better (compared code is interleaved round by round)" if busy else "")
-              + f"; run took {info['bench_seconds']:.0f} s" + (" (--quick)" if args.quick else ""))
+        print(f"load average {info['loadavg_start']} at start, {info['loadavg_end']} at end; "
+              f"run took {info['bench_seconds']:.0f} s" + (" (--quick)" if args.quick else "")
+              + "; compared code is interleaved round by round, medians shown")
         print()
         print(rep.table())
     return 0

@@ -119,16 +119,18 @@ def timed_step(step):
     return time.perf_counter() - t0
 
 
-def step_time(cell, features, captions, params=None, reps=10, warmup=3, threads=2, packed=False, **sizes):
-    """Median seconds of one training step (forward + backward + Adam) over `reps` steps.
-
-    Returns (median_seconds, all_times, loss_before_training).
-    """
+def step_times(cell, features, captions, params=None, reps=10, warmup=3, threads=2, packed=False, **sizes):
+    """Seconds of `reps` training steps after `warmup` untimed ones -> (times, loss_before_training)."""
     step, loss0 = setup(cell, features, captions, params, threads, packed, **sizes)
     for _ in range(warmup):
         step()
-    times = [timed_step(step) for _ in range(reps)]
-    return statistics.median(times), times, loss0
+    return [timed_step(step) for _ in range(reps)], loss0
+
+
+def step_time(cell, features, captions, params=None, reps=10, warmup=3, threads=2, packed=False, **sizes):
+    """Median seconds of one training step (forward + backward + Adam) over `reps` steps."""
+    times, _ = step_times(cell, features, captions, params, reps, warmup, threads, packed, **sizes)
+    return statistics.median(times)
 
 
 def serve(step, loss0, warmup):
@@ -147,7 +149,7 @@ def serve(step, loss0, warmup):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", choices=["lstm", "rnn"], default="lstm")
-    ap.add_argument("--data", help="npz with features, captions and p_<name> params (from bench.py)")
+    ap.add_argument("--data", help="npz with features, captions and <cell>_<name> params (bench.py writes it)")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -169,8 +171,9 @@ def main(argv=None):
         params = None
     if args.serve:
         return serve(*setup(args.cell, features, captions, params, args.threads, args.packed), args.warmup)
-    med, times, loss0 = step_time(args.cell, features, captions, params, args.reps, args.warmup,
-                                  args.threads, args.packed)
+    times, loss0 = step_times(args.cell, features, captions, params, args.reps, args.warmup,
+                              args.threads, args.packed)
+    med = statistics.median(times)
     out = {"cell": args.cell, "packed": args.packed, "median_s": med, "times_s": times, "loss0": loss0,
            "torch": torch.__version__, "threads": torch.get_num_threads()}
     if args.json:

@@ -396,6 +396,6 @@ def test_class_names_and_top_k():
 
 
 def test_name_and_dim_match_forward(params):
-    assert E.ENCODER_NAME == "squeezenet1.1-fire9-2x2"
+    assert E.ENCODER_NAME == "squeezenet1.1-fire9-2x2-l2"
     _, f = E.forward(params, np.zeros((1, 99, 99, 3), np.float32))
     assert f.shape == (1, E.FEATURE_DIM)

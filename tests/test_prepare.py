@@ -118,6 +118,18 @@ def test_bad_arguments_are_refused(tmp_path):
         P.prepare_dataset(tmp_path / 'img', ann, tmp_path / 'out', split_by=split)
 
 
+def test_split_file_picks_val_and_vocab_comes_from_train_only(tmp_path):
+    ann = _pictures(tmp_path / 'img', 3)  # captions: 'A red square, on grey', green, blue
+    split = tmp_path / 'val.txt'
+    split.write_text('./pic2.png\n\n')
+    s = P.prepare_dataset(tmp_path / 'img', ann, tmp_path / 'out', split_by=split, min_count=1, progress=False)
+    d = load_coco_data(tmp_path / 'out')
+    assert d['train_images'] == ['pic0.png', 'pic1.png'] and d['val_images'] == ['pic2.png']
+    assert d['idx_to_word'] == ['<NULL>', '<START>', '<END>', '<UNK>', 'a', 'grey', 'on', 'square', 'green', 'red']
+    assert decode_captions(d['val_captions'], d['idx_to_word']) == ['a <UNK> square on grey'] * 2
+    assert s['val']['unk_words'] == pytest.approx(0.2) and s['train']['unk_words'] == 0
+
+
 # ----------------------------------------------------------------------------- real COCO pictures
 
 def test_real_coco_pictures_make_a_loadable_dataset(shared, tmp_path):
@@ -133,6 +145,9 @@ def test_real_coco_pictures_make_a_loadable_dataset(shared, tmp_path):
     d = load_coco_data(tmp_path / 'ds')
     assert d['feature_kind'] == 'squeezenet' and d['encoder'] == E.ENCODER_NAME
     assert d['train_features'].shape == (10, E.FEATURE_DIM) and d['val_features'].shape == (3, E.FEATURE_DIM)
+    # the encoder's per-image normalisation: every row has RMS 1, whatever the picture
+    norms = np.linalg.norm(np.concatenate([d['train_features'], d['val_features']]), axis=1)
+    np.testing.assert_allclose(norms, np.sqrt(E.FEATURE_DIM), rtol=1e-4)
     assert d['idx_to_word'] == load_vocab(vocab)[1]  # reused as is
     assert d['train_captions'].shape[1] == 17
     assert sorted(d['train_images'] + d['val_images']) == sorted(im['file_name'] for im in ann['images'])

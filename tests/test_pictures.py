@@ -1,0 +1,97 @@
+"""From picture files to captions through the CLI: prepare, train, sample, encode, demo."""
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from captioner import demo
+from captioner.cli import cli
+from fixtures import build_dataset
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained on 40 rendered scenes prepared by `captioner prepare`."""
+    root = tmp_path_factory.mktemp("pictures")
+    annotations = demo.write_demo_images(root / "images", 40, seed=3)
+    result = run("prepare", "--images", root / "images", "--captions", annotations,
+                 "--out", root / "data", "--min-count", 1, "--val-fraction", 0.2)
+    assert result.exit_code == 0, result.output
+    assert "train: 32 images, 160 captions" in result.output
+    result = run("train", "--data", root / "data", "--epochs", 2, "--hidden-dim", 32,
+                 "--wordvec-dim", 16, "--batch-size", 40, "--quiet", "--out", root / "run")
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_sample_pictures_good_and_bad(trained, tmp_path):
+    good = tmp_path / "scene.png"
+    demo.render_scene(demo.random_scene(np.random.default_rng(7))).save(good)
+    text = tmp_path / "text.jpg"
+    text.write_text("not a picture")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes((trained / "images" / "demo_000000000001.jpg").read_bytes()[:300])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    result = run("sample", good, text, truncated, empty, folder, tmp_path / "missing.jpg",
+                 "--checkpoint", trained / "run" / "best.npz", "--n-best", 2, "--beam-size", 3)
+    assert result.exit_code == 1
+    out = result.output.splitlines()
+    # The good picture is still captioned: its name, then two beams with log-probabilities.
+    i = out.index(str(good))
+    assert all("log p" in line for line in out[i + 1:i + 3])
+    for bad in (text, truncated, empty, folder, tmp_path / "missing.jpg"):
+        assert sum(line.startswith(f"captioner: error: {bad}") for line in out) == 1, (bad, result.output)
+
+
+def test_sample_temperature_gives_captions(trained):
+    picture = trained / "images" / "demo_000000000002.jpg"
+    result = run("sample", picture, "--checkpoint", trained / "run" / "best.npz",
+                 "--temperature", 1.5, "--n-best", 3, "--seed", 0)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == str(picture) and len(lines) == 4 and all(ln.startswith("  ") for ln in lines[1:])
+
+
+def test_sample_refuses_features_a_picture_cannot_give(tmp_path):
+    data = build_dataset(tmp_path / "coco", n_train_images=20, n_val_images=5, feature_dim=16)
+    result = run("train", "--data", data, "--epochs", 1, "--hidden-dim", 8, "--wordvec-dim", 8,
+                 "--quiet", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    picture = tmp_path / "p.png"
+    demo.render_scene(demo.random_scene(np.random.default_rng(0))).save(picture)
+    result = run("sample", picture, "--checkpoint", tmp_path / "run" / "best.npz")
+    assert result.exit_code == 2
+    assert "cannot be computed from a picture" in result.output and "captioner prepare" in result.output
+
+
+def test_encode_prints_top_classes(shared):
+    result = run("encode", shared / "photos" / "coffee.png", "--top", 3)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 4 and "espresso" in lines[1]
+
+
+def test_demo_pipeline_small(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("demo", "--out", tmp_path / "demo", "--train-images", 40, "--val-images", 8,
+                 "--epochs", 2)
+    # Two epochs on 40 scenes are not expected to ground the captions; the pipeline must run.
+    assert result.exit_code in (0, 1), result.output
+    assert "[5/5]" in result.output and "generated:" in result.output
+    assert "CIDEr-D" in result.output and "grounding:" in result.output
+    runs = os.listdir(tmp_path / "runs")
+    assert len(runs) == 1 and os.path.exists(tmp_path / "runs" / runs[0] / "last.npz")
+    # A second run reuses the prepared scenes.
+    again = run("demo", "--out", tmp_path / "demo", "--train-images", 40, "--val-images", 8,
+                "--epochs", 1)
+    assert "using the scenes already prepared" in again.output
