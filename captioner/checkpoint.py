@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -41,22 +42,26 @@ def save(path, params, meta, optim_arrays=None, history=None):
 def _atomic_write(path, write):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; checkpoints are plain readable files
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         if isinstance(e, OSError):
+            what = "checkpoint" if path.endswith(".npz") else "file"
             raise CaptionerError(
-                f"{path}: could not write checkpoint ({e.strerror or e}); free some space or choose "
-                f"another --out; the previous checkpoint is untouched") from None
+                f"{path}: could not write {what} ({e.strerror or e}); free some space or choose "
+                f"another location; the previous {what} is untouched") from None
         raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
@@ -86,9 +91,16 @@ def load(path):
             raise CaptionerError(f"{path}: holds pickled objects, refused for safety; "
                                  f"only checkpoints written by captioner can be loaded") from None
         raise CaptionerError(f"{path}: not a captioner checkpoint ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error, NotImplementedError) as e:
         raise CaptionerError(f"{path}: not a readable checkpoint (truncated or corrupt: {e}); "
                              f"use another checkpoint, e.g. last.npz or best.npz of the run") from None
+    except MemoryError:  # an array header claiming more memory than there is
+        raise CaptionerError(f"{path}: declares arrays too big to load; the file is damaged or "
+                             f"not a captioner checkpoint") from None
+    odd = sorted(k for k, v in files.items() if not isinstance(v, np.ndarray))
+    if odd:  # a zip member not in .npy format comes back as raw bytes
+        raise CaptionerError(f"{path}: entry {odd[0]!r} is not a NumPy array; not a checkpoint "
+                             f"written by captioner")
     if "meta" not in files:
         raise CaptionerError(f"{path}: no metadata; not a checkpoint written by captioner")
     try:
@@ -120,6 +132,9 @@ def check_params(path, params, model):
     for name, ref in model.params.items():
         if name not in params:
             raise CaptionerError(f"{path}: parameter {name} is missing; the checkpoint is incomplete")
+        if params[name].dtype.kind != "f":
+            raise CaptionerError(f"{path}: parameter {name} has dtype {params[name].dtype}, expected "
+                                 f"floats; not a checkpoint written by captioner")
         if params[name].shape != ref.shape:
             raise CaptionerError(f"{path}: parameter {name} has shape {params[name].shape}, "
                                  f"the model expects {ref.shape}; the metadata and arrays disagree")

@@ -47,6 +47,7 @@ class _Positive(click.ParamType):
 POSITIVE = _Positive()
 NON_NEGATIVE = _Positive(allow_zero=True)
 COUNT = click.IntRange(min=1)
+SEED = click.IntRange(min=0)  # numpy seeds are non-negative
 
 
 def data_option(f):
@@ -107,7 +108,7 @@ def cli():
               help="Every N epochs, BLEU-4 and CIDEr-D of greedy captions on 200 val images.")
 @click.option("--keep-best", type=click.Choice(["loss", "cider"]), default="loss", show_default=True,
               help="What `best.npz` means: lowest val loss, or highest CIDEr-D (needs --eval-every).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory (default runs/<timestamp>-<cell>).")
 @click.option("--resume", type=click.Path(exists=True), default=None,
@@ -132,15 +133,16 @@ def train(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer
     if resume:
         path = training.find_checkpoint(resume)
         model, meta, optim, history = training.load_model(path)
-        state = training.resume_state(meta, optim, history)
+        state = training.resume_state(meta, optim, history, path=path, params=model.params)
         settings = dict(state["settings"])
         if "epochs" in given:
             settings["epochs"] = epochs
-        data_dir = data if "data" in given else settings["data_dir"]
+        data_dir = data if "data" in given else settings.get("data_dir", data)
         d = _load_data(data_dir, meta["features"]["kind"], max_train=settings.get("max_train"))
         training.check_compatible(path, meta, d)
-        run_dir = os.path.dirname(os.path.abspath(path)) if out is None else out
-        os.makedirs(run_dir, exist_ok=True)
+        run_dir = os.path.dirname(os.path.abspath(path))
+        if out is not None and os.path.abspath(out) != run_dir:
+            run_dir = training.new_run_dir(out, cell)  # never over another run's checkpoints
         click.echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
         if keep_best == "cider" and not eval_every:
@@ -245,7 +247,7 @@ def overfit(data, features, small, cell, n, epochs):
 @click.option("--temperature", type=POSITIVE, default=None,
               help="Sample words at this temperature instead of beam search (diverse captions).")
 @click.option("--max-length", type=COUNT, default=16, show_default=True)
-@click.option("--seed", type=int, default=None, help="Pick the same images / samples again.")
+@click.option("--seed", type=SEED, default=None, help="Pick the same images / samples again.")
 def sample(images, ckpt, data, features, split, count, beam_size, n_best, temperature, max_length,
            seed):
     """Caption picture files, or images of the dataset (--split).
@@ -434,7 +436,7 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
               help="Without --vocab: keep train words seen at least this often.")
 @click.option("--max-words", type=COUNT, default=15, show_default=True)
 @click.option("--batch-size", type=COUNT, default=32, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def prepare(images_dir, annotations, out, val_fraction, split_by, vocab, min_count, max_words,
             batch_size, seed):
     """Build a dataset in the CS231n layout from pictures, with NumPy SqueezeNet features.
@@ -472,7 +474,7 @@ def prepare(images_dir, annotations, out, val_fraction, split_by, vocab, min_cou
 @click.option("--train-images", type=COUNT, default=1500, show_default=True)
 @click.option("--val-images", type=COUNT, default=200, show_default=True)
 @click.option("--epochs", type=COUNT, default=20, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def demo(out, train_images, val_images, epochs, seed):
     """The whole pipeline offline, in a few minutes: rendered scenes -> prepare -> train ->
     evaluate -> caption a new picture.
@@ -512,9 +514,12 @@ def info(data, features, ckpt):
         click.echo(f"  model: {model.cell_type}, hidden {model.hidden_dim}, word vectors "
                    f"{model.wordvec_dim}, {n:,} parameters, vocabulary {len(meta['vocab'])}")
         click.echo(f"  features: {meta['features']['encoder']} ({meta['features']['dim']}-d)")
-        click.echo(f"  trained: {t.get('epoch', 0)} epochs, {t.get('step', 0)} steps; best: {t.get('best')}")
+        best = t.get("best") or {}
+        click.echo(f"  trained: {t.get('epoch', 0)} epochs, {t.get('step', 0)} steps"
+                   + (f"; best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best else ""))
+        from .training import format_record
         for r in t.get("epochs", []):
-            click.echo(f"    {r}")
+            click.echo("    " + format_record(r, t.get("settings", {}).get("epochs", "?")))
         return
     d = _load_data(data, features)
     click.echo(f"dataset {d['base_dir']}: vocabulary {len(d['idx_to_word'])} words, "

@@ -52,17 +52,35 @@ def load_model(path, dtype=np.float32):
         cfg, vocab, feats = meta["model"], meta["vocab"], meta["features"]
         if cfg["cell_type"] not in ("rnn", "lstm"):
             raise ValueError(f"unknown cell type {cfg['cell_type']!r}")
+        if not isinstance(vocab, list):
+            raise ValueError("vocab is not a list")
         word_to_idx = {w: i for i, w in enumerate(vocab)}
         if len(word_to_idx) != len(vocab) or not all(isinstance(w, str) for w in vocab):
             raise ValueError("vocabulary has duplicate or non-string words")
-        model = CaptioningRNN(word_to_idx, input_dim=int(cfg["input_dim"]),
-                              wordvec_dim=int(cfg["wordvec_dim"]),
-                              hidden_dim=int(cfg["hidden_dim"]), cell_type=cfg["cell_type"],
-                              dtype=dtype, seed=0)
-        int(feats["dim"]), str(feats["kind"])
+        dims = {k: cfg[k] for k in ("input_dim", "wordvec_dim", "hidden_dim")}
+        if not all(type(v) is int and v > 0 for v in dims.values()):
+            raise ValueError(f"sizes must be positive integers, got {dims}")
+        if not isinstance(feats, dict) or type(feats["dim"]) is not int or not isinstance(feats["kind"], str):
+            raise ValueError("features must give an integer dim and a kind")
+        if not isinstance(meta.get("training", {}), dict):
+            raise ValueError("training is not an object")
+        # Compare the array shapes with the sizes first: the metadata alone must not decide
+        # how much memory a model allocates.
+        k, V, H, W = (4 if cfg["cell_type"] == "lstm" else 1), len(vocab), dims["hidden_dim"], dims["wordvec_dim"]
+        want = {"W_embed": (V, W), "W_proj": (dims["input_dim"], H), "b_proj": (H,), "Wx": (W, k * H),
+                "Wh": (H, k * H), "b": (k * H,), "W_vocab": (H, V), "b_vocab": (V,)}
+        for name, shape in want.items():
+            if name in params and params[name].shape != shape:
+                raise CaptionerError(f"{path}: parameter {name} has shape {params[name].shape}, the "
+                                     f"metadata implies {shape}; the metadata and arrays disagree")
+        model = CaptioningRNN(word_to_idx, input_dim=dims["input_dim"], wordvec_dim=W, hidden_dim=H,
+                              cell_type=cfg["cell_type"], dtype=dtype, seed=0)
     except (KeyError, TypeError, ValueError) as e:
         raise CaptionerError(f"{path}: metadata is incomplete or wrong ({e!s}); "
                              f"not a checkpoint this captioner wrote") from None
+    except CaptionerError as e:
+        msg = str(e)
+        raise CaptionerError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
     checkpoint.check_params(path, params, model)
     for k, v in params.items():
         model.params[k] = np.ascontiguousarray(v, dtype=dtype)
@@ -95,7 +113,11 @@ def find_checkpoint(path):
 def run_lock(run_dir):
     """One writer per run directory. flock dies with the process, so kill -9 leaves no stale lock."""
     path = os.path.join(run_dir, "train.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise CaptionerError(f"{run_dir}: cannot use this run directory ({e.strerror}); "
+                             f"choose another --out") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -105,6 +127,10 @@ def run_lock(run_dir):
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
+        for name in os.listdir(run_dir):  # temp files of a writer killed mid-save (we hold the lock)
+            if name.startswith(".tmp-") and name.endswith(".npz"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(run_dir, name))
         yield
     finally:
         os.close(fd)
@@ -119,10 +145,20 @@ def new_run_dir(out, cell):
             n += 1
             out = os.path.join("runs", f"{stamp}-{cell}-{n}")
     if os.path.exists(os.path.join(out, "last.npz")):
+        with run_lock(out):  # a run still writing here gets the clearer "another train" message
+            pass
         raise CaptionerError(f"{out}: already holds a run; continue it with --resume {out} "
                              f"or choose another --out")
-    os.makedirs(out, exist_ok=True)
+    make_dir(out)
     return out
+
+
+def make_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CaptionerError(f"{path}: cannot create the run directory ({e.strerror}); "
+                             f"choose another --out") from None
 
 
 # ---------------------------------------------------------------- the loop
@@ -151,10 +187,58 @@ def _join_optim(scalars, arrays, dtype):
     return configs
 
 
-def resume_state(meta, optim_arrays, history, dtype=np.float32):
-    state = dict(meta["training"])
-    state["optim"] = _join_optim(state["optim"], optim_arrays, dtype)
-    state["loss_history"] = list(history.get("loss", []))
+def resume_state(meta, optim_arrays, history, dtype=np.float32, path="checkpoint", params=None):
+    """The training state saved in a checkpoint, checked: a bad one is refused
+    with CaptionerError rather than failing (or silently differing) mid-run.
+    params: the model's parameters, to check the optimizer arrays against."""
+    def bad(why):
+        return CaptionerError(f"{path}: cannot resume from it: {why}; resume from a checkpoint "
+                              f"written by `captioner train` (last.npz of a run)")
+
+    t = meta.get("training")
+    if not isinstance(t, dict):
+        raise bad("it holds no training state")
+    for key in ("epoch", "step_in_epoch", "step"):
+        if type(t.get(key)) is not int or t[key] < 0:
+            raise bad(f"training.{key} is {t.get(key)!r}, expected a non-negative integer")
+    settings = t.get("settings")
+    if not isinstance(settings, dict) or not isinstance(settings.get("data_dir", ""), str):
+        raise bad("training.settings is missing or its data_dir is not a path")
+    wrong = set(settings) & {"data", "model", "run_dir", "state", "progress", "log"}  # train()'s own
+    for key, default in dict(DEFAULTS, max_train=None).items():
+        v = settings.get(key, default)
+        if key == "optimizer":
+            ok = v in OPTIMIZERS
+        elif key == "keep_best":
+            ok = v in ("loss", "cider")
+        elif key == "max_train":
+            ok = v is None or (type(v) is int and v >= 1)
+        elif type(default) is int:
+            ok = type(v) is int and v >= (1 if key in ("epochs", "batch_size") else 0)
+        else:
+            ok = type(v) in (int, float) and math.isfinite(v) and v >= 0
+        if not ok:
+            wrong.add(f"{key}={v!r}")
+    if wrong:
+        raise bad(f"bad settings {sorted(wrong)}")
+    if not isinstance(t.get("epochs"), list) or not (t.get("best") is None or isinstance(t["best"], dict)):
+        raise bad("training.epochs or training.best is malformed")
+    scalars = t.get("optim")
+    names = set(params) if params is not None else set(scalars or {})
+    if not isinstance(scalars, dict) or set(scalars) != names or not all(
+            isinstance(c, dict) and type(c.get("learning_rate")) in (int, float) for c in scalars.values()):
+        raise bad("the optimizer state does not match the parameters")
+    for name, arrays in optim_arrays.items():
+        for k, a in arrays.items():
+            if name not in names or a.dtype.kind != "f" or (params is not None and a.shape != params[name].shape):
+                raise bad(f"optimizer array {name}/{k} does not fit the parameters")
+    loss = history.get("loss", np.zeros(0))
+    if loss.ndim != 1 or loss.dtype.kind != "f":
+        raise bad("history/loss is not a 1-D float array")
+    state = dict(t)
+    state["settings"] = dict(settings)
+    state["optim"] = _join_optim(scalars, optim_arrays, dtype)
+    state["loss_history"] = [float(x) for x in loss]
     return state
 
 
@@ -221,6 +305,9 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
     from tqdm import tqdm
 
     s = dict(DEFAULTS, **settings)
+    if state is None and run_dir and os.path.exists(os.path.join(run_dir, "last.npz")):
+        raise CaptionerError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
+                             f"or choose another --out")
     state = state or fresh_state(s)
     state["settings"].update(epochs=s["epochs"])
     update = OPTIMIZERS[s["optimizer"]]
@@ -300,13 +387,13 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
             state["epochs"].append(record)
             state["epoch"] += 1
             state["step_in_epoch"] = 0
-            log(_format_record(record, s["epochs"]))
+            log(format_record(record, s["epochs"]))
             better = _improved(state["best"], record, s["keep_best"])
             if better:
                 state["best"] = better
+            if better and run_dir:  # best first: a kill in between never leaves `last` naming a best.npz
+                save("best")      # that was not written (a resume replays the epoch and saves it)
             save("last")
-            if better and run_dir:
-                save("best")
             if flag.signum is not None:
                 raise Interrupted(flag.signum, os.path.join(run_dir, "last.npz") if run_dir else None)
     return state
@@ -323,7 +410,7 @@ def _improved(best, record, keep_best):
     return None
 
 
-def _format_record(r, epochs):
+def format_record(r, epochs):
     parts = [f"epoch {r['epoch']}/{epochs}", f"train loss {r['train_loss']:.4f}"]
     if "val_loss" in r:
         parts.append(f"val loss {r['val_loss']:.4f}")
