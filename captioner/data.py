@@ -124,6 +124,9 @@ def _open_h5(path):
                              f'corrupt or truncated: {FIX_DATA}') from None
     try:
         yield f
+    except (KeyError, RuntimeError, OSError, ValueError, TypeError) as e:
+        # h5py reports damaged internals (bad object headers, address overflows) as any of these
+        raise CaptionerError(f'{path}: damaged HDF5 file ({str(e)[:100]}); {FIX_DATA}') from None
     finally:
         f.close()
 
@@ -154,6 +157,10 @@ def load_vocab(path):
                              f'({e.msg}); {FIX_DATA}') from None
     except UnicodeDecodeError:
         raise CaptionerError(f'{path}: not UTF-8 text; {FIX_DATA}') from None
+    except (ValueError, RecursionError) as e:  # e.g. a 5,000-digit number, nesting 100,000 deep
+        raise CaptionerError(f'{path}: unusable JSON ({str(e)[:80]}); {FIX_DATA}') from None
+    except OSError as e:
+        raise CaptionerError(f'{path}: cannot read ({e.strerror}); {FIX_DATA}') from None
     if not isinstance(vocab, dict):
         raise CaptionerError(f'{path}: expected a JSON object with idx_to_word and word_to_idx; {FIX_DATA}')
     for key in ('idx_to_word', 'word_to_idx'):
@@ -277,7 +284,8 @@ def _load_features(path, kind, lazy, check_finite):
             if check_finite:
                 _check_finite(ds, path)
             return H5Rows(path), encoder
-        features = np.asarray(_read(ds, path), dtype=np.float32)
+        with np.errstate(over='ignore', invalid='ignore'):  # out-of-range values become inf: caught below
+            features = np.asarray(_read(ds, path), dtype=np.float32)
     if check_finite:
         _check_finite(features, path)
     return features, encoder

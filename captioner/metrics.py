@@ -548,6 +548,8 @@ def _read_json(path, what):
         raise CaptionerError(f"{path}: not UTF-8 text (byte {e.start}); save the {what} file as UTF-8 JSON") from None
     except json.JSONDecodeError as e:
         raise CaptionerError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except (ValueError, RecursionError) as e:  # e.g. a 5,000-digit number, nesting 100,000 deep
+        raise CaptionerError(f"{path}: unusable JSON in the {what} file ({str(e)[:80]})") from None
     except OSError as e:
         raise CaptionerError(f"{path}: cannot read the {what} file ({e.strerror})") from None
 

@@ -69,6 +69,8 @@ def read_annotations(path):
         raise CaptionerError(f'{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 JSON') from None
     except json.JSONDecodeError as e:
         raise CaptionerError(f'{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}') from None
+    except (ValueError, RecursionError) as e:  # e.g. a 5,000-digit number, nesting 100,000 deep
+        raise CaptionerError(f'{path}: unusable JSON ({str(e)[:80]})') from None
     except OSError as e:
         raise CaptionerError(f'{path}: cannot read ({e.strerror})') from None
     if not isinstance(ann, dict):

@@ -136,6 +136,21 @@ def run_lock(run_dir):
         os.close(fd)
 
 
+def _check_unlocked(run_dir):
+    """Raise the run_lock message if a live process holds run_dir's lock; writes nothing."""
+    try:
+        fd = os.open(os.path.join(run_dir, "train.lock"), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise CaptionerError(f"{run_dir}: another `captioner train` is writing to this run "
+                             f"directory; wait for it to finish or choose another --out") from None
+    finally:
+        os.close(fd)
+
+
 def new_run_dir(out, cell):
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -145,8 +160,7 @@ def new_run_dir(out, cell):
             n += 1
             out = os.path.join("runs", f"{stamp}-{cell}-{n}")
     if os.path.exists(os.path.join(out, "last.npz")):
-        with run_lock(out):  # a run still writing here gets the clearer "another train" message
-            pass
+        _check_unlocked(out)  # a run still writing here gets the clearer "another train" message
         raise CaptionerError(f"{out}: already holds a run; continue it with --resume {out} "
                              f"or choose another --out")
     make_dir(out)

@@ -3,6 +3,7 @@ import errno
 import json
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,7 +218,26 @@ def test_train_resume_sample_info(tmp_path):
     result = run("sample", "--checkpoint", out / "best.npz", "--data", data, "--split", "val",
                  "--count", 3, "--seed", 0)
     assert result.exit_code == 0, result.output
-    assert result.output.count("generated:") == 3
+    assert result.output.count("https://example.invalid/") == 3  # one URL line per image
+
+    saved = tmp_path / "results.json"
+    result = run("evaluate", "--checkpoint", out / "best.npz", "--data", data, "--max-images", 20,
+                 "--beam-size", 2, "--no-meteor", "--json", "--save-results", saved)
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)["scores"]
+    assert set(scores) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
+    results = json.loads(saved.read_text())
+    # One caption per distinct image, ids parsed from the COCO file names in val2014_images.txt.
+    names = (Path(data) / "val2014_images.txt").read_text().split()[:20]
+    assert [r["image_id"] for r in results] == [int(n[-16:-4]) for n in names]
+    assert all(isinstance(r["caption"], str) and r["caption"] for r in results)
+    # The saved file is a valid results file for `evaluate --results`.
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"images": [{"id": r["image_id"]} for r in results], "annotations": [
+        {"id": i, "image_id": r["image_id"], "caption": r["caption"]} for i, r in enumerate(results)]}))
+    result = run("evaluate", "--results", saved, "--references", refs, "--no-meteor", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["scores"]["Bleu_4"] > 0.99  # scored against itself
 
     result = run("info", "--checkpoint", out / "last.npz")
     assert result.exit_code == 0 and "lstm" in result.output and "2 epochs" in result.output
@@ -251,3 +271,16 @@ def test_second_writer_is_refused(tmp_path):
                 pass
     with training.run_lock(str(tmp_path)):  # released on exit
         pass
+
+
+def test_eval_every_and_keep_best_cider(dataset, tmp_path):
+    out = tmp_path / "run"
+    result = run("train", "--data", dataset, "--epochs", 2, "--hidden-dim", 16, "--wordvec-dim", 8,
+                 "--batch-size", 50, "--eval-every", 1, "--keep-best", "cider", "--quiet", "--out", out)
+    assert result.exit_code == 0, result.output
+    history = json.loads((out / "history.json").read_text())
+    assert all("CIDEr" in r and "Bleu_4" in r for r in history["epochs"])
+    assert history["best"]["metric"] == "CIDEr"
+    best = max(history["epochs"], key=lambda r: r["CIDEr"])
+    assert history["best"]["epoch"] == best["epoch"]
+    assert run("train", "--data", dataset, "--keep-best", "cider").exit_code == 2  # needs --eval-every
