@@ -97,8 +97,8 @@ def cli():
               help="L2 penalty on the weight matrices.")
 @click.option("--clip-norm", type=NON_NEGATIVE, default=0.0, show_default=True,
               help="Clip the global gradient norm to this (0: off).")
-@click.option("--hidden-dim", type=COUNT, default=512, show_default=True)
-@click.option("--wordvec-dim", type=COUNT, default=256, show_default=True)
+@click.option("--hidden-dim", type=click.IntRange(1, 16384), default=512, show_default=True)
+@click.option("--wordvec-dim", type=click.IntRange(1, 16384), default=256, show_default=True)
 @click.option("--max-train", type=COUNT, default=None, help="Keep only the first N training captions.")
 @click.option("--val-size", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Validation captions scored after every epoch (a fixed subset).")
@@ -165,6 +165,9 @@ def train(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer
         except training.Interrupted as e:
             click.echo(f"\n{e}; continue with: captioner train --resume {run_dir}", err=True)
             ctx.exit(128 + e.signum)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint on disk is intact
+            click.echo(f"\nstopped; continue with: captioner train --resume {run_dir}", err=True)
+            ctx.exit(130)
     best = state["best"]
     click.echo(f"done: {run_dir}/last.npz; best ({best['metric']} {best['value']:.4f}, "
                f"epoch {best['epoch']}): {run_dir}/best.npz")

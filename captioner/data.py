@@ -108,6 +108,26 @@ def close_coco_data(data):
 
 # ----------------------------------------------------------------------------- loading
 
+def read_json(path, what, fix=''):
+    """Parse a JSON file; every way it can fail is one CaptionerError line naming the file."""
+    fix = f'; {fix}' if fix else ''
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CaptionerError(f'{path}: {what} file not found{fix}') from None
+    except IsADirectoryError:
+        raise CaptionerError(f'{path}: is a directory, expected the {what} JSON file{fix}') from None
+    except UnicodeDecodeError as e:
+        raise CaptionerError(f'{path}: not UTF-8 text (byte {e.start}); save the {what} file as UTF-8 JSON') from None
+    except json.JSONDecodeError as e:
+        raise CaptionerError(f'{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}){fix}') from None
+    except (ValueError, RecursionError) as e:  # e.g. a 5,000-digit number, nesting 100,000 deep
+        raise CaptionerError(f'{path}: unusable JSON in the {what} file ({str(e)[:80]}){fix}') from None
+    except OSError as e:
+        raise CaptionerError(f'{path}: cannot read the {what} file ({e.strerror}){fix}') from None
+
+
 def _need_file(path):
     if not os.path.isfile(path):
         raise CaptionerError(f'{path}: file not found; {FIX_MISSING}')
@@ -149,18 +169,7 @@ def _read(ds, path, sel=()):
 def load_vocab(path):
     """Read and check coco2014_vocab.json -> (word_to_idx, idx_to_word)."""
     _need_file(path)
-    try:
-        with open(path, encoding='utf-8') as f:
-            vocab = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CaptionerError(f'{path}: malformed JSON at line {e.lineno} column {e.colno} '
-                             f'({e.msg}); {FIX_DATA}') from None
-    except UnicodeDecodeError:
-        raise CaptionerError(f'{path}: not UTF-8 text; {FIX_DATA}') from None
-    except (ValueError, RecursionError) as e:  # e.g. a 5,000-digit number, nesting 100,000 deep
-        raise CaptionerError(f'{path}: unusable JSON ({str(e)[:80]}); {FIX_DATA}') from None
-    except OSError as e:
-        raise CaptionerError(f'{path}: cannot read ({e.strerror}); {FIX_DATA}') from None
+    vocab = read_json(path, 'vocabulary', FIX_DATA)
     if not isinstance(vocab, dict):
         raise CaptionerError(f'{path}: expected a JSON object with idx_to_word and word_to_idx; {FIX_DATA}')
     for key in ('idx_to_word', 'word_to_idx'):

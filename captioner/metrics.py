@@ -537,21 +537,8 @@ def score(references, results, meteor=True):
 # ---------------------------------------------------------------------------------------------
 
 def _read_json(path, what):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise CaptionerError(f"{path}: no such {what} file") from None
-    except IsADirectoryError:
-        raise CaptionerError(f"{path}: is a directory, expected a {what} JSON file") from None
-    except UnicodeDecodeError as e:
-        raise CaptionerError(f"{path}: not UTF-8 text (byte {e.start}); save the {what} file as UTF-8 JSON") from None
-    except json.JSONDecodeError as e:
-        raise CaptionerError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except (ValueError, RecursionError) as e:  # e.g. a 5,000-digit number, nesting 100,000 deep
-        raise CaptionerError(f"{path}: unusable JSON in the {what} file ({str(e)[:80]})") from None
-    except OSError as e:
-        raise CaptionerError(f"{path}: cannot read the {what} file ({e.strerror})") from None
+    from .data import read_json
+    return read_json(path, what)
 
 
 def _image_id(path, where, entry):

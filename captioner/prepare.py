@@ -58,21 +58,7 @@ def read_annotations(path):
     """COCO captions json -> (images [(id, file_name, url or None)] in file order,
     captions {id: [caption, ...]} in file order). Every problem is a CaptionerError
     naming the file and the offending entry."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            ann = json.load(f)
-    except FileNotFoundError:
-        raise CaptionerError(f'{path}: annotations file not found; pass the captions json') from None
-    except IsADirectoryError:
-        raise CaptionerError(f'{path}: is a directory; pass the captions json file') from None
-    except UnicodeDecodeError as e:
-        raise CaptionerError(f'{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 JSON') from None
-    except json.JSONDecodeError as e:
-        raise CaptionerError(f'{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}') from None
-    except (ValueError, RecursionError) as e:  # e.g. a 5,000-digit number, nesting 100,000 deep
-        raise CaptionerError(f'{path}: unusable JSON ({str(e)[:80]})') from None
-    except OSError as e:
-        raise CaptionerError(f'{path}: cannot read ({e.strerror})') from None
+    ann = data.read_json(path, 'annotations', 'pass the captions json')
     if not isinstance(ann, dict):
         raise CaptionerError(f'{path}: top level is a {type(ann).__name__}, expected an object; {FIX_ANN}')
     for key in ('images', 'annotations'):

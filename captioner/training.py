@@ -70,7 +70,9 @@ def load_model(path, dtype=np.float32):
         want = {"W_embed": (V, W), "W_proj": (dims["input_dim"], H), "b_proj": (H,), "Wx": (W, k * H),
                 "Wh": (H, k * H), "b": (k * H,), "W_vocab": (H, V), "b_vocab": (V,)}
         for name, shape in want.items():
-            if name in params and params[name].shape != shape:
+            if name not in params:
+                raise CaptionerError(f"{path}: parameter {name} is missing; the checkpoint is incomplete")
+            if params[name].shape != shape:
                 raise CaptionerError(f"{path}: parameter {name} has shape {params[name].shape}, the "
                                      f"metadata implies {shape}; the metadata and arrays disagree")
         model = CaptioningRNN(word_to_idx, input_dim=dims["input_dim"], wordvec_dim=W, hidden_dim=H,
@@ -105,6 +107,7 @@ def find_checkpoint(path):
     if os.path.isdir(path):
         path = os.path.join(path, "last.npz")
         if not os.path.exists(path):
+            _check_unlocked(os.path.dirname(path))  # a first epoch still running: say so
             raise CaptionerError(f"{path}: no checkpoint in this run directory yet; start a new run")
     return path
 

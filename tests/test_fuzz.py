@@ -22,7 +22,7 @@ from captioner.model import CaptioningRNN
 from fixtures import build_dataset
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-SLOW = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+SLOW = settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def loads_or_refuses(load, *args):
@@ -241,7 +241,8 @@ def test_array_header_claiming_terabytes(tmp_path):
 
 # ---------------------------------------------------------------- results / annotations
 
-ENTRY = st.fixed_dictionaries({}, optional={"image_id": st.integers(-2, 5) | JSON, "caption": st.text(max_size=6) | JSON})
+ENTRY = st.fixed_dictionaries({}, optional={"image_id": st.integers(-2, 5) | JSON,
+                                           "caption": st.text(max_size=6) | JSON})
 
 
 def _json_property(tmp_path_factory, data):

@@ -253,7 +253,7 @@ def test_bad_annotations_name_the_file_and_the_entry(tmp_path, data, words):
 
 
 def test_missing_file_and_unscorable_results(tmp_path):
-    with pytest.raises(CaptionerError, match="no such results file"):
+    with pytest.raises(CaptionerError, match="results file not found"):
         M.load_results(tmp_path / "nope.json")
     with pytest.raises(CaptionerError, match="image id 3 has no reference captions"):
         M.score({1: ["a dog"]}, {3: "a dog"}, meteor=False)
