@@ -1,20 +1,41 @@
 """Caption decoding beyond greedy: beam search and temperature sampling.
 
 Both drive model.step (one batched decoder step) and model.init_state, and,
-like model.sample, never emit <NULL>, <START> or <UNK>.
+like model.sample, never emit <NULL>, <START> or <UNK>, nor an empty caption.
 """
 import numpy as np
 
 from captioner.errors import CaptionerError
 
 
-def _log_softmax(logits):
-    """float64 log-probabilities (B, V): ranking in float64 keeps the order of
-    the float32 logits, so beam_size=1 picks exactly what argmax picks."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return z
+def _log_normalizer(logits, scratch):
+    """log sum_v exp(logits[:, v]) (B,) float64, over the full vocabulary (what
+    model.loss normalises by). Exponentials in float32 into scratch (B, V):
+    float64 exp costs 8x more here, and a float32 pairwise sum is accurate to
+    ~1e-7 relative, far inside what float32 logits carry."""
+    m = logits.max(axis=1)
+    if m.max(initial=0) < 60 and m.min(initial=0) > -60:
+        # exp(logits) can neither overflow nor lose the sum: skip the shift by m
+        np.exp(logits, out=scratch)
+        return np.log(scratch.sum(axis=1).astype(np.float64))
+    np.subtract(logits, m[:, None], out=scratch)
+    np.exp(scratch, out=scratch)
+    return m + np.log(scratch.sum(axis=1).astype(np.float64))
+
+
+def _top_words(logits, k):
+    """The k largest entries of each row of logits (B, V), best first, ties to
+    the lower word id like argmax -> words (B, k), values (B, k). Overwrites the
+    picked entries with -inf. k argmax passes: far cheaper than argpartition."""
+    B = len(logits)
+    rows = np.arange(B)
+    words = np.empty((B, k), dtype=np.intp)
+    values = np.empty((B, k), dtype=logits.dtype)
+    for j in range(k):
+        words[:, j] = w = logits.argmax(axis=1)
+        values[:, j] = logits[rows, w]
+        logits[rows, w] = -np.inf
+    return words, values
 
 
 def _check_positive_int(name, value):
@@ -31,8 +52,9 @@ def beam_search(model, features, beam_size=3, max_length=16, length_norm=0.0, n_
     under the model's full softmax (what model.loss scores), a float.
 
     Each image keeps beam_size hypotheses; a finished one keeps its slot and
-    score (its only continuation is free padding), so beam_size=1 is greedy
-    decoding exactly. With length_norm alpha > 0 the final hypotheses are
+    score (its only continuation is free padding) and, like the unused slots
+    of the first step, runs no decoder step. beam_size=1 is greedy decoding
+    exactly. With length_norm alpha > 0 the final hypotheses are
     ranked by logprob / len(caption_ids) ** alpha (pruning uses logprob).
     Returns min(n_best, beam_size) hypotheses per image: a beam never holds
     more, and widening it to n_best would change the best caption.
@@ -42,58 +64,65 @@ def beam_search(model, features, beam_size=3, max_length=16, length_norm=0.0, n_
     _check_positive_int("n_best", n_best)
     N, K = len(features), int(beam_size)
     null, end = model._null, model._end
-    h, c = model.init_state(features)
-    h = np.repeat(h, K, axis=0)
-    c = np.repeat(c, K, axis=0) if c is not None else None
     V = model.params["W_vocab"].shape[1]
     score = np.full((N, K), -np.inf)
     score[:, 0] = 0.0          # all beams start identical: keep one, or they duplicate
     tokens = np.full((N, K, max_length), null, dtype=np.int64)
     done = np.zeros((N, K), dtype=bool)
-    words = np.full(N * K, model._start)
-    frozen = np.full(V, -np.inf)
-    frozen[null] = 0.0
-    img = np.arange(N)[:, None] * K
+    # Only live hypotheses (finite score, no <END> yet) run a step. h, c hold
+    # the states of the previous step's live hypotheses; live hypothesis i
+    # continues from state rows[i] (a parent may have several children).
+    live = np.arange(N) * K
+    h, c = model.init_state(features)
+    rows = np.arange(N)
+    words = np.full(N, model._start)
+    proj = model.decode_proj(N * K, max_length)
+    scratch = np.empty((N * K, V), dtype=model.dtype)
+    kk = min(K, V)
     for t in range(max_length):
-        logits, h, c = model.step(words, h, c)
-        logp = _log_softmax(logits)
-        logp[:, model.banned] = -np.inf
-        logp = logp.reshape(N, K, V)
-        logp[done] = frozen
-        cand = (score[:, :, None] + logp).reshape(N, K * V)
-        if K == 1:
-            top = cand.argmax(axis=1)[:, None]
-        else:
-            top = np.argpartition(-cand, K - 1, axis=1)[:, :K]
-            # best first; equal scores by candidate index, like argmax
-            rank = np.lexsort((top, -np.take_along_axis(cand, top, axis=1)), axis=1)
-            top = np.take_along_axis(top, rank, axis=1)
-        parent, word = top // V, top % V
-        score = np.take_along_axis(cand, top, axis=1)
+        logits, h, c = model.step(words, h, c, proj, rows)
+        lse = _log_normalizer(logits, scratch[:len(live)])
+        logits[:, model.banned] = -np.inf
+        if t == 0:
+            logits[:, end] = -np.inf  # a caption has at least one word
+        # An image's best K continuations are among each hypothesis' own K best
+        # words: K x K candidates per image instead of K x V.
+        top, val = _top_words(logits, kk)
+        cand = np.full((N * K, kk), -np.inf)
+        cand_word = np.full((N * K, kk), null, dtype=np.int64)
+        cand[live] = score.ravel()[live, None] + (val - lse[:, None])
+        cand_word[live] = top
+        fin = np.flatnonzero(done.ravel() & np.isfinite(score.ravel()))
+        cand[fin, 0] = score.ravel()[fin]      # a finished hypothesis continues with free padding
+        cand = cand.reshape(N, K * kk)
+        cand_word = cand_word.reshape(N, K * kk)
+        cand_parent = np.repeat(np.arange(K), kk)
+        # best first; equal scores by parent, then word id (the order of argmax over K x V)
+        key = cand_parent * V + cand_word
+        pick = np.lexsort((key, -cand), axis=1)[:, :K]
+        parent = cand_parent[pick]
+        word = np.take_along_axis(cand_word, pick, axis=1)
+        score = np.take_along_axis(cand, pick, axis=1)
         tokens = np.take_along_axis(tokens, parent[:, :, None], axis=1)
         tokens[:, :, t] = word
         done = np.take_along_axis(done, parent, axis=1) | (word == end)
-        rows = (img + parent).ravel()
-        h = h[rows]
-        c = c[rows] if c is not None else None
-        words = word.ravel()
-        if done.all():
+        # the new live hypotheses continue from their parents' rows of h, c
+        was = np.full(N * K, -1)
+        was[live] = np.arange(len(live))
+        live = np.flatnonzero(~done.ravel() & np.isfinite(score.ravel()))
+        if live.size == 0:
             break
+        rows = was[(np.arange(N)[:, None] * K + parent).ravel()[live]]
+        words = word.ravel()[live]
 
-    results = []
-    for n in range(N):
-        hyps = []
-        for k in range(K):
-            if not np.isfinite(score[n, k]):
-                continue
-            ids = tokens[n, k]
-            stop = np.flatnonzero(ids == end)
-            ids = ids[:stop[0] + 1] if stop.size else ids[ids != null]
-            key = score[n, k] / len(ids) ** length_norm if length_norm else score[n, k]
-            hyps.append((key, ids.copy(), float(score[n, k])))
-        hyps.sort(key=lambda x: -x[0])   # stable: ties keep beam order
-        results.append([(ids, lp) for _, ids, lp in hyps[:n_best]])
-    return results
+    # caption = tokens up to the first <END>, or all max_length of them
+    is_end = tokens == end
+    length = np.where(is_end.any(axis=2), is_end.argmax(axis=2) + 1, max_length)
+    key = score / length ** length_norm if length_norm else score
+    best = np.argsort(-key, axis=1, kind="stable")[:, :n_best]   # stable: ties keep beam order
+    finite = np.isfinite(score)
+    return [[(tokens[n, k, :length[n, k]].copy(), float(score[n, k])) for k in best[n] if finite[n, k]]
+            for n in range(N)]
 
 
 def sample_temperature(model, features, temperature=1.0, max_length=16, rng=None):
@@ -108,14 +137,17 @@ def sample_temperature(model, features, temperature=1.0, max_length=16, rng=None
     N = len(features)
     captions = np.full((N, max_length), model._null, dtype=np.int64)
     h, c = model.init_state(features)
+    proj = model.decode_proj(N, max_length)
     rows = np.arange(N)
     words = np.full(N, model._start)
     for t in range(max_length):
         if rows.size == 0:
             break
-        logits, h, c = model.step(words, h, c)
+        logits, h, c = model.step(words, h, c, proj)
         z = logits.astype(np.float64) / temperature
         z[:, model.banned] = -np.inf
+        if t == 0:
+            z[:, model._end] = -np.inf
         # Gumbel-max trick: argmax(z + Gumbel noise) ~ softmax(z), no cumsum
         words = (z + rng.gumbel(size=z.shape)).argmax(axis=1)
         captions[rows, t] = words

@@ -12,8 +12,29 @@ contiguous block ``x[offsets[t]:offsets[t] + batch_sizes[t]]`` of the first
 batch_sizes[t] sequences. Padding costs nothing and the input projection and
 every weight gradient become one big matmul over all steps.
 ``rnn_forward``/``lstm_forward`` are thin wrappers around it.
+
+The packed functions take an optional ``work`` dict: their big temporaries
+then live there and are reused by the next call (see ``buffer``).
 """
 import numpy as np
+
+
+def buffer(work, key, shape, dtype):
+    """An uninitialised array of `shape`: np.empty when work is None, else a
+    view of a block kept in the dict `work` under `key`, grown on demand.
+
+    Why: glibc gives multi-MB blocks back to the OS when they are freed, so a
+    fresh np.empty of that size page-faults again on first touch: ~10,000
+    faults (~30 ms of CPU) per LSTM training step at the CS231n size.
+    A buffer is only valid until the next call that uses the same work and key.
+    """
+    if work is None:
+        return np.empty(shape, dtype)
+    size = int(np.prod(shape))
+    block = work.get(key)
+    if block is None or block.dtype != dtype or block.size < size:
+        block = work[key] = np.empty(size, dtype)
+    return block[:size].reshape(shape)
 
 
 # ---------------------------------------------------------------- affine
@@ -82,8 +103,9 @@ def group_ids(ids):
     return order, starts[by_count], counts[by_count], sid[starts[by_count]]
 
 
-def segment_sum(x, starts, counts):
-    """Row sums of the runs x[starts[u]:starts[u] + counts[u]] -> (U, C).
+def segment_sum(x, starts, counts, out=None):
+    """Row sums of the runs x[starts[u]:starts[u] + counts[u]] -> (U, C),
+    written to out (U, C) when given.
 
     Runs must come longest first (group_ids does that). Long runs (<START>,
     "a") get one contiguous np.sum each; for the short rest, add the j-th
@@ -91,7 +113,7 @@ def segment_sum(x, starts, counts):
     np.add.reduceat(x, starts, axis=0) gives the same sums but is ~8x slower
     on (1000, 2048) float32 here, and np.add.at slower still.
     """
-    out = x[starts]
+    out = np.take(x, starts, axis=0, out=out, mode="clip")   # "clip": no hidden copy of out
     n_long = int(np.sum(counts > 8))
     for u in range(n_long):
         np.sum(x[starts[u]:starts[u] + counts[u]], axis=0, out=out[u])
@@ -133,18 +155,18 @@ def rnn_step_backward(dnext_h, cache):
     return da @ Wx.T, da @ Wh.T, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
 
-def rnn_packed_forward(a, h0, Wh, batch_sizes):
+def rnn_packed_forward(a, h0, Wh, batch_sizes, work=None):
     """Tanh RNN over a packed batch.
 
     a: (S, H) input projections x @ Wx + b, packed (see module doc); it is
        overwritten and kept in the cache. h0: (N0, H), N0 >= batch_sizes[0].
     batch_sizes: (T,) non-increasing, sum S.
-    Returns h (S, H) packed hidden states and a cache.
+    Returns h (S, H) packed hidden states and a cache. work: see module doc.
     """
     S, H = a.shape
     offs = np.r_[0, np.cumsum(batch_sizes)]
-    hprev = np.empty((S, H), dtype=a.dtype)  # h_{t-1} per row: dWh is one matmul
-    tmp = np.empty((int(batch_sizes[0]) if len(batch_sizes) else 0, H), dtype=a.dtype)
+    hprev = buffer(work, "hprev", (S, H), a.dtype)  # h_{t-1} per row: dWh is one matmul
+    tmp = buffer(work, "tmp", (int(batch_sizes[0]) if len(batch_sizes) else 0, H), a.dtype)
     for t, n in enumerate(batch_sizes):
         lo, hi = offs[t], offs[t] + n
         hprev[lo:hi] = h0[:n] if t == 0 else a[offs[t - 1]:offs[t - 1] + n]
@@ -154,7 +176,7 @@ def rnn_packed_forward(a, h0, Wh, batch_sizes):
     return a, (a, hprev, Wh, batch_sizes, offs)
 
 
-def rnn_packed_backward(dh, cache):
+def rnn_packed_backward(dh, cache, work=None):
     """dh (S, H) upstream gradient on the packed h (overwritten).
 
     Returns da (S, H) gradient on the input projections (so dWx = x.T @ da,
@@ -162,7 +184,7 @@ def rnn_packed_backward(dh, cache):
     """
     h, hprev, Wh, batch_sizes, offs = cache
     da = dh
-    tmp = np.empty((int(batch_sizes[0]) if len(batch_sizes) else 0, h.shape[1]), dtype=h.dtype)
+    tmp = buffer(work, "tmp", (int(batch_sizes[0]) if len(batch_sizes) else 0, h.shape[1]), h.dtype)
     dprev = None
     for t in range(len(batch_sizes) - 1, -1, -1):
         n = batch_sizes[t]
@@ -258,21 +280,33 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     return da @ Wx.T, da @ Wh.T, dprev_c, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
 
-def lstm_packed_forward(a, h0, Wh, batch_sizes):
+def lstm_cell_forward(a, prev_c):
+    """Forward-only LSTM cell, for decoding: a (N, 4H) the pre-activations
+    x @ Wx + b + prev_h @ Wh (overwritten with the gates), prev_c (N, H)
+    -> next_h, next_c (N, H)."""
+    next_c = np.empty_like(prev_c, dtype=a.dtype)
+    tc = np.empty_like(next_c)
+    next_h = np.empty_like(next_c)
+    with np.errstate(over="ignore"):
+        _lstm_cell(a, prev_c, next_c, tc, next_h)
+    return next_h, next_c
+
+
+def lstm_packed_forward(a, h0, Wh, batch_sizes, work=None):
     """LSTM over a packed batch, c0 = 0.
 
     a: (S, 4H) input projections x @ Wx + b, packed (see module doc); it is
        overwritten with the gate activations and kept in the cache.
     h0: (N0, H), N0 >= batch_sizes[0]. batch_sizes: (T,) non-increasing, sum S.
-    Returns h (S, H) packed hidden states and a cache.
+    Returns h (S, H) packed hidden states and a cache. work: see module doc.
     """
     S, H = a.shape[0], a.shape[1] // 4
     offs = np.r_[0, np.cumsum(batch_sizes)]
-    hprev = np.empty((S, H), dtype=a.dtype)  # h_{t-1} per row: dWh is one matmul
-    h = np.empty((S, H), dtype=a.dtype)
-    c = np.empty((S, H), dtype=a.dtype)
-    tc = np.empty((S, H), dtype=a.dtype)
-    tmp = np.empty((int(batch_sizes[0]) if len(batch_sizes) else 0, 4 * H), dtype=a.dtype)
+    hprev = buffer(work, "hprev", (S, H), a.dtype)  # h_{t-1} per row: dWh is one matmul
+    h = buffer(work, "h", (S, H), a.dtype)
+    c = buffer(work, "c", (S, H), a.dtype)
+    tc = buffer(work, "tc", (S, H), a.dtype)
+    tmp = buffer(work, "tmp", (int(batch_sizes[0]) if len(batch_sizes) else 0, 4 * H), a.dtype)
     with np.errstate(over="ignore"):
         for t, n in enumerate(batch_sizes):
             lo, hi = offs[t], offs[t] + n
@@ -289,25 +323,24 @@ def lstm_packed_forward(a, h0, Wh, batch_sizes):
     return h, (a, c, tc, hprev, Wh, batch_sizes, offs)
 
 
-def lstm_packed_backward(dh, cache):
-    """dh (S, H) upstream gradient on the packed h (read only).
+def lstm_packed_backward(dh, cache, work=None):
+    """dh (S, H) upstream gradient on the packed h (overwritten). work: module doc.
 
     Returns da (S, 4H) gradient on the input projections (so dWx = x.T @ da,
     db = da.sum(0), dx = da @ Wx.T), dh0 (batch_sizes[0], H) and dWh (H, 4H).
     """
     gates, c, tc, hprev, Wh, batch_sizes, offs = cache
     S, H = c.shape
-    da = np.empty_like(gates)
+    da = buffer(work, "da", gates.shape, gates.dtype)
     n0 = int(batch_sizes[0]) if len(batch_sizes) else 0
-    # per-step workspaces, reused: dh_t, dc_t, dprev_h, dprev_c, scratch
-    dht, dc, dph, dpc = (np.empty((n0, H), dtype=c.dtype) for _ in range(4))
-    scratch = np.empty((n0, 4 * H), dtype=c.dtype)
+    # per-step workspaces, reused: dc_t, dprev_h, dprev_c, scratch
+    dc, dph, dpc = (buffer(work, k, (n0, H), c.dtype) for k in ("dc", "dph", "dpc"))
+    scratch = buffer(work, "tmp", (n0, 4 * H), c.dtype)
     m = 0   # rows carrying dprev_h / dprev_c from step t + 1
     for t in range(len(batch_sizes) - 1, -1, -1):
         n = batch_sizes[t]
         lo, hi = offs[t], offs[t] + n
-        d = dht[:n]
-        d[...] = dh[lo:hi]
+        d = dh[lo:hi]
         d[:m] += dph[:m]
         prev_c = c[offs[t - 1]:offs[t - 1] + n] if t > 0 else None
         _lstm_cell_backward(d, dpc[:m], gates[lo:hi], prev_c, tc[lo:hi], da[lo:hi], dc[:n], scratch[:n])
@@ -394,9 +427,8 @@ def softmax_loss_rows(x, y, scale):
     np.exp(x, out=x)
     z = x.sum(axis=1)
     loss = float(np.log(z).sum() - picked.sum()) * scale
-    x /= z[:, None]
-    x[rows, y] -= 1
-    x *= scale
+    x *= (scale / z)[:, None]     # softmax times scale in one pass
+    x[rows, y] -= scale
     return loss, x
 
 

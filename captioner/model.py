@@ -4,9 +4,14 @@ loss() is the training fast path: the batch is sorted by caption length and
 packed (captioner.layers module doc) so padding steps are never computed, and
 only positions with a real target reach the vocabulary affine + softmax.
 The word projection runs once per distinct word of the batch, not per token.
-Every weight gradient is one matmul over all steps. The result equals the
+Every weight gradient is one matmul over all steps. The big temporaries live
+in a per-model workspace reused by the next call (layers.buffer says why;
+~60 MB for an LSTM at the CS231n size, batch 100), so one model must not run
+loss() in two threads at once. The result equals the
 padded CS231n computation up to float rounding (tests/test_model.py).
 """
+import functools
+
 import numpy as np
 
 from captioner import layers
@@ -72,6 +77,7 @@ class CaptioningRNN:
             "b_vocab": np.zeros(V),
         }
         self.params = {n: np.ascontiguousarray(v, dtype=self.dtype) for n, v in p.items()}
+        self._work = {}   # loss() temporaries, reused across calls (layers.buffer)
 
     # ------------------------------------------------------------ training
 
@@ -85,10 +91,12 @@ class CaptioningRNN:
         features = np.asarray(features, dtype=self.dtype)
         captions = np.asarray(captions)
         N = captions.shape[0]
+        work = self._work
+        buf = functools.partial(layers.buffer, work, dtype=self.dtype)    # buf(key, shape)
         order, bs, ids_in, ids_out, keep = pack_captions(captions, self._null)
         feats = features[order[:bs[0] if len(bs) else 0]]   # rows with no target drop out
 
-        h0, proj_cache = layers.affine_forward(feats, p["W_proj"], p["b_proj"])
+        h0, _ = layers.affine_forward(feats, p["W_proj"], p["b_proj"])
         # An embedding followed by x @ Wx is a linear map of the distinct words:
         # project each word once (U <= V rows, ~S/3 on real captions), then gather.
         order_ids, starts, counts, words = layers.group_ids(ids_in)   # words: (U,) distinct
@@ -96,35 +104,41 @@ class CaptioningRNN:
         for_run = np.argsort(starts)                        # runs in sorted-id order
         inverse[order_ids] = np.repeat(for_run, counts[for_run])
         e = p["W_embed"][words]                  # (U, W)
-        proj = e @ p["Wx"]
+        S, U, kH, V = len(ids_in), len(words), p["Wx"].shape[1], p["W_vocab"].shape[1]
+        proj = np.matmul(e, p["Wx"], out=buf("proj", (U, kH)))
         proj += p["b"]
-        a = proj[inverse]                        # (S, kH) packed input projections
-        core = layers.lstm_packed_forward if self.cell_type == "lstm" else layers.rnn_packed_forward
-        h, core_cache = core(a, h0, p["Wh"], bs)
+        a = np.take(proj, inverse, axis=0, out=buf("a", (S, kH)), mode="clip")  # (S, kH) packed
+        lstm = self.cell_type == "lstm"
+        core = layers.lstm_packed_forward if lstm else layers.rnn_packed_forward
+        h, core_cache = core(a, h0, p["Wh"], bs, work=work)
         all_kept = bool(keep.all())
-        hk = h if all_kept else h[keep]
-        logits = hk @ p["W_vocab"]
+        hk = h
+        if not all_kept:
+            hk = np.compress(keep, h, axis=0, out=buf("hk", (int(keep.sum()), h.shape[1])))
+        logits = np.matmul(hk, p["W_vocab"], out=buf("logits", (len(hk), V)))
         logits += p["b_vocab"]
         loss, dlogits = layers.softmax_loss_rows(logits, ids_out[keep], 1.0 / N)
 
         g = {}
         g["W_vocab"] = hk.T @ dlogits
         g["b_vocab"] = dlogits.sum(axis=0)
-        dhk = dlogits @ p["W_vocab"].T
         if all_kept:
-            dh = dhk
+            dh = np.matmul(dlogits, p["W_vocab"].T, out=buf("dh", h.shape))
         else:
-            dh = np.zeros_like(h)
-            dh[keep] = dhk
-        back = layers.lstm_packed_backward if self.cell_type == "lstm" else layers.rnn_packed_backward
-        da, dh0, g["Wh"] = back(dh, core_cache)
+            dh = buf("dh", h.shape)
+            dh[~keep] = 0
+            dh[keep] = dlogits @ p["W_vocab"].T
+        back = layers.lstm_packed_backward if lstm else layers.rnn_packed_backward
+        da, dh0, g["Wh"] = back(dh, core_cache, work=work)
         # ... and back: sum da over each word's occurrences first, then multiply
-        da_w = layers.segment_sum(da[order_ids], starts, counts)   # (U, kH)
+        da_sorted = np.take(da, order_ids, axis=0, out=buf("a", da.shape), mode="clip")
+        da_w = layers.segment_sum(da_sorted, starts, counts, out=buf("proj", (U, kH)))   # (U, kH)
         g["Wx"] = e.T @ da_w
         g["b"] = da_w.sum(axis=0)
         g["W_embed"] = np.zeros_like(p["W_embed"])
         g["W_embed"][words] = da_w @ p["Wx"].T
-        _, g["W_proj"], g["b_proj"] = layers.affine_backward(dh0, proj_cache)
+        g["W_proj"] = feats.T @ dh0              # no gradient into the features
+        g["b_proj"] = dh0.sum(axis=0)
         return loss, {n: g[n] for n in PARAM_NAMES}
 
     # ------------------------------------------------------------ decoding
@@ -136,35 +150,69 @@ class CaptioningRNN:
         c = np.zeros_like(h) if self.cell_type == "lstm" else None
         return h, c
 
-    def step(self, words, h, c=None):
-        """One decoder step for any batch: words (B,) ids, h (B, H), c (B, H) or None
-        -> (logits (B, V), next_h, next_c). Used by sample() and captioner.decoding."""
+    def word_proj(self):
+        """Input projection of every word, W_embed @ Wx + b: (V, kH). Decoders
+        compute it once per call and pass it to step(): a row gather per step
+        instead of a (B, W) @ (W, kH) matmul, once B x steps exceeds V."""
         p = self.params
-        x = p["W_embed"][words]
-        if self.cell_type == "lstm":
-            h, c, _ = layers.lstm_step_forward(x, h, c, p["Wx"], p["Wh"], p["b"])
+        proj = p["W_embed"] @ p["Wx"]
+        proj += p["b"]
+        return proj
+
+    def step(self, words, h, c=None, proj=None, rows=None):
+        """One decoder step for any batch: words (B,) ids, h (B, H), c (B, H) or None
+        -> (logits (B, V), next_h, next_c). Used by sample() and captioner.decoding.
+
+        proj: word_proj(), optional (same result). rows (B,) optional: row b
+        continues from state rows[b] of h and c, which may then have any number
+        of rows; each distinct state's h @ Wh is computed once (beam search's
+        siblings share their parent's, ~40% of the rows at beam 3).
+        """
+        p = self.params
+        if proj is None:
+            a = p["W_embed"][words] @ p["Wx"]
+            a += p["b"]
         else:
-            h, _ = layers.rnn_step_forward(x, h, p["Wx"], p["Wh"], p["b"])
+            a = proj[words]          # a copy: the step overwrites it
+        # same order of additions as training: (x @ Wx + b) + h @ Wh
+        if rows is None:
+            a += h @ p["Wh"]
+        else:
+            used, inverse = np.unique(rows, return_inverse=True)
+            a += (h[used] @ p["Wh"])[inverse]
+            c = c[rows] if c is not None else None
+        if self.cell_type == "lstm":
+            h, c = layers.lstm_cell_forward(a, c)
+        else:
+            h = np.tanh(a, out=a)
         logits = h @ p["W_vocab"]
         logits += p["b_vocab"]
         return logits, h, c
 
+    def decode_proj(self, batch, steps):
+        """word_proj() when decoding batch x steps word positions pays for it, else None."""
+        return self.word_proj() if batch * steps >= len(self.word_to_idx) else None
+
     def sample(self, features, max_length=30):
         """Greedy captions (N, max_length) int64, without <START>.
 
-        Never emits <NULL>, <START> or <UNK>; a row ends with <END> and is
+        Never emits <NULL>, <START> or <UNK>, nor <END> first (no empty
+        caption); a row ends with <END> and is
         padded with <NULL> after it. Finished rows drop out of the batch.
         """
         N = len(features)
         captions = np.full((N, max_length), self._null, dtype=np.int64)
         h, c = self.init_state(features)
+        proj = self.decode_proj(N, max_length)
         rows = np.arange(N)
         words = np.full(N, self._start)
         for t in range(max_length):
             if rows.size == 0:
                 break
-            logits, h, c = self.step(words, h, c)
+            logits, h, c = self.step(words, h, c, proj)
             logits[:, self.banned] = -np.inf
+            if t == 0:
+                logits[:, self._end] = -np.inf  # a caption has at least one word
             words = logits.argmax(axis=1)
             captions[rows, t] = words
             live = words != self._end

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from captioner import optim
-from captioner.decoding import beam_search, sample_temperature
+from captioner.decoding import _top_words, beam_search, sample_temperature
 from captioner.errors import CaptionerError
 from captioner.model import CaptioningRNN
 
@@ -142,3 +142,87 @@ def test_rnn_cell_beam_and_sampling():
         for ids, lp in hyps:
             assert abs(score(m, f, ids) - lp) < 1e-4 * max(1.0, abs(lp))
     assert sample_temperature(m, feats, max_length=9, rng=0).shape == (7, 9)
+
+
+def reference_beam(m, feats, K, max_length):
+    """The textbook beam search: every step scores all K x V continuations in
+    float64 and keeps the K best (ties to the lower candidate index); finished
+    hypotheses continue with free <NULL>. -> (tokens (N, K, L), score (N, K))."""
+    N, V = len(feats), m.params["W_vocab"].shape[1]
+    h, c = m.init_state(feats)
+    h, c = np.repeat(h, K, 0), np.repeat(c, K, 0) if c is not None else None
+    score = np.full((N, K), -np.inf)
+    score[:, 0] = 0
+    tokens = np.full((N, K, max_length), NULL)
+    done = np.zeros((N, K), bool)
+    words = np.full(N * K, START)
+    for t in range(max_length):
+        logits, h, c = m.step(words, h, c)
+        z = logits.astype(np.float64)
+        logp = z - z.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        logp[:, SPECIAL] = -np.inf
+        if t == 0:
+            logp[:, END] = -np.inf   # no empty captions
+        logp = logp.reshape(N, K, V)
+        logp[done] = np.where(np.arange(V) == NULL, 0.0, -np.inf)
+        cand = (score[:, :, None] + logp).reshape(N, K * V)
+        top = np.argsort(-cand, axis=1, kind="stable")[:, :K]
+        parent, word = top // V, top % V
+        score = np.take_along_axis(cand, top, 1)
+        tokens = np.take_along_axis(tokens, parent[:, :, None], 1)
+        tokens[:, :, t] = word
+        done = np.take_along_axis(done, parent, 1) | (word == END)
+        rows = (np.arange(N)[:, None] * K + parent).ravel()
+        h, c, words = h[rows], c[rows] if c is not None else None, word.ravel()
+    return tokens, score
+
+
+@pytest.mark.parametrize("K", [2, 3, 5, 14])
+def test_beam_equals_full_search(trained, K):
+    """Per-hypothesis top-K preselection and skipping finished hypotheses
+    change nothing: same captions and scores as scoring all K x V candidates."""
+    m, feats = trained
+    n_end = n_hyps = 0
+    for max_length in (4, 10):
+        tokens, score = reference_beam(m, feats, K, max_length)
+        beams = beam_search(m, feats, beam_size=K, max_length=max_length, n_best=K)
+        for n, hyps in enumerate(beams):
+            ref = [(trim(tokens[n, k]), score[n, k]) for k in range(K) if np.isfinite(score[n, k])]
+            ref.sort(key=lambda r: -r[1])
+            assert len(hyps) == len(ref)
+            for (ids, lp), (rids, rlp) in zip(hyps, ref):
+                np.testing.assert_array_equal(ids, rids)
+                assert abs(lp - rlp) < 1e-5 * max(1.0, abs(rlp))
+                n_end += ids[-1] == END
+                n_hyps += 1
+    assert 0 < n_end < n_hyps     # both finished and cut-off hypotheses occur
+
+
+def test_top_words_ties_go_to_the_lower_id():
+    logits = np.array([[1.0, 3.0, 3.0, 2.0, 3.0],
+                       [0.0, -np.inf, 5.0, 5.0, -1.0]], dtype=np.float32)
+    ref = np.argsort(-logits, axis=1, kind="stable")[:, :3]
+    words, values = _top_words(logits.copy(), 3)
+    np.testing.assert_array_equal(words, ref)
+    np.testing.assert_array_equal(values, np.take_along_axis(logits, ref, 1))
+
+
+def test_no_images(trained):
+    m, feats = trained
+    assert beam_search(m, feats[:0], beam_size=3) == []
+    assert m.sample(feats[:0], max_length=5).shape == (0, 5)
+
+
+def test_no_empty_captions():
+    """Even a model that prefers <END> first writes at least one word."""
+    from captioner.model import CaptioningRNN
+    w2i = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>", "a", "b"])}
+    model = CaptioningRNN(w2i, input_dim=4, wordvec_dim=3, hidden_dim=5, cell_type="lstm", seed=0)
+    model.params["b_vocab"][w2i["<END>"]] = 50.0
+    feats = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    greedy = model.sample(feats, max_length=5)
+    assert (greedy[:, 0] > 3).all() and (greedy[:, 1] == w2i["<END>"]).all()
+    for beams in beam_search(model, feats, beam_size=3, max_length=5, n_best=3):
+        assert all(len(ids) >= 2 and ids[0] > 3 for ids, _ in beams)
+    assert (sample_temperature(model, feats, 1.0, 5, rng=0)[:, 0] > 3).all()

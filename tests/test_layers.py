@@ -187,3 +187,49 @@ def test_softmax_loss_large_logits_stable():
     x = np.array([[[1000.0, 0.0, -1000.0]]])
     loss, dx = L.temporal_softmax_loss(x, np.array([[1]]), np.ones((1, 1), bool))
     assert abs(loss - 1000.0) < 1e-9 and np.isfinite(dx).all()
+
+
+def test_buffer_reuses_and_grows():
+    work = {}
+    a = L.buffer(work, "x", (3, 4), np.float32)
+    a[...] = 1
+    b = L.buffer(work, "x", (2, 5), np.float32)      # smaller: same memory
+    assert b.shape == (2, 5) and np.shares_memory(a, b)
+    c = L.buffer(work, "x", (5, 5), np.float32)      # bigger: a new block
+    assert c.shape == (5, 5) and not np.shares_memory(a, c)
+    d = L.buffer(work, "x", (2, 2), np.float64)      # other dtype: a new block
+    assert d.dtype == np.float64
+    assert L.buffer(None, "x", (2, 2), np.float32).shape == (2, 2)
+
+
+@pytest.mark.parametrize("fwd, bwd, k", [(L.rnn_packed_forward, L.rnn_packed_backward, 1),
+                                         (L.lstm_packed_forward, L.lstm_packed_backward, 4)])
+def test_packed_work_buffers_change_nothing(rng, fwd, bwd, k):
+    """Reused buffers give bit-identical results, also after a bigger and a
+    smaller batch went through the same work dict."""
+    H = 6
+
+    def run(bs, work):
+        S = int(np.sum(bs))
+        r = np.random.default_rng(int(S))
+        a, h0 = r.standard_normal((S, k * H)), r.standard_normal((bs[0], H))
+        Wh, dh = r.standard_normal((H, k * H)) * 0.4, r.standard_normal((S, H))
+        h, cache = fwd(a, h0, Wh, bs, work=work)
+        h = h.copy()
+        return [h] + [np.array(g) for g in bwd(dh, cache, work=work)]
+
+    small, big = np.array([3, 3, 2, 1]), np.array([5, 4, 4, 2, 2, 1])
+    work = {}
+    for bs in (small, big, small):
+        for x, y in zip(run(bs, work), run(bs, None)):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_lstm_cell_forward_equals_step(rng):
+    N, D, H = 3, 4, 5
+    x, h, c = rng.standard_normal((N, D)), rng.standard_normal((N, H)), rng.standard_normal((N, H))
+    Wx, Wh, b = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H)), rng.standard_normal(4 * H)
+    ref_h, ref_c, _ = L.lstm_step_forward(x, h, c, Wx, Wh, b)
+    out_h, out_c = L.lstm_cell_forward(x @ Wx + b + h @ Wh, c)
+    np.testing.assert_allclose(out_h, ref_h, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(out_c, ref_c, rtol=1e-12, atol=1e-14)

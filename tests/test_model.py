@@ -122,6 +122,8 @@ def naive_greedy(m, features, max_length):
     for t in range(max_length):
         logits, h, c = m.step(words, h, c)
         logits[:, [m._null, m._start, m._unk]] = -np.inf
+        if t == 0:
+            logits[:, m._end] = -np.inf
         words = logits.argmax(1)
         out[:, t] = np.where(done, m._null, words)
         done |= words == m._end
@@ -155,7 +157,9 @@ def test_sample_end_first():
     m = CaptioningRNN(W2I, input_dim=4, wordvec_dim=3, hidden_dim=5, seed=0)
     m.params["b_vocab"][END] = 100.0
     caps = m.sample(np.ones((3, 4)), max_length=5)
-    np.testing.assert_array_equal(caps, [[END, NULL, NULL, NULL, NULL]] * 3)
+    # <END> cannot come first (no empty captions): one word, then <END>.
+    assert (caps[:, 0] > UNK).all()
+    np.testing.assert_array_equal(caps[:, 1:], [[END, NULL, NULL, NULL]] * 3)
 
 
 def test_batch_without_targets_has_zero_loss_and_grads():
@@ -164,3 +168,49 @@ def test_batch_without_targets_has_zero_loss_and_grads():
     loss, grads = m.loss(np.ones((2, 4)), caps)
     assert loss == 0.0
     assert all(not g.any() and g.shape == m.params[k].shape for k, g in grads.items())
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_loss_workspace_reuse_changes_nothing(cell):
+    """loss() keeps its temporaries between calls: batches of other sizes in
+    between must not leak into a result, nor overwrite grads handed out before."""
+    rng = np.random.default_rng(8)
+    kw = dict(input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell, seed=9)
+    m, fresh = CaptioningRNN(W2I, **kw), CaptioningRNN(W2I, **kw)
+    batches = [(rng.standard_normal((n, 6)), make_captions(rng, n, t)) for n, t in ((5, 7), (12, 10), (3, 5))]
+    first = m.loss(*batches[0])
+    kept = {k: v.copy() for k, v in first[1].items()}
+    for feats, caps in batches[1:] + batches[:1]:
+        loss, grads = m.loss(feats, caps)
+        ref_loss, ref = CaptioningRNN(W2I, **kw).loss(feats, caps)
+        assert loss == ref_loss
+        for k in PARAM_NAMES:
+            np.testing.assert_array_equal(grads[k], ref[k], err_msg=k)
+    for k in PARAM_NAMES:
+        np.testing.assert_array_equal(first[1][k], kept[k], err_msg=k)
+    assert fresh.loss(*batches[0])[0] == first[0]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_step_with_word_projections(cell):
+    rng = np.random.default_rng(10)
+    m = CaptioningRNN(W2I, input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell, dtype=np.float64,
+                      seed=11)
+    m.params["b"] += rng.standard_normal(m.params["b"].shape)
+    h, c = m.init_state(rng.standard_normal((4, 6)))
+    words = np.array([START, 5, 5, 9])
+    proj = m.word_proj()
+    ref = m.params["W_embed"][words] @ m.params["Wx"] + m.params["b"]
+    np.testing.assert_allclose(proj[words], ref, rtol=1e-12)
+    for x, y in zip(m.step(words, h, c), m.step(words, h, c, proj)):
+        if x is not None:
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)
+    assert m.decode_proj(1, 3) is None and m.decode_proj(2, len(WORDS)) is not None
+    # rows: continue from shared states, as if they had been gathered first
+    rows = np.array([2, 0, 2, 2, 3])
+    words = np.array([5, 6, 7, 5, 9])
+    shared = m.step(words, h, c, proj, rows=rows)
+    gathered = m.step(words, h[rows], c[rows] if c is not None else None, proj)
+    for x, y in zip(shared, gathered):
+        if x is not None:
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)

@@ -237,7 +237,7 @@ def test_train_resume_sample_info(tmp_path):
         {"id": i, "image_id": r["image_id"], "caption": r["caption"]} for i, r in enumerate(results)]}))
     result = run("evaluate", "--results", saved, "--references", refs, "--no-meteor", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["scores"]["Bleu_4"] > 0.99  # scored against itself
+    assert json.loads(result.output)["scores"]["ROUGE_L"] > 0.999  # scored against itself
 
     result = run("info", "--checkpoint", out / "last.npz")
     assert result.exit_code == 0 and "lstm" in result.output and "2 epochs" in result.output
