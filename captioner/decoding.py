@@ -134,25 +134,6 @@ def sample_temperature(model, features, temperature=1.0, max_length=16, rng=None
         raise CaptionerError(f"temperature must be > 0, got {temperature!r}")
     _check_positive_int("max_length", max_length)
     rng = np.random.default_rng(rng)
-    N = len(features)
-    captions = np.full((N, max_length), model._null, dtype=np.int64)
-    h, c = model.init_state(features)
-    proj = model.decode_proj(N, max_length)
-    rows = np.arange(N)
-    words = np.full(N, model._start)
-    for t in range(max_length):
-        if rows.size == 0:
-            break
-        logits, h, c = model.step(words, h, c, proj)
-        z = logits.astype(np.float64) / temperature
-        z[:, model.banned] = -np.inf
-        if t == 0:
-            z[:, model._end] = -np.inf
-        # Gumbel-max trick: argmax(z + Gumbel noise) ~ softmax(z), no cumsum
-        words = (z + rng.gumbel(size=z.shape)).argmax(axis=1)
-        captions[rows, t] = words
-        live = words != model._end
-        if not live.all():
-            rows, words, h = rows[live], words[live], h[live]
-            c = c[live] if c is not None else None
-    return captions
+    # Gumbel-max trick: argmax(z + Gumbel noise) ~ softmax(z), no cumsum
+    return model.decode(features, max_length, lambda logits: (
+        logits.astype(np.float64) / temperature + rng.gumbel(size=logits.shape)).argmax(axis=1))

@@ -197,9 +197,14 @@ class CaptioningRNN:
         """Greedy captions (N, max_length) int64, without <START>.
 
         Never emits <NULL>, <START> or <UNK>, nor <END> first (no empty
-        caption); a row ends with <END> and is
-        padded with <NULL> after it. Finished rows drop out of the batch.
+        caption); a row ends with <END> and is padded with <NULL> after it.
         """
+        return self.decode(features, max_length, lambda logits: logits.argmax(axis=1))
+
+    def decode(self, features, max_length, choose):
+        """Word-by-word decoding: choose(logits (B, V)) -> words (B,), called with
+        the banned words (and <END> at the first step) at -inf. Finished rows
+        drop out of the batch. -> captions (N, max_length) as in sample()."""
         N = len(features)
         captions = np.full((N, max_length), self._null, dtype=np.int64)
         h, c = self.init_state(features)
@@ -213,7 +218,7 @@ class CaptioningRNN:
             logits[:, self.banned] = -np.inf
             if t == 0:
                 logits[:, self._end] = -np.inf  # a caption has at least one word
-            words = logits.argmax(axis=1)
+            words = choose(logits)
             captions[rows, t] = words
             live = words != self._end
             if not live.all():
