@@ -33,8 +33,15 @@ def buffer(work, key, shape, dtype):
     size = int(np.prod(shape))
     block = work.get(key)
     if block is None or block.dtype != dtype or block.size < size:
-        block = work[key] = np.empty(size, dtype)
+        block = work[key] = _page_aligned(size, dtype)
     return block[:size].reshape(shape)
+
+
+def _page_aligned(size, dtype, page=4096):
+    """np.empty(size, dtype) starting on a page boundary."""
+    raw = np.empty(size * np.dtype(dtype).itemsize + page, np.uint8)
+    skip = -raw.ctypes.data % page
+    return raw[skip:skip + size * np.dtype(dtype).itemsize].view(dtype)
 
 
 # ---------------------------------------------------------------- affine
@@ -125,13 +132,18 @@ def segment_sum(x, starts, counts, out=None):
 
 # ---------------------------------------------------------------- nonlinearities
 
-def _sigmoid(x, out):
-    """out = 1 / (1 + exp(-x)), in place allowed. For x << 0 exp overflows to
-    inf and 1/inf = 0, the correct limit (callers silence the warning)."""
-    np.negative(x, out=out)
+def _tanh(x, out):
+    """out = tanh(x) = 2 sigmoid(2x) - 1, in place allowed. np.exp is twice as
+    fast as np.tanh on float32 here (no SIMD tanh without AVX-512); the price
+    is an absolute instead of relative error near 0 (~1e-7 in float32), below
+    what the float32 state carries. For x << 0 exp overflows to inf and
+    2/inf - 1 = -1, the correct limit (callers silence the warning)."""
+    np.multiply(x, -2, out=out)
     np.exp(out, out=out)
     out += 1
-    return np.divide(1, out, out=out)
+    np.divide(2, out, out=out)
+    out -= 1
+    return out
 
 
 # ---------------------------------------------------------------- vanilla RNN
@@ -167,12 +179,13 @@ def rnn_packed_forward(a, h0, Wh, batch_sizes, work=None):
     offs = np.r_[0, np.cumsum(batch_sizes)]
     hprev = buffer(work, "hprev", (S, H), a.dtype)  # h_{t-1} per row: dWh is one matmul
     tmp = buffer(work, "tmp", (int(batch_sizes[0]) if len(batch_sizes) else 0, H), a.dtype)
-    for t, n in enumerate(batch_sizes):
-        lo, hi = offs[t], offs[t] + n
-        hprev[lo:hi] = h0[:n] if t == 0 else a[offs[t - 1]:offs[t - 1] + n]
-        np.matmul(hprev[lo:hi], Wh, out=tmp[:n])
-        a[lo:hi] += tmp[:n]
-        np.tanh(a[lo:hi], out=a[lo:hi])  # a now holds h_t
+    with np.errstate(over="ignore"):
+        for t, n in enumerate(batch_sizes):
+            lo, hi = offs[t], offs[t] + n
+            hprev[lo:hi] = h0[:n] if t == 0 else a[offs[t - 1]:offs[t - 1] + n]
+            np.matmul(hprev[lo:hi], Wh, out=tmp[:n])
+            a[lo:hi] += tmp[:n]
+            _tanh(a[lo:hi], out=a[lo:hi])  # a now holds h_t
     return a, (a, hprev, Wh, batch_sizes, offs)
 
 
@@ -206,14 +219,22 @@ def _lstm_cell(a, prev_c, c, tc, h):
     """Activate the pre-activations a (n, 4H) in place (gates i, f, o, g) and
     write c = f * prev_c + i * g, tc = tanh(c), h = o * tc. prev_c None means 0."""
     H = a.shape[1] // 4
-    _sigmoid(a[:, :3 * H], out=a[:, :3 * H])
-    np.tanh(a[:, 3 * H:], out=a[:, 3 * H:])
+    # sigmoid(x) = 1 / (1 + exp(-x)) on i, f, o and tanh(x) = 2 sigmoid(2x) - 1
+    # on g: one exp over whole rows, a quarter faster than exp on 3H columns
+    # plus np.tanh on H (see _tanh). exp overflow gives the right limits.
+    np.negative(a[:, :3 * H], out=a[:, :3 * H])
+    np.multiply(a[:, 3 * H:], -2, out=a[:, 3 * H:])
+    np.exp(a, out=a)
+    a += 1
+    np.divide(1, a, out=a)
     i, f, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+    g *= 2
+    g -= 1
     np.multiply(i, g, out=c)
     if prev_c is not None:
         np.multiply(f, prev_c, out=tc)
         c += tc
-    np.tanh(c, out=tc)
+    _tanh(c, out=tc)
     np.multiply(o, tc, out=h)
 
 

@@ -184,7 +184,8 @@ class CaptioningRNN:
         if self.cell_type == "lstm":
             h, c = layers.lstm_cell_forward(a, c)
         else:
-            h = np.tanh(a, out=a)
+            with np.errstate(over="ignore"):
+                h = layers._tanh(a, out=a)   # what training computes
         logits = h @ p["W_vocab"]
         logits += p["b_vocab"]
         return logits, h, c

@@ -1,9 +1,9 @@
 """First-order update rules, CS231n style: update(w, dw, config=None) -> (next_w, config).
 
 Updates happen IN PLACE: next_w is w itself, and the state arrays in config
-are overwritten; a training step allocates almost nothing. The arithmetic is
-the textbook formula operation for operation, so results are bit-identical
-to the out-of-place version.
+are overwritten; a training step allocates almost nothing. sgd, sgd_momentum
+and rmsprop do the textbook arithmetic operation for operation (bit-identical
+to the out-of-place version); adam reorders it (see there).
 
 config holds the hyperparameters (Python floats) and the per-parameter state:
   sgd           no state
@@ -15,6 +15,8 @@ np.savez(f, **config) / dict(np.load(f)): scalars come back as 0-d arrays,
 which the rules below read with float()/int(), and a resumed run is
 bit-identical.
 """
+import math
+
 import numpy as np
 
 
@@ -66,6 +68,10 @@ def adam(w, dw, config=None):
     """Adam with bias correction (Kingma & Ba):
         t += 1; m = b1 m + (1 - b1) dw; v = b2 v + (1 - b2) dw^2
         w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    computed in the paper's cheaper order (end of its section 2): both bias
+    corrections folded into two scalars, w -= lr_t * m / (sqrt(v) + eps_t), so
+    one scratch array serves the whole update (12 array passes instead of 14
+    and three temporaries). Equal to the formula above within rounding.
     Defaults: learning_rate 1e-3, beta1 0.9, beta2 0.999, epsilon 1e-8;
     state: m, v (arrays), t (int)."""
     config = _defaults(config, learning_rate=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8)
@@ -77,19 +83,23 @@ def adam(w, dw, config=None):
     b1, b2 = float(config["beta1"]), float(config["beta2"])
     t = int(config["t"]) + 1
     config["t"] = t
+    # Python floats, not numpy scalars: a float64 scalar would make the
+    # float32 in-place arithmetic below run through float64 casts
+    root = math.sqrt(1 - b2 ** t)
+    lr_t = float(config["learning_rate"]) * root / (1 - b1 ** t)
+    eps_t = float(config["epsilon"]) * root
+    s = np.multiply(dw, 1 - b1)
     m *= b1
-    m += (1 - b1) * dw
+    m += s
+    np.multiply(dw, dw, out=s)
+    s *= 1 - b2
     v *= b2
-    g2 = np.multiply(dw, dw)
-    g2 *= 1 - b2
-    v += g2
-    vt = np.divide(v, 1 - b2 ** t, out=g2)   # g2's memory is free again
-    np.sqrt(vt, out=vt)
-    vt += float(config["epsilon"])
-    step = m / (1 - b1 ** t)
-    step *= float(config["learning_rate"])
-    step /= vt
-    w -= step
+    v += s
+    np.sqrt(v, out=s)
+    s += eps_t
+    np.divide(m, s, out=s)
+    s *= lr_t
+    w -= s
     return w, config
 
 

@@ -48,7 +48,10 @@ def test_rule_matches_textbook(name, dtype):
         w, config = optim.OPTIMIZERS[name](w, dw, config)
         ref_w = textbook(name, ref_w, dw, state, DEFAULTS[name])
         assert w.dtype == dtype
-        np.testing.assert_array_equal(w, ref_w)     # bit-identical, in-place or not
+        if name == "adam":   # same formula, reordered (optim.adam): equal within rounding
+            np.testing.assert_allclose(w, ref_w, rtol=4 * np.finfo(dtype).eps, atol=0)
+        else:                # bit-identical, in-place or not
+            np.testing.assert_array_equal(w, ref_w)
     for k, v in DEFAULTS[name].items():
         assert config[k] == v
 
