@@ -92,7 +92,7 @@ def embedding_grad(ids, dout, V):
     dW = np.zeros((V, dout.shape[1]), dtype=dout.dtype)
     order, starts, counts, words = group_ids(ids)
     if len(words):
-        dW[words] = segment_sum(dout[order], starts, counts)
+        dW[words] = segment_sum(dout, order, starts, counts)
     return dW
 
 
@@ -110,23 +110,25 @@ def group_ids(ids):
     return order, starts[by_count], counts[by_count], sid[starts[by_count]]
 
 
-def segment_sum(x, starts, counts, out=None):
-    """Row sums of the runs x[starts[u]:starts[u] + counts[u]] -> (U, C),
-    written to out (U, C) when given.
+def segment_sum(x, order, starts, counts, out=None):
+    """Row sums of x (S, C) by runs of group_ids: out[u] = sum of the rows
+    x[order[starts[u]:starts[u] + counts[u]]] -> (U, C), into out when given.
 
     Runs must come longest first (group_ids does that). Long runs (<START>,
-    "a") get one contiguous np.sum each; for the short rest, add the j-th
-    row of every run that has one, j = 1..7: slices, since they form a prefix.
-    np.add.reduceat(x, starts, axis=0) gives the same sums but is ~8x slower
-    on (1000, 2048) float32 here, and np.add.at slower still.
+    "a") get one np.sum each; for the short rest, add the j-th row of every
+    run that has one, j = 1..7, as one gather each: the runs that long form a
+    prefix. Rows are gathered in small blocks, never as a sorted copy of x.
+    np.add.reduceat on a sorted copy gives the same sums but is ~8x slower on
+    (1000, 2048) float32 here, and np.add.at slower still.
     """
-    out = np.take(x, starts, axis=0, out=out, mode="clip")   # "clip": no hidden copy of out
+    out = np.take(x, order[starts], axis=0, out=out, mode="clip")   # "clip": no hidden copy of out
     n_long = int(np.sum(counts > 8))
     for u in range(n_long):
-        np.sum(x[starts[u]:starts[u] + counts[u]], axis=0, out=out[u])
+        rows = order[starts[u] + 1:starts[u] + counts[u]]
+        out[u] += np.take(x, rows, axis=0, mode="clip").sum(axis=0)
     for j in range(1, int(counts[n_long:].max(initial=1))):
         n = n_long + int(np.sum(counts[n_long:] > j))
-        out[n_long:n] += x[starts[n_long:n] + j]
+        out[n_long:n] += np.take(x, order[starts[n_long:n] + j], axis=0, mode="clip")
     return out
 
 

@@ -131,8 +131,7 @@ class CaptioningRNN:
         back = layers.lstm_packed_backward if lstm else layers.rnn_packed_backward
         da, dh0, g["Wh"] = back(dh, core_cache, work=work)
         # ... and back: sum da over each word's occurrences first, then multiply
-        da_sorted = np.take(da, order_ids, axis=0, out=buf("a", da.shape), mode="clip")
-        da_w = layers.segment_sum(da_sorted, starts, counts, out=buf("proj", (U, kH)))   # (U, kH)
+        da_w = layers.segment_sum(da, order_ids, starts, counts, out=buf("proj", (U, kH)))   # (U, kH)
         g["Wx"] = e.T @ da_w
         g["b"] = da_w.sum(axis=0)
         g["W_embed"] = np.zeros_like(p["W_embed"])
