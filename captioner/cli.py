@@ -263,7 +263,7 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
     import numpy as np
 
     from .data import decode_captions
-    from .training import check_compatible, load_model
+    from .training import load_model
 
     if not images and split is None:
         raise click.UsageError("give picture files to caption, or --split train|val")
@@ -307,10 +307,7 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
         return
 
     from .data import image_groups
-    saved = meta.get("training", {}).get("settings", {}).get("data_dir")
-    d = _load_data(saved if data == DATA_DEFAULT and saved else data, meta["features"]["kind"],
-                   splits=(split,))
-    check_compatible(ckpt, meta, d)
+    d = _checkpoint_data(ckpt, meta, data, split)
     idxs, rows = image_groups(d, split)
     pick = np.sort(rng.choice(len(idxs), size=min(count, len(idxs)), replace=False))
     urls = d.get(f"{split}_urls")
@@ -343,6 +340,17 @@ def encode(images, top):
         click.echo(f"captioner: error: {message}", err=True)
     if errors:
         sys.exit(1)
+
+
+def _checkpoint_data(ckpt, meta, data, split):
+    """The split a checkpoint captions: from --data, or when that is left at its
+    default, from the folder the checkpoint was trained on."""
+    from .training import check_compatible
+    saved = meta.get("training", {}).get("settings", {}).get("data_dir")
+    d = _load_data(saved if data == DATA_DEFAULT and saved else data, meta["features"]["kind"],
+                   splits=(split,))
+    check_compatible(ckpt, meta, d)
+    return d
 
 
 def _newest_best():
@@ -398,11 +406,10 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
         what = f"{len(res):,} captions of {results}"
     else:
         from .evaluation import evaluate_model
-        from .training import check_compatible, load_model
+        from .training import load_model
         ckpt = ckpt or _newest_best()
         model, meta, _, _ = load_model(ckpt)
-        d = _load_data(data, meta["features"]["kind"], splits=(split,))
-        check_compatible(ckpt, meta, d)
+        d = _checkpoint_data(ckpt, meta, data, split)
         scores, notes, generated = evaluate_model(
             model, d, split, meteor=not no_meteor, max_images=max_images, beam_size=beam_size,
             max_length=max_length, length_norm=length_norm)
