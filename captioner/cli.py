@@ -277,9 +277,8 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
             from .decoding import sample_temperature
             draws = [sample_temperature(model, feats, temperature, max_length, rng) for _ in range(n_best)]
             return [[(decode_captions(d[i], meta["vocab"]), None) for d in draws] for i in range(len(feats))]
-        from .decoding import beam_search
-        beams = beam_search(model, feats, beam_size=beam_size, max_length=max_length, n_best=n_best)
-        return [[(decode_captions(np.asarray(ids), meta["vocab"]), lp) for ids, lp in b] for b in beams]
+        from .decoding import beam_captions
+        return beam_captions(model, feats, beam_size, max_length, n_best=n_best)
 
     def show(title, caps, truth=()):
         click.echo(title)

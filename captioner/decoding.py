@@ -125,6 +125,19 @@ def beam_search(model, features, beam_size=3, max_length=16, length_norm=0.0, n_
             for n in range(N)]
 
 
+def beam_captions(model, features, beam_size=3, max_length=16, length_norm=0.0, n_best=1,
+                  batch_size=500):
+    """beam_search in batches of images, as text: features (N, D) -> N lists of
+    (caption, logprob), best first. Batches bound the (batch x beam, V) logits."""
+    from captioner.data import decode_captions
+    out = []
+    for k in range(0, len(features), batch_size):
+        for hyps in beam_search(model, features[k:k + batch_size], beam_size=beam_size,
+                                max_length=max_length, length_norm=length_norm, n_best=n_best):
+            out.append([(decode_captions(ids, model.idx_to_word), lp) for ids, lp in hyps])
+    return out
+
+
 def sample_temperature(model, features, temperature=1.0, max_length=16, rng=None):
     """Stochastic captions (N, max_length) int64, drawn word by word from
     softmax(logits / temperature) with <NULL>, <START>, <UNK> excluded.

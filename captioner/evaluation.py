@@ -1,10 +1,8 @@
 """Caption every image of a split once and score it with the COCO metrics."""
 import re
 
-import numpy as np
-
 from .data import decode_captions, image_groups
-from .decoding import beam_search
+from .decoding import beam_captions
 from .metrics import score
 
 
@@ -23,11 +21,9 @@ def caption_split(model, data, split="val", max_images=None, beam_size=3, max_le
     names = data.get(f"{split}_images")
     ids = [coco_image_id(names[i] if names else None, i) for i in images]
     generated = []
-    for i in range(0, len(images), batch_size):
+    for i in range(0, len(images), batch_size):   # batches: features may stream from HDF5
         feats = data[f"{split}_features"][images[i:i + batch_size]]
-        beams = beam_search(model, feats, beam_size=beam_size, max_length=max_length,
-                            length_norm=length_norm)
-        generated += [decode_captions(np.asarray(b[0][0]), data["idx_to_word"]) for b in beams]
+        generated += [hyps[0][0] for hyps in beam_captions(model, feats, beam_size, max_length, length_norm)]
     refs = [decode_captions(data[f"{split}_captions"][r], data["idx_to_word"]) for r in rows]
     return ids, generated, refs
 

@@ -380,7 +380,7 @@ def caption_images(model, paths, beam_size=3, n_best=1, max_length=16, batch_siz
     (path, None, one-line error) for a picture that cannot be read. Decoding is
     beam search (captioner.decoding.beam_search, no length normalisation).
     """
-    from captioner.decoding import beam_search
+    from captioner.decoding import beam_captions
 
     dim = model.params['W_proj'].shape[0]
     if dim != encoder.FEATURE_DIM:
@@ -389,16 +389,12 @@ def caption_images(model, paths, beam_size=3, n_best=1, max_length=16, batch_siz
                              f'with a model trained on a `captioner prepare` dataset')
     paths = list(paths)
     feats, _, ok, errors = encoder.encode_files(paths, batch_size=batch_size)
-    hyps = []
-    for k in range(0, len(ok), batch_size):
-        hyps += beam_search(model, feats[k:k + batch_size], beam_size=beam_size,
-                            max_length=max_length, length_norm=0.0, n_best=n_best)
+    hyps = beam_captions(model, feats, beam_size, max_length, n_best=n_best, batch_size=batch_size)
     # encode_files keeps input order in both lists, so walk them alongside paths
     out, oi, ei = [], 0, 0
     for p in paths:
         if oi < len(ok) and ok[oi] == p:
-            out.append((p, [(data.decode_captions(ids, model.idx_to_word), float(lp)) for ids, lp in hyps[oi]],
-                        None))
+            out.append((p, hyps[oi], None))
             oi += 1
         else:
             out.append((p, None, errors[ei][1]))
