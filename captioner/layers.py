@@ -27,6 +27,8 @@ def buffer(work, key, shape, dtype):
     fresh np.empty of that size page-faults again on first touch: ~10,000
     faults (~30 ms of CPU) per LSTM training step at the CS231n size.
     A buffer is only valid until the next call that uses the same work and key.
+    Blocks start on a page boundary: a copy between two blocks whose addresses
+    differed by a few bytes modulo 4 KiB ran 4x slower here (4K aliasing).
     """
     if work is None:
         return np.empty(shape, dtype)
@@ -116,8 +118,9 @@ def segment_sum(x, order, starts, counts, out=None):
 
     Runs must come longest first (group_ids does that). Long runs (<START>,
     "a") get one np.sum each; for the short rest, add the j-th row of every
-    run that has one, j = 1..7, as one gather each: the runs that long form a
-    prefix. Rows are gathered in small blocks, never as a sorted copy of x.
+    run that has one, j = 1..7, as one gather each (the runs longer than j
+    form a prefix). Rows are gathered in small blocks, never as a sorted copy
+    of x.
     np.add.reduceat on a sorted copy gives the same sums but is ~8x slower on
     (1000, 2048) float32 here, and np.add.at slower still.
     """
@@ -134,7 +137,7 @@ def segment_sum(x, order, starts, counts, out=None):
 
 # ---------------------------------------------------------------- nonlinearities
 
-def _tanh(x, out):
+def tanh(x, out):
     """out = tanh(x) = 2 sigmoid(2x) - 1, in place allowed. np.exp is twice as
     fast as np.tanh on float32 here (no SIMD tanh without AVX-512); the price
     is an absolute instead of relative error near 0 (~1e-7 in float32), below
@@ -187,7 +190,7 @@ def rnn_packed_forward(a, h0, Wh, batch_sizes, work=None):
             hprev[lo:hi] = h0[:n] if t == 0 else a[offs[t - 1]:offs[t - 1] + n]
             np.matmul(hprev[lo:hi], Wh, out=tmp[:n])
             a[lo:hi] += tmp[:n]
-            _tanh(a[lo:hi], out=a[lo:hi])  # a now holds h_t
+            tanh(a[lo:hi], out=a[lo:hi])  # a now holds h_t
     return a, (a, hprev, Wh, batch_sizes, offs)
 
 
@@ -223,7 +226,7 @@ def _lstm_cell(a, prev_c, c, tc, h):
     H = a.shape[1] // 4
     # sigmoid(x) = 1 / (1 + exp(-x)) on i, f, o and tanh(x) = 2 sigmoid(2x) - 1
     # on g: one exp over whole rows, a quarter faster than exp on 3H columns
-    # plus np.tanh on H (see _tanh). exp overflow gives the right limits.
+    # plus np.tanh on H (see tanh). exp overflow gives the right limits.
     np.negative(a[:, :3 * H], out=a[:, :3 * H])
     np.multiply(a[:, 3 * H:], -2, out=a[:, 3 * H:])
     np.exp(a, out=a)
@@ -236,7 +239,7 @@ def _lstm_cell(a, prev_c, c, tc, h):
     if prev_c is not None:
         np.multiply(f, prev_c, out=tc)
         c += tc
-    _tanh(c, out=tc)
+    tanh(c, out=tc)
     np.multiply(o, tc, out=h)
 
 

@@ -184,7 +184,7 @@ class CaptioningRNN:
             h, c = layers.lstm_cell_forward(a, c)
         else:
             with np.errstate(over="ignore"):
-                h = layers._tanh(a, out=a)   # what training computes
+                h = layers.tanh(a, out=a)   # what training computes
         logits = h @ p["W_vocab"]
         logits += p["b_vocab"]
         return logits, h, c
