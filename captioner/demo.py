@@ -279,12 +279,12 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0,
 
     run_dir = new_run_dir(None, "demo")
     log(f"[3/5] captioner train --data {dataset} --cell lstm --hidden-dim 256 --wordvec-dim 128 "
-        f"--epochs {epochs} --lr 5e-3 --lr-decay 0.9 --out {run_dir}")
+        f"--epochs {epochs} --lr 2e-3 --lr-decay 0.97 --out {run_dir}")
     model = CaptioningRNN(data["word_to_idx"], input_dim=data["feature_dim"], wordvec_dim=128,
                           hidden_dim=256, cell_type="lstm", seed=seed)
     with run_lock(run_dir):
-        train(data, model, run_dir, progress=True, log=log, epochs=epochs, batch_size=100, lr=5e-3,
-              lr_decay=0.9, seed=seed, val_size=500, data_dir=os.path.abspath(dataset),
+        train(data, model, run_dir, progress=True, log=log, epochs=epochs, batch_size=100, lr=2e-3,
+              lr_decay=0.97, seed=seed, val_size=500, data_dir=os.path.abspath(dataset),
               features=data["feature_kind"])
 
     log(f"[4/5] captioner evaluate --checkpoint {run_dir}/last.npz --data {dataset} --no-meteor")
