@@ -463,8 +463,9 @@ def _train_rows(rep, cell, r, checked=True):
         r["textbook_over_ours"] = r["textbook_ms"] / r["ours_ms"]
         target_row("speed-up over textbook", f"{r['textbook_over_ours']:.1f}x", ">= 5x",
                    r["textbook_over_ours"] >= 5)
-        # the speed-up a step doing nothing but its matrix products would get: the ceiling
-        # for the ratio above on this machine, unless the products themselves shrink
+        # the speed-up a step doing nothing but its matrix products would get: about the
+        # ceiling for the ratio above on this machine (code that shrinks the products, as
+        # captioner's once-per-distinct-word input projection does, can pass it a little)
         r["textbook_over_floor"] = r["textbook_ms"] / r["floor_real_tokens_ms"]
         rep.row(sec, "textbook / real-token GEMM floor", f"{r['textbook_over_floor']:.1f}x (a step doing "
                 f"only its products, at the floor rate)")
