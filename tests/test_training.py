@@ -231,12 +231,12 @@ def test_train_resume_sample_info(tmp_path):
     names = (Path(data) / "val2014_images.txt").read_text().split()[:20]
     assert [r["image_id"] for r in results] == [int(n[-16:-4]) for n in names]
     assert all(isinstance(r["caption"], str) and r["caption"] for r in results)
-    # The saved file is a valid results file for `evaluate --results`.
     # Without --data, the checkpoint's own training folder (as `sample --split` does).
     result = run("evaluate", "--checkpoint", out / "best.npz", "--max-images", 20, "--beam-size", 2,
                  "--no-meteor", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["scores"] == scores
+    # The saved file is a valid results file for `evaluate --results`.
     refs = tmp_path / "refs.json"
     refs.write_text(json.dumps({"images": [{"id": r["image_id"]} for r in results], "annotations": [
         {"id": i, "image_id": r["image_id"], "caption": r["caption"]} for i, r in enumerate(results)]}))
