@@ -12,12 +12,12 @@ the target: a crash or a full disk leaves the previous checkpoint intact.
 """
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 
 import numpy as np
 
+from . import atomic
 from .errors import CaptionerError
 
 FORMAT = "captioner-checkpoint"
@@ -36,43 +36,12 @@ def save(path, params, meta, optim_arrays=None, history=None):
     arrays.update({f"history/{k}": np.asarray(v) for k, v in (history or {}).items()})
     meta = dict(meta, format=FORMAT, version=VERSION)
     arrays["meta"] = np.array(json.dumps(meta))
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def _atomic_write(path, write):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; checkpoints are plain readable files
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        if isinstance(e, OSError):
-            what = "checkpoint" if path.endswith(".npz") else "file"
-            raise CaptionerError(
-                f"{path}: could not write {what} ({e.strerror or e}); free some space or choose "
-                f"another location; the previous {what} is untouched") from None
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    atomic.write_bytes(path, lambda f: np.savez(f, **arrays), what="checkpoint")
 
 
 def write_json(path, obj):
     """Atomically write a human-readable JSON file (history.json)."""
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
+    atomic.write_json(path, obj)
 
 
 def load(path):

