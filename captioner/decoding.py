@@ -63,7 +63,8 @@ def beam_search(model, features, beam_size=3, max_length=16, length_norm=0.0, n_
     _check_positive_int("max_length", max_length)
     _check_positive_int("n_best", n_best)
     N, K = len(features), int(beam_size)
-    null, end = model._null, model._end
+    model.check_can_sample()
+    null, end = model.null, model.end
     V = model.params["W_vocab"].shape[1]
     score = np.full((N, K), -np.inf)
     score[:, 0] = 0.0          # all beams start identical: keep one, or they duplicate
@@ -75,7 +76,7 @@ def beam_search(model, features, beam_size=3, max_length=16, length_norm=0.0, n_
     live = np.arange(N) * K
     h, c = model.init_state(features)
     rows = np.arange(N)
-    words = np.full(N, model._start)
+    words = np.full(N, model.start)
     proj = model.decode_proj(N * K, max_length)
     scratch = np.empty((N * K, V), dtype=model.dtype)
     kk = min(K, V)

@@ -1,66 +1,53 @@
-"""CaptioningRNN: image features -> h0, then a word-level RNN/LSTM (CS231n layout).
+"""CaptioningRNN: image features -> h0, then a word-level RNN/LSTM (CS231n's layout and API).
 
-loss() is the training fast path: the batch is sorted by caption length and
-packed (captioner.layers module doc) so padding steps are never computed, and
-only positions with a real target reach the vocabulary affine + softmax.
-The word projection runs once per distinct word of the batch, not per token.
-Every weight gradient is one matmul over all steps. The big temporaries live
-in a per-model workspace reused by the next call (layers.buffer says why;
-~60 MB for an LSTM at the CS231n size, batch 100), so one model must not run
-loss() in two threads at once. The result equals the
-padded CS231n computation up to float rounding (tests/test_model.py).
+loss() follows CS231n's pipeline, numbered the same way in loss_readable():
+(1) project the image feature to h0, (2) embed the input words, (3) run the recurrence,
+(4) score the vocabulary at every step, (5) softmax loss; then backward from (5) to (1).
+loss_readable() composes captioner.layers on padded (N, T) arrays, exactly as the CS231n
+assignment does. loss() is what training runs: each step calls captioner.packed, which
+computes the same numbers faster (captions sorted by length and packed, so padding is
+never computed; the word projection runs once per distinct word). The two agree to float
+rounding (tests/test_model.py).
+
+loss() keeps its big temporaries in a per-model workspace reused by the next call
+(packed.buffer says why; ~60 MB for an LSTM at the CS231n size, batch 100), so one model
+must not run loss() in two threads at once.
 """
-import functools
-
 import numpy as np
 
-from captioner import layers
+from captioner import layers, packed
 from captioner.errors import CaptionerError
 
 PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
 
 
-def pack_captions(captions, null):
-    """Sort captions (N, T+1) by length, longest first, and pack them time-major
-    (captioner.layers module doc). A row's length is 1 + its last non-<NULL>
-    target: later steps cannot change the loss. Earlier <NULL> targets still
-    run their step but are left out of the loss via `keep`.
-
-    -> order (N,) the sort, batch_sizes (T',), ids_in, ids_out (S,) input and
-    target word per packed row, keep (S,) bool: target is not <NULL>.
-    """
-    cin, cout = captions[:, :-1], captions[:, 1:]
-    T = cin.shape[1]
-    mask = cout != null
-    lengths = np.where(mask.any(axis=1), T - np.argmax(mask[:, ::-1], axis=1), 0)
-    order = np.argsort(-lengths, kind="stable")
-    active = np.arange(T)[:, None] < lengths[order][None, :]   # (T, N) in sorted order
-    bs = active.sum(axis=1)
-    return order, bs[bs > 0], cin[order].T[active], cout[order].T[active], mask[order].T[active]
-
-
 class CaptioningRNN:
     """Decoder: W_embed (V, W), W_proj (D, H), b_proj (H,), Wx (W, kH), Wh (H, kH),
-    b (kH,), W_vocab (H, V), b_vocab (V,) with k = 1 (rnn) or 4 (lstm, gates i, f, o, g)."""
+    b (kH,), W_vocab (H, V), b_vocab (V,) with k = 1 (rnn) or 4 (lstm, gates i, f, o, g).
+
+    word_to_idx needs <NULL> (the padding, never a target); <START> and <END> are needed
+    only to sample, <UNK> is optional. Their ids are the attributes null, start, end and
+    unk (None when the vocabulary lacks the token).
+    """
 
     def __init__(self, word_to_idx, input_dim=512, wordvec_dim=256, hidden_dim=512,
                  cell_type="rnn", dtype=np.float32, seed=None):
         if cell_type not in ("rnn", "lstm"):
             raise CaptionerError(f"cell_type must be 'rnn' or 'lstm', got {cell_type!r}")
-        for tok in ("<NULL>", "<START>", "<END>"):
-            if tok not in word_to_idx:
-                raise CaptionerError(f"vocabulary has no {tok} token; use the CS231n vocabulary layout")
+        if "<NULL>" not in word_to_idx:
+            raise CaptionerError("vocabulary has no <NULL> token (the padding); "
+                                 "use the CS231n vocabulary layout")
         self.cell_type = cell_type
         self.dtype = np.dtype(dtype)
         self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
         self.word_to_idx = dict(word_to_idx)
         self.idx_to_word = {i: w for w, i in self.word_to_idx.items()}
-        self._null = word_to_idx["<NULL>"]
-        self._start = word_to_idx["<START>"]
-        self._end = word_to_idx["<END>"]
-        self._unk = word_to_idx.get("<UNK>")
+        self.null = word_to_idx["<NULL>"]
+        self.start = word_to_idx.get("<START>")
+        self.end = word_to_idx.get("<END>")
+        self.unk = word_to_idx.get("<UNK>")
         # never generated: padding, the start token, and "unknown word"
-        self.banned = np.array([i for i in (self._null, self._start, self._unk) if i is not None])
+        self.banned = np.array([i for i in (self.null, self.start, self.unk) if i is not None])
 
         V, D, W, H = len(word_to_idx), input_dim, wordvec_dim, hidden_dim
         k = 4 if cell_type == "lstm" else 1
@@ -77,70 +64,93 @@ class CaptioningRNN:
             "b_vocab": np.zeros(V),
         }
         self.params = {n: np.ascontiguousarray(v, dtype=self.dtype) for n, v in p.items()}
-        self._work = {}   # loss() temporaries, reused across calls (layers.buffer)
+        self._work = {}   # loss() temporaries, reused across calls (packed.buffer)
 
     # ------------------------------------------------------------ training
 
-    def loss(self, features, captions):
-        """features (N, D), captions (N, T+1) int -> (loss, grads).
+    def loss_readable(self, features, captions):
+        """The CS231n computation with captioner.layers: what loss() computes, slowly.
 
-        Inputs are captions[:, :-1], targets captions[:, 1:]; <NULL> targets
-        are ignored; the summed loss is divided by N. grads has params' keys.
+        features (N, D), captions (N, T+1) int -> (loss, grads). Inputs are
+        captions[:, :-1], targets captions[:, 1:]; <NULL> targets are ignored;
+        the summed loss is divided by N. grads has params' keys.
         """
         p = self.params
         features = np.asarray(features, dtype=self.dtype)
         captions = np.asarray(captions)
-        N = captions.shape[0]
-        work = self._work
-        buf = functools.partial(layers.buffer, work, dtype=self.dtype)    # buf(key, shape)
-        order, bs, ids_in, ids_out, keep = pack_captions(captions, self._null)
-        feats = features[order[:bs[0] if len(bs) else 0]]   # rows with no target drop out
+        captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+        mask = captions_out != self.null
+        if self.cell_type == "lstm":
+            forward, backward = layers.lstm_forward, layers.lstm_backward
+        else:
+            forward, backward = layers.rnn_forward, layers.rnn_backward
 
-        h0, _ = layers.affine_forward(feats, p["W_proj"], p["b_proj"])
-        # An embedding followed by x @ Wx is a linear map of the distinct words:
-        # project each word once (U <= V rows, ~S/3 on real captions), then gather.
-        order_ids, starts, counts, words = layers.group_ids(ids_in)   # words: (U,) distinct
-        inverse = np.empty_like(ids_in)                     # packed row -> its run
-        for_run = np.argsort(starts)                        # runs in sorted-id order
-        inverse[order_ids] = np.repeat(for_run, counts[for_run])
-        e = p["W_embed"][words]                  # (U, W)
-        S, U, kH, V = len(ids_in), len(words), p["Wx"].shape[1], p["W_vocab"].shape[1]
-        proj = np.matmul(e, p["Wx"], out=buf("proj", (U, kH)))
-        proj += p["b"]
-        a = np.take(proj, inverse, axis=0, out=buf("a", (S, kH)), mode="clip")  # (S, kH) packed
-        lstm = self.cell_type == "lstm"
-        core = layers.lstm_packed_forward if lstm else layers.rnn_packed_forward
-        h, core_cache = core(a, h0, p["Wh"], bs, work=work)
-        all_kept = bool(keep.all())
-        hk = h
-        if not all_kept:
-            hk = np.compress(keep, h, axis=0, out=buf("hk", (int(keep.sum()), h.shape[1])))
-        logits = np.matmul(hk, p["W_vocab"], out=buf("logits", (len(hk), V)))
-        logits += p["b_vocab"]
-        loss, dlogits = layers.softmax_loss_rows(logits, ids_out[keep], 1.0 / N)
+        # (1) image features -> initial hidden state
+        h0, proj_cache = layers.affine_forward(features, p["W_proj"], p["b_proj"])
+        # (2) input words -> word vectors (N, T, W)
+        x, embed_cache = layers.word_embedding_forward(captions_in, p["W_embed"])
+        # (3) the recurrence -> hidden states (N, T, H)
+        h, rnn_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])
+        # (4) hidden states -> vocabulary scores (N, T, V)
+        scores, vocab_cache = layers.temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
+        # (5) softmax loss against the next word, <NULL> targets masked
+        loss, dscores = layers.temporal_softmax_loss(scores, captions_out, mask)
 
         g = {}
-        g["W_vocab"] = hk.T @ dlogits
-        g["b_vocab"] = dlogits.sum(axis=0)
-        if all_kept:
-            dh = np.matmul(dlogits, p["W_vocab"].T, out=buf("dh", h.shape))
-        else:
-            dh = buf("dh", h.shape)
-            dh[~keep] = 0
-            dh[keep] = dlogits @ p["W_vocab"].T
-        back = layers.lstm_packed_backward if lstm else layers.rnn_packed_backward
-        da, dh0, g["Wh"] = back(dh, core_cache, work=work)
-        # ... and back: sum da over each word's occurrences first, then multiply
-        da_w = layers.segment_sum(da, order_ids, starts, counts, out=buf("proj", (U, kH)))   # (U, kH)
-        g["Wx"] = e.T @ da_w
-        g["b"] = da_w.sum(axis=0)
-        g["W_embed"] = np.zeros_like(p["W_embed"])
-        g["W_embed"][words] = da_w @ p["Wx"].T
-        g["W_proj"] = feats.T @ dh0              # no gradient into the features
+        # backward (4) .. (1)
+        dh, g["W_vocab"], g["b_vocab"] = layers.temporal_affine_backward(dscores, vocab_cache)
+        dx, dh0, g["Wx"], g["Wh"], g["b"] = backward(dh, rnn_cache)
+        g["W_embed"] = layers.word_embedding_backward(dx, embed_cache)
+        _, g["W_proj"], g["b_proj"] = layers.affine_backward(dh0, proj_cache)  # features fixed
+        return loss, {n: g[n] for n in PARAM_NAMES}
+
+    def loss(self, features, captions):
+        """loss_readable() on the fast path (captioner.packed): same arguments, same result
+        to float rounding. The steps are numbered as in loss_readable().
+        """
+        p, work = self.params, self._work
+        features = np.asarray(features, dtype=self.dtype)
+        captions = np.asarray(captions)
+        N = captions.shape[0]
+        lstm = self.cell_type == "lstm"
+        # Sort by length and pack: rows with no target drop out, padding is never computed.
+        order, batch_sizes, ids_in, ids_out, keep = packed.pack_captions(captions, self.null)
+        feats = features[order[:batch_sizes[0] if len(batch_sizes) else 0]]
+
+        # (1) image features -> initial hidden state
+        h0, _ = layers.affine_forward(feats, p["W_proj"], p["b_proj"])
+        # (2) input words -> word vectors, fused with the recurrence's input projection
+        #     x @ Wx + b (one product per distinct word)
+        a, words_cache = packed.project_words_forward(ids_in, p["W_embed"], p["Wx"], p["b"], work)
+        # (3) the recurrence over the packed steps (a is overwritten)
+        forward = packed.lstm_packed_forward if lstm else packed.rnn_packed_forward
+        h, rnn_cache = forward(a, h0, p["Wh"], batch_sizes, work=work)
+        # (4) hidden states -> vocabulary scores, only where the target is a word
+        scores, vocab_cache = packed.vocab_scores_forward(h, keep, p["W_vocab"], p["b_vocab"],
+                                                          work)
+        # (5) softmax loss (dscores overwrites scores)
+        loss, dscores = packed.softmax_loss_rows(scores, ids_out[keep], 1.0 / N)
+
+        g = {}
+        # backward (4) .. (1)
+        dh, g["W_vocab"], g["b_vocab"] = packed.vocab_scores_backward(dscores, vocab_cache, work)
+        backward = packed.lstm_packed_backward if lstm else packed.rnn_packed_backward
+        da, dh0, g["Wh"] = backward(dh, rnn_cache, work=work)
+        g["W_embed"], g["Wx"], g["b"] = packed.project_words_backward(da, words_cache, work)
+        g["W_proj"] = feats.T @ dh0              # (1) as affine_backward; features fixed
         g["b_proj"] = dh0.sum(axis=0)
         return loss, {n: g[n] for n in PARAM_NAMES}
 
     # ------------------------------------------------------------ decoding
+
+    def check_can_sample(self):
+        """Raise CaptionerError unless the vocabulary has the <START> and <END> that decoding
+        needs (a vocabulary without them can still compute a loss)."""
+        missing = [t for t, i in (("<START>", self.start), ("<END>", self.end)) if i is None]
+        if missing:
+            raise CaptionerError(f"the vocabulary has no {' or '.join(missing)} token, so this "
+                                 f"model cannot write captions (it can compute a loss); add "
+                                 f"{' and '.join(missing)} to word_to_idx to sample")
 
     def init_state(self, features):
         """features (N, D) -> (h0 (N, H), c0 (N, H) zeros for lstm, None for rnn)."""
@@ -181,10 +191,10 @@ class CaptioningRNN:
             a += (h[used] @ p["Wh"])[inverse]
             c = c[rows] if c is not None else None
         if self.cell_type == "lstm":
-            h, c = layers.lstm_cell_forward(a, c)
+            h, c = packed.lstm_cell_forward(a, c)
         else:
             with np.errstate(over="ignore"):
-                h = layers.tanh(a, out=a)   # what training computes
+                h = packed.tanh(a, out=a)   # what training computes
         logits = h @ p["W_vocab"]
         logits += p["b_vocab"]
         return logits, h, c
@@ -205,22 +215,23 @@ class CaptioningRNN:
         """Word-by-word decoding: choose(logits (B, V)) -> words (B,), called with
         the banned words (and <END> at the first step) at -inf. Finished rows
         drop out of the batch. -> captions (N, max_length) as in sample()."""
+        self.check_can_sample()
         N = len(features)
-        captions = np.full((N, max_length), self._null, dtype=np.int64)
+        captions = np.full((N, max_length), self.null, dtype=np.int64)
         h, c = self.init_state(features)
         proj = self.decode_proj(N, max_length)
         rows = np.arange(N)
-        words = np.full(N, self._start)
+        words = np.full(N, self.start)
         for t in range(max_length):
             if rows.size == 0:
                 break
             logits, h, c = self.step(words, h, c, proj)
             logits[:, self.banned] = -np.inf
             if t == 0:
-                logits[:, self._end] = -np.inf  # a caption has at least one word
+                logits[:, self.end] = -np.inf  # a caption has at least one word
             words = choose(logits)
             captions[rows, t] = words
-            live = words != self._end
+            live = words != self.end
             if not live.all():
                 rows, words, h = rows[live], words[live], h[live]
                 c = c[live] if c is not None else None

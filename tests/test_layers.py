@@ -1,8 +1,10 @@
-"""Float64 gradient checks of every layer against centered differences."""
+"""Float64 gradient checks of every layer against centered differences, and the fast
+(packed) recurrences against the readable ones."""
 import numpy as np
 import pytest
 
 from captioner import layers as L
+from captioner import packed as P
 from gradcheck import numeric_grad, numeric_grad_array, rel_error
 
 TOL = 1e-6
@@ -159,8 +161,8 @@ def test_embedding_grad_long_and_short_runs(rng):
     dout = rng.standard_normal((len(ids), 6))
     ref = np.zeros((50, 6))
     np.add.at(ref, ids, dout)
-    np.testing.assert_allclose(L.embedding_grad(ids, dout, 50), ref, rtol=1e-12, atol=1e-12)
-    assert L.embedding_grad(ids[:0], dout[:0], 50).shape == (50, 6)
+    np.testing.assert_allclose(P.embedding_grad(ids, dout, 50), ref, rtol=1e-12, atol=1e-12)
+    assert P.embedding_grad(ids[:0], dout[:0], 50).shape == (50, 6)
 
 
 def test_temporal_softmax_loss(rng):
@@ -191,19 +193,19 @@ def test_softmax_loss_large_logits_stable():
 
 def test_buffer_reuses_and_grows():
     work = {}
-    a = L.buffer(work, "x", (3, 4), np.float32)
+    a = P.buffer(work, "x", (3, 4), np.float32)
     a[...] = 1
-    b = L.buffer(work, "x", (2, 5), np.float32)      # smaller: same memory
+    b = P.buffer(work, "x", (2, 5), np.float32)      # smaller: same memory
     assert b.shape == (2, 5) and np.shares_memory(a, b)
-    c = L.buffer(work, "x", (5, 5), np.float32)      # bigger: a new block
+    c = P.buffer(work, "x", (5, 5), np.float32)      # bigger: a new block
     assert c.shape == (5, 5) and not np.shares_memory(a, c)
-    d = L.buffer(work, "x", (2, 2), np.float64)      # other dtype: a new block
+    d = P.buffer(work, "x", (2, 2), np.float64)      # other dtype: a new block
     assert d.dtype == np.float64
-    assert L.buffer(None, "x", (2, 2), np.float32).shape == (2, 2)
+    assert P.buffer(None, "x", (2, 2), np.float32).shape == (2, 2)
 
 
-@pytest.mark.parametrize("fwd, bwd, k", [(L.rnn_packed_forward, L.rnn_packed_backward, 1),
-                                         (L.lstm_packed_forward, L.lstm_packed_backward, 4)])
+@pytest.mark.parametrize("fwd, bwd, k", [(P.rnn_packed_forward, P.rnn_packed_backward, 1),
+                                         (P.lstm_packed_forward, P.lstm_packed_backward, 4)])
 def test_packed_work_buffers_change_nothing(rng, fwd, bwd, k):
     """Reused buffers give bit-identical results, also after a bigger and a
     smaller batch went through the same work dict."""
@@ -230,6 +232,47 @@ def test_lstm_cell_forward_equals_step(rng):
     x, h, c = rng.standard_normal((N, D)), rng.standard_normal((N, H)), rng.standard_normal((N, H))
     Wx, Wh, b = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H)), rng.standard_normal(4 * H)
     ref_h, ref_c, _ = L.lstm_step_forward(x, h, c, Wx, Wh, b)
-    out_h, out_c = L.lstm_cell_forward(x @ Wx + b + h @ Wh, c)
+    out_h, out_c = P.lstm_cell_forward(x @ Wx + b + h @ Wh, c)
     np.testing.assert_allclose(out_h, ref_h, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(out_c, ref_c, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-11), (np.float32, 2e-5)])
+def test_packed_equals_readable_loop(rng, cell, dtype, tol):
+    """The packed cores against layers.rnn_forward / lstm_forward (loops over the step
+    functions, written separately): outputs, dx, dh0, dWx, dWh, db on ragged lengths."""
+    k = 4 if cell == "lstm" else 1
+    fwd, bwd = (L.lstm_forward, L.lstm_backward) if k == 4 else (L.rnn_forward, L.rnn_backward)
+    pfwd, pbwd = ((P.lstm_packed_forward, P.lstm_packed_backward) if k == 4
+                  else (P.rnn_packed_forward, P.rnn_packed_backward))
+    N, T, D, H = 6, 5, 3, 4
+    lengths = np.array([2, 5, 1, 5, 3, 4])
+    x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))
+    Wx, Wh = rng.standard_normal((D, k * H)), rng.standard_normal((H, k * H)) * 0.5
+    b = rng.standard_normal(k * H)
+    x, h0, Wx, Wh, b = (v.astype(dtype) for v in (x, h0, Wx, Wh, b))
+    valid = np.arange(T)[None, :] < lengths[:, None]
+    dout = (rng.standard_normal((N, T, H)) * valid[:, :, None]).astype(dtype)
+    h_ref, cache = fwd(x, h0, Wx, Wh, b, lengths=lengths)
+    dx_ref, dh0_ref, dWx_ref, dWh_ref, db_ref = bwd(dout, cache)
+
+    order = np.argsort(-lengths, kind="stable")           # pack: longest first, time-major
+    active = np.arange(T)[:, None] < lengths[order][None, :]
+    bs = active.sum(axis=1)
+    xp = x[order].swapaxes(0, 1)[active]
+    h, pcache = pfwd(xp @ Wx + b, h0[order], Wh, bs)
+    np.testing.assert_allclose(h, h_ref[order].swapaxes(0, 1)[active], rtol=tol, atol=tol)
+    da, dh0, dWh = pbwd(dout[order].swapaxes(0, 1)[active].copy(), pcache)
+    for got, ref in [(da @ Wx.T, dx_ref[order].swapaxes(0, 1)[active]), (dh0, dh0_ref[order]),
+                     (xp.T @ da, dWx_ref), (dWh, dWh_ref), (da.sum(0), db_ref)]:
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+def test_sigmoid_is_safe_and_exact():
+    x = np.array([-1e4, -30.0, -1.0, 0.0, 1.0, 30.0, 1e4])
+    with np.errstate(over="raise"):
+        s = L.sigmoid(x)
+    np.testing.assert_allclose(s[1:-1], 1 / (1 + np.exp(-x[1:-1])), rtol=1e-15)
+    assert s[0] == 0.0 and s[-1] == 1.0     # the limits, no overflow warning

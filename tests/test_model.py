@@ -1,11 +1,14 @@
-"""CaptioningRNN: gradients, packed == padded, dtypes, greedy sampling."""
+"""CaptioningRNN: gradients, fast path == readable layers == textbook, dtypes, vocabularies,
+greedy sampling."""
+import json
+
 import numpy as np
 import pytest
 
-from captioner import layers as L
 from captioner.errors import CaptionerError
 from captioner.model import PARAM_NAMES, CaptioningRNN
 from gradcheck import numeric_grad, rel_error
+from textbook import textbook_loss
 
 WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "cat", "dog", "sits", "on", "mat"]
 W2I = {w: i for i, w in enumerate(WORDS)}
@@ -13,12 +16,14 @@ NULL, START, END, UNK = 0, 1, 2, 3
 
 
 def make_captions(rng, N, T1, V=len(WORDS)):
-    """<START> words <END> <NULL>..., lengths varied; one row with a <NULL>
-    target mid-caption and one with no target at all."""
+    """(N, T1) captions <START> words <END> <NULL>... of varied lengths (1 to T1 - 2 words),
+    with <NULL> targets before the end: row 0 has a hole between two words, row 1 has
+    nothing to predict, row 2 has the longest length, and the rest are random."""
+    assert N >= 4 and T1 >= 6
+    lengths = np.r_[T1 - 2, 0, T1 - 2, 1, rng.integers(1, T1 - 1, N - 4)]
     caps = np.full((N, T1), NULL)
     caps[:, 0] = START
-    for n in range(N):
-        k = rng.integers(0, T1 - 1)
+    for n, k in enumerate(lengths):
         caps[n, 1:1 + k] = rng.integers(4, V, k)
         caps[n, 1 + k] = END
     caps[0, 2] = NULL          # a hole: the step still runs, its target is ignored
@@ -26,55 +31,135 @@ def make_captions(rng, N, T1, V=len(WORDS)):
     return caps
 
 
-def padded_loss(m, features, captions):
-    """The unpacked CS231n computation, built from the padded layers."""
-    p = m.params
-    cin, cout = captions[:, :-1], captions[:, 1:]
-    mask = cout != m._null
-    h0, c_proj = L.affine_forward(features, p["W_proj"], p["b_proj"])
-    x, c_emb = L.word_embedding_forward(cin, p["W_embed"])
-    fwd, bwd = (L.lstm_forward, L.lstm_backward) if m.cell_type == "lstm" else (L.rnn_forward, L.rnn_backward)
-    h, c_rnn = fwd(x, h0, p["Wx"], p["Wh"], p["b"])
-    s, c_voc = L.temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
-    loss, ds = L.temporal_softmax_loss(s, cout, mask)
-    g = {}
-    dh, g["W_vocab"], g["b_vocab"] = L.temporal_affine_backward(ds, c_voc)
-    dx, dh0, g["Wx"], g["Wh"], g["b"] = bwd(dh, c_rnn)
-    g["W_embed"] = L.word_embedding_backward(dx, c_emb)
-    _, g["W_proj"], g["b_proj"] = L.affine_backward(dh0, c_proj)
-    return loss, g
+def test_make_captions_covers_what_the_checks_claim():
+    caps = make_captions(np.random.default_rng(0), 6, 8)
+    targets = caps[:, 1:] != NULL
+    real = targets.sum(axis=1)
+    assert len(set(real[real > 0])) >= 3                # several lengths
+    last = np.where(targets.any(1), targets.shape[1] - np.argmax(targets[:, ::-1], 1), 0)
+    holes = [n for n in range(len(caps)) if (~targets[n, :last[n]]).any()]
+    assert holes                                        # a <NULL> target before a real one
+    assert not targets[1].any()                         # a row with nothing to predict
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
-def test_loss_gradcheck_float64(cell):
-    rng = np.random.default_rng(1)
-    m = CaptioningRNN(W2I, input_dim=5, wordvec_dim=4, hidden_dim=3, cell_type=cell, dtype=np.float64, seed=0)
-    for k in m.params:   # nonzero biases and larger embeddings exercise every path
-        m.params[k] += 0.3 * rng.standard_normal(m.params[k].shape)
-    feats = rng.standard_normal((4, 5))
-    caps = make_captions(rng, 4, 6)
-    loss, grads = m.loss(feats, caps)
+def gradcheck_model(m, feats, caps, loss_fn):
+    loss, grads = loss_fn(feats, caps)
     assert set(grads) == set(PARAM_NAMES)
     for name in PARAM_NAMES:
         assert grads[name].shape == m.params[name].shape
-        num = numeric_grad(lambda: m.loss(feats, caps)[0], m.params[name])
+        num = numeric_grad(lambda: loss_fn(feats, caps)[0], m.params[name])
         assert rel_error(num, grads[name]) < 1e-6, name
+        assert np.abs(grads[name]).max() > 0, name      # every path carries a gradient
+
+
+def small_model(cell, rng, dtype=np.float64, seed=0, **kw):
+    kw = dict(dict(input_dim=5, wordvec_dim=4, hidden_dim=3), **kw)
+    m = CaptioningRNN(W2I, cell_type=cell, dtype=dtype, seed=seed, **kw)
+    for k in m.params:   # nonzero biases and larger embeddings exercise every path
+        m.params[k] += (0.3 * rng.standard_normal(m.params[k].shape)).astype(dtype)
+    return m
+
+
+@pytest.mark.parametrize("readable", [False, True], ids=["fast", "readable"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_loss_gradcheck_float64(cell, readable):
+    """Both paths against centred differences, on captions of several lengths with a
+    <NULL> target mid-caption (the masked-target branch) and a row with no target."""
+    rng = np.random.default_rng(1)
+    m = small_model(cell, rng)
+    feats = rng.standard_normal((6, 5))
+    caps = make_captions(rng, 6, 7)
+    gradcheck_model(m, feats, caps, m.loss_readable if readable else m.loss)
+
+
+def coco_length_captions(rng, N, T1=17, V=len(WORDS)):
+    """Captions with COCO's length distribution (8-15 words, most 9-11), plus <NULL> gaps."""
+    lengths = np.clip(np.round(rng.normal(10.5, 1.8, N)), 8, T1 - 2).astype(int)
+    caps = np.full((N, T1), NULL)
+    caps[:, 0] = START
+    for n, k in enumerate(lengths):
+        caps[n, 1:1 + k] = rng.integers(3, V, k)           # <UNK> included
+        caps[n, 1 + k] = END
+    caps[::7, 3] = NULL
+    return caps
+
+
+def assert_same(loss, grads, ref_loss, ref, rtol):
+    assert abs(loss - ref_loss) <= rtol * abs(ref_loss)
+    for name in PARAM_NAMES:
+        scale = np.abs(ref[name]).max()
+        assert scale > 0, name
+        np.testing.assert_allclose(grads[name], ref[name], rtol=rtol, atol=rtol * scale,
+                                   err_msg=name)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 2e-4)])
-def test_packed_loss_equals_padded(cell, dtype, rtol):
+def test_fast_loss_equals_readable_layers(cell, dtype, rtol):
+    """The packed fast path against captioner.layers composed CS231n's way (padded,
+    rnn_forward looping over the step functions): independent code, same numbers."""
     rng = np.random.default_rng(2)
-    m = CaptioningRNN(W2I, input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell, dtype=dtype, seed=3)
-    feats = rng.standard_normal((9, 6)).astype(dtype)
-    caps = make_captions(rng, 9, 8)
+    m = CaptioningRNN(W2I, input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell, dtype=dtype,
+                      seed=3)
+    m.params["b"] += (0.5 * rng.standard_normal(m.params["b"].shape)).astype(dtype)
+    for feats, caps in [(rng.standard_normal((9, 6)), make_captions(rng, 9, 8)),
+                        (rng.standard_normal((40, 6)), coco_length_captions(rng, 40))]:
+        loss, grads = m.loss(feats.astype(dtype), caps)
+        assert all(g.dtype == dtype for g in grads.values())
+        assert_same(loss, grads, *m.loss_readable(feats.astype(dtype), caps), rtol)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_fast_loss_equals_readable_on_real_coco_captions(cell, shared):
+    """Real COCO val captions in the CS231n vocabulary (1004 words, <UNK>s, real lengths)."""
+    from captioner.metrics import tokenize
+    coco = shared / "coco"
+    anns = json.loads((coco / "captions_val2014.json").read_text())["annotations"]
+    w2i = json.loads((coco / "coco2014_vocab.json").read_text())["word_to_idx"]
+    rng = np.random.default_rng(5)
+    caps = np.full((60, 17), w2i["<NULL>"])
+    for i, k in enumerate(rng.choice(len(anns), 60, replace=False)):
+        ids = [w2i.get(w, w2i["<UNK>"]) for w in tokenize(anns[k]["caption"])[:15]]
+        caps[i, :len(ids) + 2] = [w2i["<START>"], *ids, w2i["<END>"]]
+    assert len(set((caps != w2i["<NULL>"]).sum(1))) >= 4
+    m = CaptioningRNN(w2i, input_dim=8, wordvec_dim=6, hidden_dim=10, cell_type=cell,
+                      dtype=np.float64, seed=4)
+    feats = rng.standard_normal((60, 8))
     loss, grads = m.loss(feats, caps)
-    ref_loss, ref = padded_loss(m, feats, caps)
-    assert abs(loss - ref_loss) <= rtol * abs(ref_loss)
-    for name in PARAM_NAMES:
-        assert grads[name].dtype == dtype
-        scale = np.abs(ref[name]).max()
-        np.testing.assert_allclose(grads[name], ref[name], rtol=rtol, atol=rtol * scale, err_msg=name)
+    assert_same(loss, grads, *m.loss_readable(feats, caps), 1e-10)
+    assert_same(loss, grads, *textbook_loss(m.params, feats, caps, cell), 1e-10)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_fast_loss_equals_textbook(cell):
+    """tests/textbook.py: a third, separately written float64 implementation (the bench's
+    baseline), checked here so the bench compares equal computations."""
+    rng = np.random.default_rng(6)
+    m = small_model(cell, rng, input_dim=6, wordvec_dim=5, hidden_dim=7)
+    feats = rng.standard_normal((30, 6))
+    caps = coco_length_captions(rng, 30)
+    assert_same(*m.loss(feats, caps), *textbook_loss(m.params, feats, caps, cell), 1e-10)
+
+
+def test_cs231n_vocabulary_without_start_end():
+    """CS231n's own checks build word_to_idx with only <NULL> (and words): a loss works,
+    sampling says what is missing."""
+    w2i = {"<NULL>": 0, "cat": 2, "dog": 3, "a": 1}
+    m = CaptioningRNN(w2i, input_dim=4, wordvec_dim=3, hidden_dim=5, cell_type="lstm",
+                      dtype=np.float64, seed=0)
+    assert (m.null, m.start, m.end, m.unk) == (0, None, None, None)
+    caps = np.array([[1, 2, 3, 0], [3, 1, 0, 0]])
+    loss, grads = m.loss(np.ones((2, 4)), caps)
+    ref_loss, ref = m.loss_readable(np.ones((2, 4)), caps)
+    assert loss > 0
+    assert_same(loss, grads, ref_loss, ref, 1e-10)
+    with pytest.raises(CaptionerError, match="no <START> or <END> token"):
+        m.sample(np.ones((1, 4)))
+    from captioner.decoding import beam_search
+    with pytest.raises(CaptionerError, match="cannot write captions"):
+        beam_search(m, np.ones((1, 4)))
+    with pytest.raises(CaptionerError, match="<NULL>"):
+        CaptioningRNN({"cat": 0, "<START>": 1, "<END>": 2})
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
@@ -102,7 +187,7 @@ def test_init_conventions():
               "b": (24,), "W_vocab": (6, V), "b_vocab": (V,)}
     assert {k: v.shape for k, v in m.params.items()} == shapes
     assert not m.params["b"].any() and not m.params["b_vocab"].any()
-    assert (m._null, m._start, m._end, m._unk) == (NULL, START, END, UNK)
+    assert (m.null, m.start, m.end, m.unk) == (NULL, START, END, UNK)
     assert m.idx_to_word[5] == "cat"
     same = CaptioningRNN(W2I, input_dim=20, wordvec_dim=8, hidden_dim=6, cell_type="lstm", seed=0)
     other = CaptioningRNN(W2I, input_dim=20, wordvec_dim=8, hidden_dim=6, cell_type="lstm", seed=1)
@@ -116,17 +201,17 @@ def test_init_conventions():
 def naive_greedy(m, features, max_length):
     """Full batch every step, no row dropping: the reference for sample()."""
     h, c = m.init_state(features)
-    words = np.full(len(features), m._start)
-    out = np.full((len(features), max_length), m._null)
+    words = np.full(len(features), m.start)
+    out = np.full((len(features), max_length), m.null)
     done = np.zeros(len(features), bool)
     for t in range(max_length):
         logits, h, c = m.step(words, h, c)
-        logits[:, [m._null, m._start, m._unk]] = -np.inf
+        logits[:, [m.null, m.start, m.unk]] = -np.inf
         if t == 0:
-            logits[:, m._end] = -np.inf
+            logits[:, m.end] = -np.inf
         words = logits.argmax(1)
-        out[:, t] = np.where(done, m._null, words)
-        done |= words == m._end
+        out[:, t] = np.where(done, m.null, words)
+        done |= words == m.end
     return out
 
 
@@ -177,7 +262,7 @@ def test_loss_workspace_reuse_changes_nothing(cell):
     rng = np.random.default_rng(8)
     kw = dict(input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell, seed=9)
     m, fresh = CaptioningRNN(W2I, **kw), CaptioningRNN(W2I, **kw)
-    batches = [(rng.standard_normal((n, 6)), make_captions(rng, n, t)) for n, t in ((5, 7), (12, 10), (3, 5))]
+    batches = [(rng.standard_normal((n, 6)), make_captions(rng, n, t)) for n, t in ((5, 7), (12, 10), (4, 6))]
     first = m.loss(*batches[0])
     kept = {k: v.copy() for k, v in first[1].items()}
     for feats, caps in batches[1:] + batches[:1]:
