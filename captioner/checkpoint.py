@@ -9,6 +9,9 @@ Layout inside the .npz (loaded with allow_pickle=False, so nothing in it can run
 
 Written to a temporary file in the same directory, fsynced, then renamed over
 the target: a crash or a full disk leaves the previous checkpoint intact.
+
+load_model() turns a checkpoint back into a CaptioningRNN, checking every field, and
+check_compatible() whether a model fits a dataset (same vocabulary and features).
 """
 import json
 import os
@@ -19,6 +22,7 @@ import numpy as np
 
 from . import atomic
 from .errors import CaptionerError
+from .model import CaptioningRNN
 
 FORMAT = "captioner-checkpoint"
 VERSION = 1
@@ -112,3 +116,71 @@ def check_params(path, params, model):
     extra = set(params) - set(model.params)
     if extra:
         raise CaptionerError(f"{path}: unexpected parameters {sorted(extra)}")
+
+
+# ---------------------------------------------------------------- models in checkpoints
+
+
+def model_meta(model, data):
+    return {"model": {"cell_type": model.cell_type, "input_dim": model.input_dim,
+                      "wordvec_dim": model.wordvec_dim, "hidden_dim": model.hidden_dim},
+            "vocab": [model.idx_to_word[i] for i in range(len(model.idx_to_word))],
+            "features": {"kind": data["feature_kind"], "dim": int(data["feature_dim"]),
+                         "encoder": data["encoder"]}}
+
+
+def load_model(path, dtype=np.float32):
+    """Checkpoint -> (model, meta, optim_arrays, history); every field checked."""
+    params, meta, optim, history = load(path)
+    try:
+        cfg, vocab, feats = meta["model"], meta["vocab"], meta["features"]
+        if cfg["cell_type"] not in ("rnn", "lstm"):
+            raise ValueError(f"unknown cell type {cfg['cell_type']!r}")
+        if not isinstance(vocab, list):
+            raise ValueError("vocab is not a list")
+        word_to_idx = {w: i for i, w in enumerate(vocab)}
+        if len(word_to_idx) != len(vocab) or not all(isinstance(w, str) for w in vocab):
+            raise ValueError("vocabulary has duplicate or non-string words")
+        dims = {k: cfg[k] for k in ("input_dim", "wordvec_dim", "hidden_dim")}
+        if not all(type(v) is int and v > 0 for v in dims.values()):
+            raise ValueError(f"sizes must be positive integers, got {dims}")
+        if not isinstance(feats, dict) or type(feats["dim"]) is not int or not isinstance(feats["kind"], str):
+            raise ValueError("features must give an integer dim and a kind")
+        if not isinstance(meta.get("training", {}), dict):
+            raise ValueError("training is not an object")
+        # Compare the array shapes with the sizes first: the metadata alone must not decide
+        # how much memory a model allocates.
+        k, V, H, W = (4 if cfg["cell_type"] == "lstm" else 1), len(vocab), dims["hidden_dim"], dims["wordvec_dim"]
+        want = {"W_embed": (V, W), "W_proj": (dims["input_dim"], H), "b_proj": (H,), "Wx": (W, k * H),
+                "Wh": (H, k * H), "b": (k * H,), "W_vocab": (H, V), "b_vocab": (V,)}
+        for name, shape in want.items():
+            if name not in params:
+                raise CaptionerError(f"{path}: parameter {name} is missing; the checkpoint is incomplete")
+            if params[name].shape != shape:
+                raise CaptionerError(f"{path}: parameter {name} has shape {params[name].shape}, the "
+                                     f"metadata implies {shape}; the metadata and arrays disagree")
+        model = CaptioningRNN(word_to_idx, input_dim=dims["input_dim"], wordvec_dim=W, hidden_dim=H,
+                              cell_type=cfg["cell_type"], dtype=dtype, seed=0)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CaptionerError(f"{path}: metadata is incomplete or wrong ({e!s}); "
+                             f"not a checkpoint this captioner wrote") from None
+    except CaptionerError as e:
+        msg = str(e)
+        raise CaptionerError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
+    check_params(path, params, model)
+    for k, v in params.items():
+        model.params[k] = np.ascontiguousarray(v, dtype=dtype)
+    return model, meta, optim, history
+
+
+def check_compatible(path, meta, data):
+    """A checkpoint can only be used with data of the same vocabulary and features."""
+    if list(meta["vocab"]) != list(data["idx_to_word"]):
+        raise CaptionerError(f"{path}: its vocabulary ({len(meta['vocab'])} words) differs from the "
+                             f"dataset's in {data['base_dir']} ({len(data['idx_to_word'])} words); "
+                             f"use the dataset the model was trained on")
+    f = meta["features"]
+    if int(f["dim"]) != int(data["feature_dim"]) or f.get("encoder") != data["encoder"]:
+        raise CaptionerError(f"{path}: trained on {f.get('encoder')} features ({f['dim']}-d) but the "
+                             f"dataset has {data['encoder']} ({data['feature_dim']}-d); "
+                             f"pass --features {f['kind']} or the matching --data")

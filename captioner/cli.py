@@ -125,24 +125,24 @@ def train(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer
       captioner train --cell lstm --epochs 10 --out runs/lstm
       captioner train --resume runs/lstm --epochs 20
     """
-    from . import training
+    from . import checkpoint, runs, training
     from .model import CaptioningRNN
 
     given = {p for p in ctx.params
              if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT}
     if resume:
-        path = training.find_checkpoint(resume)
-        model, meta, optim, history = training.load_model(path)
+        path = runs.find_checkpoint(resume)
+        model, meta, optim, history = checkpoint.load_model(path)
         state = training.resume_state(meta, optim, history, path=path, params=model.params)
         settings = dict(state["settings"])
         if "epochs" in given:
             settings["epochs"] = epochs
         data_dir = data if "data" in given else settings.get("data_dir", data)
         d = _load_data(data_dir, meta["features"]["kind"], max_train=settings.get("max_train"))
-        training.check_compatible(path, meta, d)
+        checkpoint.check_compatible(path, meta, d)
         run_dir = os.path.dirname(os.path.abspath(path))
         if out is not None and os.path.abspath(out) != run_dir:
-            run_dir = training.new_run_dir(out, cell)  # never over another run's checkpoints
+            run_dir = runs.new_run_dir(out, cell)  # never over another run's checkpoints
         click.echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
         if keep_best == "cider" and not eval_every:
@@ -155,14 +155,14 @@ def train(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer
                         seed=seed, val_size=val_size, save_every=save_every,
                         eval_every=eval_every, keep_best=keep_best, data_dir=os.path.abspath(data), features=d["feature_kind"], max_train=max_train)
         state = None
-        run_dir = training.new_run_dir(out, cell)
+        run_dir = runs.new_run_dir(out, cell)
     click.echo(f"{len(d['train_captions']):,} training captions, {model.cell_type} "
                f"hidden {model.hidden_dim}, {d['encoder']} features ({d['feature_dim']}-d) -> {run_dir}")
-    with training.run_lock(run_dir):
+    with runs.run_lock(run_dir):
         try:
             state = training.train(d, model, run_dir, state=state, progress=not quiet,
                                    log=click.echo, **settings)
-        except training.Interrupted as e:
+        except runs.Interrupted as e:
             click.echo(f"\n{e}; continue with: captioner train --resume {run_dir}", err=True)
             ctx.exit(128 + e.signum)
         except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint on disk is intact
@@ -191,46 +191,35 @@ def overfit(data, features, small, cell, n, epochs):
       captioner overfit --small
       captioner overfit --cell rnn --n 100
     """
-    import numpy as np
-
-    from .data import decode_captions
     from .training import overfit as run
 
     d = _load_data(data, features, splits=("train",))
     cells = [cell] if cell else ["rnn", "lstm"]
-    limits = {"rnn": 0.1, "lstm": 0.5}
     results = {}
     for c in cells:
         click.echo(f"overfitting {min(n, len(d['train_captions']))} captions with the {c} cell ...")
         results[c] = run(d, c, n=n, epochs=epochs)
     click.echo("\nloss per epoch (mean over the epoch's batches)")
     click.echo("epoch " + "".join(f"{c:>10}" for c in cells))
-    n_epochs = len(results[cells[0]][1]["epochs"])
+    n_epochs = len(results[cells[0]]["state"]["epochs"])
     for e in sorted({0, n_epochs - 1} | set(range(4, n_epochs, 5))):
         click.echo(f"{e + 1:5d} " + "".join(
-            f"{results[c][1]['epochs'][e]['train_loss']:10.4f}" for c in cells))
+            f"{results[c]['state']['epochs'][e]['train_loss']:10.4f}" for c in cells))
 
-    rows = results[cells[0]][2]
-    feats = d["train_features"][d["train_image_idxs"][rows]]
-    truth = decode_captions(d["train_captions"][rows], d["idx_to_word"])
-    click.echo(f"\n{len(rows)} memorised images: sampled caption vs ground truth")
-    exact = {c: 0 for c in cells}
-    samples = {c: decode_captions(results[c][0].sample(feats, max_length=d["train_captions"].shape[1] - 1),
-                                  d["idx_to_word"]) for c in cells}
+    truth = results[cells[0]]["truth"]
+    click.echo(f"\n{len(truth)} memorised images: sampled caption vs ground truth")
     for j, t in enumerate(truth):
         click.echo(f"  truth: {t}")
         for c in cells:
-            exact[c] += samples[c][j] == t
-            click.echo(f"  {c:>5}: {samples[c][j]}{'' if samples[c][j] == t else '   [differs]'}")
-    ok = True
+            s = results[c]["sampled"][j]
+            click.echo(f"  {c:>5}: {s}{'' if s == t else '   [differs]'}")
     click.echo("")
     for c in cells:
-        final = results[c][1]["epochs"][-1]["train_loss"]
-        passed = final < limits[c]
-        ok &= passed
-        click.echo(f"{c}: final loss {final:.4f} ({'PASS' if passed else 'FAIL'}, needs < {limits[c]}); "
-                   f"{exact[c]}/{len(rows)} sampled captions equal their ground truth")
-    if not ok:
+        r = results[c]
+        click.echo(f"{c}: final loss {r['final_loss']:.4f} ({'PASS' if r['passed'] else 'FAIL'}, "
+                   f"needs < {r['limit']}); {r['exact']}/{len(truth)} sampled captions equal "
+                   f"their ground truth")
+    if not all(r["passed"] for r in results.values()):
         sys.exit(1)
 
 
@@ -262,23 +251,17 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
     """
     import numpy as np
 
+    from .checkpoint import load_model
     from .data import decode_captions
-    from .training import load_model
+    from .pictures import caption_features, caption_images
 
     if not images and split is None:
         raise click.UsageError("give picture files to caption, or --split train|val")
     ckpt = ckpt or _newest_best()
     model, meta, _, _ = load_model(ckpt)
     rng = np.random.default_rng(seed)
-
-    def captions(feats):
-        """-> per image a list of (caption, logprob or None)."""
-        if temperature is not None:
-            from .decoding import sample_temperature
-            draws = [sample_temperature(model, feats, temperature, max_length, rng) for _ in range(n_best)]
-            return [[(decode_captions(d[i], meta["vocab"]), None) for d in draws] for i in range(len(feats))]
-        from .decoding import beam_captions
-        return beam_captions(model, feats, beam_size, max_length, n_best=n_best)
+    decoding = dict(beam_size=beam_size, n_best=n_best, max_length=max_length,
+                    temperature=temperature, rng=rng)
 
     def show(title, caps, truth=()):
         click.echo(title)
@@ -294,12 +277,12 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
                 f"{ckpt}: trained on {meta['features'].get('encoder')} features, which cannot be computed "
                 f"from a picture (the CS231n VGG-16 PCA basis is not published); caption dataset images with "
                 f"--split val, or build a dataset with `captioner prepare` and train on it")
-        feats, _, ok, errors = encoder.encode_files(images)
-        results = dict(zip(ok, captions(feats))) if ok else {}
-        for path in images:
-            if path in results:
-                show(path, results[path])
-        for path, message in errors:
+        results = caption_images(model, images, **decoding)
+        for path, caps, _ in results:
+            if caps is not None:
+                show(path, caps)
+        errors = [message for _, caps, message in results if caps is None]
+        for message in errors:
             click.echo(f"captioner: error: {message}", err=True)
         if errors:
             sys.exit(1)
@@ -310,7 +293,7 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
     idxs, rows = image_groups(d, split)
     pick = np.sort(rng.choice(len(idxs), size=min(count, len(idxs)), replace=False))
     urls = d.get(f"{split}_urls")
-    for p, caps in zip(pick, captions(d[f"{split}_features"][idxs[pick]])):
+    for p, caps in zip(pick, caption_features(model, d[f"{split}_features"][idxs[pick]], **decoding)):
         truth = decode_captions(d[f"{split}_captions"][rows[p]], d["idx_to_word"])
         show(urls[idxs[p]] if urls else f"{split} image {idxs[p]}", caps, truth)
 
@@ -344,7 +327,7 @@ def encode(images, top):
 def _checkpoint_data(ckpt, meta, data, split):
     """The split a checkpoint captions: from --data, or when that is left at its
     default, from the folder the checkpoint was trained on."""
-    from .training import check_compatible
+    from .checkpoint import check_compatible
     saved = meta.get("training", {}).get("settings", {}).get("data_dir")
     d = _load_data(saved if data == DATA_DEFAULT and saved else data, meta["features"]["kind"],
                    splits=(split,))
@@ -405,7 +388,7 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
         what = f"{len(res):,} captions of {results}"
     else:
         from .evaluation import evaluate_model
-        from .training import load_model
+        from .checkpoint import load_model
         ckpt = ckpt or _newest_best()
         model, meta, _, _ = load_model(ckpt)
         d = _checkpoint_data(ckpt, meta, data, split)
@@ -515,7 +498,7 @@ def info(data, features, ckpt):
       captioner info --checkpoint runs/lstm/best.npz
     """
     if ckpt:
-        from .training import load_model
+        from .checkpoint import load_model
         model, meta, _, history = load_model(ckpt)
         t = meta.get("training", {})
         n = sum(p.size for p in model.params.values())

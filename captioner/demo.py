@@ -258,8 +258,10 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0,
     from .data import load_coco_data
     from .evaluation import evaluate_model
     from .model import CaptioningRNN
-    from .prepare import caption_images, prepare_dataset
-    from .training import new_run_dir, run_lock, train
+    from .pictures import caption_images
+    from .prepare import prepare_dataset
+    from .runs import new_run_dir, run_lock
+    from .training import train
 
     t0 = time.perf_counter()
     images_dir = os.path.join(out_dir, "images")

@@ -1,4 +1,4 @@
-"""Build a coco_captioning folder from your own pictures, and caption picture files.
+"""Build a coco_captioning folder from your own pictures (to caption them: captioner.pictures).
 
 prepare_dataset: pictures + COCO-format captions -> the CS231n layout (captioner.data)
 with SqueezeNet features ({split}2014_squeezenet.h5). Encoding is the slow part, so it
@@ -357,34 +357,3 @@ def prepare_dataset(images_dir, annotations, out_dir, val_fraction=0.1, split_by
                 truncated_captions=sum(len(t) > max_words for s in split_tokens.values() for t in s),
                 resumed_images=resumed, encoded_images=n_images - resumed, seconds=seconds,
                 images_per_second=(n_images - resumed) / max(seconds, 1e-9))
-
-
-# ----------------------------------------------------------------------------- captioning files
-
-def caption_images(model, paths, beam_size=3, n_best=1, max_length=16, batch_size=32):
-    """Caption picture files with a trained CaptioningRNN.
-
-    -> one (path, [(caption, logprob), ...] best first, None) per path, in order;
-    (path, None, one-line error) for a picture that cannot be read. Decoding is
-    beam search (captioner.decoding.beam_search, no length normalisation).
-    """
-    from captioner.decoding import beam_captions
-
-    dim = model.params['W_proj'].shape[0]
-    if dim != encoder.FEATURE_DIM:
-        raise CaptionerError(f'this model takes {dim}-d features but the picture encoder '
-                             f'({encoder.ENCODER_NAME}) gives {encoder.FEATURE_DIM}-d; caption pictures '
-                             f'with a model trained on a `captioner prepare` dataset')
-    paths = list(paths)
-    feats, _, ok, errors = encoder.encode_files(paths, batch_size=batch_size)
-    hyps = beam_captions(model, feats, beam_size, max_length, n_best=n_best, batch_size=batch_size)
-    # encode_files keeps input order in both lists, so walk them alongside paths
-    out, oi, ei = [], 0, 0
-    for p in paths:
-        if oi < len(ok) and ok[oi] == p:
-            out.append((p, hyps[oi], None))
-            oi += 1
-        else:
-            out.append((p, None, errors[ei][1]))
-            ei += 1
-    return out

@@ -1,18 +1,15 @@
-"""Training: the epoch loop, checkpoints of a run, exact resume, the overfit check.
+"""Training: the epoch loop, exact resume, the overfit check.
 
-A run directory holds `last.npz` (written every `save_every` steps, at the end
-of each epoch and on Ctrl-C / SIGTERM), `best.npz` (best validation loss, or
-CIDEr-D with keep_best='cider') and `history.json`. Everything that decides
-what happens next is in the checkpoint: parameters, optimizer state, epoch and
-step within the epoch. The data order of epoch e is a permutation seeded by
-(seed, e), so a resumed run replays exactly the batches it would have seen.
+train() writes into a run directory (captioner.runs): `last.npz` every `save_every`
+steps, at the end of each epoch and on Ctrl-C / SIGTERM, `best.npz` (best validation
+loss, or CIDEr-D with keep_best='cider') and `history.json`. Everything that decides
+what happens next is in the checkpoint (captioner.checkpoint): parameters, optimizer
+state, epoch and step within the epoch. The data order of epoch e is a permutation
+seeded by (seed, e), so a resumed run replays exactly the batches it would have seen.
 """
-import contextlib
 import datetime
-import fcntl
 import math
 import os
-import signal
 import time
 
 import numpy as np
@@ -21,161 +18,11 @@ from . import checkpoint
 from .errors import CaptionerError
 from .model import CaptioningRNN
 from .optim import OPTIMIZERS
+from .runs import Interrupted, SignalFlag
 
 DEFAULTS = dict(epochs=10, batch_size=100, optimizer="adam", lr=1e-3, lr_decay=0.95,
                 weight_decay=0.0, clip_norm=0.0, seed=0, val_size=1000, save_every=1000,
                 eval_every=0, eval_images=200, keep_best="loss")
-
-
-class Interrupted(Exception):
-    """Training stopped by a signal after saving `last`; exit with 128 + signum."""
-
-    def __init__(self, signum, path):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; saved {path}")
-        self.signum, self.path = signum, path
-
-
-# ---------------------------------------------------------------- models on disk
-
-def model_meta(model, data):
-    return {"model": {"cell_type": model.cell_type, "input_dim": model.input_dim,
-                      "wordvec_dim": model.wordvec_dim, "hidden_dim": model.hidden_dim},
-            "vocab": [model.idx_to_word[i] for i in range(len(model.idx_to_word))],
-            "features": {"kind": data["feature_kind"], "dim": int(data["feature_dim"]),
-                         "encoder": data["encoder"]}}
-
-
-def load_model(path, dtype=np.float32):
-    """Checkpoint -> (model, meta, optim_arrays, history); every field checked."""
-    params, meta, optim, history = checkpoint.load(path)
-    try:
-        cfg, vocab, feats = meta["model"], meta["vocab"], meta["features"]
-        if cfg["cell_type"] not in ("rnn", "lstm"):
-            raise ValueError(f"unknown cell type {cfg['cell_type']!r}")
-        if not isinstance(vocab, list):
-            raise ValueError("vocab is not a list")
-        word_to_idx = {w: i for i, w in enumerate(vocab)}
-        if len(word_to_idx) != len(vocab) or not all(isinstance(w, str) for w in vocab):
-            raise ValueError("vocabulary has duplicate or non-string words")
-        dims = {k: cfg[k] for k in ("input_dim", "wordvec_dim", "hidden_dim")}
-        if not all(type(v) is int and v > 0 for v in dims.values()):
-            raise ValueError(f"sizes must be positive integers, got {dims}")
-        if not isinstance(feats, dict) or type(feats["dim"]) is not int or not isinstance(feats["kind"], str):
-            raise ValueError("features must give an integer dim and a kind")
-        if not isinstance(meta.get("training", {}), dict):
-            raise ValueError("training is not an object")
-        # Compare the array shapes with the sizes first: the metadata alone must not decide
-        # how much memory a model allocates.
-        k, V, H, W = (4 if cfg["cell_type"] == "lstm" else 1), len(vocab), dims["hidden_dim"], dims["wordvec_dim"]
-        want = {"W_embed": (V, W), "W_proj": (dims["input_dim"], H), "b_proj": (H,), "Wx": (W, k * H),
-                "Wh": (H, k * H), "b": (k * H,), "W_vocab": (H, V), "b_vocab": (V,)}
-        for name, shape in want.items():
-            if name not in params:
-                raise CaptionerError(f"{path}: parameter {name} is missing; the checkpoint is incomplete")
-            if params[name].shape != shape:
-                raise CaptionerError(f"{path}: parameter {name} has shape {params[name].shape}, the "
-                                     f"metadata implies {shape}; the metadata and arrays disagree")
-        model = CaptioningRNN(word_to_idx, input_dim=dims["input_dim"], wordvec_dim=W, hidden_dim=H,
-                              cell_type=cfg["cell_type"], dtype=dtype, seed=0)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CaptionerError(f"{path}: metadata is incomplete or wrong ({e!s}); "
-                             f"not a checkpoint this captioner wrote") from None
-    except CaptionerError as e:
-        msg = str(e)
-        raise CaptionerError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
-    checkpoint.check_params(path, params, model)
-    for k, v in params.items():
-        model.params[k] = np.ascontiguousarray(v, dtype=dtype)
-    return model, meta, optim, history
-
-
-def check_compatible(path, meta, data):
-    """A checkpoint can only be used with data of the same vocabulary and features."""
-    if list(meta["vocab"]) != list(data["idx_to_word"]):
-        raise CaptionerError(f"{path}: its vocabulary ({len(meta['vocab'])} words) differs from the "
-                             f"dataset's in {data['base_dir']} ({len(data['idx_to_word'])} words); "
-                             f"use the dataset the model was trained on")
-    f = meta["features"]
-    if int(f["dim"]) != int(data["feature_dim"]) or f.get("encoder") != data["encoder"]:
-        raise CaptionerError(f"{path}: trained on {f.get('encoder')} features ({f['dim']}-d) but the "
-                             f"dataset has {data['encoder']} ({data['feature_dim']}-d); "
-                             f"pass --features {f['kind']} or the matching --data")
-
-
-def find_checkpoint(path):
-    """A run directory means its last.npz (for --resume)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "last.npz")
-        if not os.path.exists(path):
-            _check_unlocked(os.path.dirname(path))  # a first epoch still running: say so
-            raise CaptionerError(f"{path}: no checkpoint in this run directory yet; start a new run")
-    return path
-
-
-@contextlib.contextmanager
-def run_lock(run_dir):
-    """One writer per run directory. flock dies with the process, so kill -9 leaves no stale lock."""
-    path = os.path.join(run_dir, "train.lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise CaptionerError(f"{run_dir}: cannot use this run directory ({e.strerror}); "
-                             f"choose another --out") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise CaptionerError(f"{run_dir}: another `captioner train` is writing to this run "
-                             f"directory; wait for it to finish or choose another --out") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        for name in os.listdir(run_dir):  # temp files of a writer killed mid-save (we hold the lock)
-            if name.startswith(".tmp-") and name.endswith(".npz"):
-                with contextlib.suppress(OSError):
-                    os.remove(os.path.join(run_dir, name))
-        yield
-    finally:
-        os.close(fd)
-
-
-def _check_unlocked(run_dir):
-    """Raise the run_lock message if a live process holds run_dir's lock; writes nothing."""
-    try:
-        fd = os.open(os.path.join(run_dir, "train.lock"), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise CaptionerError(f"{run_dir}: another `captioner train` is writing to this run "
-                             f"directory; wait for it to finish or choose another --out") from None
-    finally:
-        os.close(fd)
-
-
-def new_run_dir(out, cell):
-    if out is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = os.path.join("runs", f"{stamp}-{cell}")
-        n = 1
-        while os.path.exists(out):  # two runs started in the same second
-            n += 1
-            out = os.path.join("runs", f"{stamp}-{cell}-{n}")
-    if os.path.exists(os.path.join(out, "last.npz")):
-        _check_unlocked(out)  # a run still writing here gets the clearer "another train" message
-        raise CaptionerError(f"{out}: already holds a run; continue it with --resume {out} "
-                             f"or choose another --out")
-    make_dir(out)
-    return out
-
-
-def make_dir(path):
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise CaptionerError(f"{path}: cannot create the run directory ({e.strerror}); "
-                             f"choose another --out") from None
 
 
 # ---------------------------------------------------------------- the loop
@@ -259,35 +106,6 @@ def resume_state(meta, optim_arrays, history, dtype=np.float32, path="checkpoint
     return state
 
 
-class _SignalFlag:
-    """Defer SIGINT/SIGTERM to a step boundary: parameters are updated in place,
-    so stopping mid-update would save a half-stepped model. A second signal stops at once."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __enter__(self):
-        self._old = {}
-        if _in_main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def _in_main_thread():
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
-
 def _val_subset(data, n, seed):
     if n <= 0 or "val_captions" not in data or len(data["val_captions"]) == 0:
         return None
@@ -341,7 +159,7 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
             return None
         path = os.path.join(run_dir, f"{name}.npz")
         scalars, arrays = _split_optim(state["optim"])
-        meta = dict(model_meta(model, data), created=datetime.datetime.now().isoformat(timespec="seconds"),
+        meta = dict(checkpoint.model_meta(model, data), created=datetime.datetime.now().isoformat(timespec="seconds"),
                     training={k: v for k, v in state.items() if k not in ("optim", "loss_history")}
                     | {"optim": scalars})
         checkpoint.save(path, model.params, meta, arrays,
@@ -351,7 +169,7 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
         checkpoint.write_json(os.path.join(run_dir, "history.json"), history)
         return path
 
-    with _SignalFlag() as flag:
+    with SignalFlag() as flag:
         while state["epoch"] < s["epochs"]:
             epoch = state["epoch"]
             order = np.random.default_rng([s["seed"], epoch]).permutation(n)
@@ -451,15 +269,24 @@ def _eval_metrics(model, data, n_images):
 
 # ---------------------------------------------------------------- overfit
 
+OVERFIT_LIMITS = {"rnn": 0.1, "lstm": 0.5}   # CS231n's bars for the final loss
+
+
 def overfit(data, cell, n=50, epochs=50, batch_size=25, lr=5e-3, lr_decay=None, hidden_dim=512,
             wordvec_dim=256, seed=231, progress=False):
-    """CS231n's sanity check: memorise n training captions, one per image.
+    """CS231n's sanity check: memorise n training captions, one per image, and judge it.
 
     CS231n takes the first 50 captions, which in the real (shuffled) files belong to
     50 different images. We make that explicit: the first caption of each of the
     first n distinct images, since no model can memorise two captions of one image.
-    Returns (model, state, rows); state['epochs'] holds the per-epoch losses.
+
+    Returns a dict: model, state (state['epochs'] holds the per-epoch losses), rows
+    (the caption rows), final_loss, limit (OVERFIT_LIMITS[cell]), passed (final_loss <
+    limit), truth and sampled (the captions as text, greedy), exact (how many of the
+    sampled captions equal their ground truth).
     """
+    from .data import decode_captions
+
     _, first = np.unique(data["train_image_idxs"], return_index=True)
     rows = np.sort(first)[:n]
     small = dict(data, train_captions=data["train_captions"][rows],
@@ -470,4 +297,13 @@ def overfit(data, cell, n=50, epochs=50, batch_size=25, lr=5e-3, lr_decay=None, 
         lr_decay = 0.95 if cell == "rnn" else 0.995
     state = train(small, model, None, progress=progress, log=lambda *_: None, epochs=epochs,
                   batch_size=batch_size, lr=lr, lr_decay=lr_decay, seed=seed, val_size=0)
-    return model, state, rows
+    captions = data["train_captions"][rows]
+    feats = data["train_features"][data["train_image_idxs"][rows]]
+    truth = decode_captions(captions, data["idx_to_word"])
+    sampled = decode_captions(model.sample(feats, max_length=captions.shape[1] - 1),
+                              data["idx_to_word"])
+    final = state["epochs"][-1]["train_loss"]
+    return {"model": model, "state": state, "rows": rows, "final_loss": final,
+            "limit": OVERFIT_LIMITS[cell], "passed": final < OVERFIT_LIMITS[cell],
+            "truth": truth, "sampled": sampled,
+            "exact": sum(a == b for a, b in zip(sampled, truth))}

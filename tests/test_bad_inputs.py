@@ -436,7 +436,7 @@ def picture_model(tmp_path_factory):
     model = CaptioningRNN({w: i for i, w in enumerate(words)}, input_dim=encoder.FEATURE_DIM, wordvec_dim=8,
                           hidden_dim=8, cell_type="rnn", seed=0)
     fake = {"feature_kind": "squeezenet", "feature_dim": encoder.FEATURE_DIM, "encoder": encoder.ENCODER_NAME}
-    checkpoint.save(path, model.params, training.model_meta(model, fake))
+    checkpoint.save(path, model.params, checkpoint.model_meta(model, fake))
     return path
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from captioner import demo, training
+from captioner import checkpoint, demo, training
 from captioner.cli import cli
 from fixtures import build_dataset
 
@@ -83,7 +83,7 @@ def assert_same_params(path, reference):
 def assert_loadable(run):
     """last.npz loads with every check, and its training state resumes."""
     path = os.path.join(run, "last.npz")
-    model, meta, optim, history = training.load_model(path)
+    model, meta, optim, history = checkpoint.load_model(path)
     state = training.resume_state(meta, optim, history, path=path, params=model.params)
     assert len(state["loss_history"]) == state["step"]
     json.loads(open(os.path.join(run, "history.json")).read())  # whole, never half-written

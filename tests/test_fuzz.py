@@ -209,7 +209,7 @@ def _ckpt_property(base, tmp_path_factory, data):
                 parent[keys[-1]] = data.draw(JSON)
         a["meta"] = np.array(json.dumps(meta))
         np.savez(path, **a)
-    result = loads_or_refuses(training.load_model, path)
+    result = loads_or_refuses(checkpoint.load_model, path)
     if result is not None:  # a model that loads must also resume or be refused cleanly
         model, meta, optim, history = result
         loads_or_refuses(lambda: training.resume_state(meta, optim, history, path=str(path), params=model.params))

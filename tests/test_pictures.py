@@ -6,6 +6,11 @@ import pytest
 from click.testing import CliRunner
 
 from captioner import demo
+from captioner import encoder as E
+from captioner.data import load_vocab
+from captioner.errors import CaptionerError
+from captioner.model import CaptioningRNN
+from captioner.pictures import caption_images
 from captioner.cli import cli
 from fixtures import build_dataset
 
@@ -95,3 +100,33 @@ def test_demo_pipeline_small(tmp_path, monkeypatch):
     again = run("demo", "--out", tmp_path / "demo", "--train-images", 40, "--val-images", 8,
                 "--epochs", 1)
     assert "using the scenes already prepared" in again.output
+
+
+# ---------------------------------------------------------------- captioner.pictures (library)
+
+def test_caption_images_good_pictures_and_a_bad_one(shared, tmp_path):
+    idx_to_word = load_vocab(shared / "coco" / "coco2014_vocab.json")[1]
+    model = CaptioningRNN({w: i for i, w in enumerate(idx_to_word)}, input_dim=E.FEATURE_DIM,
+                          wordvec_dim=16, hidden_dim=32, cell_type="lstm", seed=0)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("shopping list: milk, eggs")
+    pics = sorted((shared / "coco" / "images").glob("*.jpg"))[:3]
+    paths = [pics[0], bad, pics[1], pics[2]]
+    out = caption_images(model, paths, beam_size=2, n_best=2, max_length=5, batch_size=2)
+    assert [p for p, _, _ in out] == paths
+    path, caps, err = out[1]
+    assert caps is None and "notes.jpg" in err and "not an image" in err
+    for path, caps, err in (out[0], out[2], out[3]):
+        assert err is None and len(caps) == 2 and caps[0][1] >= caps[1][1]
+        for text, logprob in caps:
+            words = text.split()
+            assert 1 <= len(words) <= 5 and set(words) <= set(idx_to_word[4:]) and logprob < 0
+    small = CaptioningRNN({w: i for i, w in enumerate(idx_to_word)}, input_dim=512,
+                          wordvec_dim=8, hidden_dim=8)
+    with pytest.raises(CaptionerError, match="takes 512-d features"):
+        caption_images(small, paths)
+    # temperature sampling: n_best draws each, no log-probabilities, reproducible by seed
+    a = caption_images(model, paths, n_best=3, max_length=5, temperature=1.5, rng=7)
+    b = caption_images(model, paths, n_best=3, max_length=5, temperature=1.5, rng=7)
+    assert a == b and a[1][1] is None
+    assert all(len(caps) == 3 and all(lp is None for _, lp in caps) for _, caps, _ in a[::2])

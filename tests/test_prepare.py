@@ -10,7 +10,6 @@ from captioner import encoder as E
 from captioner import prepare as P
 from captioner.data import decode_captions, load_coco_data, load_vocab
 from captioner.errors import CaptionerError
-from captioner.model import CaptioningRNN
 
 WORDS = ['red', 'green', 'blue', 'white', 'black', 'yellow']
 COLOURS = [(220, 30, 30), (30, 170, 40), (30, 60, 230), (250, 250, 250), (15, 15, 15), (250, 220, 10)]
@@ -255,27 +254,3 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
             P.prepare_dataset(tmp_path / 'img', ann, tmp_path / 'out', progress=False)
     finally:
         os.close(fd)
-
-
-# ----------------------------------------------------------------------------- captioning files
-
-def test_caption_images_good_pictures_and_a_bad_one(shared, tmp_path):
-    idx_to_word = load_vocab(shared / 'coco' / 'coco2014_vocab.json')[1]
-    model = CaptioningRNN({w: i for i, w in enumerate(idx_to_word)}, input_dim=E.FEATURE_DIM,
-                          wordvec_dim=16, hidden_dim=32, cell_type='lstm', seed=0)
-    bad = tmp_path / 'notes.jpg'
-    bad.write_text('shopping list: milk, eggs')
-    pics = sorted((shared / 'coco' / 'images').glob('*.jpg'))[:3]
-    paths = [pics[0], bad, pics[1], pics[2]]
-    out = P.caption_images(model, paths, beam_size=2, n_best=2, max_length=5, batch_size=2)
-    assert [p for p, _, _ in out] == paths
-    path, caps, err = out[1]
-    assert caps is None and 'notes.jpg' in err and 'not an image' in err
-    for path, caps, err in (out[0], out[2], out[3]):
-        assert err is None and len(caps) == 2 and caps[0][1] >= caps[1][1]
-        for text, logprob in caps:
-            words = text.split()
-            assert 1 <= len(words) <= 5 and set(words) <= set(idx_to_word[4:]) and logprob < 0
-    small = CaptioningRNN({w: i for i, w in enumerate(idx_to_word)}, input_dim=512, wordvec_dim=8, hidden_dim=8)
-    with pytest.raises(CaptionerError, match='takes 512-d features'):
-        P.caption_images(small, paths)

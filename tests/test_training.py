@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from captioner import checkpoint, training
+from captioner import checkpoint, runs, training
 from captioner.cli import cli
 from captioner.data import load_coco_data
 from captioner.errors import CaptionerError
@@ -48,7 +48,7 @@ def test_resume_is_bit_identical(dataset, tmp_path, cell):
     os.makedirs(run_dir)
     first = small_model(data, cell)
     training.train(data, first, run_dir, progress=False, log=lambda *_: None, epochs=2, **SMALL)
-    model, meta, optim, history = training.load_model(os.path.join(run_dir, "last.npz"))
+    model, meta, optim, history = checkpoint.load_model(os.path.join(run_dir, "last.npz"))
     state = training.resume_state(meta, optim, history)
     assert state["epoch"] == 2 and len(state["loss_history"]) == state["step"]
     training.train(data, model, run_dir, state=state, progress=False, log=lambda *_: None,
@@ -82,7 +82,7 @@ def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
         training.train(data, partial, run_dir, progress=False, log=lambda *_: None, **settings_partial)
     finally:
         checkpoint.save = real_save
-    model, meta, optim, history = training.load_model(saved["step7"])
+    model, meta, optim, history = checkpoint.load_model(saved["step7"])
     state = training.resume_state(meta, optim, history)
     assert state["epoch"] == 0 and state["step_in_epoch"] == 7
     training.train(data, model, None, state=state, progress=False, log=lambda *_: None, **settings)
@@ -103,7 +103,7 @@ def test_checkpoint_round_trip_and_metadata(dataset, tmp_path):
     data = load_coco_data(dataset)
     model = small_model(data, "rnn")
     training.train(data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL)
-    loaded, meta, optim, history = training.load_model(tmp_path / "last.npz")
+    loaded, meta, optim, history = checkpoint.load_model(tmp_path / "last.npz")
     for k, v in model.params.items():
         np.testing.assert_array_equal(loaded.params[k], v)
         assert set(optim[k]) == {"m", "v"}
@@ -155,31 +155,31 @@ def test_bad_checkpoints(tmp_path, dataset):
     data = load_coco_data(dataset)
     model = small_model(data)
     good = tmp_path / "good.npz"
-    checkpoint.save(good, model.params, training.model_meta(model, data))
-    training.load_model(good)
+    checkpoint.save(good, model.params, checkpoint.model_meta(model, data))
+    checkpoint.load_model(good)
 
     trunc = tmp_path / "trunc.npz"
     trunc.write_bytes(good.read_bytes()[:500])
     with pytest.raises(CaptionerError, match="trunc.npz"):
-        training.load_model(trunc)
+        checkpoint.load_model(trunc)
 
     newer = tmp_path / "newer.npz"
     np.savez(newer, meta=np.array(json.dumps({"format": checkpoint.FORMAT, "version": 99})))
     with pytest.raises(CaptionerError, match="newer"):
-        training.load_model(newer)
+        checkpoint.load_model(newer)
 
     shapes = dict(model.params, W_proj=np.zeros((3, 3), np.float32))
     wrong = tmp_path / "wrong.npz"
-    checkpoint.save(wrong, shapes, training.model_meta(model, data))
+    checkpoint.save(wrong, shapes, checkpoint.model_meta(model, data))
     with pytest.raises(CaptionerError, match="W_proj"):
-        training.load_model(wrong)
+        checkpoint.load_model(wrong)
 
-    meta = training.model_meta(model, data)
+    meta = checkpoint.model_meta(model, data)
     del meta["model"]
     nometa = tmp_path / "nometa.npz"
     checkpoint.save(nometa, model.params, meta)
     with pytest.raises(CaptionerError, match="metadata"):
-        training.load_model(nometa)
+        checkpoint.load_model(nometa)
 
 
 # ---------------------------------------------------------------- the CLI
@@ -270,11 +270,11 @@ def test_cli_user_errors(tmp_path, dataset):
 
 
 def test_second_writer_is_refused(tmp_path):
-    with training.run_lock(str(tmp_path)):
+    with runs.run_lock(str(tmp_path)):
         with pytest.raises(CaptionerError, match="another `captioner train`"):
-            with training.run_lock(str(tmp_path)):
+            with runs.run_lock(str(tmp_path)):
                 pass
-    with training.run_lock(str(tmp_path)):  # released on exit
+    with runs.run_lock(str(tmp_path)):  # released on exit
         pass
 
 
@@ -289,3 +289,15 @@ def test_eval_every_and_keep_best_cider(dataset, tmp_path):
     best = max(history["epochs"], key=lambda r: r["CIDEr"])
     assert history["best"]["epoch"] == best["epoch"]
     assert run("train", "--data", dataset, "--keep-best", "cider").exit_code == 2  # needs --eval-every
+
+
+def test_overfit_gives_the_verdict_to_library_callers(dataset):
+    """training.overfit judges the run itself (thresholds, pass/fail, memorised captions)."""
+    data = load_coco_data(dataset, splits=("train",))
+    short = training.overfit(data, "rnn", n=8, epochs=2, hidden_dim=16, wordvec_dim=8)
+    assert short["limit"] == training.OVERFIT_LIMITS["rnn"] == 0.1
+    assert short["final_loss"] == short["state"]["epochs"][-1]["train_loss"] > 0.1
+    assert short["passed"] is False and len(short["truth"]) == len(short["sampled"]) == 8
+    assert short["exact"] == sum(a == b for a, b in zip(short["sampled"], short["truth"]))
+    lstm = training.overfit(data, "lstm", n=8, epochs=2, hidden_dim=16, wordvec_dim=8)
+    assert lstm["limit"] == 0.5 and lstm["passed"] == (lstm["final_loss"] < 0.5)
