@@ -2,7 +2,7 @@ PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install test test-all demo coco bench clean
+.PHONY: install test test-all lint demo coco bench clean
 
 $(BIN)/captioner: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,9 @@ test: install
 
 test-all: install
 	$(BIN)/pytest -q -m ""
+
+lint: install
+	$(BIN)/ruff check .
 
 demo: install
 	$(BIN)/captioner demo

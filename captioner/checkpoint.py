@@ -52,12 +52,14 @@ def load(path):
     """Read a checkpoint -> (params, meta, optim_arrays, history). Raises CaptionerError."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise CaptionerError(f"{path}: is a directory; pass a checkpoint file such as {path}/best.npz")
+        raise CaptionerError(f"{path}: is a directory; pass a checkpoint file such as "
+                             f"{path}/best.npz")
     try:
         with np.load(path, allow_pickle=False) as z:
             files = {k: z[k] for k in z.files}
     except FileNotFoundError:
-        raise CaptionerError(f"{path}: no such checkpoint; check the path (runs/<name>/best.npz)") from None
+        raise CaptionerError(f"{path}: no such checkpoint; check the path "
+                             f"(runs/<name>/best.npz)") from None
     except ValueError as e:
         # numpy refuses object arrays (pickles) when allow_pickle=False: never unpickle.
         if "pickle" in str(e):
@@ -66,7 +68,8 @@ def load(path):
         raise CaptionerError(f"{path}: not a captioner checkpoint ({e})") from None
     except (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error, NotImplementedError) as e:
         raise CaptionerError(f"{path}: not a readable checkpoint (truncated or corrupt: {e}); "
-                             f"use another checkpoint, e.g. last.npz or best.npz of the run") from None
+                             f"use another checkpoint, e.g. last.npz or best.npz of the run"
+                             ) from None
     except MemoryError:  # an array header claiming more memory than there is
         raise CaptionerError(f"{path}: declares arrays too big to load; the file is damaged or "
                              f"not a captioner checkpoint") from None
@@ -104,15 +107,18 @@ def check_params(path, params, model):
     """Check that loaded parameters fit `model` exactly (names, shapes, finite values)."""
     for name, ref in model.params.items():
         if name not in params:
-            raise CaptionerError(f"{path}: parameter {name} is missing; the checkpoint is incomplete")
+            raise CaptionerError(f"{path}: parameter {name} is missing; the checkpoint is "
+                                 f"incomplete")
         if params[name].dtype.kind != "f":
-            raise CaptionerError(f"{path}: parameter {name} has dtype {params[name].dtype}, expected "
-                                 f"floats; not a checkpoint written by captioner")
+            raise CaptionerError(f"{path}: parameter {name} has dtype {params[name].dtype}, "
+                                 f"expected floats; not a checkpoint written by captioner")
         if params[name].shape != ref.shape:
             raise CaptionerError(f"{path}: parameter {name} has shape {params[name].shape}, "
-                                 f"the model expects {ref.shape}; the metadata and arrays disagree")
+                                 f"the model expects {ref.shape}; the metadata and arrays "
+                                 f"disagree")
         if not np.all(np.isfinite(params[name])):
-            raise CaptionerError(f"{path}: parameter {name} holds NaN or inf; use an earlier checkpoint")
+            raise CaptionerError(f"{path}: parameter {name} holds NaN or inf; use an earlier "
+                                 f"checkpoint")
     extra = set(params) - set(model.params)
     if extra:
         raise CaptionerError(f"{path}: unexpected parameters {sorted(extra)}")
@@ -144,22 +150,28 @@ def load_model(path, dtype=np.float32):
         dims = {k: cfg[k] for k in ("input_dim", "wordvec_dim", "hidden_dim")}
         if not all(type(v) is int and v > 0 for v in dims.values()):
             raise ValueError(f"sizes must be positive integers, got {dims}")
-        if not isinstance(feats, dict) or type(feats["dim"]) is not int or not isinstance(feats["kind"], str):
+        if (not isinstance(feats, dict) or type(feats["dim"]) is not int
+                or not isinstance(feats["kind"], str)):
             raise ValueError("features must give an integer dim and a kind")
         if not isinstance(meta.get("training", {}), dict):
             raise ValueError("training is not an object")
         # Compare the array shapes with the sizes first: the metadata alone must not decide
         # how much memory a model allocates.
-        k, V, H, W = (4 if cfg["cell_type"] == "lstm" else 1), len(vocab), dims["hidden_dim"], dims["wordvec_dim"]
-        want = {"W_embed": (V, W), "W_proj": (dims["input_dim"], H), "b_proj": (H,), "Wx": (W, k * H),
+        k = 4 if cfg["cell_type"] == "lstm" else 1
+        V, H, W = len(vocab), dims["hidden_dim"], dims["wordvec_dim"]
+        want = {"W_embed": (V, W), "W_proj": (dims["input_dim"], H), "b_proj": (H,),
+                "Wx": (W, k * H),
                 "Wh": (H, k * H), "b": (k * H,), "W_vocab": (H, V), "b_vocab": (V,)}
         for name, shape in want.items():
             if name not in params:
-                raise CaptionerError(f"{path}: parameter {name} is missing; the checkpoint is incomplete")
+                raise CaptionerError(f"{path}: parameter {name} is missing; the checkpoint "
+                                     f"is incomplete")
             if params[name].shape != shape:
-                raise CaptionerError(f"{path}: parameter {name} has shape {params[name].shape}, the "
+                raise CaptionerError(f"{path}: parameter {name} has shape "
+                                     f"{params[name].shape}, the "
                                      f"metadata implies {shape}; the metadata and arrays disagree")
-        model = CaptioningRNN(word_to_idx, input_dim=dims["input_dim"], wordvec_dim=W, hidden_dim=H,
+        model = CaptioningRNN(word_to_idx, input_dim=dims["input_dim"], wordvec_dim=W,
+                              hidden_dim=H,
                               cell_type=cfg["cell_type"], dtype=dtype, seed=0)
     except (KeyError, TypeError, ValueError) as e:
         raise CaptionerError(f"{path}: metadata is incomplete or wrong ({e!s}); "
@@ -176,11 +188,13 @@ def load_model(path, dtype=np.float32):
 def check_compatible(path, meta, data):
     """A checkpoint can only be used with data of the same vocabulary and features."""
     if list(meta["vocab"]) != list(data["idx_to_word"]):
-        raise CaptionerError(f"{path}: its vocabulary ({len(meta['vocab'])} words) differs from the "
-                             f"dataset's in {data['base_dir']} ({len(data['idx_to_word'])} words); "
+        raise CaptionerError(f"{path}: its vocabulary ({len(meta['vocab'])} words) differs from "
+                             f"the dataset's in {data['base_dir']} "
+                             f"({len(data['idx_to_word'])} words); "
                              f"use the dataset the model was trained on")
     f = meta["features"]
     if int(f["dim"]) != int(data["feature_dim"]) or f.get("encoder") != data["encoder"]:
-        raise CaptionerError(f"{path}: trained on {f.get('encoder')} features ({f['dim']}-d) but the "
+        raise CaptionerError(f"{path}: trained on {f.get('encoder')} features ({f['dim']}-d) "
+                             f"but the "
                              f"dataset has {data['encoder']} ({data['feature_dim']}-d); "
                              f"pass --features {f['kind']} or the matching --data")

@@ -122,8 +122,8 @@ def beam_search(model, features, beam_size=3, max_length=16, length_norm=0.0, n_
     key = score / length ** length_norm if length_norm else score
     best = np.argsort(-key, axis=1, kind="stable")[:, :n_best]   # stable: ties keep beam order
     finite = np.isfinite(score)
-    return [[(tokens[n, k, :length[n, k]].copy(), float(score[n, k])) for k in best[n] if finite[n, k]]
-            for n in range(N)]
+    return [[(tokens[n, k, :length[n, k]].copy(), float(score[n, k]))
+             for k in best[n] if finite[n, k]] for n in range(N)]
 
 
 def beam_captions(model, features, beam_size=3, max_length=16, length_norm=0.0, n_best=1,

@@ -258,7 +258,7 @@ def lstm_cell_backward(dh, dc_next, gates, prev_c, tc, da, dc, scratch):
     grad on c (callers form dprev_c = dc * f); scratch (n, 4H) is workspace.
     """
     H = tc.shape[1]
-    i, f, o, g = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+    i, o, g = gates[:, :H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]   # f is the callers'
     di, df, do, dg = da[:, :H], da[:, H:2 * H], da[:, 2 * H:3 * H], da[:, 3 * H:]
     # dc = dc_next + dh * o * (1 - tc^2): c feeds h through tanh and the next step directly
     np.multiply(tc, tc, out=dc)

@@ -22,13 +22,15 @@ def find_checkpoint(path):
         path = os.path.join(path, "last.npz")
         if not os.path.exists(path):
             check_unlocked(os.path.dirname(path))  # a first epoch still running: say so
-            raise CaptionerError(f"{path}: no checkpoint in this run directory yet; start a new run")
+            raise CaptionerError(f"{path}: no checkpoint in this run directory yet; "
+                                 f"start a new run")
     return path
 
 
 @contextlib.contextmanager
 def run_lock(run_dir):
-    """One writer per run directory. flock dies with the process, so kill -9 leaves no stale lock."""
+    """One writer per run directory. flock dies with the process, so kill -9 leaves no
+    stale lock."""
     path = os.path.join(run_dir, "train.lock")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -44,7 +46,8 @@ def run_lock(run_dir):
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        for name in os.listdir(run_dir):  # temp files of a writer killed mid-save (we hold the lock)
+        # temp files of a writer killed mid-save (we hold the lock)
+        for name in os.listdir(run_dir):
             if name.startswith(".tmp-") and name.endswith(".npz"):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(run_dir, name))
@@ -116,7 +119,7 @@ class SignalFlag:
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum, _frame):
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum

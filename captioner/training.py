@@ -68,7 +68,8 @@ def resume_state(meta, optim_arrays, history, dtype=np.float32, path="checkpoint
     settings = t.get("settings")
     if not isinstance(settings, dict) or not isinstance(settings.get("data_dir", ""), str):
         raise bad("training.settings is missing or its data_dir is not a path")
-    wrong = set(settings) & {"data", "model", "run_dir", "state", "progress", "log"}  # train()'s own
+    own = {"data", "model", "run_dir", "state", "progress", "log"}   # train()'s own arguments
+    wrong = set(settings) & own
     for key, default in dict(DEFAULTS, max_train=None).items():
         v = settings.get(key, default)
         if key == "optimizer":
@@ -85,16 +86,19 @@ def resume_state(meta, optim_arrays, history, dtype=np.float32, path="checkpoint
             wrong.add(f"{key}={v!r}")
     if wrong:
         raise bad(f"bad settings {sorted(wrong)}")
-    if not isinstance(t.get("epochs"), list) or not (t.get("best") is None or isinstance(t["best"], dict)):
+    if not isinstance(t.get("epochs"), list) or not (t.get("best") is None
+                                                     or isinstance(t["best"], dict)):
         raise bad("training.epochs or training.best is malformed")
     scalars = t.get("optim")
     names = set(params) if params is not None else set(scalars or {})
     if not isinstance(scalars, dict) or set(scalars) != names or not all(
-            isinstance(c, dict) and type(c.get("learning_rate")) in (int, float) for c in scalars.values()):
+            isinstance(c, dict) and type(c.get("learning_rate")) in (int, float)
+            for c in scalars.values()):
         raise bad("the optimizer state does not match the parameters")
     for name, arrays in optim_arrays.items():
         for k, a in arrays.items():
-            if name not in names or a.dtype.kind != "f" or (params is not None and a.shape != params[name].shape):
+            if name not in names or a.dtype.kind != "f" or (
+                    params is not None and a.shape != params[name].shape):
                 raise bad(f"optimizer array {name}/{k} does not fit the parameters")
     loss = history.get("loss", np.zeros(0))
     if loss.ndim != 1 or loss.dtype.kind != "f":
@@ -141,7 +145,8 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
 
     s = dict(DEFAULTS, **settings)
     if state is None and run_dir and os.path.exists(os.path.join(run_dir, "last.npz")):
-        raise CaptionerError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
+        raise CaptionerError(f"{run_dir}: already holds a run; continue it with --resume "
+                             f"{run_dir} "
                              f"or choose another --out")
     state = state or fresh_state(s)
     state["settings"].update(epochs=s["epochs"])
@@ -159,7 +164,8 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
             return None
         path = os.path.join(run_dir, f"{name}.npz")
         scalars, arrays = _split_optim(state["optim"])
-        meta = dict(checkpoint.model_meta(model, data), created=datetime.datetime.now().isoformat(timespec="seconds"),
+        meta = dict(checkpoint.model_meta(model, data),
+                    created=datetime.datetime.now().isoformat(timespec="seconds"),
                     training={k: v for k, v in state.items() if k not in ("optim", "loss_history")}
                     | {"optim": scalars})
         checkpoint.save(path, model.params, meta, arrays,
@@ -186,8 +192,9 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
                 norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     where = f"; last good checkpoint: {run_dir}/last.npz" if run_dir else ""
-                    raise CaptionerError(f"training diverged at epoch {epoch + 1}, step {it + 1}: loss is "
-                                         f"{loss}; lower --lr or set --clip-norm{where}", exit_code=1)
+                    raise CaptionerError(f"training diverged at epoch {epoch + 1}, step {it + 1}: "
+                                         f"loss is {loss}; lower --lr or set --clip-norm{where}",
+                                         exit_code=1)
                 if s["clip_norm"] and norm > s["clip_norm"]:
                     scale = s["clip_norm"] / norm
                     for g in grads.values():
@@ -210,7 +217,8 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
                     save("last")
             bar.close()
             record = {"epoch": epoch + 1, "step": state["step"],
-                      "train_loss": float(np.mean(losses[-(steps_per_epoch - start):] or [float("nan")])),
+                      "train_loss": float(np.mean(losses[-(steps_per_epoch - start):]
+                                                  or [float("nan")])),
                       "lr": float(state["optim"][next(iter(state["optim"]))]["learning_rate"]),
                       "seconds": round(time.perf_counter() - t0, 2)}
             if val_rows is not None:
@@ -226,11 +234,14 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
             better = _improved(state["best"], record, s["keep_best"])
             if better:
                 state["best"] = better
-            if better and run_dir:  # best first: a kill in between never leaves `last` naming a best.npz
-                save("best")      # that was not written (a resume replays the epoch and saves it)
+            # best first: a kill in between never leaves `last` naming a best.npz that was
+            # not written (a resume replays the epoch and saves it)
+            if better and run_dir:
+                save("best")
             save("last")
             if flag.signum is not None:
-                raise Interrupted(flag.signum, os.path.join(run_dir, "last.npz") if run_dir else None)
+                raise Interrupted(flag.signum,
+                                  os.path.join(run_dir, "last.npz") if run_dir else None)
     return state
 
 
@@ -240,7 +251,11 @@ def _improved(best, record, keep_best):
         key = "train_loss"
     value = record[key]
     higher = key == "CIDEr"
-    if best is None or best["metric"] != key or (value > best["value"] if higher else value < best["value"]):
+    if best is None or best["metric"] != key:
+        better = True
+    else:
+        better = value > best["value"] if higher else value < best["value"]
+    if better:
         return {"metric": key, "value": value, "epoch": record["epoch"]}
     return None
 
@@ -292,7 +307,8 @@ def overfit(data, cell, n=50, epochs=50, batch_size=25, lr=5e-3, lr_decay=None, 
     small = dict(data, train_captions=data["train_captions"][rows],
                  train_image_idxs=data["train_image_idxs"][rows])
     model = CaptioningRNN(data["word_to_idx"], input_dim=data["feature_dim"],
-                          wordvec_dim=wordvec_dim, hidden_dim=hidden_dim, cell_type=cell, seed=seed)
+                          wordvec_dim=wordvec_dim, hidden_dim=hidden_dim, cell_type=cell,
+                          seed=seed)
     if lr_decay is None:
         lr_decay = 0.95 if cell == "rnn" else 0.995
     state = train(small, model, None, progress=progress, log=lambda *_: None, epochs=epochs,

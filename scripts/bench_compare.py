@@ -26,7 +26,8 @@ def import_captioner(tree, alias):
         del sys.modules[name]
     sys.path.insert(0, str(tree))
     try:
-        mods = {n: importlib.import_module(f"captioner.{n}") for n in ("model", "optim", "decoding")}
+        mods = {n: importlib.import_module(f"captioner.{n}")
+                for n in ("model", "optim", "decoding")}
     finally:
         sys.path.remove(str(tree))
     for name in [m for m in sys.modules if m == "captioner" or m.startswith("captioner.")]:

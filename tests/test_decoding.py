@@ -7,7 +7,8 @@ from captioner.decoding import _top_words, beam_search, sample_temperature
 from captioner.errors import CaptionerError
 from captioner.model import CaptioningRNN
 
-WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "cat", "dog", "sits", "on", "the", "mat", "red"]
+WORDS = ["<NULL>", "<START>", "<END>", "<UNK>",
+         "a", "cat", "dog", "sits", "on", "the", "mat", "red"]
 W2I = {w: i for i, w in enumerate(WORDS)}
 NULL, START, END, UNK = 0, 1, 2, 3
 SPECIAL = [NULL, START, UNK]
@@ -106,11 +107,12 @@ def test_specials_never_emitted_even_when_most_likely(trained):
 def test_temperature_sampling(trained):
     m, feats = trained
     a = sample_temperature(m, feats, max_length=10, rng=3)
-    np.testing.assert_array_equal(a, sample_temperature(m, feats, max_length=10, rng=np.random.default_rng(3)))
+    np.testing.assert_array_equal(a, sample_temperature(m, feats, max_length=10,
+                                                        rng=np.random.default_rng(3)))
     assert a.shape == (len(feats), 10)
     # near-zero temperature is greedy
-    np.testing.assert_array_equal(sample_temperature(m, feats, temperature=1e-6, max_length=10, rng=1),
-                                  m.sample(feats, max_length=10))
+    cold = sample_temperature(m, feats, temperature=1e-6, max_length=10, rng=1)
+    np.testing.assert_array_equal(cold, m.sample(feats, max_length=10))
     # first words follow the model's softmax (specials excluded, renormalised)
     reps = 4000
     first = sample_temperature(m, np.repeat(feats[:1], reps, 0), max_length=1, rng=5)[:, 0]

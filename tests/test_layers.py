@@ -44,7 +44,8 @@ def test_temporal_affine(rng):
 def test_rnn_step(rng):
     N, D, H = 3, 4, 5
     x, h = rng.standard_normal((N, D)), rng.standard_normal((N, H))
-    Wx, Wh, b = rng.standard_normal((D, H)), rng.standard_normal((H, H)) * 0.3, rng.standard_normal(H)
+    Wx, Wh = rng.standard_normal((D, H)), rng.standard_normal((H, H)) * 0.3
+    b = rng.standard_normal(H)
     out, cache = L.rnn_step_forward(x, h, Wx, Wh, b)
     np.testing.assert_allclose(out, np.tanh(x @ Wx + h @ Wh + b))
     dout = rng.standard_normal(out.shape)
@@ -64,7 +65,8 @@ def _ref_lstm_step(x, h, c, Wx, Wh, b):
 def test_lstm_step(rng):
     N, D, H = 3, 4, 5
     x, h, c = rng.standard_normal((N, D)), rng.standard_normal((N, H)), rng.standard_normal((N, H))
-    Wx, Wh, b = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H)), rng.standard_normal(4 * H)
+    Wx, Wh = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H))
+    b = rng.standard_normal(4 * H)
     nh, nc, cache = L.lstm_step_forward(x, h, c, Wx, Wh, b)
     rh, rc = _ref_lstm_step(x, h, c, Wx, Wh, b)   # pins the gate order i, f, o, g
     np.testing.assert_allclose(nh, rh, rtol=1e-12)
@@ -82,7 +84,8 @@ def test_lstm_step(rng):
 def test_lstm_sigmoid_saturates_without_nan(rng):
     x = np.full((1, 1), 1.0)
     Wx = np.array([[-1e4, 1e4, 1e4, 1.0]])   # exp overflows on the i gate
-    h, c, _ = L.lstm_step_forward(x, np.zeros((1, 1)), np.ones((1, 1)), Wx, np.zeros((1, 4)), np.zeros(4))
+    h, c, _ = L.lstm_step_forward(x, np.zeros((1, 1)), np.ones((1, 1)), Wx, np.zeros((1, 4)),
+                                  np.zeros(4))
     np.testing.assert_allclose(c, [[1.0]])     # i = 0, f = 1
     assert np.isfinite(h).all()
 
@@ -92,7 +95,8 @@ def test_lstm_sigmoid_saturates_without_nan(rng):
 def test_sequence_layers(rng, fwd, bwd, k):
     N, T, D, H = 2, 3, 4, 5
     x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))
-    Wx, Wh, b = rng.standard_normal((D, k * H)), rng.standard_normal((H, k * H)) * 0.4, rng.standard_normal(k * H)
+    Wx, Wh = rng.standard_normal((D, k * H)), rng.standard_normal((H, k * H)) * 0.4
+    b = rng.standard_normal(k * H)
     h, cache = fwd(x, h0, Wx, Wh, b)
     # against a loop of step functions
     prev, c = h0, np.zeros((N, H))
@@ -113,7 +117,8 @@ def test_lengths_equal_padded_run(rng, fwd, bwd, k):
     N, T, D, H = 5, 6, 3, 4
     lengths = np.array([3, 6, 0, 1, 6])
     x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))
-    Wx, Wh, b = rng.standard_normal((D, k * H)), rng.standard_normal((H, k * H)) * 0.4, rng.standard_normal(k * H)
+    Wx, Wh = rng.standard_normal((D, k * H)), rng.standard_normal((H, k * H)) * 0.4
+    b = rng.standard_normal(k * H)
     valid = np.arange(T)[None, :] < lengths[:, None]
     dout = rng.standard_normal((N, T, H)) * valid[:, :, None]
     hp, cp = fwd(x, h0, Wx, Wh, b, lengths=lengths)
@@ -128,7 +133,8 @@ def test_lengths_equal_padded_run(rng, fwd, bwd, k):
                                          (L.lstm_forward, L.lstm_backward, 4)])
 def test_float32_follows_inputs(rng, fwd, bwd, k):
     N, T, D, H = 3, 4, 6, 8
-    args64 = [rng.standard_normal((N, T, D)), rng.standard_normal((N, H)), rng.standard_normal((D, k * H)) * 0.3,
+    args64 = [rng.standard_normal((N, T, D)), rng.standard_normal((N, H)),
+              rng.standard_normal((D, k * H)) * 0.3,
               rng.standard_normal((H, k * H)) * 0.3, rng.standard_normal(k * H) * 0.1]
     args32 = [a.astype(np.float32) for a in args64]
     h64, c64 = fwd(*args64)
@@ -153,7 +159,8 @@ def test_word_embedding_repeated_ids(rng):
     np.add.at(ref, x, dout)
     np.testing.assert_allclose(dW, ref, rtol=1e-12)
     assert not dW[4].any()
-    assert rel_error(numeric_grad_array(lambda: L.word_embedding_forward(x, W)[0], W, dout), dW) < TOL
+    num = numeric_grad_array(lambda: L.word_embedding_forward(x, W)[0], W, dout)
+    assert rel_error(num, dW) < TOL
 
 
 def test_embedding_grad_long_and_short_runs(rng):
@@ -230,7 +237,8 @@ def test_packed_work_buffers_change_nothing(rng, fwd, bwd, k):
 def test_lstm_cell_forward_equals_step(rng):
     N, D, H = 3, 4, 5
     x, h, c = rng.standard_normal((N, D)), rng.standard_normal((N, H)), rng.standard_normal((N, H))
-    Wx, Wh, b = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H)), rng.standard_normal(4 * H)
+    Wx, Wh = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H))
+    b = rng.standard_normal(4 * H)
     ref_h, ref_c, _ = L.lstm_step_forward(x, h, c, Wx, Wh, b)
     out_h, out_c = P.lstm_cell_forward(x @ Wx + b + h @ Wh, c)
     np.testing.assert_allclose(out_h, ref_h, rtol=1e-12, atol=1e-14)

@@ -11,11 +11,12 @@ from gradcheck import numeric_grad, rel_error
 from textbook import textbook_loss
 
 WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "cat", "dog", "sits", "on", "mat"]
+assert len(WORDS) == 10   # the default V of the caption makers below
 W2I = {w: i for i, w in enumerate(WORDS)}
 NULL, START, END, UNK = 0, 1, 2, 3
 
 
-def make_captions(rng, N, T1, V=len(WORDS)):
+def make_captions(rng, N, T1, V=10):
     """(N, T1) captions <START> words <END> <NULL>... of varied lengths (1 to T1 - 2 words),
     with <NULL> targets before the end: row 0 has a hole between two words, row 1 has
     nothing to predict, row 2 has the longest length, and the rest are random."""
@@ -72,7 +73,7 @@ def test_loss_gradcheck_float64(cell, readable):
     gradcheck_model(m, feats, caps, m.loss_readable if readable else m.loss)
 
 
-def coco_length_captions(rng, N, T1=17, V=len(WORDS)):
+def coco_length_captions(rng, N, T1=17, V=10):
     """Captions with COCO's length distribution (8-15 words, most 9-11), plus <NULL> gaps."""
     lengths = np.clip(np.round(rng.normal(10.5, 1.8, N)), 8, T1 - 2).astype(int)
     caps = np.full((N, T1), NULL)
@@ -177,7 +178,8 @@ def test_float32_matches_float64(cell):
     l64, g64 = m64.loss(feats, caps)
     assert abs(l32 - l64) < 1e-5 * abs(l64)
     for k in PARAM_NAMES:
-        np.testing.assert_allclose(g32[k], g64[k], rtol=1e-3, atol=1e-4 * np.abs(g64[k]).max(), err_msg=k)
+        np.testing.assert_allclose(g32[k], g64[k], rtol=1e-3, atol=1e-4 * np.abs(g64[k]).max(),
+                                   err_msg=k)
 
 
 def test_init_conventions():
@@ -262,7 +264,8 @@ def test_loss_workspace_reuse_changes_nothing(cell):
     rng = np.random.default_rng(8)
     kw = dict(input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell, seed=9)
     m, fresh = CaptioningRNN(W2I, **kw), CaptioningRNN(W2I, **kw)
-    batches = [(rng.standard_normal((n, 6)), make_captions(rng, n, t)) for n, t in ((5, 7), (12, 10), (4, 6))]
+    batches = [(rng.standard_normal((n, 6)), make_captions(rng, n, t))
+               for n, t in ((5, 7), (12, 10), (4, 6))]
     first = m.loss(*batches[0])
     kept = {k: v.copy() for k, v in first[1].items()}
     for feats, caps in batches[1:] + batches[:1]:
@@ -279,8 +282,8 @@ def test_loss_workspace_reuse_changes_nothing(cell):
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 def test_step_with_word_projections(cell):
     rng = np.random.default_rng(10)
-    m = CaptioningRNN(W2I, input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell, dtype=np.float64,
-                      seed=11)
+    m = CaptioningRNN(W2I, input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell,
+                      dtype=np.float64, seed=11)
     m.params["b"] += rng.standard_normal(m.params["b"].shape)
     h, c = m.init_state(rng.standard_normal((4, 6)))
     words = np.array([START, 5, 5, 9])

@@ -114,9 +114,9 @@ def test_caption_images_good_pictures_and_a_bad_one(shared, tmp_path):
     paths = [pics[0], bad, pics[1], pics[2]]
     out = caption_images(model, paths, beam_size=2, n_best=2, max_length=5, batch_size=2)
     assert [p for p, _, _ in out] == paths
-    path, caps, err = out[1]
+    _, caps, err = out[1]
     assert caps is None and "notes.jpg" in err and "not an image" in err
-    for path, caps, err in (out[0], out[2], out[3]):
+    for _, caps, err in (out[0], out[2], out[3]):
         assert err is None and len(caps) == 2 and caps[0][1] >= caps[1][1]
         for text, logprob in caps:
             words = text.split()

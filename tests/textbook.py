@@ -183,7 +183,8 @@ def textbook_loss(params, features, captions, cell, null=0, start=1):
     prev_h, prev_c = h0, np.zeros((N, H))
     for t in range(T):
         if cell == "lstm":
-            prev_h, prev_c, cache = lstm_step_forward(x[:, t], prev_h, prev_c, p["Wx"], p["Wh"], p["b"])
+            prev_h, prev_c, cache = lstm_step_forward(x[:, t], prev_h, prev_c, p["Wx"], p["Wh"],
+                                                      p["b"])
         else:
             prev_h, cache = rnn_step_forward(x[:, t], prev_h, p["Wx"], p["Wh"], p["b"])
         hs.append(prev_h)
@@ -203,7 +204,8 @@ def textbook_loss(params, features, captions, cell, null=0, start=1):
             dx[:, t], dprev_h, dprev_c, dWx_t, dWh_t, db_t = lstm_step_backward(
                 dh[:, t] + dprev_h, dprev_c, caches[t])
         else:
-            dx[:, t], dprev_h, dWx_t, dWh_t, db_t = rnn_step_backward(dh[:, t] + dprev_h, caches[t])
+            dx[:, t], dprev_h, dWx_t, dWh_t, db_t = rnn_step_backward(dh[:, t] + dprev_h,
+                                                                      caches[t])
         dWx += dWx_t
         dWh += dWh_t
         db += db_t
@@ -247,7 +249,8 @@ def train_step(params, configs, features, captions, cell, null=0, start=1):
 
 
 def _grad_check(cell, seed=0):
-    """Centred finite differences on a tiny problem; returns the worst error relative to each gradient's max."""
+    """Centred finite differences on a tiny problem; returns the worst error relative to
+    each gradient's max."""
     rng = np.random.default_rng(seed)
     N, T, D, W, H, V = 3, 5, 4, 3, 5, 7
     params = init_params(V, D, W, H, cell, seed)
