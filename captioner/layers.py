@@ -86,7 +86,8 @@ def rnn_backward(dh, cache):
     N, T, _ = x_shape
     dx = np.zeros(x_shape, dtype=dh.dtype)
     _, _, Wx, Wh, _ = caches[0]
-    dWx, dWh, db = np.zeros_like(Wx, dtype=dh.dtype), np.zeros_like(Wh, dtype=dh.dtype), 0
+    dWx, dWh = np.zeros_like(Wx, dtype=dh.dtype), np.zeros_like(Wh, dtype=dh.dtype)
+    db = np.zeros(Wh.shape[1], dtype=dh.dtype)
     dprev_h = np.zeros((N, dh.shape[2]), dtype=dh.dtype)
     for t in reversed(range(T)):
         # h_t feeds the scores of step t (dh) and the next step (dprev_h); steps past a
@@ -95,7 +96,7 @@ def rnn_backward(dh, cache):
         dx[:, t], dprev_h, dWx_t, dWh_t, db_t = rnn_step_backward(dnext_h, caches[t])
         dWx += dWx_t                         # the weights are shared by every step
         dWh += dWh_t
-        db = db + db_t
+        db += db_t
     return dx, dprev_h, dWx, dWh, db
 
 
@@ -175,7 +176,8 @@ def lstm_backward(dh, cache):
     H = dh.shape[2]
     dx = np.zeros(x_shape, dtype=dh.dtype)
     Wx, Wh = caches[0][3], caches[0][4]
-    dWx, dWh, db = np.zeros_like(Wx, dtype=dh.dtype), np.zeros_like(Wh, dtype=dh.dtype), 0
+    dWx, dWh = np.zeros_like(Wx, dtype=dh.dtype), np.zeros_like(Wh, dtype=dh.dtype)
+    db = np.zeros(Wh.shape[1], dtype=dh.dtype)
     dprev_h = np.zeros((N, H), dtype=dh.dtype)
     dprev_c = np.zeros((N, H), dtype=dh.dtype)
     for t in reversed(range(T)):
@@ -184,7 +186,7 @@ def lstm_backward(dh, cache):
             dnext_h, dprev_c, caches[t])
         dWx += dWx_t
         dWh += dWh_t
-        db = db + db_t
+        db += db_t
     return dx, dprev_h, dWx, dWh, db
 
 

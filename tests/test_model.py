@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import textbook
 from captioner.errors import CaptionerError
 from captioner.model import PARAM_NAMES, CaptioningRNN
 from gradcheck import numeric_grad, rel_error
@@ -140,6 +141,11 @@ def test_fast_loss_equals_textbook(cell):
     feats = rng.standard_normal((30, 6))
     caps = coco_length_captions(rng, 30)
     assert_same(*m.loss(feats, caps), *textbook_loss(m.params, feats, caps, cell), 1e-10)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_textbook_gradcheck(cell):
+    assert textbook._grad_check(cell) < 1e-6
 
 
 def test_cs231n_vocabulary_without_start_end():

@@ -6,15 +6,16 @@ in backward that accumulates dWx/dWh step by step, np.add.at for the
 embedding gradient and Adam in its plain form. Everything is float64.
 
 It serves two purposes:
-  * scripts/bench.py times it as the "textbook" baseline;
-  * tests import textbook_loss() to check captioner's model gives the same
-    loss and gradients (it is independent code, so agreement means something).
+  * scripts/benchmarks/train.py times it as the "textbook" baseline;
+  * tests/test_model.py checks that captioner's model gives the same loss and
+    gradients (it is independent code, so agreement means something), and
+    gradient-checks it (_grad_check).
 
 Shapes: N captions, T+1 tokens each (T time steps), D feature dim,
 W word-vector dim, H hidden dim, V vocabulary size.
 Parameters use the names of captioner.model.CaptioningRNN.params.
 
-Run directly for a gradient check: python scripts/textbook.py
+Run directly for a gradient check: python tests/textbook.py
 """
 
 import numpy as np
