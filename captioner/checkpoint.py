@@ -147,6 +147,10 @@ def load_model(path, dtype=np.float32):
         word_to_idx = {w: i for i, w in enumerate(vocab)}
         if len(word_to_idx) != len(vocab) or not all(isinstance(w, str) for w in vocab):
             raise ValueError("vocabulary has duplicate or non-string words")
+        for tok in ("<NULL>", "<START>", "<END>"):   # a model trained by captioner can sample
+            if tok not in word_to_idx:
+                raise CaptionerError(f"{path}: vocabulary has no {tok} token; not a checkpoint "
+                                     f"written by `captioner train`")
         dims = {k: cfg[k] for k in ("input_dim", "wordvec_dim", "hidden_dim")}
         if not all(type(v) is int and v > 0 for v in dims.values()):
             raise ValueError(f"sizes must be positive integers, got {dims}")
