@@ -73,7 +73,7 @@ def resume_state(meta, optim_arrays, history, dtype=np.float32, path="checkpoint
     for key, default in dict(DEFAULTS, max_train=None).items():
         v = settings.get(key, default)
         if key == "optimizer":
-            ok = v in OPTIMIZERS
+            ok = isinstance(v, str) and v in OPTIMIZERS   # a list would not even hash
         elif key == "keep_best":
             ok = v in ("loss", "cider")
         elif key == "max_train":
