@@ -7,11 +7,11 @@ from click.testing import CliRunner
 
 from captioner import demo
 from captioner import encoder as E
+from captioner.cli import cli
 from captioner.data import load_vocab
 from captioner.errors import CaptionerError
 from captioner.model import CaptioningRNN
 from captioner.pictures import caption_images
-from captioner.cli import cli
 from fixtures import build_dataset
 
 

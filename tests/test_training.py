@@ -19,8 +19,8 @@ from fixtures import build_dataset
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return str(build_dataset(tmp_path_factory.mktemp("coco"), n_train_images=60, captions_per_image=5,
-                             n_val_images=10, feature_dim=48, seed=1))
+    return str(build_dataset(tmp_path_factory.mktemp("coco"), n_train_images=60,
+                             captions_per_image=5, n_val_images=10, feature_dim=48, seed=1))
 
 
 def run(*args):
@@ -79,7 +79,8 @@ def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
 
     checkpoint.save = spy
     try:
-        training.train(data, partial, run_dir, progress=False, log=lambda *_: None, **settings_partial)
+        training.train(data, partial, run_dir, progress=False, log=lambda *_: None,
+                       **settings_partial)
     finally:
         checkpoint.save = real_save
     model, meta, optim, history = checkpoint.load_model(saved["step7"])
@@ -95,14 +96,16 @@ def test_nan_loss_stops_with_clear_message(dataset, tmp_path):
     model = small_model(data)
     model.params["W_vocab"][:] = np.nan
     with pytest.raises(CaptionerError, match="diverged"):
-        training.train(data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL)
+        training.train(data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1,
+                       **SMALL)
     assert not os.path.exists(tmp_path / "last.npz")  # nothing NaN was saved
 
 
 def test_checkpoint_round_trip_and_metadata(dataset, tmp_path):
     data = load_coco_data(dataset)
     model = small_model(data, "rnn")
-    training.train(data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL)
+    training.train(data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1,
+                   **SMALL)
     loaded, meta, optim, history = checkpoint.load_model(tmp_path / "last.npz")
     for k, v in model.params.items():
         np.testing.assert_array_equal(loaded.params[k], v)
@@ -141,7 +144,8 @@ class _Payload:
 def test_pickle_is_refused_without_running(tmp_path):
     target = tmp_path / "pwned"
     evil = tmp_path / "evil.npz"
-    np.savez(evil, meta=np.array("{}"), **{"param/W": np.array([_Payload(str(target))], dtype=object)})
+    np.savez(evil, meta=np.array("{}"),
+             **{"param/W": np.array([_Payload(str(target))], dtype=object)})
     with pytest.raises(CaptionerError, match="pickle"):
         checkpoint.load(evil)
     raw = tmp_path / "raw.npz"
@@ -232,14 +236,17 @@ def test_train_resume_sample_info(tmp_path):
     assert [r["image_id"] for r in results] == [int(n[-16:-4]) for n in names]
     assert all(isinstance(r["caption"], str) and r["caption"] for r in results)
     # Without --data, the checkpoint's own training folder (as `sample --split` does).
-    result = run("evaluate", "--checkpoint", out / "best.npz", "--max-images", 20, "--beam-size", 2,
+    result = run("evaluate", "--checkpoint", out / "best.npz", "--max-images", 20,
+                 "--beam-size", 2,
                  "--no-meteor", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["scores"] == scores
     # The saved file is a valid results file for `evaluate --results`.
     refs = tmp_path / "refs.json"
-    refs.write_text(json.dumps({"images": [{"id": r["image_id"]} for r in results], "annotations": [
-        {"id": i, "image_id": r["image_id"], "caption": r["caption"]} for i, r in enumerate(results)]}))
+    refs.write_text(json.dumps({
+        "images": [{"id": r["image_id"]} for r in results],
+        "annotations": [{"id": i, "image_id": r["image_id"], "caption": r["caption"]}
+                        for i, r in enumerate(results)]}))
     result = run("evaluate", "--results", saved, "--references", refs, "--no-meteor", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["scores"]["ROUGE_L"] > 0.999  # scored against itself
@@ -281,14 +288,16 @@ def test_second_writer_is_refused(tmp_path):
 def test_eval_every_and_keep_best_cider(dataset, tmp_path):
     out = tmp_path / "run"
     result = run("train", "--data", dataset, "--epochs", 2, "--hidden-dim", 16, "--wordvec-dim", 8,
-                 "--batch-size", 50, "--eval-every", 1, "--keep-best", "cider", "--quiet", "--out", out)
+                 "--batch-size", 50, "--eval-every", 1, "--keep-best", "cider", "--quiet",
+                 "--out", out)
     assert result.exit_code == 0, result.output
     history = json.loads((out / "history.json").read_text())
     assert all("CIDEr" in r and "Bleu_4" in r for r in history["epochs"])
     assert history["best"]["metric"] == "CIDEr"
     best = max(history["epochs"], key=lambda r: r["CIDEr"])
     assert history["best"]["epoch"] == best["epoch"]
-    assert run("train", "--data", dataset, "--keep-best", "cider").exit_code == 2  # needs --eval-every
+    # --keep-best cider needs --eval-every
+    assert run("train", "--data", dataset, "--keep-best", "cider").exit_code == 2
 
 
 def test_overfit_gives_the_verdict_to_library_callers(dataset):
