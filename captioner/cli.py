@@ -83,37 +83,61 @@ def cli():
 
 # ---------------------------------------------------------------- train
 
+def train_options(many=False):
+    """The options of `train`, shared with `compare`. many: --cell and --weight-decay take
+    several values (compare trains one run per cell and L2 strength)."""
+    options = [
+        click.option("--cell", type=click.Choice(["lstm", "rnn"]), multiple=many,
+                     default=("rnn", "lstm") if many else "lstm", show_default=True,
+                     help="Decoder cell" + (" (repeat: one run each)." if many else ".")),
+        click.option("--epochs", type=COUNT, default=10, show_default=True),
+        click.option("--batch-size", type=COUNT, default=100, show_default=True),
+        click.option("--lr", type=POSITIVE, default=1e-3, show_default=True, help="Learning rate."),
+        click.option("--lr-decay", type=POSITIVE, default=0.95, show_default=True,
+                     help="Multiply the learning rate by this after every epoch."),
+        click.option("--optimizer", type=click.Choice(["adam", "sgd", "sgd_momentum", "rmsprop"]),
+                     default="adam", show_default=True),
+        click.option("--weight-decay", type=NON_NEGATIVE, multiple=many,
+                     default=(0.0,) if many else 0.0, show_default=True,
+                     help="L2 penalty on the weight matrices"
+                          + (" (repeat: one run per cell and value)." if many else ".")),
+        click.option("--clip-norm", type=NON_NEGATIVE, default=0.0, show_default=True,
+                     help="Clip the global gradient norm to this (0: off)."),
+        click.option("--hidden-dim", type=click.IntRange(1, 16384), default=512, show_default=True),
+        click.option("--wordvec-dim", type=click.IntRange(1, 16384), default=256,
+                     show_default=True),
+        click.option("--max-train", type=COUNT, default=None,
+                     help="Keep only the first N training captions."),
+        click.option("--val-size", type=click.IntRange(min=0), default=1000, show_default=True,
+                     help="Validation captions scored after every epoch (a fixed subset)."),
+        click.option("--save-every", type=click.IntRange(min=0), default=1000, show_default=True,
+                     help="Also save `last` every N steps (0: only at epoch ends)."),
+        click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Every N epochs, BLEU-4 and CIDEr-D of greedy captions on 200 val "
+                          "images."),
+        click.option("--keep-best", type=click.Choice(["loss", "cider"]), default="loss",
+                     show_default=True, help="What `best.npz` means: lowest val loss, or highest "
+                                             "CIDEr-D (needs --eval-every)."),
+        click.option("--seed", type=SEED, default=0, show_default=True),
+        click.option("--out", type=click.Path(file_okay=False), default=None,
+                     help="Parent directory of the runs (default runs/<timestamp>-compare)."
+                     if many else "Run directory (default runs/<timestamp>-<cell>)."),
+        click.option("--resume", type=click.Path(exists=True), default=None,
+                     help="Continue a comparison: its --out directory. --epochs may extend it."
+                     if many else "Continue a run: its directory or a checkpoint. --epochs may "
+                                  "extend it."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+
+    def apply(f):
+        for option in reversed(options):
+            f = option(f)
+        return data_option(f)
+    return apply
+
+
 @cli.command()
-@data_option
-@click.option("--cell", type=click.Choice(["lstm", "rnn"]), default="lstm", show_default=True)
-@click.option("--epochs", type=COUNT, default=10, show_default=True)
-@click.option("--batch-size", type=COUNT, default=100, show_default=True)
-@click.option("--lr", type=POSITIVE, default=1e-3, show_default=True, help="Learning rate.")
-@click.option("--lr-decay", type=POSITIVE, default=0.95, show_default=True,
-              help="Multiply the learning rate by this after every epoch.")
-@click.option("--optimizer", type=click.Choice(["adam", "sgd", "sgd_momentum", "rmsprop"]),
-              default="adam", show_default=True)
-@click.option("--weight-decay", type=NON_NEGATIVE, default=0.0, show_default=True,
-              help="L2 penalty on the weight matrices.")
-@click.option("--clip-norm", type=NON_NEGATIVE, default=0.0, show_default=True,
-              help="Clip the global gradient norm to this (0: off).")
-@click.option("--hidden-dim", type=click.IntRange(1, 16384), default=512, show_default=True)
-@click.option("--wordvec-dim", type=click.IntRange(1, 16384), default=256, show_default=True)
-@click.option("--max-train", type=COUNT, default=None, help="Keep only the first N training captions.")
-@click.option("--val-size", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Validation captions scored after every epoch (a fixed subset).")
-@click.option("--save-every", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Also save `last` every N steps (0: only at epoch ends).")
-@click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Every N epochs, BLEU-4 and CIDEr-D of greedy captions on 200 val images.")
-@click.option("--keep-best", type=click.Choice(["loss", "cider"]), default="loss", show_default=True,
-              help="What `best.npz` means: lowest val loss, or highest CIDEr-D (needs --eval-every).")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run directory (default runs/<timestamp>-<cell>).")
-@click.option("--resume", type=click.Path(exists=True), default=None,
-              help="Continue a run: its directory or a checkpoint. --epochs may extend it.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@train_options()
 @click.pass_context
 def train(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer, weight_decay,
           clip_norm, hidden_dim, wordvec_dim, max_train, val_size, save_every, eval_every, keep_best,
@@ -221,6 +245,147 @@ def overfit(data, features, small, cell, n, epochs):
                    f"their ground truth")
     if not all(r["passed"] for r in results.values()):
         sys.exit(1)
+
+
+# ---------------------------------------------------------------- gradients
+
+@cli.command()
+@click.option("--checkpoint", "ckpts", type=click.Path(exists=True, dir_okay=False), multiple=True,
+              help="A trained model (repeat to compare several).")
+@click.option("--cell", "cells", type=click.Choice(["rnn", "lstm"]), multiple=True,
+              help="A fresh model, initialised as `train` would (repeat: --cell rnn --cell lstm).")
+@data_option
+@click.option("--split", type=click.Choice(["train", "val"]), default="val", show_default=True)
+@click.option("--count", type=COUNT, default=500, show_default=True,
+              help="Use the first N captions of the split, in file order.")
+@click.option("--length", type=click.IntRange(min=2), default=None,
+              help="Also feed L random words per image: the decay past caption lengths.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="Seed of the fresh models and of the random words.")
+@click.option("--hidden-dim", type=click.IntRange(1, 16384), default=512, show_default=True,
+              help="Fresh models only.")
+@click.option("--wordvec-dim", type=click.IntRange(1, 16384), default=256, show_default=True,
+              help="Fresh models only.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Draw log gradient norm against distance, every model on one chart (PNG).")
+def gradients(ckpts, cells, data, features, split, count, length, seed, hidden_dim, wordvec_dim,
+              as_json, plot):
+    """How far back the training signal reaches: RNN vs LSTM, through time.
+
+    \b
+    For each caption, the gradient of its last word's loss with respect to every
+    earlier hidden state (and the LSTM's cell state), and of every word's loss
+    with respect to the image projection h0: mean norms by distance, the
+    per-step gain, the LSTM's forget gate and the largest singular value of Wh.
+    Example:
+      captioner gradients --cell rnn --cell lstm --data data/demo/dataset --plot flow.png
+      captioner gradients --checkpoint runs/rnn/last.npz --checkpoint runs/lstm/last.npz
+    """
+    import json
+
+    from . import gradients as flow
+    from . import plots
+    from .model import CaptioningRNN
+    from .training import load_model
+
+    if not ckpts and not cells:
+        raise click.UsageError("give --checkpoint FILE or --cell rnn|lstm (each may repeat)")
+    if plot:
+        plots.check_writable(plot)
+    # Load and check everything first: a bad input stops before any work.
+    models, loaded = [], {}
+    for ckpt in ckpts:
+        model, meta, _, _ = load_model(ckpt)
+        d = _checkpoint_data(ckpt, meta, data, split)
+        models.append((ckpt, model, d))
+    for cell in cells:
+        key = (data, features)
+        if key not in loaded:
+            loaded[key] = _load_data(data, features, splits=(split,))
+        d = loaded[key]
+        model = CaptioningRNN(d["word_to_idx"], input_dim=d["feature_dim"], wordvec_dim=wordvec_dim,
+                              hidden_dim=hidden_dim, cell_type=cell, seed=seed)
+        models.append((f"{cell} (fresh, seed {seed})", model, d))
+    batches = [flow.first_captions(d, split, count) for _, _, d in models]
+    runs = [flow.measure(model, feats, caps, label, length=length, seed=seed)
+            for (label, model, _), (feats, caps) in zip(models, batches)]
+    if plot:
+        plots.gradient_plot(runs, plot)
+    if as_json:
+        click.echo(json.dumps({"runs": runs}))
+        return
+    bases = sorted({d["base_dir"] for _, _, d in models})
+    what = f"the first {len(batches[0][1])} captions of {split} in {', '.join(bases)}"
+    for line in flow.format_table(runs, what):
+        click.echo(line)
+    if plot:
+        click.echo(f"plot: {plot}")
+
+
+# ---------------------------------------------------------------- compare
+
+@cli.command()
+@train_options(many=True)
+@click.option("--count", type=COUNT, default=500, show_default=True,
+              help="Val captions for the gradient-flow summary.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Draw the loss curves of all runs on one chart (PNG).")
+@click.pass_context
+def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer, weight_decay,
+            clip_norm, hidden_dim, wordvec_dim, max_train, val_size, save_every, eval_every,
+            keep_best, seed, out, resume, quiet, count, plot):
+    """Train the RNN and the LSTM alike and compare them in one table.
+
+    \b
+    Same data, order, seed and settings for every run (every `train` option
+    works); one run directory each under --out. Repeat --weight-decay to
+    compare L2 strengths. Interrupted? `--resume DIR` continues where it stopped.
+    Example:
+      captioner compare --data data/demo/dataset --epochs 10 --out runs/cmp --plot loss.png
+      captioner compare --resume runs/cmp
+    """
+    from . import compare as cmp
+    from . import plots, training
+
+    if plot:
+        plots.check_writable(plot)
+    given = {p for p in ctx.params
+             if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT}
+    if resume:
+        parent = resume
+        plan = cmp.load_plan(parent, epochs if "epochs" in given else None)
+        s = plan["settings"]
+        d = _load_data(data if "data" in given else s["data_dir"], s["features"],
+                       max_train=s.get("max_train"))
+        click.echo(f"resuming the comparison in {parent}")
+    else:
+        if keep_best == "cider" and not eval_every:
+            raise click.UsageError("--keep-best cider needs --eval-every N")
+        d = _load_data(data, features, max_train=max_train)
+        settings = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                        lr_decay=lr_decay, clip_norm=clip_norm, seed=seed, val_size=val_size,
+                        save_every=save_every, eval_every=eval_every, keep_best=keep_best,
+                        data_dir=os.path.abspath(data), features=d["feature_kind"],
+                        max_train=max_train)
+        parent = training.new_run_dir(out, "compare")
+        plan = cmp.new_plan(parent, cell, weight_decay, settings, hidden_dim, wordvec_dim)
+    try:
+        trained = cmp.train_runs(d, parent, plan, progress=not quiet, log=click.echo)
+    except training.Interrupted as e:
+        click.echo(f"\n{e}; continue with: captioner compare --resume {parent}", err=True)
+        ctx.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped; continue with: captioner compare --resume {parent}", err=True)
+        ctx.exit(130)
+    res = cmp.results(d, trained, count=count)
+    cmp.save_results(parent, plan, res)
+    click.echo("")
+    for line in cmp.format_results(res):
+        click.echo(line)
+    if plot:
+        plots.loss_plot([(r["name"], r["epochs"]) for r in res["runs"]], plot)
+        click.echo(f"plot: {plot}")
 
 
 # ---------------------------------------------------------------- sample
