@@ -165,7 +165,7 @@ def format_results(res):
         ("weight decay (L2)", lambda r: f"{r['weight_decay']:g}"),
         ("gradient gain per step", lambda r: fmt(r["gradients"]["gain_per_step"], ".3f")),
         ("signal halves every (steps)", lambda r: fmt(r["gradients"]["halving_steps"], ".1f")),
-        ("||dl/dh|| at d = 0", lambda r: fmt(r["gradients"]["by_distance"][0]["h"], ".2e")),
+        ("||dl/dh|| at d = 0", lambda r: fmt(_at(r, 0), ".2e")),
         (f"||dl/dh|| at d = {_far(runs)}", lambda r: fmt(_at(r, _far(runs)), ".2e")),
         ("sigma_max(Wh)", lambda r: fmt(r["gradients"]["sigma_max_Wh"], ".2f")),
         ("forget gate mean", lambda r: fmt(_forget(r), ".3f")),
@@ -178,7 +178,7 @@ def format_results(res):
 
 def _far(runs):
     """The largest distance every run reports."""
-    return min(r["gradients"]["by_distance"][-1]["d"] for r in runs)
+    return min((r["gradients"]["by_distance"] or [{"d": 0}])[-1]["d"] for r in runs)
 
 
 def _at(run, d):

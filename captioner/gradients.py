@@ -238,9 +238,11 @@ def measure(model, features, captions, label, length=None, seed=0, min_captions=
     """The whole gradient-flow report of one model on captions (N, T+1) of features (N, D).
 
     length: also feed `length` random words per image (the synthetic check past caption
-    lengths; its entry is under "synthetic"). -> one run dict (see summarise).
+    lengths; its entry is under "synthetic"). A distance or position is reported when
+    min_captions captions reach it (all of them when there are fewer). -> one run dict.
     """
     null = model.word_to_idx["<NULL>"]
+    min_captions = min(min_captions, len(captions))   # fewer captions than that: all of them
     norms = caption_norms(model.params, model.cell_type, features, captions, null)
     run = summarise(norms, model.params, model.cell_type, label, min_captions)
     run["synthetic"] = None

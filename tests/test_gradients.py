@@ -5,6 +5,9 @@ decoder with a perturbation added to one hidden state h_t, cell state c_t or h0,
 one caption's single-word loss. Central differences of it give dl_{n,t}/dh etc., whose norms
 must equal the figures gradients.caption_norms computes through the project's backward pass.
 """
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -160,3 +163,126 @@ def test_fresh_lstm_forget_gate_starts_near_half():
     syn = run["synthetic"]
     assert syn["length"] == 12 and [r["d"] for r in syn["by_distance"]] == list(range(12))
     assert all(r["captions"] == len(feats) for r in syn["by_distance"])
+
+
+# ---------------------------------------------------------------- the command
+
+def cli_run(*args):
+    from click.testing import CliRunner
+
+    from captioner.cli import cli
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A small dataset (30 val captions) and a checkpoint trained on it."""
+    from captioner import training
+    from captioner.data import load_coco_data
+    from fixtures import build_dataset
+
+    root = tmp_path_factory.mktemp("flow")
+    data_dir = build_dataset(root / "data", n_train_images=8, captions_per_image=5, n_val_images=6,
+                             feature_dim=8, vocab_size=40, seed=2)
+    d = load_coco_data(data_dir)
+    model = CaptioningRNN(d["word_to_idx"], input_dim=8, wordvec_dim=6, hidden_dim=7,
+                          cell_type="rnn", seed=0)
+    os.makedirs(root / "run")
+    training.train(d, model, str(root / "run"), progress=False, log=lambda *_: None, epochs=1,
+                   batch_size=10, val_size=5, data_dir=str(data_dir), features="pca")
+    return root
+
+
+def test_command_json_plot_and_table(tiny_data, tmp_path):
+    from captioner.data import load_coco_data
+
+    data = tiny_data / "data"
+    plot = tmp_path / "flow.png"
+    common = ["--data", data, "--count", 25, "--hidden-dim", 6, "--wordvec-dim", 5]
+    result = cli_run("gradients", "--cell", "rnn", "--cell", "lstm", *common, "--length", 4,
+                     "--json", "--plot", plot)
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.output)["runs"]
+    assert [(r["cell"], r["label"]) for r in runs] == \
+        [("rnn", "rnn (fresh, seed 0)"), ("lstm", "lstm (fresh, seed 0)")]
+    for r in runs:
+        assert set(r) >= {"label", "cell", "by_distance", "to_image", "gain_per_step",
+                          "halving_steps", "sigma_max_Wh", "forget_gate_mean"}
+        assert r["by_distance"][0]["d"] == 0 and r["by_distance"][0]["captions"] == 25
+        assert all(row["captions"] >= 20 for row in r["by_distance"] + r["to_image"])
+        assert [x["d"] for x in r["synthetic"]["by_distance"]] == [0, 1, 2, 3]
+    assert all(row["c"] is None for row in runs[0]["by_distance"])
+    assert runs[0]["forget_gate_mean"] is None
+    assert all(row["c"] > 0 for row in runs[1]["by_distance"])
+    assert all(0 < row["mean"] < 1 for row in runs[1]["forget_gate_mean"])
+    # the figures are those of the library on the split's first 25 captions in file order
+    d = load_coco_data(data, splits=("val",))
+    feats, caps = gradients.first_captions(d, "val", 25)
+    np.testing.assert_array_equal(caps, d["val_captions"][:25])
+    model = CaptioningRNN(d["word_to_idx"], input_dim=8, wordvec_dim=5, hidden_dim=6,
+                          cell_type="lstm", seed=0)
+    want = gradients.measure(model, feats, caps, "x")
+    assert [x["h"] for x in runs[1]["by_distance"]] == \
+        pytest.approx([x["h"] for x in want["by_distance"]], rel=1e-9)
+    png = plot.read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) < 100_000
+
+    result = cli_run("gradients", "--checkpoint", tiny_data / "run" / "last.npz", "--cell", "lstm",
+                     *common)
+    assert result.exit_code == 0, result.output
+    assert "by distance d" in result.output and "reach to the image" in result.output
+    assert f"{tiny_data / 'run' / 'last.npz'}: gain per step" in result.output
+    assert "lstm (fresh, seed 0): gain per step" in result.output
+
+
+def corrupt_val_captions(src, dst, captions):
+    """A copy of dataset src whose val captions are replaced by `captions`."""
+    import shutil
+
+    import h5py
+    shutil.copytree(src, dst)
+    with h5py.File(dst / "coco2014_captions.h5", "a") as f:
+        n = len(f["val_captions"])
+        del f["val_captions"]
+        f["val_captions"] = np.broadcast_to(captions, (n, len(captions))).astype(np.int32)
+    return dst
+
+
+def test_bad_inputs_are_one_line_and_write_nothing(tiny_data, tmp_path, monkeypatch):
+    from fixtures import build_dataset
+
+    data = tiny_data / "data"
+    ckpt = tiny_data / "run" / "last.npz"
+    other = build_dataset(tmp_path / "other", n_train_images=4, captions_per_image=2,
+                          n_val_images=3, feature_dim=8, vocab_size=50, seed=3)
+    empty = corrupt_val_captions(data, tmp_path / "empty", [1, 0, 0, 0, 0])   # <START> then <NULL>
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    cases = [
+        (["--checkpoint", ckpt, "--data", other], str(ckpt), "vocabulary"),
+        (["--cell", "rnn", "--data", empty], str(empty), "no caption"),
+        (["--cell", "rnn", "--data", data, "--plot", tmp_path / "no" / "dir" / "p.png"],
+         str(tmp_path / "no" / "dir" / "p.png"), "does not exist"),
+        (["--cell", "rnn", "--data", data, "--plot", work / "flow.jpg"], "flow.jpg", ".png"),
+    ]
+    for args, name, why in cases:
+        result = cli_run("gradients", *args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = [ln for ln in result.output.splitlines() if ln.startswith("captioner: error:")]
+        assert len(lines) == 1 and name in lines[0] and why in lines[0], (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    for args, option in [(["--cell", "rnn", "--count", 0], "--count"),
+                         (["--cell", "lstm", "--length", 1], "--length"),
+                         (["--data", data], "--checkpoint"),
+                         (["--cell", "rnn", "--data", data, "--plot", tmp_path], "--plot")]:
+        result = cli_run("gradients", *args)
+        assert result.exit_code == 2, result.output
+        assert [ln for ln in result.output.splitlines() if ln.startswith("Error:")
+                and option in ln], result.output
+    assert os.listdir(work) == []
+    assert not (tmp_path / "no").exists() and sorted(os.listdir(tmp_path)) == \
+        ["cwd", "empty", "other"]
