@@ -261,23 +261,24 @@ def format_table(runs, what):
     lines = [f"gradient of one word's loss (float64), mean over {what}"]
 
     def table(title, index, rows_of, fields):
-        W = 11
-        head = f"{'':>4} {'':>8}"
-        sub = f"{index:>4} {'captions':>8}"
+        widths = []     # per run: one column width for each of its fields, wide enough for the label
+        head, sub = f"{'':>4} {'':>8}", f"{index:>4} {'captions':>8}"
         for run in runs:
-            width = (W + 2) * len(fields(run)) - 2
-            head += f"  {run['label'][-width:]:>{width}}"
-            sub += "".join(f"  {f:>{W}}" for f in fields(run))
+            k = len(fields(run))
+            cw = max(11, -(-(len(run["label"]) - 2 * (k - 1)) // k))
+            widths.append(cw)
+            head += f"  {run['label']:>{k * cw + 2 * (k - 1)}}"
+            sub += "".join(f"  {f:>{cw}}" for f in fields(run))
         lines.extend(["", title, head, sub])
         by = [{r[index]: r for r in rows_of(run)} for run in runs]
-        for k in sorted(set().union(*by)):
-            n = next(b[k]["captions"] for b in by if k in b)
+        for key in sorted(set().union(*by)):
+            n = next(b[key]["captions"] for b in by if key in b)
             cells = ""
-            for run, b in zip(runs, by):
+            for run, b, cw in zip(runs, by, widths):
                 for f in fields(run):
-                    v = b.get(k, {}).get(f)
-                    cells += f"  {'-' if v is None else format(v, '.3e'):>{W}}"
-            lines.append(f"{k:4d} {n:8d}{cells}")
+                    v = b.get(key, {}).get(f)
+                    cells += f"  {'-' if v is None else format(v, '.3e'):>{cw}}"
+            lines.append(f"{key:4d} {n:8d}{cells}")
 
     def hc(run):
         return ["dl/dh", "dl/dc"] if run["cell"] == "lstm" else ["dl/dh"]
