@@ -5,6 +5,7 @@ Every run gets the same data, data order, initialisation seed and settings; only
 
     compare.json     the plan (cells, weight decays, settings), then the results
     gradients.json   the gradient flow of every trained model (`captioner gradients --json`)
+    compare-loss.png, gradients.png   their charts (the names `captioner report` looks for)
     <cell>[-wd<L2>]/ one ordinary run directory each (`captioner train --resume` works on it)
 
 A killed compare resumes run by run: finished runs are kept, the interrupted one continues

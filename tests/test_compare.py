@@ -51,7 +51,8 @@ def reference(data, tmp_path_factory):
 
 def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
     out, output = reference
-    assert sorted(os.listdir(out)) == ["compare.json", "gradients.json", "lstm", "rnn"]
+    assert sorted(os.listdir(out)) == ["compare-loss.png", "compare.json", "gradients.json",
+                                       "gradients.png", "lstm", "rnn"]
     # each run is the run `captioner train` makes with the same options
     for cell in ("rnn", "lstm"):
         alone = tmp_path / cell
@@ -106,7 +107,8 @@ def test_weight_decays_and_refusals(data, reference, tmp_path, monkeypatch):
     result = run("compare", "--data", data, *TINY, "--epochs", 1, "--out", out, "--cell", "lstm",
                  "--weight-decay", 0, "--weight-decay", 0.01)
     assert result.exit_code == 0, result.output
-    assert sorted(os.listdir(out)) == ["compare.json", "gradients.json", "lstm-wd0", "lstm-wd0.01"]
+    assert sorted(os.listdir(out)) == ["compare-loss.png", "compare.json", "gradients.json",
+                                       "gradients.png", "lstm-wd0", "lstm-wd0.01"]
     decays = [json.loads((out / n / "history.json").read_text())["settings"]["weight_decay"]
               for n in ("lstm-wd0", "lstm-wd0.01")]
     assert decays == [0.0, 0.01]
