@@ -385,7 +385,8 @@ def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimiz
         click.echo(line)
     for path in filter(None, [plot, os.path.join(parent, "compare-loss.png")]):
         plots.loss_plot([(r["name"], r["epochs"]) for r in res["runs"]], path)
-    plots.gradient_plot([r["gradients"] for r in res["runs"]], os.path.join(parent, "gradients.png"))
+    plots.gradient_plot([r["gradients"] for r in res["runs"]],
+                        os.path.join(parent, "gradients.png"))
     click.echo(f"written: {parent}/compare.json, gradients.json, compare-loss.png, gradients.png"
                + (f"; plot: {plot}" if plot else ""))
 

@@ -42,8 +42,9 @@ def first_captions(data, split, count):
     null = data["word_to_idx"]["<NULL>"]
     real = np.flatnonzero((captions[:, 1:] != null).any(axis=1))[:count]
     if len(real) == 0:
-        raise CaptionerError(f"{data['base_dir']}: split '{split}' has no caption with a word in it "
-                             f"(every target is <NULL>); choose another --split or rebuild the data")
+        raise CaptionerError(f"{data['base_dir']}: split '{split}' has no caption with a word "
+                             f"in it (every target is <NULL>); choose another --split or rebuild "
+                             f"the data")
     idx = data[f"{split}_image_idxs"][real]
     order = np.argsort(idx, kind="stable")    # HDF5-backed features want increasing rows
     feats = np.empty((len(real), data["feature_dim"]), dtype=np.float64)
@@ -54,7 +55,8 @@ def first_captions(data, split, count):
 def random_sequences(vocab, features, length, seed):
     """Synthetic captions for the --length check: `length` random input words and a random
     target word at the last step, per image feature. -> captions (N, length + 1) int64."""
-    words = np.array([i for i, w in enumerate(vocab) if w not in ("<NULL>", "<START>", "<END>", "<UNK>")])
+    special = ("<NULL>", "<START>", "<END>", "<UNK>")
+    words = np.array([i for i, w in enumerate(vocab) if w not in special])
     rng = np.random.default_rng([seed, length])
     return words[rng.integers(len(words), size=(len(features), length + 1))]
 
@@ -101,7 +103,7 @@ def _word_loss_grad(p, h, targets, rows):
     return dh
 
 
-def _backward(p, lstm, caches, o, tc, inject, t_top, on_step=None):
+def _backward(lstm, caches, o, tc, inject, t_top, on_step=None):
     """Backpropagate upstream gradients on the h_t, from step t_top down to 0.
 
     inject(t) -> (N, H) gradient of the losses on h_t (or None). on_step(t, dh_t, dc_t)
@@ -174,7 +176,7 @@ def _chunk_norms(p, lstm, features, captions, null, to_image):
         if dc is not None:
             out["c"][rows, last[rows] - t] = np.linalg.norm(dc[rows], axis=1)
 
-    _backward(p, lstm, caches, o, tc, inject_last, int(last.max()), record)
+    _backward(lstm, caches, o, tc, inject_last, int(last.max()), record)
     if lstm:
         out["forget"] = np.where(np.arange(T)[None, :] <= last[:, None], f.mean(axis=2), np.nan)
     if to_image:
@@ -184,7 +186,7 @@ def _chunk_norms(p, lstm, features, captions, null, to_image):
             if not rows.any():
                 continue
             dl = _word_loss_grad(p, hs[t], targets[:, t], rows)
-            dh0 = _backward(p, lstm, caches, o, tc, lambda s, t=t, dl=dl: dl if s == t else None, t)
+            dh0 = _backward(lstm, caches, o, tc, lambda s, t=t, dl=dl: dl if s == t else None, t)
             out["image"][rows, t] = np.linalg.norm(dh0[rows], axis=1)
     return out
 
@@ -261,7 +263,7 @@ def format_table(runs, what):
     lines = [f"gradient of one word's loss (float64), mean over {what}"]
 
     def table(title, index, rows_of, fields):
-        widths = []     # per run: one column width for each of its fields, wide enough for the label
+        widths = []     # per run: the width of each of its columns, enough for its label
         head, sub = f"{'':>4} {'':>8}", f"{index:>4} {'captions':>8}"
         for run in runs:
             k = len(fields(run))
@@ -290,7 +292,7 @@ def format_table(runs, what):
           lambda r: keyed(r["by_distance"]), hc)
     table("reach to the image by target position t: ||dl_{n,t} / dh0_n||", "t",
           lambda r: [dict(x, **{"dl/dh0": x["norm"]}) for x in r["to_image"]],
-          lambda r: ["dl/dh0"])
+          lambda _: ["dl/dh0"])
     if any(r.get("synthetic") for r in runs):
         L = next(r["synthetic"]["length"] for r in runs if r.get("synthetic"))
         table(f"{L} random words per image: ||dl_last / dh_(last-d)||", "d",
@@ -305,11 +307,12 @@ def summary_line(run):
     def gain(g, h):
         if g is None:
             return "gain per step n/a"
-        return f"gain per step {g:.3f} ({'halves every ' + format(h, '.1f') + ' steps' if h else 'no decay'})"
+        return f"gain per step {g:.3f} ({f'halves every {h:.1f} steps' if h else 'no decay'})"
     parts = [gain(run["gain_per_step"], run["halving_steps"])]
     if run.get("synthetic"):
         s = run["synthetic"]
-        parts.append(f"over {s['length']} random words {gain(s['gain_per_step'], s['halving_steps'])}")
+        parts.append(f"over {s['length']} random words "
+                     f"{gain(s['gain_per_step'], s['halving_steps'])}")
     parts.append(f"sigma_max(Wh) {run['sigma_max_Wh']:.2f}")
     if run["forget_gate_mean"]:
         fg = [r["mean"] for r in run["forget_gate_mean"]]

@@ -23,11 +23,13 @@ def check_writable(path):
         raise CaptionerError(f"{path}: folder {folder} does not exist; create it or choose "
                              f"another --plot path")
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise CaptionerError(f"{path}: not writable (permission denied); choose another --plot path")
+        raise CaptionerError(f"{path}: not writable (permission denied); choose another "
+                             f"--plot path")
 
 
 def _figure(ncols, title):
-    from matplotlib.figure import Figure    # Figure alone renders with Agg: no pyplot state
+    # Figure alone renders with Agg: no pyplot state
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4.6 * ncols, 3.8), dpi=90, layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
