@@ -45,11 +45,8 @@ def first_captions(data, split, count):
         raise CaptionerError(f"{data['base_dir']}: split '{split}' has no caption with a word "
                              f"in it (every target is <NULL>); choose another --split or rebuild "
                              f"the data")
-    idx = data[f"{split}_image_idxs"][real]
-    order = np.argsort(idx, kind="stable")    # HDF5-backed features want increasing rows
-    feats = np.empty((len(real), data["feature_dim"]), dtype=np.float64)
-    feats[order] = data[f"{split}_features"][idx[order]]
-    return feats, captions[real]
+    feats = data[f"{split}_features"][data[f"{split}_image_idxs"][real]]
+    return np.asarray(feats, dtype=np.float64), captions[real]
 
 
 def random_sequences(vocab, features, length, seed):
