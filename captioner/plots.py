@@ -64,9 +64,11 @@ def gradient_plot(runs, path):
              ylabel="||dl / dh_(T-d)|| (log scale)", title="by distance")
     right.set(yscale="log", xlabel="target position t (words)",
               ylabel="||dl_t / dh0|| (log scale)", title="to the image (h0)")
+    fig.set_size_inches(9.2, 4.4 + 0.16 * len(runs) * 3)
     for ax in (left, right):
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7)
+        # below the axes: the curves fill the plot area, a legend inside would hide them
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     _save(fig, path)
 
 
