@@ -92,7 +92,8 @@ def train_options(many=False):
                      help="Decoder cell" + (" (repeat: one run each)." if many else ".")),
         click.option("--epochs", type=COUNT, default=10, show_default=True),
         click.option("--batch-size", type=COUNT, default=100, show_default=True),
-        click.option("--lr", type=POSITIVE, default=1e-3, show_default=True, help="Learning rate."),
+        click.option("--lr", type=POSITIVE, default=1e-3, show_default=True,
+                     help="Learning rate."),
         click.option("--lr-decay", type=POSITIVE, default=0.95, show_default=True,
                      help="Multiply the learning rate by this after every epoch."),
         click.option("--optimizer", type=click.Choice(["adam", "sgd", "sgd_momentum", "rmsprop"]),
@@ -103,7 +104,8 @@ def train_options(many=False):
                           + (" (repeat: one run per cell and value)." if many else ".")),
         click.option("--clip-norm", type=NON_NEGATIVE, default=0.0, show_default=True,
                      help="Clip the global gradient norm to this (0: off)."),
-        click.option("--hidden-dim", type=click.IntRange(1, 16384), default=512, show_default=True),
+        click.option("--hidden-dim", type=click.IntRange(1, 16384), default=512,
+                     show_default=True),
         click.option("--wordvec-dim", type=click.IntRange(1, 16384), default=256,
                      show_default=True),
         click.option("--max-train", type=COUNT, default=None,
@@ -286,8 +288,8 @@ def gradients(ckpts, cells, data, features, split, count, length, seed, hidden_d
 
     from . import gradients as flow
     from . import plots
+    from .checkpoint import load_model
     from .model import CaptioningRNN
-    from .training import load_model
 
     if not ckpts and not cells:
         raise click.UsageError("give --checkpoint FILE or --cell rnn|lstm (each may repeat)")
@@ -304,8 +306,9 @@ def gradients(ckpts, cells, data, features, split, count, length, seed, hidden_d
         if key not in loaded:
             loaded[key] = _load_data(data, features, splits=(split,))
         d = loaded[key]
-        model = CaptioningRNN(d["word_to_idx"], input_dim=d["feature_dim"], wordvec_dim=wordvec_dim,
-                              hidden_dim=hidden_dim, cell_type=cell, seed=seed)
+        model = CaptioningRNN(d["word_to_idx"], input_dim=d["feature_dim"],
+                              wordvec_dim=wordvec_dim, hidden_dim=hidden_dim, cell_type=cell,
+                              seed=seed)
         models.append((f"{cell} (fresh, seed {seed})", model, d))
     batches = [flow.first_captions(d, split, count) for _, _, d in models]
     runs = [flow.measure(model, feats, caps, label, length=length, seed=seed)
@@ -346,7 +349,7 @@ def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimiz
       captioner compare --resume runs/cmp
     """
     from . import compare as cmp
-    from . import plots, training
+    from . import plots, runs
 
     if plot:
         plots.check_writable(plot)
@@ -368,11 +371,11 @@ def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimiz
                         save_every=save_every, eval_every=eval_every, keep_best=keep_best,
                         data_dir=os.path.abspath(data), features=d["feature_kind"],
                         max_train=max_train)
-        parent = training.new_run_dir(out, "compare")
+        parent = runs.new_run_dir(out, "compare")
         plan = cmp.new_plan(parent, cell, weight_decay, settings, hidden_dim, wordvec_dim)
     try:
         trained = cmp.train_runs(d, parent, plan, progress=not quiet, log=click.echo)
-    except training.Interrupted as e:
+    except runs.Interrupted as e:
         click.echo(f"\n{e}; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(128 + e.signum)
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from . import atomic, gradients, training
+from . import atomic, checkpoint, gradients, runs, training
 from .errors import CaptionerError
 from .model import CaptioningRNN
 
@@ -36,7 +36,7 @@ def new_plan(parent, cells, weight_decays, settings, hidden_dim, wordvec_dim):
                              f"--resume {parent} or choose another --out")
     if len(set(cells)) != len(cells) or len(set(weight_decays)) != len(weight_decays):
         raise CaptionerError("--cell and --weight-decay values must not repeat")
-    training.make_dir(parent)
+    runs.make_dir(parent)
     plan = {"cells": list(cells), "weight_decays": [float(w) for w in weight_decays],
             "model": {"hidden_dim": hidden_dim, "wordvec_dim": wordvec_dim},
             "settings": dict(settings), "results": None}
@@ -72,7 +72,7 @@ def load_plan(parent, epochs=None):
 def train_runs(data, parent, plan, progress=True, log=print):
     """Train (or finish) every run of the plan. -> [(name, model, state)].
 
-    Raises training.Interrupted on Ctrl-C / SIGTERM after saving the current run."""
+    Raises runs.Interrupted on Ctrl-C / SIGTERM after saving the current run."""
     out = []
     for name, cell, wd in run_names(plan["cells"], plan["weight_decays"]):
         run_dir = os.path.join(parent, name)
@@ -80,8 +80,8 @@ def train_runs(data, parent, plan, progress=True, log=print):
         settings = dict(plan["settings"], weight_decay=wd)
         state = None
         if os.path.exists(last):
-            model, meta, optim, history = training.load_model(last)
-            training.check_compatible(last, meta, data)
+            model, meta, optim, history = checkpoint.load_model(last)
+            checkpoint.check_compatible(last, meta, data)
             state = training.resume_state(meta, optim, history, path=last, params=model.params)
             if state["epoch"] >= settings["epochs"]:
                 log(f"{name}: done earlier ({state['epoch']} epochs), {run_dir}")
@@ -94,9 +94,9 @@ def train_runs(data, parent, plan, progress=True, log=print):
                                   wordvec_dim=plan["model"]["wordvec_dim"],
                                   hidden_dim=plan["model"]["hidden_dim"], cell_type=cell,
                                   seed=settings["seed"])
-            training.make_dir(run_dir)
+            runs.make_dir(run_dir)
             log(f"{name}: {cell}, weight decay {wd:g} -> {run_dir}")
-        with training.run_lock(run_dir):
+        with runs.run_lock(run_dir):
             state = training.train(data, model, run_dir, state=state, progress=progress,
                                    log=lambda line, name=name: log(f"{name}: {line}"), **settings)
         out.append((name, model, state))

@@ -36,8 +36,8 @@ def first_captions(data, split, count):
     """
     key = f"{split}_captions"
     if key not in data or len(data[key]) == 0:
-        raise CaptionerError(f"{data.get('base_dir', 'dataset')}: split '{split}' has no captions; "
-                             f"choose another --split")
+        raise CaptionerError(f"{data.get('base_dir', 'dataset')}: split '{split}' has no "
+                             f"captions; choose another --split")
     captions = np.asarray(data[key])
     null = data["word_to_idx"]["<NULL>"]
     real = np.flatnonzero((captions[:, 1:] != null).any(axis=1))[:count]
@@ -210,8 +210,9 @@ def _gain(means):
 def by_distance(norms, min_captions=MIN_CAPTIONS):
     """caption_norms' h and c -> ([{"d", "h", "c", "captions"}], gain_per_step, halving_steps)."""
     hs = _mean_reached(norms["h"], min_captions)
-    cs = dict((d, m) for d, m, _ in _mean_reached(norms["c"], min_captions)) \
-        if norms["c"] is not None else {}
+    cs = {}
+    if norms["c"] is not None:
+        cs = {d: m for d, m, _ in _mean_reached(norms["c"], min_captions)}
     rows = [{"d": d, "h": m, "c": cs.get(d), "captions": n} for d, m, n in hs]
     gain, halving = _gain([r["h"] for r in rows])
     return rows, gain, halving

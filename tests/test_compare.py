@@ -67,7 +67,8 @@ def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
         hist = json.loads((out / r["name"] / "history.json").read_text())
         assert [e["train_loss"] for e in r["epochs"]] == [e["train_loss"] for e in hist["epochs"]]
         assert 0 <= r["Bleu_4"] <= 1 and r["CIDEr"] >= 0 and r["seconds_per_step"] >= 0
-        assert r["parameters"] == sum(v.size for v in params(out / r["name"] / "last.npz").values())
+        saved = params(out / r["name"] / "last.npz")
+        assert r["parameters"] == sum(v.size for v in saved.values())
     assert res[1]["parameters"] > res[0]["parameters"]
     flow = json.loads((out / "gradients.json").read_text())["runs"]
     assert [f["cell"] for f in flow] == ["rnn", "lstm"] and flow[1]["forget_gate_mean"]
