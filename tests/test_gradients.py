@@ -287,3 +287,15 @@ def test_bad_inputs_are_one_line_and_write_nothing(tiny_data, tmp_path, monkeypa
     assert os.listdir(work) == []
     assert not (tmp_path / "no").exists() and sorted(os.listdir(tmp_path)) == \
         ["cwd", "empty", "other"]
+
+
+def test_help_does_not_load_numpy_or_matplotlib():
+    import subprocess
+    import sys
+    code = ("import sys\nfrom captioner.cli import main\n"
+            "for args in (['--help'], ['gradients', '--help'], ['compare', '--help']):\n"
+            "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('numpy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
