@@ -13,6 +13,7 @@ from . import __version__
 from .errors import CaptionerError
 
 DATA_DEFAULT = "data/coco_captioning"
+SPLITS = ["train", "val", "test"]
 
 
 class _Group(click.Group):
@@ -401,7 +402,7 @@ def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimiz
 @click.option("--checkpoint", "ckpt", type=click.Path(), default=None,
               help="Checkpoint (default: the newest runs/*/best.npz).")
 @data_option
-@click.option("--split", type=click.Choice(["train", "val"]), default=None,
+@click.option("--split", type=click.Choice(SPLITS), default=None,
               help="Caption dataset images instead of picture files.")
 @click.option("--count", type=COUNT, default=5, show_default=True, help="Dataset images to caption.")
 @click.option("--beam-size", type=COUNT, default=3, show_default=True, help="1 is greedy.")
@@ -427,7 +428,7 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
     from .pictures import caption_features, caption_images
 
     if not images and split is None:
-        raise click.UsageError("give picture files to caption, or --split train|val")
+        raise click.UsageError("give picture files to caption, or --split train|val|test")
     ckpt = ckpt or _newest_best()
     model, meta, _, _ = load_model(ckpt)
     rng = np.random.default_rng(seed)
@@ -448,6 +449,7 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
                 f"{ckpt}: trained on {meta['features'].get('encoder')} features, which cannot be computed "
                 f"from a picture (the CS231n VGG-16 PCA basis is not published); caption dataset images with "
                 f"--split val, or build a dataset with `captioner prepare` and train on it")
+        _demo_note(meta)
         results = caption_images(model, images, **decoding)
         for path, caps, _ in results:
             if caps is not None:
@@ -495,13 +497,31 @@ def encode(images, top):
         sys.exit(1)
 
 
+def _demo_note(meta):
+    """Say once, before captioning picture files, that a demo model knows only shapes."""
+    from .data import dataset_source
+    from .demo import DEMO_SOURCE
+    saved = meta.get("training", {}).get("settings", {}).get("data_dir")
+    if saved and dataset_source(saved) == DEMO_SOURCE:
+        click.echo("note: this model was trained by `captioner demo` on rendered shapes (coloured "
+                   "circles, squares, stars... on plain backgrounds); it cannot describe "
+                   "photographs. For photos see README, 'Caption your own photos'.", err=True)
+
+
 def _checkpoint_data(ckpt, meta, data, split):
     """The split a checkpoint captions: from --data, or when that is left at its
     default, from the folder the checkpoint was trained on."""
     from .checkpoint import check_compatible
+    from .data import CAPTIONS_FILE, available_splits
     saved = meta.get("training", {}).get("settings", {}).get("data_dir")
-    d = _load_data(saved if data == DATA_DEFAULT and saved else data, meta["features"]["kind"],
-                   splits=(split,))
+    folder = saved if data == DATA_DEFAULT and saved else data
+    captions = os.path.join(folder, CAPTIONS_FILE)
+    if os.path.isfile(captions) and split not in available_splits(folder):
+        raise CaptionerError(f"{captions}: no {split} split (it has "
+                             f"{', '.join(available_splits(folder))}); the test split comes from "
+                             f"`captioner prepare --coco DIR --split karpathy`, or pass another "
+                             f"--split")
+    d = _load_data(folder, meta["features"]["kind"], splits=(split,))
     check_compatible(ckpt, meta, d)
     return d
 
@@ -524,7 +544,8 @@ METRIC_KEYS = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CID
 @click.option("--checkpoint", "ckpt", type=click.Path(), default=None,
               help="Model to caption the split with (default: the newest runs/*/best.npz).")
 @data_option
-@click.option("--split", type=click.Choice(["train", "val"]), default="val", show_default=True)
+@click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True,
+              help="test: Karpathy's test split of `prepare --coco`, the one papers report on.")
 @click.option("--max-images", type=COUNT, default=None, help="Only the first N images of the split.")
 @click.option("--beam-size", type=COUNT, default=3, show_default=True)
 @click.option("--max-length", type=COUNT, default=16, show_default=True)
@@ -584,10 +605,17 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
 # ---------------------------------------------------------------- prepare
 
 @cli.command()
-@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), required=True,
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of pictures (the annotations' file_name are relative to it).")
-@click.option("--captions", "annotations", type=click.Path(exists=True, dir_okay=False), required=True,
+@click.option("--captions", "annotations", type=click.Path(exists=True, dir_okay=False),
+              default=None,
               help="COCO-format annotations: images[id, file_name], annotations[image_id, caption].")
+@click.option("--coco", "coco_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Instead of --images/--captions: the folder of `captioner download --images` "
+                   "(the COCO 2014 zips, read without unpacking).")
+@click.option("--split", "coco_split", type=click.Choice(["karpathy", "official"]),
+              default="karpathy", show_default=True, help="With --coco: Karpathy's train/val/test (113,287 / 5,000 / "
+                                      "5,000 images), or COCO's train2014/val2014.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset folder to write.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Random share of the images held out for val.")
@@ -598,36 +626,66 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
 @click.option("--min-count", type=COUNT, default=5, show_default=True,
               help="Without --vocab: keep train words seen at least this often.")
 @click.option("--max-words", type=COUNT, default=15, show_default=True)
-@click.option("--batch-size", type=COUNT, default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="Pictures per shard and per SqueezeNet batch.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None,
+              help="Encoding processes (default: all cores).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-def prepare(images_dir, annotations, out, val_fraction, split_by, vocab, min_count, max_words,
-            batch_size, seed):
+@click.pass_context
+def prepare(ctx, images_dir, annotations, coco_dir, coco_split, out, val_fraction, split_by, vocab,
+            min_count, max_words, batch_size, workers, seed):
     """Build a dataset in the CS231n layout from pictures, with NumPy SqueezeNet features.
 
     \b
     Interrupted? Run the same command again: it resumes where it stopped.
     Example:
       captioner prepare --images photos/ --captions captions.json --out data/mine
+      captioner prepare --coco data/coco2014 --out data/coco2014-karpathy
     """
-    from .prepare import prepare_dataset
+    from .prepare import prepare_coco, prepare_dataset
+    given = {p for p in ctx.params
+             if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT}
+    if coco_dir:
+        extra = sorted(given & {"images_dir", "annotations", "val_fraction", "split_by", "seed"})
+        if extra:
+            raise click.UsageError(f"--coco takes its splits from the COCO files; drop "
+                                   f"--{extra[0].replace('_dir', '').replace('_', '-')}")
+    elif not (images_dir and annotations):
+        raise click.UsageError("give --images and --captions, or --coco DIR")
+    elif "coco_split" in given:
+        raise click.UsageError("--split karpathy|official goes with --coco (use --split-by here)")
     try:
-        s = prepare_dataset(images_dir, annotations, out, val_fraction=val_fraction, split_by=split_by,
-                            vocab=vocab, min_count=min_count, max_words=max_words,
-                            batch_size=batch_size, seed=seed)
+        if coco_dir:
+            s = prepare_coco(coco_dir, out, split=coco_split, vocab=vocab, min_count=min_count,
+                             max_words=max_words, batch_size=batch_size, workers=workers)
+        else:
+            s = prepare_dataset(images_dir, annotations, out, val_fraction=val_fraction,
+                                split_by=split_by, vocab=vocab, min_count=min_count,
+                                max_words=max_words, batch_size=batch_size, seed=seed,
+                                workers=workers)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; run the same command again to resume", err=True)
+        click.echo("\ninterrupted; run the same command again to resume", err=True)
         sys.exit(130)
     click.echo(f"{s['out_dir']}: {s['encoder']} features, vocabulary {s['vocab_size']} words")
-    for split in ("train", "val"):
-        t = s[split]
-        click.echo(f"  {split}: {t['images']:,} images, {t['captions']:,} captions, "
-                   f"{t['unk_words']:.1%} of words <UNK>")
+    for split in SPLITS:
+        if split in s:
+            t = s[split]
+            click.echo(f"  {split}: {t['images']:,} images, {t['captions']:,} captions, "
+                       f"{t['unk_words']:.1%} of words <UNK>")
     click.echo(f"  encoded {s['encoded_images']:,} images ({s['resumed_images']:,} resumed) "
-               f"at {s['images_per_second']:.1f} images/s")
+               f"at {s['images_per_second']:.1f} images/s with {s['workers']} worker(s)")
+    if s["skipped"]:
+        click.echo(f"  skipped {len(s['skipped']):,} picture(s):")
     for name, reason in s["skipped"][:10]:
-        click.echo(f"  skipped {name}: {reason}")
+        click.echo(f"  skipped {name!r}: {reason}" if _odd(name) else f"  skipped {name}: {reason}")
     if len(s["skipped"]) > 10:
         click.echo(f"  ... and {len(s['skipped']) - 10} more skipped")
+
+
+def _odd(name):
+    """A name that would break the one-line output (line breaks, NUL): print it quoted."""
+    from .prepare import unsafe_text
+    return unsafe_text(name) is not None
 
 
 # ---------------------------------------------------------------- demo
@@ -684,10 +742,13 @@ def info(data, features, ckpt):
         for r in t.get("epochs", []):
             click.echo("    " + format_record(r, t.get("settings", {}).get("epochs", "?")))
         return
-    d = _load_data(data, features)
+    from .data import CAPTIONS_FILE, available_splits
+    test = (os.path.isfile(os.path.join(data, CAPTIONS_FILE))
+            and "test" in available_splits(data))  # train and val are always there
+    d = _load_data(data, features, splits=["train", "val", "test"] if test else ["train", "val"])
     click.echo(f"dataset {d['base_dir']}: vocabulary {len(d['idx_to_word'])} words, "
                f"{d['encoder']} features ({d['feature_dim']}-d)")
-    for split in ("train", "val"):
+    for split in SPLITS:
         if f"{split}_captions" in d:
             caps = d[f"{split}_captions"]
             lengths = (caps[:, 1:] != 0).sum(1) - 1
@@ -698,17 +759,36 @@ def info(data, features, ckpt):
 # ---------------------------------------------------------------- download
 
 @cli.command()
-@click.option("--dest", type=click.Path(file_okay=False), default="data", show_default=True)
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help="Where to put the files [default: data, or data/coco2014 with --images].")
 @click.option("--url", default=None, help="Mirror of coco_captioning.zip.")
-def download(dest, url):
-    """Download and unpack the CS231n COCO data (~1 GB; resumable).
+@click.option("--images", "images", is_flag=True,
+              help="The COCO 2014 pictures and captions instead (20.4 GB of zips, kept as "
+                   "they are).")
+@click.option("--mirror", default=None,
+              help="With --images: a base URL serving the same four file names.")
+def download(dest, url, images, mirror):
+    """Download the CS231n COCO features (~1 GB), or with --images the COCO 2014 pictures.
+
+    Resumable: rerun the same command after an interruption.
 
     \b
     Example:
       captioner download --dest data
+      captioner download --images --dest data/coco2014
     """
+    if images:
+        if url:
+            raise click.UsageError("--url is for the CS231n zip; with --images use --mirror")
+        from .download import download_coco_images
+        path = download_coco_images(dest or "data/coco2014", mirror=mirror)
+        click.echo(f"COCO 2014 pictures and captions ready in {path}; next: captioner prepare "
+                   f"--coco {path} --out {path}-karpathy")
+        return
+    if mirror:
+        raise click.UsageError("--mirror goes with --images (for the CS231n zip use --url)")
     from .download import COCO_URL, download_coco
-    path = download_coco(dest, url=url or COCO_URL)
+    path = download_coco(dest or "data", url=url or COCO_URL)
     click.echo(f"COCO captioning data ready in {path}")
 
 

@@ -382,6 +382,28 @@ def load_coco_data(base_dir, features='auto', splits=('train', 'val'), max_train
     return data
 
 
+def available_splits(base_dir):
+    """The splits ('train', 'val', 'test', ...) coco2014_captions.h5 in base_dir holds."""
+    path = os.path.join(str(base_dir), CAPTIONS_FILE)
+    with _open_h5(path) as f:
+        return [k[:-len('_captions')] for k in f if k.endswith('_captions')]
+
+
+def dataset_source(base_dir):
+    """attrs['source'] of base_dir's feature files (what write_dataset was told the
+    pictures were), or None; never raises."""
+    try:
+        for name in sorted(os.listdir(base_dir)):
+            if name.endswith('.h5') and name != CAPTIONS_FILE:
+                with h5py.File(os.path.join(base_dir, name), 'r') as f:
+                    source = f['features'].attrs.get('source') if 'features' in f else None
+                if source is not None:
+                    return source.decode() if isinstance(source, bytes) else str(source)
+    except Exception:  # a note, not a check: a missing or odd folder just means no note
+        return None
+    return None
+
+
 # ----------------------------------------------------------------------------- using
 
 def sample_coco_minibatch(data, batch_size=100, split='train', rng=None):
@@ -436,7 +458,7 @@ def image_groups(data, split):
 
 # ----------------------------------------------------------------------------- writing
 
-def write_dataset(out_dir, splits, idx_to_word, kind='pca', encoder=None):
+def write_dataset(out_dir, splits, idx_to_word, kind='pca', encoder=None, source=None):
     """Write a complete coco_captioning folder; returns out_dir.
 
     splits: {split: dict(captions (N, T) int, image_idxs (N,) int, features (M, D) float
@@ -444,6 +466,7 @@ def write_dataset(out_dir, splits, idx_to_word, kind='pca', encoder=None):
     coco2014_captions.h5 is rewritten with exactly these splits; features go to
     {split}2014_{suffix}.h5 with attrs['encoder'] when encoder is given. Each file is
     written under a temp name and renamed, so a crash never leaves a half file in place.
+    source: what the pictures were (attrs['source'], e.g. the demo's rendered shapes).
     """
     out_dir = str(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -468,6 +491,8 @@ def write_dataset(out_dir, splits, idx_to_word, kind='pca', encoder=None):
                     ds[start:start + step] = np.asarray(feats[start:start + step], dtype=np.float32)
                 if encoder is not None:
                     ds.attrs['encoder'] = str(encoder)
+                if source is not None:
+                    ds.attrs['source'] = str(source)
         for name in ('images', 'urls'):
             lines = d.get(name)
             if lines is not None:

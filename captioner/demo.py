@@ -41,6 +41,9 @@ REACH = 1.2  # no shape reaches further than REACH * radius from its centre (see
 GAP = 0.01  # minimum gap between the reach circles of two objects
 N_OBJECTS_P = (0.45, 0.35, 0.20)  # probability of 1, 2, 3 objects
 MAX_WORDS = 15  # the CS231n layout: 15 words + <START> + <END>
+# Written into the demo dataset (data.write_dataset source=...): `sample` tells users once
+# that a model trained on it knows only rendered shapes, not photographs.
+DEMO_SOURCE = "captioner demo: rendered coloured shapes on plain backgrounds"
 
 # Position phrases for grid cells (row, col); "at the top left" etc. keeps the position words stable.
 _PLACE = {
@@ -276,7 +279,8 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0,
             f.writelines(f"demo_{i:012d}.jpg\n" for i in range(n_train + 1, n_train + n_val + 1))
         log(f"[2/5] captioner prepare --images {images_dir} --captions {annotations} "
             f"--split-by {val_list} --min-count 1 --out {dataset}")
-        prepare_dataset(images_dir, annotations, dataset, split_by=val_list, min_count=1)
+        prepare_dataset(images_dir, annotations, dataset, split_by=val_list, min_count=1,
+                        source=DEMO_SOURCE)
     data = load_coco_data(dataset)
 
     run_dir = new_run_dir(None, "demo")

@@ -132,17 +132,24 @@ def _fetch_once(url, part, progress, timeout):
     return False
 
 
-def fetch_resumable(url, dest, progress=True, retries=3, timeout=60):
+def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None):
     """Download url to dest via dest.part, continuing a partial file with HTTP Range.
 
     Retries dropped connections up to `retries` times, each resuming where the last
-    stopped; dest appears (by rename) only when complete.
+    stopped; dest appears (by rename) only when complete, and, given check(part_path)
+    (raising CaptionerError), only when it passes: a failing file is deleted.
     """
     part = dest + '.part'
     last = 'connection closed early'
     for _ in range(retries + 1):
         try:
             if _fetch_once(url, part, progress, timeout):
+                if check is not None:
+                    try:
+                        check(part)
+                    except CaptionerError:
+                        os.remove(part)
+                        raise
                 os.replace(part, dest)
                 return dest
         except urllib.error.HTTPError as e:
@@ -265,3 +272,59 @@ def _swap_in(new, target):
         os.replace(old, target)
         raise
     shutil.rmtree(old)
+
+
+# ----------------------------------------------------------------------------- COCO 2014 pictures
+
+def _remote_size(url, timeout):
+    """The size a server announces for url (HEAD), or None."""
+    try:
+        req = urllib.request.Request(url, method='HEAD')
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            length = resp.headers.get('Content-Length')
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    return int(length) if length and length.isdigit() else None
+
+
+def download_coco_images(dest_dir='data/coco2014', mirror=None, progress=True, retries=3,
+                         timeout=60):
+    """Fetch the COCO 2014 pictures and captions (captioner.coco.FILES) into dest_dir.
+
+    Each file comes from its official host, or from mirror + '/' + its name; it is
+    resumed if a .part is there, checked (whole per the announced length, a zip with
+    COCO's layout; the two small ones also by CRC) and only then renamed into place.
+    Files already in place are checked, not fetched again. The free disk space is
+    checked first. -> dest_dir.
+    """
+    from captioner import coco
+
+    dest_dir = str(dest_dir)
+    try:
+        os.makedirs(dest_dir, exist_ok=True)
+    except OSError as e:
+        raise CaptionerError(f'{dest_dir}: cannot create the download folder ({e.strerror}); '
+                             f'pick another with --dest') from None
+    urls = {n: (mirror.rstrip('/') + '/' + n) if mirror else coco.URLS[n] for n in coco.FILES}
+    todo = [n for n in coco.FILES if not os.path.isfile(os.path.join(dest_dir, n))]
+    need = 0
+    for n in todo:
+        part = os.path.join(dest_dir, n + '.part')
+        size = _remote_size(urls[n], timeout) or coco.SIZES[n]
+        need += max(0, size - (os.path.getsize(part) if os.path.isfile(part) else 0))
+    free = shutil.disk_usage(dest_dir).free
+    if need > free:
+        raise CaptionerError(f'{dest_dir}: the COCO 2014 zips need {need / 1e9:.1f} GB more and '
+                             f'only {free / 1e9:.1f} GB are free; free some space or choose '
+                             f'another --dest')
+    _say(progress, f'{dest_dir}: {len(todo)} file(s) to fetch, {need / 1e9:.2f} GB '
+                   f'({free / 1e9:.1f} GB free); the zips are kept as they are (never unpacked)')
+    for n in coco.FILES:
+        path = os.path.join(dest_dir, n)
+        small = n not in ('train2014.zip', 'val2014.zip')  # CRC-check what is cheap to read
+        if n in todo:
+            fetch_resumable(urls[n], path, progress=progress, retries=retries, timeout=timeout,
+                            check=lambda p, n=n, small=small: coco.check_zip(p, n, test=small))
+        else:
+            coco.check_zip(path, n, test=small)
+    return dest_dir

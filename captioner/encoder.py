@@ -421,28 +421,49 @@ def open_image(path):
         raise fail("is a directory, not a picture; pass image files")
     if st.st_size == 0:
         raise fail("empty file (0 bytes), not a picture")
-    limit = min(Image.MAX_IMAGE_PIXELS or MAX_PIXELS, MAX_PIXELS)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with open(path, "rb") as f:
-                img = Image.open(f)
-                w, h = img.size
-                if w * h > limit:
-                    raise fail(f"{w}x{h} pixels is over the {limit} pixel limit "
-                               "(possible decompression bomb)")
-                img.load()
-                return to_rgb(upright(img))
+        with open(path, "rb") as f:
+            return _decode(f, fail)
     except CaptionerError:
         raise
     except PermissionError as e:
         raise fail(f"cannot read ({e.strerror}); check its permissions") from None
     except IsADirectoryError:
         raise fail("is a directory, not a picture; pass image files") from None
+
+
+def open_image_bytes(blob, label):
+    """A picture's bytes (e.g. a zip member) -> PIL RGB image, like open_image; errors
+    are one CaptionerError line (exit_code=1) naming `label`."""
+    def fail(why):
+        return CaptionerError(f"{label}: {why}", exit_code=1)
+
+    if not blob:
+        raise fail("empty file (0 bytes), not a picture")
+    return _decode(io.BytesIO(blob), fail)
+
+
+def _decode(f, fail):
+    """Decode an open binary file with the checks of open_image; fail(why) -> the error."""
+    limit = min(Image.MAX_IMAGE_PIXELS or MAX_PIXELS, MAX_PIXELS)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(f)
+            w, h = img.size
+            if w * h > limit:
+                raise fail(f"{w}x{h} pixels is over the {limit} pixel limit "
+                           "(possible decompression bomb)")
+            img.load()
+            return to_rgb(upright(img))
+    except CaptionerError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise fail(f"too many pixels, possible decompression bomb ({e})") from None
     except UnidentifiedImageError:
         raise fail("not an image PIL can read (or an unsupported format)") from None
+    except (PermissionError, IsADirectoryError):
+        raise
     except Exception as e:  # PIL raises many types on malformed files; none may reach the user raw
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "truncated" in msg.lower():

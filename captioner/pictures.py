@@ -1,7 +1,7 @@
 """Captioning picture files: encode them with the NumPy SqueezeNet, then decode.
 
 Used by `captioner sample FILES` and the demo; `captioner prepare` encodes pictures with
-the same encoder (captioner.encoder.encode_files) but writes features, not captions.
+the same encoder (captioner.shards.encode_shard) but writes features, not captions.
 """
 from . import encoder
 from .errors import CaptionerError

@@ -1,31 +1,39 @@
-"""Build a coco_captioning folder from your own pictures (to caption them: captioner.pictures).
+"""Build a coco_captioning folder from pictures and captions (to caption them: captioner.pictures).
 
-prepare_dataset: pictures + COCO-format captions -> the CS231n layout (captioner.data)
-with SqueezeNet features ({split}2014_squeezenet.h5). Encoding is the slow part, so it
-is checkpointed: each batch of images goes to its own file in out_dir/.prepare/,
+prepare_dataset: a folder of pictures + COCO-format captions; prepare_coco: the COCO 2014
+zips (captioner.coco reads them, pictures stay inside the zips). Both go through _build:
+the pictures are cut into shards of `batch_size` (captioner.shards: encoded by worker
+processes or any concurrent.futures executor), each shard's result goes to its own file
+in out_dir/.prepare/, and the dataset is written in the CS231n layout (captioner.data)
+with SqueezeNet features ({split}2014_squeezenet.h5).
 
-    manifest.json        what is being built (a hash of everything the features depend on)
-    chunk_00000.npz      names (n,), ok (n,) bool, errors (n,) str ('' when ok), features (m, D)
+    manifest.json        what is being built (encoder, number of chunks and images)
+    chunk_00000.npz      names (n,), ok (n,) bool, errors (n,) str ('' when ok),
+                         features (m, D), key: hash of the encoder, batch size, names,
+                         places and sizes/mtimes (zip members: CRC/size) of its pictures
     lock                 flock'ed while a run is writing here
 
-A chunk file appears whole or not at all (written under a temp name, then renamed), so
-after Ctrl-C or kill -9 a rerun with the same arguments redoes at most one batch. Chunks
-cover fixed slices of the image list, so every image is encoded in the same batch as in
-an uninterrupted run: the result is the same, bit for bit. Captions and vocabulary are
-cheap and rebuilt on every run; only the last step writes the dataset (data.write_dataset)
-and removes the work area.
+Only this process writes there (a chunk appears whole or not at all: captioner.atomic),
+so after Ctrl-C or kill -9 a rerun redoes at most the shards in flight, and a picture
+changed in between is noticed (the key) and encoded again. Shards cover fixed slices of
+the image list and a shard's features depend on nothing else, so the result is the same,
+bit for bit, whatever the number of workers and however often it was interrupted.
+Captions and vocabulary are cheap and rebuilt on every run; only the last step writes
+the dataset (data.write_dataset) and removes the work area.
 """
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import time
 from collections import Counter
 
 import numpy as np
 
-from captioner import atomic, data, encoder
+from captioner import atomic, data, encoder, shards
 from captioner.errors import CaptionerError
 
 KIND = 'squeezenet'  # -> {split}2014_squeezenet.h5
@@ -58,7 +66,11 @@ def read_annotations(path):
     """COCO captions json -> (images [(id, file_name, url or None)] in file order,
     captions {id: [caption, ...]} in file order). Every problem is a CaptionerError
     naming the file and the offending entry."""
-    ann = data.read_json(path, 'annotations', 'pass the captions json')
+    return parse_annotations(data.read_json(path, 'annotations', 'pass the captions json'), path)
+
+
+def parse_annotations(ann, path):
+    """read_annotations of an already parsed json object; `path` names it in errors."""
     if not isinstance(ann, dict):
         raise CaptionerError(f'{path}: top level is a {type(ann).__name__}, expected an object; {FIX_ANN}')
     for key in ('images', 'annotations'):
@@ -137,19 +149,73 @@ def encode_captions(token_lists, word_to_idx, max_words=15):
     return out
 
 
+# ----------------------------------------------------------------------------- picture names
+
+# Everything str.splitlines() breaks at: a name holding one would shift every later
+# line of the one-name-a-line {split}2014_images.txt / _urls.txt.
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def unsafe_text(text, what="file name"):
+    """Why `text` cannot be a picture name or URL in the dataset, or None."""
+    if "\x00" in text:
+        return f"{what} contains a NUL byte"
+    if any(c in LINE_BREAKS for c in text):
+        return f"{what} contains a line break (it would break the one-name-a-line *_images.txt)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{what} is not valid Unicode (a lone surrogate)"
+    return None
+
+
+def unsafe_name(name, root=None):
+    """Why picture `name` must not be read (None if it may): unrepresentable, absolute,
+    '..', or (root given) resolving outside root through a symbolic link."""
+    why = unsafe_text(name)
+    if why:
+        return why
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "absolute path; file names must be relative to the pictures folder"
+    if ".." in re.split(r"[/\\]", name):
+        return "'..' in the file name leads outside the pictures folder"
+    if root is not None:
+        real = os.path.realpath(os.path.join(root, name))
+        if os.path.commonpath([real, os.path.realpath(root)]) != os.path.realpath(root):
+            return "resolves outside the pictures folder (a symbolic link)"
+    return None
+
+
+def _file_identity(path):
+    """What a picture file is, for resume: [size, mtime_ns], or None if it cannot be seen."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 # ----------------------------------------------------------------------------- work area
 
-def _read_chunk(path, names):
-    """A finished chunk file -> dict, or None when absent, unreadable or not for `names`."""
+def _chunk_key(spec, identities):
+    """A chunk's features depend on the encoder, the batch size and these exact pictures."""
+    blob = json.dumps([encoder.ENCODER_NAME, spec["batch_size"], spec["names"], spec["refs"],
+                       identities])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _read_chunk(path, names, key):
+    """A finished chunk file -> dict, or None when absent, unreadable, or not made from
+    the same pictures (their names, places and sizes/mtimes: `key`)."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            c = {k: z[k] for k in ('names', 'ok', 'errors')}
-            if c['names'].tolist() != names or len(c['ok']) != len(names):
+            c = {k: z[k] for k in ("names", "ok", "errors", "key")}
+            if c["names"].tolist() != names or len(c["ok"]) != len(names) or str(c["key"]) != key:
                 return None
-            c['features'] = z['features'] if 'features' in z.files else None
+            c["features"] = z["features"] if "features" in z.files else None
     except Exception:  # half-written by another tool, or garbage: just encode it again
         return None
-    if c['features'] is None or c['features'].shape != (int(c['ok'].sum()), encoder.FEATURE_DIM):
+    if c["features"] is None or c["features"].shape != (int(c["ok"].sum()), encoder.FEATURE_DIM):
         return None
     return c
 
@@ -169,62 +235,67 @@ class _ChunkRows:
             lo, hi = max(start, self.starts[k]), min(stop, self.starts[k + 1])
             if lo < hi:
                 with np.load(path, allow_pickle=False) as z:
-                    parts.append(z['features'][lo - self.starts[k]:hi - self.starts[k]])
+                    parts.append(z["features"][lo - self.starts[k]:hi - self.starts[k]])
         return np.concatenate(parts)
 
 
 def _lock(work):
-    fd = os.open(os.path.join(work, 'lock'), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(os.path.join(work, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise CaptionerError(f'{work}: another `captioner prepare` is writing here; wait for it '
-                             f'or choose another output folder') from None
+        raise CaptionerError(f"{work}: another `captioner prepare` is writing here; wait for it "
+                             f"or choose another output folder") from None
     return fd
 
 
-def _encode_chunks(work, chunks, images_dir, batch_size, progress):
-    """Encode every chunk (a list of file names) not already done. -> (chunk paths,
-    images found done at the start)."""
-    key = hashlib.sha256(json.dumps([encoder.ENCODER_NAME, images_dir, batch_size, chunks]).encode()).hexdigest()
-    manifest = os.path.join(work, 'manifest.json')
+def default_workers():
+    """All the cores this process may run on."""
     try:
-        with open(manifest, encoding='utf-8') as f:
-            same = json.load(f).get('key') == key
-    except Exception:
-        same = False
-    if not same:  # other pictures, split or encoder: nothing here can be reused
-        for name in os.listdir(work):
-            if name.startswith('chunk_'):
-                os.remove(os.path.join(work, name))
-        atomic.write_json(manifest, {'key': key, 'encoder': encoder.ENCODER_NAME,
-                                     'images_dir': images_dir, 'batch_size': batch_size,
-                                     'chunks': len(chunks), 'images': sum(map(len, chunks))})
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (macOS)
+        return os.cpu_count() or 1
 
-    paths = [os.path.join(work, f'chunk_{k:05d}.npz') for k in range(len(chunks))]
-    todo = [k for k in range(len(chunks)) if _read_chunk(paths[k], chunks[k]) is None]
-    done = sum(map(len, chunks)) - sum(len(chunks[k]) for k in todo)
+
+def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard):
+    """Encode every shard whose chunk file is not already done, through `executor`
+    (None: shards.default_executor(workers)). -> (chunk paths, images found done)."""
+    for name in os.listdir(work):  # chunks of a longer image list, or a killed writer's temp files
+        m = re.fullmatch(r"chunk_(\d+)\.npz", name)
+        if name.startswith(".tmp-") or (m and int(m.group(1)) >= len(specs)):
+            os.remove(os.path.join(work, name))
+    atomic.write_json(os.path.join(work, "manifest.json"),
+                      {"encoder": encoder.ENCODER_NAME, "chunks": len(specs),
+                       "images": sum(len(s["names"]) for s in specs)})
+    paths = [os.path.join(work, f"chunk_{k:05d}.npz") for k in range(len(specs))]
+    todo = [s for s in specs
+            if _read_chunk(paths[s["index"]], s["names"], keys[s["index"]]) is None]
+    total = sum(len(s["names"]) for s in specs)
+    done = total - sum(len(s["names"]) for s in todo)
     from tqdm import tqdm
-    bar = tqdm(total=sum(map(len, chunks)), initial=done, unit='img', desc='encoding',
-               disable=not progress, smoothing=0.1)
-    failed = 0
+    bar = tqdm(total=total, initial=done, unit="img", desc="encoding", disable=not progress,
+               smoothing=0.1)
+    failed = [0]
+
+    def write(result):
+        k = int(result["index"])
+        arrays = {name: result[name] for name in ("names", "ok", "errors", "features")}
+        arrays["key"] = np.array(keys[k])
+        atomic.write_bytes(paths[k], lambda f: np.savez(f, **arrays), what="chunk file")
+        failed[0] += int((~result["ok"]).sum())
+        bar.update(len(result["names"]))
+        if failed[0]:
+            bar.set_postfix(skipped=failed[0])
+        if on_shard is not None:
+            on_shard(k)
+
     try:
-        for k in todo:
-            names = chunks[k]
-            files = [os.path.join(images_dir, n) for n in names]
-            feats, _, ok_files, errors = encoder.encode_files(files, batch_size=batch_size)
-            ok_set = set(ok_files)
-            why = dict(errors)
-            ok = np.array([f in ok_set for f in files], dtype=bool)
-            msgs = np.array(['' if f in ok_set else why.get(f, 'not encoded') for f in files], dtype=str)
-            arrays = dict(names=np.array(names, dtype=str), ok=ok, errors=msgs,
-                          features=np.asarray(feats, dtype=np.float32))
-            atomic.write_bytes(paths[k], lambda f: np.savez(f, **arrays))
-            failed += int((~ok).sum())
-            bar.update(len(names))
-            if failed:
-                bar.set_postfix(skipped=failed)
+        if executor is None:
+            with shards.default_executor(workers) as pool:
+                shards.run_shards(pool, todo, write, max_pending=2 * workers)
+        else:
+            shards.run_shards(executor, todo, write, max_pending=2 * workers)
     finally:
         bar.close()
     return paths, done
@@ -232,128 +303,222 @@ def _encode_chunks(work, chunks, images_dir, batch_size, progress):
 
 # ----------------------------------------------------------------------------- prepare
 
+def _check_sizes(batch_size, max_words, workers):
+    for what, v in (("batch size", batch_size), ("max words", max_words), ("workers", workers)):
+        if isinstance(v, bool) or int(v) != v or v < 1:
+            raise CaptionerError(f"{what} must be a positive integer, got {v!r}")
+
+
+def _load_vocab(vocab):
+    if vocab is None:
+        return None
+    word_to_idx, _ = data.load_vocab(str(vocab))
+    if "<UNK>" not in word_to_idx:
+        raise CaptionerError(f"{vocab}: vocabulary has no <UNK> token for words outside it; "
+                             f"add one or let prepare build the vocabulary")
+    return data.load_vocab(str(vocab))
+
+
 def prepare_dataset(images_dir, annotations, out_dir, val_fraction=0.1, split_by=None, vocab=None,
-                    min_count=5, max_words=15, batch_size=32, progress=True, seed=0):
+                    min_count=5, max_words=15, batch_size=32, progress=True, seed=0, workers=None,
+                    executor=None, on_shard=None, source=None):
     """Pictures + COCO captions json -> a coco_captioning folder in out_dir. Returns a summary:
 
     out_dir, encoder, feature_kind, vocab_size, per split {images, captions, unk_words
     (fraction of caption words that became <UNK>)}, skipped [(file_name, reason)],
     empty_captions, truncated_captions, resumed_images (found already encoded),
-    encoded_images, seconds, images_per_second.
+    encoded_images, seconds, images_per_second, workers.
     split_by: a text file of val file names (one a line); else a seeded random
     val_fraction of the captioned images. vocab: a coco2014_vocab.json to reuse
     (needs <UNK>); else one is built from the train captions (build_vocab).
+    workers: encoding processes (default: all cores); executor: any
+    concurrent.futures.Executor to run the shards instead (captioner.shards); workers
+    then only sets how many shards are in flight. on_shard(k): called after chunk k is
+    written. source: what the pictures are (data.write_dataset; the demo marks its own).
+    File names outside images_dir, or that cannot be written one a line, are skipped
+    with the reason.
     """
     t0 = time.perf_counter()
     images_dir, out_dir = os.path.abspath(str(images_dir)), str(out_dir)
     if not os.path.isdir(images_dir):
-        raise CaptionerError(f'{images_dir}: pictures folder not found; pass the folder the '
+        raise CaptionerError(f"{images_dir}: pictures folder not found; pass the folder the "
                              f"annotations' file_names are relative to")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise CaptionerError(f'batch size must be a positive integer, got {batch_size!r}')
-    if int(max_words) != max_words or max_words < 1:
-        raise CaptionerError(f'max words must be a positive integer, got {max_words!r}')
+    workers = default_workers() if workers is None else workers
+    _check_sizes(batch_size, max_words, workers)
     if split_by is None and not 0 < val_fraction < 1:
-        raise CaptionerError(f'val fraction must be between 0 and 1 (exclusive), got {val_fraction!r}')
-    if vocab is not None:
-        word_to_idx, idx_to_word = data.load_vocab(str(vocab))
-        if '<UNK>' not in word_to_idx:
-            raise CaptionerError(f'{vocab}: vocabulary has no <UNK> token for words outside it; '
-                                 f'add one or let prepare build the vocabulary')
+        raise CaptionerError(f"val fraction must be between 0 and 1 (exclusive), "
+                             f"got {val_fraction!r}")
+    vocab = _load_vocab(vocab)
 
     images, captions = read_annotations(str(annotations))
-    tokens = {i: [tokenize(c) for c in caps] for i, caps in captions.items()}
-    empty = sum(not t for ts in tokens.values() for t in ts)
-    tokens = {i: [t for t in ts if t] for i, ts in tokens.items()}
     all_names = [name for _, name, _ in images]
-    skipped = [(name, 'no captions in the annotations') for i, name, _ in images if not tokens.get(i)]
-    images = [im for im in images if tokens.get(im[0])]
-    if len(images) < 2:
-        raise CaptionerError(f'{annotations}: {len(images)} captioned image(s); need at least 2 '
-                             f'(one for train, one for val)')
+    skipped, kept = [], []
+    for i, name, url in images:  # names are checked once, here: nothing outside is ever opened
+        why = unsafe_name(name, images_dir) or (unsafe_text(url, "coco_url") if url else None)
+        if why:
+            skipped.append((name, why))
+        else:
+            kept.append((i, name, url))
+    items = [dict(name=name, ref=os.path.join(images_dir, name),
+                  ident=_file_identity(os.path.join(images_dir, name)),
+                  url=url or os.path.join(images_dir, name), captions=captions.get(i, []))
+             for i, name, url in kept]
+    items, empty = _tokenize(items, skipped, progress)
+    if len(items) < 2:
+        raise CaptionerError(f"{annotations}: {len(items)} captioned image(s); need at least 2 "
+                             f"(one for train, one for val)")
 
-    names = [name for _, name, _ in images]
     if split_by is not None:
         val_names = _read_split_file(str(split_by), all_names)
-        is_val = [n in val_names for n in names]
+        is_val = [it["name"] in val_names for it in items]
     else:
-        n_val = min(len(images) - 1, max(1, round(val_fraction * len(images))))
-        is_val = np.zeros(len(images), dtype=bool)
-        is_val[np.random.default_rng(seed).permutation(len(images))[:n_val]] = True
+        n_val = min(len(items) - 1, max(1, round(val_fraction * len(items))))
+        is_val = np.zeros(len(items), dtype=bool)
+        is_val[np.random.default_rng(seed).permutation(len(items))[:n_val]] = True
         is_val = is_val.tolist()
-    split_images = {s: [im for im, v in zip(images, is_val) if v == (s == 'val')] for s in ('train', 'val')}
-    for s, ims in split_images.items():
-        if not ims:
-            raise CaptionerError(f'{split_by}: puts every captioned image in '
-                                 f"{'val' if s == 'train' else 'train'}; each split needs at least one")
+    split_items = {s: [it for it, v in zip(items, is_val) if v == (s == "val")]
+                   for s in ("train", "val")}
+    for s, its in split_items.items():
+        if not its:
+            raise CaptionerError(f"{split_by}: puts every captioned image in "
+                                 f"{'val' if s == 'train' else 'train'}; each split needs at "
+                                 f"least one")
+    return _build(out_dir, split_items, skipped, empty, vocab, min_count, max_words, batch_size,
+                  progress, workers, executor, on_shard, images_dir, t0, source)
 
-    # Chunks never straddle the splits, so each split's rows are a run of whole chunks.
-    chunks, chunk_split = [], []
-    for s, ims in split_images.items():
-        for k in range(0, len(ims), batch_size):
-            chunks.append([name for _, name, _ in ims[k:k + batch_size]])
-            chunk_split.append(s)
+
+def prepare_coco(coco_dir, out_dir, split="karpathy", vocab=None, min_count=5, max_words=15,
+                 batch_size=32, progress=True, workers=None, executor=None, on_shard=None):
+    """The COCO 2014 zips of `captioner download --images` (in coco_dir) -> a dataset in
+    out_dir, reading the pictures out of the zips. split 'karpathy': train (train +
+    restval), val and test of Karpathy's dataset_coco.json, its raw sentences as captions;
+    'official': train2014 / val2014 with captions_{train,val}2014.json. Returns the
+    summary of prepare_dataset (with a 'test' entry for karpathy)."""
+    from captioner import coco
+
+    t0 = time.perf_counter()
+    workers = default_workers() if workers is None else workers
+    _check_sizes(batch_size, max_words, workers)
+    vocab = _load_vocab(vocab)
+    if progress:  # Karpathy's file is 160 MB of JSON: say what the first minute is spent on
+        print(f"{coco_dir}: reading the {split} split's captions and the zips' directories",
+              file=sys.stderr)
+    split_items, skipped = coco.read_split(str(coco_dir), split)
+    items, empty = _tokenize([it for its in split_items.values() for it in its], skipped,
+                             progress)
+    keep = {id(it) for it in items}
+    split_items = {s: [it for it in its if id(it) in keep] for s, its in split_items.items()}
+    for s, its in split_items.items():
+        if not its:
+            raise CaptionerError(f"{coco_dir}: no captioned {s} pictures; download the complete "
+                                 f"zips with `captioner download --images`")
+    return _build(str(out_dir), split_items, skipped, empty, vocab, min_count, max_words,
+                  batch_size, progress, workers, executor, on_shard, str(coco_dir), t0,
+                  "COCO 2014 photographs")
+
+
+def _tokenize(items, skipped, progress=False):
+    """Tokenise each item's captions (-> item['tokens']); items left without a caption go to
+    skipped. -> (items with captions, number of empty captions)."""
+    from tqdm import tqdm
+
+    empty, out = 0, []
+    for it in tqdm(items, desc="captions", unit="img", disable=not progress or len(items) < 1000,
+                   mininterval=1.0):
+        # interned: COCO's ~7 million caption words are ~30,000 distinct strings
+        toks = [[sys.intern(w) for w in tokenize(c)] for c in it.pop("captions")]
+        empty += sum(not t for t in toks)
+        it["tokens"] = [t for t in toks if t]
+        if it["tokens"]:
+            out.append(it)
+        else:
+            skipped.append((it["name"], "no captions in the annotations"))
+    return out, empty
+
+
+def _build(out_dir, split_items, skipped, empty, vocab, min_count, max_words, batch_size,
+           progress, workers, executor, on_shard, where, t0, source=None):
+    """Encode split_items ({split: [item]}) in shards and write the dataset."""
+    # Shards never straddle the splits, so each split's rows are a run of whole chunks.
+    specs, keys, shard_split, shard_items = [], [], [], []
+    for s, its in split_items.items():
+        for k in range(0, len(its), batch_size):
+            part = its[k:k + batch_size]
+            spec = dict(index=len(specs), names=[it["name"] for it in part],
+                        refs=[it["ref"] for it in part], batch_size=batch_size)
+            keys.append(_chunk_key(spec, [it["ident"] for it in part]))
+            specs.append(spec)
+            shard_split.append(s)
+            shard_items.append(part)
 
     work = os.path.join(out_dir, WORK_DIR)
     try:
         os.makedirs(work, exist_ok=True)
     except OSError as e:
-        raise CaptionerError(f'{out_dir}: cannot create the output folder ({e.strerror})') from None
+        raise CaptionerError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
     lock = _lock(work)
     try:
-        chunk_paths, resumed = _encode_chunks(work, chunks, images_dir, batch_size, progress)
-        split_chunks = {s: [] for s in split_images}
-        ok_names = {s: [] for s in split_images}
-        for k, s in enumerate(chunk_split):
-            c = _read_chunk(chunk_paths[k], chunks[k])
+        chunk_paths, resumed = _encode_chunks(work, specs, keys, executor, workers, progress,
+                                              on_shard)
+        split_chunks = {s: [] for s in split_items}
+        ok_items = {s: [] for s in split_items}
+        for k, s in enumerate(shard_split):
+            c = _read_chunk(chunk_paths[k], specs[k]["names"], keys[k])
             if c is None:
-                raise CaptionerError(f'{chunk_paths[k]}: changed while prepare was running; rerun it')
-            split_chunks[s].append((chunk_paths[k], int(c['ok'].sum())))
-            ok_names[s] += [n for n, ok in zip(chunks[k], c['ok']) if ok]
-            skipped += [(n, str(m)) for n, ok, m in zip(chunks[k], c['ok'], c['errors']) if not ok]
-        if not ok_names['train'] and not ok_names['val']:
-            first = skipped[-1][1] if skipped else ''
-            raise CaptionerError(f'{images_dir}: none of the {len(images)} annotated pictures could be read '
-                                 f'(e.g. {first}); check the folder and the file_names', exit_code=1)
-        for s in split_images:
-            if not ok_names[s]:
-                raise CaptionerError(f'{images_dir}: no readable {s} pictures (all {len(split_images[s])} '
-                                     f'were skipped); fix the pictures or change the split')
+                raise CaptionerError(f"{chunk_paths[k]}: changed while prepare was running; "
+                                     f"rerun it")
+            split_chunks[s].append((chunk_paths[k], int(c["ok"].sum())))
+            ok_items[s] += [it for it, ok in zip(shard_items[k], c["ok"]) if ok]
+            skipped += [(it["name"], str(m))
+                        for it, ok, m in zip(shard_items[k], c["ok"], c["errors"]) if not ok]
+        n_images = len(specs) and sum(len(s["names"]) for s in specs)
+        if not any(ok_items.values()):
+            first = skipped[-1][1] if skipped else ""
+            raise CaptionerError(f"{where}: none of the {n_images} annotated pictures could be "
+                                 f"read (e.g. {first}); check the folder and the file_names",
+                                 exit_code=1)
+        for s in split_items:
+            if not ok_items[s]:
+                raise CaptionerError(f"{where}: no readable {s} pictures (all "
+                                     f"{len(split_items[s])} were skipped); fix the pictures or "
+                                     f"change the split")
 
-        by_name = {name: (i, url) for i, name, url in images}
         split_tokens, split_rows = {}, {}
-        for s in split_images:
+        for s in split_items:
             toks, rows = [], []
-            for r, name in enumerate(ok_names[s]):
-                for t in tokens[by_name[name][0]]:
-                    toks.append(t)
-                    rows.append(r)
+            for r, it in enumerate(ok_items[s]):
+                toks += it["tokens"]
+                rows += [r] * len(it["tokens"])
             split_tokens[s], split_rows[s] = toks, rows
         if vocab is None:
-            idx_to_word = build_vocab([t[:max_words] for t in split_tokens['train']], min_count)
+            idx_to_word = build_vocab([t[:max_words] for t in split_tokens["train"]], min_count)
             word_to_idx = {w: i for i, w in enumerate(idx_to_word)}
+        else:
+            word_to_idx, idx_to_word = vocab
 
         splits, summary_splits = {}, {}
-        for s in split_images:
+        for s in split_items:
             caps = encode_captions(split_tokens[s], word_to_idx, max_words)
-            real = caps[:, 1:] != word_to_idx['<NULL>']
-            real &= caps[:, 1:] != word_to_idx['<END>']
-            files = [os.path.join(images_dir, n) for n in ok_names[s]]
+            real = caps[:, 1:] != word_to_idx["<NULL>"]
+            real &= caps[:, 1:] != word_to_idx["<END>"]
             splits[s] = dict(
                 captions=caps, image_idxs=np.array(split_rows[s], dtype=np.int32),
-                features=_ChunkRows(*zip(*split_chunks[s])), images=ok_names[s],
-                urls=[by_name[n][1] or f for n, f in zip(ok_names[s], files)])
-            summary_splits[s] = dict(images=len(ok_names[s]), captions=len(caps),
-                                     unk_words=float((caps[:, 1:][real] == word_to_idx['<UNK>']).mean()))
-        data.write_dataset(out_dir, splits, idx_to_word, kind=KIND, encoder=encoder.ENCODER_NAME)
+                features=_ChunkRows(*zip(*split_chunks[s])),
+                images=[it["name"] for it in ok_items[s]], urls=[it["url"] for it in ok_items[s]])
+            summary_splits[s] = dict(
+                images=len(ok_items[s]), captions=len(caps),
+                unk_words=float((caps[:, 1:][real] == word_to_idx["<UNK>"]).mean()))
+        data.write_dataset(out_dir, splits, idx_to_word, kind=KIND, encoder=encoder.ENCODER_NAME,
+                           source=source)
     finally:
         os.close(lock)
     shutil.rmtree(work, ignore_errors=True)
 
     seconds = time.perf_counter() - t0
-    n_images = sum(map(len, chunks))
     return dict(out_dir=out_dir, encoder=encoder.ENCODER_NAME, feature_kind=KIND,
-                vocab_size=len(idx_to_word), **summary_splits, skipped=skipped, empty_captions=empty,
-                truncated_captions=sum(len(t) > max_words for s in split_tokens.values() for t in s),
+                vocab_size=len(idx_to_word), **summary_splits, skipped=skipped,
+                empty_captions=empty,
+                truncated_captions=sum(len(t) > max_words
+                                       for s in split_tokens.values() for t in s),
                 resumed_images=resumed, encoded_images=n_images - resumed, seconds=seconds,
-                images_per_second=(n_images - resumed) / max(seconds, 1e-9))
+                images_per_second=(n_images - resumed) / max(seconds, 1e-9), workers=workers)

@@ -22,6 +22,9 @@ Sections (each is skipped, with the reason printed, when what it needs is missin
            streamed from HDF5 (the default) and fc7 read into RAM (load_coco_data lazy=False).
   startup  wall time of `captioner --help`, and of `captioner sample PICTURE --checkpoint CKPT`
            (reference-size LSTM) with a warm and a cold encoder weights cache.
+  prepare  `captioner prepare` on 416 real COCO JPEGs (the 13 of ../shared repeated), 1 worker
+           vs all cores, each in a fresh process, interleaved: images/s, the ratio (>= 1.7x),
+           identical features, peak RSS (< 1.5 GiB), projected time for COCO 2014.
 
 Each section is one module, scripts/benchmarks/<section>.py, with run(rep, args); what they
 share (the report, timing, machine information) is scripts/benchmarks/common.py.
@@ -51,7 +54,7 @@ from benchmarks.common import (  # noqa: E402
     others_share,
 )
 
-SECTIONS = ("train", "decode", "metrics", "encoder", "memory", "startup")
+SECTIONS = ("train", "decode", "metrics", "encoder", "memory", "startup", "prepare")
 
 
 # Above this share of the CPU taken by other processes a section's figures are flagged: with

@@ -476,8 +476,9 @@ def test_bad_pictures_in_prepare_are_skipped(tmp_path, monkeypatch):
            "annotations": [{"image_id": i, "caption": f"a red square number {i % 3}"} for i in range(len(names))]}
     (tmp_path / "captions.json").write_text(json.dumps(ann))
     (tmp_path / "val.txt").write_text("ok.jpg\n")
+    # --workers 1: the refusing open() above is patched into this process only
     result = run("prepare", "--images", images, "--captions", tmp_path / "captions.json", "--out", tmp_path / "d",
-                 "--min-count", 1, "--split-by", tmp_path / "val.txt")
+                 "--min-count", 1, "--split-by", tmp_path / "val.txt", "--workers", 1)
     assert result.exit_code == 0, result.output
     for p in bad:
         assert f"  skipped {p.name}: " in result.output, result.output
@@ -490,7 +491,7 @@ def test_bad_pictures_in_prepare_are_skipped(tmp_path, monkeypatch):
                 "annotations": [a for a in ann["annotations"] if a["image_id"] in ids]}
     (tmp_path / "bad.json").write_text(json.dumps(only_bad))
     result = run("prepare", "--images", images, "--captions", tmp_path / "bad.json", "--out", tmp_path / "e",
-                 "--min-count", 1)
+                 "--min-count", 1, "--workers", 1)
     assert_refused(result, images, 1, "none of the")
     assert not [n for n in os.listdir(tmp_path / "e") if not n.startswith(".")]
 
@@ -673,7 +674,7 @@ ARG_CASES = [
     ["sample"], ["sample", "--beam-size", "0", "--split", "val"], ["sample", "--count", "0", "--split", "val"],
     ["sample", "--temperature", "0", "--split", "val"], ["sample", "--temperature", "nan", "--split", "val"],
     ["sample", "--max-length", "0", "--split", "val"], ["sample", "--n-best", "-2", "--split", "val"],
-    ["sample", "--seed", "-1", "--split", "val"], ["sample", "--split", "test"],
+    ["sample", "--seed", "-1", "--split", "val"], ["sample", "--split", "dev"],
     ["evaluate", "--max-images", "0"], ["evaluate", "--beam-size", "0"], ["evaluate", "--length-norm", "-1"],
     ["evaluate", "--results", "/no/such.json", "--references", "/no/such.json"],
     ["evaluate", "--results", __file__], ["encode"], ["encode", "x.jpg", "--top", "0"],

@@ -100,6 +100,18 @@ def test_demo_pipeline_small(tmp_path, monkeypatch):
     again = run("demo", "--out", tmp_path / "demo", "--train-images", 40, "--val-images", 8,
                 "--epochs", 1)
     assert "using the scenes already prepared" in again.output
+    # The demo's model captions a photograph only after saying, once, what it was trained on.
+    photos = [tmp_path / "demo" / "new_picture.jpg", tmp_path / "demo" / "new_picture.jpg"]
+    result = run("sample", *photos, "--checkpoint", tmp_path / "runs" / runs[0] / "last.npz")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("trained by `captioner demo` on rendered shapes") == 1
+    assert result.output.count(str(photos[0])) == 2
+
+
+def test_no_demo_note_for_other_models(trained):
+    picture = trained / "images" / "demo_000000000002.jpg"
+    result = run("sample", picture, "--checkpoint", trained / "run" / "best.npz")
+    assert result.exit_code == 0 and "rendered shapes" not in result.output
 
 
 # ---------------------------------------------------------------- captioner.pictures (library)

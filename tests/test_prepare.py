@@ -8,6 +8,7 @@ from PIL import Image
 
 from captioner import encoder as E
 from captioner import prepare as P
+from captioner import shards as S
 from captioner.data import decode_captions, load_coco_data, load_vocab
 from captioner.errors import CaptionerError
 
@@ -208,23 +209,23 @@ def test_interrupted_run_resumes_to_the_same_dataset(tmp_path, monkeypatch):
     straight = P.prepare_dataset(tmp_path / 'img', ann, tmp_path / 'a', **args)
     assert straight['resumed_images'] == 0 and [n for n, _ in straight['skipped']] == ['bad.jpg']
 
-    real, calls = E.encode_files, []
+    real, calls = S.encode_shard, []
 
-    def dies_after_two(paths, **kw):
-        calls.append([os.path.basename(p) for p in paths])
+    def dies_after_two(spec):
+        calls.append([os.path.basename(p) for p in spec['refs']])
         if len(calls) > 2:
             raise KeyboardInterrupt
-        return real(paths, **kw)
+        return real(spec)
 
-    monkeypatch.setattr(E, 'encode_files', dies_after_two)
+    monkeypatch.setattr(S, 'encode_shard', dies_after_two)
     with pytest.raises(KeyboardInterrupt):
-        P.prepare_dataset(tmp_path / 'img', ann, tmp_path / 'b', **args)
+        P.prepare_dataset(tmp_path / 'img', ann, tmp_path / 'b', workers=1, **args)
     work = tmp_path / 'b' / P.WORK_DIR
     assert sorted(p.name for p in work.glob('chunk_*.npz')) == ['chunk_00000.npz', 'chunk_00001.npz']
     assert not (tmp_path / 'b' / 'coco2014_captions.h5').exists()
 
     calls.clear()
-    resumed = P.prepare_dataset(tmp_path / 'img', ann, tmp_path / 'b', **args)
+    resumed = P.prepare_dataset(tmp_path / 'img', ann, tmp_path / 'b', workers=1, **args)
     assert resumed['resumed_images'] == 4 and resumed['encoded_images'] == 4
     assert sum(map(len, calls)) == 4  # only the chunks that were not done
     assert resumed['skipped'] == straight['skipped'] and resumed['train'] == straight['train']
