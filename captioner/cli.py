@@ -605,7 +605,8 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
 # ---------------------------------------------------------------- prepare
 
 @cli.command()
-@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False), default=None,
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False),
+              default=None,
               help="Folder of pictures (the annotations' file_name are relative to it).")
 @click.option("--captions", "annotations", type=click.Path(exists=True, dir_okay=False),
               default=None,
@@ -614,8 +615,9 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
               help="Instead of --images/--captions: the folder of `captioner download --images` "
                    "(the COCO 2014 zips, read without unpacking).")
 @click.option("--split", "coco_split", type=click.Choice(["karpathy", "official"]),
-              default="karpathy", show_default=True, help="With --coco: Karpathy's train/val/test (113,287 / 5,000 / "
-                                      "5,000 images), or COCO's train2014/val2014.")
+              default="karpathy", show_default=True,
+              help="With --coco: Karpathy's train/val/test (113,287 / 5,000 / 5,000 images), "
+                   "or COCO's train2014/val2014.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset folder to write.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
               show_default=True, help="Random share of the images held out for val.")
@@ -677,7 +679,8 @@ def prepare(ctx, images_dir, annotations, coco_dir, coco_split, out, val_fractio
     if s["skipped"]:
         click.echo(f"  skipped {len(s['skipped']):,} picture(s):")
     for name, reason in s["skipped"][:10]:
-        click.echo(f"  skipped {name!r}: {reason}" if _odd(name) else f"  skipped {name}: {reason}")
+        shown = repr(name) if _odd(name) else name
+        click.echo(f"  skipped {shown}: {reason}")
     if len(s["skipped"]) > 10:
         click.echo(f"  ... and {len(s['skipped']) - 10} more skipped")
 

@@ -113,7 +113,7 @@ def _karpathy(coco_dir):
     check_zip(path, test=True)
     doc, label = _read_json(path, "dataset_coco.json")
     fix = ("not Karpathy's dataset_coco.json ({\"images\": [{\"filepath\", \"filename\", "
-           "\"split\", \"sentences\": [{\"raw\"}]}]}); " + FIX)
+           '"split", "sentences": [{"raw"}]}]}); ' + FIX)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise CaptionerError(f"{label}: no 'images' list; {fix}")
     out, seen = [], set()
@@ -131,7 +131,8 @@ def _karpathy(coco_dir):
         sents = e.get("sentences")
         if not isinstance(sents, list) or not all(
                 isinstance(s, dict) and isinstance(s.get("raw"), str) for s in sents):
-            raise CaptionerError(f"{where}: 'sentences' must be a list of {{\"raw\": text}}; {fix}")
+            raise CaptionerError(f"{where}: 'sentences' must be a list of {{\"raw\": text}}; "
+                                 f"{fix}")
         name = f"{folder}/{file}"
         if name in seen:
             raise CaptionerError(f"{where}: {name} is listed twice; {fix}")
@@ -184,6 +185,6 @@ def read_split(coco_dir, split="karpathy"):
     if missing:
         name, where = missing[0]
         raise CaptionerError(f"{source}: {len(missing):,} of its pictures are not in the zips "
-                             f"(first: {name} in {where}); the zips are incomplete or from another "
-                             f"release: {FIX}")
+                             f"(first: {name} in {where}); the zips are incomplete or from "
+                             f"another release: {FIX}")
     return splits, skipped

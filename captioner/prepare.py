@@ -36,10 +36,11 @@ import numpy as np
 from captioner import atomic, data, encoder, shards
 from captioner.errors import CaptionerError
 
-KIND = 'squeezenet'  # -> {split}2014_squeezenet.h5
-WORK_DIR = '.prepare'
-SPECIALS = ('<NULL>', '<START>', '<END>', '<UNK>')
-FIX_ANN = 'fix the file (COCO format: {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]})'
+KIND = "squeezenet"  # -> {split}2014_squeezenet.h5
+WORK_DIR = ".prepare"
+SPECIALS = ("<NULL>", "<START>", "<END>", "<UNK>")
+FIX_ANN = ('fix the file (COCO format: {"images": [{"id", "file_name"}], '
+           '"annotations": [{"image_id", "caption"}]})')
 
 try:  # the PTB tokenizer of the COCO toolkit, so training words are the words scored
     from captioner.metrics import tokenize as _ptb_tokenize
@@ -59,52 +60,57 @@ def tokenize(caption):
 
 def _show(entry):
     text = json.dumps(entry, ensure_ascii=False)
-    return text if len(text) <= 80 else text[:77] + '...'
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def read_annotations(path):
     """COCO captions json -> (images [(id, file_name, url or None)] in file order,
     captions {id: [caption, ...]} in file order). Every problem is a CaptionerError
     naming the file and the offending entry."""
-    return parse_annotations(data.read_json(path, 'annotations', 'pass the captions json'), path)
+    return parse_annotations(data.read_json(path, "annotations", "pass the captions json"), path)
 
 
 def parse_annotations(ann, path):
     """read_annotations of an already parsed json object; `path` names it in errors."""
     if not isinstance(ann, dict):
-        raise CaptionerError(f'{path}: top level is a {type(ann).__name__}, expected an object; {FIX_ANN}')
-    for key in ('images', 'annotations'):
+        raise CaptionerError(f"{path}: top level is a {type(ann).__name__}, expected an object; "
+                             f"{FIX_ANN}")
+    for key in ("images", "annotations"):
         if not isinstance(ann.get(key), list):
             raise CaptionerError(f"{path}: no '{key}' list; {FIX_ANN}")
 
     images, by_id, by_name = [], {}, {}
-    for k, e in enumerate(ann['images']):
-        where = f'{path}: images[{k}] {_show(e)}'
+    for k, e in enumerate(ann["images"]):
+        where = f"{path}: images[{k}] {_show(e)}"
         if not isinstance(e, dict):
-            raise CaptionerError(f'{where} is not an object; {FIX_ANN}')
-        i, name = e.get('id'), e.get('file_name')
+            raise CaptionerError(f"{where} is not an object; {FIX_ANN}")
+        i, name = e.get("id"), e.get("file_name")
         if isinstance(i, bool) or not isinstance(i, (int, str)):
             raise CaptionerError(f"{where}: 'id' must be an integer; {FIX_ANN}")
         if not isinstance(name, str) or not name.strip():
             raise CaptionerError(f"{where}: 'file_name' must be a non-empty string; {FIX_ANN}")
         if i in by_id:
-            raise CaptionerError(f'{where}: id {i!r} repeats images[{by_id[i]}]; image ids must be unique')
+            raise CaptionerError(f"{where}: id {i!r} repeats images[{by_id[i]}]; image ids must "
+                                 f"be unique")
         if name in by_name:
-            raise CaptionerError(f'{where}: file_name repeats images[{by_name[name]}]; list each picture once')
+            raise CaptionerError(f"{where}: file_name repeats images[{by_name[name]}]; list each "
+                                 f"picture once")
         by_id[i], by_name[name] = k, k
-        url = next((e[u] for u in ('coco_url', 'flickr_url') if isinstance(e.get(u), str) and e[u]), None)
+        url = next((e[u] for u in ("coco_url", "flickr_url")
+                    if isinstance(e.get(u), str) and e[u]), None)
         images.append((i, name, url))
 
     captions = {}
-    for k, e in enumerate(ann['annotations']):
-        where = f'{path}: annotations[{k}] {_show(e)}'
+    for k, e in enumerate(ann["annotations"]):
+        where = f"{path}: annotations[{k}] {_show(e)}"
         if not isinstance(e, dict):
-            raise CaptionerError(f'{where} is not an object; {FIX_ANN}')
-        i, cap = e.get('image_id'), e.get('caption')
+            raise CaptionerError(f"{where} is not an object; {FIX_ANN}")
+        i, cap = e.get("image_id"), e.get("caption")
         if isinstance(i, bool) or not isinstance(i, (int, str)):
             raise CaptionerError(f"{where}: 'image_id' must be an integer; {FIX_ANN}")
         if i not in by_id:
-            raise CaptionerError(f"{where}: image_id {i!r} is not in 'images'; add the image or drop the caption")
+            raise CaptionerError(f"{where}: image_id {i!r} is not in 'images'; add the image or "
+                                 f"drop the caption")
         if not isinstance(cap, str):
             raise CaptionerError(f"{where}: 'caption' must be a string; {FIX_ANN}")
         captions.setdefault(i, []).append(cap)
@@ -114,16 +120,17 @@ def parse_annotations(ann, path):
 def _read_split_file(path, names):
     """Val image names, one per line, all of which must be annotated images."""
     try:
-        with open(path, encoding='utf-8') as f:
+        with open(path, encoding="utf-8") as f:
             lines = [ln.strip() for ln in f.read().splitlines()]
     except (OSError, UnicodeDecodeError) as e:
-        raise CaptionerError(f'{path}: cannot read the val list ({e}); give a text file of image '
-                             f'file names, one per line') from None
-    val = {ln[2:] if ln.startswith('./') else ln for ln in lines if ln}
+        raise CaptionerError(f"{path}: cannot read the val list ({e}); give a text file of image "
+                             f"file names, one per line") from None
+    val = {ln[2:] if ln.startswith("./") else ln for ln in lines if ln}
     unknown = sorted(val - set(names))
     if unknown:
         raise CaptionerError(f"{path}: {len(unknown)} name(s) not among the annotated file_names "
-                             f"(first: {unknown[0]!r}); list val images exactly as their 'file_name'")
+                             f"(first: {unknown[0]!r}); list val images exactly as their "
+                             f"'file_name'")
     return val
 
 
@@ -141,11 +148,11 @@ def build_vocab(token_lists, min_count=5):
 def encode_captions(token_lists, word_to_idx, max_words=15):
     """Token lists -> (N, max_words + 2) int32: <START> w1 .. wk <END>, <NULL>-padded,
     words outside the vocabulary as <UNK>, each caption cut to max_words."""
-    out = np.full((len(token_lists), max_words + 2), word_to_idx['<NULL>'], dtype=np.int32)
-    unk = word_to_idx['<UNK>']
+    out = np.full((len(token_lists), max_words + 2), word_to_idx["<NULL>"], dtype=np.int32)
+    unk = word_to_idx["<UNK>"]
     for r, words in enumerate(token_lists):
         ids = [word_to_idx.get(w, unk) for w in words[:max_words]]
-        out[r, :len(ids) + 2] = [word_to_idx['<START>'], *ids, word_to_idx['<END>']]
+        out[r, :len(ids) + 2] = [word_to_idx["<START>"], *ids, word_to_idx["<END>"]]
     return out
 
 
@@ -455,7 +462,8 @@ def _build(out_dir, split_items, skipped, empty, vocab, min_count, max_words, ba
     try:
         os.makedirs(work, exist_ok=True)
     except OSError as e:
-        raise CaptionerError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
+        raise CaptionerError(f"{out_dir}: cannot create the output folder "
+                             f"({e.strerror})") from None
     lock = _lock(work)
     try:
         chunk_paths, resumed = _encode_chunks(work, specs, keys, executor, workers, progress,

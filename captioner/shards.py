@@ -154,7 +154,7 @@ def default_executor(workers):
     import multiprocessing
 
     saved = {var: os.environ.get(var) for var in BLAS_VARS}
-    os.environ.update({var: "1" for var in BLAS_VARS})
+    os.environ.update(dict.fromkeys(BLAS_VARS, "1"))
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init, initargs=(os.getpid(),))
     try:

@@ -238,10 +238,10 @@ def test_download_refuses_a_bad_zip_and_installs_nothing(tmp_path, mirror, case)
 def test_a_truncated_or_foreign_zip_in_place_is_refused(tmp_path, release):
     good = release[1]["train2014.zip"]
     (tmp_path / "train2014.zip").write_bytes(good[:len(good) - 100])  # its directory is cut off
-    with pytest.raises(CaptionerError, match=r"train2014\.zip: not a valid zip file, or truncated"):
+    with pytest.raises(CaptionerError, match=r"train2014\.zip: not a valid zip file, or trunc"):
         coco.check_zip(str(tmp_path / "train2014.zip"))
     (tmp_path / "train2014.zip").write_bytes(release[1]["val2014.zip"])  # wrong folder inside
-    with pytest.raises(CaptionerError, match=r"train2014\.zip: no pictures in a train2014/ folder"):
+    with pytest.raises(CaptionerError, match=r"train2014\.zip: no pictures in a train2014/ fo"):
         coco.check_zip(str(tmp_path / "train2014.zip"))
     with pytest.raises(CaptionerError, match="no pictures in a train2014/ folder"):
         P.prepare_coco(tmp_path, tmp_path / "out", progress=False)
@@ -291,7 +291,8 @@ def test_karpathy_file_naming_pictures_not_in_the_zips_is_refused(shared, tmp_pa
 
 @pytest.mark.parametrize("doc, message", [
     ([1, 2], "no 'images' list"),
-    ({"images": [{"filepath": "test2015", "filename": "x.jpg", "split": "train", "sentences": []}]},
+    ({"images": [{"filepath": "test2015", "filename": "x.jpg", "split": "train",
+                  "sentences": []}]},
      r"images\[0\]: 'filepath' must be train2014 or val2014"),
     ({"images": [{"filepath": "val2014", "filename": "x.jpg", "split": "dev", "sentences": []}]},
      r"images\[0\]: 'split' 'dev' is not one of"),
@@ -520,8 +521,8 @@ def test_download_prepare_train_evaluate_test_split_and_sample(tmp_path, mirror,
 def test_an_official_dataset_has_no_test_split(release, tmp_path):
     P.prepare_coco(release[0], tmp_path / "o", split="official", workers=1, min_count=1,
                    progress=False)
-    r = run("train", "--data", tmp_path / "o", "--epochs", 1, "--hidden-dim", 8, "--wordvec-dim", 8,
-            "--quiet", "--out", tmp_path / "run")
+    r = run("train", "--data", tmp_path / "o", "--epochs", 1, "--hidden-dim", 8,
+            "--wordvec-dim", 8, "--quiet", "--out", tmp_path / "run")
     assert r.exit_code == 0, r.output
     r = run("evaluate", "--checkpoint", tmp_path / "run" / "best.npz", "--split", "test")
     assert r.exit_code == 2

@@ -121,7 +121,8 @@ def run(rep, args):
         runs = {1: [], cores: []}
         for r in range(rounds):  # interleaved, so a busy spell hits both worker counts alike
             for workers in runs:
-                log(f"[{SEC}] round {r + 1}/{rounds}: {n} real COCO JPEGs, {workers} worker(s) ...")
+                log(f"[{SEC}] round {r + 1}/{rounds}: {n} real COCO JPEGs, "
+                    f"{workers} worker(s) ...")
                 shutil.rmtree(tmp / f"out{workers}", ignore_errors=True)
                 runs[workers].append(measure(tmp / "pictures", tmp / f"out{workers}", workers))
         same = cores == 1 or same_features(tmp / "out1", tmp / f"out{cores}")
