@@ -25,7 +25,9 @@ single-threaded. workers=1 therefore runs in-process (no start-up, nothing to pi
 only when this process's BLAS is already limited to one thread (OPENBLAS_NUM_THREADS=1,
 as the tests set), and otherwise in one spawned worker. Any other executor must run
 shards single-threaded too for the bits to match (Dask's nanny sets OMP/OPENBLAS/
-MKL_NUM_THREADS=1 in its workers by default).
+MKL_NUM_THREADS=1 in its workers by default). As with any 'spawn' pool, a script that
+calls prepare with workers > 1 needs the `if __name__ == "__main__":` guard (the workers
+import the caller's main module); the CLI and notebooks need nothing.
 """
 import os
 import zipfile
