@@ -287,6 +287,17 @@ def _remote_size(url, timeout):
     return int(length) if length and length.isdigit() else None
 
 
+def _check_fetched(part, name, small, url):
+    """coco.check_zip on a file just fetched; its error says the file was deleted."""
+    from captioner import coco
+    try:
+        coco.check_zip(part, name, test=small)
+    except CaptionerError as e:
+        why = str(e).split(': ', 1)[1].split('; ')[0]
+        raise CaptionerError(f'{part}: {why}; deleted. It came from {url}: rerun '
+                             f'`captioner download --images` (or check the --mirror)') from None
+
+
 def download_coco_images(dest_dir='data/coco2014', mirror=None, progress=True, retries=3,
                          timeout=60):
     """Fetch the COCO 2014 pictures and captions (captioner.coco.FILES) into dest_dir.
@@ -324,7 +335,7 @@ def download_coco_images(dest_dir='data/coco2014', mirror=None, progress=True, r
         small = n not in ('train2014.zip', 'val2014.zip')  # CRC-check what is cheap to read
         if n in todo:
             fetch_resumable(urls[n], path, progress=progress, retries=retries, timeout=timeout,
-                            check=lambda p, n=n, small=small: coco.check_zip(p, n, test=small))
+                            check=lambda p, n=n, small=small: _check_fetched(p, n, small, urls[n]))
         else:
             coco.check_zip(path, n, test=small)
     return dest_dir
