@@ -177,17 +177,21 @@ def run_shards(executor, specs, on_result, max_pending):
     from concurrent.futures import FIRST_COMPLETED, wait
 
     specs = iter(specs)
-    pending = set()
+    pending, order = set(), {}
     try:
         while True:
             for spec in specs:
-                pending.add(executor.submit(encode_shard, spec))
+                future = executor.submit(encode_shard, spec)
+                order[future] = len(order)
+                pending.add(future)
                 if len(pending) >= max_pending:
                     break
             if not pending:
                 return
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            # keep every finished shard's work before raising the first failure
+            # keep every finished shard's work (in submission order) before raising the first
+            # failure
+            done = sorted(done, key=order.pop)
             failed = [f for f in done if f.exception() is not None]
             for future in done:
                 if future.exception() is None:

@@ -418,15 +418,20 @@ def test_resume_notices_a_zip_member_replaced_in_between(shared, release, tmp_pa
     shutil.copytree(release[0], folder)
     args = dict(workers=1, batch_size=2, min_count=1, progress=False)
 
-    def dies_at_once(_):
+    written = []
+
+    def dies_at_once(k):
+        written.append(k)
         raise Boom
 
     with pytest.raises(Boom):
         P.prepare_coco(folder, tmp_path / "b", on_shard=dies_at_once, **args)
-    # the first train picture replaced by another real one, under the same name
+    # a picture of the one finished shard replaced by another real one, under the same name
+    with np.load(tmp_path / "b" / P.WORK_DIR / f"chunk_{written[0]:05d}.npz") as z:
+        first = str(z["names"][0])
+    assert first.startswith("train2014/")
     with zipfile.ZipFile(folder / "train2014.zip") as zf:
         entries = {i.filename: zf.read(i) for i in zf.infolist()}
-    first = sorted(n for n in entries if n.endswith(".jpg"))[0]
     entries[first] = (shared / "coco" / "images" / "COCO_val2014_000000577526.jpg").read_bytes()
     with zipfile.ZipFile(folder / "train2014.zip", "w") as zf:
         for name, blob in entries.items():
