@@ -469,6 +469,38 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
         show(urls[idxs[p]] if urls else f"{split} image {idxs[p]}", caps, truth)
 
 
+# ---------------------------------------------------------------- report
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(), default="report.html", show_default=True,
+              help="The HTML file to write.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val",
+              show_default=True, help="The split to caption, score and show.")
+@click.option("--count", type=COUNT, default=24, show_default=True,
+              help="Gallery pictures per run: a third best, a third worst, a third at random.")
+@click.option("--beam-size", type=COUNT, default=3, show_default=True, help="1 is greedy.")
+@click.option("--max-length", type=COUNT, default=16, show_default=True)
+@click.option("--max-images", type=COUNT, default=None,
+              help="Score only the first N images of the split (default: all).")
+@click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="The random gallery sample.")
+def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_meteor, seed):
+    """One self-contained HTML page about training runs: settings, curves, scores,
+    caption diversity and a gallery of captioned pictures (open it from disk).
+
+    \b
+    Example:
+      captioner report runs/lstm --out lstm.html
+      captioner report runs/lstm runs/rnn --split val --count 36 --out compare.html
+    """
+    from .report import write_report
+    path = write_report(list(run_dirs), out, split=split, count=count, beam_size=beam_size,
+                        max_length=max_length, max_images=max_images, meteor=not no_meteor,
+                        seed=seed, log=lambda m: click.echo(m, err=True))
+    click.echo(f"report: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+
+
 # ---------------------------------------------------------------- encode
 
 @cli.command()
