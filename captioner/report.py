@@ -26,6 +26,7 @@ import numpy as np
 
 from . import atomic
 from .errors import CaptionerError
+from .picture_files import check_writable
 
 THUMB_SIZE = 160  # px, longest side of a gallery thumbnail
 REPEATED_SHOWN = 10  # most repeated captions listed
@@ -458,19 +459,6 @@ def render(context, template="report.html.j2"):
     return env.get_template(template).render(**context)
 
 
-def check_out(out):
-    """Refuse an --out that cannot be written, before any slow work (exit 2, nothing written)."""
-    out = os.fspath(out)
-    folder = os.path.dirname(os.path.abspath(out))
-    if os.path.isdir(out):
-        raise CaptionerError(f"{out}: is a directory; pass a file name such as {out}/report.html")
-    if not os.path.isdir(folder):
-        raise CaptionerError(f"{out}: folder {folder} does not exist; create it or choose "
-                             f"another --out")
-    if not os.access(folder, os.W_OK):
-        raise CaptionerError(f"{out}: folder {folder} is not writable; choose another --out")
-
-
 def build_report(run_dirs, split="val", count=24, beam_size=3, max_length=16, max_images=None,
                  meteor=True, seed=0, log=print):
     """-> the HTML text of the report on run_dirs (see the module docstring)."""
@@ -498,7 +486,7 @@ def build_report(run_dirs, split="val", count=24, beam_size=3, max_length=16, ma
 
 def write_report(run_dirs, out="report.html", **options):
     """Build the report and write it atomically to out; -> out."""
-    check_out(out)
+    check_writable(out)
     html = build_report(run_dirs, **options)
     atomic.write_text(out, html, what="report")
     return out
@@ -512,7 +500,7 @@ def write_gallery(results, out, title="captioner sample"):
     results: [{"file_name", "caption", "log_prob", ...}] (what `sample --json` writes);
     a picture that cannot be read any more shows a placeholder.
     """
-    check_out(out)
+    check_writable(out)
     items = []
     for r in results:
         uri = thumbnail(r["file_name"])
