@@ -9,9 +9,10 @@ diversity measures how varied the captions are; the plots are matplotlib (Agg) P
 pictures JPEG thumbnails, both inlined as data: URIs, so the page needs no server or network.
 The page itself is Jinja2 (captioner/templates/report.html.j2).
 
-Output of `captioner gradients` / `compare` (built separately) is picked up by file name:
-any gradients*.png or compare*.png in a run directory or its parent is embedded, and
-gradients.json's "summary" (or the whole object when it has none) is shown beside it.
+Output of `captioner gradients` / `compare` is picked up by file name: any gradients*.png or
+compare*.png in a run directory or its parent (compare's directory of runs) is embedded, and
+gradients.json there (compare writes {"runs": [...]}) is shown as a table of each run's
+scalar measures.
 """
 import base64
 import datetime
@@ -442,9 +443,22 @@ def gradient_outputs(run_dir):
             except (OSError, ValueError):
                 found.append({"title": summary, "summary": "(unreadable JSON)"})
                 continue
-            obj = obj.get("summary", obj) if isinstance(obj, dict) else obj
-            found.append({"title": summary, "summary": json.dumps(obj, indent=1)[:4000]})
+            found.append(dict({"title": summary}, **_gradient_summary(obj)))
     return found
+
+
+def _gradient_summary(obj):
+    """gradients.json ({"runs": [{"label", "cell", "gain_per_step", ...}]}, as `captioner
+    gradients --json` writes it) -> {'table': (columns, rows)} of each run's scalar fields,
+    or {'summary': JSON text} for any other layout."""
+    runs = obj.get("runs") if isinstance(obj, dict) else None
+    if isinstance(runs, list) and runs and all(isinstance(r, dict) for r in runs):
+        columns = [k for k, v in runs[0].items() if isinstance(v, (str, int, float, type(None)))]
+        rows = [["-" if r.get(k) is None else f"{r[k]:.4g}" if isinstance(r.get(k), float)
+                 else str(r[k]) for k in columns] for r in runs]
+        return {"table": (columns, rows)}
+    obj = obj.get("summary", obj) if isinstance(obj, dict) else obj
+    return {"summary": json.dumps(obj, indent=1)[:4000]}
 
 
 # ---------------------------------------------------------------- the page

@@ -162,13 +162,16 @@ def test_report_embeds_gradient_flow_output(trained, tmp_path):
     shutil.copytree(trained / "run", run_dir)
     Image.new("RGB", (40, 20), "red").save(run_dir / "gradients.png")
     Image.new("RGB", (40, 20), "blue").save(tmp_path / "runs" / "compare.png")
-    (run_dir / "gradients.json").write_text(json.dumps({"summary": {"vanishing_at": 12}}))
+    (tmp_path / "runs" / "gradients.json").write_text(json.dumps({"runs": [
+        {"label": "a", "cell": "lstm", "gain_per_step": 0.8125, "halving_steps": 3.3,
+         "by_distance": [{"d": 0, "h": 1.0}]}]}))
     out = tmp_path / "g.html"
     assert run("report", run_dir, "--out", out, "--count", 3, "--no-meteor",
                "--max-images", 4).exit_code == 0
     html = out.read_text()
     section = html[html.index('id="gradients"'):]
-    assert len(_data_uris(section)) == 2 and "vanishing_at" in section
+    assert len(_data_uris(section)) == 2 and "by_distance" not in section
+    assert "<th>gain_per_step</th>" in section and "<td>0.8125</td>" in section
 
 
 def _point_at(run_dir, data_dir):
@@ -281,3 +284,86 @@ def test_sample_json_needs_picture_files_and_a_writable_file(trained, tmp_path):
     picture = trained / "images" / "demo_000000000001.jpg"
     one_error_line(run("sample", picture, "--json", blocker / "x.json", "--checkpoint",
                        trained / "run" / "best.npz"), "x.json")
+
+
+# ---------------------------------------------------------------- in a real browser
+
+CHECKS = """<script>
+/* test-only: injected into a copy of the report to read what the browser made of it */
+window.__errors = [];
+window.addEventListener("error", function (e) {
+  window.__errors.push(e.message || ("failed to load " + String(e.target && e.target.src).slice(0, 80)));
+}, true);
+var __consoleError = console.error;
+console.error = function () { window.__errors.push(Array.from(arguments).join(" ")); __consoleError.apply(console, arguments); };
+window.addEventListener("load", function () {
+  var imgs = Array.from(document.images);
+  var out = document.createElement("pre");
+  out.id = "__checks";
+  out.textContent = JSON.stringify({
+    images: imgs.length,
+    undecoded: imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).map(function (i) { return i.alt; }),
+    errors: window.__errors,
+    sections: Array.from(document.querySelectorAll("section[id]")).map(function (s) { return s.id; }),
+    overflow: document.documentElement.scrollWidth - window.innerWidth});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _chromium():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI=true but chromium is not installed; .ci/run installs it (apt-get install chromium)")
+    pytest.skip("headless Chromium not installed (apt-get install chromium); the browser test needs it")
+
+
+def _browse(chromium, profile, *args):
+    import subprocess
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+           "--window-size=1366,768", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_report_in_headless_chromium(trained, tmp_path):
+    chromium = _chromium()
+    page = tmp_path / "report.html"
+    assert run("report", trained / "run", "--out", page, "--no-meteor").exit_code == 0
+    html = page.read_text()
+    copy = tmp_path / "checked.html"
+    copy.write_text(html.replace("<head>", "<head>\n" + CHECKS, 1))
+    done = _browse(chromium, tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom",
+                   copy.as_uri())
+    found = re.search(r'<pre id="__checks">(.*?)</pre>', done.stdout, re.S)
+    assert found, (done.stdout[-2000:], done.stderr[-2000:])
+    checks = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert checks["errors"] == [] and checks["undecoded"] == [], checks
+    assert checks["images"] == len(_data_uris(html)) >= 4 + 1 + 24   # curves, lengths, gallery
+    assert checks["sections"] == ["runs", "curves", "scores", "diversity", "gallery"]
+    assert checks["overflow"] <= 0, "the page is wider than a 1366 px laptop screen"
+    console = [ln for ln in done.stderr.splitlines() if "CONSOLE" in ln]
+    assert console == [], console
+    # a screenshot, kept with the test's files
+    shot = tmp_path / "report.png"
+    _browse(chromium, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1366,2400",
+            page.as_uri())
+    with Image.open(shot) as im:
+        assert im.size == (1366, 2400)
+        assert len(np.unique(np.asarray(im.convert("L")))) > 20   # not a blank page
+    print(f"report screenshot: {shot}")
+
+
+def test_help_does_not_import_the_report_libraries():
+    import subprocess
+    import sys
+    code = ("import sys; from captioner.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('jinja2', 'matplotlib', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__)))), check=True).stdout
+    assert out.splitlines()[-1] == "[]"
