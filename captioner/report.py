@@ -188,6 +188,11 @@ def _load_split(run, split, log):
         why = f"{data_dir}: the run's dataset is gone; scores, gallery and diversity are left out"
         log(f"captioner: warning: {why}")
         return None, None, why
+    from .data import feature_file
+    if not os.path.exists(feature_file(data_dir, split, kind)):
+        raise CaptionerError(f"{data_dir}: has no {split} split "
+                             f"({os.path.basename(feature_file(data_dir, split, kind))} is absent); "
+                             f"choose another --split")
     d = load_coco_data(data_dir, features=kind, splits=(split,))
     check_compatible(run["card"]["checkpoint"], run["meta"], d)
     train = None

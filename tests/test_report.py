@@ -233,6 +233,15 @@ def test_report_refuses_runs_on_different_vocabularies(trained, tmp_path):
     one_error_line(run("report", trained / "run", tmp_path / "other", "--out", tmp_path / "r.html"),
                    "vocabulary", "report them separately")
     assert not (tmp_path / "r.html").exists()
+    # features without pictures (the CS231n layout has only URLs): the gallery links them
+    result = run("report", tmp_path / "other", "--out", tmp_path / "r.html", "--count", 3,
+                 "--no-meteor")
+    assert result.exit_code == 0, result.output
+    gallery = (tmp_path / "r.html").read_text().split('id="gallery"')[1]
+    assert gallery.count('href="https://example.invalid/coco_synthetic/val2014/') == 3
+    assert "data:image/jpeg" not in gallery
+    one_error_line(run("report", tmp_path / "other", "--split", "test", "--out",
+                       tmp_path / "t.html"), "no test split")
 
 
 def test_report_without_the_dataset_still_shows_the_training(trained, tmp_path):
