@@ -24,7 +24,8 @@ def decode_split(model, data, split="val", max_images=None, beam_size=3, max_len
     best = []
     for i in range(0, len(images), batch_size):   # batches: features may stream from HDF5
         feats = data[f"{split}_features"][images[i:i + batch_size]]
-        best += [hyps[0] for hyps in beam_captions(model, feats, beam_size, max_length, length_norm)]
+        hyps = beam_captions(model, feats, beam_size, max_length, length_norm)
+        best += [h[0] for h in hyps]
     refs = [decode_captions(data[f"{split}_captions"][r], data["idx_to_word"]) for r in rows]
     return images, ids, best, refs
 

@@ -34,7 +34,7 @@ def find_pictures(paths):
         if found:
             files += found
         else:
-            errors.append((p, f"{p}: no pictures ({', '.join(EXTENSIONS)}) in this folder"))
+            errors.append((p, f"{p}: a directory without pictures ({', '.join(EXTENSIONS)}) in it"))
     return files, errors
 
 

@@ -72,11 +72,10 @@ def gather_run(run_dir):
 
     run_dir = os.path.normpath(run_dir)
     best_path, last_path = _run_checkpoints(run_dir)
-    model, meta, _, _ = load_model(best_path)
-    if last_path != best_path:
+    model, meta, _, history = load_model(best_path)
+    last_meta = meta
+    if last_path != best_path:  # last.npz holds the whole history; best.npz stops at its epoch
         _, last_meta, _, history = load_model(last_path)
-    else:
-        last_meta, history = meta, load_model(best_path)[3]
     t = last_meta.get("training", {})
     settings = t.get("settings", {})
     epochs = [r for r in t.get("epochs", []) if isinstance(r, dict)]
@@ -103,9 +102,8 @@ def check_same_vocabulary(runs):
         if r["meta"]["vocab"] != first["meta"]["vocab"]:
             raise CaptionerError(
                 f"{r['card']['dir']}: its vocabulary ({len(r['meta']['vocab'])} words) differs "
-                f"from "
-                f"{first['card']['dir']}'s ({len(first['meta']['vocab'])} words); their captions "
-                f"and scores are not comparable: report them separately")
+                f"from {first['card']['dir']}'s ({len(first['meta']['vocab'])} words); their "
+                f"captions and scores are not comparable: report them separately")
 
 
 # ---------------------------------------------------------------- numbers
@@ -179,7 +177,7 @@ def clip_share_per_epoch(run):
 
 def _load_split(run, split, log):
     """The run's dataset with `split` (and train's captions for the sizes), or (None, reason)."""
-    from .data import load_coco_data
+    from .data import feature_file, load_coco_data
     from .training import check_compatible
 
     data_dir = run["settings"].get("data_dir")
@@ -188,11 +186,10 @@ def _load_split(run, split, log):
         why = f"{data_dir}: the run's dataset is gone; scores, gallery and diversity are left out"
         log(f"captioner: warning: {why}")
         return None, None, why
-    from .data import feature_file
-    if not os.path.exists(feature_file(data_dir, split, kind)):
-        raise CaptionerError(f"{data_dir}: has no {split} split "
-                             f"({os.path.basename(feature_file(data_dir, split, kind))} is absent); "
-                             f"choose another --split")
+    features = feature_file(data_dir, split, kind)
+    if not os.path.exists(features):
+        raise CaptionerError(f"{data_dir}: has no {split} split ({os.path.basename(features)} "
+                             f"is absent); choose another --split")
     d = load_coco_data(data_dir, features=kind, splits=(split,))
     check_compatible(run["card"]["checkpoint"], run["meta"], d)
     train = None
@@ -270,7 +267,8 @@ def caption_run(run, split="val", count=24, beam_size=3, max_length=16, max_imag
         names = d.get(f"{split}_images")
         order = np.argsort(-cider, kind="stable")
         k = max(1, math.ceil(count / 3))
-        picked = {"best": list(order[:k]), "worst": list(order[::-1][:k])}
+        best_k = list(order[:k])
+        picked = {"best": best_k, "worst": [j for j in order[::-1] if j not in best_k][:k]}
         rest = np.setdiff1d(np.arange(len(ids)), picked["best"] + picked["worst"])
         pool = rest if len(rest) >= k else np.arange(len(ids))
         picked["random"] = sorted(np.random.default_rng(seed).choice(pool, min(k, len(pool)),
