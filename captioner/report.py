@@ -466,6 +466,13 @@ def _gradient_summary(obj):
 
 # ---------------------------------------------------------------- the page
 
+def duration(seconds):
+    """1406.2 -> '23 min 26 s'; 75 -> '1 min 15 s'; 9.5 -> '10 s'."""
+    s = int(round(seconds))
+    h, m = divmod(s // 60, 60)
+    return (f"{h} h {m} min" if h else f"{m} min {s % 60} s" if m else f"{s} s")
+
+
 def render(context, template="report.html.j2"):
     """Render a template of captioner/templates with Jinja2 (HTML autoescaping on)."""
     import jinja2
@@ -473,6 +480,7 @@ def render(context, template="report.html.j2"):
         loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(__file__), "templates")),
         autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     env.filters["num"] = lambda v, fmt=",": format(v, fmt) if v is not None else "?"
+    env.filters["duration"] = duration
     return env.get_template(template).render(**context)
 
 

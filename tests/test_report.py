@@ -106,6 +106,11 @@ def test_unk_share_counts_words_only():
     assert report.unk_share(caps, vocab[:3] + ["x", "a", "dog"]) == 0.0
 
 
+def test_duration():
+    assert [report.duration(x) for x in (9.5, 75, 1406.2, 7300)] == [
+        "10 s", "1 min 15 s", "23 min 26 s", "2 h 1 min"]
+
+
 def test_smooth_and_clip_share():
     assert report.smooth([1, 3, 5, 7], window=2).tolist() == [1, 2, 4, 6]
     r = {"loss": np.zeros(6), "clipped": np.array([1, 0, 0, 0, 1, 1.0]),
@@ -283,6 +288,13 @@ def test_sample_folders_json_and_html(trained, tmp_path):
     alone = run("sample", pics / "sub" / "demo_000000000003.jpg", "--checkpoint",
                 trained / "run" / "best.npz")
     assert alone.output.splitlines()[1].strip() == records[2]["caption"]
+
+
+def test_image_ids_from_file_names():
+    from captioner.picture_files import image_id
+    assert image_id("a/COCO_val2014_000000391895.jpg") == 391895
+    assert image_id("000000000042.png") == 42 and image_id("demo_000000000007.jpg") == 7
+    assert image_id("photo2.jpg") is None and image_id("holiday.JPG") is None
 
 
 def test_sample_json_needs_picture_files_and_a_writable_file(trained, tmp_path):
