@@ -285,7 +285,8 @@ def caption_run(run, split="val", count=24, beam_size=3, max_length=16, max_imag
         has_train = "train_captions" in train
         sizes = {"train_captions": len(train["train_captions"]) if has_train else None,
                  "train_images": len(np.unique(train["train_image_idxs"])) if has_train else None,
-                 "split_captions": len(d[f"{split}_captions"]), "split_images": len(rows),
+                 "split_captions": len(d[f"{split}_captions"]),
+                 "split_images": len(np.unique(d[f"{split}_image_idxs"])),
                  "unk_share": unk_share(train.get("train_captions", d[f"{split}_captions"]),
                                         d["idx_to_word"])}
         return {"missing": None, "scores": scores, "notes": notes, "gallery": gallery,
