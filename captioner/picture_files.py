@@ -34,7 +34,8 @@ def find_pictures(paths):
         if found:
             files += found
         else:
-            errors.append((p, f"{p}: a directory without pictures ({', '.join(EXTENSIONS)}) in it"))
+            kinds = ", ".join(EXTENSIONS)
+            errors.append((p, f"{p}: a directory without pictures ({kinds}) in it"))
     return files, errors
 
 

@@ -68,7 +68,7 @@ def gather_run(run_dir):
     """Everything a run directory says about its training: -> dict with the run card
     ('card'), per-step 'loss', 'grad_norm', 'clipped' (float arrays), per-epoch 'epochs'
     records, 'settings', and the model and metadata of the checkpoint to caption with."""
-    from .training import load_model
+    from .checkpoint import load_model
 
     run_dir = os.path.normpath(run_dir)
     best_path, last_path = _run_checkpoints(run_dir)
@@ -177,8 +177,8 @@ def clip_share_per_epoch(run):
 
 def _load_split(run, split, log):
     """The run's dataset with `split` (and train's captions for the sizes), or (None, reason)."""
+    from .checkpoint import check_compatible
     from .data import feature_file, load_coco_data
-    from .training import check_compatible
 
     data_dir = run["settings"].get("data_dir")
     kind = run["meta"]["features"]["kind"]
@@ -393,8 +393,10 @@ def plot_curves(runs):
             for key, style in (("CIDEr", "o-"), ("Bleu_4", "s--")):
                 pts = [(e["step"], e[key]) for e in r["epochs"] if key in e]
                 if pts:
-                    ax.plot(*zip(*pts), style, color=c, ms=3, label=label(r, key.replace("_", "-")))
-        ax.set(xlabel="step", ylabel="score (greedy, 200 val images)", title="Val BLEU-4 / CIDEr-D")
+                    name = key.replace("_", "-")
+                    ax.plot(*zip(*pts), style, color=c, ms=3, label=label(r, name))
+        ax.set(xlabel="step", ylabel="score (greedy, 200 val images)",
+               title="Val BLEU-4 / CIDEr-D")
         ax.legend(fontsize=7)
         plots.append(("Val metrics", _png(fig)))
     return plots
@@ -498,8 +500,8 @@ def build_report(run_dirs, split="val", count=24, beam_size=3, max_length=16, ma
                                   max_length=max_length, max_images=max_images, meteor=meteor,
                                   seed=seed, log=log)
         if r["result"].get("diversity"):
-            r["result"]["lengths_plot"] = plot_lengths(r["result"]["diversity"],
-                                                       r["card"]["name"] if len(runs) > 1 else None)
+            name = r["card"]["name"] if len(runs) > 1 else None
+            r["result"]["lengths_plot"] = plot_lengths(r["result"]["diversity"], name)
         r["gradients"] = gradient_outputs(r["card"]["dir"])
     context = {
         "title": "captioner report: " + ", ".join(r["card"]["name"] for r in runs),

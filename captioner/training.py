@@ -159,7 +159,8 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
     if state["optim"] is None:
         state["optim"] = {k: {"learning_rate": s["lr"]} for k in model.params}
     losses = state.setdefault("loss_history", [])
-    norms, clips = state.setdefault("grad_norm_history", []), state.setdefault("clipped_history", [])
+    norms = state.setdefault("grad_norm_history", [])
+    clips = state.setdefault("clipped_history", [])
     n = len(data["train_captions"])
     B = s["batch_size"]
     steps_per_epoch = math.ceil(n / B)

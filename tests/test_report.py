@@ -62,14 +62,15 @@ def test_history_records_gradient_norm_and_clipping(trained):
     assert h["grad_norm"][0] == pytest.approx(norm, rel=1e-4)
     assert h["clipped"] == [int(g > 1.0) for g in h["grad_norm"]] and sum(h["clipped"]) > 0
     # and they survive a resume
-    model, meta, optim, history = training.load_model(trained / "run" / "last.npz")
+    model, meta, optim, history = checkpoint.load_model(trained / "run" / "last.npz")
     state = training.resume_state(meta, optim, history)
     assert state["grad_norm_history"] == pytest.approx(h["grad_norm"], abs=1e-5)
     assert state["clipped_history"] == h["clipped"]
 
 
 def test_per_image_cider_is_the_evaluate_number():
-    refs = {1: ["a dog on a couch", "a brown dog sleeping"], 2: ["two cats on a bed", "cats sleep"],
+    refs = {1: ["a dog on a couch", "a brown dog sleeping"],
+            2: ["two cats on a bed", "cats sleep"],
             3: ["a red bus on a street", "a bus in the city"]}
     res = {1: "a dog sleeping on a couch", 2: "a cat on a bed", 3: "a bus"}
     scores, _, per_image = metrics.score(refs, res, meteor=False, per_image=True)
@@ -138,7 +139,7 @@ def test_report_page_shows_the_run(trained, tmp_path):
     for title in ("Loss", "Learning rate", "Gradient norm", "Clipping", "Val metrics"):
         assert f'alt="{title}"' in html
     # the scores are evaluate's, for the same checkpoint and decoding
-    model, meta, _, _ = training.load_model(trained / "run" / "best.npz")
+    model, meta, _, _ = checkpoint.load_model(trained / "run" / "best.npz")
     d = load_coco_data(trained / "data", splits=("val",))
     scores, _, _ = evaluate_model(model, d, "val", meteor=False, beam_size=3)
     row = html[html.index('id="scores"'):html.index('id="diversity"')]
@@ -236,8 +237,8 @@ def test_report_refuses_runs_on_different_vocabularies(trained, tmp_path):
                          vocab_size=60)
     assert run("train", "--data", data, "--epochs", 1, "--hidden-dim", 8, "--wordvec-dim", 8,
                "--quiet", "--out", tmp_path / "other").exit_code == 0
-    one_error_line(run("report", trained / "run", tmp_path / "other", "--out", tmp_path / "r.html"),
-                   "vocabulary", "report them separately")
+    result = run("report", trained / "run", tmp_path / "other", "--out", tmp_path / "r.html")
+    one_error_line(result, "vocabulary", "report them separately")
     assert not (tmp_path / "r.html").exists()
     # features without pictures (the CS231n layout has only URLs): the gallery links them
     result = run("report", tmp_path / "other", "--out", tmp_path / "r.html", "--count", 3,
