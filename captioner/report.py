@@ -421,10 +421,11 @@ def plot_lengths(div, name=None):
 
 # ---------------------------------------------------------------- gradients / compare output
 
-def gradient_outputs(run_dir):
+def gradient_outputs(run_dir, seen=None):
     """Plots and summary written by `captioner gradients` / `compare` in run_dir or its parent:
-    -> [{'title', 'src' (data URI) | 'summary' (JSON text)}], in name order."""
-    found, seen = [], set()
+    -> [{'title', 'src' (data URI) | 'table' | 'summary' (JSON text)}], in name order.
+    seen: real paths already shown (runs of one comparison share their parent's files)."""
+    found, seen = [], set() if seen is None else seen
     for d in (run_dir, os.path.dirname(os.path.abspath(run_dir))):
         for pattern in ("gradients*.png", "compare*.png"):
             for path in sorted(glob.glob(os.path.join(d, pattern))):
@@ -494,6 +495,7 @@ def build_report(run_dirs, split="val", count=24, beam_size=3, max_length=16, ma
         raise CaptionerError("no run directories given; pass one or more runs/<name>")
     runs = [gather_run(d) for d in run_dirs]
     check_same_vocabulary(runs)
+    seen = set()
     for r in runs:
         log(f"captioning {split} with {r['card']['checkpoint']} ...")
         r["result"] = caption_run(r, split=split, count=count, beam_size=beam_size,
@@ -502,7 +504,7 @@ def build_report(run_dirs, split="val", count=24, beam_size=3, max_length=16, ma
         if r["result"].get("diversity"):
             name = r["card"]["name"] if len(runs) > 1 else None
             r["result"]["lengths_plot"] = plot_lengths(r["result"]["diversity"], name)
-        r["gradients"] = gradient_outputs(r["card"]["dir"])
+        r["gradients"] = gradient_outputs(r["card"]["dir"], seen)
     context = {
         "title": "captioner report: " + ", ".join(r["card"]["name"] for r in runs),
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
