@@ -412,13 +412,18 @@ def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimiz
               help="Sample words at this temperature instead of beam search (diverse captions).")
 @click.option("--max-length", type=COUNT, default=16, show_default=True)
 @click.option("--seed", type=SEED, default=None, help="Pick the same images / samples again.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write [{file_name, caption, log_prob, image_id}] to this file.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write a gallery page of the captioned pictures to this file.")
 def sample(images, ckpt, data, features, split, count, beam_size, n_best, temperature, max_length,
-           seed):
-    """Caption picture files, or images of the dataset (--split).
+           seed, json_out, html_out):
+    """Caption picture files and folders of pictures, or images of the dataset (--split).
 
     \b
     Example:
       captioner sample photo.jpg --checkpoint runs/demo/best.npz
+      captioner sample photos/ --json captions.json --html captions.html
       captioner sample --checkpoint runs/lstm/best.npz --split val --count 5
     """
     import numpy as np
@@ -429,6 +434,8 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
 
     if not images and split is None:
         raise click.UsageError("give picture files to caption, or --split train|val|test")
+    if (json_out or html_out) and not images:
+        raise click.UsageError("--json and --html are for picture files; give files or folders")
     ckpt = ckpt or _newest_best()
     model, meta, _, _ = load_model(ckpt)
     rng = np.random.default_rng(seed)
@@ -443,18 +450,32 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
             click.echo(f"  truth: {t}")
 
     if images:
-        from . import encoder
+        from . import encoder, picture_files
+        for out in (json_out, html_out):
+            if out:
+                picture_files.check_writable(out)
         if meta["features"].get("encoder") != encoder.ENCODER_NAME:
             raise CaptionerError(
                 f"{ckpt}: trained on {meta['features'].get('encoder')} features, which cannot be computed "
                 f"from a picture (the CS231n VGG-16 PCA basis is not published); caption dataset images with "
                 f"--split val, or build a dataset with `captioner prepare` and train on it")
         _demo_note(meta)
-        results = caption_images(model, images, **decoding)
+        files, bad = picture_files.find_pictures(images)
+        # a progress bar for more than a few pictures, on a terminal (not in pipes and logs)
+        results = caption_images(model, files, progress=len(files) > 8 and sys.stderr.isatty(),
+                                 **decoding)
         for path, caps, _ in results:
             if caps is not None:
                 show(path, caps)
-        errors = [message for _, caps, message in results if caps is None]
+        done = [(path, caps[0]) for path, caps, _ in results if caps is not None]
+        records = picture_files.results_of([p for p, _ in done], [c for _, c in done])
+        if json_out:
+            picture_files.write_results(json_out, records)
+        if html_out:
+            from .report import write_gallery
+            write_gallery(records, html_out, title=f"captioner sample: {len(records)} pictures")
+        errors = [message for _, message in bad]
+        errors += [message for _, caps, message in results if caps is None]
         for message in errors:
             click.echo(f"captioner: error: {message}", err=True)
         if errors:
@@ -469,6 +490,38 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
     for p, caps in zip(pick, caption_features(model, d[f"{split}_features"][idxs[pick]], **decoding)):
         truth = decode_captions(d[f"{split}_captions"][rows[p]], d["idx_to_word"])
         show(urls[idxs[p]] if urls else f"{split} image {idxs[p]}", caps, truth)
+
+
+# ---------------------------------------------------------------- report
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(), default="report.html", show_default=True,
+              help="The HTML file to write.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val",
+              show_default=True, help="The split to caption, score and show.")
+@click.option("--count", type=COUNT, default=24, show_default=True,
+              help="Gallery pictures per run: a third best, a third worst, a third at random.")
+@click.option("--beam-size", type=COUNT, default=3, show_default=True, help="1 is greedy.")
+@click.option("--max-length", type=COUNT, default=16, show_default=True)
+@click.option("--max-images", type=COUNT, default=None,
+              help="Score only the first N images of the split (default: all).")
+@click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="The random gallery sample.")
+def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_meteor, seed):
+    """One self-contained HTML page about training runs: settings, curves, scores,
+    caption diversity and a gallery of captioned pictures (open it from disk).
+
+    \b
+    Example:
+      captioner report runs/lstm --out lstm.html
+      captioner report runs/lstm runs/rnn --split val --count 36 --out compare.html
+    """
+    from .report import write_report
+    path = write_report(list(run_dirs), out, split=split, count=count, beam_size=beam_size,
+                        max_length=max_length, max_images=max_images, meteor=not no_meteor,
+                        seed=seed, log=lambda m: click.echo(m, err=True))
+    click.echo(f"report: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
 
 
 # ---------------------------------------------------------------- encode

@@ -318,4 +318,9 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0,
                "seconds": time.perf_counter() - t0}
     log(f"grounding: CIDEr-D {ratio:.1f}x the mean-feature baseline "
         f"({'PASS' if summary['grounded'] else 'FAIL'}, needs >= 2x); {summary['seconds']:.0f} s in all")
+    from .report import write_report
+    summary["report"] = write_report([run_dir], os.path.join(run_dir, "report.html"), meteor=False,
+                                     log=lambda *_: None)
+    log(f"report: captioner report {run_dir} --out {summary['report']} --no-meteor\n"
+        f"      open {summary['report']} in a browser")
     return summary

@@ -12,20 +12,30 @@ def coco_image_id(file_name, fallback):
     return int(m.group(1)) if m else int(fallback)
 
 
-def caption_split(model, data, split="val", max_images=None, beam_size=3, max_length=16,
-                  length_norm=0.0, batch_size=500):
-    """-> (image ids, generated captions, reference captions per image), one entry per image."""
+def decode_split(model, data, split="val", max_images=None, beam_size=3, max_length=16,
+                 length_norm=0.0, batch_size=500):
+    """-> (feature rows (K,), image ids, best (caption, logprob) per image, reference captions
+    per image), one entry per distinct image of the split."""
     images, rows = image_groups(data, split)
     if max_images:
         images, rows = images[:max_images], rows[:max_images]
     names = data.get(f"{split}_images")
     ids = [coco_image_id(names[i] if names else None, i) for i in images]
-    generated = []
+    best = []
     for i in range(0, len(images), batch_size):   # batches: features may stream from HDF5
         feats = data[f"{split}_features"][images[i:i + batch_size]]
-        generated += [hyps[0][0] for hyps in beam_captions(model, feats, beam_size, max_length, length_norm)]
+        hyps = beam_captions(model, feats, beam_size, max_length, length_norm)
+        best += [h[0] for h in hyps]
     refs = [decode_captions(data[f"{split}_captions"][r], data["idx_to_word"]) for r in rows]
-    return ids, generated, refs
+    return images, ids, best, refs
+
+
+def caption_split(model, data, split="val", max_images=None, beam_size=3, max_length=16,
+                  length_norm=0.0, batch_size=500):
+    """-> (image ids, generated captions, reference captions per image), one entry per image."""
+    _, ids, best, refs = decode_split(model, data, split, max_images, beam_size, max_length,
+                                      length_norm, batch_size)
+    return ids, [caption for caption, _ in best], refs
 
 
 def evaluate_model(model, data, split="val", meteor=True, **decode):

@@ -493,14 +493,15 @@ def _meteor(hyps, refs):
         proc.wait()
 
 
-def score(references, results, meteor=True):
+def score(references, results, meteor=True, per_image=False):
     """COCO caption metrics of results against references, as the toolkit's COCOEvalCap computes
     them for the result images.
 
     references: {image_id: [caption, ...]} (may hold more images than results);
     results: {image_id: caption}. Captions are raw strings, tokenised here.
     Returns (scores, notes): scores {"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr": float};
-    METEOR is absent when it cannot run, and notes says why.
+    METEOR is absent when it cannot run, and notes says why. per_image=True adds a third
+    value, {image_id: CIDEr-D of that image}, whose mean is scores["CIDEr"].
     """
     if not results:
         raise CaptionerError("results: nothing to score; give at least one caption")
@@ -527,7 +528,10 @@ def score(references, results, meteor=True):
         else:
             scores["METEOR"] = value
     scores["ROUGE_L"] = rouge_l(refs_tok, res_tok)
-    scores["CIDEr"] = float(np.mean(_cider_d(img, lens, grams)))
+    cider = _cider_d(img, lens, grams)
+    scores["CIDEr"] = float(np.mean(cider))
+    if per_image:
+        return scores, notes, {i: float(c) for i, c in zip(ids, cider)}
     return scores, notes
 
 

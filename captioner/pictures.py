@@ -26,12 +26,12 @@ def caption_features(model, features, beam_size=3, n_best=1, max_length=16, temp
 
 
 def caption_images(model, paths, beam_size=3, n_best=1, max_length=16, batch_size=32,
-                   temperature=None, rng=None):
+                   temperature=None, rng=None, progress=False):
     """Caption picture files with a CaptioningRNN trained on encoder features.
 
     -> one (path, [(caption, logprob), ...] best first, None) per path, in order;
     (path, None, one-line error) for a picture that cannot be read. Decoding as in
-    caption_features; batch_size: pictures encoded at once.
+    caption_features; batch_size: pictures encoded at once; progress: a bar while encoding.
     """
     dim = model.params["W_proj"].shape[0]
     if dim != encoder.FEATURE_DIM:
@@ -39,7 +39,7 @@ def caption_images(model, paths, beam_size=3, n_best=1, max_length=16, batch_siz
                              f"({encoder.ENCODER_NAME}) gives {encoder.FEATURE_DIM}-d; caption "
                              f"pictures with a model trained on a `captioner prepare` dataset")
     paths = list(paths)
-    feats, _, ok, errors = encoder.encode_files(paths, batch_size=batch_size)
+    feats, _, ok, errors = encoder.encode_files(paths, batch_size=batch_size, progress=progress)
     hyps = (caption_features(model, feats, beam_size, n_best, max_length, temperature, rng)
             if ok else [])
     # encode_files keeps input order in both lists, so walk them alongside paths

@@ -107,6 +107,11 @@ def resume_state(meta, optim_arrays, history, dtype=np.float32, path="checkpoint
     state["settings"] = dict(settings)
     state["optim"] = _join_optim(scalars, optim_arrays, dtype)
     state["loss_history"] = [float(x) for x in loss]
+    for key in ("grad_norm", "clipped"):  # absent from checkpoints written before they were kept
+        a = history.get(key, np.zeros(0))
+        if a.ndim != 1 or a.dtype.kind != "f":
+            raise bad(f"history/{key} is not a 1-D float array")
+        state[f"{key}_history"] = [float(x) for x in a]
     return state
 
 
@@ -154,6 +159,8 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
     if state["optim"] is None:
         state["optim"] = {k: {"learning_rate": s["lr"]} for k in model.params}
     losses = state.setdefault("loss_history", [])
+    norms = state.setdefault("grad_norm_history", [])
+    clips = state.setdefault("clipped_history", [])
     n = len(data["train_captions"])
     B = s["batch_size"]
     steps_per_epoch = math.ceil(n / B)
@@ -166,12 +173,15 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
         scalars, arrays = _split_optim(state["optim"])
         meta = dict(checkpoint.model_meta(model, data),
                     created=datetime.datetime.now().isoformat(timespec="seconds"),
-                    training={k: v for k, v in state.items() if k not in ("optim", "loss_history")}
-                    | {"optim": scalars})
+                    training={k: v for k, v in state.items() if not k.endswith("history")
+                              and k != "optim"} | {"optim": scalars})
         checkpoint.save(path, model.params, meta, arrays,
-                        {"loss": np.asarray(losses, dtype=np.float64)})
+                        {"loss": np.asarray(losses, dtype=np.float64),
+                         "grad_norm": np.asarray(norms, dtype=np.float64),
+                         "clipped": np.asarray(clips, dtype=np.float64)})
         history = {"settings": state["settings"], "epochs": state["epochs"], "best": state["best"],
-                   "step": state["step"], "loss": [round(x, 5) for x in losses]}
+                   "step": state["step"], "loss": [round(x, 5) for x in losses],
+                   "grad_norm": [round(x, 5) for x in norms], "clipped": [int(c) for c in clips]}
         checkpoint.write_json(os.path.join(run_dir, "history.json"), history)
         return path
 
@@ -205,6 +215,8 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
                         dw = dw + s["weight_decay"] * w
                     model.params[k], state["optim"][k] = update(w, dw, state["optim"][k])
                 losses.append(loss)
+                norms.append(norm)  # before clipping; clips marks the steps that were clipped
+                clips.append(float(bool(s["clip_norm"]) and norm > s["clip_norm"]))
                 state["step"] += 1
                 state["step_in_epoch"] = it + 1
                 running = loss if running is None else 0.9 * running + 0.1 * loss

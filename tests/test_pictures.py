@@ -96,6 +96,10 @@ def test_demo_pipeline_small(tmp_path, monkeypatch):
     assert "CIDEr-D" in result.output and "grounding:" in result.output
     runs = os.listdir(tmp_path / "runs")
     assert len(runs) == 1 and os.path.exists(tmp_path / "runs" / runs[0] / "last.npz")
+    # it ends with the run's report, and says where it is
+    page = os.path.join("runs", runs[0], "report.html")
+    assert f"      open {page} in a browser" in result.output.splitlines()
+    assert 'id="gallery"' in (tmp_path / page).read_text()
     # A second run reuses the prepared scenes.
     again = run("demo", "--out", tmp_path / "demo", "--train-images", 40, "--val-images", 8,
                 "--epochs", 1)

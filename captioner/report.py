@@ -1,0 +1,546 @@
+"""The HTML report of training runs: one self-contained file, opened from disk.
+
+    from captioner import report
+    report.write_report(["runs/demo"], "report.html", split="val", count=24, beam_size=3)
+
+gather_run reads a run directory (history and checkpoints); caption_run captions a split with
+the run's best checkpoint and scores it with captioner.metrics (the functions `evaluate` uses);
+diversity measures how varied the captions are; the plots are matplotlib (Agg) PNGs and the
+pictures JPEG thumbnails, both inlined as data: URIs, so the page needs no server or network.
+The page itself is Jinja2 (captioner/templates/report.html.j2).
+
+Output of `captioner gradients` / `compare` is picked up by file name: any gradients*.png or
+compare*.png in a run directory or its parent (compare's directory of runs) is embedded, and
+gradients.json there (compare writes {"runs": [...]}) is shown as a table of each run's
+scalar measures.
+"""
+import base64
+import datetime
+import glob
+import io
+import json
+import math
+import os
+from collections import Counter
+
+import numpy as np
+
+from . import atomic
+from .errors import CaptionerError
+from .picture_files import check_writable
+
+THUMB_SIZE = 160  # px, longest side of a gallery thumbnail
+REPEATED_SHOWN = 10  # most repeated captions listed
+SPECIALS = ("<NULL>", "<START>", "<END>", "<UNK>")
+
+
+# ---------------------------------------------------------------- runs on disk
+
+def _run_checkpoints(run_dir):
+    """-> (checkpoint to caption with, checkpoint holding the full history)."""
+    if not os.path.isdir(run_dir):
+        raise CaptionerError(f"{run_dir}: not a directory; pass run directories written by "
+                             f"`captioner train` (runs/<name>)")
+    best, last = (os.path.join(run_dir, f"{n}.npz") for n in ("best", "last"))
+    have = [p for p in (best, last) if os.path.exists(p)]
+    if not have:
+        has_history = os.path.exists(os.path.join(run_dir, "history.json"))
+        what = "its checkpoints are missing" if has_history else "not a run directory"
+        raise CaptionerError(f"{run_dir}: {what} (no best.npz or last.npz); pass a directory "
+                             f"written by `captioner train`")
+    return have[0], have[-1]
+
+
+def train_command(settings, model_cfg, run_dir):
+    """The `captioner train` command line equivalent to a run's settings."""
+    args = [f"--data {settings.get('data_dir', '?')}",
+            f"--features {settings.get('features', '?')}",
+            f"--cell {model_cfg['cell_type']}", f"--hidden-dim {model_cfg['hidden_dim']}",
+            f"--wordvec-dim {model_cfg['wordvec_dim']}"]
+    for key in ("epochs", "batch_size", "optimizer", "lr", "lr_decay", "weight_decay", "clip_norm",
+                "max_train", "val_size", "eval_every", "keep_best", "seed"):
+        if settings.get(key) is not None:
+            args.append(f"--{key.replace('_', '-')} {settings[key]}")
+    return "captioner train " + " ".join(args) + f" --out {run_dir}"
+
+
+def gather_run(run_dir):
+    """Everything a run directory says about its training: -> dict with the run card
+    ('card'), per-step 'loss', 'grad_norm', 'clipped' (float arrays), per-epoch 'epochs'
+    records, 'settings', and the model and metadata of the checkpoint to caption with."""
+    from .checkpoint import load_model
+
+    run_dir = os.path.normpath(run_dir)
+    best_path, last_path = _run_checkpoints(run_dir)
+    model, meta, _, history = load_model(best_path)
+    last_meta = meta
+    if last_path != best_path:  # last.npz holds the whole history; best.npz stops at its epoch
+        _, last_meta, _, history = load_model(last_path)
+    t = last_meta.get("training", {})
+    settings = t.get("settings", {})
+    epochs = [r for r in t.get("epochs", []) if isinstance(r, dict)]
+    n_params = int(sum(p.size for p in model.params.values()))
+    best = t.get("best") or {}
+    card = {
+        "name": os.path.basename(os.path.abspath(run_dir)), "dir": run_dir,
+        "command": train_command(settings, meta["model"], run_dir),
+        "settings": settings, "cell": model.cell_type, "hidden": model.hidden_dim,
+        "wordvec": model.wordvec_dim, "params": n_params, "vocab_size": len(meta["vocab"]),
+        "features": f"{meta['features'].get('encoder')} ({meta['features']['dim']}-d)",
+        "steps": t.get("step", 0), "epochs_done": t.get("epoch", 0),
+        "wall_seconds": float(sum(r.get("seconds", 0) for r in epochs)),
+        "best": best, "checkpoint": best_path, "created": last_meta.get("created", "?"),
+    }
+    hist = {k: np.asarray(history.get(k, np.zeros(0)), dtype=np.float64).ravel()
+            for k in ("loss", "grad_norm", "clipped")}
+    return dict(card=card, epochs=epochs, settings=settings, model=model, meta=meta, **hist)
+
+
+def check_same_vocabulary(runs):
+    first = runs[0]
+    for r in runs[1:]:
+        if r["meta"]["vocab"] != first["meta"]["vocab"]:
+            raise CaptionerError(
+                f"{r['card']['dir']}: its vocabulary ({len(r['meta']['vocab'])} words) differs "
+                f"from {first['card']['dir']}'s ({len(first['meta']['vocab'])} words); their "
+                f"captions and scores are not comparable: report them separately")
+
+
+# ---------------------------------------------------------------- numbers
+
+def unk_share(captions, idx_to_word):
+    """Share of the word tokens (not <NULL>/<START>/<END>) of captions (N, T) that are <UNK>."""
+    ids = {w: i for i, w in enumerate(idx_to_word)}
+    caps = np.asarray(captions)
+    words = ~np.isin(caps, [ids[w] for w in ("<NULL>", "<START>", "<END>") if w in ids])
+    if "<UNK>" not in ids or not words.any():
+        return 0.0
+    return float((caps[words] == ids["<UNK>"]).mean())
+
+
+def diversity(generated, references, vocab_size=None):
+    """How varied the generated captions are.
+
+    generated: N captions (str), one per image; references: N lists of str.
+    -> dict: n, distinct (count and share), words_used (distinct words in generated) and
+    ref_words_used, length histograms (gen_lengths, ref_lengths: {length: count}), repeated
+    (the most frequent captions, [(caption, count)]), few/few_share (the share of images whose
+    caption is one of the `few` most frequent ones) and warning (a sentence, or None).
+    """
+    n = len(generated)
+    counts = Counter(generated)
+    gen_words = [c.split() for c in generated]
+    ref_words = [r.split() for rs in references for r in rs]
+    few = max(1, min(5, n // 10))
+    few_share = sum(c for _, c in counts.most_common(few)) / max(n, 1)
+    warning = None
+    if n >= 2 and few_share >= 0.5:
+        warning = (f"{few_share:.0%} of the {n} images get one of the same {few} caption"
+                   f"{'s' if few > 1 else ''}: the model mostly ignores the picture")
+    return {
+        "n": n, "distinct": len(counts), "distinct_share": len(counts) / max(n, 1),
+        "words_used": len({w for ws in gen_words for w in ws}),
+        "ref_words_used": len({w for ws in ref_words for w in ws}), "vocab_size": vocab_size,
+        "gen_lengths": dict(sorted(Counter(map(len, gen_words)).items())),
+        "ref_lengths": dict(sorted(Counter(map(len, ref_words)).items())),
+        "mean_length": float(np.mean([len(w) for w in gen_words])) if n else 0.0,
+        "ref_mean_length": float(np.mean([len(w) for w in ref_words])) if ref_words else 0.0,
+        "repeated": [(c, k) for c, k in counts.most_common(REPEATED_SHOWN) if k > 1],
+        "few": few, "few_share": few_share, "warning": warning,
+    }
+
+
+def smooth(values, window=None):
+    """Trailing moving average (N,) -> (N,); the first values average what there is."""
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return v
+    w = window or int(np.clip(len(v) // 30, 1, 200))
+    c = np.cumsum(np.r_[0.0, v])
+    lo = np.maximum(np.arange(1, len(v) + 1) - w, 0)
+    return (c[1:] - c[lo]) / (np.arange(1, len(v) + 1) - lo)
+
+
+def clip_share_per_epoch(run):
+    """-> [(step at the epoch's end, share of the epoch's steps whose gradient was clipped)]."""
+    clipped, out, start = run["clipped"], [], 0
+    offset = len(run["loss"]) - len(clipped)  # runs from before clips were recorded
+    for r in run["epochs"]:
+        end = r.get("step", 0) - offset
+        if end > start and end <= len(clipped):
+            out.append((r["step"], float(clipped[start:end].mean())))
+        start = max(start, end)
+    return out
+
+
+# ---------------------------------------------------------------- captioning a split
+
+def _load_split(run, split, log):
+    """The run's dataset with `split` (and train's captions for the sizes), or (None, reason)."""
+    from .checkpoint import check_compatible
+    from .data import feature_file, load_coco_data
+
+    data_dir = run["settings"].get("data_dir")
+    kind = run["meta"]["features"]["kind"]
+    if not data_dir or not os.path.isdir(data_dir):
+        why = f"{data_dir}: the run's dataset is gone; scores, gallery and diversity are left out"
+        log(f"captioner: warning: {why}")
+        return None, None, why
+    features = feature_file(data_dir, split, kind)
+    if not os.path.exists(features):
+        raise CaptionerError(f"{data_dir}: has no {split} split ({os.path.basename(features)} "
+                             f"is absent); choose another --split")
+    d = load_coco_data(data_dir, features=kind, splits=(split,))
+    check_compatible(run["card"]["checkpoint"], run["meta"], d)
+    train = None
+    if split != "train":
+        try:
+            train = load_coco_data(data_dir, features=kind, splits=("train",), lazy=True,
+                                   check_finite=False)
+        except CaptionerError:
+            train = None  # only the sizes come from it
+    return d, train or d, None
+
+
+def _picture(data, split, idx, base_dir):
+    """How the gallery shows image idx: ('img', data URI) | ('link', url) | ('missing', text)."""
+    urls, names = data.get(f"{split}_urls"), data.get(f"{split}_images")
+    where = (urls[idx] if urls else None) or (names[idx] if names else None)
+    if not where:
+        return "missing", f"{split} image {idx}: the dataset names no file or URL"
+    if where.startswith(("http://", "https://")):
+        return "link", where
+    path = locate(where, base_dir)
+    if path is None:
+        return "missing", f"{where}: picture not found (moved or deleted since `prepare`)"
+    uri = thumbnail(path)
+    return ("img", uri) if uri else ("missing", f"{where}: picture cannot be read")
+
+
+def locate(path, base_dir):
+    """A picture path as `prepare` recorded it (absolute, or relative to the directory it was
+    run from): tried as given, then relative to the dataset folder and each of its parents."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path if os.path.isfile(path) else None
+    d = os.path.abspath(base_dir)
+    while True:
+        p = os.path.join(d, path)
+        if os.path.isfile(p):
+            return p
+        if os.path.dirname(d) == d:
+            return None
+        d = os.path.dirname(d)
+
+
+def thumbnail(path, size=THUMB_SIZE):
+    """A picture file -> a JPEG data: URI at most size px on its longest side, or None."""
+    from .encoder import open_image
+
+    try:
+        img = open_image(path)
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=82)
+    except (CaptionerError, OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def caption_run(run, split="val", count=24, beam_size=3, max_length=16, max_images=None,
+                meteor=True, seed=0, log=print):
+    """Caption `split` with the run's checkpoint; scores, per-image CIDEr-D, gallery, diversity.
+    -> dict (see the keys below); 'missing' holds a reason when the dataset is gone."""
+    from .evaluation import decode_split
+    from .metrics import score
+
+    d, train, why = _load_split(run, split, log)
+    if d is None:
+        return {"missing": why, "scores": None, "notes": [], "gallery": None, "diversity": None,
+                "sizes": None, "data_dir": None, "n_images": 0, "decoding": None, "cider": None}
+    try:
+        rows, ids, best, refs = decode_split(run["model"], d, split, max_images=max_images,
+                                             beam_size=beam_size, max_length=max_length)
+        generated = [c for c, _ in best]
+        scores, notes, per_image = score(dict(zip(ids, refs)), dict(zip(ids, generated)),
+                                         meteor=meteor, per_image=True)
+        cider = np.array([per_image[i] for i in ids])
+        names = d.get(f"{split}_images")
+        order = np.argsort(-cider, kind="stable")
+        k = max(1, math.ceil(count / 3))
+        best_k = list(order[:k])
+        picked = {"best": best_k, "worst": [j for j in order[::-1] if j not in best_k][:k]}
+        rest = np.setdiff1d(np.arange(len(ids)), picked["best"] + picked["worst"])
+        pool = rest if len(rest) >= k else np.arange(len(ids))
+        picked["random"] = sorted(np.random.default_rng(seed).choice(pool, min(k, len(pool)),
+                                                                     replace=False))
+        gallery = {}
+        for section, items in picked.items():
+            gallery[section] = []
+            for j in items:
+                kind, value = _picture(d, split, rows[j], d["base_dir"])
+                gallery[section].append({
+                    "title": names[rows[j]] if names else f"{split} image {rows[j]}",
+                    "image_id": ids[j], "kind": kind, "src": value, "caption": generated[j],
+                    "log_prob": best[j][1], "cider": float(cider[j]), "references": refs[j]})
+        has_train = "train_captions" in train
+        sizes = {"train_captions": len(train["train_captions"]) if has_train else None,
+                 "train_images": len(np.unique(train["train_image_idxs"])) if has_train else None,
+                 "split_captions": len(d[f"{split}_captions"]),
+                 "split_images": len(np.unique(d[f"{split}_image_idxs"])),
+                 "unk_share": unk_share(train.get("train_captions", d[f"{split}_captions"]),
+                                        d["idx_to_word"])}
+        return {"missing": None, "scores": scores, "notes": notes, "gallery": gallery,
+                "diversity": diversity(generated, refs, len(d["idx_to_word"]) - len(SPECIALS)),
+                "sizes": sizes, "data_dir": d["base_dir"], "n_images": len(ids),
+                "decoding": f"{split} split, {len(ids):,} images, "
+                            f"{'greedy' if beam_size == 1 else f'beam {beam_size}'}, "
+                            f"max length {max_length}, "
+                            f"{os.path.basename(run['card']['checkpoint'])}",
+                "cider": cider}
+    finally:
+        from .data import close_coco_data
+        close_coco_data(d)
+        if train is not d and train is not None:
+            close_coco_data(train)
+
+
+# ---------------------------------------------------------------- plots
+
+def _figure(width=5.4, height=3.1):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(width, height), dpi=90)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _png(fig):
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+
+
+def plot_curves(runs):
+    """-> list of (title, PNG data URI): loss, learning rate, gradient norm, clipping, metrics."""
+    plots = []
+    many = len(runs) > 1
+
+    def label(r, what):
+        return f"{r['card']['name']}: {what}" if many else what
+
+    fig, ax = _figure()
+    for c, r in zip(COLOURS, runs):
+        steps = np.arange(1, len(r["loss"]) + 1)
+        ax.plot(steps, r["loss"], color=c, alpha=0.25, lw=0.8, label=label(r, "train (per step)"))
+        ax.plot(steps, smooth(r["loss"]), color=c, lw=1.6, label=label(r, "train (smoothed)"))
+        val = [(e["step"], e["val_loss"]) for e in r["epochs"] if "val_loss" in e]
+        if val:
+            ax.plot(*zip(*val), "o--", color=c, ms=3, lw=1.2, label=label(r, "val"))
+    ax.set(xlabel="step", ylabel="loss per caption", title="Loss")
+    ax.legend(fontsize=7)
+    plots.append(("Loss", _png(fig)))
+
+    fig, ax = _figure()
+    for c, r in zip(COLOURS, runs):
+        starts = [0] + [e["step"] for e in r["epochs"]]  # an epoch's rate holds from its start
+        lr = [(s, e["lr"]) for s, e in zip(starts, r["epochs"]) if "lr" in e]
+        if lr:
+            lr.append((starts[-1], lr[-1][1]))
+            ax.step(*zip(*lr), where="post", color=c, label=r["card"]["name"])
+    ax.set(xlabel="step", ylabel="learning rate", title="Learning rate (per epoch)")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    if many:
+        ax.legend(fontsize=7)
+    plots.append(("Learning rate", _png(fig)))
+
+    if any(len(r["grad_norm"]) for r in runs):
+        fig, ax = _figure()
+        for c, r in zip(COLOURS, runs):
+            g = r["grad_norm"]
+            steps = np.arange(len(r["loss"]) - len(g) + 1, len(r["loss"]) + 1)
+            ax.plot(steps, g, color=c, alpha=0.25, lw=0.8)
+            ax.plot(steps, smooth(g), color=c, lw=1.6, label=label(r, "global norm (smoothed)"))
+            clip = r["settings"].get("clip_norm")
+            if clip:
+                ax.axhline(clip, color=c, ls=":", lw=1, label=label(r, f"--clip-norm {clip}"))
+        ax.set(xlabel="step", ylabel="gradient norm (before clipping)", title="Gradient norm")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        plots.append(("Gradient norm", _png(fig)))
+
+    if any(r["settings"].get("clip_norm") and len(r["clipped"]) for r in runs):
+        fig, ax = _figure()
+        for c, r in zip(COLOURS, runs):
+            share = clip_share_per_epoch(r)
+            if share:
+                ax.plot(*zip(*share), "o-", color=c, ms=3, label=r["card"]["name"])
+        ax.set(xlabel="step", ylabel="share of steps clipped", ylim=(-0.03, 1.03),
+               title="Gradient clipping (per epoch)")
+        if many:
+            ax.legend(fontsize=7)
+        plots.append(("Clipping", _png(fig)))
+
+    if any("CIDEr" in e or "Bleu_4" in e for r in runs for e in r["epochs"]):
+        fig, ax = _figure()
+        for c, r in zip(COLOURS, runs):
+            for key, style in (("CIDEr", "o-"), ("Bleu_4", "s--")):
+                pts = [(e["step"], e[key]) for e in r["epochs"] if key in e]
+                if pts:
+                    name = key.replace("_", "-")
+                    ax.plot(*zip(*pts), style, color=c, ms=3, label=label(r, name))
+        ax.set(xlabel="step", ylabel="score (greedy, 200 val images)",
+               title="Val BLEU-4 / CIDEr-D")
+        ax.legend(fontsize=7)
+        plots.append(("Val metrics", _png(fig)))
+    return plots
+
+
+def plot_lengths(div, name=None):
+    """Caption-length histogram of the generated captions against the references'."""
+    fig, ax = _figure(5.0, 2.8)
+    lengths = sorted(set(div["gen_lengths"]) | set(div["ref_lengths"]))
+    x = np.array(lengths)
+    n_gen = max(sum(div["gen_lengths"].values()), 1)
+    n_ref = max(sum(div["ref_lengths"].values()), 1)
+    gen = [div["gen_lengths"].get(k, 0) / n_gen for k in lengths]
+    ref = [div["ref_lengths"].get(k, 0) / n_ref for k in lengths]
+    ax.bar(x - 0.2, gen, 0.4, label="generated")
+    ax.bar(x + 0.2, ref, 0.4, label="references")
+    ax.set(xlabel="words", ylabel="share of captions",
+           title=f"Caption lengths{f' ({name})' if name else ''}")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+# ---------------------------------------------------------------- gradients / compare output
+
+def gradient_outputs(run_dir, seen=None):
+    """Plots and summary written by `captioner gradients` / `compare` in run_dir or its parent:
+    -> [{'title', 'src' (data URI) | 'table' | 'summary' (JSON text)}], in name order.
+    seen: real paths already shown (runs of one comparison share their parent's files)."""
+    found, seen = [], set() if seen is None else seen
+    for d in (run_dir, os.path.dirname(os.path.abspath(run_dir))):
+        for pattern in ("gradients*.png", "compare*.png"):
+            for path in sorted(glob.glob(os.path.join(d, pattern))):
+                real = os.path.realpath(path)
+                if real in seen:
+                    continue
+                seen.add(real)
+                try:
+                    with open(path, "rb") as f:
+                        raw = f.read()
+                except OSError:
+                    continue
+                if raw.startswith(b"\x89PNG"):
+                    found.append({"title": path, "src": "data:image/png;base64,"
+                                  + base64.b64encode(raw).decode("ascii")})
+        summary = os.path.join(d, "gradients.json")
+        if os.path.isfile(summary) and os.path.realpath(summary) not in seen:
+            seen.add(os.path.realpath(summary))
+            try:
+                with open(summary, encoding="utf-8") as f:
+                    obj = json.load(f)
+            except (OSError, ValueError):
+                found.append({"title": summary, "summary": "(unreadable JSON)"})
+                continue
+            found.append(dict({"title": summary}, **_gradient_summary(obj)))
+    return found
+
+
+def _gradient_summary(obj):
+    """gradients.json ({"runs": [{"label", "cell", "gain_per_step", ...}]}, as `captioner
+    gradients --json` writes it) -> {'table': (columns, rows)} of each run's scalar fields,
+    or {'summary': JSON text} for any other layout."""
+    runs = obj.get("runs") if isinstance(obj, dict) else None
+    if isinstance(runs, list) and runs and all(isinstance(r, dict) for r in runs):
+        columns = [k for k, v in runs[0].items() if isinstance(v, (str, int, float, type(None)))]
+        rows = [["-" if r.get(k) is None else f"{r[k]:.4g}" if isinstance(r.get(k), float)
+                 else str(r[k]) for k in columns] for r in runs]
+        return {"table": (columns, rows)}
+    obj = obj.get("summary", obj) if isinstance(obj, dict) else obj
+    return {"summary": json.dumps(obj, indent=1)[:4000]}
+
+
+# ---------------------------------------------------------------- the page
+
+def duration(seconds):
+    """1406.2 -> '23 min 26 s'; 75 -> '1 min 15 s'; 9.5 -> '10 s'."""
+    s = int(round(seconds))
+    h, m = divmod(s // 60, 60)
+    return (f"{h} h {m} min" if h else f"{m} min {s % 60} s" if m else f"{s} s")
+
+
+def render(context, template="report.html.j2"):
+    """Render a template of captioner/templates with Jinja2 (HTML autoescaping on)."""
+    import jinja2
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(__file__), "templates")),
+        autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters["num"] = lambda v, fmt=",": format(v, fmt) if v is not None else "?"
+    env.filters["duration"] = duration
+    return env.get_template(template).render(**context)
+
+
+def build_report(run_dirs, split="val", count=24, beam_size=3, max_length=16, max_images=None,
+                 meteor=True, seed=0, log=print):
+    """-> the HTML text of the report on run_dirs (see the module docstring)."""
+    if not run_dirs:
+        raise CaptionerError("no run directories given; pass one or more runs/<name>")
+    runs = [gather_run(d) for d in run_dirs]
+    check_same_vocabulary(runs)
+    seen = set()
+    for r in runs:
+        log(f"captioning {split} with {r['card']['checkpoint']} ...")
+        r["result"] = caption_run(r, split=split, count=count, beam_size=beam_size,
+                                  max_length=max_length, max_images=max_images, meteor=meteor,
+                                  seed=seed, log=log)
+        if r["result"].get("diversity"):
+            name = r["card"]["name"] if len(runs) > 1 else None
+            r["result"]["lengths_plot"] = plot_lengths(r["result"]["diversity"], name)
+        r["gradients"] = gradient_outputs(r["card"]["dir"], seen)
+    context = {
+        "title": "captioner report: " + ", ".join(r["card"]["name"] for r in runs),
+        "generated": datetime.datetime.now().isoformat(timespec="seconds"),
+        "runs": runs, "curves": plot_curves(runs), "split": split, "pictures": None,
+        "metric_keys": ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"],
+    }
+    return render(context)
+
+
+def write_report(run_dirs, out="report.html", **options):
+    """Build the report and write it atomically to out; -> out."""
+    check_writable(out)
+    html = build_report(run_dirs, **options)
+    atomic.write_text(out, html, what="report")
+    return out
+
+
+# ---------------------------------------------------------------- a gallery of picture files
+
+def write_gallery(results, out, title="captioner sample"):
+    """An HTML page of captioned picture files.
+
+    results: [{"file_name", "caption", "log_prob", ...}] (what `sample --json` writes);
+    a picture that cannot be read any more shows a placeholder.
+    """
+    check_writable(out)
+    items = []
+    for r in results:
+        uri = thumbnail(r["file_name"])
+        items.append({"title": r["file_name"], "image_id": r.get("image_id"),
+                      "kind": "img" if uri else "missing",
+                      "src": uri or f"{r['file_name']}: picture cannot be read",
+                      "caption": r["caption"], "log_prob": r.get("log_prob"), "cider": None,
+                      "references": []})
+    html = render({"title": title, "generated": datetime.datetime.now().isoformat(
+        timespec="seconds"), "runs": [], "curves": [], "split": None, "pictures": items,
+        "metric_keys": []})
+    atomic.write_text(out, html, what="gallery")
+    return out
