@@ -4,8 +4,11 @@ Every write goes to a fresh temp file beside the target (created O_EXCL, so a sy
 planted under the temp name is never followed), is fsynced, then renamed over the target,
 and the directory is fsynced so the rename itself survives a power cut.
 """
+import errno
 import json
 import os
+import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 
@@ -63,3 +66,86 @@ def write_text(path, text, what="file"):
 def write_json(path, obj, what="file"):
     """Atomically write human-readable JSON."""
     write_text(path, json.dumps(obj, indent=1) + "\n", what)
+
+
+def open_lock(path, what):
+    """Open (creating) a lock file without following a symbolic link planted under its name
+    (which would truncate whatever it points at) and only if it is a regular file -> fd."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
+        raise CaptionerError(f"{path}: cannot use this lock file ({why}); remove it or choose "
+                             f"another {what}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CaptionerError(f"{path}: the lock file is not a regular file; remove it or choose "
+                             f"another {what}")
+    return fd
+
+
+def check_new_file(path, force, flag):
+    """Refuse (unless force) to replace a file this command did not create: the user named
+    an existing file, perhaps their checkpoint or their own results, as an output."""
+    path = os.fspath(path)
+    if os.path.lexists(path) and not force:
+        raise CaptionerError(f"{path}: already exists; pass --force to replace it, or choose "
+                             f"another {flag}")
+    if os.path.isdir(path):
+        raise CaptionerError(f"{path}: is a directory; choose a file name for {flag}")
+
+
+def check_fresh_dir(path, force, what, keep=(), flag="--out", can_force=True):
+    """Refuse (unless force) to write into a folder holding anything but `keep` (our own
+    work area, e.g. an interrupted run's): what is there was not made by this command."""
+    path = os.fspath(path)
+    try:
+        found = sorted(set(os.listdir(path)) - set(keep))
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise CaptionerError(f"{path}: is a file, not a folder; choose another {flag}") from None
+    except OSError as e:
+        raise CaptionerError(f"{path}: cannot read the folder ({e.strerror}); choose another "
+                             f"{flag}") from None
+    if found and not force:
+        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+        fix = f"pass --force to replace the whole {what}, or " if can_force else ""
+        raise CaptionerError(f"{path}: already holds {found[0]!r}{more}, not made by captioner; "
+                             f"{fix}choose another {flag}")
+
+
+@contextmanager
+def fresh_dir(path, what="folder"):
+    """Yield a new empty folder beside `path`; the block fills it, and on success it replaces
+    `path` whole (the old one, if any, is moved aside and then removed). On any error the new
+    folder is removed and `path` is untouched: never half a dataset in place."""
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        new = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.new-", dir=parent)
+    except OSError as e:
+        raise CaptionerError(f"{path}: cannot create the {what} ({e.strerror}); choose another "
+                             f"location") from None
+    try:
+        yield new
+        old = None
+        if os.path.lexists(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+            os.replace(path, os.path.join(old, "x"))
+        os.replace(new, path)
+        dir_fd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise CaptionerError(f"{path}: could not write the {what} ({e.strerror or e}); free some "
+                             f"space or choose another location; the previous {what} is "
+                             f"untouched") from None
+    finally:
+        if os.path.exists(new):
+            shutil.rmtree(new, ignore_errors=True)

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from . import __version__
+from . import __version__, limits
 from .errors import CaptionerError
 
 DATA_DEFAULT = "data/coco_captioning"
@@ -49,6 +49,7 @@ POSITIVE = _Positive()
 NON_NEGATIVE = _Positive(allow_zero=True)
 COUNT = click.IntRange(min=1)
 SEED = click.IntRange(min=0)  # numpy seeds are non-negative
+MAX_LENGTH = click.IntRange(1, limits.MAX_LENGTH)
 
 
 def data_option(f):
@@ -105,10 +106,10 @@ def train_options(many=False):
                           + (" (repeat: one run per cell and value)." if many else ".")),
         click.option("--clip-norm", type=NON_NEGATIVE, default=0.0, show_default=True,
                      help="Clip the global gradient norm to this (0: off)."),
-        click.option("--hidden-dim", type=click.IntRange(1, 16384), default=512,
-                     show_default=True),
-        click.option("--wordvec-dim", type=click.IntRange(1, 16384), default=256,
-                     show_default=True),
+        click.option("--hidden-dim", type=click.IntRange(1, limits.MAX_DIM), default=512,
+                     show_default=True, help=f"Decoder state size (at most {limits.MAX_DIM})."),
+        click.option("--wordvec-dim", type=click.IntRange(1, limits.MAX_DIM), default=256,
+                     show_default=True, help=f"Word vector size (at most {limits.MAX_DIM})."),
         click.option("--max-train", type=COUNT, default=None,
                      help="Keep only the first N training captions."),
         click.option("--val-size", type=click.IntRange(min=0), default=1000, show_default=True,
@@ -160,8 +161,9 @@ def train(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer
     if resume:
         path = runs.find_checkpoint(resume)
         model, meta, optim, history = checkpoint.load_model(path)
-        state = training.resume_state(meta, optim, history, path=path, params=model.params)
+        state = training.resume_state(meta, optim, history, path=path)
         settings = dict(state["settings"])
+        _check_resume_flags(ctx, given, meta, settings, path)
         if "epochs" in given:
             settings["epochs"] = epochs
         data_dir = data if "data" in given else settings.get("data_dir", data)
@@ -198,6 +200,22 @@ def train(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer
     best = state["best"]
     click.echo(f"done: {run_dir}/last.npz; best ({best['metric']} {best['value']:.4f}, "
                f"epoch {best['epoch']}): {run_dir}/best.npz")
+
+
+def _check_resume_flags(ctx, given, meta, settings, path):
+    """--resume continues a run with its own settings: a flag saying otherwise is an error
+    naming it, never silently ignored. (--epochs may extend the run; --data may move.)"""
+    from .training import DEFAULTS
+    saved = dict(DEFAULTS, max_train=None)
+    saved.update(settings, cell=meta["model"]["cell_type"], hidden_dim=meta["model"]["hidden_dim"],
+                 wordvec_dim=meta["model"]["wordvec_dim"], features=meta["features"]["kind"])
+    for name in sorted(given - {"epochs", "data", "resume", "out", "quiet"}):
+        value = ctx.params[name]
+        if name in saved and value != saved[name] and not (name == "features" and value == "auto"):
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} {value} contradicts {path}, which was trained with "
+                                   f"{flag} {saved[name]}; --resume continues a run with its own "
+                                   f"settings: drop {flag}, or start a new run with --out")
 
 
 # ---------------------------------------------------------------- overfit
@@ -265,15 +283,16 @@ def overfit(data, features, small, cell, n, epochs):
               help="Also feed L random words per image: the decay past caption lengths.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the fresh models and of the random words.")
-@click.option("--hidden-dim", type=click.IntRange(1, 16384), default=512, show_default=True,
-              help="Fresh models only.")
-@click.option("--wordvec-dim", type=click.IntRange(1, 16384), default=256, show_default=True,
-              help="Fresh models only.")
+@click.option("--hidden-dim", type=click.IntRange(1, limits.MAX_DIM), default=512,
+              show_default=True, help=f"Fresh models only (at most {limits.MAX_DIM}).")
+@click.option("--wordvec-dim", type=click.IntRange(1, limits.MAX_DIM), default=256,
+              show_default=True, help=f"Fresh models only (at most {limits.MAX_DIM}).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw log gradient norm against distance, every model on one chart (PNG).")
+@click.option("--force", is_flag=True, help="Let --plot replace an existing file.")
 def gradients(ckpts, cells, data, features, split, count, length, seed, hidden_dim, wordvec_dim,
-              as_json, plot):
+              as_json, plot, force):
     """How far back the training signal reaches: RNN vs LSTM, through time.
 
     \b
@@ -295,7 +314,7 @@ def gradients(ckpts, cells, data, features, split, count, length, seed, hidden_d
     if not ckpts and not cells:
         raise click.UsageError("give --checkpoint FILE or --cell rnn|lstm (each may repeat)")
     if plot:
-        plots.check_writable(plot)
+        plots.check_writable(plot, force)
     # Load and check everything first: a bad input stops before any work.
     models, loaded = [], {}
     for ckpt in ckpts:
@@ -335,10 +354,11 @@ def gradients(ckpts, cells, data, features, split, count, length, seed, hidden_d
               help="Val captions for the gradient-flow summary.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw the loss curves of all runs on one chart (PNG).")
+@click.option("--force", is_flag=True, help="Let --plot replace an existing file.")
 @click.pass_context
 def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer, weight_decay,
             clip_norm, hidden_dim, wordvec_dim, max_train, val_size, save_every, eval_every,
-            keep_best, seed, out, resume, quiet, count, plot):
+            keep_best, seed, out, resume, quiet, count, plot, force):
     """Train the RNN and the LSTM alike and compare them in one table.
 
     \b
@@ -353,7 +373,7 @@ def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimiz
     from . import plots, runs
 
     if plot:
-        plots.check_writable(plot)
+        plots.check_writable(plot, force)
     given = {p for p in ctx.params
              if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT}
     if resume:
@@ -405,12 +425,15 @@ def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimiz
 @click.option("--split", type=click.Choice(SPLITS), default=None,
               help="Caption dataset images instead of picture files.")
 @click.option("--count", type=COUNT, default=5, show_default=True, help="Dataset images to caption.")
-@click.option("--beam-size", type=COUNT, default=3, show_default=True, help="1 is greedy.")
-@click.option("--n-best", type=COUNT, default=1, show_default=True,
-              help="Print the N best captions with their log-probabilities.")
+@click.option("--beam-size", type=click.IntRange(1, limits.MAX_BEAM), default=3, show_default=True,
+              help=f"1 is greedy (at most {limits.MAX_BEAM}).")
+@click.option("--n-best", type=click.IntRange(1, limits.MAX_N_BEST), default=1, show_default=True,
+              help="Print the N best captions with their log-probabilities "
+                   f"(at most {limits.MAX_N_BEST}).")
 @click.option("--temperature", type=POSITIVE, default=None,
               help="Sample words at this temperature instead of beam search (diverse captions).")
-@click.option("--max-length", type=COUNT, default=16, show_default=True)
+@click.option("--max-length", type=MAX_LENGTH, default=16, show_default=True,
+              help=f"Words per caption at most (up to {limits.MAX_LENGTH}).")
 @click.option("--seed", type=SEED, default=None, help="Pick the same images / samples again.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write [{file_name, caption, log_prob, image_id}] to this file.")
@@ -528,7 +551,8 @@ def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_me
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--top", type=COUNT, default=5, show_default=True)
+@click.option("--top", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Classes to list (of the 1000).")
 def encode(images, top):
     """Run the NumPy SqueezeNet 1.1 encoder: top ImageNet classes of each picture.
 
@@ -581,7 +605,14 @@ def _checkpoint_data(ckpt, meta, data, split):
 
 def _newest_best():
     import glob
-    found = sorted(glob.glob(os.path.join("runs", "*", "best.npz")), key=os.path.getmtime)
+    def mtime(path):  # a dangling symbolic link or a vanished run is no candidate
+        try:
+            return os.stat(path).st_mtime if os.path.isfile(path) else None
+        except OSError:
+            return None
+    found = sorted((t, p) for p in glob.glob(os.path.join("runs", "*", "best.npz"))
+                   if (t := mtime(p)) is not None)
+    found = [p for _, p in found]
     if not found:
         raise CaptionerError("runs/: no trained model found (runs/*/best.npz); train one with "
                              "`captioner train` or pass --checkpoint")
@@ -600,8 +631,10 @@ METRIC_KEYS = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CID
 @click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True,
               help="test: Karpathy's test split of `prepare --coco`, the one papers report on.")
 @click.option("--max-images", type=COUNT, default=None, help="Only the first N images of the split.")
-@click.option("--beam-size", type=COUNT, default=3, show_default=True)
-@click.option("--max-length", type=COUNT, default=16, show_default=True)
+@click.option("--beam-size", type=click.IntRange(1, limits.MAX_BEAM), default=3, show_default=True,
+              help=f"1 is greedy (at most {limits.MAX_BEAM}).")
+@click.option("--max-length", type=MAX_LENGTH, default=16, show_default=True,
+              help=f"Words per caption at most (up to {limits.MAX_LENGTH}).")
 @click.option("--length-norm", type=NON_NEGATIVE, default=0.0, show_default=True,
               help="Rank beams by logprob / length**alpha (0: raw logprob).")
 @click.option("--results", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -611,9 +644,10 @@ METRIC_KEYS = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CID
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--save-results", type=click.Path(dir_okay=False), default=None,
-              help="Write the generated captions in the COCO results format.")
+              help="Write the generated captions in the COCO results format (a new file).")
+@click.option("--force", is_flag=True, help="Let --save-results replace an existing file.")
 def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, length_norm, results,
-             references, no_meteor, as_json, save_results):
+             references, no_meteor, as_json, save_results, force):
     """Score captions with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (the COCO toolkit's numbers).
 
     \b
@@ -623,7 +657,9 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
     """
     import json
 
-    from . import metrics
+    from . import atomic, metrics
+    if save_results:  # checked first: an hour of decoding must not end in this refusal
+        atomic.check_new_file(save_results, force, "--save-results")
     if results or references:
         if not (results and references):
             raise click.UsageError("--results and --references go together")
@@ -680,15 +716,21 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
               help="Reuse this coco2014_vocab.json (other words become <UNK>).")
 @click.option("--min-count", type=COUNT, default=5, show_default=True,
               help="Without --vocab: keep train words seen at least this often.")
-@click.option("--max-words", type=COUNT, default=15, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True,
-              help="Pictures per shard and per SqueezeNet batch.")
+@click.option("--max-words", type=click.IntRange(1, limits.MAX_WORDS), default=15,
+              show_default=True,
+              help=f"Longer captions are cut to this many words (at most {limits.MAX_WORDS}).")
+@click.option("--batch-size", type=click.IntRange(1, limits.MAX_PREPARE_BATCH), default=32,
+              show_default=True,
+              help=f"Pictures per shard and per SqueezeNet batch (at most "
+                   f"{limits.MAX_PREPARE_BATCH}).")
 @click.option("--workers", type=click.IntRange(1, 1024), default=None,
               help="Encoding processes (default: all cores).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace --out even if it already holds files "
+                                            "(the new dataset replaces it whole, when complete).")
 @click.pass_context
 def prepare(ctx, images_dir, annotations, coco_dir, coco_split, out, val_fraction, split_by, vocab,
-            min_count, max_words, batch_size, workers, seed):
+            min_count, max_words, batch_size, workers, seed, force):
     """Build a dataset in the CS231n layout from pictures, with NumPy SqueezeNet features.
 
     \b
@@ -712,12 +754,13 @@ def prepare(ctx, images_dir, annotations, coco_dir, coco_split, out, val_fractio
     try:
         if coco_dir:
             s = prepare_coco(coco_dir, out, split=coco_split, vocab=vocab, min_count=min_count,
-                             max_words=max_words, batch_size=batch_size, workers=workers)
+                             max_words=max_words, batch_size=batch_size, workers=workers,
+                             force=force)
         else:
             s = prepare_dataset(images_dir, annotations, out, val_fraction=val_fraction,
                                 split_by=split_by, vocab=vocab, min_count=min_count,
                                 max_words=max_words, batch_size=batch_size, seed=seed,
-                                workers=workers)
+                                workers=workers, force=force)
     except KeyboardInterrupt:
         click.echo("\ninterrupted; run the same command again to resume", err=True)
         sys.exit(130)
@@ -748,8 +791,10 @@ def _odd(name):
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default="data/demo", show_default=True)
-@click.option("--train-images", type=COUNT, default=1500, show_default=True)
-@click.option("--val-images", type=COUNT, default=200, show_default=True)
+@click.option("--train-images", type=click.IntRange(1, 100_000), default=1500, show_default=True,
+              help="Scenes to render for training (at most 100,000).")
+@click.option("--val-images", type=click.IntRange(1, 100_000), default=200, show_default=True,
+              help="Scenes to render for validation (at most 100,000).")
 @click.option("--epochs", type=COUNT, default=20, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 def demo(out, train_images, val_images, epochs, seed):

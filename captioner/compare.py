@@ -76,13 +76,13 @@ def train_runs(data, parent, plan, progress=True, log=print):
     out = []
     for name, cell, wd in run_names(plan["cells"], plan["weight_decays"]):
         run_dir = os.path.join(parent, name)
-        last = os.path.join(run_dir, "last.npz")
         settings = dict(plan["settings"], weight_decay=wd)
         state = None
-        if os.path.exists(last):
+        if any(os.path.exists(os.path.join(run_dir, n)) for n in ("last.npz", "best.npz")):
+            last = runs.find_checkpoint(run_dir)  # last.npz, or best.npz if killed in between
             model, meta, optim, history = checkpoint.load_model(last)
             checkpoint.check_compatible(last, meta, data)
-            state = training.resume_state(meta, optim, history, path=last, params=model.params)
+            state = training.resume_state(meta, optim, history, path=last)
             if state["epoch"] >= settings["epochs"]:
                 log(f"{name}: done earlier ({state['epoch']} epochs), {run_dir}")
                 out.append((name, model, state))

@@ -21,13 +21,14 @@ from contextlib import contextmanager
 import h5py
 import numpy as np
 
-from captioner import atomic
+from captioner import atomic, limits
 from captioner.errors import CaptionerError
 
 FEATURE_KINDS = {'pca': 'vgg16_fc7_pca', 'fc7': 'vgg16_fc7'}  # kind -> file suffix
 CAPTIONS_FILE = 'coco2014_captions.h5'
 VOCAB_FILE = 'coco2014_vocab.json'
 SPECIAL_TOKENS = ('<NULL>', '<START>', '<END>')
+NON_WORDS = SPECIAL_TOKENS + ('<UNK>',)  # tokens a model never writes as a caption's word
 # Feature matrices up to this size (as float32) are read into RAM: the 512-d PCA
 # train set is 170 MB; the 4096-d fc7 ones (663 MB val, 1.36 GB train) stay on disk.
 MAX_IN_MEMORY_BYTES = 256 * 2**20
@@ -112,6 +113,9 @@ def close_coco_data(data):
 def read_json(path, what, fix=''):
     """Parse a JSON file; every way it can fail is one CaptionerError line naming the file."""
     fix = f'; {fix}' if fix else ''
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise CaptionerError(f'{path}: not a regular file (a FIFO or a device); pass the {what} '
+                             f'JSON file{fix}')  # reading one could block forever
     try:
         with open(path, encoding='utf-8') as f:
             return json.load(f)
@@ -193,10 +197,21 @@ def load_vocab(path):
         if word_to_idx.get(w) != i:
             raise CaptionerError(f"{path}: idx_to_word[{i}] is {w!r} but word_to_idx[{w!r}] is "
                                  f'{word_to_idx.get(w)}; the two tables disagree; {FIX_DATA}')
+    odd = [w for w in idx_to_word if w.split() != [w]]
+    if odd:  # a word that prints as nothing (or as two) would make empty or garbled captions
+        raise CaptionerError(f'{path}: vocabulary word {odd[0]!r} is empty or holds white space; '
+                             f'{FIX_DATA}')
+    if not set(idx_to_word) - set(NON_WORDS):
+        raise CaptionerError(f"{path}: the vocabulary has no words besides "
+                             f"{', '.join(NON_WORDS)}; no caption could be written with it: "
+                             f"{FIX_DATA}")
     return word_to_idx, idx_to_word
 
 
-def _load_captions(path, splits, vocab_size, vocab_path):
+def _load_captions(path, splits, word_to_idx, vocab_path):
+    vocab_size = len(word_to_idx)
+    start = word_to_idx['<START>']
+    blank = [word_to_idx[t] for t in SPECIAL_TOKENS if t != '<START>']
     out = {}
     with _open_h5(path) as f:
         for split in splits:
@@ -216,6 +231,8 @@ def _load_captions(path, splits, vocab_size, vocab_path):
                                      f"'{split}_captions' has {cap_ds.shape[0]} rows; {FIX_DATA}")
             if cap_ds.shape[0] == 0:
                 raise CaptionerError(f"{path}: split '{split}' is empty (0 captions); {FIX_DATA}")
+            for ds in (cap_ds, idx_ds):  # before reading: a 22 KB file may declare 10^8 rows
+                limits.check_h5_dataset(ds, path, FIX_DATA)
             captions = _read(cap_ds, path)
             lo, hi = int(captions.min()), int(captions.max())
             if lo < 0 or hi >= vocab_size:
@@ -223,6 +240,17 @@ def _load_captions(path, splits, vocab_size, vocab_path):
                 raise CaptionerError(f"{path}: '{split}_captions' has word id {bad} (max id {hi}) but "
                                      f'{vocab_path} has {vocab_size} words; the captions and vocabulary '
                                      f'do not belong together: {FIX_DATA}')
+            bad = np.flatnonzero(captions[:, 0] != start)
+            if bad.size:
+                raise CaptionerError(f"{path}: '{split}_captions' row {bad[0]} does not begin "
+                                     f"with <START>; every caption is <START> words <END> "
+                                     f"<NULL>...: {FIX_DATA}")
+            # no word at all: the loss would be 0 with nothing learnt (first rows: a shortcut)
+            if not any(((c[:, 1:] != blank[0]) & (c[:, 1:] != blank[1])).any()
+                       for c in (captions[:100], captions)):
+                raise CaptionerError(f"{path}: '{split}_captions' has no caption with a word, "
+                                     f"only <START>, <END> and <NULL>; nothing to learn or "
+                                     f"score: {FIX_DATA}")
             out[f'{split}_captions'] = captions.astype(np.int32, copy=False)
             out[f'{split}_image_idxs'] = _read(idx_ds, path).astype(np.int64, copy=False)
     return out
@@ -266,7 +294,8 @@ def _check_finite(ds, path):
     for start in range(0, ds.shape[0], rows_per_chunk):
         rows = slice(start, start + rows_per_chunk)
         block = _read(ds, path, rows) if isinstance(ds, h5py.Dataset) else ds[rows]
-        ok = np.isfinite(block).all(axis=1)
+        with np.errstate(over='ignore', invalid='ignore'):  # float64 past float32's range -> inf
+            ok = np.isfinite(np.asarray(block, dtype=np.float32)).all(axis=1)
         if not ok.all():
             row = start + int(np.argmin(ok))
             raise CaptionerError(f'{path}: features contain NaN or inf (first at row {row}); '
@@ -284,12 +313,13 @@ def _load_features(path, kind, lazy, check_finite):
                                  f'{FIX_DATA}')
         if ds.shape[0] == 0 or ds.shape[1] == 0:
             raise CaptionerError(f"{path}: 'features' is empty (shape {ds.shape}); {FIX_DATA}")
+        if lazy is None:
+            lazy = ds.shape[0] * ds.shape[1] * 4 > MAX_IN_MEMORY_BYTES
+        limits.check_h5_dataset(ds, path, FIX_DATA, in_memory=not lazy)
         encoder = ds.attrs.get('encoder', FEATURE_KINDS.get(kind, kind))
         if isinstance(encoder, bytes):
             encoder = encoder.decode('utf-8', 'replace')
         encoder = str(encoder)
-        if lazy is None:
-            lazy = ds.shape[0] * ds.shape[1] * 4 > MAX_IN_MEMORY_BYTES
         if lazy:
             if check_finite:
                 _check_finite(ds, path)
@@ -344,7 +374,8 @@ def load_coco_data(base_dir, features='auto', splits=('train', 'val'), max_train
     feat_paths = {s: feature_file(base_dir, s, kind) for s in splits}
     for path in [os.path.join(base_dir, CAPTIONS_FILE), *feat_paths.values()]:
         _need_file(path)
-    data.update(_load_captions(os.path.join(base_dir, CAPTIONS_FILE), splits, len(idx_to_word), vocab_path))
+    data.update(_load_captions(os.path.join(base_dir, CAPTIONS_FILE), splits, word_to_idx,
+                                vocab_path))
 
     dims, encoders = {}, {}
     try:

@@ -18,6 +18,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from captioner import atomic
 from captioner.errors import CaptionerError
 
 # Far apart in the encoder's feature space, not just in hue: a linear probe on our SqueezeNet features
@@ -238,8 +239,9 @@ def write_demo_images(out_dir, n_images, seed=0, start_id=1, captions_per_image=
                                     "image_id": image_id, "caption": caption})
         path = os.path.join(out_dir, "captions.json")
         info = {"description": "captioner synthetic demo scenes: coloured shapes", "seed": seed}
-        with open(path, "w") as f:
-            json.dump({"info": info, "images": images, "annotations": annotations}, f)
+        # atomic: a symbolic link planted under the name is replaced, never followed
+        atomic.write_text(path, json.dumps({"info": info, "images": images,
+                                            "annotations": annotations}))
     except OSError as e:
         raise CaptionerError(f"{e.filename or out_dir}: cannot write demo images ({e.strerror or e}); "
                              "pick a writable directory with free space") from e
@@ -266,6 +268,10 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0,
     from .runs import new_run_dir, run_lock
     from .training import train
 
+    # a folder of the user's own (e.g. ~/Pictures) is refused: the demo writes only its own
+    atomic.check_fresh_dir(out_dir, False, "folder", keep=("images", "dataset", "val_images.txt",
+                                                         "new_picture.jpg"),
+                           can_force=False)
     t0 = time.perf_counter()
     images_dir = os.path.join(out_dir, "images")
     dataset = os.path.join(out_dir, "dataset")
@@ -275,8 +281,8 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0,
         log(f"[1/5] rendering {n_train + n_val} scenes with 5 captions each into {images_dir}")
         annotations = write_demo_images(images_dir, n_train + n_val, seed=seed)
         val_list = os.path.join(out_dir, "val_images.txt")
-        with open(val_list, "w") as f:
-            f.writelines(f"demo_{i:012d}.jpg\n" for i in range(n_train + 1, n_train + n_val + 1))
+        atomic.write_text(val_list, "".join(f"demo_{i:012d}.jpg\n"
+                                            for i in range(n_train + 1, n_train + n_val + 1)))
         log(f"[2/5] captioner prepare --images {images_dir} --captions {annotations} "
             f"--split-by {val_list} --min-count 1 --out {dataset}")
         prepare_dataset(images_dir, annotations, dataset, split_by=val_list, min_count=1,

@@ -13,6 +13,7 @@ import stat
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -20,6 +21,7 @@ import zlib
 import h5py
 from tqdm import tqdm
 
+from captioner import atomic
 from captioner.data import CAPTIONS_FILE, FIX_DATA, close_coco_data, load_coco_data
 from captioner.errors import CaptionerError
 
@@ -59,6 +61,8 @@ def download_coco(dest_dir='data', url=COCO_URL, progress=True, shapes=COCO_SHAP
     if not force and os.path.isfile(os.path.join(target, CAPTIONS_FILE)):
         _say(progress, f'{target} already present (pass force=True / --force to reinstall)')
         return target
+    # installs are whole-folder swaps, so anything else there is not ours: never replace it
+    atomic.check_fresh_dir(target, force, 'folder', flag='--dest', can_force=False)
     try:
         os.makedirs(dest_dir, exist_ok=True)
     except OSError as e:
@@ -132,6 +136,19 @@ def _fetch_once(url, part, progress, timeout):
     return False
 
 
+def _check_url(url):
+    """An http(s) URL with a host, checked before any request (urllib raises ValueError)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- parsing the port is what refuses 'http://host:x/'
+    except ValueError as e:
+        raise CaptionerError(f"{url}: not a valid URL ({e}); give --url "
+                             f"http(s)://host/path") from None
+    if parts.scheme not in ('http', 'https') or not parts.hostname:
+        raise CaptionerError(f"{url}: not an http(s) URL with a host; give --url "
+                             f"http(s)://host/path")
+
+
 def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None):
     """Download url to dest via dest.part, continuing a partial file with HTTP Range.
 
@@ -139,6 +156,7 @@ def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None)
     stopped; dest appears (by rename) only when complete, and, given check(part_path)
     (raising CaptionerError), only when it passes: a failing file is deleted.
     """
+    _check_url(url)
     part = dest + '.part'
     last = 'connection closed early'
     for _ in range(retries + 1):
@@ -223,6 +241,17 @@ def _validate(folder, shapes, zip_path):
         _check_shapes(folder, shapes, zip_path)
 
 
+def _check_sizes(members, zip_path, parent):
+    """Before unpacking: the whole fits on the disk (zipfile never inflates an entry past its
+    declared size), so a full disk or a zip bomb is found before, not during, unpacking."""
+    need = sum(info.file_size for info in members.values())
+    free = shutil.disk_usage(parent).free
+    if need > free:
+        raise CaptionerError(f"{parent}: unpacking {zip_path} needs {need / 2**30:.1f} GiB but "
+                             f"only {free / 2**30:.1f} GiB is free; free some space or pick "
+                             f"another --dest")
+
+
 def install_zip(zip_path, target, shapes=COCO_SHAPES, required=COCO_FILES, progress=True):
     """Safely unpack a coco_captioning zip into `target` (replacing it only on success)."""
     try:
@@ -237,6 +266,7 @@ def install_zip(zip_path, target, shapes=COCO_SHAPES, required=COCO_FILES, progr
         if missing:
             raise CaptionerError(f'{zip_path}: missing {", ".join(missing)}; not a complete CS231n '
                                  f'coco_captioning zip: delete it and rerun `captioner download`')
+        _check_sizes(members, zip_path, parent)
         tmp = tempfile.mkdtemp(prefix=f'.{COCO_DIR}.tmp-', dir=parent)
         try:
             _say(progress, f'extracting {zip_path} ...')
@@ -252,6 +282,11 @@ def install_zip(zip_path, target, shapes=COCO_SHAPES, required=COCO_FILES, progr
             _say(progress, 'checking the files ...')
             _validate(tmp, shapes, zip_path)
             _swap_in(tmp, target)
+        except OSError as e:  # a full disk, a read-only folder: the old data stays as it was
+            raise CaptionerError(f"{target}: could not unpack {zip_path} ({e.strerror or e}); "
+                                 f"free some space (or pick another --dest) and rerun "
+                                 f"`captioner download`; any previous data there is "
+                                 f"untouched") from None
         finally:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp)

@@ -25,6 +25,7 @@ about left/right/top/bottom, and 2x2 keeps that at 4x the size of GAP.
 import hashlib
 import importlib.util
 import io
+import math
 import os
 import pickle
 import warnings
@@ -397,6 +398,45 @@ def preprocess(img, size=INPUT_SIZE):
 # Files bigger than this in pixels are refused even if the user turned
 # PIL's own limit off (Image.MAX_IMAGE_PIXELS = None).
 MAX_PIXELS = 178_956_970
+# Memory, not pixels, is what a picture costs: decoding takes width x height x bytes per pixel
+# (JPEGs are decoded already reduced, by DCT scaling, to fit), and converting wide or
+# transparent modes to RGB takes several times that, so such pictures are first reduced.
+MAX_DECODE_BYTES = 256 * 2**20
+MAX_WORK_BYTES = 256 * 2**20
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "I;16L": 2,
+                    "I;16B": 2, "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+# to_rgb's working bytes per pixel: float64 copies for wide modes, RGBA + white for alpha
+_WORK_PER_PIXEL = {"I;16": 32, "I;16L": 32, "I;16B": 32, "I;16N": 32, "I": 32, "F": 32,
+                   "RGBA": 11, "LA": 11, "La": 11, "RGBa": 11, "PA": 11, "P": 11}
+
+
+def _decode_reduced(img, fail):
+    """Decode `img` (opened, not loaded) within MAX_DECODE_BYTES and reduce it so that
+    converting it to RGB stays within MAX_WORK_BYTES; pictures under both are untouched."""
+    w, h = img.size
+    bpp = _BYTES_PER_PIXEL.get(img.mode, 4)
+    if w * h * bpp > MAX_DECODE_BYTES and img.format == "JPEG":
+        scale = 2
+        while scale < 8 and (w / scale) * (h / scale) * bpp > MAX_DECODE_BYTES:
+            scale *= 2
+        img.draft(img.mode, (math.ceil(w / scale), math.ceil(h / scale)))
+        w, h = img.size
+    if w * h * bpp > MAX_DECODE_BYTES:
+        raise fail(f"{w}x{h} pixels of {bpp} bytes need {w * h * bpp / 2**20:.0f} MB to decode, "
+                   f"over the {MAX_DECODE_BYTES / 2**20:.0f} MB limit; save a smaller copy")
+    img.load()
+    try:
+        turned = img.getexif().get(0x0112, 1) not in (1, None)  # the EXIF orientation tag
+    except Exception:  # broken metadata: the picture as stored
+        turned = False
+    if turned:
+        img = upright(img)  # before reducing: a reduced copy may lose the EXIF block
+    w, h = img.size
+    work = w * h * _WORK_PER_PIXEL.get(img.mode, 4)
+    if work > MAX_WORK_BYTES:
+        k = math.ceil(math.sqrt(work / MAX_WORK_BYTES))
+        img = img.resize((max(1, w // k), max(1, h // k)), Image.BOX, reducing_gap=None)
+    return img
 
 
 def open_image(path):
@@ -419,6 +459,8 @@ def open_image(path):
         raise fail(f"cannot access ({e.strerror})") from None
     if path.is_dir():
         raise fail("is a directory, not a picture; pass image files")
+    if not path.is_file():  # a FIFO or a device: reading could block forever
+        raise fail("not a regular file (a FIFO or a device), not a picture")
     if st.st_size == 0:
         raise fail("empty file (0 bytes), not a picture")
     try:
@@ -454,8 +496,7 @@ def _decode(f, fail):
             if w * h > limit:
                 raise fail(f"{w}x{h} pixels is over the {limit} pixel limit "
                            "(possible decompression bomb)")
-            img.load()
-            return to_rgb(upright(img))
+            return to_rgb(_decode_reduced(img, fail))  # within the byte budgets
     except CaptionerError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

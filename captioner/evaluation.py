@@ -21,7 +21,10 @@ def decode_split(model, data, split="val", max_images=None, beam_size=3, max_len
         images, rows = images[:max_images], rows[:max_images]
     names = data.get(f"{split}_images")
     ids = [coco_image_id(names[i] if names else None, i) for i in images]
+    if len(set(ids)) != len(ids):  # two file names give one COCO id: number by feature row
+        ids = [int(i) for i in images]
     best = []
+    batch_size = max(1, min(batch_size, 5000 // beam_size))  # beam memory: images x beams rows
     for i in range(0, len(images), batch_size):   # batches: features may stream from HDF5
         feats = data[f"{split}_features"][images[i:i + batch_size]]
         hyps = beam_captions(model, feats, beam_size, max_length, length_norm)

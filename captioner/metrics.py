@@ -18,6 +18,7 @@ import threading
 
 import numpy as np
 
+from captioner import limits
 from captioner.errors import CaptionerError
 
 # ---------------------------------------------------------------------------------------------
@@ -562,6 +563,9 @@ def _caption(path, where, entry):
         raise CaptionerError(f"{path}: {where} has caption {json.dumps(c)}, expected a string")
     if not c.strip():
         raise CaptionerError(f"{path}: {where} has an empty caption")
+    if len(c) > limits.MAX_CAPTION_CHARS:  # ROUGE-L's LCS is quadratic in the caption length
+        raise CaptionerError(f"{path}: {where} has a caption of {len(c):,} characters, over the "
+                             f"{limits.MAX_CAPTION_CHARS:,} allowed; a caption is one sentence")
     return c
 
 

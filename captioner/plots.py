@@ -11,9 +11,12 @@ from .errors import CaptionerError
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
 
 
-def check_writable(path):
-    """Refuse a --plot path that cannot be written, before any work is done."""
+def check_writable(path, force=False):
+    """Refuse a --plot path that cannot be written, or that holds a file the user did not ask
+    to replace (--force), before any work is done."""
     path = os.fspath(path)
+    if os.path.isfile(path) or os.path.islink(path):
+        atomic.check_new_file(path, force, "--plot")
     folder = os.path.dirname(os.path.abspath(path))
     if not path.lower().endswith(".png"):
         raise CaptionerError(f"{path}: the plot is a PNG file; give --plot a name ending in .png")

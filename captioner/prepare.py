@@ -247,7 +247,7 @@ class _ChunkRows:
 
 
 def _lock(work):
-    fd = os.open(os.path.join(work, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    fd = atomic.open_lock(os.path.join(work, "lock"), "output folder")  # no symlink followed
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -328,7 +328,7 @@ def _load_vocab(vocab):
 
 def prepare_dataset(images_dir, annotations, out_dir, val_fraction=0.1, split_by=None, vocab=None,
                     min_count=5, max_words=15, batch_size=32, progress=True, seed=0, workers=None,
-                    executor=None, on_shard=None, source=None):
+                    executor=None, on_shard=None, source=None, force=False):
     """Pictures + COCO captions json -> a coco_captioning folder in out_dir. Returns a summary:
 
     out_dir, encoder, feature_kind, vocab_size, per split {images, captions, unk_words
@@ -347,6 +347,8 @@ def prepare_dataset(images_dir, annotations, out_dir, val_fraction=0.1, split_by
     """
     t0 = time.perf_counter()
     images_dir, out_dir = os.path.abspath(str(images_dir)), str(out_dir)
+    # Only our own work area (an interrupted run) may be there; the dataset replaces out_dir whole.
+    atomic.check_fresh_dir(out_dir, force, "dataset folder", keep=(WORK_DIR,))
     if not os.path.isdir(images_dir):
         raise CaptionerError(f"{images_dir}: pictures folder not found; pass the folder the "
                              f"annotations' file_names are relative to")
@@ -395,7 +397,8 @@ def prepare_dataset(images_dir, annotations, out_dir, val_fraction=0.1, split_by
 
 
 def prepare_coco(coco_dir, out_dir, split="karpathy", vocab=None, min_count=5, max_words=15,
-                 batch_size=32, progress=True, workers=None, executor=None, on_shard=None):
+                 batch_size=32, progress=True, workers=None, executor=None, on_shard=None,
+                 force=False):
     """The COCO 2014 zips of `captioner download --images` (in coco_dir) -> a dataset in
     out_dir, reading the pictures out of the zips. split 'karpathy': train (train +
     restval), val and test of Karpathy's dataset_coco.json, its raw sentences as captions;
@@ -404,6 +407,7 @@ def prepare_coco(coco_dir, out_dir, split="karpathy", vocab=None, min_count=5, m
     from captioner import coco
 
     t0 = time.perf_counter()
+    atomic.check_fresh_dir(out_dir, force, "dataset folder", keep=(WORK_DIR,))
     workers = default_workers() if workers is None else workers
     _check_sizes(batch_size, max_words, workers)
     vocab = _load_vocab(vocab)
@@ -516,8 +520,9 @@ def _build(out_dir, split_items, skipped, empty, vocab, min_count, max_words, ba
             summary_splits[s] = dict(
                 images=len(ok_items[s]), captions=len(caps),
                 unk_words=float((caps[:, 1:][real] == word_to_idx["<UNK>"]).mean()))
-        data.write_dataset(out_dir, splits, idx_to_word, kind=KIND, encoder=encoder.ENCODER_NAME,
-                           source=source)
+        with atomic.fresh_dir(out_dir, "dataset") as new:  # replaces out_dir (and work) whole
+            data.write_dataset(new, splits, idx_to_word, kind=KIND, encoder=encoder.ENCODER_NAME,
+                               source=source)
     finally:
         os.close(lock)
     shutil.rmtree(work, ignore_errors=True)

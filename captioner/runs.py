@@ -7,36 +7,49 @@ itself is captioner.training; the checkpoint file is captioner.checkpoint.
 import contextlib
 import datetime
 import fcntl
+import json
 import os
 import signal
 import threading
 
+from . import atomic
 from .errors import CaptionerError
 
 # ---------------------------------------------------------------- directories and the lock
 
 
 def find_checkpoint(path):
-    """A run directory means its last.npz (for --resume)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "last.npz")
-        if not os.path.exists(path):
-            check_unlocked(os.path.dirname(path))  # a first epoch still running: say so
-            raise CaptionerError(f"{path}: no checkpoint in this run directory yet; "
-                                 f"start a new run")
-    return path
+    """A run directory means its most advanced checkpoint (for --resume): last.npz, or best.npz
+    when a kill came between the two saves of an epoch end (both hold the whole state)."""
+    if not os.path.isdir(path):
+        return path
+    found = [p for p in (os.path.join(path, "last.npz"), os.path.join(path, "best.npz"))
+             if os.path.isfile(p)]
+    if not found:
+        check_unlocked(path)  # a first epoch still running: say so
+        raise CaptionerError(f"{os.path.join(path, 'last.npz')}: no checkpoint in this run "
+                             f"directory yet; start a new run (in another --out, or after "
+                             f"emptying this one)")
+    return max(found, key=_progress)  # ties: last.npz, first in the list
+
+
+def _progress(path):
+    """(step, epoch) a checkpoint reached, from its metadata alone; (-1, -1) if unreadable
+    (checkpoint.load then gives the full message)."""
+    import numpy as np
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            t = json.loads(str(z["meta"])).get("training", {})
+        return int(t.get("step", -1)), int(t.get("epoch", -1))
+    except Exception:  # noqa: BLE001 -- any damage: checkpoint.load explains it
+        return -1, -1
 
 
 @contextlib.contextmanager
 def run_lock(run_dir):
     """One writer per run directory. flock dies with the process, so kill -9 leaves no
     stale lock."""
-    path = os.path.join(run_dir, "train.lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise CaptionerError(f"{run_dir}: cannot use this run directory ({e.strerror}); "
-                             f"choose another --out") from None
+    fd = atomic.open_lock(os.path.join(run_dir, "train.lock"), "--out")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -59,7 +72,8 @@ def run_lock(run_dir):
 def check_unlocked(run_dir):
     """Raise the run_lock message if a live process holds run_dir's lock; writes nothing."""
     try:
-        fd = os.open(os.path.join(run_dir, "train.lock"), os.O_RDONLY)
+        fd = os.open(os.path.join(run_dir, "train.lock"),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return
     try:
@@ -79,10 +93,24 @@ def new_run_dir(out, cell):
         while os.path.exists(out):  # two runs started in the same second
             n += 1
             out = os.path.join("runs", f"{stamp}-{cell}-{n}")
-    if os.path.exists(os.path.join(out, "last.npz")):
+    ours = {"train.lock"}  # what a run killed before its first save leaves: ours to reuse
+    try:
+        found = sorted(n for n in os.listdir(out) if n not in ours and not n.startswith(".tmp-"))
+    except (FileNotFoundError, NotADirectoryError):
+        found = []
+    except OSError as e:
+        raise CaptionerError(f"{out}: cannot read the run directory ({e.strerror}); choose "
+                             f"another --out") from None
+    if found:  # never write over files this run did not create: a run, or anything else
         check_unlocked(out)  # a run still writing here gets the clearer "another train" message
-        raise CaptionerError(f"{out}: already holds a run; continue it with --resume {out} "
-                             f"or choose another --out")
+        if {"last.npz", "best.npz"} & set(found):
+            raise CaptionerError(f"{out}: already holds a run; continue it with --resume {out} "
+                                 f"or choose another --out")
+        if "compare.json" in found:
+            raise CaptionerError(f"{out}: already holds a comparison; continue it with "
+                                 f"--resume {out} or choose another --out")
+        raise CaptionerError(f"{out}: already holds {found[0]!r}; choose another --out (a new "
+                             f"or empty folder)")
     make_dir(out)
     return out
 

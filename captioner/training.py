@@ -51,67 +51,19 @@ def _join_optim(scalars, arrays, dtype):
     return configs
 
 
-def resume_state(meta, optim_arrays, history, dtype=np.float32, path="checkpoint", params=None):
-    """The training state saved in a checkpoint, checked: a bad one is refused
-    with CaptionerError rather than failing (or silently differing) mid-run.
-    params: the model's parameters, to check the optimizer arrays against."""
-    def bad(why):
-        return CaptionerError(f"{path}: cannot resume from it: {why}; resume from a checkpoint "
-                              f"written by `captioner train` (last.npz of a run)")
-
+def resume_state(meta, optim_arrays, history, dtype=np.float32, path="checkpoint"):
+    """The training state saved in a checkpoint (checkpoint.load checked it against the
+    schema; it may only be absent)."""
     t = meta.get("training")
-    if not isinstance(t, dict):
-        raise bad("it holds no training state")
-    for key in ("epoch", "step_in_epoch", "step"):
-        if type(t.get(key)) is not int or t[key] < 0:
-            raise bad(f"training.{key} is {t.get(key)!r}, expected a non-negative integer")
-    settings = t.get("settings")
-    if not isinstance(settings, dict) or not isinstance(settings.get("data_dir", ""), str):
-        raise bad("training.settings is missing or its data_dir is not a path")
-    own = {"data", "model", "run_dir", "state", "progress", "log"}   # train()'s own arguments
-    wrong = set(settings) & own
-    for key, default in dict(DEFAULTS, max_train=None).items():
-        v = settings.get(key, default)
-        if key == "optimizer":
-            ok = isinstance(v, str) and v in OPTIMIZERS   # a list would not even hash
-        elif key == "keep_best":
-            ok = v in ("loss", "cider")
-        elif key == "max_train":
-            ok = v is None or (type(v) is int and v >= 1)
-        elif type(default) is int:
-            ok = type(v) is int and v >= (1 if key in ("epochs", "batch_size") else 0)
-        else:
-            ok = type(v) in (int, float) and math.isfinite(v) and v >= 0
-        if not ok:
-            wrong.add(f"{key}={v!r}")
-    if wrong:
-        raise bad(f"bad settings {sorted(wrong)}")
-    if not isinstance(t.get("epochs"), list) or not (t.get("best") is None
-                                                     or isinstance(t["best"], dict)):
-        raise bad("training.epochs or training.best is malformed")
-    scalars = t.get("optim")
-    names = set(params) if params is not None else set(scalars or {})
-    if not isinstance(scalars, dict) or set(scalars) != names or not all(
-            isinstance(c, dict) and type(c.get("learning_rate")) in (int, float)
-            for c in scalars.values()):
-        raise bad("the optimizer state does not match the parameters")
-    for name, arrays in optim_arrays.items():
-        for k, a in arrays.items():
-            if name not in names or a.dtype.kind != "f" or (
-                    params is not None and a.shape != params[name].shape):
-                raise bad(f"optimizer array {name}/{k} does not fit the parameters")
-    loss = history.get("loss", np.zeros(0))
-    if loss.ndim != 1 or loss.dtype.kind != "f":
-        raise bad("history/loss is not a 1-D float array")
+    if t is None:
+        raise CaptionerError(f"{path}: cannot resume from it: it holds no training state; resume "
+                             f"from a checkpoint written by `captioner train` (last.npz of a run)")
     state = dict(t)
-    state["settings"] = dict(settings)
-    state["optim"] = _join_optim(scalars, optim_arrays, dtype)
-    state["loss_history"] = [float(x) for x in loss]
+    state["settings"] = dict(t["settings"])
+    state["optim"] = _join_optim(t["optim"], optim_arrays, dtype)
+    state["loss_history"] = [float(x) for x in history.get("loss", np.zeros(0))]
     for key in ("grad_norm", "clipped"):  # absent from checkpoints written before they were kept
-        a = history.get(key, np.zeros(0))
-        if a.ndim != 1 or a.dtype.kind != "f":
-            raise bad(f"history/{key} is not a 1-D float array")
-        state[f"{key}_history"] = [float(x) for x in a]
+        state[f"{key}_history"] = [float(x) for x in history.get(key, np.zeros(0))]
     return state
 
 
@@ -149,7 +101,8 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
     from tqdm import tqdm
 
     s = dict(DEFAULTS, **settings)
-    if state is None and run_dir and os.path.exists(os.path.join(run_dir, "last.npz")):
+    if state is None and run_dir and any(os.path.exists(os.path.join(run_dir, f"{n}.npz"))
+                                         for n in ("last", "best")):
         raise CaptionerError(f"{run_dir}: already holds a run; continue it with --resume "
                              f"{run_dir} "
                              f"or choose another --out")
@@ -229,7 +182,8 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
                     save("last")
             bar.close()
             record = {"epoch": epoch + 1, "step": state["step"],
-                      "train_loss": float(np.mean(losses[-(steps_per_epoch - start):]
+                      # the whole epoch's steps, also those before a resume mid-epoch
+                      "train_loss": float(np.mean(losses[-steps_per_epoch:]
                                                   or [float("nan")])),
                       "lr": float(state["optim"][next(iter(state["optim"]))]["learning_rate"]),
                       "seconds": round(time.perf_counter() - t0, 2)}

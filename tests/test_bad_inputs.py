@@ -258,9 +258,11 @@ def _set(path, value):
 
 CKPT_CASES = [  # (id, make(good_last, out_path), words in the message)
     ("truncated", lambda g, o: o.write_bytes(g.read_bytes()[:len(g.read_bytes()) // 2]), "truncated or corrupt"),
-    ("zero bytes", lambda g, o: o.write_bytes(b""), ""),
-    ("random bytes", lambda g, o: o.write_bytes(np.random.default_rng(1).bytes(3000)), ""),
-    ("raw pickle", lambda g, o: o.write_bytes(pickle.dumps(_Payload(str(o) + ".pwned"))), ""),
+    ("zero bytes", lambda g, o: o.write_bytes(b""), "empty file"),
+    ("random bytes", lambda g, o: o.write_bytes(np.random.default_rng(1).bytes(3000)),
+     "not an .npz"),
+    ("raw pickle", lambda g, o: o.write_bytes(pickle.dumps(_Payload(str(o) + ".pwned"))),
+     "refused for safety"),
     ("pickled param", lambda g, o: _with(g, o, param__W_proj=np.array([_Payload(str(o) + ".pwned")], object)),
      "pickle"),
     ("not an array", lambda g, o: _zip_add(g, o, "param/b.bin", b"hello"), "not a NumPy array"),
@@ -286,7 +288,57 @@ CKPT_CASES = [  # (id, make(good_last, out_path), words in the message)
     ("param extra", lambda g, o: _with(g, o, param__W_extra=np.zeros(3, np.float32)), "W_extra"),
     ("param nan", lambda g, o: _with(g, o, param__b=np.full(32, np.nan, np.float32)), "NaN"),
     ("param strings", lambda g, o: _with(g, o, param__b=np.array(["x"] * 32)), "dtype"),
+    # issue 14: metadata that is valid JSON but wrong is refused by every command, naming the field
+    ("no features.encoder", lambda g, o: _with(g, o, meta=_set("features.encoder", KeyError)),
+     "features.encoder"),
+    ("input_dim vs shapes", lambda g, o: _with(g, o, meta=_set("model.input_dim", 7)),
+     "features.dim"),
+    ("input_dim and dim", lambda g, o: _with(g, o, meta=lambda m: (
+        _set("model.input_dim", 7)(m), _set("features.dim", 7)(m))), "W_proj"),
+    ("best without value", lambda g, o: _with(g, o, meta=_set("training.best.value", KeyError)),
+     "training.best"),
+    ("epochs a string", lambda g, o: _with(g, o, meta=_set("training.epochs", "3")),
+     "training.epochs"),
+    ("epoch record odd", lambda g, o: _with(g, o, meta=_set("training.epochs", [{"epoch": 1}])),
+     "training.epochs[0]"),
+    ("adam without t",
+     lambda g, o: _with(g, o, meta=lambda m: m["training"]["optim"]["Wh"].pop("t")),
+     "Wh"),
+    ("adam without m", lambda g, o: _with(g, o, drop=["optim/Wh/m"]), "Wh"),
+    ("epoch past the end, no best", lambda g, o: _with(g, o, meta=lambda m: (
+        _set("training.epoch", 99)(m), _set("training.best", None)(m))), "training."),
+    ("history 10^8 compressed", lambda g, o: _huge_history(g, o), "history/loss"),
+    ("epoch negative", lambda g, o: _with(g, o, meta=_set("training.epoch", -1)),
+     "training.epoch"),
+    ("step a string", lambda g, o: _with(g, o, meta=_set("training.step", "7")), "training.step"),
+    ("no settings", lambda g, o: _with(g, o, meta=_set("training.settings", KeyError)),
+     "settings"),
+    ("bad optimizer", lambda g, o: _with(g, o, meta=_set("training.settings.optimizer", "lbfgs")),
+     "optimizer"),
+    ("batch size 0", lambda g, o: _with(g, o, meta=_set("training.settings.batch_size", 0)),
+     "batch_size"),
+    ("lr nan", lambda g, o: _with(g, o, meta=_set("training.settings.lr", float("nan"))), "lr"),
+    ("negative seed", lambda g, o: _with(g, o, meta=_set("training.settings.seed", -3)), "seed"),
+    ("setting clashes", lambda g, o: _with(g, o, meta=_set("training.settings.log", 1)), "log"),
+    ("optim wrong shape", lambda g, o: _with(g, o, optim__Wh__m=np.zeros(3, np.float32)), "Wh/m"),
+    ("optim for no param", lambda g, o: _with(g, o, optim__Wq__m=np.zeros(3, np.float32)), "Wq/m"),
+    ("optim scalars gone", lambda g, o: _with(g, o, meta=_set("training.optim", {})),
+     "optimizer state"),
+    ("loss history 2-d", lambda g, o: _with(g, o, history__loss=np.zeros((2, 2))), "history"),
+    ("loss history long", lambda g, o: _with(g, o, history__loss=np.zeros(10**5)), "history"),
 ]
+
+
+def _huge_history(g, o):
+    """A real 10^8-element float64 history (800 MB) deflated into under 1 MB."""
+    _with(g, o, drop=["history/loss"])
+    with zipfile.ZipFile(o, "a", zipfile.ZIP_DEFLATED) as z:
+        with z.open("history/loss.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False,
+                                                     "shape": (10**8,)})
+            zeros = bytes(2**23)
+            for _ in range(8 * 10**8 // len(zeros)):
+                f.write(zeros)
 
 
 def _meta_raw(g, o, text):
@@ -318,18 +370,6 @@ def test_bad_checkpoint(good, tmp_path, make, words):
 
 RESUME_CASES = [  # loadable models whose training state cannot be resumed
     ("no training state", lambda g, o: _with(g, o, meta=_set("training", KeyError)), "no training state"),
-    ("epoch negative", lambda g, o: _with(g, o, meta=_set("training.epoch", -1)), "training.epoch"),
-    ("step a string", lambda g, o: _with(g, o, meta=_set("training.step", "7")), "training.step"),
-    ("no settings", lambda g, o: _with(g, o, meta=_set("training.settings", KeyError)), "settings"),
-    ("bad optimizer", lambda g, o: _with(g, o, meta=_set("training.settings.optimizer", "lbfgs")), "optimizer"),
-    ("batch size 0", lambda g, o: _with(g, o, meta=_set("training.settings.batch_size", 0)), "batch_size"),
-    ("lr nan", lambda g, o: _with(g, o, meta=_set("training.settings.lr", float("nan"))), "lr"),
-    ("negative seed", lambda g, o: _with(g, o, meta=_set("training.settings.seed", -3)), "seed"),
-    ("setting clashes", lambda g, o: _with(g, o, meta=_set("training.settings.log", 1)), "log"),
-    ("optim wrong shape", lambda g, o: _with(g, o, optim__Wh__m=np.zeros(3, np.float32)), "Wh/m"),
-    ("optim for no param", lambda g, o: _with(g, o, optim__Wq__m=np.zeros(3, np.float32)), "Wq/m"),
-    ("optim scalars gone", lambda g, o: _with(g, o, meta=_set("training.optim", {})), "optimizer state"),
-    ("loss history 2-d", lambda g, o: _with(g, o, history__loss=np.zeros((2, 2))), "history"),
 ]
 
 
@@ -342,6 +382,17 @@ def test_checkpoint_that_cannot_resume(good, tmp_path, make, words):
     assert_refused(run("train", "--resume", bad, "--data", good / "data"), bad, 2, "cannot resume", words)
     assert snapshot(tmp_path) == before
     assert run("info", "--checkpoint", bad).exit_code == 0  # the model itself is fine
+
+
+def test_checkpoint_vocabulary_without_words_is_refused(tmp_path):
+    """A model that could only ever write <END> (issue 14: IndexError in evaluate and sample)."""
+    w2i = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>"])}
+    model = CaptioningRNN(w2i, input_dim=4, wordvec_dim=3, hidden_dim=3, cell_type="rnn")
+    path = tmp_path / "m.npz"
+    meta = checkpoint.model_meta(model, {"feature_kind": "pca", "feature_dim": 4, "encoder": "x"})
+    checkpoint.save(path, model.params, meta)
+    assert_refused(run("info", "--checkpoint", path), path, 2, "vocab has no words")
+    assert_refused(run("sample", "--checkpoint", path, "--split", "val"), path, 2, "vocab")
 
 
 def test_checkpoint_for_other_data(good, tmp_path):
@@ -423,7 +474,8 @@ def bad_pictures(folder, monkeypatch):
         monkeypatch.setattr(encoder, "open", refusing_open, raising=False)
     else:
         locked.chmod(0)
-    return {folder / "text.jpg": "not an image", folder / "truncated.jpg": "", folder / "empty.jpg": "empty",
+    return {folder / "text.jpg": "not an image", folder / "truncated.jpg": "truncated image",
+            folder / "empty.jpg": "empty",
             folder / "bomb.png": "decompression bomb", folder / "adir.jpg": "directory",
             locked: "Permission denied", folder / "missing.jpg": "no such file"}
 
@@ -650,14 +702,11 @@ def test_bad_zip_refused_existing_data_untouched(tmp_path, server, case, words):
         "missing": _evil_zip(payload, skip="coco2014_vocab.json"),
         "truncated": payload[:len(payload) // 2],
     }[case]
-    old = tmp_path / "coco_captioning"
-    old.mkdir()
-    (old / "my_notes.txt").write_text("precious")
+    # (a folder of the user's own at the target is refused before any download: test_overwrite)
     result = run("download", "--url", server.url, "--dest", tmp_path)
     assert_refused(result, tmp_path / "coco_captioning.zip", 2, words)
-    assert snapshot(old) == {"my_notes.txt": hashlib.sha256(b"precious").hexdigest()}
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()
-    assert sorted(os.listdir(tmp_path)) == ["coco_captioning", "coco_captioning.zip"]
+    assert sorted(os.listdir(tmp_path)) == ["coco_captioning.zip"]
 
 
 # ---------------------------------------------------------------- arguments
@@ -716,3 +765,26 @@ def test_resume_into_another_run_is_refused(good, tmp_path):
     result = run("train", "--resume", good / "run" / "last.npz", "--out", other)
     assert_refused(result, other, 2, "already holds a run")
     assert snapshot(other) == before
+
+
+@pytest.mark.parametrize("flag,value", [("--cell", "rnn"), ("--hidden-dim", 16), ("--lr", 0.5),
+                                        ("--batch-size", 7), ("--max-train", 3),
+                                        ("--optimizer", "sgd"), ("--seed", 9)])
+def test_resume_with_contradicting_flags_names_the_flag(good, tmp_path, flag, value):
+    """issue 14: these were silently ignored; now a usage error naming the flag."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(good / "run", run_dir)
+    before = snapshot(run_dir)
+    result = run("train", "--resume", run_dir, flag, value, "--epochs", 2, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert f"{flag} {value} contradicts" in result.output and "Traceback" not in result.output
+    assert snapshot(run_dir) == before
+
+
+def test_resume_with_agreeing_flags_runs(good, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(good / "run", run_dir)
+    result = run("train", "--resume", run_dir, "--cell", "lstm", "--hidden-dim", 8,
+                 "--batch-size", 4, "--epochs", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert checkpoint.load_model(run_dir / "last.npz")[1]["training"]["epoch"] == 2

@@ -212,7 +212,7 @@ def _ckpt_property(base, tmp_path_factory, data):
     result = loads_or_refuses(checkpoint.load_model, path)
     if result is not None:  # a model that loads must also resume or be refused cleanly
         model, meta, optim, history = result
-        loads_or_refuses(lambda: training.resume_state(meta, optim, history, path=str(path), params=model.params))
+        loads_or_refuses(lambda: training.resume_state(meta, optim, history, path=str(path)))
 
 
 @FAST
@@ -235,7 +235,7 @@ def test_array_header_claiming_terabytes(tmp_path):
     path = tmp_path / "c.npz"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("meta.npy", header.getvalue() + b"\0" * 100)
-    with pytest.raises(CaptionerError, match="c.npz: declares arrays too big"):
+    with pytest.raises(CaptionerError, match="c.npz: entry .meta. declares shape"):
         checkpoint.load(path)
 
 

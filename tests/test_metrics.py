@@ -1,8 +1,6 @@
 """COCO caption metrics: each toolkit quirk by hand, pycocoevalcap as the oracle, and the loaders' errors."""
-import importlib.util
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -11,9 +9,8 @@ from hypothesis import given, settings, strategies as st
 from captioner import metrics as M
 from captioner.errors import CaptionerError
 
-HAVE_TOOLKIT = importlib.util.find_spec("pycocoevalcap") is not None
-needs_toolkit = pytest.mark.skipif(not HAVE_TOOLKIT, reason="pycocoevalcap not installed")
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="java not found")
+needs_toolkit = pytest.mark.usefixtures("toolkit")  # conftest: skip, or fail under CI=true
+needs_java = pytest.mark.usefixtures("java")
 
 
 def toks(d):
@@ -178,8 +175,8 @@ def test_fakecap_matches_pycocoevalcap_with_its_own_java_tokenizer(fakecap):
     assert all(M.tokenize(res[i]) == hyp[i][0].split(" ") for i in res)
 
 
+@needs_toolkit
 def test_meteor_is_skipped_with_a_reason_when_java_is_missing(monkeypatch):
-    pytest.importorskip("pycocoevalcap.meteor", reason="the METEOR extra is not installed: no Java check")
     monkeypatch.setattr(M.shutil, "which", lambda name: None)
     scores, notes = M.score({1: ["a dog"], 2: ["a cat"]}, {1: "a dog", 2: "a cow"})
     assert "METEOR" not in scores and set(scores) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
