@@ -88,11 +88,11 @@ def check_new_file(path, force, flag):
     """Refuse (unless force) to replace a file this command did not create: the user named
     an existing file, perhaps their checkpoint or their own results, as an output."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CaptionerError(f"{path}: is a directory; choose a file name for {flag}")
     if os.path.lexists(path) and not force:
         raise CaptionerError(f"{path}: already exists; pass --force to replace it, or choose "
                              f"another {flag}")
-    if os.path.isdir(path):
-        raise CaptionerError(f"{path}: is a directory; choose a file name for {flag}")
 
 
 def check_fresh_dir(path, force, what, keep=(), flag="--out", can_force=True):

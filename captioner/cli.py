@@ -439,8 +439,9 @@ def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimiz
               help="Also write [{file_name, caption, log_prob, image_id}] to this file.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
               help="Also write a gallery page of the captioned pictures to this file.")
+@click.option("--force", is_flag=True, help="Let --json and --html replace existing files.")
 def sample(images, ckpt, data, features, split, count, beam_size, n_best, temperature, max_length,
-           seed, json_out, html_out):
+           seed, json_out, html_out, force):
     """Caption picture files and folders of pictures, or images of the dataset (--split).
 
     \b
@@ -459,6 +460,10 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
         raise click.UsageError("give picture files to caption, or --split train|val|test")
     if (json_out or html_out) and not images:
         raise click.UsageError("--json and --html are for picture files; give files or folders")
+    from . import atomic
+    for out, flag in ((json_out, "--json"), (html_out, "--html")):
+        if out:  # before any work: never over a file of the user's without --force
+            atomic.check_new_file(out, force, flag)
     ckpt = ckpt or _newest_best()
     model, meta, _, _ = load_model(ckpt)
     rng = np.random.default_rng(seed)
@@ -525,13 +530,16 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
               show_default=True, help="The split to caption, score and show.")
 @click.option("--count", type=COUNT, default=24, show_default=True,
               help="Gallery pictures per run: a third best, a third worst, a third at random.")
-@click.option("--beam-size", type=COUNT, default=3, show_default=True, help="1 is greedy.")
-@click.option("--max-length", type=COUNT, default=16, show_default=True)
+@click.option("--beam-size", type=click.IntRange(1, limits.MAX_BEAM), default=3, show_default=True,
+              help=f"1 is greedy (at most {limits.MAX_BEAM}).")
+@click.option("--max-length", type=MAX_LENGTH, default=16, show_default=True,
+              help=f"Words per caption at most (up to {limits.MAX_LENGTH}).")
 @click.option("--max-images", type=COUNT, default=None,
               help="Score only the first N images of the split (default: all).")
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="The random gallery sample.")
-def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_meteor, seed):
+@click.option("--force", is_flag=True, help="Let --out replace an existing file.")
+def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_meteor, seed, force):
     """One self-contained HTML page about training runs: settings, curves, scores,
     caption diversity and a gallery of captioned pictures (open it from disk).
 
@@ -540,7 +548,9 @@ def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_me
       captioner report runs/lstm --out lstm.html
       captioner report runs/lstm runs/rnn --split val --count 36 --out compare.html
     """
+    from . import atomic
     from .report import write_report
+    atomic.check_new_file(out, force, "--out")  # e.g. never over a checkpoint named by mistake
     path = write_report(list(run_dirs), out, split=split, count=count, beam_size=beam_size,
                         max_length=max_length, max_images=max_images, meteor=not no_meteor,
                         seed=seed, log=lambda m: click.echo(m, err=True))

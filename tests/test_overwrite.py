@@ -242,3 +242,14 @@ def test_plot_never_replaces_an_existing_picture_without_force(tmp_path, command
     result = run(*args, "--plot", mine, "--force")
     assert result.exit_code == 0, result.output
     assert mine.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_and_sample_outputs_never_replace_a_file_without_force(tmp_path):
+    victim = tmp_path / "best.npz"
+    victim.write_bytes(b"my checkpoint")
+    result = run("report", tmp_path, "--out", victim)
+    assert result.exit_code == 2 and "already exists; pass --force" in result.output
+    for flag in ("--json", "--html"):
+        result = run("sample", tmp_path / "pic.jpg", flag, victim, "--checkpoint", victim)
+        assert result.exit_code == 2 and "already exists; pass --force" in result.output
+    assert victim.read_bytes() == b"my checkpoint"

@@ -181,7 +181,7 @@ def test_report_embeds_gradient_flow_output(trained, tmp_path):
     assert "<th>gain_per_step</th>" in section and "<td>0.8125</td>" in section
     # two runs of one comparison: their parent's files are shown once
     shutil.copytree(run_dir, tmp_path / "runs" / "b", ignore=shutil.ignore_patterns("gradients*"))
-    assert run("report", run_dir, tmp_path / "runs" / "b", "--out", out, "--count", 3,
+    assert run("report", run_dir, tmp_path / "runs" / "b", "--out", out, "--force", "--count", 3,
                "--no-meteor", "--max-images", 4).exit_code == 0
     section = out.read_text().split('id="gradients"')[1]
     assert len(_data_uris(section)) == 2 and section.count("<th>gain_per_step</th>") == 1
