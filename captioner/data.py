@@ -14,6 +14,7 @@ Captions are <START> w1 .. wk <END> padded with <NULL> to 17 columns; row i of
 Every problem with the user's files raises CaptionerError with one line naming the
 file, what is wrong and how to fix it; nothing here lets a raw h5py/json traceback out.
 """
+
 import json
 import os
 from contextlib import contextmanager
@@ -24,23 +25,23 @@ import numpy as np
 from captioner import atomic, limits
 from captioner.errors import CaptionerError
 
-FEATURE_KINDS = {'pca': 'vgg16_fc7_pca', 'fc7': 'vgg16_fc7'}  # kind -> file suffix
-CAPTIONS_FILE = 'coco2014_captions.h5'
-VOCAB_FILE = 'coco2014_vocab.json'
-SPECIAL_TOKENS = ('<NULL>', '<START>', '<END>')
-NON_WORDS = SPECIAL_TOKENS + ('<UNK>',)  # tokens a model never writes as a caption's word
+FEATURE_KINDS = {"pca": "vgg16_fc7_pca", "fc7": "vgg16_fc7"}  # kind -> file suffix
+CAPTIONS_FILE = "coco2014_captions.h5"
+VOCAB_FILE = "coco2014_vocab.json"
+SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>")
+NON_WORDS = SPECIAL_TOKENS + ("<UNK>",)  # tokens a model never writes as a caption's word
 # Feature matrices up to this size (as float32) are read into RAM: the 512-d PCA
 # train set is 170 MB; the 4096-d fc7 ones (663 MB val, 1.36 GB train) stay on disk.
 MAX_IN_MEMORY_BYTES = 256 * 2**20
 CHECK_CHUNK_BYTES = 32 * 2**20  # bounded memory for the NaN/inf scan
 
-FIX_DATA = 're-download with `captioner download` (or rebuild with `captioner prepare`)'
-FIX_MISSING = 'run `captioner download`, or pass --data DIR pointing at a coco_captioning folder'
+FIX_DATA = "re-download with `captioner download` (or rebuild with `captioner prepare`)"
+FIX_MISSING = "run `captioner download`, or pass --data DIR pointing at a coco_captioning folder"
 
 
 def feature_file(base_dir, split, kind):
     """Path of the features file of one split: {split}2014_{suffix}.h5."""
-    return os.path.join(base_dir, f'{split}2014_{FEATURE_KINDS.get(kind, kind)}.h5')
+    return os.path.join(base_dir, f"{split}2014_{FEATURE_KINDS.get(kind, kind)}.h5")
 
 
 class H5Rows:
@@ -51,16 +52,16 @@ class H5Rows:
     contiguous block. The file opens on first use; close() or `with` releases it.
     """
 
-    def __init__(self, path, name='features'):
+    def __init__(self, path, name="features"):
         self.path, self.name = path, name
         self._file = None
-        with h5py.File(path, 'r') as f:
+        with h5py.File(path, "r") as f:
             self.shape = tuple(f[name].shape)
         self.dtype = np.dtype(np.float32)
 
     def _ds(self):
         if self._file is None:
-            self._file = h5py.File(self.path, 'r')
+            self._file = h5py.File(self.path, "r")
         return self._file[self.name]
 
     def __len__(self):
@@ -73,11 +74,11 @@ class H5Rows:
         idx = np.asarray(idx)
         if idx.ndim == 0:
             return self[idx[None]][0]
-        if idx.dtype.kind not in 'iu':
-            raise IndexError(f'{self.path}: row indices must be integers, got {idx.dtype}')
+        if idx.dtype.kind not in "iu":
+            raise IndexError(f"{self.path}: row indices must be integers, got {idx.dtype}")
         idx = idx.ravel()
         if idx.size and (idx.min() < 0 or idx.max() >= self.shape[0]):
-            raise IndexError(f'{self.path}: row index out of range 0..{self.shape[0] - 1}')
+            raise IndexError(f"{self.path}: row index out of range 0..{self.shape[0] - 1}")
         if idx.size == 0:
             return np.empty((0,) + self.shape[1:], np.float32)
         # h5py fancy indexing wants strictly increasing indices: read each needed row
@@ -98,7 +99,7 @@ class H5Rows:
         self.close()
 
     def __repr__(self):
-        return f'H5Rows({self.path!r}, shape={self.shape})'
+        return f"H5Rows({self.path!r}, shape={self.shape})"
 
 
 def close_coco_data(data):
@@ -110,55 +111,67 @@ def close_coco_data(data):
 
 # ----------------------------------------------------------------------------- loading
 
-def read_json(path, what, fix=''):
+
+def read_json(path, what, fix=""):
     """Parse a JSON file; every way it can fail is one CaptionerError line naming the file."""
-    fix = f'; {fix}' if fix else ''
+    fix = f"; {fix}" if fix else ""
     if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
-        raise CaptionerError(f'{path}: not a regular file (a FIFO or a device); pass the {what} '
-                             f'JSON file{fix}')  # reading one could block forever
+        raise CaptionerError(
+            f"{path}: not a regular file (a FIFO or a device); pass the {what} JSON file{fix}"
+        )  # reading one could block forever
     try:
-        with open(path, encoding='utf-8') as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise CaptionerError(f'{path}: {what} file not found{fix}') from None
+        raise CaptionerError(f"{path}: {what} file not found{fix}") from None
     except IsADirectoryError:
-        raise CaptionerError(f'{path}: is a directory, expected the {what} JSON file{fix}') from None
+        raise CaptionerError(
+            f"{path}: is a directory, expected the {what} JSON file{fix}"
+        ) from None
     except UnicodeDecodeError as e:
-        raise CaptionerError(f'{path}: not UTF-8 text (byte {e.start}); save the {what} file as UTF-8 JSON') from None
+        raise CaptionerError(
+            f"{path}: not UTF-8 text (byte {e.start}); save the {what} file as UTF-8 JSON"
+        ) from None
     except json.JSONDecodeError as e:
-        raise CaptionerError(f'{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}){fix}') from None
+        raise CaptionerError(
+            f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}){fix}"
+        ) from None
     except (ValueError, RecursionError) as e:  # e.g. a 5,000-digit number, nesting 100,000 deep
-        raise CaptionerError(f'{path}: unusable JSON in the {what} file ({str(e)[:80]}){fix}') from None
+        raise CaptionerError(
+            f"{path}: unusable JSON in the {what} file ({str(e)[:80]}){fix}"
+        ) from None
     except OSError as e:
-        raise CaptionerError(f'{path}: cannot read the {what} file ({e.strerror}){fix}') from None
+        raise CaptionerError(f"{path}: cannot read the {what} file ({e.strerror}){fix}") from None
 
 
 def _need_file(path):
     if not os.path.isfile(path):
-        raise CaptionerError(f'{path}: file not found; {FIX_MISSING}')
+        raise CaptionerError(f"{path}: file not found; {FIX_MISSING}")
 
 
 @contextmanager
 def _open_h5(path):
     _need_file(path)
     try:
-        f = h5py.File(path, 'r')
+        f = h5py.File(path, "r")
     except OSError as e:
-        reason = str(e).split('(', 1)[-1].rstrip(')') if '(' in str(e) else str(e)
-        raise CaptionerError(f'{path}: not a readable HDF5 file ({reason}); the file is '
-                             f'corrupt or truncated: {FIX_DATA}') from None
+        reason = str(e).split("(", 1)[-1].rstrip(")") if "(" in str(e) else str(e)
+        raise CaptionerError(
+            f"{path}: not a readable HDF5 file ({reason}); the file is "
+            f"corrupt or truncated: {FIX_DATA}"
+        ) from None
     try:
         yield f
     except (KeyError, RuntimeError, OSError, ValueError, TypeError) as e:
         # h5py reports damaged internals (bad object headers, address overflows) as any of these
-        raise CaptionerError(f'{path}: damaged HDF5 file ({str(e)[:100]}); {FIX_DATA}') from None
+        raise CaptionerError(f"{path}: damaged HDF5 file ({str(e)[:100]}); {FIX_DATA}") from None
     finally:
         f.close()
 
 
 def _dataset(f, path, name):
     if name not in f or not isinstance(f[name], h5py.Dataset):
-        found = ', '.join(sorted(f.keys())) or 'nothing'
+        found = ", ".join(sorted(f.keys())) or "nothing"
         raise CaptionerError(f"{path}: missing dataset '{name}' (found: {found}); {FIX_DATA}")
     return f[name]
 
@@ -167,68 +180,90 @@ def _read(ds, path, sel=()):
     try:
         return ds[sel]
     except (OSError, RuntimeError) as e:
-        raise CaptionerError(f"{path}: cannot read '{ds.name.lstrip('/')}' ({e}); the file is "
-                             f'corrupt or truncated: {FIX_DATA}') from None
+        raise CaptionerError(
+            f"{path}: cannot read '{ds.name.lstrip('/')}' ({e}); the file is "
+            f"corrupt or truncated: {FIX_DATA}"
+        ) from None
 
 
 def load_vocab(path):
     """Read and check coco2014_vocab.json -> (word_to_idx, idx_to_word)."""
     _need_file(path)
-    vocab = read_json(path, 'vocabulary', FIX_DATA)
+    vocab = read_json(path, "vocabulary", FIX_DATA)
     if not isinstance(vocab, dict):
-        raise CaptionerError(f'{path}: expected a JSON object with idx_to_word and word_to_idx; {FIX_DATA}')
-    for key in ('idx_to_word', 'word_to_idx'):
+        raise CaptionerError(
+            f"{path}: expected a JSON object with idx_to_word and word_to_idx; {FIX_DATA}"
+        )
+    for key in ("idx_to_word", "word_to_idx"):
         if key not in vocab:
             raise CaptionerError(f"{path}: missing key '{key}'; {FIX_DATA}")
-    idx_to_word, word_to_idx = vocab['idx_to_word'], vocab['word_to_idx']
+    idx_to_word, word_to_idx = vocab["idx_to_word"], vocab["word_to_idx"]
     if not isinstance(idx_to_word, list) or not all(isinstance(w, str) for w in idx_to_word):
-        raise CaptionerError(f'{path}: idx_to_word must be a list of strings; {FIX_DATA}')
+        raise CaptionerError(f"{path}: idx_to_word must be a list of strings; {FIX_DATA}")
     if not isinstance(word_to_idx, dict) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in word_to_idx.values()):
-        raise CaptionerError(f'{path}: word_to_idx must map words to integers; {FIX_DATA}')
+        isinstance(i, int) and not isinstance(i, bool) for i in word_to_idx.values()
+    ):
+        raise CaptionerError(f"{path}: word_to_idx must map words to integers; {FIX_DATA}")
     missing = [t for t in SPECIAL_TOKENS if t not in word_to_idx]
     if missing:
-        raise CaptionerError(f'{path}: vocabulary lacks {", ".join(missing)} '
-                             f'(needs {", ".join(SPECIAL_TOKENS)}); {FIX_DATA}')
+        raise CaptionerError(
+            f"{path}: vocabulary lacks {', '.join(missing)} "
+            f"(needs {', '.join(SPECIAL_TOKENS)}); {FIX_DATA}"
+        )
     if len(idx_to_word) != len(word_to_idx):
-        raise CaptionerError(f'{path}: idx_to_word has {len(idx_to_word)} words but word_to_idx has '
-                             f'{len(word_to_idx)}; they must list the same words; {FIX_DATA}')
+        raise CaptionerError(
+            f"{path}: idx_to_word has {len(idx_to_word)} words but word_to_idx has "
+            f"{len(word_to_idx)}; they must list the same words; {FIX_DATA}"
+        )
     for i, w in enumerate(idx_to_word):
         if word_to_idx.get(w) != i:
-            raise CaptionerError(f"{path}: idx_to_word[{i}] is {w!r} but word_to_idx[{w!r}] is "
-                                 f'{word_to_idx.get(w)}; the two tables disagree; {FIX_DATA}')
+            raise CaptionerError(
+                f"{path}: idx_to_word[{i}] is {w!r} but word_to_idx[{w!r}] is "
+                f"{word_to_idx.get(w)}; the two tables disagree; {FIX_DATA}"
+            )
     odd = [w for w in idx_to_word if w.split() != [w]]
     if odd:  # a word that prints as nothing (or as two) would make empty or garbled captions
-        raise CaptionerError(f'{path}: vocabulary word {odd[0]!r} is empty or holds white space; '
-                             f'{FIX_DATA}')
+        raise CaptionerError(
+            f"{path}: vocabulary word {odd[0]!r} is empty or holds white space; {FIX_DATA}"
+        )
     if not set(idx_to_word) - set(NON_WORDS):
-        raise CaptionerError(f"{path}: the vocabulary has no words besides "
-                             f"{', '.join(NON_WORDS)}; no caption could be written with it: "
-                             f"{FIX_DATA}")
+        raise CaptionerError(
+            f"{path}: the vocabulary has no words besides "
+            f"{', '.join(NON_WORDS)}; no caption could be written with it: "
+            f"{FIX_DATA}"
+        )
     return word_to_idx, idx_to_word
 
 
 def _load_captions(path, splits, word_to_idx, vocab_path):
     vocab_size = len(word_to_idx)
-    start = word_to_idx['<START>']
-    blank = [word_to_idx[t] for t in SPECIAL_TOKENS if t != '<START>']
+    start = word_to_idx["<START>"]
+    blank = [word_to_idx[t] for t in SPECIAL_TOKENS if t != "<START>"]
     out = {}
     with _open_h5(path) as f:
         for split in splits:
-            cap_ds = _dataset(f, path, f'{split}_captions')
-            idx_ds = _dataset(f, path, f'{split}_image_idxs')
-            if cap_ds.dtype.kind not in 'iu':
-                raise CaptionerError(f"{path}: '{split}_captions' has dtype {cap_ds.dtype}, expected "
-                                     f'integer word ids; {FIX_DATA}')
-            if idx_ds.dtype.kind not in 'iu':
-                raise CaptionerError(f"{path}: '{split}_image_idxs' has dtype {idx_ds.dtype}, expected "
-                                     f'integer feature rows; {FIX_DATA}')
+            cap_ds = _dataset(f, path, f"{split}_captions")
+            idx_ds = _dataset(f, path, f"{split}_image_idxs")
+            if cap_ds.dtype.kind not in "iu":
+                raise CaptionerError(
+                    f"{path}: '{split}_captions' has dtype {cap_ds.dtype}, expected "
+                    f"integer word ids; {FIX_DATA}"
+                )
+            if idx_ds.dtype.kind not in "iu":
+                raise CaptionerError(
+                    f"{path}: '{split}_image_idxs' has dtype {idx_ds.dtype}, expected "
+                    f"integer feature rows; {FIX_DATA}"
+                )
             if cap_ds.ndim != 2 or cap_ds.shape[1] < 2:
-                raise CaptionerError(f"{path}: '{split}_captions' has shape {cap_ds.shape}, expected "
-                                     f'(N, T) with T >= 2; {FIX_DATA}')
+                raise CaptionerError(
+                    f"{path}: '{split}_captions' has shape {cap_ds.shape}, expected "
+                    f"(N, T) with T >= 2; {FIX_DATA}"
+                )
             if idx_ds.ndim != 1 or idx_ds.shape[0] != cap_ds.shape[0]:
-                raise CaptionerError(f"{path}: '{split}_image_idxs' has shape {idx_ds.shape} but "
-                                     f"'{split}_captions' has {cap_ds.shape[0]} rows; {FIX_DATA}")
+                raise CaptionerError(
+                    f"{path}: '{split}_image_idxs' has shape {idx_ds.shape} but "
+                    f"'{split}_captions' has {cap_ds.shape[0]} rows; {FIX_DATA}"
+                )
             if cap_ds.shape[0] == 0:
                 raise CaptionerError(f"{path}: split '{split}' is empty (0 captions); {FIX_DATA}")
             for ds in (cap_ds, idx_ds):  # before reading: a 22 KB file may declare 10^8 rows
@@ -237,56 +272,72 @@ def _load_captions(path, splits, word_to_idx, vocab_path):
             lo, hi = int(captions.min()), int(captions.max())
             if lo < 0 or hi >= vocab_size:
                 bad = hi if hi >= vocab_size else lo
-                raise CaptionerError(f"{path}: '{split}_captions' has word id {bad} (max id {hi}) but "
-                                     f'{vocab_path} has {vocab_size} words; the captions and vocabulary '
-                                     f'do not belong together: {FIX_DATA}')
+                raise CaptionerError(
+                    f"{path}: '{split}_captions' has word id {bad} (max id {hi}) but "
+                    f"{vocab_path} has {vocab_size} words; the captions and vocabulary "
+                    f"do not belong together: {FIX_DATA}"
+                )
             bad = np.flatnonzero(captions[:, 0] != start)
             if bad.size:
-                raise CaptionerError(f"{path}: '{split}_captions' row {bad[0]} does not begin "
-                                     f"with <START>; every caption is <START> words <END> "
-                                     f"<NULL>...: {FIX_DATA}")
+                raise CaptionerError(
+                    f"{path}: '{split}_captions' row {bad[0]} does not begin "
+                    f"with <START>; every caption is <START> words <END> "
+                    f"<NULL>...: {FIX_DATA}"
+                )
             # no word at all: the loss would be 0 with nothing learnt (first rows: a shortcut)
-            if not any(((c[:, 1:] != blank[0]) & (c[:, 1:] != blank[1])).any()
-                       for c in (captions[:100], captions)):
-                raise CaptionerError(f"{path}: '{split}_captions' has no caption with a word, "
-                                     f"only <START>, <END> and <NULL>; nothing to learn or "
-                                     f"score: {FIX_DATA}")
-            out[f'{split}_captions'] = captions.astype(np.int32, copy=False)
-            out[f'{split}_image_idxs'] = _read(idx_ds, path).astype(np.int64, copy=False)
+            if not any(
+                ((c[:, 1:] != blank[0]) & (c[:, 1:] != blank[1])).any()
+                for c in (captions[:100], captions)
+            ):
+                raise CaptionerError(
+                    f"{path}: '{split}_captions' has no caption with a word, "
+                    f"only <START>, <END> and <NULL>; nothing to learn or "
+                    f"score: {FIX_DATA}"
+                )
+            out[f"{split}_captions"] = captions.astype(np.int32, copy=False)
+            out[f"{split}_image_idxs"] = _read(idx_ds, path).astype(np.int64, copy=False)
     return out
 
 
 def _available_kinds(base_dir, split):
-    prefix = f'{split}2014_'
+    prefix = f"{split}2014_"
     suffix_to_kind = {v: k for k, v in FEATURE_KINDS.items()}
     try:
         names = os.listdir(base_dir)
     except OSError:
         return set()
-    return {suffix_to_kind.get(n[len(prefix):-3], n[len(prefix):-3])
-            for n in names if n.startswith(prefix) and n.endswith('.h5') and len(n) > len(prefix) + 3}
+    return {
+        suffix_to_kind.get(n[len(prefix) : -3], n[len(prefix) : -3])
+        for n in names
+        if n.startswith(prefix) and n.endswith(".h5") and len(n) > len(prefix) + 3
+    }
 
 
 def _pick_kind(base_dir, splits, features):
-    if features != 'auto':
+    if features != "auto":
         return features
     per_split = [_available_kinds(base_dir, s) for s in splits]
     common = set.intersection(*per_split) if per_split else set()
-    if 'pca' in common:
-        return 'pca'
+    if "pca" in common:
+        return "pca"
     if len(common) == 1:
         return common.pop()
     if len(common) > 1:
-        raise CaptionerError(f'{base_dir}: several feature kinds present ({", ".join(sorted(common))}); '
-                             f'choose one with --features KIND')
+        raise CaptionerError(
+            f"{base_dir}: several feature kinds present ({', '.join(sorted(common))}); "
+            f"choose one with --features KIND"
+        )
     anywhere = set.union(*per_split) if per_split else set()
     if anywhere:  # some split has features the others lack: name the first missing file
-        kind = 'pca' if 'pca' in anywhere else sorted(anywhere)[0]
+        kind = "pca" if "pca" in anywhere else sorted(anywhere)[0]
         for s, kinds in zip(splits, per_split):
             if kind not in kinds:
-                raise CaptionerError(f'{feature_file(base_dir, s, kind)}: file not found; {FIX_MISSING}')
-    raise CaptionerError(f'{base_dir}: no feature files ({"/".join(splits)}2014_<kind>.h5) found; '
-                         f'{FIX_MISSING}')
+                raise CaptionerError(
+                    f"{feature_file(base_dir, s, kind)}: file not found; {FIX_MISSING}"
+                )
+    raise CaptionerError(
+        f"{base_dir}: no feature files ({'/'.join(splits)}2014_<kind>.h5) found; {FIX_MISSING}"
+    )
 
 
 def _check_finite(ds, path):
@@ -294,37 +345,43 @@ def _check_finite(ds, path):
     for start in range(0, ds.shape[0], rows_per_chunk):
         rows = slice(start, start + rows_per_chunk)
         block = _read(ds, path, rows) if isinstance(ds, h5py.Dataset) else ds[rows]
-        with np.errstate(over='ignore', invalid='ignore'):  # float64 past float32's range -> inf
+        with np.errstate(over="ignore", invalid="ignore"):  # float64 past float32's range -> inf
             ok = np.isfinite(np.asarray(block, dtype=np.float32)).all(axis=1)
         if not ok.all():
             row = start + int(np.argmin(ok))
-            raise CaptionerError(f'{path}: features contain NaN or inf (first at row {row}); '
-                                 f'{FIX_DATA}')
+            raise CaptionerError(
+                f"{path}: features contain NaN or inf (first at row {row}); {FIX_DATA}"
+            )
 
 
 def _load_features(path, kind, lazy, check_finite):
     """-> (features ndarray or H5Rows, encoder name)."""
     with _open_h5(path) as f:
-        ds = _dataset(f, path, 'features')
-        if ds.dtype.kind != 'f':
-            raise CaptionerError(f"{path}: 'features' has dtype {ds.dtype}, expected float; {FIX_DATA}")
+        ds = _dataset(f, path, "features")
+        if ds.dtype.kind != "f":
+            raise CaptionerError(
+                f"{path}: 'features' has dtype {ds.dtype}, expected float; {FIX_DATA}"
+            )
         if ds.ndim != 2:
-            raise CaptionerError(f"{path}: 'features' has shape {ds.shape}, expected 2-D (rows, dim); "
-                                 f'{FIX_DATA}')
+            raise CaptionerError(
+                f"{path}: 'features' has shape {ds.shape}, expected 2-D (rows, dim); {FIX_DATA}"
+            )
         if ds.shape[0] == 0 or ds.shape[1] == 0:
             raise CaptionerError(f"{path}: 'features' is empty (shape {ds.shape}); {FIX_DATA}")
         if lazy is None:
             lazy = ds.shape[0] * ds.shape[1] * 4 > MAX_IN_MEMORY_BYTES
         limits.check_h5_dataset(ds, path, FIX_DATA, in_memory=not lazy)
-        encoder = ds.attrs.get('encoder', FEATURE_KINDS.get(kind, kind))
+        encoder = ds.attrs.get("encoder", FEATURE_KINDS.get(kind, kind))
         if isinstance(encoder, bytes):
-            encoder = encoder.decode('utf-8', 'replace')
+            encoder = encoder.decode("utf-8", "replace")
         encoder = str(encoder)
         if lazy:
             if check_finite:
                 _check_finite(ds, path)
             return H5Rows(path), encoder
-        with np.errstate(over='ignore', invalid='ignore'):  # out-of-range values become inf: caught below
+        with np.errstate(
+            over="ignore", invalid="ignore"
+        ):  # out-of-range values become inf: caught below
             features = np.asarray(_read(ds, path), dtype=np.float32)
     if check_finite:
         _check_finite(features, path)
@@ -336,18 +393,26 @@ def _read_lines(path, n_rows, feat_path):
     if not os.path.isfile(path):
         return None
     try:
-        with open(path, encoding='utf-8') as f:
+        with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise CaptionerError(f'{path}: cannot read ({e}); {FIX_DATA}') from None
+        raise CaptionerError(f"{path}: cannot read ({e}); {FIX_DATA}") from None
     if len(lines) != n_rows:
-        raise CaptionerError(f'{path}: has {len(lines)} lines but {feat_path} has {n_rows} feature rows '
-                             f'(one line per row expected); {FIX_DATA}, or delete the txt file')
+        raise CaptionerError(
+            f"{path}: has {len(lines)} lines but {feat_path} has {n_rows} feature rows "
+            f"(one line per row expected); {FIX_DATA}, or delete the txt file"
+        )
     return lines
 
 
-def load_coco_data(base_dir, features='auto', splits=('train', 'val'), max_train=None,
-                   lazy=None, check_finite=True):
+def load_coco_data(
+    base_dir,
+    features="auto",
+    splits=("train", "val"),
+    max_train=None,
+    lazy=None,
+    check_finite=True,
+):
     """Load and check a coco_captioning folder. Returns a dict like CS231n's:
 
     word_to_idx, idx_to_word; per split: {split}_captions int32 (N, T),
@@ -360,55 +425,63 @@ def load_coco_data(base_dir, features='auto', splits=('train', 'val'), max_train
     """
     base_dir = str(base_dir)
     if not os.path.isdir(base_dir):
-        raise CaptionerError(f'{base_dir}: data folder not found; {FIX_MISSING}')
+        raise CaptionerError(f"{base_dir}: data folder not found; {FIX_MISSING}")
     splits = tuple(splits)
     if not splits:
-        raise CaptionerError(f'{base_dir}: no splits requested')
+        raise CaptionerError(f"{base_dir}: no splits requested")
     if max_train is not None and max_train < 1:
-        raise CaptionerError(f'--max-train must be at least 1, got {max_train}')
+        raise CaptionerError(f"--max-train must be at least 1, got {max_train}")
     vocab_path = os.path.join(base_dir, VOCAB_FILE)
     word_to_idx, idx_to_word = load_vocab(vocab_path)
-    data = {'word_to_idx': word_to_idx, 'idx_to_word': idx_to_word, 'base_dir': base_dir}
+    data = {"word_to_idx": word_to_idx, "idx_to_word": idx_to_word, "base_dir": base_dir}
     # Check every file exists before the (possibly slow) reads, so one message names all we need.
     kind = _pick_kind(base_dir, splits, features)
     feat_paths = {s: feature_file(base_dir, s, kind) for s in splits}
     for path in [os.path.join(base_dir, CAPTIONS_FILE), *feat_paths.values()]:
         _need_file(path)
-    data.update(_load_captions(os.path.join(base_dir, CAPTIONS_FILE), splits, word_to_idx,
-                                vocab_path))
+    data.update(
+        _load_captions(os.path.join(base_dir, CAPTIONS_FILE), splits, word_to_idx, vocab_path)
+    )
 
     dims, encoders = {}, {}
     try:
         for split in splits:
             path = feat_paths[split]
             feats, encoders[split] = _load_features(path, kind, lazy, check_finite)
-            data[f'{split}_features'] = feats
+            data[f"{split}_features"] = feats
             n_rows, dims[split] = feats.shape
-            idxs = data[f'{split}_image_idxs']
+            idxs = data[f"{split}_image_idxs"]
             lo, hi = int(idxs.min()), int(idxs.max())
             if lo < 0 or hi >= n_rows:
-                raise CaptionerError(f"{os.path.join(base_dir, CAPTIONS_FILE)}: '{split}_image_idxs' "
-                                     f'points at feature row {hi if hi >= n_rows else lo} but {path} has '
-                                     f'{n_rows} rows; captions and features do not belong together: {FIX_DATA}')
-            for name in ('images', 'urls'):
-                data[f'{split}_{name}'] = _read_lines(
-                    os.path.join(base_dir, f'{split}2014_{name}.txt'), n_rows, path)
+                raise CaptionerError(
+                    f"{os.path.join(base_dir, CAPTIONS_FILE)}: '{split}_image_idxs' "
+                    f"points at feature row {hi if hi >= n_rows else lo} but {path} has "
+                    f"{n_rows} rows; captions and features do not belong together: {FIX_DATA}"
+                )
+            for name in ("images", "urls"):
+                data[f"{split}_{name}"] = _read_lines(
+                    os.path.join(base_dir, f"{split}2014_{name}.txt"), n_rows, path
+                )
         first = splits[0]
         for split in splits[1:]:
             if dims[split] != dims[first]:
-                raise CaptionerError(f'{feat_paths[split]}: features are {dims[split]}-d but '
-                                     f'{feat_paths[first]} has {dims[first]}-d; both splits must come '
-                                     f'from the same encoder: {FIX_DATA}')
+                raise CaptionerError(
+                    f"{feat_paths[split]}: features are {dims[split]}-d but "
+                    f"{feat_paths[first]} has {dims[first]}-d; both splits must come "
+                    f"from the same encoder: {FIX_DATA}"
+                )
             if encoders[split] != encoders[first]:
-                raise CaptionerError(f"{feat_paths[split]}: encoder '{encoders[split]}' differs from "
-                                     f"'{encoders[first]}' in {feat_paths[first]}; {FIX_DATA}")
+                raise CaptionerError(
+                    f"{feat_paths[split]}: encoder '{encoders[split]}' differs from "
+                    f"'{encoders[first]}' in {feat_paths[first]}; {FIX_DATA}"
+                )
     except BaseException:
         close_coco_data(data)
         raise
 
-    if max_train is not None and 'train' in splits:
-        data['train_captions'] = data['train_captions'][:max_train]
-        data['train_image_idxs'] = data['train_image_idxs'][:max_train]
+    if max_train is not None and "train" in splits:
+        data["train_captions"] = data["train_captions"][:max_train]
+        data["train_image_idxs"] = data["train_image_idxs"][:max_train]
     data.update(feature_kind=kind, feature_dim=dims[splits[0]], encoder=encoders[splits[0]])
     return data
 
@@ -417,7 +490,7 @@ def available_splits(base_dir):
     """The splits ('train', 'val', 'test', ...) coco2014_captions.h5 in base_dir holds."""
     path = os.path.join(str(base_dir), CAPTIONS_FILE)
     with _open_h5(path) as f:
-        return [k[:-len('_captions')] for k in f if k.endswith('_captions')]
+        return [k[: -len("_captions")] for k in f if k.endswith("_captions")]
 
 
 def dataset_source(base_dir):
@@ -425,9 +498,9 @@ def dataset_source(base_dir):
     pictures were), or None; never raises."""
     try:
         for name in sorted(os.listdir(base_dir)):
-            if name.endswith('.h5') and name != CAPTIONS_FILE:
-                with h5py.File(os.path.join(base_dir, name), 'r') as f:
-                    source = f['features'].attrs.get('source') if 'features' in f else None
+            if name.endswith(".h5") and name != CAPTIONS_FILE:
+                with h5py.File(os.path.join(base_dir, name), "r") as f:
+                    source = f["features"].attrs.get("source") if "features" in f else None
                 if source is not None:
                     return source.decode() if isinstance(source, bytes) else str(source)
     except Exception:  # a note, not a check: a missing or odd folder just means no note
@@ -437,18 +510,19 @@ def dataset_source(base_dir):
 
 # ----------------------------------------------------------------------------- using
 
-def sample_coco_minibatch(data, batch_size=100, split='train', rng=None):
+
+def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
     """Random captions (with replacement, as CS231n) and their image features.
 
     Returns captions int32 (B, T), features float32 (B, D), urls (list of B str, or None).
     rng: a np.random.Generator, a seed, or None.
     """
     rng = np.random.default_rng(rng)
-    captions = data[f'{split}_captions']
+    captions = data[f"{split}_captions"]
     mask = rng.integers(captions.shape[0], size=batch_size)
-    image_idxs = data[f'{split}_image_idxs'][mask]
-    features = data[f'{split}_features'][image_idxs]
-    urls = data.get(f'{split}_urls')
+    image_idxs = data[f"{split}_image_idxs"][mask]
+    features = data[f"{split}_features"][image_idxs]
+    urls = data.get(f"{split}_urls")
     if urls is not None:
         urls = [urls[i] for i in image_idxs]
     return captions[mask], features, urls
@@ -467,11 +541,11 @@ def decode_captions(captions, idx_to_word):
         words = []
         for i in row:
             word = idx_to_word[i]
-            if word == '<END>':
+            if word == "<END>":
                 break
-            if word not in ('<NULL>', '<START>'):
+            if word not in ("<NULL>", "<START>"):
                 words.append(word)
-        decoded.append(' '.join(words))
+        decoded.append(" ".join(words))
     return decoded
 
 
@@ -481,15 +555,16 @@ def image_groups(data, split):
     rows_of_image_k is an int array of row numbers into data[f'{split}_captions'],
     in their original order; used by evaluation (all references of one image).
     """
-    idxs = data[f'{split}_image_idxs']
-    order = np.argsort(idxs, kind='stable')
+    idxs = data[f"{split}_image_idxs"]
+    order = np.argsort(idxs, kind="stable")
     uniq, starts = np.unique(idxs[order], return_index=True)
     return uniq, np.split(order, starts[1:])
 
 
 # ----------------------------------------------------------------------------- writing
 
-def write_dataset(out_dir, splits, idx_to_word, kind='pca', encoder=None, source=None):
+
+def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source=None):
     """Write a complete coco_captioning folder; returns out_dir.
 
     splits: {split: dict(captions (N, T) int, image_idxs (N,) int, features (M, D) float
@@ -502,33 +577,41 @@ def write_dataset(out_dir, splits, idx_to_word, kind='pca', encoder=None, source
     out_dir = str(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     idx_to_word = list(idx_to_word)
-    vocab = {'idx_to_word': idx_to_word, 'word_to_idx': {w: i for i, w in enumerate(idx_to_word)}}
+    vocab = {"idx_to_word": idx_to_word, "word_to_idx": {w: i for i, w in enumerate(idx_to_word)}}
     atomic.write_text(os.path.join(out_dir, VOCAB_FILE), json.dumps(vocab))
 
     with atomic.atomic_path(os.path.join(out_dir, CAPTIONS_FILE)) as tmp:
-        with h5py.File(tmp, 'w') as f:
+        with h5py.File(tmp, "w") as f:
             for split, d in splits.items():
-                f.create_dataset(f'{split}_captions', data=np.asarray(d['captions'], dtype=np.int32))
-                f.create_dataset(f'{split}_image_idxs', data=np.asarray(d['image_idxs'], dtype=np.int32))
+                f.create_dataset(
+                    f"{split}_captions", data=np.asarray(d["captions"], dtype=np.int32)
+                )
+                f.create_dataset(
+                    f"{split}_image_idxs", data=np.asarray(d["image_idxs"], dtype=np.int32)
+                )
 
     for split, d in splits.items():
-        feats = d['features']
+        feats = d["features"]
         n, dim = feats.shape
         with atomic.atomic_path(feature_file(out_dir, split, kind)) as tmp:
-            with h5py.File(tmp, 'w') as f:
-                ds = f.create_dataset('features', shape=(n, dim), dtype=np.float32)
+            with h5py.File(tmp, "w") as f:
+                ds = f.create_dataset("features", shape=(n, dim), dtype=np.float32)
                 step = max(1, CHECK_CHUNK_BYTES // (4 * dim))
                 for start in range(0, n, step):  # chunked so a lazy source never sits in RAM whole
-                    ds[start:start + step] = np.asarray(feats[start:start + step], dtype=np.float32)
+                    ds[start : start + step] = np.asarray(
+                        feats[start : start + step], dtype=np.float32
+                    )
                 if encoder is not None:
-                    ds.attrs['encoder'] = str(encoder)
+                    ds.attrs["encoder"] = str(encoder)
                 if source is not None:
-                    ds.attrs['source'] = str(source)
-        for name in ('images', 'urls'):
+                    ds.attrs["source"] = str(source)
+        for name in ("images", "urls"):
             lines = d.get(name)
             if lines is not None:
                 if len(lines) != n:
-                    raise ValueError(f'{split} {name}: {len(lines)} lines for {n} feature rows')
-                atomic.write_text(os.path.join(out_dir, f'{split}2014_{name}.txt'),
-                            ''.join(f'{line}\n' for line in lines))
+                    raise ValueError(f"{split} {name}: {len(lines)} lines for {n} feature rows")
+                atomic.write_text(
+                    os.path.join(out_dir, f"{split}2014_{name}.txt"),
+                    "".join(f"{line}\n" for line in lines),
+                )
     return out_dir

@@ -12,6 +12,7 @@ Objects sit in distinct cells of a 3x3 grid whose centres are at 25%, 50% and 75
 object comes closer than 11% of the side (25 px at 224) to the border, so a 256->224 style centre crop
 (which cuts 6.25% per side) never cuts an object, and neighbours never touch.
 """
+
 import json
 import os
 
@@ -32,7 +33,10 @@ COLOURS = {
     "white": (250, 250, 250),
     "black": (15, 15, 15),
 }
-BG_SATURATION, BG_VALUE = 0.2, (0.35, 0.75)  # HSV ranges of background tones: mid greys, never white or black
+BG_SATURATION, BG_VALUE = (
+    0.2,
+    (0.35, 0.75),
+)  # HSV ranges of background tones: mid greys, never white or black
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 SIZES = {"large": (0.088, 0.100), "small": (0.052, 0.060)}  # radius as a fraction of the side
 SIZE_WORDS = {"large": ("large", "large", "big"), "small": ("small", "small", "little")}
@@ -48,9 +52,15 @@ DEMO_SOURCE = "captioner demo: rendered coloured shapes on plain backgrounds"
 
 # Position phrases for grid cells (row, col); "at the top left" etc. keeps the position words stable.
 _PLACE = {
-    (0, 0): "at the top left", (0, 1): "at the top", (0, 2): "at the top right",
-    (1, 0): "on the left", (1, 1): "in the middle", (1, 2): "on the right",
-    (2, 0): "at the bottom left", (2, 1): "at the bottom", (2, 2): "at the bottom right",
+    (0, 0): "at the top left",
+    (0, 1): "at the top",
+    (0, 2): "at the top right",
+    (1, 0): "on the left",
+    (1, 1): "in the middle",
+    (1, 2): "on the right",
+    (2, 0): "at the bottom left",
+    (2, 1): "at the bottom",
+    (2, 2): "at the bottom right",
 }
 
 
@@ -68,17 +78,28 @@ def random_scene(rng):
         size = "large" if rng.random() < 0.5 else "small"
         row, col = divmod(cell, 3)
         radius = round(rng.uniform(*SIZES[size]), 4)
-        while True:  # jitter, but keep a gap to earlier objects (two large stars could touch otherwise)
+        while (
+            True
+        ):  # jitter, but keep a gap to earlier objects (two large stars could touch otherwise)
             cx = round(CELL_CENTRES[col] + rng.uniform(-JITTER, JITTER), 4)
             cy = round(CELL_CENTRES[row] + rng.uniform(-JITTER, JITTER), 4)
-            if all(np.hypot(cx - o["cx"], cy - o["cy"]) >= REACH * (radius + o["radius"]) + GAP
-                   for o in objects):
+            if all(
+                np.hypot(cx - o["cx"], cy - o["cy"]) >= REACH * (radius + o["radius"]) + GAP
+                for o in objects
+            ):
                 break
-        objects.append({
-            "shape": shape, "colour": colour, "size": size, "cell": [row, col],
-            "cx": cx, "cy": cy, "radius": radius,
-            "angle": round(rng.uniform(-12, 12), 1) if shape != "circle" else 0.0,
-        })
+        objects.append(
+            {
+                "shape": shape,
+                "colour": colour,
+                "size": size,
+                "cell": [row, col],
+                "cx": cx,
+                "cy": cy,
+                "radius": radius,
+                "angle": round(rng.uniform(-12, 12), 1) if shape != "circle" else 0.0,
+            }
+        )
     return {"background": _random_background(rng), "objects": objects}
 
 
@@ -89,10 +110,13 @@ def _random_background(rng):
         return [int(round(255 * c)) for c in _hsv_to_rgb(h, s, v)]
 
     kind = str(rng.choice(["plain", "gradient", "noise"]))
-    return {"kind": kind, "colours": [tone(), tone()],
-            "direction": str(rng.choice(["vertical", "horizontal", "diagonal"])),
-            "noise": round(float(rng.uniform(4, 14)), 1) if kind == "noise" else 0.0,
-            "seed": int(rng.integers(2**31))}
+    return {
+        "kind": kind,
+        "colours": [tone(), tone()],
+        "direction": str(rng.choice(["vertical", "horizontal", "diagonal"])),
+        "noise": round(float(rng.uniform(4, 14)), 1) if kind == "noise" else 0.0,
+        "seed": int(rng.integers(2**31)),
+    }
 
 
 def _hsv_to_rgb(h, s, v):
@@ -107,11 +131,16 @@ def _background(bg, size):
     if bg["kind"] == "plain":
         return np.broadcast_to(a, (size, size, 3)).astype(np.float32)  # a writable copy
     ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
-    t = {"vertical": ramp[:, None], "horizontal": ramp[None, :],
-         "diagonal": (ramp[:, None] + ramp[None, :]) / 2}[bg["direction"]]
+    t = {
+        "vertical": ramp[:, None],
+        "horizontal": ramp[None, :],
+        "diagonal": (ramp[:, None] + ramp[None, :]) / 2,
+    }[bg["direction"]]
     img = a + (b - a) * np.broadcast_to(t, (size, size))[..., None]
     if bg["noise"]:
-        noise = np.random.default_rng(bg["seed"]).standard_normal((size, size, 1), dtype=np.float32)
+        noise = np.random.default_rng(bg["seed"]).standard_normal(
+            (size, size, 1), dtype=np.float32
+        )
         img = img + bg["noise"] * noise
     return img.astype(np.float32)
 
@@ -126,8 +155,20 @@ def _polygon(shape, cx, cy, r, angle):
         pts = [(r * (1.2 if k % 2 == 0 else 0.5), -np.pi / 2 + k * np.pi / 5) for k in range(10)]
     elif shape == "cross":  # a plus sign: 12 corners, arms 0.36 r wide on each side
         w, L = 0.36 * r, 1.0 * r
-        xy = [(w, -L), (w, -w), (L, -w), (L, w), (w, w), (w, L),
-              (-w, L), (-w, w), (-L, w), (-L, -w), (-w, -w), (-w, -L)]
+        xy = [
+            (w, -L),
+            (w, -w),
+            (L, -w),
+            (L, w),
+            (w, w),
+            (w, L),
+            (-w, L),
+            (-w, w),
+            (-L, w),
+            (-L, -w),
+            (-w, -w),
+            (-w, -L),
+        ]
         pts = [(np.hypot(x, y), np.arctan2(y, x)) for x, y in xy]
     else:
         raise ValueError(f"unknown shape {shape!r}")
@@ -153,7 +194,9 @@ def render_scene(scene, size=224):
             ImageDraw.Draw(mask).polygon(_polygon(o["shape"], px, py, pr, o["angle"]), fill=255)
         cover = np.asarray(mask.reduce(ss), dtype=np.float32)[..., None] / 255
         patch = img[y0:y1, x0:x1]
-        img[y0:y1, x0:x1] = patch * (1 - cover) + np.array(COLOURS[o["colour"]], np.float32) * cover
+        img[y0:y1, x0:x1] = (
+            patch * (1 - cover) + np.array(COLOURS[o["colour"]], np.float32) * cover
+        )
     return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB")
 
 
@@ -222,8 +265,10 @@ def write_demo_images(out_dir, n_images, seed=0, start_id=1, captions_per_image=
     spec, which COCO readers ignore. Annotation ids are unique across calls with disjoint image ids.
     """
     if n_images < 1 or start_id < 1:
-        raise CaptionerError(f"{out_dir}: asked for {n_images} demo images from id {start_id}; "
-                             "use at least 1 image and ids from 1")
+        raise CaptionerError(
+            f"{out_dir}: asked for {n_images} demo images from id {start_id}; "
+            "use at least 1 image and ids from 1"
+        )
     images, annotations = [], []
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -233,25 +278,35 @@ def write_demo_images(out_dir, n_images, seed=0, start_id=1, captions_per_image=
             scene = random_scene(rng)
             name = f"demo_{image_id:012d}.jpg"
             render_scene(scene).save(os.path.join(out_dir, name), quality=92)
-            images.append({"id": image_id, "file_name": name, "width": 224, "height": 224, "scene": scene})
+            images.append(
+                {"id": image_id, "file_name": name, "width": 224, "height": 224, "scene": scene}
+            )
             for j, caption in enumerate(scene_captions(scene, rng, captions_per_image)):
-                annotations.append({"id": (image_id - 1) * captions_per_image + j + 1,
-                                    "image_id": image_id, "caption": caption})
+                annotations.append(
+                    {
+                        "id": (image_id - 1) * captions_per_image + j + 1,
+                        "image_id": image_id,
+                        "caption": caption,
+                    }
+                )
         path = os.path.join(out_dir, "captions.json")
         info = {"description": "captioner synthetic demo scenes: coloured shapes", "seed": seed}
         # atomic: a symbolic link planted under the name is replaced, never followed
-        atomic.write_text(path, json.dumps({"info": info, "images": images,
-                                            "annotations": annotations}))
+        atomic.write_text(
+            path, json.dumps({"info": info, "images": images, "annotations": annotations})
+        )
     except OSError as e:
-        raise CaptionerError(f"{e.filename or out_dir}: cannot write demo images ({e.strerror or e}); "
-                             "pick a writable directory with free space") from e
+        raise CaptionerError(
+            f"{e.filename or out_dir}: cannot write demo images ({e.strerror or e}); "
+            "pick a writable directory with free space"
+        ) from e
     return path
 
 
 # ---------------------------------------------------------------- the whole pipeline, offline
 
-def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0,
-             log=print):
+
+def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, log=print):
     """Render scenes -> prepare -> train -> evaluate on held-out scenes -> caption a new picture.
 
     Each stage is the library call behind the CLI command it prints. Returns a summary dict;
@@ -269,64 +324,112 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0,
     from .training import train
 
     # a folder of the user's own (e.g. ~/Pictures) is refused: the demo writes only its own
-    atomic.check_fresh_dir(out_dir, False, "folder", keep=("images", "dataset", "val_images.txt",
-                                                         "new_picture.jpg"),
-                           can_force=False)
+    atomic.check_fresh_dir(
+        out_dir,
+        False,
+        "folder",
+        keep=("images", "dataset", "val_images.txt", "new_picture.jpg"),
+        can_force=False,
+    )
     t0 = time.perf_counter()
     images_dir = os.path.join(out_dir, "images")
     dataset = os.path.join(out_dir, "dataset")
     if os.path.exists(os.path.join(dataset, "coco2014_captions.h5")):
-        log(f"[1-2/5] using the scenes already prepared in {dataset} (delete {out_dir} to rebuild)")
+        log(
+            f"[1-2/5] using the scenes already prepared in {dataset} (delete {out_dir} to rebuild)"
+        )
     else:
         log(f"[1/5] rendering {n_train + n_val} scenes with 5 captions each into {images_dir}")
         annotations = write_demo_images(images_dir, n_train + n_val, seed=seed)
         val_list = os.path.join(out_dir, "val_images.txt")
-        atomic.write_text(val_list, "".join(f"demo_{i:012d}.jpg\n"
-                                            for i in range(n_train + 1, n_train + n_val + 1)))
-        log(f"[2/5] captioner prepare --images {images_dir} --captions {annotations} "
-            f"--split-by {val_list} --min-count 1 --out {dataset}")
-        prepare_dataset(images_dir, annotations, dataset, split_by=val_list, min_count=1,
-                        source=DEMO_SOURCE)
+        atomic.write_text(
+            val_list,
+            "".join(f"demo_{i:012d}.jpg\n" for i in range(n_train + 1, n_train + n_val + 1)),
+        )
+        log(
+            f"[2/5] captioner prepare --images {images_dir} --captions {annotations} "
+            f"--split-by {val_list} --min-count 1 --out {dataset}"
+        )
+        prepare_dataset(
+            images_dir, annotations, dataset, split_by=val_list, min_count=1, source=DEMO_SOURCE
+        )
     data = load_coco_data(dataset)
 
     run_dir = new_run_dir(None, "demo")
-    log(f"[3/5] captioner train --data {dataset} --cell lstm --hidden-dim 256 --wordvec-dim 128 "
-        f"--epochs {epochs} --lr 2e-3 --lr-decay 0.97 --out {run_dir}")
-    model = CaptioningRNN(data["word_to_idx"], input_dim=data["feature_dim"], wordvec_dim=128,
-                          hidden_dim=256, cell_type="lstm", seed=seed)
+    log(
+        f"[3/5] captioner train --data {dataset} --cell lstm --hidden-dim 256 --wordvec-dim 128 "
+        f"--epochs {epochs} --lr 2e-3 --lr-decay 0.97 --out {run_dir}"
+    )
+    model = CaptioningRNN(
+        data["word_to_idx"],
+        input_dim=data["feature_dim"],
+        wordvec_dim=128,
+        hidden_dim=256,
+        cell_type="lstm",
+        seed=seed,
+    )
     with run_lock(run_dir):
-        train(data, model, run_dir, progress=True, log=log, epochs=epochs, batch_size=100, lr=2e-3,
-              lr_decay=0.97, seed=seed, val_size=500, data_dir=os.path.abspath(dataset),
-              features=data["feature_kind"])
+        train(
+            data,
+            model,
+            run_dir,
+            progress=True,
+            log=log,
+            epochs=epochs,
+            batch_size=100,
+            lr=2e-3,
+            lr_decay=0.97,
+            seed=seed,
+            val_size=500,
+            data_dir=os.path.abspath(dataset),
+            features=data["feature_kind"],
+        )
 
     log(f"[4/5] captioner evaluate --checkpoint {run_dir}/last.npz --data {dataset} --no-meteor")
     scores, _, _ = evaluate_model(model, data, "val", meteor=False)
     mean = data["train_features"][:].mean(0)
     blind = dict(data, val_features=np.broadcast_to(mean, data["val_features"].shape))
     blind_scores, _, _ = evaluate_model(model, blind, "val", meteor=False)
-    log(f"      held-out scenes ({len(data['val_features'])} images):  BLEU-4 {scores['Bleu_4']:.3f}  "
-        f"CIDEr-D {scores['CIDEr']:.3f}")
-    log(f"      same model, every image replaced by the mean feature:  BLEU-4 "
-        f"{blind_scores['Bleu_4']:.3f}  CIDEr-D {blind_scores['CIDEr']:.3f}")
+    log(
+        f"      held-out scenes ({len(data['val_features'])} images):  BLEU-4 {scores['Bleu_4']:.3f}  "
+        f"CIDEr-D {scores['CIDEr']:.3f}"
+    )
+    log(
+        f"      same model, every image replaced by the mean feature:  BLEU-4 "
+        f"{blind_scores['Bleu_4']:.3f}  CIDEr-D {blind_scores['CIDEr']:.3f}"
+    )
 
     rng = np.random.default_rng([seed, 10**9])
     scene = random_scene(rng)
     picture = os.path.join(out_dir, "new_picture.jpg")
     render_scene(scene).save(picture, quality=92)
     log(f"[5/5] captioner sample {picture} --checkpoint {run_dir}/last.npz")
-    (_, beams, _), = caption_images(model, [picture])
+    ((_, beams, _),) = caption_images(model, [picture])
     log(f"      generated: {beams[0][0]}")
     for truth in scene_captions(scene, rng, 3):
         log(f"      a human-style caption: {truth}")
     ratio = scores["CIDEr"] / max(blind_scores["CIDEr"], 1e-9)
-    summary = {"scores": scores, "blind_scores": blind_scores, "ratio": ratio, "grounded": ratio >= 2,
-               "run_dir": run_dir, "picture": picture, "caption": beams[0][0],
-               "seconds": time.perf_counter() - t0}
-    log(f"grounding: CIDEr-D {ratio:.1f}x the mean-feature baseline "
-        f"({'PASS' if summary['grounded'] else 'FAIL'}, needs >= 2x); {summary['seconds']:.0f} s in all")
+    summary = {
+        "scores": scores,
+        "blind_scores": blind_scores,
+        "ratio": ratio,
+        "grounded": ratio >= 2,
+        "run_dir": run_dir,
+        "picture": picture,
+        "caption": beams[0][0],
+        "seconds": time.perf_counter() - t0,
+    }
+    log(
+        f"grounding: CIDEr-D {ratio:.1f}x the mean-feature baseline "
+        f"({'PASS' if summary['grounded'] else 'FAIL'}, needs >= 2x); {summary['seconds']:.0f} s in all"
+    )
     from .report import write_report
-    summary["report"] = write_report([run_dir], os.path.join(run_dir, "report.html"), meteor=False,
-                                     log=lambda *_: None)
-    log(f"report: captioner report {run_dir} --out {summary['report']} --no-meteor\n"
-        f"      open {summary['report']} in a browser")
+
+    summary["report"] = write_report(
+        [run_dir], os.path.join(run_dir, "report.html"), meteor=False, log=lambda *_: None
+    )
+    log(
+        f"report: captioner report {run_dir} --out {summary['report']} --no-meteor\n"
+        f"      open {summary['report']} in a browser"
+    )
     return summary

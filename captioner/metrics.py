@@ -8,6 +8,7 @@ toolkit's own jar when pycocoevalcap and a `java` are installed, and skipped wit
     res = load_results("results.json", known_ids=refs)       # {image_id: caption}
     scores, notes = score(refs, res)                         # {"Bleu_1": .., "CIDEr": ..}, ["METEOR skipped: .."]
 """
+
 import functools
 import json
 import os
@@ -31,13 +32,32 @@ from captioner.errors import CaptionerError
 
 # the toolkit drops these tokens after tokenising (ptbtokenizer.py). Brackets come out of the jar
 # lower-cased ('-lrb-'), so they never match the upper-case entries and survive: a toolkit quirk.
-PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-",
-                          ".", "?", "!", ",", ":", "-", "--", "...", ";"])
+PUNCTUATIONS = frozenset(
+    [
+        "''",
+        "'",
+        "``",
+        "`",
+        "-LRB-",
+        "-RRB-",
+        "-LCB-",
+        "-RCB-",
+        ".",
+        "?",
+        "!",
+        ",",
+        ":",
+        "-",
+        "--",
+        "...",
+        ";",
+    ]
+)
 
-_L = r"[^\W\d_]"                      # a letter (JFlex [:letter:])
-_AN = r"[^\W_]"                       # letter or digit
+_L = r"[^\W\d_]"  # a letter (JFlex [:letter:])
+_AN = r"[^\W_]"  # letter or digit
 _APOS = r"(?:['\u0092\u2019]|&apos;)"
-_APOSX = r"(?:['`\u0091\u0092\u2018\u2019\u201B]|&apos;)"   # apostrophes seen inside words
+_APOSX = r"(?:['`\u0091\u0092\u2018\u2019\u201B]|&apos;)"  # apostrophes seen inside words
 _SP = r"[ \t\u00A0\u2000-\u200A\u3000]"
 _SPNL = r"[ \t\u00A0\u2000-\u200A\u3000\r\n\u2028\u2029\u000B\u000C\u0085]"
 _WORD = rf"{_L}(?:{_L}|\d)*(?:[.!?]{_L}(?:{_L}|\d)*)*"
@@ -47,21 +67,73 @@ _REDAUX = rf"{_APOS}(?:[msdMSD]|(?i:re|ve|ll))"
 _HYPHEN = r"[-_\u058A\u2010\u2011]"
 _THING_PART = rf"(?:[dDoOlL]{_APOSX}{_AN})?(?:{_AN}+|[-+]?(?:{_NUM}))"
 # abbreviations that keep their period; JFlex is caseless except inside [..], so 'Mass' needs the capital
-_ABBREV1 = (r"(?:(?i:jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec|mon|tues?|wed|thu(?:rs)?|fri"
-            r"|ala|ariz|calif|colo|conn|ct|dak|fla|ga|ind|kans?|ky|md|mich|minn|mo|mont|neb|nev"
-            r"|okla|penn|tenn|va|vt|wisc?|wyo|inc|cos?|corp|pp?tys?|ltd|plc|bancorp|dept|bhd|assn"
-            r"|univ|intl|sys|tel|est|ext|sq|ft|jr|sr|bros|esq|blvd|rd|etc|al|seq|(?:ed|ph)\.d)"
-            r"|A(?i:rk)|I(?i:ll)|M(?i:ass)|M(?i:iss)|O(?i:re)|W(?i:ash)|D(?i:el)|L(?i:a)|P(?i:a)|T(?i:ex))\.")
-_ABBREV4 = (rf"(?:(?i:mrs?|ms|drs?|profs?|sens?|reps?|attys?|lt|col|gen|messrs|govs?|adm|rev|maj|sgt"
-            rf"|cpl|pvt|mt|capt|ste?|ave|pres|lieut|hon|brig|co?mdr|pfc|spc|supts?|det|vs|alex|wm"
-            rf"|jos|cie|a\.k\.a|cf|treas|invt|elec|natl|m[ft]g|ph)|M(?i:iss)|{_ACRO}|[A-Za-z])")
+_ABBREV1 = (
+    r"(?:(?i:jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec|mon|tues?|wed|thu(?:rs)?|fri"
+    r"|ala|ariz|calif|colo|conn|ct|dak|fla|ga|ind|kans?|ky|md|mich|minn|mo|mont|neb|nev"
+    r"|okla|penn|tenn|va|vt|wisc?|wyo|inc|cos?|corp|pp?tys?|ltd|plc|bancorp|dept|bhd|assn"
+    r"|univ|intl|sys|tel|est|ext|sq|ft|jr|sr|bros|esq|blvd|rd|etc|al|seq|(?:ed|ph)\.d)"
+    r"|A(?i:rk)|I(?i:ll)|M(?i:ass)|M(?i:iss)|O(?i:re)|W(?i:ash)|D(?i:el)|L(?i:a)|P(?i:a)|T(?i:ex))\."
+)
+_ABBREV4 = (
+    rf"(?:(?i:mrs?|ms|drs?|profs?|sens?|reps?|attys?|lt|col|gen|messrs|govs?|adm|rev|maj|sgt"
+    rf"|cpl|pvt|mt|capt|ste?|ave|pres|lieut|hon|brig|co?mdr|pfc|spc|supts?|det|vs|alex|wm"
+    rf"|jos|cie|a\.k\.a|cf|treas|invt|elec|natl|m[ft]g|ph)|M(?i:iss)|{_ACRO}|[A-Za-z])"
+)
 
 
 # words that, after 'U.S.', make the lexer read the period as a sentence end too
-_OPENERS = ("(?:" + "|".join(w[0] + "(?i:" + w[1:] + ")" if len(w) > 1 else w for w in (
-    "About According Additionally After An A As At But Earlier He Her Here However If In It Last "
-    "Many More Now Once One Other Our She Since So Some Such That The Then There These They This "
-    "We When While What Yet You").split()) + r"|M(?i:r|s)\.)")
+_OPENERS = (
+    "(?:"
+    + "|".join(
+        w[0] + "(?i:" + w[1:] + ")" if len(w) > 1 else w
+        for w in [
+            "About",
+            "According",
+            "Additionally",
+            "After",
+            "An",
+            "A",
+            "As",
+            "At",
+            "But",
+            "Earlier",
+            "He",
+            "Her",
+            "Here",
+            "However",
+            "If",
+            "In",
+            "It",
+            "Last",
+            "Many",
+            "More",
+            "Now",
+            "Once",
+            "One",
+            "Other",
+            "Our",
+            "She",
+            "Since",
+            "So",
+            "Some",
+            "Such",
+            "That",
+            "The",
+            "Then",
+            "There",
+            "These",
+            "They",
+            "This",
+            "We",
+            "When",
+            "While",
+            "What",
+            "Yet",
+            "You",
+        ]
+    )
+    + r"|M(?i:r|s)\.)"
+)
 
 
 def _acronym_end(text):
@@ -83,7 +155,7 @@ def _quote(text):
 
 
 def _fraction(text):
-    return text.replace(" ", "\u00A0")      # the jar keeps '3 1/2' as one token with a no-break space
+    return text.replace(" ", "\u00a0")  # the jar keeps '3 1/2' as one token with a no-break space
 
 
 def _split_at(k):
@@ -94,58 +166,78 @@ def _hyphens(text):
     return "--" if 3 <= len(text) <= 4 else text
 
 
-_FRACTIONS = {"\u00BC": "1/4", "\u00BD": "1/2", "\u00BE": "3/4", "\u2153": "1/3", "\u2154": "2/3"}
+_FRACTIONS = {"\u00bc": "1/4", "\u00bd": "1/2", "\u00be": "3/4", "\u2153": "1/3", "\u2154": "2/3"}
 
 # (pattern, action) in JFlex rule order. Group 't', when present, is the token and the rest of the
 # match is trailing context (which still counts towards the match length).
 _RULES = [
     (r"(?i:cannot|'twas|dunno)", _split_at(3)),
     (r"(?i:'tis|gonna|gotta|lemme|gimme|wanna)", _split_at(2)),
-    (r"<\/?[A-Za-z!][^>]*>", _same),                                          # SGML
+    (r"<\/?[A-Za-z!][^>]*>", _same),  # SGML
     (r"&(?i:MD|mdash|ndash);|[\u0096\u0097\u2013\u2014\u2015]", _fixed("--")),
     (r"&(?i:amp);", _fixed("&")),
     (r"&(?i:HT|TL|UR|LR|QC|QL|QR|odq|cdq|#[0-9]+);", _same),
-    (rf"(?P<t>{_WORD}){_REDAUX}", _same),                                     # john|'s
+    (rf"(?P<t>{_WORD}){_REDAUX}", _same),  # john|'s
     (r"(?P<t>[A-Za-z\u00AD]*[A-MO-Za-mo-z]\u00AD*)n" + _APOSX + "t", _same),  # do|n't
     (_WORD, _same),
-    (rf"{_APOS}n{_APOS}?|[lLdDjJ]{_APOS}|(?i:dunkin|somethin|ol){_APOS}|{_APOS}(?i:em)"
-     rf"|[A-HJ-XZn]{_APOSX}{_L}{{2}}{_L}*|{_APOS}[2-9]0(?i:s)|{_APOS}(?i:till?)"
-     rf"|{_L}+[aeiouyAEIOUY]{_APOSX}[aeiouA-Z]{_L}*|{_APOS}(?i:cause)"
-     r"|(?i:cont'd\.?|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l)", _same),   # APOWORD
-    (rf"(?P<t>(?i:y){_APOS}){_L}", _same),                                    # y'|all
+    (
+        rf"{_APOS}n{_APOS}?|[lLdDjJ]{_APOS}|(?i:dunkin|somethin|ol){_APOS}|{_APOS}(?i:em)"
+        rf"|[A-HJ-XZn]{_APOSX}{_L}{{2}}{_L}*|{_APOS}[2-9]0(?i:s)|{_APOS}(?i:till?)"
+        rf"|{_L}+[aeiouyAEIOUY]{_APOSX}[aeiouA-Z]{_L}*|{_APOS}(?i:cause)"
+        r"|(?i:cont'd\.?|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l)",
+        _same,
+    ),  # APOWORD
+    (rf"(?P<t>(?i:y){_APOS}){_L}", _same),  # y'|all
     (r"(?i:https?)://[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-]", _same),
-    (r"(?:(?i:www)\.(?:[^ \t\n\f\r\"<>|.!?(){},]+\.)+[a-zA-Z]{2,4}"
-     r"|(?:[^ \t\n\f\r\"`'<>|.!?(){},\-_$]+\.)+(?i:com|net|org|edu))"
-     r"(?:/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-])?", _same),         # LIKELYURL
-    (r"[a-zA-Z0-9][^ \t\n\f\r\"<>|()\u00A0]*@(?:[^ \t\n\f\r\"<>|().\u00A0]+\.)+[a-zA-Z]{2,4}", _same),
+    (
+        r"(?:(?i:www)\.(?:[^ \t\n\f\r\"<>|.!?(){},]+\.)+[a-zA-Z]{2,4}"
+        r"|(?:[^ \t\n\f\r\"`'<>|.!?(){},\-_$]+\.)+(?i:com|net|org|edu))"
+        r"(?:/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-])?",
+        _same,
+    ),  # LIKELYURL
+    (
+        r"[a-zA-Z0-9][^ \t\n\f\r\"<>|()\u00A0]*@(?:[^ \t\n\f\r\"<>|().\u00A0]+\.)+[a-zA-Z]{2,4}",
+        _same,
+    ),
     (rf"(?P<t>{_REDAUX})[^A-Za-z]", _same),
     (r"(?i:n)" + _APOSX + r"(?i:t)", _same),
-    (r"\d{1,2}[-/]\d{1,2}[-/]\d{2,4}", _same),                                # DATE
-    (rf"[-+]?(?:{_NUM})", _same),                                             # NUMBER
-    (r"(?:\d{1,4}[- \u00A0])?\d{1,4}(?:\\?/|\u2044)\d{1,4}", _fraction),      # FRAC
+    (r"\d{1,2}[-/]\d{1,2}[-/]\d{2,4}", _same),  # DATE
+    (rf"[-+]?(?:{_NUM})", _same),  # NUMBER
+    (r"(?:\d{1,4}[- \u00A0])?\d{1,4}(?:\\?/|\u2044)\d{1,4}", _fraction),  # FRAC
     (r"[\u00BC\u00BD\u00BE\u2153\u2154]", lambda t: _FRACTIONS[t]),
-    (r"-(?i:RRB|LRB|RCB|LCB|RSB|LSB)-|(?i:C\.D\.s|pro-|anti-|S(?:&|&amp;)P-500|S(?:&|&amp;)Ls)"
-     rf"|(?i:cap){_APOS}(?i:n)|(?i:c){_APOS}(?i:est)", _same),                # TBSPEC
+    (
+        r"-(?i:RRB|LRB|RCB|LCB|RSB|LSB)-|(?i:C\.D\.s|pro-|anti-|S(?:&|&amp;)P-500|S(?:&|&amp;)Ls)"
+        rf"|(?i:cap){_APOS}(?i:n)|(?i:c){_APOS}(?i:est)",
+        _same,
+    ),  # TBSPEC
     (r"[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}(?:\\?/[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}){1,2}", _same),  # a/b
     (r"[A-Z]*\$|#", _same),
     (rf"(?P<t>[A-Za-z](?:\.[A-Za-z])*\.){_SPNL}+{_OPENERS}{_SP}", _acronym_end),
-    (rf"(?P<t>(?i:ca|figs?|prop|nos?|sect?s?|arts?|paras?|bldg|pp|op|approx|rs)\.){_SPNL}?\d", _same),
+    (
+        rf"(?P<t>(?i:ca|figs?|prop|nos?|sect?s?|arts?|paras?|bldg|pp|op|approx|rs)\.){_SPNL}?\d",
+        _same,
+    ),
     (_ABBREV1, _same),
     (_ABBREV4 + r"\.", _same),
     (rf"(?P<t>{_ABBREV4}){_SP}", _same),
     (rf"(?P<t>{_ACRO}){_SPNL}", _same),
     (rf"(?P<t>{_APOS}[0-9][0-9]){_SPNL}", _same),
     (rf"(?P<t>{_WORD}\.)[,;:]", _same),
-    (r"(?:\([0-9]{3}\)[ \u00A0]?|[0-9]{3}[- \u00A0.])[0-9]{3}[- \u00A0.][0-9]{4}",
-     lambda t: t.replace(" ", "\u00A0").replace("(", "-LRB-").replace(")", "-RRB-")),   # PHONE
+    (
+        r"(?:\([0-9]{3}\)[ \u00A0]?|[0-9]{3}[- \u00A0.])[0-9]{3}[- \u00A0.][0-9]{4}",
+        lambda t: t.replace(" ", "\u00a0").replace("(", "-LRB-").replace(")", "-RRB-"),
+    ),  # PHONE
     (r"\"|&(?i:quot);", _quote),
     (r"\+|[%&\u2030\u2031]|~|\^|\||\\", _same),
-    (r"\[", _fixed("-LSB-")), (r"\]", _fixed("-RSB-")),
-    (r"\{", _fixed("-LCB-")), (r"\}", _fixed("-RCB-")),
-    (r"\(", _fixed("-LRB-")), (r"\)", _fixed("-RRB-")),
+    (r"\[", _fixed("-LSB-")),
+    (r"\]", _fixed("-RSB-")),
+    (r"\{", _fixed("-LCB-")),
+    (r"\}", _fixed("-RCB-")),
+    (r"\(", _fixed("-LRB-")),
+    (r"\)", _fixed("-RRB-")),
     (r"<+|>+|&(?i:lt|gt);", lambda t: {"&lt;": "<", "&gt;": ">"}.get(t.lower(), t)),
     (r"-+", _hyphens),
-    (r"\.{3,5}|(?:\.[ \u00A0]){2,4}\.|[\u0085\u2026]", _fixed("...")),      # LDOTS
+    (r"\.{3,5}|(?:\.[ \u00A0]){2,4}\.|[\u0085\u2026]", _fixed("...")),  # LDOTS
     (r"@+|#+|_+", _same),
     (r"\*+|(?:\\\*){1,3}", _same),
     (r"[,;:]", _same),
@@ -153,27 +245,39 @@ _RULES = [
     (r"[.\u00A1\u00BF\u037E\u0589\u061F\u06D4\u0700-\u0702\u07FA]", _same),
     (r"=", _same),
     (r"/", _same),
-    (rf"(?P<t>[A-Za-z0-9][A-Za-z0-9.,\u00AD]*(?:-(?:[A-Za-z0-9\u00AD]+|{_ACRO}\.))+\.)[,;:]", _same),
+    (
+        rf"(?P<t>[A-Za-z0-9][A-Za-z0-9.,\u00AD]*(?:-(?:[A-Za-z0-9\u00AD]+|{_ACRO}\.))+\.)[,;:]",
+        _same,
+    ),
     (rf"[A-Za-z0-9][A-Za-z0-9.,\u00AD]*(?:-(?:[A-Za-z0-9\u00AD]+|{_ACRO}\.))+", _same),  # HTHING
     (rf"(?P<t>{_THING_PART}(?:{_HYPHEN}{_THING_PART})*\.)[,;:]", _same),
-    (rf"{_THING_PART}(?:{_HYPHEN}{_THING_PART})*", _same),                   # THING: x-ray
-    (r"[A-Z]+(?:(?:[+&]|&amp;)[A-Z]+)+", _same),                             # THINGA: AT&T
+    (rf"{_THING_PART}(?:{_HYPHEN}{_THING_PART})*", _same),  # THING: x-ray
+    (r"[A-Z]+(?:(?:[+&]|&amp;)[A-Z]+)+", _same),  # THINGA: AT&T
     (r"(?P<t>')[A-Za-z][^ \t\n\r\u00A0]", _quote),
     (_REDAUX, _same),
-    (rf"{_APOS}|''|[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u0093\u0094\u201E\u201F"
-     r"\u2039\u203A\u00AB\u00BB]{1,2}", _quote),
+    (
+        rf"{_APOS}|''|[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u0093\u0094\u201E\u201F"
+        r"\u2039\u203A\u00AB\u00BB]{1,2}",
+        _quote,
+    ),
 ]
 # all rules tried in one regex call: each sits in an optional lookahead that records its match
-_ALL = re.compile("".join("(?:(?=(?P<w%d>%s))|)" % (k, p.replace("(?P<t>", "(?P<t%d>" % k))
-                          for k, (p, _) in enumerate(_RULES)))
-_SLOTS = [(_ALL.groupindex["w%d" % k], _ALL.groupindex.get("t%d" % k), f)
-          for k, (_, f) in enumerate(_RULES)]
+_ALL = re.compile(
+    "".join(
+        "(?:(?=(?P<w%d>%s))|)" % (k, p.replace("(?P<t>", "(?P<t%d>" % k))
+        for k, (p, _) in enumerate(_RULES)
+    )
+)
+_SLOTS = [
+    (_ALL.groupindex["w%d" % k], _ALL.groupindex.get("t%d" % k), f)
+    for k, (_, f) in enumerate(_RULES)
+]
 
 _SKIP = re.compile(r"[\s\u200B\u200E\u200F\uFEFF\x00]+|&(?i:nbsp);")
 # Most captions are plain words, commas and periods: their tokens are the words themselves unless
 # a word splits ('cannot') or keeps its period ('St.', 'I.'), which sends the caption to the lexer.
 _PLAIN_CHARS = str.maketrans("", "", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ,.\t")
-_SPLIT_WORDS = frozenset("cannot dunno gonna gotta lemme gimme wanna".split())
+_SPLIT_WORDS = frozenset(["cannot", "dunno", "gonna", "gotta", "lemme", "gimme", "wanna"])
 _ABBREV_DOT = re.compile(rf"{_ABBREV1}|{_ABBREV4}\.")
 
 
@@ -217,7 +321,7 @@ def _lex(text):
             end = regs[w][1]
             if end > best:
                 best, tok_end, action = end, (regs[t][1] if t else end), f
-        if action is None:                   # untokenizable character: the jar deletes it
+        if action is None:  # untokenizable character: the jar deletes it
             i += 1
             continue
         out.append(action(text[i:tok_end]))
@@ -228,7 +332,7 @@ def _lex(text):
 def tokenize(caption):
     """str -> list[str]: the tokens pycocoevalcap scores (lower-cased, punctuation dropped)."""
     text = caption.replace("\n", " ")
-    if not text.translate(_PLAIN_CHARS) and ".," not in text:   # "word.," keeps its period
+    if not text.translate(_PLAIN_CHARS) and ".," not in text:  # "word.," keeps its period
         words = [_plain_word(c) for c in text.replace(",", " ").split()]
         if None not in words:
             return [w for w in words if w]
@@ -243,6 +347,7 @@ def tokenize(caption):
 # BLEU and CIDEr (which also splits the no-break space inside '3 1/2'), split(" ") for ROUGE-L
 # (where an empty caption is one empty token).
 # ---------------------------------------------------------------------------------------------
+
 
 def _align(refs_tok, res_tok):
     ids = list(res_tok)
@@ -268,15 +373,18 @@ def _ngram_table(hyps, refs, n=4):
     img = np.concatenate([np.arange(n_img), np.repeat(np.arange(n_img), [len(rs) for rs in refs])])
     lens = np.fromiter(map(len, sents), dtype=np.int64, count=len(sents))
     vocab = {}
-    ids = np.fromiter((vocab.setdefault(w, len(vocab)) for s in sents for w in s),
-                      dtype=np.int64, count=int(lens.sum()))
+    ids = np.fromiter(
+        (vocab.setdefault(w, len(vocab)) for s in sents for w in s),
+        dtype=np.int64,
+        count=int(lens.sum()),
+    )
     sent = np.repeat(np.arange(len(sents)), lens)
     room = lens[sent] - (np.arange(len(ids)) - np.repeat(np.cumsum(lens) - lens, lens))
     gram_at, n_grams = ids, max(len(vocab), 1)
     grams = []
     for k in range(1, n + 1):
         starts = np.flatnonzero(room >= k)
-        if k > 1:       # a k-gram is a (k-1)-gram plus one word: number the pairs that occur
+        if k > 1:  # a k-gram is a (k-1)-gram plus one word: number the pairs that occur
             pair = gram_at[starts] * max(len(vocab), 1) + ids[starts + k - 1]
             uniq, inverse = np.unique(pair, return_inverse=True)
             gram_at = np.full(len(ids), -1, dtype=np.int64)
@@ -306,7 +414,11 @@ def _lookup(keys, table):
 
 def _runs(sorted_keys):
     """Start index of each run of equal values in a sorted array."""
-    return np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]) if len(sorted_keys) else sorted_keys
+    return (
+        np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        if len(sorted_keys)
+        else sorted_keys
+    )
 
 
 def _bleu(img, lens, grams, n):
@@ -321,7 +433,11 @@ def _bleu(img, lens, grams, n):
         order = np.argsort(ref_key, kind="stable")
         ref_key = ref_key[order]
         first = _runs(ref_key)
-        max_count = np.maximum.reduceat(count[split:][order], first) if len(first) else np.zeros(1, np.int64)
+        max_count = (
+            np.maximum.reduceat(count[split:][order], first)
+            if len(first)
+            else np.zeros(1, np.int64)
+        )
         pos, found = _lookup(sent[:split] * n_grams + gram[:split], ref_key[first])
         clipped = np.where(found, np.minimum(count[:split], max_count[pos]), 0)
         correct[k] = np.bincount(sent[:split], clipped, minlength=n_img)
@@ -332,7 +448,7 @@ def _bleu(img, lens, grams, n):
     closest = np.abs(ref_len - hyp_len[img[n_img:]]) * big + ref_len
     first_ref = np.r_[0, np.cumsum(np.bincount(img[n_img:], minlength=n_img))[:-1]]
     closest = np.minimum.reduceat(closest, first_ref) % big
-    tiny, small = 1e-15, 1e-9          # the toolkit's constants: 0/0 gives 0, not nan
+    tiny, small = 1e-15, 1e-9  # the toolkit's constants: 0/0 gives 0, not nan
 
     def combine(correct, guess, test_len, ref_len):
         precision = (correct + tiny) / (guess + small)
@@ -341,7 +457,9 @@ def _bleu(img, lens, grams, n):
         ratio = (test_len + tiny) / (ref_len + small)
         return scores * np.where(ratio < 1, np.exp(1 - 1 / np.maximum(ratio, tiny)), 1.0)
 
-    corpus = combine(correct.sum(1), guess.sum(1).astype(float), float(hyp_len.sum()), float(closest.sum()))
+    corpus = combine(
+        correct.sum(1), guess.sum(1).astype(float), float(hyp_len.sum()), float(closest.sum())
+    )
     per_image = combine(correct, guess.astype(float), hyp_len.astype(float), closest.astype(float))
     return [float(b) for b in corpus], per_image
 
@@ -376,7 +494,7 @@ def _lcs(a, b):
 def _rouge_l(hyps, refs, beta=1.2):
     scores = np.zeros(len(hyps))
     for k, (hyp, rs) in enumerate(zip(hyps, refs)):
-        hyp = hyp or [""]                   # toolkit quirk: ''.split(" ") is one empty token
+        hyp = hyp or [""]  # toolkit quirk: ''.split(" ") is one empty token
         best_p = best_r = 0.0
         for ref in rs:
             ref = ref or [""]
@@ -385,7 +503,7 @@ def _rouge_l(hyps, refs, beta=1.2):
             best_r = max(best_r, lcs / len(ref))
         # best precision and best recall may come from different references
         if best_p and best_r:
-            scores[k] = (1 + beta ** 2) * best_p * best_r / (best_r + beta ** 2 * best_p)
+            scores[k] = (1 + beta**2) * best_p * best_r / (best_r + beta**2 * best_p)
     return scores
 
 
@@ -413,20 +531,25 @@ def _cider_d(img, lens, grams, sigma=6.0):
         ref_key = np.sort(img[sent[split:]] * n_grams + gram[split:])
         ref_key = ref_key[_runs(ref_key)]
         df = np.bincount(ref_key % n_grams, minlength=n_grams)
-        weight = count * (log_n - np.log(np.maximum(1.0, df)))[gram]     # tf-idf, tf unnormalised
+        weight = count * (log_n - np.log(np.maximum(1.0, df)))[gram]  # tf-idf, tf unnormalised
         norm = np.sqrt(np.bincount(sent, weight * weight, minlength=len(img)))
-        hyp_key = sent[:split] * n_grams + gram[:split]                  # sorted: sent == image
+        hyp_key = sent[:split] * n_grams + gram[:split]  # sorted: sent == image
         pos, found = _lookup(img[sent[split:]] * n_grams + gram[split:], hyp_key)
         w_ref = weight[split:]
-        w_hyp = weight[:split][pos] if split else np.zeros(len(pos))   # pos is all 0 then
+        w_hyp = weight[:split][pos] if split else np.zeros(len(pos))  # pos is all 0 then
         # CIDEr-D clipping: a result n-gram counts at most as much as in the reference
-        dot = np.bincount(sent[split:] - n_img, np.where(found, np.minimum(w_hyp, w_ref) * w_ref, 0.0),
-                          minlength=len(ref_img)).astype(float)     # int when empty
+        dot = np.bincount(
+            sent[split:] - n_img,
+            np.where(found, np.minimum(w_hyp, w_ref) * w_ref, 0.0),
+            minlength=len(ref_img),
+        ).astype(float)  # int when empty
         denom = norm[:n_img][ref_img] * norm[n_img:]
         sim[k] = np.divide(dot, denom, out=np.zeros_like(dot), where=denom != 0)
     # Gaussian length penalty; the toolkit measures length as the number of bigrams
-    delta = (np.maximum(lens[:n_img] - 1, 0)[ref_img] - np.maximum(lens[n_img:] - 1, 0)).astype(float)
-    sim *= np.exp(-(delta ** 2) / (2 * sigma ** 2))
+    delta = (np.maximum(lens[:n_img] - 1, 0)[ref_img] - np.maximum(lens[n_img:] - 1, 0)).astype(
+        float
+    )
+    sim *= np.exp(-(delta**2) / (2 * sigma**2))
     per_ref = sim.mean(axis=0)
     return np.bincount(ref_img, per_ref, minlength=n_img) / n_refs * 10.0
 
@@ -445,18 +568,19 @@ def cider_d(refs_tok, res_tok, per_image=False):
 # its -stdio protocol (as pycocoevalcap.meteor.Meteor does) on our own tokens, so no tokeniser jar.
 # ---------------------------------------------------------------------------------------------
 
+
 def _write_all(pipe, data):
     try:
         pipe.write(data)
         pipe.flush()
-    except OSError:            # the jar died; the reader sees it
+    except OSError:  # the jar died; the reader sees it
         pass
 
 
 def _meteor(hyps, refs):
     """hyps: I strings; refs: I lists of strings -> (score, None) or (None, reason)."""
     try:
-        from pycocoevalcap.meteor import meteor as toolkit_meteor   # only to find the jar
+        from pycocoevalcap.meteor import meteor as toolkit_meteor  # only to find the jar
     except ImportError:
         return None, "METEOR skipped: pycocoevalcap not installed: pip install captioner[meteor]"
     java = shutil.which("java")
@@ -465,15 +589,20 @@ def _meteor(hyps, refs):
     jar_dir = os.path.dirname(os.path.abspath(toolkit_meteor.__file__))
     cmd = [java, "-jar", "-Xmx2G", "meteor-1.5.jar", "-", "-", "-stdio", "-l", "en", "-norm"]
     try:
-        proc = subprocess.Popen(cmd, cwd=jar_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=jar_dir,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
     except OSError as e:
         return None, f"METEOR skipped: could not start Java ({e})"
     # SCORE lines go in from a thread while the stats come back: one round trip per image would
     # be 40x slower, and writing everything first could fill both pipes and deadlock
     lines = []
     for hyp, rs in zip(hyps, refs):
-        hyp = hyp.replace("|||", "").replace("  ", " ")    # the toolkit cleans the result this way
+        hyp = hyp.replace("|||", "").replace("  ", " ")  # the toolkit cleans the result this way
         lines.append(" ||| ".join(["SCORE", " ||| ".join(rs), hyp]) + "\n")
     writer = threading.Thread(target=_write_all, args=(proc.stdin, "".join(lines).encode()))
     writer.start()
@@ -484,7 +613,7 @@ def _meteor(hyps, refs):
             raise OSError("the METEOR jar stopped answering")
         proc.stdin.write((" ||| ".join(["EVAL"] + stats) + "\n").encode())
         proc.stdin.flush()
-        answers = [proc.stdout.readline() for _ in range(len(lines) + 1)]   # per image, then all
+        answers = [proc.stdout.readline() for _ in range(len(lines) + 1)]  # per image, then all
         return float(answers[-1].strip()), None
     except (OSError, ValueError) as e:
         return None, f"METEOR skipped: {e}"
@@ -508,11 +637,15 @@ def score(references, results, meteor=True, per_image=False):
         raise CaptionerError("results: nothing to score; give at least one caption")
     for i, caption in results.items():
         if not references.get(i):
-            raise CaptionerError(f"results: image id {i!r} has no reference captions; "
-                                 "score only images that are in the annotations")
+            raise CaptionerError(
+                f"results: image id {i!r} has no reference captions; "
+                "score only images that are in the annotations"
+            )
         if not isinstance(caption, str):
-            raise CaptionerError(f"results: image id {i!r} has a {type(caption).__name__} caption, "
-                                 "expected a string")
+            raise CaptionerError(
+                f"results: image id {i!r} has a {type(caption).__name__} caption, "
+                "expected a string"
+            )
     ids = list(results)
     res_tok = {i: tokenize(results[i]) for i in ids}
     refs_tok = {i: [tokenize(c) for c in references[i]] for i in ids}
@@ -522,8 +655,9 @@ def score(references, results, meteor=True, per_image=False):
     scores = {f"Bleu_{k + 1}": b[k] for k in range(4)}
     notes = []
     if meteor:
-        value, why = _meteor([" ".join(res_tok[i]) for i in ids],
-                             [[" ".join(r) for r in refs_tok[i]] for i in ids])
+        value, why = _meteor(
+            [" ".join(res_tok[i]) for i in ids], [[" ".join(r) for r in refs_tok[i]] for i in ids]
+        )
         if value is None:
             notes.append(why)
         else:
@@ -541,8 +675,10 @@ def score(references, results, meteor=True, per_image=False):
 # results [{"image_id", "caption"}, ..]. Every problem is one CaptionerError line naming the file.
 # ---------------------------------------------------------------------------------------------
 
+
 def _read_json(path, what):
     from .data import read_json
+
     return read_json(path, what)
 
 
@@ -564,8 +700,10 @@ def _caption(path, where, entry):
     if not c.strip():
         raise CaptionerError(f"{path}: {where} has an empty caption")
     if len(c) > limits.MAX_CAPTION_CHARS:  # ROUGE-L's LCS is quadratic in the caption length
-        raise CaptionerError(f"{path}: {where} has a caption of {len(c):,} characters, over the "
-                             f"{limits.MAX_CAPTION_CHARS:,} allowed; a caption is one sentence")
+        raise CaptionerError(
+            f"{path}: {where} has a caption of {len(c):,} characters, over the "
+            f"{limits.MAX_CAPTION_CHARS:,} allowed; a caption is one sentence"
+        )
     return c
 
 
@@ -573,15 +711,21 @@ def load_annotations(path):
     """COCO caption annotations -> {image_id: [caption, ...]} in file order."""
     data = _read_json(path, "annotations")
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise CaptionerError(f"{path}: not COCO caption annotations: expected an object with an "
-                             "'annotations' list of {\"image_id\", \"caption\"}")
+        raise CaptionerError(
+            f"{path}: not COCO caption annotations: expected an object with an "
+            '\'annotations\' list of {"image_id", "caption"}'
+        )
     if not data["annotations"]:
-        raise CaptionerError(f"{path}: the 'annotations' list is empty; no reference captions to score against")
+        raise CaptionerError(
+            f"{path}: the 'annotations' list is empty; no reference captions to score against"
+        )
     refs = {}
     for k, entry in enumerate(data["annotations"]):
         where = f"annotations[{k}]"
         if not isinstance(entry, dict):
-            raise CaptionerError(f"{path}: {where} is a {type(entry).__name__}, expected an object")
+            raise CaptionerError(
+                f"{path}: {where} is a {type(entry).__name__}, expected an object"
+            )
         refs.setdefault(_image_id(path, where, entry), []).append(_caption(path, where, entry))
     return refs
 
@@ -594,26 +738,34 @@ def load_results(path, known_ids=None):
     """
     data = _read_json(path, "results")
     if not isinstance(data, list):
-        raise CaptionerError(f"{path}: not COCO results: expected a JSON list of "
-                             f"{{\"image_id\", \"caption\"}} objects, got a {type(data).__name__}")
+        raise CaptionerError(
+            f"{path}: not COCO results: expected a JSON list of "
+            f'{{"image_id", "caption"}} objects, got a {type(data).__name__}'
+        )
     if not data:
         raise CaptionerError(f"{path}: the results list is empty; nothing to score")
     results, first = {}, {}
     for k, entry in enumerate(data):
         where = f"entry {k}"
         if not isinstance(entry, dict):
-            raise CaptionerError(f"{path}: {where} is a {type(entry).__name__}, expected an object")
+            raise CaptionerError(
+                f"{path}: {where} is a {type(entry).__name__}, expected an object"
+            )
         i = _image_id(path, where, entry)
         caption = _caption(path, f"{where} (image_id {i})", entry)
         if i in first:
-            raise CaptionerError(f"{path}: {where} repeats image_id {i} of entry {first[i]}; "
-                                 "give one caption per image")
+            raise CaptionerError(
+                f"{path}: {where} repeats image_id {i} of entry {first[i]}; "
+                "give one caption per image"
+            )
         if known_ids is not None and i not in known_ids:
             hint = ""
             if isinstance(i, str) and i.isdigit() and int(i) in known_ids:
                 hint = " (it is a string here, an integer in the annotations)"
-            raise CaptionerError(f"{path}: {where} has image_id {json.dumps(i)}, which is not in the "
-                                 f"annotations{hint}; caption only annotated images")
+            raise CaptionerError(
+                f"{path}: {where} has image_id {json.dumps(i)}, which is not in the "
+                f"annotations{hint}; caption only annotated images"
+            )
         first[i] = k
         results[i] = caption
     return results

@@ -7,6 +7,7 @@ Nothing is cached. Needs pycocoevalcap and java.
 
     .venv/bin/python scripts/tokenizer_agreement.py [captions.json] [--show 20]
 """
+
 import argparse
 import json
 import os
@@ -23,17 +24,31 @@ DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "coco" / "captions_va
 
 def java_tokens(captions):
     from pycocoevalcap.tokenizer import ptbtokenizer
+
     jar = Path(ptbtokenizer.__file__).with_name(ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "captions.txt")
         with open(path, "w", encoding="utf-8") as f:
             f.write("\n".join(c.replace("\n", " ") for c in captions))
-        out = subprocess.run(["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer",
-                              "-preserveLines", "-lowerCase", path],
-                             capture_output=True, check=True).stdout.decode("utf-8")
+        out = subprocess.run(
+            [
+                "java",
+                "-cp",
+                str(jar),
+                "edu.stanford.nlp.process.PTBTokenizer",
+                "-preserveLines",
+                "-lowerCase",
+                path,
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout.decode("utf-8")
     lines = out.split("\n")
     # the toolkit's post-processing (ptbtokenizer.py): split on ' ', drop its punctuation list
-    return [[w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS and w] for line in lines[:len(captions)]]
+    return [
+        [w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS and w]
+        for line in lines[: len(captions)]
+    ]
 
 
 def main():
@@ -50,11 +65,13 @@ def main():
     ours = [tokenize(c) for c in captions]
     t_ours = time.perf_counter() - t
     bad = [k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b]
-    for k in bad[:args.show]:
+    for k in bad[: args.show]:
         print(f"caption {k}: {captions[k]!r}\n  java: {theirs[k]}\n  ours: {ours[k]}")
     agree = 1 - len(bad) / len(captions)
-    print(f"agreement {agree:.6%}: {len(captions) - len(bad):,} of {len(captions):,} captions give identical "
-          f"tokens ({len(bad)} differ); java {t_java:.1f} s, python {t_ours:.1f} s")
+    print(
+        f"agreement {agree:.6%}: {len(captions) - len(bad):,} of {len(captions):,} captions give identical "
+        f"tokens ({len(bad)} differ); java {t_java:.1f} s, python {t_ours:.1f} s"
+    )
     return 0 if len(theirs) == len(captions) else 1
 
 

@@ -52,14 +52,20 @@ class Captioner(nn.Module):
             # a caption's targets end at <END>, so its length is its count of non-<NULL> targets
             lengths = (targets != self.null).sum(dim=1).cpu()
             x = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            targets = pack_padded_sequence(targets, lengths, batch_first=True, enforce_sorted=False).data
+            targets = pack_padded_sequence(
+                targets, lengths, batch_first=True, enforce_sorted=False
+            ).data
         if self.cell == "lstm":
             h, _ = self.rnn(x, (h0, torch.zeros_like(h0)))
         else:
             h, _ = self.rnn(x, h0)
         scores = self.vocab(h.data if self.packed else h)
-        loss = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1),
-                               ignore_index=self.null, reduction="sum")
+        loss = F.cross_entropy(
+            scores.reshape(-1, scores.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=self.null,
+            reduction="sum",
+        )
         return loss / captions.shape[0]
 
     @torch.no_grad()
@@ -82,8 +88,17 @@ class Captioner(nn.Module):
         self.vocab.bias.copy_(t["b_vocab"])
 
 
-def setup(cell, features, captions, params=None, threads=2, packed=False, wordvec_dim=256,
-          hidden_dim=512, vocab_size=1004):
+def setup(
+    cell,
+    features,
+    captions,
+    params=None,
+    threads=2,
+    packed=False,
+    wordvec_dim=256,
+    hidden_dim=512,
+    vocab_size=1004,
+):
     """Model, optimiser and one-step closure. Returns (step, loss_before_training).
 
     features (N, D), captions (N, T+1) int; params: captioner-style dict to start from
@@ -119,7 +134,9 @@ def timed_step(step):
     return time.perf_counter() - t0
 
 
-def step_times(cell, features, captions, params=None, reps=10, warmup=3, threads=2, packed=False, **sizes):
+def step_times(
+    cell, features, captions, params=None, reps=10, warmup=3, threads=2, packed=False, **sizes
+):
     """Seconds of `reps` training steps after `warmup` untimed ones -> (times, loss_before_training)."""
     step, loss0 = setup(cell, features, captions, params, threads, packed, **sizes)
     for _ in range(warmup):
@@ -127,7 +144,9 @@ def step_times(cell, features, captions, params=None, reps=10, warmup=3, threads
     return [timed_step(step) for _ in range(reps)], loss0
 
 
-def step_time(cell, features, captions, params=None, reps=10, warmup=3, threads=2, packed=False, **sizes):
+def step_time(
+    cell, features, captions, params=None, reps=10, warmup=3, threads=2, packed=False, **sizes
+):
     """Median seconds of one training step (forward + backward + Adam) over `reps` steps."""
     times, _ = step_times(cell, features, captions, params, reps, warmup, threads, packed, **sizes)
     return statistics.median(times)
@@ -138,8 +157,12 @@ def serve(step, loss0, warmup):
     {"loss0", "torch", "threads"} line, each "step" line read gets the step's seconds back."""
     for _ in range(warmup):
         step()
-    print(json.dumps({"loss0": loss0, "torch": torch.__version__, "threads": torch.get_num_threads()}),
-          flush=True)
+    print(
+        json.dumps(
+            {"loss0": loss0, "torch": torch.__version__, "threads": torch.get_num_threads()}
+        ),
+        flush=True,
+    )
     for line in sys.stdin:
         if line.strip() != "step":
             break
@@ -149,38 +172,55 @@ def serve(step, loss0, warmup):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", choices=["lstm", "rnn"], default="lstm")
-    ap.add_argument("--data", help="npz with features, captions and <cell>_<name> params (bench.py writes it)")
+    ap.add_argument(
+        "--data", help="npz with features, captions and <cell>_<name> params (bench.py writes it)"
+    )
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--packed", action="store_true", help="skip <NULL> padding (PackedSequence)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--serve", action="store_true", help="time one step per 'step' line on stdin (bench.py)")
+    ap.add_argument(
+        "--serve", action="store_true", help="time one step per 'step' line on stdin (bench.py)"
+    )
     args = ap.parse_args(argv)
 
     if args.data:
         d = np.load(args.data)
         features, captions = d["features"], d["captions"]
         prefix = f"{args.cell}_"
-        params = {k[len(prefix):]: d[k] for k in d.files if k.startswith(prefix)} or None
+        params = {k[len(prefix) :]: d[k] for k in d.files if k.startswith(prefix)} or None
     else:
         from bench import REF, coco_like_captions  # scripts/ is on sys.path when run as a script
+
         rng = np.random.default_rng(0)
         features = rng.standard_normal((REF["N"], REF["D"])).astype(np.float32)
         captions = coco_like_captions(rng, REF["N"], REF["T"], REF["V"])
         params = None
     if args.serve:
-        return serve(*setup(args.cell, features, captions, params, args.threads, args.packed), args.warmup)
-    times, loss0 = step_times(args.cell, features, captions, params, args.reps, args.warmup,
-                              args.threads, args.packed)
+        return serve(
+            *setup(args.cell, features, captions, params, args.threads, args.packed), args.warmup
+        )
+    times, loss0 = step_times(
+        args.cell, features, captions, params, args.reps, args.warmup, args.threads, args.packed
+    )
     med = statistics.median(times)
-    out = {"cell": args.cell, "packed": args.packed, "median_s": med, "times_s": times, "loss0": loss0,
-           "torch": torch.__version__, "threads": torch.get_num_threads()}
+    out = {
+        "cell": args.cell,
+        "packed": args.packed,
+        "median_s": med,
+        "times_s": times,
+        "loss0": loss0,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"torch {torch.__version__} {args.cell}{' packed' if args.packed else ''}: {med * 1e3:.1f} ms/step "
-              f"(median of {args.reps}, {torch.get_num_threads()} threads), loss at start {loss0:.4f}")
+        print(
+            f"torch {torch.__version__} {args.cell}{' packed' if args.packed else ''}: {med * 1e3:.1f} ms/step "
+            f"(median of {args.reps}, {torch.get_num_threads()} threads), loss at start {loss0:.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Bad inputs through the CLI: every one gives one `captioner: error:` line naming the file and
 the problem, a non-zero exit code (2 for a bad file or argument, 1 for pictures that cannot be
 read), no traceback, and writes nothing over anything."""
+
 import hashlib
 import io
 import json
@@ -76,13 +77,32 @@ def read_h5(path):
 def good(tmp_path_factory):
     """A small dataset and a checkpoint trained on it (in process: fast)."""
     root = tmp_path_factory.mktemp("good")
-    data_dir = build_dataset(root / "data", n_train_images=6, captions_per_image=2, n_val_images=3,
-                             feature_dim=8, vocab_size=40, seed=1)
+    data_dir = build_dataset(
+        root / "data",
+        n_train_images=6,
+        captions_per_image=2,
+        n_val_images=3,
+        feature_dim=8,
+        vocab_size=40,
+        seed=1,
+    )
     d = load_coco_data(data_dir)
-    model = CaptioningRNN(d["word_to_idx"], input_dim=8, wordvec_dim=8, hidden_dim=8, cell_type="lstm", seed=0)
+    model = CaptioningRNN(
+        d["word_to_idx"], input_dim=8, wordvec_dim=8, hidden_dim=8, cell_type="lstm", seed=0
+    )
     os.makedirs(root / "run")
-    training.train(d, model, str(root / "run"), progress=False, log=lambda *_: None, epochs=1, batch_size=4,
-                   val_size=3, data_dir=str(data_dir), features="pca")
+    training.train(
+        d,
+        model,
+        str(root / "run"),
+        progress=False,
+        log=lambda *_: None,
+        epochs=1,
+        batch_size=4,
+        val_size=3,
+        data_dir=str(data_dir),
+        features="pca",
+    )
     return root
 
 
@@ -116,7 +136,7 @@ def _vocab(d):
 
 def _truncate(path, keep=0.5):
     b = path.read_bytes()
-    path.write_bytes(b[:int(len(b) * keep)])
+    path.write_bytes(b[: int(len(b) * keep)])
 
 
 def _scramble(path):
@@ -137,10 +157,22 @@ DATASET_CASES = [
     ("corrupt captions header", CAPS, lambda d: _scramble(d / CAPS)),
     ("corrupt features header", TRAIN_F, lambda d: _scramble(d / TRAIN_F)),
     ("not hdf5 at all", CAPS, lambda d: (d / CAPS).write_text("hello")),
-    ("wrong key", CAPS, lambda d: _caps(d, train_captions=None, captions=np.zeros((3, 17), np.int32))),
+    (
+        "wrong key",
+        CAPS,
+        lambda d: _caps(d, train_captions=None, captions=np.zeros((3, 17), np.int32)),
+    ),
     ("missing image_idxs", CAPS, lambda d: _caps(d, val_image_idxs=None)),
-    ("features key wrong", TRAIN_F, lambda d: write_h5(d / TRAIN_F, feats=np.zeros((6, 8), np.float32))),
-    ("float captions", CAPS, lambda d: _caps(d, train_captions=read_h5(d / CAPS)["train_captions"] + 0.5)),
+    (
+        "features key wrong",
+        TRAIN_F,
+        lambda d: write_h5(d / TRAIN_F, feats=np.zeros((6, 8), np.float32)),
+    ),
+    (
+        "float captions",
+        CAPS,
+        lambda d: _caps(d, train_captions=read_h5(d / CAPS)["train_captions"] + 0.5),
+    ),
     ("float image_idxs", CAPS, lambda d: _caps(d, train_image_idxs=np.zeros(12, np.float32))),
     ("string captions", CAPS, lambda d: _caps(d, train_captions=np.array([b"a"] * 12))),
     ("int features", TRAIN_F, lambda d: _feats(d, TRAIN_F, np.zeros((6, 8), np.int32))),
@@ -161,26 +193,76 @@ DATASET_CASES = [
     ("vocab a list", VOCAB, lambda d: _vocab_json(d, ["<NULL>"])),
     ("vocab deeply nested", VOCAB, lambda d: _vocab_json(d, "[" * 100_000)),
     ("vocab huge number", VOCAB, lambda d: _vocab_json(d, '{"idx_to_word": ' + "9" * 5000 + "}")),
-    ("vocab lacks <START>", VOCAB, lambda d: _vocab_json(d, {
-        "idx_to_word": [w for w in _vocab(d)["idx_to_word"] if w != "<START>"],
-        "word_to_idx": {w: i for i, w in enumerate(w for w in _vocab(d)["idx_to_word"] if w != "<START>")}})),
-    ("vocab tables disagree", VOCAB, lambda d: _vocab_json(d, dict(
-        _vocab(d), word_to_idx=dict(_vocab(d)["word_to_idx"], **{"<END>": 0})))),
-    ("vocab smaller than captions", CAPS, lambda d: _vocab_json(d, {
-        "idx_to_word": _vocab(d)["idx_to_word"][:8],
-        "word_to_idx": {w: i for i, w in enumerate(_vocab(d)["idx_to_word"][:8])}})),
-    ("empty split", CAPS, lambda d: _caps(d, val_captions=np.zeros((0, 17), np.int32),
-                                          val_image_idxs=np.zeros(0, np.int32))),
+    (
+        "vocab lacks <START>",
+        VOCAB,
+        lambda d: _vocab_json(
+            d,
+            {
+                "idx_to_word": [w for w in _vocab(d)["idx_to_word"] if w != "<START>"],
+                "word_to_idx": {
+                    w: i
+                    for i, w in enumerate(w for w in _vocab(d)["idx_to_word"] if w != "<START>")
+                },
+            },
+        ),
+    ),
+    (
+        "vocab tables disagree",
+        VOCAB,
+        lambda d: _vocab_json(
+            d, dict(_vocab(d), word_to_idx=dict(_vocab(d)["word_to_idx"], **{"<END>": 0}))
+        ),
+    ),
+    (
+        "vocab smaller than captions",
+        CAPS,
+        lambda d: _vocab_json(
+            d,
+            {
+                "idx_to_word": _vocab(d)["idx_to_word"][:8],
+                "word_to_idx": {w: i for i, w in enumerate(_vocab(d)["idx_to_word"][:8])},
+            },
+        ),
+    ),
+    (
+        "empty split",
+        CAPS,
+        lambda d: _caps(
+            d, val_captions=np.zeros((0, 17), np.int32), val_image_idxs=np.zeros(0, np.int32)
+        ),
+    ),
     ("empty features", VAL_F, lambda d: _feats(d, VAL_F, np.zeros((0, 8), np.float32))),
     ("urls lines", "val2014_urls.txt", lambda d: (d / "val2014_urls.txt").write_text("one\n")),
-    ("images not utf-8", "train2014_images.txt", lambda d: (d / "train2014_images.txt").write_bytes(b"\xff\n" * 6)),
+    (
+        "images not utf-8",
+        "train2014_images.txt",
+        lambda d: (d / "train2014_images.txt").write_bytes(b"\xff\n" * 6),
+    ),
 ]
 
 # cases that only the train split sees (sample --split val does not read it)
-TRAIN_SIDE = {"missing train features", "truncated features", "corrupt features header", "features key wrong",
-              "wrong key", "float captions", "float image_idxs", "string captions", "int features",
-              "1-d captions", "1-column captions", "idxs length", "1-d features", "3-d features",
-              "split dims differ", "negative word id", "image idx past rows", "nan features", "images not utf-8"}
+TRAIN_SIDE = {
+    "missing train features",
+    "truncated features",
+    "corrupt features header",
+    "features key wrong",
+    "wrong key",
+    "float captions",
+    "float image_idxs",
+    "string captions",
+    "int features",
+    "1-d captions",
+    "1-column captions",
+    "idxs length",
+    "1-d features",
+    "3-d features",
+    "split dims differ",
+    "negative word id",
+    "image idx past rows",
+    "nan features",
+    "images not utf-8",
+}
 
 
 @pytest.mark.parametrize("case,name,make_bad", DATASET_CASES, ids=[c[0] for c in DATASET_CASES])
@@ -189,8 +271,11 @@ def test_bad_dataset(good, tmp_path, case, name, make_bad):
     shutil.copytree(good / "data", data)
     make_bad(data)
     before = snapshot(data)
-    for args in (["info", "--data", data], ["train", "--data", data, *TINY, "--out", tmp_path / "run"],
-                 ["sample", "--checkpoint", good / "run" / "last.npz", "--data", data, "--split", "val"]):
+    for args in (
+        ["info", "--data", data],
+        ["train", "--data", data, *TINY, "--out", tmp_path / "run"],
+        ["sample", "--checkpoint", good / "run" / "last.npz", "--data", data, "--split", "val"],
+    ):
         if args[0] == "sample" and case in TRAIN_SIDE:
             continue  # sample --split val reads only the val split
         result = run(*args)
@@ -216,6 +301,7 @@ def test_missing_dataset_folder(tmp_path):
 
 
 # ---------------------------------------------------------------- checkpoints
+
 
 class _Payload:
     """Unpickling this creates the file `target`."""
@@ -253,23 +339,41 @@ def _set(path, value):
             del m[last]
         else:
             m[last] = value
+
     return change
 
 
 CKPT_CASES = [  # (id, make(good_last, out_path), words in the message)
-    ("truncated", lambda g, o: o.write_bytes(g.read_bytes()[:len(g.read_bytes()) // 2]), "truncated or corrupt"),
+    (
+        "truncated",
+        lambda g, o: o.write_bytes(g.read_bytes()[: len(g.read_bytes()) // 2]),
+        "truncated or corrupt",
+    ),
     ("zero bytes", lambda g, o: o.write_bytes(b""), "empty file"),
-    ("random bytes", lambda g, o: o.write_bytes(np.random.default_rng(1).bytes(3000)),
-     "not an .npz"),
-    ("raw pickle", lambda g, o: o.write_bytes(pickle.dumps(_Payload(str(o) + ".pwned"))),
-     "refused for safety"),
-    ("pickled param", lambda g, o: _with(g, o, param__W_proj=np.array([_Payload(str(o) + ".pwned")], object)),
-     "pickle"),
+    (
+        "random bytes",
+        lambda g, o: o.write_bytes(np.random.default_rng(1).bytes(3000)),
+        "not an .npz",
+    ),
+    (
+        "raw pickle",
+        lambda g, o: o.write_bytes(pickle.dumps(_Payload(str(o) + ".pwned"))),
+        "refused for safety",
+    ),
+    (
+        "pickled param",
+        lambda g, o: _with(g, o, param__W_proj=np.array([_Payload(str(o) + ".pwned")], object)),
+        "pickle",
+    ),
     ("not an array", lambda g, o: _zip_add(g, o, "param/b.bin", b"hello"), "not a NumPy array"),
     ("no meta", lambda g, o: _with(g, o, drop=["meta"]), "metadata"),
     ("meta not json", lambda g, o: _meta_raw(g, o, "{oops"), "JSON"),
     ("meta a list", lambda g, o: _meta_raw(g, o, "[1, 2]"), "JSON"),
-    ("wrong format", lambda g, o: _with(g, o, meta=_set("format", "other")), "not a captioner checkpoint"),
+    (
+        "wrong format",
+        lambda g, o: _with(g, o, meta=_set("format", "other")),
+        "not a captioner checkpoint",
+    ),
     ("newer version", lambda g, o: _with(g, o, meta=_set("version", 99)), "newer"),
     ("version string", lambda g, o: _with(g, o, meta=_set("version", "2.0")), "version"),
     ("no model", lambda g, o: _with(g, o, meta=_set("model", KeyError)), "metadata"),
@@ -278,9 +382,16 @@ CKPT_CASES = [  # (id, make(good_last, out_path), words in the message)
     ("absurd size", lambda g, o: _with(g, o, meta=_set("model.hidden_dim", 10**12)), "W_proj"),
     ("size a string", lambda g, o: _with(g, o, meta=_set("model.wordvec_dim", "8")), "metadata"),
     ("vocab not a list", lambda g, o: _with(g, o, meta=_set("vocab", "abc")), "metadata"),
-    ("vocab no <END>", lambda g, o: _with(g, o, meta=lambda m: m["vocab"].__setitem__(2, "zzz")), "<END>"),
-    ("vocab duplicate", lambda g, o: _with(g, o, meta=lambda m: m["vocab"].__setitem__(5, m["vocab"][6])),
-     "duplicate"),
+    (
+        "vocab no <END>",
+        lambda g, o: _with(g, o, meta=lambda m: m["vocab"].__setitem__(2, "zzz")),
+        "<END>",
+    ),
+    (
+        "vocab duplicate",
+        lambda g, o: _with(g, o, meta=lambda m: m["vocab"].__setitem__(5, m["vocab"][6])),
+        "duplicate",
+    ),
     ("features no dim", lambda g, o: _with(g, o, meta=_set("features.dim", KeyError)), "metadata"),
     ("training a list", lambda g, o: _with(g, o, meta=_set("training", [])), "training"),
     ("param wrong shape", lambda g, o: _with(g, o, param__Wh=np.zeros((3, 3), np.float32)), "Wh"),
@@ -289,41 +400,83 @@ CKPT_CASES = [  # (id, make(good_last, out_path), words in the message)
     ("param nan", lambda g, o: _with(g, o, param__b=np.full(32, np.nan, np.float32)), "NaN"),
     ("param strings", lambda g, o: _with(g, o, param__b=np.array(["x"] * 32)), "dtype"),
     # issue 14: metadata that is valid JSON but wrong is refused by every command, naming the field
-    ("no features.encoder", lambda g, o: _with(g, o, meta=_set("features.encoder", KeyError)),
-     "features.encoder"),
-    ("input_dim vs shapes", lambda g, o: _with(g, o, meta=_set("model.input_dim", 7)),
-     "features.dim"),
-    ("input_dim and dim", lambda g, o: _with(g, o, meta=lambda m: (
-        _set("model.input_dim", 7)(m), _set("features.dim", 7)(m))), "W_proj"),
-    ("best without value", lambda g, o: _with(g, o, meta=_set("training.best.value", KeyError)),
-     "training.best"),
-    ("epochs a string", lambda g, o: _with(g, o, meta=_set("training.epochs", "3")),
-     "training.epochs"),
-    ("epoch record odd", lambda g, o: _with(g, o, meta=_set("training.epochs", [{"epoch": 1}])),
-     "training.epochs[0]"),
-    ("adam without t",
-     lambda g, o: _with(g, o, meta=lambda m: m["training"]["optim"]["Wh"].pop("t")),
-     "Wh"),
+    (
+        "no features.encoder",
+        lambda g, o: _with(g, o, meta=_set("features.encoder", KeyError)),
+        "features.encoder",
+    ),
+    (
+        "input_dim vs shapes",
+        lambda g, o: _with(g, o, meta=_set("model.input_dim", 7)),
+        "features.dim",
+    ),
+    (
+        "input_dim and dim",
+        lambda g, o: _with(
+            g, o, meta=lambda m: (_set("model.input_dim", 7)(m), _set("features.dim", 7)(m))
+        ),
+        "W_proj",
+    ),
+    (
+        "best without value",
+        lambda g, o: _with(g, o, meta=_set("training.best.value", KeyError)),
+        "training.best",
+    ),
+    (
+        "epochs a string",
+        lambda g, o: _with(g, o, meta=_set("training.epochs", "3")),
+        "training.epochs",
+    ),
+    (
+        "epoch record odd",
+        lambda g, o: _with(g, o, meta=_set("training.epochs", [{"epoch": 1}])),
+        "training.epochs[0]",
+    ),
+    (
+        "adam without t",
+        lambda g, o: _with(g, o, meta=lambda m: m["training"]["optim"]["Wh"].pop("t")),
+        "Wh",
+    ),
     ("adam without m", lambda g, o: _with(g, o, drop=["optim/Wh/m"]), "Wh"),
-    ("epoch past the end, no best", lambda g, o: _with(g, o, meta=lambda m: (
-        _set("training.epoch", 99)(m), _set("training.best", None)(m))), "training."),
+    (
+        "epoch past the end, no best",
+        lambda g, o: _with(
+            g, o, meta=lambda m: (_set("training.epoch", 99)(m), _set("training.best", None)(m))
+        ),
+        "training.",
+    ),
     ("history 10^8 compressed", lambda g, o: _huge_history(g, o), "history/loss"),
-    ("epoch negative", lambda g, o: _with(g, o, meta=_set("training.epoch", -1)),
-     "training.epoch"),
+    (
+        "epoch negative",
+        lambda g, o: _with(g, o, meta=_set("training.epoch", -1)),
+        "training.epoch",
+    ),
     ("step a string", lambda g, o: _with(g, o, meta=_set("training.step", "7")), "training.step"),
-    ("no settings", lambda g, o: _with(g, o, meta=_set("training.settings", KeyError)),
-     "settings"),
-    ("bad optimizer", lambda g, o: _with(g, o, meta=_set("training.settings.optimizer", "lbfgs")),
-     "optimizer"),
-    ("batch size 0", lambda g, o: _with(g, o, meta=_set("training.settings.batch_size", 0)),
-     "batch_size"),
+    (
+        "no settings",
+        lambda g, o: _with(g, o, meta=_set("training.settings", KeyError)),
+        "settings",
+    ),
+    (
+        "bad optimizer",
+        lambda g, o: _with(g, o, meta=_set("training.settings.optimizer", "lbfgs")),
+        "optimizer",
+    ),
+    (
+        "batch size 0",
+        lambda g, o: _with(g, o, meta=_set("training.settings.batch_size", 0)),
+        "batch_size",
+    ),
     ("lr nan", lambda g, o: _with(g, o, meta=_set("training.settings.lr", float("nan"))), "lr"),
     ("negative seed", lambda g, o: _with(g, o, meta=_set("training.settings.seed", -3)), "seed"),
     ("setting clashes", lambda g, o: _with(g, o, meta=_set("training.settings.log", 1)), "log"),
     ("optim wrong shape", lambda g, o: _with(g, o, optim__Wh__m=np.zeros(3, np.float32)), "Wh/m"),
     ("optim for no param", lambda g, o: _with(g, o, optim__Wq__m=np.zeros(3, np.float32)), "Wq/m"),
-    ("optim scalars gone", lambda g, o: _with(g, o, meta=_set("training.optim", {})),
-     "optimizer state"),
+    (
+        "optim scalars gone",
+        lambda g, o: _with(g, o, meta=_set("training.optim", {})),
+        "optimizer state",
+    ),
     ("loss history 2-d", lambda g, o: _with(g, o, history__loss=np.zeros((2, 2))), "history"),
     ("loss history long", lambda g, o: _with(g, o, history__loss=np.zeros(10**5)), "history"),
 ]
@@ -334,8 +487,9 @@ def _huge_history(g, o):
     _with(g, o, drop=["history/loss"])
     with zipfile.ZipFile(o, "a", zipfile.ZIP_DEFLATED) as z:
         with z.open("history/loss.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False,
-                                                     "shape": (10**8,)})
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f8", "fortran_order": False, "shape": (10**8,)}
+            )
             zeros = bytes(2**23)
             for _ in range(8 * 10**8 // len(zeros)):
                 f.write(zeros)
@@ -360,26 +514,38 @@ def test_bad_checkpoint(good, tmp_path, make, words):
     make(good / "run" / "last.npz", bad)
     before = snapshot(tmp_path)
     data = good / "data"
-    for args in (["info", "--checkpoint", bad], ["sample", "--checkpoint", bad, "--data", data, "--split", "val"],
-                 ["evaluate", "--checkpoint", bad, "--data", data, "--no-meteor"], ["train", "--resume", bad],
-                 ["train", "--resume", bad.parent]):
+    for args in (
+        ["info", "--checkpoint", bad],
+        ["sample", "--checkpoint", bad, "--data", data, "--split", "val"],
+        ["evaluate", "--checkpoint", bad, "--data", data, "--no-meteor"],
+        ["train", "--resume", bad],
+        ["train", "--resume", bad.parent],
+    ):
         assert_refused(run(*args), bad, 2, words)
     assert snapshot(tmp_path) == before  # nothing written, no pickle ran
     assert not (tmp_path / "ckpt" / "last.npz.pwned").exists()
 
 
 RESUME_CASES = [  # loadable models whose training state cannot be resumed
-    ("no training state", lambda g, o: _with(g, o, meta=_set("training", KeyError)), "no training state"),
+    (
+        "no training state",
+        lambda g, o: _with(g, o, meta=_set("training", KeyError)),
+        "no training state",
+    ),
 ]
 
 
-@pytest.mark.parametrize("make,words", [c[1:] for c in RESUME_CASES], ids=[c[0] for c in RESUME_CASES])
+@pytest.mark.parametrize(
+    "make,words", [c[1:] for c in RESUME_CASES], ids=[c[0] for c in RESUME_CASES]
+)
 def test_checkpoint_that_cannot_resume(good, tmp_path, make, words):
     bad = tmp_path / "ckpt" / "last.npz"
     bad.parent.mkdir()
     make(good / "run" / "last.npz", bad)
     before = snapshot(tmp_path)
-    assert_refused(run("train", "--resume", bad, "--data", good / "data"), bad, 2, "cannot resume", words)
+    assert_refused(
+        run("train", "--resume", bad, "--data", good / "data"), bad, 2, "cannot resume", words
+    )
     assert snapshot(tmp_path) == before
     assert run("info", "--checkpoint", bad).exit_code == 0  # the model itself is fine
 
@@ -396,14 +562,31 @@ def test_checkpoint_vocabulary_without_words_is_refused(tmp_path):
 
 
 def test_checkpoint_for_other_data(good, tmp_path):
-    other_vocab = build_dataset(tmp_path / "v", n_train_images=6, captions_per_image=2, n_val_images=3,
-                                feature_dim=8, vocab_size=50)
-    other_dim = build_dataset(tmp_path / "d", n_train_images=6, captions_per_image=2, n_val_images=3,
-                              feature_dim=12, vocab_size=40, seed=1)
+    other_vocab = build_dataset(
+        tmp_path / "v",
+        n_train_images=6,
+        captions_per_image=2,
+        n_val_images=3,
+        feature_dim=8,
+        vocab_size=50,
+    )
+    other_dim = build_dataset(
+        tmp_path / "d",
+        n_train_images=6,
+        captions_per_image=2,
+        n_val_images=3,
+        feature_dim=12,
+        vocab_size=40,
+        seed=1,
+    )
     ckpt = good / "run" / "last.npz"
     before = snapshot(good)
     for data, words in ((other_vocab, "vocabulary"), (other_dim, "features")):
-        for args in (["sample", "--split", "val"], ["evaluate", "--no-meteor"], ["train", "--resume", ckpt]):
+        for args in (
+            ["sample", "--split", "val"],
+            ["evaluate", "--no-meteor"],
+            ["train", "--resume", ckpt],
+        ):
             if args[0] != "train":
                 args = args + ["--checkpoint", ckpt]
             assert_refused(run(*args, "--data", data), ckpt, 2, words)
@@ -417,6 +600,7 @@ def test_checkpoint_is_a_directory(tmp_path):
 
 # ---------------------------------------------------------------- pictures
 
+
 def _png_chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -424,8 +608,12 @@ def _png_chunk(kind, data):
 def bomb_png():
     """A 50,000 x 50,000 RGB PNG header (7.5 GB decoded) with a tiny body: never allocate it."""
     ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100)) \
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 100))
         + _png_chunk(b"IEND", b"")
+    )
 
 
 def good_pictures(folder):
@@ -471,13 +659,19 @@ def bad_pictures(folder, monkeypatch):
             if os.fspath(path) == str(locked):
                 raise PermissionError(13, "Permission denied", str(path))
             return real_open(path, *a, **k)
+
         monkeypatch.setattr(encoder, "open", refusing_open, raising=False)
     else:
         locked.chmod(0)
-    return {folder / "text.jpg": "not an image", folder / "truncated.jpg": "truncated image",
-            folder / "empty.jpg": "empty",
-            folder / "bomb.png": "decompression bomb", folder / "adir.jpg": "directory",
-            locked: "Permission denied", folder / "missing.jpg": "no such file"}
+    return {
+        folder / "text.jpg": "not an image",
+        folder / "truncated.jpg": "truncated image",
+        folder / "empty.jpg": "empty",
+        folder / "bomb.png": "decompression bomb",
+        folder / "adir.jpg": "directory",
+        locked: "Permission denied",
+        folder / "missing.jpg": "no such file",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -485,9 +679,19 @@ def picture_model(tmp_path_factory):
     """An untrained model on picture-encoder features: enough to caption files."""
     path = tmp_path_factory.mktemp("pm") / "pictures.npz"
     words = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "red", "square"]
-    model = CaptioningRNN({w: i for i, w in enumerate(words)}, input_dim=encoder.FEATURE_DIM, wordvec_dim=8,
-                          hidden_dim=8, cell_type="rnn", seed=0)
-    fake = {"feature_kind": "squeezenet", "feature_dim": encoder.FEATURE_DIM, "encoder": encoder.ENCODER_NAME}
+    model = CaptioningRNN(
+        {w: i for i, w in enumerate(words)},
+        input_dim=encoder.FEATURE_DIM,
+        wordvec_dim=8,
+        hidden_dim=8,
+        cell_type="rnn",
+        seed=0,
+    )
+    fake = {
+        "feature_kind": "squeezenet",
+        "feature_dim": encoder.FEATURE_DIM,
+        "encoder": encoder.ENCODER_NAME,
+    }
     checkpoint.save(path, model.params, checkpoint.model_meta(model, fake))
     return path
 
@@ -524,13 +728,30 @@ def test_bad_pictures_in_prepare_are_skipped(tmp_path, monkeypatch):
     bad = bad_pictures(images, monkeypatch)
     fine = [p.name for p in good_pictures(images)] + ["ok.jpg"]
     names = fine + [p.name for p in bad]
-    ann = {"images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
-           "annotations": [{"image_id": i, "caption": f"a red square number {i % 3}"} for i in range(len(names))]}
+    ann = {
+        "images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
+        "annotations": [
+            {"image_id": i, "caption": f"a red square number {i % 3}"} for i in range(len(names))
+        ],
+    }
     (tmp_path / "captions.json").write_text(json.dumps(ann))
     (tmp_path / "val.txt").write_text("ok.jpg\n")
     # --workers 1: the refusing open() above is patched into this process only
-    result = run("prepare", "--images", images, "--captions", tmp_path / "captions.json", "--out", tmp_path / "d",
-                 "--min-count", 1, "--split-by", tmp_path / "val.txt", "--workers", 1)
+    result = run(
+        "prepare",
+        "--images",
+        images,
+        "--captions",
+        tmp_path / "captions.json",
+        "--out",
+        tmp_path / "d",
+        "--min-count",
+        1,
+        "--split-by",
+        tmp_path / "val.txt",
+        "--workers",
+        1,
+    )
     assert result.exit_code == 0, result.output
     for p in bad:
         assert f"  skipped {p.name}: " in result.output, result.output
@@ -539,25 +760,53 @@ def test_bad_pictures_in_prepare_are_skipped(tmp_path, monkeypatch):
 
     # every picture bad: refused, and nothing is left in --out but the resumable work area
     ids = {e["id"] for e in ann["images"] if e["file_name"] not in fine}
-    only_bad = {"images": [e for e in ann["images"] if e["id"] in ids],
-                "annotations": [a for a in ann["annotations"] if a["image_id"] in ids]}
+    only_bad = {
+        "images": [e for e in ann["images"] if e["id"] in ids],
+        "annotations": [a for a in ann["annotations"] if a["image_id"] in ids],
+    }
     (tmp_path / "bad.json").write_text(json.dumps(only_bad))
-    result = run("prepare", "--images", images, "--captions", tmp_path / "bad.json", "--out", tmp_path / "e",
-                 "--min-count", 1, "--workers", 1)
+    result = run(
+        "prepare",
+        "--images",
+        images,
+        "--captions",
+        tmp_path / "bad.json",
+        "--out",
+        tmp_path / "e",
+        "--min-count",
+        1,
+        "--workers",
+        1,
+    )
     assert_refused(result, images, 1, "none of the")
     assert not [n for n in os.listdir(tmp_path / "e") if not n.startswith(".")]
 
 
 # ---------------------------------------------------------------- evaluate --results / --references
 
-REFS = {"images": [{"id": 1}, {"id": 2}],
-        "annotations": [{"image_id": 1, "caption": "a red square"}, {"image_id": 1, "caption": "a square"},
-                        {"image_id": 2, "caption": "a blue circle"}]}
+REFS = {
+    "images": [{"id": 1}, {"id": 2}],
+    "annotations": [
+        {"image_id": 1, "caption": "a red square"},
+        {"image_id": 1, "caption": "a square"},
+        {"image_id": 2, "caption": "a blue circle"},
+    ],
+}
 RESULTS = [{"image_id": 1, "caption": "a red square"}, {"image_id": 2, "caption": "a circle"}]
 
 JSON_CASES = [  # (id, which file is bad, its content, words in the message)
-    ("unknown image id", "res", RESULTS + [{"image_id": 3, "caption": "x"}], "entry 2 has image_id 3"),
-    ("duplicate id", "res", RESULTS + [{"image_id": 1, "caption": "x"}], "entry 2 repeats image_id 1"),
+    (
+        "unknown image id",
+        "res",
+        RESULTS + [{"image_id": 3, "caption": "x"}],
+        "entry 2 has image_id 3",
+    ),
+    (
+        "duplicate id",
+        "res",
+        RESULTS + [{"image_id": 1, "caption": "x"}],
+        "entry 2 repeats image_id 1",
+    ),
     ("empty caption", "res", [{"image_id": 1, "caption": "  "}], "entry 0"),
     ("number caption", "res", [{"image_id": 1, "caption": 5}], "entry 0"),
     ("null caption", "res", [{"image_id": 1, "caption": None}], "entry 0"),
@@ -570,10 +819,18 @@ JSON_CASES = [  # (id, which file is bad, its content, words in the message)
     ("deep nesting", "res", "[" * 100_000, "JSON"),
     ("huge number", "res", '[{"image_id": ' + "1" * 5000 + ', "caption": "a"}]', "JSON"),
     ("not utf-8", "res", b"\xff\xfe[]", "UTF-8"),
-    ("annotation without caption", "ann", dict(REFS, annotations=REFS["annotations"] + [{"image_id": 2}]),
-     "annotations[3]"),
-    ("annotation caption list", "ann", dict(REFS, annotations=[{"image_id": 1, "caption": ["a"]}]),
-     "annotations[0]"),
+    (
+        "annotation without caption",
+        "ann",
+        dict(REFS, annotations=REFS["annotations"] + [{"image_id": 2}]),
+        "annotations[3]",
+    ),
+    (
+        "annotation caption list",
+        "ann",
+        dict(REFS, annotations=[{"image_id": 1, "caption": ["a"]}]),
+        "annotations[0]",
+    ),
     ("annotation without id", "ann", dict(REFS, annotations=[{"caption": "a"}]), "annotations[0]"),
     ("no annotations", "ann", {"images": []}, "annotations"),
     ("empty annotations", "ann", dict(REFS, annotations=[]), "empty"),
@@ -582,7 +839,9 @@ JSON_CASES = [  # (id, which file is bad, its content, words in the message)
 ]
 
 
-@pytest.mark.parametrize("which,content,words", [c[1:] for c in JSON_CASES], ids=[c[0] for c in JSON_CASES])
+@pytest.mark.parametrize(
+    "which,content,words", [c[1:] for c in JSON_CASES], ids=[c[0] for c in JSON_CASES]
+)
 def test_bad_results_and_references(tmp_path, which, content, words):
     files = {"res": tmp_path / "results.json", "ann": tmp_path / "refs.json"}
     files["res"].write_text(json.dumps(RESULTS))
@@ -593,7 +852,9 @@ def test_bad_results_and_references(tmp_path, which, content, words):
     else:
         bad.write_text(content if isinstance(content, str) else json.dumps(content))
     before = snapshot(tmp_path)
-    result = run("evaluate", "--results", files["res"], "--references", files["ann"], "--no-meteor")
+    result = run(
+        "evaluate", "--results", files["res"], "--references", files["ann"], "--no-meteor"
+    )
     assert_refused(result, bad, 2, words)
     assert snapshot(tmp_path) == before
 
@@ -601,11 +862,19 @@ def test_bad_results_and_references(tmp_path, which, content, words):
 def test_good_results_score(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(RESULTS))
     (tmp_path / "a.json").write_text(json.dumps(REFS))
-    result = run("evaluate", "--results", tmp_path / "r.json", "--references", tmp_path / "a.json", "--no-meteor")
+    result = run(
+        "evaluate",
+        "--results",
+        tmp_path / "r.json",
+        "--references",
+        tmp_path / "a.json",
+        "--no-meteor",
+    )
     assert result.exit_code == 0 and "CIDEr" in result.output, result.output
 
 
 # ---------------------------------------------------------------- downloads
+
 
 class _Zip(BaseHTTPRequestHandler):
     """Serves server.payload with Range; server.drops > 0: send half the body, then hang up."""
@@ -622,7 +891,7 @@ class _Zip(BaseHTTPRequestHandler):
         self.end_headers()
         if srv.drops:
             srv.drops -= 1
-            body = body[:len(body) // 2]
+            body = body[: len(body) // 2]
             self.close_connection = True
         self.wfile.write(body)
 
@@ -635,8 +904,15 @@ def coco_zip(tmp_path_factory):
     """A complete (tiny) coco_captioning zip with both feature kinds, as the real one."""
     src = tmp_path_factory.mktemp("zipsrc") / "coco_captioning"
     for kind, dim in (("fc7", 12), ("pca", 4)):
-        build_dataset(src, n_train_images=6, captions_per_image=2, n_val_images=3, feature_dim=dim,
-                      vocab_size=40, kind=kind)
+        build_dataset(
+            src,
+            n_train_images=6,
+            captions_per_image=2,
+            n_val_images=3,
+            feature_dim=dim,
+            vocab_size=40,
+            kind=kind,
+        )
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for n in sorted(os.listdir(src)):
@@ -690,9 +966,16 @@ def _evil_zip(payload, extra=None, skip=None):
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("case,words", [("corrupt", "not a valid zip"), ("dotdot", "'..' in path"),
-                                        ("absolute", "absolute path"), ("missing", "missing coco2014_vocab.json"),
-                                        ("truncated", "not a valid zip")])
+@pytest.mark.parametrize(
+    "case,words",
+    [
+        ("corrupt", "not a valid zip"),
+        ("dotdot", "'..' in path"),
+        ("absolute", "absolute path"),
+        ("missing", "missing coco2014_vocab.json"),
+        ("truncated", "not a valid zip"),
+    ],
+)
 def test_bad_zip_refused_existing_data_untouched(tmp_path, server, case, words):
     payload = server.payload
     server.payload = {
@@ -700,7 +983,7 @@ def test_bad_zip_refused_existing_data_untouched(tmp_path, server, case, words):
         "dotdot": _evil_zip(payload, "coco_captioning/../../evil.txt"),
         "absolute": _evil_zip(payload, "/tmp/evil.txt"),
         "missing": _evil_zip(payload, skip="coco2014_vocab.json"),
-        "truncated": payload[:len(payload) // 2],
+        "truncated": payload[: len(payload) // 2],
     }[case]
     # (a folder of the user's own at the target is refused before any download: test_overwrite)
     result = run("download", "--url", server.url, "--dest", tmp_path)
@@ -712,21 +995,47 @@ def test_bad_zip_refused_existing_data_untouched(tmp_path, server, case, words):
 # ---------------------------------------------------------------- arguments
 
 ARG_CASES = [
-    ["train", "--epochs", "0"], ["train", "--epochs", "-1"], ["train", "--batch-size", "0"],
-    ["train", "--hidden-dim", "-5"], ["train", "--wordvec-dim", "0"], ["train", "--cell", "gru"],
-    ["train", "--lr", "0"], ["train", "--lr", "nan"], ["train", "--lr", "inf"], ["train", "--lr", "-1e-3"],
-    ["train", "--lr", "fast"], ["train", "--lr-decay", "0"], ["train", "--weight-decay", "-1"],
-    ["train", "--clip-norm", "nan"], ["train", "--optimizer", "lbfgs"], ["train", "--max-train", "0"],
-    ["train", "--val-size", "-1"], ["train", "--seed", "-1"], ["train", "--resume", "/no/such/run"],
-    ["train", "--keep-best", "bleu"], ["train", "--keep-best", "cider"], ["train", "--out", "/etc/hostname"],
-    ["overfit", "--n", "0"], ["overfit", "--epochs", "0"], ["overfit", "--cell", "gru"],
-    ["sample"], ["sample", "--beam-size", "0", "--split", "val"], ["sample", "--count", "0", "--split", "val"],
-    ["sample", "--temperature", "0", "--split", "val"], ["sample", "--temperature", "nan", "--split", "val"],
-    ["sample", "--max-length", "0", "--split", "val"], ["sample", "--n-best", "-2", "--split", "val"],
-    ["sample", "--seed", "-1", "--split", "val"], ["sample", "--split", "dev"],
-    ["evaluate", "--max-images", "0"], ["evaluate", "--beam-size", "0"], ["evaluate", "--length-norm", "-1"],
+    ["train", "--epochs", "0"],
+    ["train", "--epochs", "-1"],
+    ["train", "--batch-size", "0"],
+    ["train", "--hidden-dim", "-5"],
+    ["train", "--wordvec-dim", "0"],
+    ["train", "--cell", "gru"],
+    ["train", "--lr", "0"],
+    ["train", "--lr", "nan"],
+    ["train", "--lr", "inf"],
+    ["train", "--lr", "-1e-3"],
+    ["train", "--lr", "fast"],
+    ["train", "--lr-decay", "0"],
+    ["train", "--weight-decay", "-1"],
+    ["train", "--clip-norm", "nan"],
+    ["train", "--optimizer", "lbfgs"],
+    ["train", "--max-train", "0"],
+    ["train", "--val-size", "-1"],
+    ["train", "--seed", "-1"],
+    ["train", "--resume", "/no/such/run"],
+    ["train", "--keep-best", "bleu"],
+    ["train", "--keep-best", "cider"],
+    ["train", "--out", "/etc/hostname"],
+    ["overfit", "--n", "0"],
+    ["overfit", "--epochs", "0"],
+    ["overfit", "--cell", "gru"],
+    ["sample"],
+    ["sample", "--beam-size", "0", "--split", "val"],
+    ["sample", "--count", "0", "--split", "val"],
+    ["sample", "--temperature", "0", "--split", "val"],
+    ["sample", "--temperature", "nan", "--split", "val"],
+    ["sample", "--max-length", "0", "--split", "val"],
+    ["sample", "--n-best", "-2", "--split", "val"],
+    ["sample", "--seed", "-1", "--split", "val"],
+    ["sample", "--split", "dev"],
+    ["evaluate", "--max-images", "0"],
+    ["evaluate", "--beam-size", "0"],
+    ["evaluate", "--length-norm", "-1"],
     ["evaluate", "--results", "/no/such.json", "--references", "/no/such.json"],
-    ["evaluate", "--results", __file__], ["encode"], ["encode", "x.jpg", "--top", "0"],
+    ["evaluate", "--results", __file__],
+    ["encode"],
+    ["encode", "x.jpg", "--top", "0"],
     ["prepare", "--images", "/no/such/dir", "--captions", __file__, "--out", "x"],
     ["prepare", "--images", ".", "--captions", "/no/such.json", "--out", "x"],
     ["prepare", "--images", ".", "--captions", __file__, "--out", "x", "--val-fraction", "0"],
@@ -735,8 +1044,12 @@ ARG_CASES = [
     ["prepare", "--images", ".", "--captions", __file__, "--out", "x", "--min-count", "0"],
     ["prepare", "--images", ".", "--captions", __file__, "--out", "x", "--max-words", "0"],
     ["prepare", "--images", ".", "--captions", __file__, "--out", "x", "--seed", "-4"],
-    ["demo", "--epochs", "0"], ["demo", "--train-images", "-1"], ["demo", "--seed", "-1"],
-    ["info", "--checkpoint", "/no/such.npz"], ["train", "--bogus-option"], ["nosuchcommand"],
+    ["demo", "--epochs", "0"],
+    ["demo", "--train-images", "-1"],
+    ["demo", "--seed", "-1"],
+    ["info", "--checkpoint", "/no/such.npz"],
+    ["train", "--bogus-option"],
+    ["nosuchcommand"],
 ]
 
 
@@ -753,8 +1066,16 @@ def test_unwritable_places_are_clear_errors(good, tmp_path):
     data = good / "data"
     result = run("train", "--data", data, *TINY, "--out", "/dev/null/run")
     assert_refused(result, "/dev/null/run", 2, "cannot create")
-    result = run("evaluate", "--checkpoint", good / "run" / "last.npz", "--data", data, "--no-meteor",
-                 "--save-results", tmp_path / "no" / "such" / "dir" / "r.json")
+    result = run(
+        "evaluate",
+        "--checkpoint",
+        good / "run" / "last.npz",
+        "--data",
+        data,
+        "--no-meteor",
+        "--save-results",
+        tmp_path / "no" / "such" / "dir" / "r.json",
+    )
     assert_refused(result, tmp_path / "no" / "such" / "dir" / "r.json", 2, "could not write")
 
 
@@ -767,9 +1088,18 @@ def test_resume_into_another_run_is_refused(good, tmp_path):
     assert snapshot(other) == before
 
 
-@pytest.mark.parametrize("flag,value", [("--cell", "rnn"), ("--hidden-dim", 16), ("--lr", 0.5),
-                                        ("--batch-size", 7), ("--max-train", 3),
-                                        ("--optimizer", "sgd"), ("--seed", 9)])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--cell", "rnn"),
+        ("--hidden-dim", 16),
+        ("--lr", 0.5),
+        ("--batch-size", 7),
+        ("--max-train", 3),
+        ("--optimizer", "sgd"),
+        ("--seed", 9),
+    ],
+)
 def test_resume_with_contradicting_flags_names_the_flag(good, tmp_path, flag, value):
     """issue 14: these were silently ignored; now a usage error naming the flag."""
     run_dir = tmp_path / "run"
@@ -784,7 +1114,19 @@ def test_resume_with_contradicting_flags_names_the_flag(good, tmp_path, flag, va
 def test_resume_with_agreeing_flags_runs(good, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(good / "run", run_dir)
-    result = run("train", "--resume", run_dir, "--cell", "lstm", "--hidden-dim", 8,
-                 "--batch-size", 4, "--epochs", 2, "--quiet")
+    result = run(
+        "train",
+        "--resume",
+        run_dir,
+        "--cell",
+        "lstm",
+        "--hidden-dim",
+        8,
+        "--batch-size",
+        4,
+        "--epochs",
+        2,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert checkpoint.load_model(run_dir / "last.npz")[1]["training"]["epoch"] == 2

@@ -1,4 +1,5 @@
 """The demo data: deterministic, and every caption word is backed by pixels."""
+
 import json
 import re
 from pathlib import Path
@@ -32,7 +33,7 @@ def _object_pixels(px, o, size=SIZE, tol=40):
     """Boolean mask of pixels within `tol` (L1) of the object's colour inside its reach box."""
     r = demo.REACH * o["radius"] * size + 2
     y0, x0 = int(max(o["cy"] * size - r, 0)), int(max(o["cx"] * size - r, 0))
-    box = px[y0:int(o["cy"] * size + r) + 1, x0:int(o["cx"] * size + r) + 1].astype(float)
+    box = px[y0 : int(o["cy"] * size + r) + 1, x0 : int(o["cx"] * size + r) + 1].astype(float)
     near = np.abs(box - np.array(demo.COLOURS[o["colour"]], float)).sum(-1) < tol
     return near, y0, x0
 
@@ -52,15 +53,21 @@ def test_same_seed_same_pixels_and_captions(written, tmp_path):
         pb = np.asarray(Image.open(again.parent / im["file_name"]))
         assert np.array_equal(pa, pb)
     # a prefix of the set is the same pictures; another seed is different pictures
-    short = json.loads(Path(demo.write_demo_images(tmp_path / "short", 3, seed=7, start_id=5)).read_text())
+    short = json.loads(
+        Path(demo.write_demo_images(tmp_path / "short", 3, seed=7, start_id=5)).read_text()
+    )
     assert short["images"] == a["images"][:3]
-    other = json.loads(Path(demo.write_demo_images(tmp_path / "other", 12, seed=8, start_id=5)).read_text())
+    other = json.loads(
+        Path(demo.write_demo_images(tmp_path / "other", 12, seed=8, start_id=5)).read_text()
+    )
     assert [im["scene"] for im in other["images"]] != [im["scene"] for im in a["images"]]
 
 
 def test_render_and_captions_are_pure_functions_of_their_inputs():
     scene = _scenes(1, seed=3)[0]
-    assert np.array_equal(np.asarray(demo.render_scene(scene)), np.asarray(demo.render_scene(scene)))
+    assert np.array_equal(
+        np.asarray(demo.render_scene(scene)), np.asarray(demo.render_scene(scene))
+    )
     caps1 = demo.scene_captions(scene, np.random.default_rng(1))
     caps2 = demo.scene_captions(scene, np.random.default_rng(1))
     assert caps1 == caps2 and len(caps1) == 5 and len(set(caps1)) == 5
@@ -71,12 +78,14 @@ def test_annotation_json_is_coco_format(written):
     ids = [im["id"] for im in data["images"]]
     assert ids == list(range(5, 17))
     for im in data["images"]:
-        assert re.fullmatch(r"demo_\d{12}\.jpg", im["file_name"]) and str(im["id"]) in im["file_name"]
+        assert (
+            re.fullmatch(r"demo_\d{12}\.jpg", im["file_name"]) and str(im["id"]) in im["file_name"]
+        )
         with Image.open(written.parent / im["file_name"]) as pic:
             assert pic.mode == "RGB" and pic.size == (SIZE, SIZE) == (im["width"], im["height"])
     ann_ids = [a["id"] for a in data["annotations"]]
     assert len(set(ann_ids)) == len(ann_ids) == 5 * len(ids)
-    per_image = {i: 0 for i in ids}
+    per_image = dict.fromkeys(ids, 0)
     for a in data["annotations"]:
         assert isinstance(a["caption"], str) and a["caption"]
         per_image[a["image_id"]] += 1
@@ -117,12 +126,22 @@ def test_captions_name_the_colour_and_shape_found_in_the_pixels():
 
 def test_shapes_have_their_area_and_size_words_follow_pixels():
     # coverage of the drawn shape vs its geometric area, on a plain background so colour masks are exact
-    area = {"circle": np.pi, "square": 4 * 0.85**2, "triangle": 3 * np.sqrt(3) / 4 * 1.2**2,
-            "star": 5 * 1.2 * 0.5 * np.sin(np.pi / 5), "cross": 8 * 0.36 * 1.0 - 4 * 0.36**2}
+    area = {
+        "circle": np.pi,
+        "square": 4 * 0.85**2,
+        "triangle": 3 * np.sqrt(3) / 4 * 1.2**2,
+        "star": 5 * 1.2 * 0.5 * np.sin(np.pi / 5),
+        "cross": 8 * 0.36 * 1.0 - 4 * 0.36**2,
+    }
     pixels = {"large": [], "small": []}
     for scene in _scenes(120, seed=5):
-        scene["background"] = {"kind": "plain", "colours": [[128, 128, 128]] * 2, "direction": "vertical",
-                               "noise": 0.0, "seed": 0}
+        scene["background"] = {
+            "kind": "plain",
+            "colours": [[128, 128, 128]] * 2,
+            "direction": "vertical",
+            "noise": 0.0,
+            "seed": 0,
+        }
         px = np.asarray(demo.render_scene(scene))
         for o in scene["objects"]:
             near, _, _ = _object_pixels(px, o)
@@ -159,8 +178,10 @@ def test_objects_keep_off_the_border_and_apart():
         assert (px[band] == np.array(bg["colours"][0])).all()
         objs = scene["objects"]
         for i, a in enumerate(objs):
-            for b in objs[i + 1:]:
-                gap = np.hypot(a["cx"] - b["cx"], a["cy"] - b["cy"]) - demo.REACH * (a["radius"] + b["radius"])
+            for b in objs[i + 1 :]:
+                gap = np.hypot(a["cx"] - b["cx"], a["cy"] - b["cy"]) - demo.REACH * (
+                    a["radius"] + b["radius"]
+                )
                 assert gap > 0 and a["cell"] != b["cell"]
 
 
@@ -174,7 +195,9 @@ def test_caption_length_and_vocabulary_bounds():
             lengths.append(len(words))
             vocab.update(words)
     assert max(lengths) <= demo.MAX_WORDS == 15 and min(lengths) >= 3
-    assert len(vocab) < 100  # far under the 1,000-word budget; every word is a closed-class or visual word
+    assert (
+        len(vocab) < 100
+    )  # far under the 1,000-word budget; every word is a closed-class or visual word
     assert set(demo.COLOURS) | set(demo.SHAPES) <= vocab
 
 

@@ -1,4 +1,5 @@
 """download_coco against an in-process HTTP server on 127.0.0.1 (no other network)."""
+
 import os
 import re
 import shutil
@@ -16,33 +17,47 @@ from captioner.errors import CaptionerError
 from fixtures import build_dataset
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     """Both CS231n feature kinds (small dims), as the real zip has them."""
-    base = tmp_path_factory.mktemp('src') / 'coco_captioning'
-    build_dataset(base, n_train_images=10, captions_per_image=2, n_val_images=3, feature_dim=16, vocab_size=40,
-                  kind='fc7')
-    build_dataset(base, n_train_images=10, captions_per_image=2, n_val_images=3, feature_dim=4, vocab_size=40,
-                  kind='pca')
+    base = tmp_path_factory.mktemp("src") / "coco_captioning"
+    build_dataset(
+        base,
+        n_train_images=10,
+        captions_per_image=2,
+        n_val_images=3,
+        feature_dim=16,
+        vocab_size=40,
+        kind="fc7",
+    )
+    build_dataset(
+        base,
+        n_train_images=10,
+        captions_per_image=2,
+        n_val_images=3,
+        feature_dim=4,
+        vocab_size=40,
+        kind="pca",
+    )
     assert sorted(os.listdir(base)) == sorted(COCO_FILES)
     return base
 
 
 def make_zip(path, src, skip=(), extra=(), method=zipfile.ZIP_DEFLATED):
     """Zip src's files under the top folder coco_captioning/ (as the real zip); extra: (ZipInfo|name, bytes)."""
-    with zipfile.ZipFile(path, 'w', method) as zf:
-        zf.writestr('coco_captioning/', b'')
+    with zipfile.ZipFile(path, "w", method) as zf:
+        zf.writestr("coco_captioning/", b"")
         for name in sorted(os.listdir(src)):
             if name not in skip:
-                zf.write(src / name, f'coco_captioning/{name}')
+                zf.write(src / name, f"coco_captioning/{name}")
         for info, data in extra:
             zf.writestr(info, data)
     return path
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def good_zip(dataset_dir, tmp_path_factory):
-    return make_zip(tmp_path_factory.mktemp('zip') / 'good.zip', dataset_dir).read_bytes()
+    return make_zip(tmp_path_factory.mktemp("zip") / "good.zip", dataset_dir).read_bytes()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -50,30 +65,30 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         srv = self.server
-        srv.ranges.append(self.headers.get('Range'))
-        if self.path != '/coco_captioning.zip':
+        srv.ranges.append(self.headers.get("Range"))
+        if self.path != "/coco_captioning.zip":
             self.send_error(404)
             return
         data, start = srv.payload, 0
-        m = re.fullmatch(r'bytes=(\d+)-', self.headers.get('Range') or '')
+        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
         if m and srv.honour_range:
             start = int(m.group(1))
             if start >= len(data):
                 self.send_response(416)
-                self.send_header('Content-Range', f'bytes */{len(data)}')
-                self.send_header('Content-Length', '0')
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
             self.send_response(206)
-            self.send_header('Content-Range', f'bytes {start}-{len(data) - 1}/{len(data)}')
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header('Content-Length', str(len(body)))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if srv.drops:  # promise the whole body, send half, hang up
             srv.drops -= 1
-            body = body[:len(body) // 2]
+            body = body[: len(body) // 2]
             self.close_connection = True
         self.wfile.write(body)
         srv.sent += len(body)
@@ -82,9 +97,9 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def http_server():
-    srv = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
@@ -98,7 +113,7 @@ def server(http_server, good_zip):
     """The shared server, reset: full Range support, no dropped connections, empty logs."""
     srv = http_server
     srv.payload, srv.honour_range, srv.drops, srv.ranges, srv.sent = good_zip, True, 0, [], 0
-    srv.url = f'http://127.0.0.1:{srv.server_address[1]}/coco_captioning.zip'
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/coco_captioning.zip"
     return srv
 
 
@@ -107,17 +122,19 @@ def get(dest, server, **kw):
 
 
 def leftovers(dest):
-    return [n for n in os.listdir(dest) if n.startswith('.') or n.endswith('.part')]
+    return [n for n in os.listdir(dest) if n.startswith(".") or n.endswith(".part")]
 
 
 def test_full_download_installs_and_validates(tmp_path, server, dataset_dir):
     target = get(tmp_path, server)
-    assert target == str(tmp_path / 'coco_captioning')
+    assert target == str(tmp_path / "coco_captioning")
     for name in COCO_FILES:
-        assert (tmp_path / 'coco_captioning' / name).read_bytes() == (dataset_dir / name).read_bytes()
-    assert load_coco_data(target)['feature_kind'] == 'pca'
-    assert load_coco_data(target, features='fc7')['feature_dim'] == 16
-    assert sorted(os.listdir(tmp_path)) == ['coco_captioning']  # zip removed, no temp dirs
+        assert (tmp_path / "coco_captioning" / name).read_bytes() == (
+            dataset_dir / name
+        ).read_bytes()
+    assert load_coco_data(target)["feature_kind"] == "pca"
+    assert load_coco_data(target, features="fc7")["feature_dim"] == 16
+    assert sorted(os.listdir(tmp_path)) == ["coco_captioning"]  # zip removed, no temp dirs
     assert server.ranges == [None]
     # already installed: no request at all
     assert get(tmp_path, server) == target and len(server.ranges) == 1
@@ -125,148 +142,183 @@ def test_full_download_installs_and_validates(tmp_path, server, dataset_dir):
 
 def test_resumes_a_partial_file(tmp_path, server, good_zip):
     half = len(good_zip) // 3
-    (tmp_path / 'coco_captioning.zip.part').write_bytes(good_zip[:half])
+    (tmp_path / "coco_captioning.zip.part").write_bytes(good_zip[:half])
     get(tmp_path, server, keep_zip=True)
-    assert (tmp_path / 'coco_captioning.zip').read_bytes() == good_zip
-    assert server.ranges == [f'bytes={half}-'] and server.sent == len(good_zip) - half
+    assert (tmp_path / "coco_captioning.zip").read_bytes() == good_zip
+    assert server.ranges == [f"bytes={half}-"] and server.sent == len(good_zip) - half
     assert sorted(leftovers(tmp_path)) == []
 
 
 def test_dropped_connection_resumes_byte_identical(tmp_path, server, good_zip):
     server.drops = 2
     get(tmp_path, server, keep_zip=True)
-    assert (tmp_path / 'coco_captioning.zip').read_bytes() == good_zip
-    first, second = len(good_zip) // 2, len(good_zip) // 2 + (len(good_zip) - len(good_zip) // 2) // 2
-    assert server.ranges == [None, f'bytes={first}-', f'bytes={second}-']
+    assert (tmp_path / "coco_captioning.zip").read_bytes() == good_zip
+    first, second = (
+        len(good_zip) // 2,
+        len(good_zip) // 2 + (len(good_zip) - len(good_zip) // 2) // 2,
+    )
+    assert server.ranges == [None, f"bytes={first}-", f"bytes={second}-"]
 
 
 def test_gives_up_after_retries_keeping_the_part(tmp_path, server, good_zip):
     server.drops = 5
-    (tmp_path / 'coco_captioning').mkdir()
-    with pytest.raises(CaptionerError, match=r'download failed after 2 attempts.*captioner download') as err:
+    (tmp_path / "coco_captioning").mkdir()
+    with pytest.raises(
+        CaptionerError, match=r"download failed after 2 attempts.*captioner download"
+    ) as err:
         get(tmp_path, server, retries=1)
     assert err.value.exit_code == 1
-    part = (tmp_path / 'coco_captioning.zip.part').read_bytes()
+    part = (tmp_path / "coco_captioning.zip.part").read_bytes()
     assert 0 < len(part) < len(good_zip) and good_zip.startswith(part)
     server.drops = 0
     get(tmp_path, server, force=True)  # the next run finishes the job
-    assert load_coco_data(tmp_path / 'coco_captioning')['train_captions'].shape == (20, 17)
+    assert load_coco_data(tmp_path / "coco_captioning")["train_captions"].shape == (20, 17)
 
 
 def test_server_ignoring_range_restarts_cleanly(tmp_path, server, good_zip):
     server.honour_range = False
-    (tmp_path / 'coco_captioning.zip.part').write_bytes(b'stale bytes from another file')
+    (tmp_path / "coco_captioning.zip.part").write_bytes(b"stale bytes from another file")
     get(tmp_path, server, keep_zip=True)
-    assert (tmp_path / 'coco_captioning.zip').read_bytes() == good_zip
-    assert server.ranges == ['bytes=29-']
+    assert (tmp_path / "coco_captioning.zip").read_bytes() == good_zip
+    assert server.ranges == ["bytes=29-"]
 
 
 def test_complete_part_answered_416(tmp_path, server, good_zip):
-    (tmp_path / 'coco_captioning.zip.part').write_bytes(good_zip)
+    (tmp_path / "coco_captioning.zip.part").write_bytes(good_zip)
     get(tmp_path, server, keep_zip=True)
-    assert (tmp_path / 'coco_captioning.zip').read_bytes() == good_zip and server.sent == 0
+    assert (tmp_path / "coco_captioning.zip").read_bytes() == good_zip and server.sent == 0
 
 
 def test_http_error_is_reported(tmp_path, server):
-    server.url = server.url.replace('coco_captioning.zip', 'nope.zip')
-    with pytest.raises(CaptionerError, match='HTTP 404'):
+    server.url = server.url.replace("coco_captioning.zip", "nope.zip")
+    with pytest.raises(CaptionerError, match="HTTP 404"):
         get(tmp_path, server)
 
 
 def test_real_shapes_are_checked_by_default(tmp_path, server):
-    (tmp_path / 'coco_captioning.zip').write_bytes(server.payload)
+    (tmp_path / "coco_captioning.zip").write_bytes(server.payload)
     with pytest.raises(CaptionerError) as err:
         download_coco(tmp_path, url=server.url, progress=False)
-    assert str(err.value).startswith(f"{tmp_path / 'coco_captioning.zip'}: coco2014_captions.h5 'train_captions' "
-                                     'has shape (20, 17), expected (400135, 17); delete the zip')
+    assert str(err.value).startswith(
+        f"{tmp_path / 'coco_captioning.zip'}: coco2014_captions.h5 'train_captions' "
+        "has shape (20, 17), expected (400135, 17); delete the zip"
+    )
     assert server.ranges == []  # the finished zip was reused, not fetched
-    assert sorted(os.listdir(tmp_path)) == ['coco_captioning.zip']  # nothing half-installed
+    assert sorted(os.listdir(tmp_path)) == ["coco_captioning.zip"]  # nothing half-installed
 
 
 # ----------------------------------------------------------------------------- unpacking
 
+
 @pytest.fixture
 def existing(tmp_path):
     """A previously installed data folder that a failed install must leave alone."""
-    target = tmp_path / 'coco_captioning'
+    target = tmp_path / "coco_captioning"
     target.mkdir()
-    (target / 'marker').write_text('old data')
+    (target / "marker").write_text("old data")
     return target
 
 
 def assert_untouched(target):
-    assert os.listdir(target) == ['marker'] and (target / 'marker').read_text() == 'old data'
+    assert os.listdir(target) == ["marker"] and (target / "marker").read_text() == "old data"
     assert leftovers(target.parent) == []
 
 
 def symlink_entry():
-    info = zipfile.ZipInfo('coco_captioning/link')
+    info = zipfile.ZipInfo("coco_captioning/link")
     info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    return info, b'/etc/passwd'
+    return info, b"/etc/passwd"
 
 
-@pytest.mark.parametrize('entry,why', [('../x', r"'\.\.' in path"), ('coco_captioning/../../x', r"'\.\.' in path"),
-                                       ('/abs', 'absolute path'), ('C:/win', 'absolute path'),
-                                       (None, 'symlink')])
+@pytest.mark.parametrize(
+    "entry,why",
+    [
+        ("../x", r"'\.\.' in path"),
+        ("coco_captioning/../../x", r"'\.\.' in path"),
+        ("/abs", "absolute path"),
+        ("C:/win", "absolute path"),
+        (None, "symlink"),
+    ],
+)
 def test_refuses_unsafe_entries(tmp_path, dataset_dir, existing, entry, why):
-    extra = [symlink_entry()] if entry is None else [(entry, b'evil')]
-    zpath = make_zip(tmp_path / 'coco_captioning.zip', dataset_dir, extra=extra)
-    with pytest.raises(CaptionerError, match=f'coco_captioning.zip: refusing unsafe entry .*{why}'):
+    extra = [symlink_entry()] if entry is None else [(entry, b"evil")]
+    zpath = make_zip(tmp_path / "coco_captioning.zip", dataset_dir, extra=extra)
+    with pytest.raises(
+        CaptionerError, match=f"coco_captioning.zip: refusing unsafe entry .*{why}"
+    ):
         install_zip(zpath, existing, shapes=None, progress=False)
     assert_untouched(existing)
-    assert not (tmp_path / 'x').exists() and not (tmp_path.parent / 'x').exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
 
 
 def test_corrupt_zip(tmp_path, existing):
-    zpath = tmp_path / 'coco_captioning.zip'
+    zpath = tmp_path / "coco_captioning.zip"
     zpath.write_bytes(np.random.default_rng(0).bytes(5000))
-    with pytest.raises(CaptionerError, match=r'coco_captioning.zip: not a valid zip file.*delete it'):
+    with pytest.raises(
+        CaptionerError, match=r"coco_captioning.zip: not a valid zip file.*delete it"
+    ):
         install_zip(zpath, existing, shapes=None, progress=False)
     assert_untouched(existing)
 
 
 def test_corrupt_entry_fails_crc(tmp_path, dataset_dir, existing):
-    zpath = make_zip(tmp_path / 'coco_captioning.zip', dataset_dir, method=zipfile.ZIP_STORED)
+    zpath = make_zip(tmp_path / "coco_captioning.zip", dataset_dir, method=zipfile.ZIP_STORED)
     raw = bytearray(zpath.read_bytes())
     with zipfile.ZipFile(zpath) as zf:
-        info = zf.getinfo('coco_captioning/train2014_vgg16_fc7.h5')
+        info = zf.getinfo("coco_captioning/train2014_vgg16_fc7.h5")
     pos = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2
     raw[pos] ^= 0xFF
     zpath.write_bytes(bytes(raw))
-    with pytest.raises(CaptionerError, match=r"entry 'coco_captioning/train2014_vgg16_fc7.h5' is corrupt"):
+    with pytest.raises(
+        CaptionerError, match=r"entry 'coco_captioning/train2014_vgg16_fc7.h5' is corrupt"
+    ):
         install_zip(zpath, existing, shapes=None, progress=False)
     assert_untouched(existing)
 
 
 def test_missing_files(tmp_path, dataset_dir, existing):
-    zpath = make_zip(tmp_path / 'coco_captioning.zip', dataset_dir,
-                     skip=('val2014_vgg16_fc7.h5', 'coco2014_vocab.json'))
-    with pytest.raises(CaptionerError, match=r'coco_captioning.zip: missing coco2014_vocab.json, '
-                                             r'val2014_vgg16_fc7.h5'):
+    zpath = make_zip(
+        tmp_path / "coco_captioning.zip",
+        dataset_dir,
+        skip=("val2014_vgg16_fc7.h5", "coco2014_vocab.json"),
+    )
+    with pytest.raises(
+        CaptionerError,
+        match=r"coco_captioning.zip: missing coco2014_vocab.json, "
+        r"val2014_vgg16_fc7.h5",
+    ):
         install_zip(zpath, existing, shapes=None, progress=False)
     assert_untouched(existing)
 
 
 def test_bad_content_named_by_file_in_zip(tmp_path, dataset_dir, existing):
-    src = tmp_path / 'src'
+    src = tmp_path / "src"
     shutil.copytree(dataset_dir, src)
-    (src / 'val2014_urls.txt').write_text('only one line\n')
-    zpath = make_zip(tmp_path / 'coco_captioning.zip', src)
+    (src / "val2014_urls.txt").write_text("only one line\n")
+    zpath = make_zip(tmp_path / "coco_captioning.zip", src)
     with pytest.raises(CaptionerError) as err:
         install_zip(zpath, existing, shapes=None, progress=False)
     msg = str(err.value)
-    assert msg.startswith(f'{zpath}: bad content: val2014_urls.txt: has 1 lines') and '.tmp-' not in msg
-    assert 'delete the zip' in msg
+    assert (
+        msg.startswith(f"{zpath}: bad content: val2014_urls.txt: has 1 lines")
+        and ".tmp-" not in msg
+    )
+    assert "delete the zip" in msg
     assert_untouched(existing)
 
 
 def test_custom_shapes_and_replacing_existing_data(tmp_path, dataset_dir, existing):
-    zpath = make_zip(tmp_path / 'coco_captioning.zip', dataset_dir)
-    shapes = {('coco2014_captions.h5', 'val_captions'): (6, 17), ('val2014_vgg16_fc7.h5', 'features'): (3, 16)}
+    zpath = make_zip(tmp_path / "coco_captioning.zip", dataset_dir)
+    shapes = {
+        ("coco2014_captions.h5", "val_captions"): (6, 17),
+        ("val2014_vgg16_fc7.h5", "features"): (3, 16),
+    }
     install_zip(zpath, existing, shapes=shapes, progress=False)
     assert sorted(os.listdir(existing)) == sorted(COCO_FILES)  # old folder replaced as a whole
     assert leftovers(tmp_path) == []
-    shapes[('val2014_vgg16_fc7.h5', 'features')] = (3, 4096)
-    with pytest.raises(CaptionerError, match=r"val2014_vgg16_fc7.h5 'features' has shape \(3, 16\), expected"):
+    shapes[("val2014_vgg16_fc7.h5", "features")] = (3, 4096)
+    with pytest.raises(
+        CaptionerError, match=r"val2014_vgg16_fc7.h5 'features' has shape \(3, 16\), expected"
+    ):
         install_zip(zpath, existing, shapes=shapes, progress=False)
     assert sorted(os.listdir(existing)) == sorted(COCO_FILES)

@@ -25,6 +25,7 @@ def params():
 
 # ---------------------------------------------------------------- weights
 
+
 class _System:
     def __init__(self, marker):
         self.marker = marker
@@ -64,7 +65,9 @@ def test_restricted_unpickler_refuses_other_callables(tmp_path, payload):
     marker = tmp_path / "marker"
     # an innocent array first, so the refusal is not just "first global wins"
     evil = tmp_path / "evil.pkl"
-    evil.write_bytes(pickle.dumps({"conv1": [np.ones((2, 2), np.float32), payload(marker)]}, protocol=2))
+    evil.write_bytes(
+        pickle.dumps({"conv1": [np.ones((2, 2), np.float32), payload(marker)]}, protocol=2)
+    )
     with pytest.raises(CaptionerError) as e:
         E.read_weights_pickle(evil)
     assert "evil.pkl" in str(e.value) and "refusing" in str(e.value)
@@ -73,7 +76,9 @@ def test_restricted_unpickler_refuses_other_callables(tmp_path, payload):
 
 def test_restricted_unpickler_checks_structure(tmp_path):
     p = tmp_path / "w.pkl"
-    p.write_bytes(pickle.dumps({"conv1": [np.zeros((3, 3, 3, 64), np.float32), np.zeros(64, np.float32)]}))
+    p.write_bytes(
+        pickle.dumps({"conv1": [np.zeros((3, 3, 3, 64), np.float32), np.zeros(64, np.float32)]})
+    )
     with pytest.raises(CaptionerError, match="w.pkl: wrong layer names"):
         E.read_weights_pickle(p)
     p.write_bytes(b"\x80\x03}q\x00(X")  # truncated pickle
@@ -100,7 +105,9 @@ def test_bad_npz_cache_is_refused_with_its_name(tmp_path):
     npz = tmp_path / E.NPZ_NAME
     bad = dict(good, **{"conv10.b": good["conv10.b"][:999]})
     np.savez(npz, **bad)
-    with pytest.raises(CaptionerError, match=rf"{E.NPZ_NAME}: conv10.b should be float32 \(1000,\).*delete it"):
+    with pytest.raises(
+        CaptionerError, match=rf"{E.NPZ_NAME}: conv10.b should be float32 \(1000,\).*delete it"
+    ):
         E.load_weights(tmp_path)
     npz.write_bytes(npz.read_bytes()[:1000])
     with pytest.raises(CaptionerError, match=rf"{E.NPZ_NAME}: unreadable weights cache"):
@@ -108,6 +115,7 @@ def test_bad_npz_cache_is_refused_with_its_name(tmp_path):
 
 
 # ---------------------------------------------------------------- layers
+
 
 def _naive_conv(x, w, b, stride, pad):
     x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))).astype(np.float64)
@@ -117,7 +125,7 @@ def _naive_conv(x, w, b, stride, pad):
     out = np.zeros((n, ho, wo, f))
     for i in range(ho):
         for j in range(wo):
-            patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+            patch = x[:, i * stride : i * stride + kh, j * stride : j * stride + kw]
             out[:, i, j] = np.einsum("nhwc,hwcf->nf", patch, w) + b
     return np.maximum(out, 0)
 
@@ -128,8 +136,12 @@ def test_conv3x3_matches_direct_convolution(stride, pad, size):
     x = rng.standard_normal((2, size, size + 1, 4)).astype(np.float32)
     w = rng.standard_normal((3, 3, 4, 5)).astype(np.float32)
     b = rng.standard_normal(5).astype(np.float32)
-    np.testing.assert_allclose(E.conv3x3(x, w, b, stride=stride, pad=pad), _naive_conv(x, w, b, stride, pad),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        E.conv3x3(x, w, b, stride=stride, pad=pad),
+        _naive_conv(x, w, b, stride, pad),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_maxpool_floor_mode_and_grid_pool():
@@ -139,7 +151,9 @@ def test_maxpool_floor_mode_and_grid_pool():
     assert y.shape == (2, 6, 5, 3)  # floor: (13-3)//2+1, (12-3)//2+1
     for i in range(6):
         for j in range(5):
-            np.testing.assert_array_equal(y[:, i, j], x[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(1, 2)))
+            np.testing.assert_array_equal(
+                y[:, i, j], x[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max(axis=(1, 2))
+            )
     g = E.grid_pool(rng.standard_normal((1, 13, 13, 2)).astype(np.float32), 2)
     assert g.shape == (1, 8)
     z = np.zeros((1, 13, 13, 1), np.float32)
@@ -153,7 +167,11 @@ def test_maxpool_floor_mode_and_grid_pool():
 PHOTOS = [
     ("photos/coffee.png", {967}, "espresso"),
     ("photos/chelsea.png", {281, 282, 285}, "tabby / tiger cat / Egyptian Mau"),
-    ("photos/motorcycle_left.png", {670, 665}, "motor scooter / moped (no plain motorcycle class)"),
+    (
+        "photos/motorcycle_left.png",
+        {670, 665},
+        "motor scooter / moped (no plain motorcycle class)",
+    ),
     ("photos/grace_hopper.jpg", {652}, "military uniform"),
     ("coco/images/COCO_val2014_000000039769.png", {281, 282, 285}, "two cats on a sofa"),
     ("coco/images/COCO_val2014_000000078707.jpg", {981, 429}, "baseball player"),
@@ -182,10 +200,14 @@ def test_top5_on_real_photographs(shared, i):
 
 def test_espresso_is_confident_and_captions_json_agrees(shared):
     import json
+
     caps = json.loads((shared / "coco/images/captions.json").read_text())
     ids = {im["file_name"]: im["id"] for im in caps["images"]}
-    pizza = " ".join(a["caption"].lower() for a in caps["annotations"]
-                     if a["image_id"] == ids["COCO_val2014_000000207151.jpg"])
+    pizza = " ".join(
+        a["caption"].lower()
+        for a in caps["annotations"]
+        if a["image_id"] == ids["COCO_val2014_000000207151.jpg"]
+    )
     assert "pizza" in pizza  # the label we assert above is what people wrote
     logits, _ = _photo_logits(str(shared))
     (idx, name, prob), *_ = E.top_k(logits[0], 1)[0]
@@ -198,26 +220,32 @@ def test_batch_result_equals_per_image_result(params):
     batch = rng.normal(0, 60, (3, 99, 99, 3)).astype(np.float32)
     lg, ft = E.forward(params, batch)
     for i in range(3):
-        lg1, ft1 = E.forward(params, batch[i:i + 1])
+        lg1, ft1 = E.forward(params, batch[i : i + 1])
         np.testing.assert_allclose(lg[i], lg1[0], rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(ft[i], ft1[0], rtol=1e-4, atol=1e-3)
 
 
 # ---------------------------------------------------------------- layout features
 
+
 def _scene(pos, bg, shape="circle", colour=(220, 30, 30), size=160):
     im = Image.new("RGB", (size, size), bg)
     cx = {"left": 0.25, "right": 0.75}[pos] * size
     r = 0.18 * size
     box = [cx - r, size / 2 - r, cx + r, size / 2 + r]
-    (ImageDraw.Draw(im).ellipse if shape == "circle" else ImageDraw.Draw(im).rectangle)(box, fill=colour)
+    (ImageDraw.Draw(im).ellipse if shape == "circle" else ImageDraw.Draw(im).rectangle)(
+        box, fill=colour
+    )
     return im
 
 
 def test_features_separate_left_from_right(params):
     bgs = [(255, 255, 255), (90, 160, 220)]
     imgs = [_scene(p, bg) for bg in bgs for p in ("left", "right")]
-    imgs += [_scene("left", (250, 250, 245)), _scene("left", (95, 165, 215))]  # near-repeats of the lefts
+    imgs += [
+        _scene("left", (250, 250, 245)),
+        _scene("left", (95, 165, 215)),
+    ]  # near-repeats of the lefts
     _, f = E.encode_images(imgs, params=params)
     f = f / np.linalg.norm(f, axis=1, keepdims=True)
     for k in range(2):
@@ -232,11 +260,14 @@ def test_features_separate_left_from_right(params):
 
 # ---------------------------------------------------------------- preprocessing
 
+
 def _rgb_scene():
     return _scene("left", (40, 200, 90))
 
 
-@pytest.mark.parametrize("mode", ["L", "LA", "P", "PA", "RGBA", "CMYK", "I;16", "I", "F", "1", "YCbCr"])
+@pytest.mark.parametrize(
+    "mode", ["L", "LA", "P", "PA", "RGBA", "CMYK", "I;16", "I", "F", "1", "YCbCr"]
+)
 def test_preprocess_every_mode(mode):
     img = _rgb_scene().convert(mode) if mode not in ("I;16", "I", "F") else None
     if mode == "I;16":
@@ -251,7 +282,9 @@ def test_preprocess_every_mode(mode):
     rgb = (x + E.MEAN_BGR)[:, :, ::-1]
     assert rgb.min() >= -0.01 and rgb.max() <= 255.01
     if mode == "I;16":
-        np.testing.assert_allclose(rgb, 255, atol=0.01)  # full 16-bit scale is white, not clipped junk
+        np.testing.assert_allclose(
+            rgb, 255, atol=0.01
+        )  # full 16-bit scale is white, not clipped junk
     elif mode in ("I", "F"):
         np.testing.assert_allclose(rgb, 128, atol=0.6)
     elif mode in ("L", "LA", "1"):
@@ -279,12 +312,16 @@ def test_preprocess_crops_the_centre_of_the_shorter_side():
     ImageDraw.Draw(img).rectangle([100, 0, 199, 99], fill=(255, 0, 0))
     rgb = (E.preprocess(img) + E.MEAN_BGR)[:, :, ::-1]
     inner = rgb[:, 2:-2]  # the outermost column may blend with its neighbour outside the box
-    assert inner[:, :, 0].min() > 250 and inner[:, :, 2].max() < 5  # only the red middle square remains
+    assert (
+        inner[:, :, 0].min() > 250 and inner[:, :, 2].max() < 5
+    )  # only the red middle square remains
 
 
 def _exif_jpeg(path, orientation):
     img = Image.new("RGB", (40, 20), (255, 0, 0))
-    ImageDraw.Draw(img).rectangle([20, 0, 39, 19], fill=(0, 0, 255))  # left red, right blue as stored
+    ImageDraw.Draw(img).rectangle(
+        [20, 0, 39, 19], fill=(0, 0, 255)
+    )  # left red, right blue as stored
     exif = Image.Exif()
     exif[0x0112] = orientation
     img.save(path, exif=exif, quality=95)
@@ -304,11 +341,19 @@ def test_exif_orientation_is_applied(tmp_path):
 
 # ---------------------------------------------------------------- bad pictures
 
+
 def _png_header(w, h):
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _bad_files(tmp_path):
@@ -354,8 +399,10 @@ def test_unreadable_file(tmp_path, monkeypatch):
     _rgb_scene().save(p)
     p.chmod(0)
     if os.access(p, os.R_OK):  # root reads anything: make open() fail as it would for a user
+
         def denied(*a, **k):
             raise PermissionError(13, "Permission denied")
+
         monkeypatch.setattr(E, "open", denied, raising=False)
     with pytest.raises(CaptionerError, match="secret.png: cannot read .*permissions"):
         E.open_image(p)
@@ -382,6 +429,7 @@ def test_encode_files_skips_bad_files_and_keeps_order(tmp_path, params):
 
 
 # ---------------------------------------------------------------- labels
+
 
 def test_class_names_and_top_k():
     names = E.class_names()

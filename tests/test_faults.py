@@ -6,6 +6,7 @@ never interrupted.
 The straight (never interrupted) run is the reference for every resumed one: its
 parameters depend only on the settings, not on how often or whether the run stopped.
 """
+
 import errno
 import json
 import os
@@ -27,20 +28,39 @@ from fixtures import build_dataset
 CLI = [sys.executable, "-c", "from captioner.cli import main; main()"]
 ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 # 600 captions in batches of 10: 60 steps an epoch, a few ms each.
-TRAIN = ["--hidden-dim", "16", "--wordvec-dim", "8", "--batch-size", "10", "--val-size", "20",
-         "--lr", "5e-3", "--seed", "3", "--quiet"]
+TRAIN = [
+    "--hidden-dim",
+    "16",
+    "--wordvec-dim",
+    "8",
+    "--batch-size",
+    "10",
+    "--val-size",
+    "20",
+    "--lr",
+    "5e-3",
+    "--seed",
+    "3",
+    "--quiet",
+]
 EPOCHS = 3
 
 
 def start(*args):
     """A `captioner` process; stdout and stderr to pipes (read them after it exits)."""
-    return subprocess.Popen(CLI + [str(a) for a in args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        CLI + [str(a) for a in args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def captioner(*args, timeout=120):
-    return subprocess.run(CLI + [str(a) for a in args], env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        CLI + [str(a) for a in args], env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def wait_for(condition, proc=None, timeout=60):
@@ -106,8 +126,17 @@ def no_traceback(*texts):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return str(build_dataset(tmp_path_factory.mktemp("coco"), n_train_images=120, captions_per_image=5,
-                             n_val_images=10, feature_dim=16, vocab_size=40, seed=5))
+    return str(
+        build_dataset(
+            tmp_path_factory.mktemp("coco"),
+            n_train_images=120,
+            captions_per_image=5,
+            n_val_images=10,
+            feature_dim=16,
+            vocab_size=40,
+            seed=5,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +151,18 @@ def straight(dataset, tmp_path_factory):
 def kill_cycle(dataset, run, how, rng):
     """Start or resume the run, kill -9 it at a moment chosen by `how`. -> True if it was killed."""
     resume = os.path.exists(os.path.join(run, "last.npz"))
-    args = ["--resume", run] if resume else ["--data", dataset, *TRAIN, "--epochs", EPOCHS, "--out", run]
+    args = (
+        ["--resume", run]
+        if resume
+        else ["--data", dataset, *TRAIN, "--epochs", EPOCHS, "--out", run]
+    )
     proc = start("train", *args, "--save-every", 1)
     try:
         if how == "startup":
             pass  # at once: imports, loading the data
-        elif how == "mid-write":  # while a new checkpoint temp file exists (old ones: earlier kills)
+        elif (
+            how == "mid-write"
+        ):  # while a new checkpoint temp file exists (old ones: earlier kills)
             stale = temp_files(run)
             wait_for(lambda: temp_files(run) - stale, proc)
         else:  # after a random number of further steps
@@ -147,11 +182,16 @@ def finish(run, reference):
     r = captioner("train", "--resume", run)
     assert r.returncode == 0, r.stderr
     assert_same_params(os.path.join(run, "last.npz"), reference)
-    assert not [n for n in os.listdir(run) if n.startswith(".tmp-")]  # killed writers' temp files gone
-    assert json.loads(open(os.path.join(run, "history.json")).read())["epochs"][-1]["epoch"] == EPOCHS
+    assert not [
+        n for n in os.listdir(run) if n.startswith(".tmp-")
+    ]  # killed writers' temp files gone
+    assert (
+        json.loads(open(os.path.join(run, "history.json")).read())["epochs"][-1]["epoch"] == EPOCHS
+    )
 
 
 # ---------------------------------------------------------------- kill -9
+
 
 def test_kill_9_three_times_then_resume_is_exact(dataset, straight, tmp_path):
     run = str(tmp_path / "run")
@@ -183,12 +223,15 @@ def test_kill_9_fifty_times_at_random_moments(dataset, straight, tmp_path):
 
 # ---------------------------------------------------------------- SIGINT / SIGTERM
 
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_and_resume_is_exact(dataset, straight, tmp_path, signum):
     """The signal waits for the step to finish (so the saved model is not half-updated),
     saves last.npz, exits 128 + signum; resuming ends where a straight run ends."""
     run = str(tmp_path / "run")
-    proc = start("train", "--data", dataset, *TRAIN, "--epochs", EPOCHS, "--out", run, "--save-every", 0)
+    proc = start(
+        "train", "--data", dataset, *TRAIN, "--epochs", EPOCHS, "--out", run, "--save-every", 0
+    )
     try:
         while "epoch 1/" not in proc.stdout.readline():  # now inside epoch 2
             assert proc.poll() is None, proc.stderr.read()
@@ -208,7 +251,9 @@ def test_signal_saves_and_resume_is_exact(dataset, straight, tmp_path, signum):
 
 def test_second_signal_stops_at_once_without_damage(dataset, tmp_path):
     run = str(tmp_path / "run")
-    proc = start("train", "--data", dataset, *TRAIN, "--epochs", 50, "--out", run, "--save-every", 1)
+    proc = start(
+        "train", "--data", dataset, *TRAIN, "--epochs", 50, "--out", run, "--save-every", 1
+    )
     try:
         wait_for(lambda: saved_step(run) >= 5, proc)
         proc.send_signal(signal.SIGINT)
@@ -224,6 +269,7 @@ def test_second_signal_stops_at_once_without_damage(dataset, tmp_path):
 
 # ---------------------------------------------------------------- exact resume
 
+
 def test_stop_after_one_epoch_then_resume_is_exact(dataset, straight, tmp_path):
     run = str(tmp_path / "run")
     r = captioner("train", "--data", dataset, *TRAIN, "--epochs", 1, "--out", run)
@@ -236,27 +282,38 @@ def test_stop_after_one_epoch_then_resume_is_exact(dataset, straight, tmp_path):
 
 # ---------------------------------------------------------------- disk full
 
+
 def _mount_tmpfs(path, size):
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
     path.mkdir()
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def test_disk_full_on_tmpfs_keeps_last_checkpoint(dataset, straight, tmp_path):
     disk = tmp_path / "disk"
     if not _mount_tmpfs(disk, "200k"):
-        pytest.skip("cannot mount a tmpfs here (needs root); the in-process variant below still runs")
+        pytest.skip(
+            "cannot mount a tmpfs here (needs root); the in-process variant below still runs"
+        )
     try:
         run = disk / "run"
         # Leave room for about two checkpoints: the end-of-epoch `best` plus a new `last` overflow it.
         (disk / "filler").write_bytes(b"\0" * 60_000)
-        r = captioner("train", "--data", dataset, *TRAIN, "--epochs", EPOCHS, "--out", run, "--save-every", 1)
+        r = captioner(
+            "train", "--data", dataset, *TRAIN, "--epochs", EPOCHS, "--out", run, "--save-every", 1
+        )
         assert r.returncode == 2, r.stdout + r.stderr
         errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(errors) == 1 and errors[0].startswith("captioner: error: ")
-        assert "No space left on device" in errors[0] and (".npz" in errors[0] or "history.json" in errors[0])
+        assert "No space left on device" in errors[0] and (
+            ".npz" in errors[0] or "history.json" in errors[0]
+        )
         no_traceback(r.stdout, r.stderr)
         state = assert_loadable(run)
         assert state["step"] > 0
@@ -282,11 +339,15 @@ def test_disk_full_injected_at_write(dataset, tmp_path, monkeypatch):
         real_savez(f, **arrays)
 
     monkeypatch.setattr(np, "savez", savez)
-    result = CliRunner().invoke(cli, ["train", "--data", dataset, *TRAIN, "--epochs", 1, "--out", str(run),
-                                      "--save-every", 10])
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--data", dataset, *TRAIN, "--epochs", 1, "--out", str(run), "--save-every", 10],
+    )
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
-    assert f"captioner: error: {run / 'last.npz'}: could not write checkpoint (No space left on device)" \
+    assert (
+        f"captioner: error: {run / 'last.npz'}: could not write checkpoint (No space left on device)"
         in result.output
+    )
     state = assert_loadable(str(run))
     assert state["step"] == 40  # the 4th save survived
     assert sorted(os.listdir(run)) == ["history.json", "last.npz", "train.lock"]
@@ -294,18 +355,26 @@ def test_disk_full_injected_at_write(dataset, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- two writers
 
+
 def test_second_writer_refused_and_first_unharmed(dataset, straight, tmp_path):
     run = str(tmp_path / "run")
-    first = start("train", "--data", dataset, *TRAIN, "--epochs", EPOCHS, "--out", run, "--save-every", 0)
+    first = start(
+        "train", "--data", dataset, *TRAIN, "--epochs", EPOCHS, "--out", run, "--save-every", 0
+    )
     try:
         assert wait_for(lambda: saved_step(run) >= 1, first)
         first.send_signal(signal.SIGSTOP)  # hold it mid-run (lock held) while the others try
-        for args in (["--data", dataset, *TRAIN, "--epochs", EPOCHS, "--out", run], ["--resume", run]):
+        for args in (
+            ["--data", dataset, *TRAIN, "--epochs", EPOCHS, "--out", run],
+            ["--resume", run],
+        ):
             r = captioner("train", *args)
             assert r.returncode == 2, r.stderr
             errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
-            assert errors == [f"captioner: error: {run}: another `captioner train` is writing to this run "
-                              "directory; wait for it to finish or choose another --out"]
+            assert errors == [
+                f"captioner: error: {run}: another `captioner train` is writing to this run "
+                "directory; wait for it to finish or choose another --out"
+            ]
         assert first.poll() is None
         first.send_signal(signal.SIGCONT)
         first.wait(timeout=120)
@@ -321,9 +390,11 @@ def test_second_writer_refused_and_first_unharmed(dataset, straight, tmp_path):
 
 # ---------------------------------------------------------------- prepare
 
+
 def _dataset_files(folder):
     """Every file's content; HDF5 files as their arrays (the container bytes may differ)."""
     import h5py
+
     out = {}
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
@@ -351,14 +422,28 @@ def _assert_same_dataset(a, b):
 def _prepare_kills(tmp_path, n_images, kills, rng):
     images = tmp_path / "images"
     annotations = demo.write_demo_images(images, n_images, seed=4)
-    args = ["prepare", "--images", images, "--captions", annotations, "--min-count", 1,
-            "--batch-size", 8, "--val-fraction", 0.2]
+    args = [
+        "prepare",
+        "--images",
+        images,
+        "--captions",
+        annotations,
+        "--min-count",
+        1,
+        "--batch-size",
+        8,
+        "--val-fraction",
+        0.2,
+    ]
     r = captioner(*args, "--out", tmp_path / "once")
     assert r.returncode == 0, r.stderr
     out = tmp_path / "interrupted"
     work = out / ".prepare"
-    chunks = lambda: len([n for n in os.listdir(work) if n.startswith("chunk_") and n.endswith(".npz")]) \
-        if work.is_dir() else 0  # noqa: E731
+    chunks = lambda: (
+        len([n for n in os.listdir(work) if n.startswith("chunk_") and n.endswith(".npz")])
+        if work.is_dir()
+        else 0
+    )  # noqa: E731
     n_chunks = -(-n_images // 8) + 1
     for _ in range(kills):
         target = min(chunks() + rng.randint(1, 3), n_chunks - 1)

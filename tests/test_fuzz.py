@@ -4,6 +4,7 @@ OSError, a numpy or h5py error, RecursionError, ...) would reach the user as a t
 
 Example counts are modest here; `pytest -m slow` runs the same properties with many more.
 """
+
 import io
 import json
 import shutil
@@ -38,21 +39,43 @@ def loads_or_refuses(load, *args):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzzbase")
-    data = build_dataset(root / "data", n_train_images=5, captions_per_image=2, n_val_images=3, feature_dim=6,
-                         vocab_size=40, seed=2)
+    data = build_dataset(
+        root / "data",
+        n_train_images=5,
+        captions_per_image=2,
+        n_val_images=3,
+        feature_dim=6,
+        vocab_size=40,
+        seed=2,
+    )
     d = load_coco_data(data)
-    model = CaptioningRNN(d["word_to_idx"], input_dim=6, wordvec_dim=4, hidden_dim=4, cell_type="lstm", seed=0)
+    model = CaptioningRNN(
+        d["word_to_idx"], input_dim=6, wordvec_dim=4, hidden_dim=4, cell_type="lstm", seed=0
+    )
     (root / "run").mkdir()
-    training.train(d, model, str(root / "run"), progress=False, log=lambda *_: None, epochs=1, batch_size=4,
-                   val_size=2, data_dir=str(data))
+    training.train(
+        d,
+        model,
+        str(root / "run"),
+        progress=False,
+        log=lambda *_: None,
+        epochs=1,
+        batch_size=4,
+        val_size=2,
+        data_dir=str(data),
+    )
     return root
 
 
 # ---------------------------------------------------------------- strategies
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=20)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 DTYPES = st.sampled_from(["i1", "i4", "i8", "u2", "f2", "f4", "f8", "b1", "S3", "c8"])
 SHAPES = st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple)
 
@@ -79,19 +102,30 @@ def h5_bytes(tree):
     return buf.getvalue()
 
 
-CAPTION_NAMES = st.sampled_from(["train_captions", "train_image_idxs", "val_captions", "val_image_idxs", "x"])
-H5_TREES = st.dictionaries(st.one_of(CAPTION_NAMES, st.just("features")),
-                           st.one_of(arrays(), st.dictionaries(st.just("features"), arrays(), max_size=1)),
-                           max_size=5)
+CAPTION_NAMES = st.sampled_from(
+    ["train_captions", "train_image_idxs", "val_captions", "val_image_idxs", "x"]
+)
+H5_TREES = st.dictionaries(
+    st.one_of(CAPTION_NAMES, st.just("features")),
+    st.one_of(arrays(), st.dictionaries(st.just("features"), arrays(), max_size=1)),
+    max_size=5,
+)
 # Near-valid captions: the right names and dtypes, random ids and shapes
-NEAR_CAPTIONS = st.fixed_dictionaries({
-    "train_captions": arrays(st.just("i4"), st.tuples(st.integers(0, 12), st.integers(0, 18))),
-    "train_image_idxs": arrays(st.just("i4"), st.tuples(st.integers(0, 12))),
-    "val_captions": arrays(st.just("i4"), st.tuples(st.integers(0, 8), st.just(17))),
-    "val_image_idxs": arrays(st.just("i8"), st.tuples(st.integers(0, 8))),
-})
-NEAR_FEATURES = st.fixed_dictionaries({"features": arrays(st.sampled_from(["f4", "f8", "f2"]),
-                                                          st.tuples(st.integers(0, 6), st.integers(0, 7)))})
+NEAR_CAPTIONS = st.fixed_dictionaries(
+    {
+        "train_captions": arrays(st.just("i4"), st.tuples(st.integers(0, 12), st.integers(0, 18))),
+        "train_image_idxs": arrays(st.just("i4"), st.tuples(st.integers(0, 12))),
+        "val_captions": arrays(st.just("i4"), st.tuples(st.integers(0, 8), st.just(17))),
+        "val_image_idxs": arrays(st.just("i8"), st.tuples(st.integers(0, 8))),
+    }
+)
+NEAR_FEATURES = st.fixed_dictionaries(
+    {
+        "features": arrays(
+            st.sampled_from(["f4", "f8", "f2"]), st.tuples(st.integers(0, 6), st.integers(0, 7))
+        )
+    }
+)
 
 
 def mutate(data, draw):
@@ -99,20 +133,25 @@ def mutate(data, draw):
     b = bytearray(data)
     how = draw(st.sampled_from(["truncate", "flip", "splice"]))
     if how == "truncate":
-        return bytes(b[:draw(st.integers(0, len(b)))])
+        return bytes(b[: draw(st.integers(0, len(b)))])
     for _ in range(draw(st.integers(1, 8))):
         i = draw(st.integers(0, len(b) - 1))
         if how == "flip":
             b[i] ^= draw(st.integers(1, 255))
         else:
-            b[i:i + 4] = draw(st.binary(min_size=0, max_size=8))
+            b[i : i + 4] = draw(st.binary(min_size=0, max_size=8))
     return bytes(b)
 
 
 # ---------------------------------------------------------------- dataset loader
 
-DATA_FILES = ["coco2014_captions.h5", "coco2014_vocab.json", "train2014_vgg16_fc7_pca.h5",
-              "val2014_vgg16_fc7_pca.h5", "val2014_urls.txt"]
+DATA_FILES = [
+    "coco2014_captions.h5",
+    "coco2014_vocab.json",
+    "train2014_vgg16_fc7_pca.h5",
+    "val2014_vgg16_fc7_pca.h5",
+    "val2014_urls.txt",
+]
 
 
 def _load_dataset_with(base, tmp_path_factory, name, content):
@@ -146,11 +185,16 @@ def _dataset_property(base, tmp_path_factory, data):
 
 
 def _near_vocab(data):
-    words = data.draw(st.lists(st.sampled_from(["<NULL>", "<START>", "<END>", "<UNK>", "a", "b", "c"]),
-                               max_size=8))
+    words = data.draw(
+        st.lists(
+            st.sampled_from(["<NULL>", "<START>", "<END>", "<UNK>", "a", "b", "c"]), max_size=8
+        )
+    )
     w2i = {w: i for i, w in enumerate(words)}
     if data.draw(st.booleans()):
-        w2i = data.draw(st.dictionaries(st.sampled_from(words or ["a"]), st.integers(-2, 10) | JSON))
+        w2i = data.draw(
+            st.dictionaries(st.sampled_from(words or ["a"]), st.integers(-2, 10) | JSON)
+        )
     return {"idx_to_word": words, "word_to_idx": w2i}
 
 
@@ -177,8 +221,19 @@ def test_vocab_loader_structures(tmp_path_factory, data):
 
 # ---------------------------------------------------------------- checkpoint loader
 
-KEYS = st.sampled_from(["meta", "param/W_embed", "param/W_proj", "param/b", "param/Wh", "optim/Wh/m",
-                        "history/loss", "param/x/y", "junk"])
+KEYS = st.sampled_from(
+    [
+        "meta",
+        "param/W_embed",
+        "param/W_proj",
+        "param/b",
+        "param/Wh",
+        "optim/Wh/m",
+        "history/loss",
+        "param/x/y",
+        "junk",
+    ]
+)
 
 
 def _ckpt_property(base, tmp_path_factory, data):
@@ -231,7 +286,9 @@ def test_checkpoint_loader_many(base, tmp_path_factory, data):
 def test_array_header_claiming_terabytes(tmp_path):
     """An .npy header may claim any shape: refused cleanly, not a MemoryError traceback."""
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)}
+    )
     path = tmp_path / "c.npz"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("meta.npy", header.getvalue() + b"\0" * 100)
@@ -241,8 +298,9 @@ def test_array_header_claiming_terabytes(tmp_path):
 
 # ---------------------------------------------------------------- results / annotations
 
-ENTRY = st.fixed_dictionaries({}, optional={"image_id": st.integers(-2, 5) | JSON,
-                                           "caption": st.text(max_size=6) | JSON})
+ENTRY = st.fixed_dictionaries(
+    {}, optional={"image_id": st.integers(-2, 5) | JSON, "caption": st.text(max_size=6) | JSON}
+)
 
 
 def _json_property(tmp_path_factory, data):
@@ -257,7 +315,9 @@ def _json_property(tmp_path_factory, data):
     else:
         path.write_text(json.dumps({"annotations": data.draw(st.lists(ENTRY | JSON, max_size=5))}))
     refs = loads_or_refuses(metrics.load_annotations, str(path))
-    loads_or_refuses(metrics.load_results, str(path), data.draw(st.none() | st.just({1: [], 2: []})))
+    loads_or_refuses(
+        metrics.load_results, str(path), data.draw(st.none() | st.just({1: [], 2: []}))
+    )
     if refs is not None:
         assert all(isinstance(c, str) and c.strip() for caps in refs.values() for c in caps)
 

@@ -1,4 +1,5 @@
 """From picture files to captions through the CLI: prepare, train, sample, encode, demo."""
+
 import os
 
 import numpy as np
@@ -26,12 +27,37 @@ def trained(tmp_path_factory):
     """A tiny model trained on 40 rendered scenes prepared by `captioner prepare`."""
     root = tmp_path_factory.mktemp("pictures")
     annotations = demo.write_demo_images(root / "images", 40, seed=3)
-    result = run("prepare", "--images", root / "images", "--captions", annotations,
-                 "--out", root / "data", "--min-count", 1, "--val-fraction", 0.2)
+    result = run(
+        "prepare",
+        "--images",
+        root / "images",
+        "--captions",
+        annotations,
+        "--out",
+        root / "data",
+        "--min-count",
+        1,
+        "--val-fraction",
+        0.2,
+    )
     assert result.exit_code == 0, result.output
     assert "train: 32 images, 160 captions" in result.output
-    result = run("train", "--data", root / "data", "--epochs", 2, "--hidden-dim", 32,
-                 "--wordvec-dim", 16, "--batch-size", 40, "--quiet", "--out", root / "run")
+    result = run(
+        "train",
+        "--data",
+        root / "data",
+        "--epochs",
+        2,
+        "--hidden-dim",
+        32,
+        "--wordvec-dim",
+        16,
+        "--batch-size",
+        40,
+        "--quiet",
+        "--out",
+        root / "run",
+    )
     assert result.exit_code == 0, result.output
     return root
 
@@ -47,36 +73,81 @@ def test_sample_pictures_good_and_bad(trained, tmp_path):
     empty.write_bytes(b"")
     folder = tmp_path / "folder"
     folder.mkdir()
-    result = run("sample", good, text, truncated, empty, folder, tmp_path / "missing.jpg",
-                 "--checkpoint", trained / "run" / "best.npz", "--n-best", 2, "--beam-size", 3)
+    result = run(
+        "sample",
+        good,
+        text,
+        truncated,
+        empty,
+        folder,
+        tmp_path / "missing.jpg",
+        "--checkpoint",
+        trained / "run" / "best.npz",
+        "--n-best",
+        2,
+        "--beam-size",
+        3,
+    )
     assert result.exit_code == 1
     out = result.output.splitlines()
     # The good picture is still captioned: its name, then two beams with log-probabilities.
     i = out.index(str(good))
-    assert all("log p" in line for line in out[i + 1:i + 3])
+    assert all("log p" in line for line in out[i + 1 : i + 3])
     for bad in (text, truncated, empty, folder, tmp_path / "missing.jpg"):
-        assert sum(line.startswith(f"captioner: error: {bad}") for line in out) == 1, (bad, result.output)
+        assert sum(line.startswith(f"captioner: error: {bad}") for line in out) == 1, (
+            bad,
+            result.output,
+        )
 
 
 def test_sample_temperature_gives_captions(trained):
     picture = trained / "images" / "demo_000000000002.jpg"
-    result = run("sample", picture, "--checkpoint", trained / "run" / "best.npz",
-                 "--temperature", 1.5, "--n-best", 3, "--seed", 0)
+    result = run(
+        "sample",
+        picture,
+        "--checkpoint",
+        trained / "run" / "best.npz",
+        "--temperature",
+        1.5,
+        "--n-best",
+        3,
+        "--seed",
+        0,
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == str(picture) and len(lines) == 4 and all(ln.startswith("  ") for ln in lines[1:])
+    assert (
+        lines[0] == str(picture)
+        and len(lines) == 4
+        and all(ln.startswith("  ") for ln in lines[1:])
+    )
 
 
 def test_sample_refuses_features_a_picture_cannot_give(tmp_path):
     data = build_dataset(tmp_path / "coco", n_train_images=20, n_val_images=5, feature_dim=16)
-    result = run("train", "--data", data, "--epochs", 1, "--hidden-dim", 8, "--wordvec-dim", 8,
-                 "--quiet", "--out", tmp_path / "run")
+    result = run(
+        "train",
+        "--data",
+        data,
+        "--epochs",
+        1,
+        "--hidden-dim",
+        8,
+        "--wordvec-dim",
+        8,
+        "--quiet",
+        "--out",
+        tmp_path / "run",
+    )
     assert result.exit_code == 0, result.output
     picture = tmp_path / "p.png"
     demo.render_scene(demo.random_scene(np.random.default_rng(0))).save(picture)
     result = run("sample", picture, "--checkpoint", tmp_path / "run" / "best.npz")
     assert result.exit_code == 2
-    assert "cannot be computed from a picture" in result.output and "captioner prepare" in result.output
+    assert (
+        "cannot be computed from a picture" in result.output
+        and "captioner prepare" in result.output
+    )
 
 
 def test_encode_prints_top_classes(shared):
@@ -88,8 +159,9 @@ def test_encode_prints_top_classes(shared):
 
 def test_demo_pipeline_small(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = run("demo", "--out", tmp_path / "demo", "--train-images", 40, "--val-images", 8,
-                 "--epochs", 2)
+    result = run(
+        "demo", "--out", tmp_path / "demo", "--train-images", 40, "--val-images", 8, "--epochs", 2
+    )
     # Two epochs on 40 scenes are not expected to ground the captions; the pipeline must run.
     assert result.exit_code in (0, 1), result.output
     assert "[5/5]" in result.output and "generated:" in result.output
@@ -101,8 +173,9 @@ def test_demo_pipeline_small(tmp_path, monkeypatch):
     assert f"      open {page} in a browser" in result.output.splitlines()
     assert 'id="gallery"' in (tmp_path / page).read_text()
     # A second run reuses the prepared scenes.
-    again = run("demo", "--out", tmp_path / "demo", "--train-images", 40, "--val-images", 8,
-                "--epochs", 1)
+    again = run(
+        "demo", "--out", tmp_path / "demo", "--train-images", 40, "--val-images", 8, "--epochs", 1
+    )
     assert "using the scenes already prepared" in again.output
     # The demo's model captions a photograph only after saying, once, what it was trained on.
     photos = [tmp_path / "demo" / "new_picture.jpg", tmp_path / "demo" / "new_picture.jpg"]
@@ -120,10 +193,17 @@ def test_no_demo_note_for_other_models(trained):
 
 # ---------------------------------------------------------------- captioner.pictures (library)
 
+
 def test_caption_images_good_pictures_and_a_bad_one(shared, tmp_path):
     idx_to_word = load_vocab(shared / "coco" / "coco2014_vocab.json")[1]
-    model = CaptioningRNN({w: i for i, w in enumerate(idx_to_word)}, input_dim=E.FEATURE_DIM,
-                          wordvec_dim=16, hidden_dim=32, cell_type="lstm", seed=0)
+    model = CaptioningRNN(
+        {w: i for i, w in enumerate(idx_to_word)},
+        input_dim=E.FEATURE_DIM,
+        wordvec_dim=16,
+        hidden_dim=32,
+        cell_type="lstm",
+        seed=0,
+    )
     bad = tmp_path / "notes.jpg"
     bad.write_text("shopping list: milk, eggs")
     pics = sorted((shared / "coco" / "images").glob("*.jpg"))[:3]
@@ -137,8 +217,9 @@ def test_caption_images_good_pictures_and_a_bad_one(shared, tmp_path):
         for text, logprob in caps:
             words = text.split()
             assert 1 <= len(words) <= 5 and set(words) <= set(idx_to_word[4:]) and logprob < 0
-    small = CaptioningRNN({w: i for i, w in enumerate(idx_to_word)}, input_dim=512,
-                          wordvec_dim=8, hidden_dim=8)
+    small = CaptioningRNN(
+        {w: i for i, w in enumerate(idx_to_word)}, input_dim=512, wordvec_dim=8, hidden_dim=8
+    )
     with pytest.raises(CaptionerError, match="takes 512-d features"):
         caption_images(small, paths)
     # temperature sampling: n_best draws each, no log-probabilities, reproducible by seed
