@@ -10,7 +10,7 @@ import os
 import shutil
 import stat
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from .errors import CaptionerError
 
@@ -46,10 +46,8 @@ def atomic_path(path, what="file"):
             f"another location; the previous {what} is untouched") from None
     finally:
         if tmp is not None:
-            try:
+            with suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def write_bytes(path, write, what="file"):

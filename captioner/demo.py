@@ -7,10 +7,10 @@ A scene is a plain dict, so it can be saved beside the pictures and read back by
      "objects": [{"shape": "circle", "colour": "red", "size": "large", "cell": [row, col],
                   "cx": 0.5, "cy": 0.25, "radius": 0.09, "angle": 7.0}, ...]}
 
-Every caption word is determined by the pixels: colour, shape, size, count and a 3x3 grid position.
-Objects sit in distinct cells of a 3x3 grid whose centres are at 25%, 50% and 75% of the side; no
-object comes closer than 11% of the side (25 px at 224) to the border, so a 256->224 style centre crop
-(which cuts 6.25% per side) never cuts an object, and neighbours never touch.
+Every caption word is determined by the pixels: colour, shape, size, count and a 3x3 grid
+position. Objects sit in distinct cells of a 3x3 grid whose centres are at 25%, 50% and 75% of the
+side; no object comes closer than 11% of the side (25 px at 224) to the border, so a 256->224 style
+centre crop (which cuts 6.25% per side) never cuts an object, and neighbours never touch.
 """
 
 import json
@@ -22,9 +22,9 @@ from PIL import Image, ImageDraw
 from captioner import atomic
 from captioner.errors import CaptionerError
 
-# Far apart in the encoder's feature space, not just in hue: a linear probe on our SqueezeNet features
-# (600 one-object scenes) confused orange with yellow and purple with blue/red, 76% held-out colour
-# accuracy; with white and black in their place it got 98%.
+# Far apart in the encoder's feature space, not just in hue: a linear probe on our SqueezeNet
+# features (600 one-object scenes) confused orange with yellow and purple with blue/red, 76%
+# held-out colour accuracy; with white and black in their place it got 98%.
 COLOURS = {
     "red": (220, 25, 30),
     "yellow": (250, 220, 10),
@@ -50,7 +50,8 @@ MAX_WORDS = 15  # the CS231n layout: 15 words + <START> + <END>
 # that a model trained on it knows only rendered shapes, not photographs.
 DEMO_SOURCE = "captioner demo: rendered coloured shapes on plain backgrounds"
 
-# Position phrases for grid cells (row, col); "at the top left" etc. keeps the position words stable.
+# Position phrases for grid cells (row, col); "at the top left" etc. keeps the position words
+# stable.
 _PLACE = {
     (0, 0): "at the top left",
     (0, 1): "at the top",
@@ -177,11 +178,13 @@ def _polygon(shape, cx, cy, r, angle):
 
 
 def render_scene(scene, size=224):
-    """Draw a scene spec as a size x size RGB PIL image; shapes are anti-aliased by 4x supersampling."""
+    """Draw a scene spec as a size x size RGB PIL image; shapes are anti-aliased by 4x
+    supersampling."""
     ss = 4
     img = _background(scene["background"], size)
     for o in scene["objects"]:
-        # Draw each object's coverage mask in its own small patch: far cheaper than a full-size canvas.
+        # Draw each object's coverage mask in its own small patch: far cheaper than a full-size
+        # canvas.
         cx, cy, r = o["cx"] * size, o["cy"] * size, o["radius"] * size
         reach = REACH * r + 2
         x0, y0 = max(int(cx - reach), 0), max(int(cy - reach), 0)
@@ -215,7 +218,8 @@ def _place(o):
 
 
 def _templates(objs):
-    """Caption makers for a scene, each rng -> str; colour+shape always adjacent so the key bigram is stable."""
+    """Caption makers for a scene, each rng -> str; colour+shape always adjacent so the key
+    bigram is stable."""
     if len(objs) == 1:
         (o,) = objs
         p = _place(o)
@@ -226,7 +230,7 @@ def _templates(objs):
             lambda g: f"{_np(o, g)} {p} of the picture",
             lambda g: f"a picture of {_np(o, g, size=True)}",
             lambda g: f"there is {_np(o, g, size=True)} {p}",
-            lambda g: f"the {o['colour']} {o['shape']} is {p}",
+            lambda _g: f"the {o['colour']} {o['shape']} is {p}",
             lambda g: f"one {g.choice(SIZE_WORDS[o['size']])} {o['colour']} {o['shape']} {p}",
         ]
     if len(objs) == 2:
@@ -251,18 +255,21 @@ def _templates(objs):
 
 
 def scene_captions(scene, rng, n=5):
-    """n lowercase captions (at most MAX_WORDS space-separated tokens each) for a scene, from distinct templates."""
+    """n lowercase captions (at most MAX_WORDS space-separated tokens each) for a scene, from
+    distinct templates."""
     makers = _templates(scene["objects"])
     order = rng.permutation(len(makers))
     return [makers[order[i % len(makers)]](rng) for i in range(n)]
 
 
 def write_demo_images(out_dir, n_images, seed=0, start_id=1, captions_per_image=5):
-    """Render n_images scenes as JPEGs into out_dir plus a COCO-format captions.json; return its path.
+    """Render n_images scenes as JPEGs into out_dir plus a COCO-format captions.json; return its
+    path.
 
-    Image k has id start_id + k and depends only on (seed, id), so a prefix of a larger set is the same
-    pictures and the same seed rewrites identical files. Each `images` entry also carries its scene
-    spec, which COCO readers ignore. Annotation ids are unique across calls with disjoint image ids.
+    Image k has id start_id + k and depends only on (seed, id), so a prefix of a larger set is the
+    same pictures and the same seed rewrites identical files. Each `images` entry also carries its
+    scene spec, which COCO readers ignore. Annotation ids are unique across calls with disjoint
+    image ids.
     """
     if n_images < 1 or start_id < 1:
         raise CaptionerError(
@@ -391,8 +398,8 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, lo
     blind = dict(data, val_features=np.broadcast_to(mean, data["val_features"].shape))
     blind_scores, _, _ = evaluate_model(model, blind, "val", meteor=False)
     log(
-        f"      held-out scenes ({len(data['val_features'])} images):  BLEU-4 {scores['Bleu_4']:.3f}  "
-        f"CIDEr-D {scores['CIDEr']:.3f}"
+        f"      held-out scenes ({len(data['val_features'])} images):  "
+        f"BLEU-4 {scores['Bleu_4']:.3f}  CIDEr-D {scores['CIDEr']:.3f}"
     )
     log(
         f"      same model, every image replaced by the mean feature:  BLEU-4 "
@@ -421,7 +428,8 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, lo
     }
     log(
         f"grounding: CIDEr-D {ratio:.1f}x the mean-feature baseline "
-        f"({'PASS' if summary['grounded'] else 'FAIL'}, needs >= 2x); {summary['seconds']:.0f} s in all"
+        f"({'PASS' if summary['grounded'] else 'FAIL'}, needs >= 2x); "
+        f"{summary['seconds']:.0f} s in all"
     )
     from .report import write_report
 

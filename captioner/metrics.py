@@ -1,4 +1,5 @@
-"""COCO caption metrics: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, as the coco-caption toolkit computes them.
+"""COCO caption metrics: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, as the coco-caption toolkit computes
+them.
 
 The numbers must be comparable with published ones, so every quirk of pycocoevalcap 1.2 is kept on
 purpose (they are pointed out where they happen). Only METEOR needs Java: it is run through the
@@ -6,7 +7,7 @@ toolkit's own jar when pycocoevalcap and a `java` are installed, and skipped wit
 
     refs = load_annotations("captions_val2014.json")         # {image_id: [caption, ...]}
     res = load_results("results.json", known_ids=refs)       # {image_id: caption}
-    scores, notes = score(refs, res)                         # {"Bleu_1": .., "CIDEr": ..}, ["METEOR skipped: .."]
+    scores, notes = score(refs, res)  # {"Bleu_1": .., "CIDEr": ..}, ["METEOR skipped: .."]
 """
 
 import functools
@@ -23,8 +24,9 @@ from captioner import limits
 from captioner.errors import CaptionerError
 
 # ---------------------------------------------------------------------------------------------
-# Tokeniser: a Python rendering of the Stanford PTBTokenizer (CoreNLP 3.4.1) that the toolkit runs
-# as `java ... PTBTokenizer -preserveLines -lowerCase`, followed by the toolkit's punctuation filter.
+# Tokeniser: a Python rendering of the Stanford PTBTokenizer (CoreNLP 3.4.1) that the toolkit
+# runs as `java ... PTBTokenizer -preserveLines -lowerCase`, followed by the toolkit's punctuation
+# filter.
 # The Java lexer is a JFlex scanner: at each position the rule matching the LONGEST text wins
 # (trailing context counts towards the length), ties go to the rule listed first. _RULES keeps
 # that order; only the rules that can fire on English captions are rendered.
@@ -66,7 +68,8 @@ _ACRO = r"[A-Za-z](?:\.[A-Za-z])+"
 _REDAUX = rf"{_APOS}(?:[msdMSD]|(?i:re|ve|ll))"
 _HYPHEN = r"[-_\u058A\u2010\u2011]"
 _THING_PART = rf"(?:[dDoOlL]{_APOSX}{_AN})?(?:{_AN}+|[-+]?(?:{_NUM}))"
-# abbreviations that keep their period; JFlex is caseless except inside [..], so 'Mass' needs the capital
+# abbreviations that keep their period; JFlex is caseless except inside [..], so 'Mass' needs the
+# capital
 _ABBREV1 = (
     r"(?:(?i:jan|feb|mar|apr|jun|jul|aug|sept?|oct|nov|dec|mon|tues?|wed|thu(?:rs)?|fri"
     r"|ala|ariz|calif|colo|conn|ct|dak|fla|ga|ind|kans?|ky|md|mich|minn|mo|mont|neb|nev"
@@ -146,10 +149,10 @@ def _same(text):
 
 
 def _fixed(out):
-    return lambda text: out
+    return lambda _text: out
 
 
-def _quote(text):
+def _quote(_text):
     # every quote the lexer can emit (` `` ' '') is dropped by the punctuation filter
     return "'"
 
@@ -264,12 +267,12 @@ _RULES = [
 # all rules tried in one regex call: each sits in an optional lookahead that records its match
 _ALL = re.compile(
     "".join(
-        "(?:(?=(?P<w%d>%s))|)" % (k, p.replace("(?P<t>", "(?P<t%d>" % k))
+        f"(?:(?=(?P<w{k}>{p.replace('(?P<t>', f'(?P<t{k}>')}))|)"
         for k, (p, _) in enumerate(_RULES)
     )
 )
 _SLOTS = [
-    (_ALL.groupindex["w%d" % k], _ALL.groupindex.get("t%d" % k), f)
+    (_ALL.groupindex[f"w{k}"], _ALL.groupindex.get(f"t{k}"), f)
     for k, (_, f) in enumerate(_RULES)
 ]
 

@@ -1,4 +1,5 @@
-"""Write a synthetic dataset in the CS231n coco_captioning layout, to try captioner without the 1 GB download.
+"""Write a synthetic dataset in the CS231n coco_captioning layout, to try captioner without the
+1 GB download.
 
     python scripts/make_synthetic_coco.py data/synthetic --captions 20000
     captioner train --data data/synthetic ...
@@ -54,7 +55,8 @@ def main(argv=None):
     )
     print(
         f"{out}: {n_train * args.per_image} train captions of {n_train} images, "
-        f"{n_val * args.per_image} val captions of {n_val} images, {args.dim}-d {args.kind} features"
+        f"{n_val * args.per_image} val captions of {n_val} images, "
+        f"{args.dim}-d {args.kind} features"
     )
 
 

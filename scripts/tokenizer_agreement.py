@@ -1,8 +1,8 @@
 """How often does captioner.metrics.tokenize give the tokens of the toolkit's Java PTB tokenizer?
 
 Runs stanford-corenlp-3.4.1.jar (shipped in pycocoevalcap) once over every caption of a COCO
-annotation file, one caption a line in file order, exactly as pycocoevalcap's PTBTokenizer calls it,
-applies the toolkit's punctuation filter, and compares caption by caption with tokenize().
+annotation file, one caption a line in file order, exactly as pycocoevalcap's PTBTokenizer calls
+it, applies the toolkit's punctuation filter, and compares caption by caption with tokenize().
 Nothing is cached. Needs pycocoevalcap and java.
 
     .venv/bin/python scripts/tokenizer_agreement.py [captions.json] [--show 20]
@@ -69,8 +69,8 @@ def main():
         print(f"caption {k}: {captions[k]!r}\n  java: {theirs[k]}\n  ours: {ours[k]}")
     agree = 1 - len(bad) / len(captions)
     print(
-        f"agreement {agree:.6%}: {len(captions) - len(bad):,} of {len(captions):,} captions give identical "
-        f"tokens ({len(bad)} differ); java {t_java:.1f} s, python {t_ours:.1f} s"
+        f"agreement {agree:.6%}: {len(captions) - len(bad):,} of {len(captions):,} captions "
+        f"give identical tokens ({len(bad)} differ); java {t_java:.1f} s, python {t_ours:.1f} s"
     )
     return 0 if len(theirs) == len(captions) else 1
 

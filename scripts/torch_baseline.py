@@ -137,7 +137,8 @@ def timed_step(step):
 def step_times(
     cell, features, captions, params=None, reps=10, warmup=3, threads=2, packed=False, **sizes
 ):
-    """Seconds of `reps` training steps after `warmup` untimed ones -> (times, loss_before_training)."""
+    """Seconds of `reps` training steps after `warmup` untimed ones
+    -> (times, loss_before_training)."""
     step, loss0 = setup(cell, features, captions, params, threads, packed, **sizes)
     for _ in range(warmup):
         step()
@@ -218,8 +219,9 @@ def main(argv=None):
         print(json.dumps(out))
     else:
         print(
-            f"torch {torch.__version__} {args.cell}{' packed' if args.packed else ''}: {med * 1e3:.1f} ms/step "
-            f"(median of {args.reps}, {torch.get_num_threads()} threads), loss at start {loss0:.4f}"
+            f"torch {torch.__version__} {args.cell}{' packed' if args.packed else ''}: "
+            f"{med * 1e3:.1f} ms/step (median of {args.reps}, {torch.get_num_threads()} threads), "
+            f"loss at start {loss0:.4f}"
         )
 
 

@@ -57,7 +57,8 @@ def snapshot(folder):
     for root, _, files in os.walk(folder):
         for n in files:
             p = os.path.join(root, n)
-            out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
     return out
 
 
@@ -349,15 +350,15 @@ CKPT_CASES = [  # (id, make(good_last, out_path), words in the message)
         lambda g, o: o.write_bytes(g.read_bytes()[: len(g.read_bytes()) // 2]),
         "truncated or corrupt",
     ),
-    ("zero bytes", lambda g, o: o.write_bytes(b""), "empty file"),
+    ("zero bytes", lambda _g, o: o.write_bytes(b""), "empty file"),
     (
         "random bytes",
-        lambda g, o: o.write_bytes(np.random.default_rng(1).bytes(3000)),
+        lambda _g, o: o.write_bytes(np.random.default_rng(1).bytes(3000)),
         "not an .npz",
     ),
     (
         "raw pickle",
-        lambda g, o: o.write_bytes(pickle.dumps(_Payload(str(o) + ".pwned"))),
+        lambda _g, o: o.write_bytes(pickle.dumps(_Payload(str(o) + ".pwned"))),
         "refused for safety",
     ),
     (
@@ -782,7 +783,7 @@ def test_bad_pictures_in_prepare_are_skipped(tmp_path, monkeypatch):
     assert not [n for n in os.listdir(tmp_path / "e") if not n.startswith(".")]
 
 
-# ---------------------------------------------------------------- evaluate --results / --references
+# --------------------------------------------------------------- evaluate --results / --references
 
 REFS = {
     "images": [{"id": 1}, {"id": 2}],

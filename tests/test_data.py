@@ -120,6 +120,7 @@ def test_build_dataset_shapes_and_captions(tmp_path):
     assert (caps[np.arange(len(caps)), n_words + 1] == w2i["<END>"]).all()
     assert (caps[np.arange(17) > (n_words + 1)[:, None]] == w2i["<NULL>"]).all()
     for img, rows in zip(*image_groups(data, "train")):
+        assert (idxs[rows] == img).all()
         assert len(rows) == 4 and len({tuple(c) for c in caps[rows]}) == 4  # distinct per image
     # Same seed -> same data; another seed -> different.
     again = load_coco_data(
@@ -159,7 +160,8 @@ def test_build_dataset_uses_real_vocabulary(tmp_path, shared):
 
 
 def test_real_image_and_url_lists_load(tmp_path, shared):
-    """The real val image/url lists (40,504 rows) pass the line-count checks against the features."""
+    """The real val image/url lists (40,504 rows) pass the line-count checks against the
+    features."""
     images = (shared / "coco" / "val2014_images.txt").read_text().splitlines()
     urls = (shared / "coco" / "val2014_urls.txt").read_text().splitlines()
     vocab = json.loads((shared / "coco" / "coco2014_vocab.json").read_text())["idx_to_word"]

@@ -93,7 +93,8 @@ def test_annotation_json_is_coco_format(written):
 
 
 def test_written_pictures_show_the_scene_colours(written):
-    # JPEG changes pixels a little; the nearest palette colour at each object centre must not change
+    # JPEG changes pixels a little; the nearest palette colour at each object centre must not
+    # change
     data = json.loads(written.read_text())
     checked = 0
     for im in data["images"]:
@@ -125,7 +126,8 @@ def test_captions_name_the_colour_and_shape_found_in_the_pixels():
 
 
 def test_shapes_have_their_area_and_size_words_follow_pixels():
-    # coverage of the drawn shape vs its geometric area, on a plain background so colour masks are exact
+    # coverage of the drawn shape vs its geometric area, on a plain background so colour masks are
+    # exact
     area = {
         "circle": np.pi,
         "square": 4 * 0.85**2,

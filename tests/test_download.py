@@ -44,7 +44,8 @@ def dataset_dir(tmp_path_factory):
 
 
 def make_zip(path, src, skip=(), extra=(), method=zipfile.ZIP_DEFLATED):
-    """Zip src's files under the top folder coco_captioning/ (as the real zip); extra: (ZipInfo|name, bytes)."""
+    """Zip src's files under the top folder coco_captioning/ (as the real zip);
+    extra: (ZipInfo|name, bytes)."""
     with zipfile.ZipFile(path, "w", method) as zf:
         zf.writestr("coco_captioning/", b"")
         for name in sorted(os.listdir(src)):
@@ -61,7 +62,8 @@ def good_zip(dataset_dir, tmp_path_factory):
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Serves server.payload at /coco_captioning.zip with optional Range support and dropped connections."""
+    """Serves server.payload at /coco_captioning.zip with optional Range support and dropped
+    connections."""
 
     def do_GET(self):
         srv = self.server

@@ -115,7 +115,8 @@ def assert_loadable(run):
     _, meta, optim, history = checkpoint.load_model(path)
     state = training.resume_state(meta, optim, history, path=path)
     assert len(state["loss_history"]) == state["step"]
-    json.loads(open(os.path.join(run, "history.json")).read())  # whole, never half-written
+    with open(os.path.join(run, "history.json")) as f:
+        json.loads(f.read())  # whole, never half-written
     return state
 
 
@@ -149,7 +150,8 @@ def straight(dataset, tmp_path_factory):
 
 
 def kill_cycle(dataset, run, how, rng):
-    """Start or resume the run, kill -9 it at a moment chosen by `how`. -> True if it was killed."""
+    """Start or resume the run, kill -9 it at a moment chosen by `how`. -> True if it was
+    killed."""
     resume = os.path.exists(os.path.join(run, "last.npz"))
     args = (
         ["--resume", run]
@@ -185,9 +187,9 @@ def finish(run, reference):
     assert not [
         n for n in os.listdir(run) if n.startswith(".tmp-")
     ]  # killed writers' temp files gone
-    assert (
-        json.loads(open(os.path.join(run, "history.json")).read())["epochs"][-1]["epoch"] == EPOCHS
-    )
+    with open(os.path.join(run, "history.json")) as f:
+        history = json.loads(f.read())
+    assert history["epochs"][-1]["epoch"] == EPOCHS
 
 
 # ---------------------------------------------------------------- kill -9
@@ -303,7 +305,8 @@ def test_disk_full_on_tmpfs_keeps_last_checkpoint(dataset, straight, tmp_path):
         )
     try:
         run = disk / "run"
-        # Leave room for about two checkpoints: the end-of-epoch `best` plus a new `last` overflow it.
+        # Leave room for about two checkpoints: the end-of-epoch `best` plus a new `last` overflow
+        # it.
         (disk / "filler").write_bytes(b"\0" * 60_000)
         r = captioner(
             "train", "--data", dataset, *TRAIN, "--epochs", EPOCHS, "--out", run, "--save-every", 1
@@ -345,8 +348,8 @@ def test_disk_full_injected_at_write(dataset, tmp_path, monkeypatch):
     )
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert (
-        f"captioner: error: {run / 'last.npz'}: could not write checkpoint (No space left on device)"
-        in result.output
+        f"captioner: error: {run / 'last.npz'}: "
+        "could not write checkpoint (No space left on device)" in result.output
     )
     state = assert_loadable(str(run))
     assert state["step"] == 40  # the 4th save survived
@@ -402,7 +405,8 @@ def _dataset_files(folder):
             with h5py.File(path, "r") as f:
                 out[name] = {k: (f[k][()], dict(f[k].attrs)) for k in f}
         else:
-            out[name] = open(path, "rb").read()
+            with open(path, "rb") as f:
+                out[name] = f.read()
     return out
 
 
@@ -449,7 +453,7 @@ def _prepare_kills(tmp_path, n_images, kills, rng):
         target = min(chunks() + rng.randint(1, 3), n_chunks - 1)
         proc = start(*args, "--out", out)
         try:
-            wait_for(lambda: chunks() >= target, proc)
+            wait_for(lambda target=target: chunks() >= target, proc)
             proc.kill()
         finally:
             o, e = proc.communicate(timeout=60)

@@ -27,7 +27,8 @@ SLOW = settings(max_examples=2500, deadline=None, suppress_health_check=list(Hea
 
 
 def loads_or_refuses(load, *args):
-    """Call the loader; a CaptionerError is fine (one line naming the problem), anything else fails."""
+    """Call the loader; a CaptionerError is fine (one line naming the problem), anything else
+    fails."""
     try:
         out = load(*args)
     except CaptionerError as e:

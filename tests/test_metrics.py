@@ -1,4 +1,5 @@
-"""COCO caption metrics: each toolkit quirk by hand, pycocoevalcap as the oracle, and the loaders' errors."""
+"""COCO caption metrics: each toolkit quirk by hand, pycocoevalcap as the oracle, and the loaders'
+errors."""
 
 import json
 import math
@@ -84,7 +85,7 @@ def test_bleu_is_corpus_level_not_a_mean_of_images():
     assert per_image.shape == (1, 2) and per_image[0, 0] == pytest.approx(1.0)
 
 
-# --- ROUGE-L ---------------------------------------------------------------------------------------
+# --- ROUGE-L -------------------------------------------------------------------------------------
 
 
 def test_rouge_takes_best_precision_and_best_recall_from_different_references():
@@ -115,7 +116,7 @@ def test_bit_parallel_lcs_equals_dynamic_programming(a, b):
     assert M._lcs(a, b) == table[-1][-1]
 
 
-# --- CIDEr-D ---------------------------------------------------------------------------------------
+# --- CIDEr-D -------------------------------------------------------------------------------------
 
 
 def test_cider_by_hand_with_length_penalty():
@@ -140,7 +141,7 @@ def test_cider_document_frequency_uses_only_the_scored_images():
     assert with_3 != pytest.approx(M.cider_d(refs, res))
 
 
-# --- pycocoevalcap as the oracle -------------------------------------------------------------------
+# --- pycocoevalcap as the oracle -----------------------------------------------------------------
 
 sentence = st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f"]), min_size=0, max_size=9).map(
     " ".join
@@ -222,7 +223,7 @@ def test_fakecap_matches_pycocoevalcap_with_its_own_java_tokenizer(fakecap):
 
 @needs_toolkit
 def test_meteor_is_skipped_with_a_reason_when_java_is_missing(monkeypatch):
-    monkeypatch.setattr(M.shutil, "which", lambda name: None)
+    monkeypatch.setattr(M.shutil, "which", lambda _name: None)
     scores, notes = M.score({1: ["a dog"], 2: ["a cat"]}, {1: "a dog", 2: "a cow"})
     assert "METEOR" not in scores and set(scores) == {
         "Bleu_1",
@@ -242,7 +243,7 @@ def test_meteor_is_skipped_with_a_reason_when_pycocoevalcap_is_missing(monkeypat
     assert scores["Bleu_1"] == pytest.approx(1.0) and scores["ROUGE_L"] == pytest.approx(1.0)
 
 
-# --- loaders and their errors ----------------------------------------------------------------------
+# --- loaders and their errors --------------------------------------------------------------------
 
 
 def write(tmp_path, data, name="f.json"):

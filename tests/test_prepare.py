@@ -76,7 +76,7 @@ def _assert_same_dataset(a, b):
             assert fa[k] == fb[k], k
 
 
-# ----------------------------------------------------------------------------- captions, vocabulary
+# ---------------------------------------------------------------------------- captions, vocabulary
 
 
 def test_build_vocab_specials_then_count_then_alphabet():
@@ -113,20 +113,24 @@ def test_encode_captions_pads_truncates_and_marks_unknown():
             r"images\[0\] .*'id' must be",
         ),
         (
-            '{"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}], "annotations": []}',
+            '{"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}], '
+            '"annotations": []}',
             r"images\[1\] .*repeats images\[0\]",
         ),
         (
-            '{"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "a.jpg"}], "annotations": []}',
+            '{"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "a.jpg"}], '
+            '"annotations": []}',
             r"images\[1\] .*file_name repeats",
         ),
         (
-            '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "caption": "x"},'
+            '{"images": [{"id": 1, "file_name": "a.jpg"}], '
+            '"annotations": [{"image_id": 1, "caption": "x"},'
             ' {"image_id": 7, "caption": "a dog"}]}',
             r'annotations\[1\] \{"image_id": 7.*not in \'images\'',
         ),
         (
-            '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "caption": 3}]}',
+            '{"images": [{"id": 1, "file_name": "a.jpg"}], '
+            '"annotations": [{"image_id": 1, "caption": 3}]}',
             r"annotations\[0\] .*'caption' must be a string",
         ),
     ],
@@ -233,13 +237,14 @@ def test_real_coco_pictures_make_a_loadable_dataset(shared, tmp_path):
             assert rows == want
             n_unk += sum(r.count("<UNK>") for r in rows)
     assert n_unk > 0  # the real vocabulary lacks some of these words, and they became <UNK>
-    caption = "there are two cats laying down with two <UNK>"  # '... with two remotes': not in the vocabulary
+    # '... with two remotes': not in the vocabulary
+    caption = "there are two cats laying down with two <UNK>"
     assert caption in decode_captions(
         np.concatenate([d["train_captions"], d["val_captions"]]), d["idx_to_word"]
     )
 
 
-# ----------------------------------------------------------------------------- bad pictures, resume
+# ---------------------------------------------------------------------------- bad pictures, resume
 
 
 def test_bad_and_missing_pictures_are_skipped(tmp_path):
