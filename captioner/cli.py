@@ -85,9 +85,10 @@ def cli():
 
 # ---------------------------------------------------------------- train
 
-def train_options(many=False):
-    """The options of `train`, shared with `compare`. many: --cell and --weight-decay take
-    several values (compare trains one run per cell and L2 strength)."""
+def train_options(many=False, run_dir_options=True):
+    """The options of `train`, shared with `compare` and `sweep`. many: --cell and
+    --weight-decay take several values (compare trains one run per cell and L2 strength).
+    run_dir_options False: without --out, --resume and --quiet (sweep has its own --out)."""
     options = [
         click.option("--cell", type=click.Choice(["lstm", "rnn"]), multiple=many,
                      default=("rnn", "lstm") if many else "lstm", show_default=True,
@@ -132,6 +133,8 @@ def train_options(many=False):
                                   "extend it."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
+    if not run_dir_options:
+        options = options[:-3]
 
     def apply(f):
         for option in reversed(options):
@@ -216,6 +219,77 @@ def _check_resume_flags(ctx, given, meta, settings, path):
             raise click.UsageError(f"{flag} {value} contradicts {path}, which was trained with "
                                    f"{flag} {saved[name]}; --resume continues a run with its own "
                                    f"settings: drop {flag}, or start a new run with --out")
+
+
+# ---------------------------------------------------------------- sweep
+
+@cli.command()
+@train_options(run_dir_options=False)
+@click.option("--grid", multiple=True, metavar="NAME=V1,V2,...",
+              help="A train setting to vary (cell, lr, hidden-dim, weight-decay, ...); "
+                   "repeat for more: one run per combination.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/sweep", show_default=True,
+              help="Sweep folder, one run directory per combination.")
+@click.option("--parallel", type=COUNT, default=1, show_default=True,
+              help="Runs at a time on this machine, BLAS threads split between them "
+                   "(with --scheduler local: its worker processes).")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Run on a Dask cluster: tcp://HOST:8786, or local (needs captioner[cluster]).")
+@click.option("--summary", "summary_dir", type=click.Path(exists=True, file_okay=False),
+              default=None, help="Only print the table of the sweep in this folder, at any time.")
+@click.option("--sort-by", type=click.Choice(["val_loss", "cider", "time"]), default="val_loss",
+              show_default=True, help="Order of the table: best first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@click.pass_context
+def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **settings):
+    """Train one run per combination of settings, in parallel, and rank them.
+
+    \b
+    Killed? Run the same command again: finished runs are skipped, the others resume.
+    Each run is an ordinary run directory (evaluate, sample, train --resume work on it).
+    Example:
+      captioner sweep --data data/demo/dataset --grid cell=rnn,lstm --grid lr=1e-3,5e-4 \\
+          --epochs 5 --parallel 2 --out runs/sweep1
+      captioner sweep --summary runs/sweep1 --sort-by cider
+    """
+    import json
+
+    from . import sweep as sweeps
+    failed = {}
+    if summary_dir:
+        rows = sweeps.summarize(summary_dir)
+    else:
+        if not grid:
+            raise click.UsageError("give the settings to vary: --grid NAME=V1,V2,... "
+                                   "(or --summary DIR for the table of a sweep)")
+        params = {p.name: p for p in ctx.command.params}
+
+        def convert(name, text):
+            try:
+                return params[name].type.convert(text, params[name], ctx)
+            except click.BadParameter as e:
+                raise CaptionerError(f"--grid {name}={text}: {e.message}") from None
+
+        the_grid = sweeps.parse_grid(grid, convert)
+        for name, _ in the_grid:
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
+                raise click.UsageError(f"--{name.replace('_', '-')} is both an option and in "
+                                       f"--grid; keep one")
+        base = {k: settings[k] for k in sweeps.RUN_KEYS}
+        base["data"] = os.path.abspath(base["data"])
+        if any(s["keep_best"] == "cider" and not s["eval_every"]
+               for _, s in sweeps.plan(base, the_grid)):
+            raise click.UsageError("--keep-best cider needs --eval-every N")
+        rows, failed = sweeps.run_sweep(out, base, the_grid, parallel=parallel,
+                                        scheduler=scheduler,
+                                        log=lambda line: click.echo(line, err=as_json))
+    rows = sweeps.sort_rows(rows, sort_by)
+    if as_json:
+        click.echo(json.dumps(sweeps.as_json(rows), indent=1))
+    else:
+        click.echo(("" if summary_dir else "\n") + sweeps.table(rows))
+    if failed:
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------- overfit

@@ -1,0 +1,64 @@
+"""`--scheduler ADDRESS`: run independent tasks on a Dask cluster through a
+concurrent.futures Executor, so callers do not know whether a cluster, local
+processes or this process runs them.
+
+    with cluster.executor("tcp://host:8786") as ex:   # or "local": a LocalCluster here
+        future = ex.submit(fn, arg)
+
+Dask (`pip install "captioner[cluster]"`) is imported only here, only when a
+scheduler is asked for. Tasks must be top-level functions of captioner (workers
+import them by name) taking and returning picklable values; they read and write
+paths that the client and the workers share.
+"""
+import contextlib
+
+from .errors import CaptionerError
+
+CONNECT_TIMEOUT = 10  # seconds to reach a scheduler before giving up
+
+
+def _dask():
+    try:
+        import distributed
+    except ImportError:
+        raise CaptionerError("--scheduler needs Dask distributed, an optional extra: "
+                             "pip install 'captioner[cluster]' (or drop --scheduler)") from None
+    return distributed
+
+
+@contextlib.contextmanager
+def client(address, n_workers=None, timeout=CONNECT_TIMEOUT):
+    """A connected distributed.Client, closed on exit (with its LocalCluster for "local").
+
+    address: tcp://host:port of a `dask scheduler`, or "local" for a cluster of
+    n_workers single-threaded worker processes on 127.0.0.1 (None: one per core).
+    """
+    distributed = _dask()
+    cluster = None
+    try:
+        if address == "local":
+            cluster = distributed.LocalCluster(host="127.0.0.1", n_workers=n_workers,
+                                               threads_per_worker=1, processes=True,
+                                               dashboard_address=None)
+            address = cluster.scheduler_address
+        c = distributed.Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as e:
+        if cluster is not None:
+            cluster.close()
+        raise CaptionerError(f"{address}: cannot reach a Dask scheduler ({e}); start one with "
+                             f"`dask scheduler` and pass its tcp://HOST:PORT, or use "
+                             f"--scheduler local") from None
+    try:
+        yield c
+    finally:
+        c.close()
+        if cluster is not None:
+            cluster.close()
+
+
+@contextlib.contextmanager
+def executor(address, n_workers=None, timeout=CONNECT_TIMEOUT):
+    """client() as a concurrent.futures.Executor. Dask reruns the task of a worker
+    that dies on another worker, so a submitted call finishes once (or fails)."""
+    with client(address, n_workers, timeout) as c:
+        yield c.get_executor()

@@ -1,0 +1,385 @@
+"""Hyper-parameter sweeps: one training run per combination of a grid of settings.
+
+    OUT/
+      sweep.json                the grid and the settings every run shares
+      cell=rnn,lr=1e-3/         an ordinary run directory (`train --resume`, `evaluate`,
+        run.json                  `sample` work on it), plus: its full settings,
+        train.log                 what `train` would have printed,
+        result.json               written last: best val loss, CIDEr-D (greedy, val), time
+      cell=rnn,lr=5e-4/ ...
+
+A run is finished when its result.json covers its epochs. Rerun with the same
+command, a sweep skips finished runs and resumes the others from their last.npz
+(training's exact resume). Runs go to `parallel` local subprocesses, each with
+cores // parallel BLAS threads, or, with a scheduler, one Dask task per run
+(run_one, on a worker that sees the same paths).
+"""
+import contextlib
+import fcntl
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+from . import atomic, training
+from .errors import CaptionerError
+
+# The settings of one run: `captioner train`'s options (cli.TRAIN_OPTIONS) plus the data.
+RUN_KEYS = ("data", "features", "cell", "epochs", "batch_size", "lr", "lr_decay", "optimizer",
+            "weight_decay", "clip_norm", "hidden_dim", "wordvec_dim", "max_train", "val_size",
+            "save_every", "eval_every", "keep_best", "seed")
+NOT_GRIDDED = ("data",)  # one dataset per sweep, so val losses compare
+BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+SORT_KEYS = ("val_loss", "cider", "time")
+
+
+# ---------------------------------------------------------------- the grid
+
+def parse_grid(items, convert):
+    """['cell=rnn,lstm', 'lr=1e-3,5e-4'] -> [(name, [(text, value), ...]), ...], in order.
+
+    convert(name, text) -> value checks a value as `train` would (and raises
+    CaptionerError for a bad one). Names may be written as options: --hidden-dim.
+    """
+    grid, seen = [], set()
+    for item in items:
+        name, eq, values = item.partition("=")
+        name = name.strip().lstrip("-").replace("-", "_")
+        texts = [v.strip() for v in values.split(",")]
+        if not eq or not name or not all(texts):
+            raise CaptionerError(f"--grid {item!r}: expected NAME=V1,V2,... "
+                                 f"(e.g. --grid cell=rnn,lstm --grid lr=1e-3,5e-4)")
+        if name not in RUN_KEYS or name in NOT_GRIDDED:
+            raise CaptionerError(f"--grid {item!r}: {name} is not a setting a sweep can vary; use "
+                                 f"one of {', '.join(k for k in RUN_KEYS if k not in NOT_GRIDDED)}")
+        if name in seen:
+            raise CaptionerError(f"--grid {item!r}: {name} is already in the grid; "
+                                 f"give all its values in one --grid")
+        if len(set(texts)) != len(texts):
+            raise CaptionerError(f"--grid {item!r}: a value repeats; give each value once")
+        seen.add(name)
+        grid.append((name, [(t, convert(name, t)) for t in texts]))
+    return grid
+
+
+def plan(base, grid):
+    """-> [(run name, settings)] for every combination, first grid entry varying slowest.
+    The name is NAME=VALUE pairs joined by commas, as written in --grid."""
+    runs = []
+    for combo in itertools.product(*[values for _, values in grid]):
+        settings, parts = dict(base), []
+        for (name, _), (text, value) in zip(grid, combo):
+            settings[name] = value
+            parts.append(f"{name.replace('_', '-')}={re.sub(r'[^A-Za-z0-9._+-]', '_', text)}")
+        runs.append((",".join(parts) or "run", settings))
+    names = [n for n, _ in runs]
+    if len(set(names)) != len(names):
+        raise CaptionerError("--grid: two values give the same run directory name; "
+                             "write the values differently")
+    return runs
+
+
+def _same_run(a, b):
+    """Two run settings are the same run when only `epochs` differs (it may be extended)."""
+    return {k: v for k, v in a.items() if k != "epochs"} == {k: v for k, v in b.items() if k != "epochs"}
+
+
+def setup(out, base, grid):
+    """Create OUT, sweep.json and each run's directory and run.json -> the run directories.
+    A run directory holding other settings is refused (one line naming it)."""
+    runs = plan(base, grid)
+    training.make_dir(out)
+    atomic.write_json(os.path.join(out, "sweep.json"),
+                      {"grid": [[n, [t for t, _ in vs]] for n, vs in grid], "base": base})
+    dirs = []
+    for name, settings in runs:
+        run_dir = os.path.join(out, name)
+        training.make_dir(run_dir)
+        path = os.path.join(run_dir, "run.json")
+        if os.path.exists(path):
+            old = _read(path)
+            if not _same_run(old, settings):
+                diff = sorted(k for k in set(old) | set(settings)
+                              if k != "epochs" and old.get(k) != settings.get(k))
+                raise CaptionerError(f"{run_dir}: holds a run with other settings ({', '.join(diff)}); "
+                                     f"rerun the sweep with its settings or choose another --out")
+        if not os.path.exists(path) or _read(path) != settings:
+            atomic.write_json(path, settings)
+        dirs.append(run_dir)
+    return dirs
+
+
+def _read(path):
+    from .data import read_json
+    return read_json(path, os.path.basename(path), "delete it to start this part of the sweep again")
+
+
+def finished(run_dir):
+    """The run's result if it is finished (for its current epochs), else None."""
+    path = os.path.join(run_dir, "result.json")
+    if not os.path.exists(path):
+        return None
+    result, spec = _read(path), _read(os.path.join(run_dir, "run.json"))
+    return result if result.get("epochs") == spec["epochs"] else None
+
+
+# ---------------------------------------------------------------- one run
+
+def run_one(run_dir):
+    """Train (or resume) the run in run_dir to its epochs, then score its best.npz:
+    -> result dict (also written to run_dir/result.json). The Dask task of a sweep."""
+    result = finished(run_dir)
+    if result is not None:
+        return result
+    spec = _read(os.path.join(run_dir, "run.json"))
+    _wait_for_writer(run_dir)
+    with training.run_lock(run_dir), open(os.path.join(run_dir, "train.log"), "a") as f:
+        def log(line):
+            f.write(f"{line}\n")
+            f.flush()
+        result = finished(run_dir)  # a writer we waited for may have finished it
+        if result is not None:
+            return result
+        state, data = _train(run_dir, spec, log)
+        result = _score(run_dir, state, data)
+        atomic.write_json(os.path.join(run_dir, "result.json"), result)
+        log(f"result: {json.dumps(result)}")
+    return result
+
+
+def _wait_for_writer(run_dir):
+    """Block while another process trains in run_dir (e.g. the task of a killed
+    client that the cluster is still running), so its run is continued, not refused."""
+    try:
+        fd = os.open(os.path.join(run_dir, "train.lock"), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    finally:
+        os.close(fd)
+
+
+def _load(data_dir, features, max_train):
+    from .data import load_coco_data
+    if not os.path.isdir(data_dir):
+        raise CaptionerError(f"{data_dir}: no such dataset directory; point --data at one")
+    return load_coco_data(data_dir, features=features, max_train=max_train)
+
+
+def _train(run_dir, spec, log):
+    """What `captioner train --out run_dir` (or `--resume run_dir --epochs E`) does."""
+    from .model import CaptioningRNN
+
+    last = os.path.join(run_dir, "last.npz")
+    if os.path.exists(last):
+        model, meta, optim, history = training.load_model(last)
+        state = training.resume_state(meta, optim, history, path=last, params=model.params)
+        settings = dict(state["settings"], epochs=spec["epochs"])
+        data = _load(settings["data_dir"], meta["features"]["kind"], settings.get("max_train"))
+        training.check_compatible(last, meta, data)
+        log(f"resuming {last} at epoch {state['epoch'] + 1}, step {state['step']}")
+    else:
+        data = _load(spec["data"], spec["features"], spec["max_train"])
+        model = CaptioningRNN(data["word_to_idx"], input_dim=data["feature_dim"],
+                              wordvec_dim=spec["wordvec_dim"], hidden_dim=spec["hidden_dim"],
+                              cell_type=spec["cell"], seed=spec["seed"])
+        settings = {k: spec[k] for k in training.DEFAULTS if k in spec and k != "eval_images"}
+        settings.update(data_dir=os.path.abspath(spec["data"]), features=data["feature_kind"],
+                        max_train=spec["max_train"])
+        state = None
+    log(f"{len(data['train_captions']):,} training captions, {model.cell_type} hidden "
+        f"{model.hidden_dim}, {data['encoder']} features ({data['feature_dim']}-d) -> {run_dir}")
+    state = training.train(data, model, run_dir, state=state, progress=False, log=log, **settings)
+    return state, data
+
+
+def _score(run_dir, state, data):
+    """Best val loss of the run, and CIDEr-D / BLEU-4 of greedy captions of its best.npz
+    on every val image."""
+    from .evaluation import evaluate_model
+    model, _, _, _ = training.load_model(os.path.join(run_dir, "best.npz"))
+    scores, _, _ = evaluate_model(model, data, "val", meteor=False, beam_size=1,
+                                  max_length=data["val_captions"].shape[1] - 1)
+    losses = [r["val_loss"] for r in state["epochs"] if "val_loss" in r]
+    return {"epochs": state["epoch"], "best_val_loss": min(losses) if losses else None,
+            "CIDEr": scores["CIDEr"], "Bleu_4": scores["Bleu_4"],
+            "seconds": round(sum(r["seconds"] for r in state["epochs"]), 2)}
+
+
+# ---------------------------------------------------------------- many runs
+
+def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
+    """Every run of the grid to its end -> (summary rows, {run_dir: error line}).
+
+    scheduler None: `parallel` local subprocesses at a time, BLAS threads split
+    between them. Else a Dask scheduler address (or "local"), one task per run.
+    """
+    dirs = setup(out, base, grid)
+    todo = []
+    for run_dir in dirs:
+        if finished(run_dir) is not None:
+            log(f"{run_dir}: finished, skipped")
+        else:
+            todo.append(run_dir)
+    failed = {}
+    if todo:
+        with _executor(scheduler, parallel) as (pool, task):
+            futures = {pool.submit(task, run_dir): run_dir for run_dir in todo}
+            for n, future in enumerate(as_completed(futures), 1):
+                run_dir = futures[future]
+                try:
+                    r = future.result()
+                    log(f"[{n}/{len(todo)}] {run_dir}: best val loss {_fmt(r['best_val_loss'])}, "
+                        f"CIDEr-D {r['CIDEr']:.3f}, {r['seconds']:.1f}s")
+                except Exception as e:  # noqa: BLE001 -- one failed run must not stop the others
+                    failed[run_dir] = str(e) if isinstance(e, CaptionerError) else f"{type(e).__name__}: {e}"
+                    log(f"[{n}/{len(todo)}] {run_dir}: failed: {failed[run_dir]}")
+    return summarize(out), failed
+
+
+@contextlib.contextmanager
+def _executor(scheduler, parallel):
+    """-> (Executor, task taking a run directory)."""
+    if scheduler is not None:
+        from . import cluster
+        with cluster.executor(scheduler, n_workers=parallel if scheduler == "local" else None) as ex:
+            yield ex, run_one
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // parallel)
+    children = set()
+    with ThreadPoolExecutor(parallel) as pool:
+        try:
+            yield pool, lambda run_dir: _run_subprocess(run_dir, threads, children)
+        except BaseException:  # Ctrl-C or an error: children save their last.npz and stop
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in list(children):
+                p.terminate()
+            for p in list(children):
+                p.wait()
+            raise
+
+
+def _run_subprocess(run_dir, blas_threads, children):
+    """run_one in a fresh interpreter whose BLAS uses blas_threads (read when numpy
+    loads, so it must be in the environment before the process starts)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, **{v: str(blas_threads) for v in BLAS_VARS})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    p = subprocess.Popen([sys.executable, "-m", "captioner.sweep", run_dir, str(os.getpid())],
+                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    children.add(p)
+    try:
+        _, err = p.communicate()
+    finally:
+        children.discard(p)
+    if p.returncode != 0:
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        raise CaptionerError(lines[-1] if lines else f"exit status {p.returncode}; see {run_dir}/train.log")
+    return _read(os.path.join(run_dir, "result.json"))
+
+
+def _die_with_parent(parent):
+    """Linux: SIGTERM this process when the sweep that started it dies (even by kill -9),
+    so no orphan keeps training; SIGTERM saves last.npz first."""
+    import ctypes
+    import signal
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl
+        sys.exit(143)
+
+
+def _main(argv):
+    """python -m captioner.sweep RUN_DIR PARENT_PID: one run of a local sweep."""
+    _die_with_parent(int(argv[1]))
+    try:
+        run_one(argv[0])
+    except CaptionerError as e:
+        print(f"captioner: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except training.Interrupted as e:
+        print(f"{argv[0]}: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------- the table
+
+def summarize(out):
+    """-> one row per run directory of the sweep in OUT, finished or not:
+    {run, settings (all), status, epochs, best_val_loss, CIDEr, Bleu_4, seconds}."""
+    rows = []
+    for name in sorted(os.listdir(out)):
+        run_dir = os.path.join(out, name)
+        if not os.path.isfile(os.path.join(run_dir, "run.json")):
+            continue
+        spec = _read(os.path.join(run_dir, "run.json"))
+        row = {"run": run_dir, "settings": spec, "epochs": 0, "best_val_loss": None,
+               "CIDEr": None, "Bleu_4": None, "seconds": None}
+        result = finished(run_dir)
+        if result is not None:
+            row.update(result, status="finished")
+        else:
+            hist = os.path.join(run_dir, "history.json")
+            records = _read(hist).get("epochs", []) if os.path.exists(hist) else []
+            losses = [r["val_loss"] for r in records if "val_loss" in r]
+            row.update(epochs=len(records), best_val_loss=min(losses) if losses else None,
+                       seconds=round(sum(r["seconds"] for r in records), 2) if records else None,
+                       status=f"{len(records)}/{spec['epochs']} epochs" if records else "not started")
+        rows.append(row)
+    if not rows:
+        raise CaptionerError(f"{out}: no sweep runs here (no */run.json); "
+                             f"pass the --out folder of a `captioner sweep`")
+    return rows
+
+
+def differing(rows):
+    """The settings whose values differ between the runs (grid order), never empty."""
+    keys = [k for k in RUN_KEYS if len({json.dumps(r["settings"].get(k)) for r in rows}) > 1]
+    return keys or ["cell"]
+
+
+def sort_rows(rows, by="val_loss"):
+    """Best first: lowest val loss, highest CIDEr-D, or shortest time; runs without the figure last."""
+    key = {"val_loss": "best_val_loss", "cider": "CIDEr", "time": "seconds"}[by]
+    sign = -1 if by == "cider" else 1
+    return sorted(rows, key=lambda r: (r[key] is None, sign * (r[key] or 0), r["run"]))
+
+
+def _fmt(x, spec=".4f"):
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def table(rows):
+    """Rows (already sorted) -> the text table: settings that differ, then the figures."""
+    keys = differing(rows)
+    head = [k.replace("_", "-") for k in keys] + ["best val loss", "CIDEr-D", "time", "status", "run"]
+    body = [[_setting(r["settings"].get(k)) for k in keys]
+            + [_fmt(r["best_val_loss"]), _fmt(r["CIDEr"], ".3f"),
+               "-" if r["seconds"] is None else f"{r['seconds']:.1f}s", r["status"], r["run"]]
+            for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
+                     for line in [head] + body)
+
+
+def _setting(v):
+    return "-" if v is None else format(v, "g") if isinstance(v, float) else str(v)
+
+
+def as_json(rows):
+    keys = differing(rows)
+    return [{"run": r["run"], "settings": {k: r["settings"].get(k) for k in keys},
+             "status": r["status"], "epochs": r["epochs"], "best_val_loss": r["best_val_loss"],
+             "CIDEr": r["CIDEr"], "Bleu_4": r["Bleu_4"], "seconds": r["seconds"]} for r in rows]
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
