@@ -1,0 +1,180 @@
+"""`captioner sweep`: one ordinary run per grid combination, run locally in parallel,
+resumed after a kill, summarised in a table."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from captioner import sweep, training
+from captioner.cli import cli
+from captioner.errors import CaptionerError
+from fixtures import build_dataset
+
+CLI = [sys.executable, "-c", "from captioner.cli import main; main()"]
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
+SMALL = ["--hidden-dim", "16", "--wordvec-dim", "8", "--batch-size", "20", "--val-size", "20",
+         "--save-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return str(build_dataset(tmp_path_factory.mktemp("coco"), n_train_images=60,
+                             captions_per_image=5, n_val_images=10, feature_dim=16,
+                             vocab_size=40, seed=4))
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def params(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files if k.startswith("param/")}
+
+
+def assert_same_params(a, b):
+    pa, pb = params(a), params(b)
+    assert set(pa) == set(pb)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+
+
+def test_grid_parsing_and_plan():
+    grid = sweep.parse_grid(["cell=rnn,lstm", "--hidden-dim=8, 16"], lambda n, t: t.upper())
+    assert grid == [("cell", [("rnn", "RNN"), ("lstm", "LSTM")]),
+                    ("hidden_dim", [("8", "8"), ("16", "16")])]
+    runs = sweep.plan({"seed": 0}, grid)
+    assert [n for n, _ in runs] == ["cell=rnn,hidden-dim=8", "cell=rnn,hidden-dim=16",
+                                    "cell=lstm,hidden-dim=8", "cell=lstm,hidden-dim=16"]
+    assert runs[3][1] == {"seed": 0, "cell": "LSTM", "hidden_dim": "16"}
+    for bad, why in [("cell", "NAME=V1,V2"), ("cell=", "NAME=V1,V2"), ("colour=red", "not a setting"),
+                     ("data=a,b", "not a setting"), ("lr=1,1", "repeats")]:
+        with pytest.raises(CaptionerError, match=why):
+            sweep.parse_grid([bad], lambda n, t: t)
+    with pytest.raises(CaptionerError, match="already in the grid"):
+        sweep.parse_grid(["lr=1", "lr=2"], lambda n, t: t)
+
+
+def test_cli_refuses_bad_grids_in_one_line(dataset, tmp_path):
+    out = tmp_path / "sw"
+    for args, why in [([], "--grid NAME=V1"), (["--grid", "lr=0,1e-3"], "lr=0"),
+                      (["--grid", "cell=rnn,gru"], "cell=gru"),
+                      (["--grid", "cell=rnn,lstm", "--cell", "rnn"], "both an option and in --grid"),
+                      (["--grid", "keep-best=loss,cider"], "--eval-every")]:
+        result = run("sweep", "--data", dataset, "--out", out, *args)
+        assert result.exit_code == 2 and why in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    assert not out.exists()  # refused before anything is written
+    result = run("sweep", "--summary", tmp_path)
+    assert result.exit_code == 2 and "no sweep runs here" in result.output
+
+
+def test_sweep_runs_ranks_skips_and_its_runs_are_ordinary(dataset, tmp_path):
+    out = tmp_path / "sw"
+
+    def command(epochs=2, *more):
+        return ["sweep", "--data", dataset, *SMALL, "--epochs", epochs, "--grid", "cell=rnn,lstm",
+                "--grid", "lr=5e-3,2e-2", "--parallel", 2, "--out", out, *more]
+
+    result = run(*command())
+    assert result.exit_code == 0, result.output
+    names = ["cell=rnn,lr=5e-3", "cell=rnn,lr=2e-2", "cell=lstm,lr=5e-3", "cell=lstm,lr=2e-2"]
+    assert sorted(os.listdir(out)) == sorted(names + ["sweep.json"])
+    table = result.output.split("\n\n")[-1].splitlines()
+    assert table[0].split()[:5] == ["cell", "lr", "best", "val", "loss"]
+    losses = [float(line.split()[2]) for line in table[1:]]
+    assert len(losses) == 4 and losses == sorted(losses)
+
+    # Each run is what `captioner train` with the same settings writes, bit for bit.
+    ref = tmp_path / "ref"
+    r = run("train", "--data", dataset, *SMALL, "--epochs", 2, "--cell", "lstm", "--lr", "2e-2",
+            "--quiet", "--out", ref)
+    assert r.exit_code == 0, r.output
+    assert_same_params(out / "cell=lstm,lr=2e-2" / "last.npz", ref / "last.npz")
+    got = json.loads((out / "cell=lstm,lr=2e-2" / "history.json").read_text())
+    assert got["settings"] == json.loads((ref / "history.json").read_text())["settings"]
+    r = run("evaluate", "--checkpoint", out / "cell=rnn,lr=5e-3" / "best.npz", "--no-meteor")
+    assert r.exit_code == 0 and "CIDEr" in r.output, r.output
+
+    # Summary as JSON, sorted by CIDEr-D; the figures are the runs' result.json.
+    r = run("sweep", "--summary", out, "--json", "--sort-by", "cider")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [sorted(row["settings"]) for row in rows] == [["cell", "lr"]] * 4
+    ciders = [row["CIDEr"] for row in rows]
+    assert ciders == sorted(ciders, reverse=True) and all(row["status"] == "finished" for row in rows)
+    for row in rows:
+        saved = json.loads((out / os.path.basename(row["run"]) / "result.json").read_text())
+        assert row["best_val_loss"] == saved["best_val_loss"] and row["epochs"] == 2
+
+    # The same command again skips every run; a longer one resumes them (epochs 2 -> 3).
+    before = {n: os.stat(out / n / "last.npz").st_mtime_ns for n in names}
+    r = run(*command())
+    assert r.exit_code == 0 and r.output.count("finished, skipped") == 4, r.output
+    assert {n: os.stat(out / n / "last.npz").st_mtime_ns for n in names} == before
+    r = run(*command(3, "--json"))
+    assert r.exit_code == 0, r.output
+    assert [row["epochs"] for row in json.loads(r.stdout)] == [3] * 4
+    assert "resuming" in (out / "cell=rnn,lr=5e-3" / "train.log").read_text()
+    r = run(*command(3, "--batch-size", 10))
+    assert r.exit_code == 2 and "holds a run with other settings (batch_size)" in r.output
+
+def saved_step(run_dir):
+    """The step in run_dir/history.json (rewritten after every checkpoint), or -1."""
+    try:
+        return json.loads((run_dir / "history.json").read_text())["step"]
+    except (OSError, ValueError):
+        return -1
+
+
+def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(dataset, tmp_path):
+    """kill -9 of the sweep while a run trains: its children save and stop (they die with
+    it), the same command finishes the job, and every run equals an uninterrupted sweep's."""
+    grid = ["--grid", "cell=rnn,lstm", "--grid", "hidden-dim=16,256"]
+    common = ["sweep", "--data", dataset, *SMALL[2:], "--wordvec-dim", 8, "--epochs", 6, *grid,
+              "--parallel", 2]
+    straight = tmp_path / "straight"
+    r = subprocess.run(CLI + [str(a) for a in common + ["--out", straight]], env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    names = [n for n in os.listdir(straight) if n != "sweep.json"]
+    assert len(names) == 4
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(CLI + [str(a) for a in common + ["--out", out]], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        # Wait until a run is part-way (a checkpoint saved, no result yet), then kill -9.
+        while not any(0 < saved_step(out / n) < 6 * 15 and not (out / n / "result.json").exists()
+                      for n in names):
+            assert proc.poll() is None, "the sweep ended before a run was caught mid-way"
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    done = [n for n in names if (out / n / "result.json").exists()]
+    assert len(done) < 4
+
+    r = subprocess.run(CLI + [str(a) for a in common + ["--out", out]], env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("finished, skipped") == len(done)
+    assert any("resuming" in (out / n / "train.log").read_text() for n in names)
+    for name in names:
+        assert_same_params(out / name / "last.npz", straight / name / "last.npz")
+        path = str(out / name / "last.npz")
+        model, meta, optim, history = training.load_model(path)
+        state = training.resume_state(meta, optim, history, path=path, params=model.params)
+        assert state["step"] == len(state["loss_history"]) == 6 * 15  # no step done twice
+        assert not [n for n in os.listdir(out / name) if n.startswith(".tmp-")]
