@@ -3,6 +3,7 @@
 Heavy imports (numpy, h5py) happen inside the commands so `captioner --help`
 starts instantly.
 """
+import contextlib
 import math
 import os
 import sys
@@ -812,9 +813,12 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace --out even if it already holds files "
                                             "(the new dataset replaces it whole, when complete).")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Encode on a Dask cluster: tcp://HOST:8786, or local (needs "
+                   "captioner[cluster]); its workers must see the pictures at the same path.")
 @click.pass_context
 def prepare(ctx, images_dir, annotations, coco_dir, coco_split, out, val_fraction, split_by, vocab,
-            min_count, max_words, batch_size, workers, seed, force):
+            min_count, max_words, batch_size, workers, seed, force, scheduler):
     """Build a dataset in the CS231n layout from pictures, with NumPy SqueezeNet features.
 
     \b
@@ -836,15 +840,16 @@ def prepare(ctx, images_dir, annotations, coco_dir, coco_split, out, val_fractio
     elif "coco_split" in given:
         raise click.UsageError("--split karpathy|official goes with --coco (use --split-by here)")
     try:
-        if coco_dir:
-            s = prepare_coco(coco_dir, out, split=coco_split, vocab=vocab, min_count=min_count,
-                             max_words=max_words, batch_size=batch_size, workers=workers,
-                             force=force)
-        else:
-            s = prepare_dataset(images_dir, annotations, out, val_fraction=val_fraction,
-                                split_by=split_by, vocab=vocab, min_count=min_count,
-                                max_words=max_words, batch_size=batch_size, seed=seed,
-                                workers=workers, force=force)
+        with _shard_executor(scheduler, workers) as shards:
+            if coco_dir:
+                s = prepare_coco(coco_dir, out, split=coco_split, vocab=vocab, min_count=min_count,
+                                 max_words=max_words, batch_size=batch_size, force=force,
+                                 **shards)
+            else:
+                s = prepare_dataset(images_dir, annotations, out, val_fraction=val_fraction,
+                                    split_by=split_by, vocab=vocab, min_count=min_count,
+                                    max_words=max_words, batch_size=batch_size, seed=seed,
+                                    force=force, **shards)
     except KeyboardInterrupt:
         click.echo("\ninterrupted; run the same command again to resume", err=True)
         sys.exit(130)
@@ -869,6 +874,22 @@ def _odd(name):
     """A name that would break the one-line output (line breaks, NUL): print it quoted."""
     from .prepare import unsafe_text
     return unsafe_text(name) is not None
+
+
+@contextlib.contextmanager
+def _shard_executor(scheduler, workers):
+    """-> prepare's keyword arguments: without --scheduler, its own `workers` processes
+    (Dask is not imported); with it, the cluster's executor and its worker threads (2
+    shards in flight each). --workers N with --scheduler local: N worker processes."""
+    if scheduler is None:
+        yield {"workers": workers}
+        return
+    if workers is not None and scheduler != "local":
+        raise click.UsageError("--workers goes with --scheduler local (a remote cluster has "
+                               "the workers it was started with)")
+    from .cluster import executor
+    with executor(scheduler, workers) as (pool, threads):
+        yield {"executor": pool, "workers": threads}
 
 
 # ---------------------------------------------------------------- demo

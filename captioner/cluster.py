@@ -2,7 +2,7 @@
 concurrent.futures Executor, so callers do not know whether a cluster, local
 processes or this process runs them.
 
-    with cluster.executor("tcp://host:8786") as ex:   # or "local": a LocalCluster here
+    with cluster.executor("tcp://host:8786") as (ex, threads):  # "local": a LocalCluster
         future = ex.submit(fn, arg)
 
 Dask (`pip install "captioner[cluster]"`) is imported only here, only when a
@@ -58,7 +58,8 @@ def client(address, n_workers=None, timeout=CONNECT_TIMEOUT):
 
 @contextlib.contextmanager
 def executor(address, n_workers=None, timeout=CONNECT_TIMEOUT):
-    """client() as a concurrent.futures.Executor. Dask reruns the task of a worker
-    that dies on another worker, so a submitted call finishes once (or fails)."""
+    """client() as (concurrent.futures.Executor, worker threads connected now). Dask
+    reruns the task of a worker that dies on another worker, so each submitted call
+    gives one result (or one error)."""
     with client(address, n_workers, timeout) as c:
-        yield c.get_executor()
+        yield c.get_executor(), max(1, sum(c.nthreads().values()))

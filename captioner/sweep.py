@@ -247,7 +247,7 @@ def _executor(scheduler, parallel):
     """-> (Executor, task taking a run directory)."""
     if scheduler is not None:
         from . import cluster
-        with cluster.executor(scheduler, n_workers=parallel if scheduler == "local" else None) as ex:
+        with cluster.executor(scheduler, parallel if scheduler == "local" else None) as (ex, _):
             yield ex, run_one
         return
     threads = max(1, len(os.sched_getaffinity(0)) // parallel)
