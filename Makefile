@@ -7,7 +7,7 @@ BIN = $(VENV)/bin
 $(BIN)/captioner: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,meteor]'
+	$(BIN)/pip install -q -e '.[test,meteor,cluster]'
 	touch $(BIN)/captioner
 
 install: $(BIN)/captioner

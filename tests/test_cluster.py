@@ -1,0 +1,316 @@
+"""prepare and sweep on a real Dask cluster: a `dask scheduler` and two `dask worker`
+processes on 127.0.0.1, as a user would start them on three machines. Everything stops
+by itself (the workers die with the scheduler, the scheduler when idle)."""
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import Executor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from captioner import prepare as P
+from captioner.cli import cli
+from captioner.errors import CaptionerError
+
+distributed = pytest.importorskip("distributed", reason="needs the cluster extra: "
+                                  "pip install 'captioner[cluster]'")
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-c", "from captioner.cli import main; main()"]
+SHARDS = pytest.mark.skipif("executor" not in inspect.signature(P.prepare_dataset).parameters,
+                            reason="prepare has no shard executor yet (issue 13)")
+TRAIN = ["--hidden-dim", "16", "--wordvec-dim", "8", "--batch-size", "20", "--val-size", "20",
+         "--save-every", "1"]
+
+
+def _env(cache):
+    env = dict(os.environ, CAPTIONER_CACHE=str(cache), PYTHONWARNINGS="ignore",
+               OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """The encoder weights cache the tests share (conftest's), for the workers too."""
+    return os.environ.get("CAPTIONER_TEST_CACHE",
+                          str(tmp_path_factory.getbasetemp() / "captioner-cache"))
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory, cache):
+    """-> (scheduler address, a Client): `dask scheduler` + 2 `dask worker` processes."""
+    work = tmp_path_factory.mktemp("dask")
+    info = work / "scheduler.json"
+    dask = [sys.executable, "-m", "dask"]
+    env = _env(cache)
+    log = open(work / "dask.log", "w")
+    procs = [subprocess.Popen(dask + ["scheduler", "--host", "127.0.0.1", "--port", "0",
+                                      "--no-dashboard", "--scheduler-file", str(info),
+                                      "--idle-timeout", "600"],
+                              cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)]
+    procs += [subprocess.Popen(dask + ["worker", "--scheduler-file", str(info), "--host",
+                                       "127.0.0.1", "--nthreads", "1", "--no-dashboard",
+                                       "--death-timeout", "30", "--local-directory",
+                                       str(work / f"w{i}")],
+                               cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+              for i in range(2)]
+    client = None
+    try:
+        client = distributed.Client(scheduler_file=str(info), timeout=60)
+        client.wait_for_workers(2, timeout=60)
+        yield client.scheduler.address, client
+    finally:
+        if client is not None:
+            client.shutdown()  # the scheduler and the workers exit
+            client.close()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        log.close()
+
+
+def _ready(client):
+    """Two live workers (a worker killed by a test is restarted by its nanny)."""
+    client.wait_for_workers(2, timeout=60)
+    return client
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def dataset_files(out):
+    import h5py
+    got = {}
+    for name in sorted(os.listdir(out)):
+        path = os.path.join(out, name)
+        if name.endswith(".h5"):
+            with h5py.File(path, "r") as f:
+                for k in f:
+                    got[f"{name}/{k}"] = f[k][()]
+        else:
+            got[name] = Path(path).read_text()
+    return got
+
+
+def assert_same_dataset(a, b):
+    fa, fb = dataset_files(a), dataset_files(b)
+    assert sorted(fa) == sorted(fb)
+    for k in fa:
+        if isinstance(fa[k], np.ndarray):
+            assert fa[k].dtype == fb[k].dtype, k
+            np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+        else:
+            assert fa[k] == fb[k], k
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """The 13 real COCO pictures (one of them replaced by a broken file) and their captions."""
+    shared = ROOT.parent / "shared" / "coco" / "images"
+    if not shared.is_dir():
+        pytest.skip(f"real data not available: {shared} is absent")
+    folder = tmp_path_factory.mktemp("pictures")
+    names = sorted(n for n in os.listdir(shared) if n.startswith("COCO_"))
+    for n in names[1:]:
+        (folder / n).write_bytes((shared / n).read_bytes())
+    (folder / names[0]).write_bytes(b"not a picture\n" * 20)  # listed as skipped, never fatal
+    (folder / "captions.json").write_bytes((shared / "captions.json").read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(pictures, tmp_path_factory):
+    """The dataset prepare writes without a cluster (one process)."""
+    out = tmp_path_factory.mktemp("ref") / "data"
+    P.prepare_dataset(pictures, pictures / "captions.json", out, min_count=1, batch_size=2,
+                      progress=False, workers=1)
+    return out
+
+
+class Counting(Executor):
+    """Passes submissions on to `inner`, counting them by shard index."""
+
+    def __init__(self, inner):
+        self.inner, self.submitted = inner, Counter()
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted[args[0]["index"]] += 1
+        return self.inner.submit(fn, *args, **kwargs)
+
+
+# ---------------------------------------------------------------- prepare
+
+@SHARDS
+def test_prepare_on_the_cluster_equals_a_local_run(dask_cluster, pictures, reference, tmp_path):
+    address, _ = dask_cluster
+    out = tmp_path / "data"
+    result = run("prepare", "--images", pictures, "--captions", pictures / "captions.json",
+                 "--out", out, "--min-count", 1, "--batch-size", 2, "--scheduler", address)
+    assert result.exit_code == 0, result.output
+    assert "encoded 13 images" in result.output and "skipped COCO_" in result.output
+    assert_same_dataset(out, reference)
+    assert not (out / ".prepare").exists()
+
+
+@SHARDS
+def test_a_worker_killed_mid_shard_loses_and_repeats_nothing(dask_cluster, pictures, reference,
+                                                             tmp_path):
+    """kill -9 of a worker process while it encodes a shard: the scheduler gives that
+    shard to another worker; each shard is still submitted once and written once."""
+    address, client = dask_cluster
+    _ready(client)
+    pids = client.run(os.getpid)  # worker address -> pid of its process
+    killed, written = [], Counter()
+
+    def on_shard(k):
+        written[k] += 1
+        if not killed:  # at the first written shard, others are in flight
+            busy = [w for w, keys in client.processing().items() if keys]
+            if busy:
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(busy[0])
+
+    out = tmp_path / "data"
+    from captioner import cluster
+    with cluster.executor(address) as (pool, threads):
+        counting = Counting(pool)
+        P.prepare_dataset(pictures, pictures / "captions.json", out, min_count=1, batch_size=2,
+                          progress=False, executor=counting, workers=threads, on_shard=on_shard)
+    assert killed, "no worker was busy when the first shard came back"
+    n_shards = 7  # 12 train pictures in shards of 2, 1 val picture
+    assert sorted(counting.submitted.items()) == [(k, 1) for k in range(n_shards)]
+    assert sorted(written.items()) == [(k, 1) for k in range(n_shards)]
+    assert_same_dataset(out, reference)
+
+
+@SHARDS
+def test_a_killed_client_resumes_on_the_cluster(dask_cluster, pictures, reference, tmp_path,
+                                                cache):
+    """kill -9 of `captioner prepare --scheduler` once some shards are written: the same
+    command finishes, redoing none of them, and writes the same dataset."""
+    address, client = dask_cluster
+    _ready(client)
+    out = tmp_path / "data"
+    args = CLI + ["prepare", "--images", str(pictures), "--captions",
+                  str(pictures / "captions.json"), "--out", str(out), "--min-count", "1",
+                  "--batch-size", "2", "--scheduler", address]
+    proc = subprocess.Popen(args, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    work, deadline = out / ".prepare", time.monotonic() + 120
+    try:
+        while not (work.is_dir() and [n for n in os.listdir(work) if n.startswith("chunk_")]):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    chunks = len([n for n in os.listdir(work) if n.startswith("chunk_")])
+    assert 1 <= chunks < 7
+    r = subprocess.run(args, env=_env(cache), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    resumed = int(r.stdout.split("(")[1].split()[0])
+    assert resumed >= 2 * chunks - 1  # every written chunk was reused (the val one holds 1)
+    assert_same_dataset(out, reference)
+
+
+# ---------------------------------------------------------------- sweep
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from fixtures import build_dataset
+    return str(build_dataset(tmp_path_factory.mktemp("coco"), n_train_images=60,
+                             captions_per_image=5, n_val_images=10, feature_dim=16,
+                             vocab_size=40, seed=4))
+
+
+def test_sweep_on_the_cluster_survives_a_killed_worker(dask_cluster, dataset, tmp_path):
+    """Two runs as two Dask tasks; the worker process training one of them is killed (-9)
+    part-way: the scheduler reruns the task elsewhere, which resumes the run from its
+    last.npz and ends bit-identical to `captioner train` with the same settings."""
+    import threading
+
+    from captioner import sweep
+    address, client = dask_cluster
+    _ready(client)
+    out = tmp_path / "sw"
+    base = dict(zip(sweep.RUN_KEYS, [dataset, "auto", "lstm", 4, 20, 5e-3, 0.95, "adam", 0.0,
+                                     0.0, 16, 8, None, 20, 1, 0, "loss", 0]))
+    grid = [("hidden_dim", [("16", 16), ("64", 64)])]
+    done = {}
+    thread = threading.Thread(target=lambda: done.update(result=sweep.run_sweep(
+        str(out), base, grid, scheduler=address, log=lambda line: None)))
+    thread.start()
+    victim, deadline = out / "hidden-dim=64", time.monotonic() + 120
+    try:
+        step = 0
+        while not 0 < step < 4 * 15:  # part-way through the big run
+            assert thread.is_alive() and time.monotonic() < deadline
+            try:
+                step = json.loads((victim / "history.json").read_text())["step"]
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.001)
+        os.kill(int((victim / "train.lock").read_text()), signal.SIGKILL)  # the worker's pid
+    finally:
+        thread.join(timeout=300)
+    rows, failed = done["result"]
+    assert not failed and [r["status"] for r in rows] == ["finished"] * 2
+    assert "resuming" in (victim / "train.log").read_text()
+    ref = tmp_path / "ref"
+    r = run("train", "--data", dataset, *TRAIN, "--epochs", 4, "--hidden-dim", 64, "--lr", 5e-3,
+            "--quiet",
+            "--out", ref)
+    assert r.exit_code == 0, r.output
+    with np.load(victim / "last.npz") as a, np.load(ref / "last.npz") as b:
+        for k in a.files:
+            if k.startswith("param/"):
+                np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_unreachable_scheduler_is_one_line_within_the_timeout(tmp_path, monkeypatch):
+    from captioner import cluster
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 1)
+    import socket
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(CaptionerError, match="cannot reach a Dask scheduler"):
+        with cluster.executor(f"tcp://127.0.0.1:{port}", timeout=1):
+            pass
+    r = run("sweep", "--data", tmp_path, "--grid", "cell=rnn", "--out", tmp_path / "sw",
+            "--scheduler", "no-port-here")
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "scheduler" in r.output
+
+
+def test_missing_dask_names_the_extra(monkeypatch):
+    from captioner import cluster
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    with pytest.raises(CaptionerError, match=r"captioner\[cluster\]"):
+        with cluster.executor("local"):
+            pass
+
+
+def test_without_scheduler_dask_is_not_imported(tmp_path):
+    code = ("import sys; from captioner.cli import main\n"
+            "try: main(['sweep', '--summary', sys.argv[1]])\n"
+            "except SystemExit: pass\n"
+            "assert 'distributed' not in sys.modules and 'dask' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
