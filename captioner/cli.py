@@ -281,9 +281,13 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
         if any(s["keep_best"] == "cider" and not s["eval_every"]
                for _, s in sweeps.plan(base, the_grid)):
             raise click.UsageError("--keep-best cider needs --eval-every N")
-        rows, failed = sweeps.run_sweep(out, base, the_grid, parallel=parallel,
-                                        scheduler=scheduler,
-                                        log=lambda line: click.echo(line, err=as_json))
+        try:
+            rows, failed = sweeps.run_sweep(out, base, the_grid, parallel=parallel,
+                                            scheduler=scheduler,
+                                            log=lambda line: click.echo(line, err=as_json))
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted; run the same command again to resume", err=True)
+            sys.exit(130)
     rows = sweeps.sort_rows(rows, sort_by)
     if as_json:
         click.echo(json.dumps(sweeps.as_json(rows), indent=1))

@@ -54,8 +54,9 @@ def parse_grid(items, convert):
             raise CaptionerError(f"--grid {item!r}: expected NAME=V1,V2,... "
                                  f"(e.g. --grid cell=rnn,lstm --grid lr=1e-3,5e-4)")
         if name not in RUN_KEYS or name in NOT_GRIDDED:
-            raise CaptionerError(f"--grid {item!r}: {name} is not a setting a sweep can vary; use "
-                                 f"one of {', '.join(k for k in RUN_KEYS if k not in NOT_GRIDDED)}")
+            allowed = ", ".join(k for k in RUN_KEYS if k not in NOT_GRIDDED)
+            raise CaptionerError(f"--grid {item!r}: {name} is not a setting a sweep can vary; "
+                                 f"use one of {allowed}")
         if name in seen:
             raise CaptionerError(f"--grid {item!r}: {name} is already in the grid; "
                                  f"give all its values in one --grid")
@@ -85,7 +86,9 @@ def plan(base, grid):
 
 def _same_run(a, b):
     """Two run settings are the same run when only `epochs` differs (it may be extended)."""
-    return {k: v for k, v in a.items() if k != "epochs"} == {k: v for k, v in b.items() if k != "epochs"}
+    def rest(settings):
+        return {k: v for k, v in settings.items() if k != "epochs"}
+    return rest(a) == rest(b)
 
 
 def setup(out, base, grid):
@@ -105,8 +108,9 @@ def setup(out, base, grid):
             if not _same_run(old, settings):
                 diff = sorted(k for k in set(old) | set(settings)
                               if k != "epochs" and old.get(k) != settings.get(k))
-                raise CaptionerError(f"{run_dir}: holds a run with other settings ({', '.join(diff)}); "
-                                     f"rerun the sweep with its settings or choose another --out")
+                raise CaptionerError(f"{run_dir}: holds a run with other settings "
+                                     f"({', '.join(diff)}); rerun the sweep with its settings "
+                                     f"or choose another --out")
         if not os.path.exists(path) or _read(path) != settings:
             atomic.write_json(path, settings)
         dirs.append(run_dir)
@@ -115,7 +119,8 @@ def setup(out, base, grid):
 
 def _read(path):
     from .data import read_json
-    return read_json(path, os.path.basename(path), "delete it to start this part of the sweep again")
+    return read_json(path, os.path.basename(path),
+                     "delete it to start this part of the sweep again")
 
 
 def finished(run_dir):
@@ -237,7 +242,8 @@ def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
                     log(f"[{n}/{len(todo)}] {run_dir}: best val loss {_fmt(r['best_val_loss'])}, "
                         f"CIDEr-D {r['CIDEr']:.3f}, {r['seconds']:.1f}s")
                 except Exception as e:  # noqa: BLE001 -- one failed run must not stop the others
-                    failed[run_dir] = str(e) if isinstance(e, CaptionerError) else f"{type(e).__name__}: {e}"
+                    failed[run_dir] = (str(e) if isinstance(e, CaptionerError)
+                                       else f"{type(e).__name__}: {e}")
                     log(f"[{n}/{len(todo)}] {run_dir}: failed: {failed[run_dir]}")
     return summarize(out), failed
 
@@ -280,7 +286,8 @@ def _run_subprocess(run_dir, blas_threads, children):
         children.discard(p)
     if p.returncode != 0:
         lines = [ln for ln in err.splitlines() if ln.strip()]
-        raise CaptionerError(lines[-1] if lines else f"exit status {p.returncode}; see {run_dir}/train.log")
+        raise CaptionerError(lines[-1] if lines else
+                             f"exit status {p.returncode}; see {run_dir}/train.log")
     return _read(os.path.join(run_dir, "result.json"))
 
 
@@ -332,7 +339,8 @@ def summarize(out):
             losses = [r["val_loss"] for r in records if "val_loss" in r]
             row.update(epochs=len(records), best_val_loss=min(losses) if losses else None,
                        seconds=round(sum(r["seconds"] for r in records), 2) if records else None,
-                       status=f"{len(records)}/{spec['epochs']} epochs" if records else "not started")
+                       status=(f"{len(records)}/{spec['epochs']} epochs" if records
+                               else "not started"))
         rows.append(row)
     if not rows:
         raise CaptionerError(f"{out}: no sweep runs here (no */run.json); "
@@ -347,7 +355,8 @@ def differing(rows):
 
 
 def sort_rows(rows, by="val_loss"):
-    """Best first: lowest val loss, highest CIDEr-D, or shortest time; runs without the figure last."""
+    """Best first: lowest val loss, highest CIDEr-D, or shortest time; runs without the
+    figure last."""
     key = {"val_loss": "best_val_loss", "cider": "CIDEr", "time": "seconds"}[by]
     sign = -1 if by == "cider" else 1
     return sorted(rows, key=lambda r: (r[key] is None, sign * (r[key] or 0), r["run"]))
@@ -360,7 +369,8 @@ def _fmt(x, spec=".4f"):
 def table(rows):
     """Rows (already sorted) -> the text table: settings that differ, then the figures."""
     keys = differing(rows)
-    head = [k.replace("_", "-") for k in keys] + ["best val loss", "CIDEr-D", "time", "status", "run"]
+    head = [k.replace("_", "-") for k in keys]
+    head += ["best val loss", "CIDEr-D", "time", "status", "run"]
     body = [[_setting(r["settings"].get(k)) for k in keys]
             + [_fmt(r["best_val_loss"]), _fmt(r["CIDEr"], ".3f"),
                "-" if r["seconds"] is None else f"{r['seconds']:.1f}s", r["status"], r["run"]]

@@ -1,6 +1,7 @@
 """prepare and sweep on a real Dask cluster: a `dask scheduler` and two `dask worker`
 processes on 127.0.0.1, as a user would start them on three machines. Everything stops
 by itself (the workers die with the scheduler, the scheduler when idle)."""
+import contextlib
 import inspect
 import json
 import os
@@ -52,33 +53,32 @@ def dask_cluster(tmp_path_factory, cache):
     info = work / "scheduler.json"
     dask = [sys.executable, "-m", "dask"]
     env = _env(cache)
-    log = open(work / "dask.log", "w")
-    procs = [subprocess.Popen(dask + ["scheduler", "--host", "127.0.0.1", "--port", "0",
-                                      "--no-dashboard", "--scheduler-file", str(info),
-                                      "--idle-timeout", "600"],
-                              cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)]
-    procs += [subprocess.Popen(dask + ["worker", "--scheduler-file", str(info), "--host",
-                                       "127.0.0.1", "--nthreads", "1", "--no-dashboard",
-                                       "--death-timeout", "30", "--local-directory",
-                                       str(work / f"w{i}")],
-                               cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-              for i in range(2)]
-    client = None
-    try:
-        client = distributed.Client(scheduler_file=str(info), timeout=60)
-        client.wait_for_workers(2, timeout=60)
-        yield client.scheduler.address, client
-    finally:
-        if client is not None:
-            client.shutdown()  # the scheduler and the workers exit
-            client.close()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        log.close()
+    with open(work / "dask.log", "w") as log:
+        procs = [subprocess.Popen(dask + ["scheduler", "--host", "127.0.0.1", "--port", "0",
+                                          "--no-dashboard", "--scheduler-file", str(info),
+                                          "--idle-timeout", "600"],
+                                  cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)]
+        procs += [subprocess.Popen(dask + ["worker", "--scheduler-file", str(info), "--host",
+                                           "127.0.0.1", "--nthreads", "1", "--no-dashboard",
+                                           "--death-timeout", "30", "--local-directory",
+                                           str(work / f"w{i}")],
+                                   cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+                  for i in range(2)]
+        client = None
+        try:
+            client = distributed.Client(scheduler_file=str(info), timeout=60)
+            client.wait_for_workers(2, timeout=60)
+            yield client.scheduler.address, client
+        finally:
+            if client is not None:
+                client.shutdown()  # the scheduler and the workers exit
+                client.close()
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
 
 
 def _ready(client):
@@ -254,17 +254,15 @@ def test_sweep_on_the_cluster_survives_a_killed_worker(dask_cluster, dataset, tm
     grid = [("hidden_dim", [("16", 16), ("64", 64)])]
     done = {}
     thread = threading.Thread(target=lambda: done.update(result=sweep.run_sweep(
-        str(out), base, grid, scheduler=address, log=lambda line: None)))
+        str(out), base, grid, scheduler=address, log=lambda _: None)))
     thread.start()
     victim, deadline = out / "hidden-dim=64", time.monotonic() + 120
     try:
         step = 0
         while not 0 < step < 4 * 15:  # part-way through the big run
             assert thread.is_alive() and time.monotonic() < deadline
-            try:
+            with contextlib.suppress(OSError, ValueError, KeyError):
                 step = json.loads((victim / "history.json").read_text())["step"]
-            except (OSError, ValueError, KeyError):
-                pass
             time.sleep(0.001)
         os.kill(int((victim / "train.lock").read_text()), signal.SIGKILL)  # the worker's pid
     finally:

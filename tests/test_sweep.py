@@ -48,26 +48,28 @@ def assert_same_params(a, b):
 
 
 def test_grid_parsing_and_plan():
-    grid = sweep.parse_grid(["cell=rnn,lstm", "--hidden-dim=8, 16"], lambda n, t: t.upper())
+    grid = sweep.parse_grid(["cell=rnn,lstm", "--hidden-dim=8, 16"], lambda _, t: t.upper())
     assert grid == [("cell", [("rnn", "RNN"), ("lstm", "LSTM")]),
                     ("hidden_dim", [("8", "8"), ("16", "16")])]
     runs = sweep.plan({"seed": 0}, grid)
     assert [n for n, _ in runs] == ["cell=rnn,hidden-dim=8", "cell=rnn,hidden-dim=16",
                                     "cell=lstm,hidden-dim=8", "cell=lstm,hidden-dim=16"]
     assert runs[3][1] == {"seed": 0, "cell": "LSTM", "hidden_dim": "16"}
-    for bad, why in [("cell", "NAME=V1,V2"), ("cell=", "NAME=V1,V2"), ("colour=red", "not a setting"),
-                     ("data=a,b", "not a setting"), ("lr=1,1", "repeats")]:
+    for bad, why in [("cell", "NAME=V1,V2"), ("cell=", "NAME=V1,V2"),
+                     ("colour=red", "not a setting"), ("data=a,b", "not a setting"),
+                     ("lr=1,1", "repeats")]:
         with pytest.raises(CaptionerError, match=why):
-            sweep.parse_grid([bad], lambda n, t: t)
+            sweep.parse_grid([bad], lambda _, t: t)
     with pytest.raises(CaptionerError, match="already in the grid"):
-        sweep.parse_grid(["lr=1", "lr=2"], lambda n, t: t)
+        sweep.parse_grid(["lr=1", "lr=2"], lambda _, t: t)
 
 
 def test_cli_refuses_bad_grids_in_one_line(dataset, tmp_path):
     out = tmp_path / "sw"
     for args, why in [([], "--grid NAME=V1"), (["--grid", "lr=0,1e-3"], "lr=0"),
                       (["--grid", "cell=rnn,gru"], "cell=gru"),
-                      (["--grid", "cell=rnn,lstm", "--cell", "rnn"], "both an option and in --grid"),
+                      (["--grid", "cell=rnn,lstm", "--cell", "rnn"],
+                       "both an option and in --grid"),
                       (["--grid", "keep-best=loss,cider"], "--eval-every")]:
         result = run("sweep", "--data", dataset, "--out", out, *args)
         assert result.exit_code == 2 and why in result.output, (args, result.output)
@@ -110,7 +112,8 @@ def test_sweep_runs_ranks_skips_and_its_runs_are_ordinary(dataset, tmp_path):
     rows = json.loads(r.output)
     assert [sorted(row["settings"]) for row in rows] == [["cell", "lr"]] * 4
     ciders = [row["CIDEr"] for row in rows]
-    assert ciders == sorted(ciders, reverse=True) and all(row["status"] == "finished" for row in rows)
+    assert ciders == sorted(ciders, reverse=True)
+    assert all(row["status"] == "finished" for row in rows)
     for row in rows:
         saved = json.loads((out / os.path.basename(row["run"]) / "result.json").read_text())
         assert row["best_val_loss"] == saved["best_val_loss"] and row["epochs"] == 2

@@ -43,7 +43,8 @@ def _pictures(folder, n):
             shutil.copyfile(src, folder / name)
         else:
             name = f"pic{i:04d}.jpg"
-            Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(folder / name)
+            pixels = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / name)
         images.append({"id": i, "file_name": name})
         anns.append({"id": i, "image_id": i, "caption": f"picture number {i % 7} of a test"})
     (folder / "captions.json").write_text(json.dumps({"images": images, "annotations": anns}))
@@ -128,11 +129,10 @@ def _prepare_figures(rep, tmp, quick):
 
 def _sweep_figures(rep, tmp, quick):
     sys.path.insert(0, str(ROOT / "tests"))
+    from captioner import sweep
     from fixtures import build_dataset
 
-    from captioner import sweep
-
-    n_images = 400 if quick else 1000
+    n_images = 300 if quick else 600
     data = build_dataset(tmp / "synthetic", n_train_images=n_images, captions_per_image=5,
                          n_val_images=100, feature_dim=512, seed=0)
     base = dict(data=str(data), features="auto", cell="lstm", epochs=2, batch_size=100, lr=1e-3,
@@ -148,7 +148,7 @@ def _sweep_figures(rep, tmp, quick):
         _log(f"sweep --parallel {parallel} ...")
         t0 = time.perf_counter()
         rows, failed = sweep.run_sweep(str(tmp / f"sweep{parallel}"), base, grid,
-                                       parallel=parallel, log=lambda line: None)
+                                       parallel=parallel, log=lambda _: None)
         walls[parallel] = time.perf_counter() - t0
         if failed:
             return rep.skip(SEC, f"a sweep run failed: {next(iter(failed.values()))}")
@@ -161,8 +161,8 @@ def run(rep, args):
     quick = getattr(args, "quick", False)
     tmp = Path(tempfile.mkdtemp(prefix="captioner-bench-cluster-"))
     try:
-        out = {"prepare": _prepare_figures(rep, tmp, quick), "sweep": _sweep_figures(rep, tmp, quick)}
-        rep.data[SEC] = out
+        rep.data[SEC] = {"prepare": _prepare_figures(rep, tmp, quick),
+                         "sweep": _sweep_figures(rep, tmp, quick)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
