@@ -141,8 +141,8 @@ def saved_step(run_dir):
 def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(dataset, tmp_path):
     """kill -9 of the sweep while a run trains: its children save and stop (they die with
     it), the same command finishes the job, and every run equals an uninterrupted sweep's."""
-    grid = ["--grid", "cell=rnn,lstm", "--grid", "hidden-dim=16,256"]
-    common = ["sweep", "--data", dataset, *SMALL[2:], "--wordvec-dim", 8, "--epochs", 6, *grid,
+    grid = ["--grid", "cell=rnn,lstm", "--grid", "hidden-dim=16,64"]
+    common = ["sweep", "--data", dataset, *SMALL[2:], "--wordvec-dim", 8, "--epochs", 4, *grid,
               "--parallel", 2]
     straight = tmp_path / "straight"
     r = subprocess.run(CLI + [str(a) for a in common + ["--out", straight]], env=ENV,
@@ -157,7 +157,7 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(dataset, tmp_pa
     deadline = time.monotonic() + 300
     try:
         # Wait until a run is part-way (a checkpoint saved, no result yet), then kill -9.
-        while not any(0 < saved_step(out / n) < 6 * 15 and not (out / n / "result.json").exists()
+        while not any(0 < saved_step(out / n) < 4 * 15 and not (out / n / "result.json").exists()
                       for n in names):
             assert proc.poll() is None, "the sweep ended before a run was caught mid-way"
             assert time.monotonic() < deadline
@@ -179,5 +179,5 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(dataset, tmp_pa
         path = str(out / name / "last.npz")
         model, meta, optim, history = training.load_model(path)
         state = training.resume_state(meta, optim, history, path=path, params=model.params)
-        assert state["step"] == len(state["loss_history"]) == 6 * 15  # no step done twice
+        assert state["step"] == len(state["loss_history"]) == 4 * 15  # no step done twice
         assert not [n for n in os.listdir(out / name) if n.startswith(".tmp-")]
