@@ -104,18 +104,17 @@ def _prepare_figures(rep, tmp, quick):
         _log("prepare through the cluster (twice) ...")
         cold, ipsc = prepare("cluster", executor=pool, workers=threads)
         warm, ipsw = prepare("cluster-warm", executor=pool, workers=threads)
-    best = max(ipsc, ipsw)
     same = _same(local, cold) and _same(local, warm)
     same_one = _same(one, local)
     rep.row(SEC, "prepare, 1 process", f"{ips1:.1f} images/s")
     rep.row(SEC, "prepare, 2 local worker processes (best of 2)",
             f"{ips2:.1f} images/s ({ips2 / ips1:.2f}x 1 process)")
+    # The target compares like with like: both start their workers for this run.
     rep.row(SEC, "prepare, local Dask cluster of 2 workers: first run",
-            f"{ipsc:.1f} images/s ({ipsc / ips2:.2f}x the local processes)")
+            f"{ipsc:.1f} images/s ({ipsc / ips2:.2f}x the local processes)",
+            ">= 0.85x local processes", ipsc >= 0.85 * ips2)
     rep.row(SEC, "prepare, the same cluster again (warm workers)",
             f"{ipsw:.1f} images/s ({ipsw / ips2:.2f}x the local processes)")
-    rep.row(SEC, "prepare, cluster (best) vs local worker processes (best)",
-            f"{best / ips2:.2f}x", ">= 0.85x", best >= 0.85 * ips2)
     rep.row(SEC, "starting the local cluster (not in the figures above)", f"{start:.1f} s")
     rep.row(SEC, "cluster datasets identical to the local workers'", "yes" if same else "NO",
             "yes", same)
@@ -132,7 +131,7 @@ def _sweep_figures(rep, tmp, quick):
     from captioner import sweep
     from fixtures import build_dataset
 
-    n_images = 300 if quick else 600
+    n_images = 400 if quick else 1000
     data = build_dataset(tmp / "synthetic", n_train_images=n_images, captions_per_image=5,
                          n_val_images=100, feature_dim=512, seed=0)
     base = dict(data=str(data), features="auto", cell="lstm", epochs=2, batch_size=100, lr=1e-3,
