@@ -32,13 +32,14 @@ def _dask():
 
 
 @contextlib.contextmanager
-def client(address, n_workers=None, timeout=CONNECT_TIMEOUT):
+def client(address, n_workers=None, timeout=None):
     """A connected distributed.Client, closed on exit (with its LocalCluster for "local").
 
     address: tcp://host:port of a `dask scheduler`, or "local" for a cluster of
     n_workers single-threaded worker processes on 127.0.0.1 (None: one per core).
     """
     distributed = _dask()
+    timeout = CONNECT_TIMEOUT if timeout is None else timeout
     cluster = None
     try:
         if address == "local":
@@ -64,7 +65,7 @@ def client(address, n_workers=None, timeout=CONNECT_TIMEOUT):
 
 
 @contextlib.contextmanager
-def executor(address, n_workers=None, timeout=CONNECT_TIMEOUT):
+def executor(address, n_workers=None, timeout=None):
     """client() as (concurrent.futures.Executor, worker threads connected now). Dask
     reruns the task of a worker that dies on another worker, so each submitted call
     gives one result (or one error)."""

@@ -91,10 +91,24 @@ def _same_run(a, b):
     return rest(a) == rest(b)
 
 
-def setup(out, base, grid):
-    """Create OUT, sweep.json and each run's directory and run.json -> the run directories.
-    A run directory holding other settings is refused (one line naming it)."""
+def check(out, base, grid):
+    """plan(), refusing (one line naming it) a run directory of OUT that holds other settings.
+    Writes nothing."""
     runs = plan(base, grid)
+    for name, settings in runs:
+        path = os.path.join(out, name, "run.json")
+        old = _read(path) if os.path.exists(path) else settings
+        if not _same_run(old, settings):
+            diff = sorted(k for k in set(old) | set(settings)
+                          if k != "epochs" and old.get(k) != settings.get(k))
+            raise CaptionerError(f"{os.path.dirname(path)}: holds a run with other settings "
+                                 f"({', '.join(diff)}); rerun the sweep with its settings "
+                                 f"or choose another --out")
+    return runs
+
+
+def setup(out, base, grid, runs):
+    """Create OUT, sweep.json and each run's directory and run.json -> the run directories."""
     training.make_dir(out)
     atomic.write_json(os.path.join(out, "sweep.json"),
                       {"grid": [[n, [t for t, _ in vs]] for n, vs in grid], "base": base})
@@ -103,14 +117,6 @@ def setup(out, base, grid):
         run_dir = os.path.join(out, name)
         training.make_dir(run_dir)
         path = os.path.join(run_dir, "run.json")
-        if os.path.exists(path):
-            old = _read(path)
-            if not _same_run(old, settings):
-                diff = sorted(k for k in set(old) | set(settings)
-                              if k != "epochs" and old.get(k) != settings.get(k))
-                raise CaptionerError(f"{run_dir}: holds a run with other settings "
-                                     f"({', '.join(diff)}); rerun the sweep with its settings "
-                                     f"or choose another --out")
         if not os.path.exists(path) or _read(path) != settings:
             atomic.write_json(path, settings)
         dirs.append(run_dir)
@@ -123,13 +129,16 @@ def _read(path):
                      "delete it to start this part of the sweep again")
 
 
-def finished(run_dir):
-    """The run's result if it is finished (for its current epochs), else None."""
+def finished(run_dir, epochs=None):
+    """The run's result if it is finished (trained for at least `epochs`, by default those
+    of its run.json), else None."""
     path = os.path.join(run_dir, "result.json")
     if not os.path.exists(path):
         return None
-    result, spec = _read(path), _read(os.path.join(run_dir, "run.json"))
-    return result if result.get("epochs") == spec["epochs"] else None
+    result = _read(path)
+    if epochs is None:
+        epochs = _read(os.path.join(run_dir, "run.json"))["epochs"]
+    return result if result.get("epochs", 0) >= epochs else None
 
 
 # ---------------------------------------------------------------- one run
@@ -224,16 +233,20 @@ def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
     scheduler None: `parallel` local subprocesses at a time, BLAS threads split
     between them. Else a Dask scheduler address (or "local"), one task per run.
     """
-    dirs = setup(out, base, grid)
+    runs = check(out, base, grid)
     todo = []
-    for run_dir in dirs:
-        if finished(run_dir) is not None:
+    for name, settings in runs:
+        run_dir = os.path.join(out, name)
+        if finished(run_dir, settings["epochs"]) is not None:
             log(f"{run_dir}: finished, skipped")
         else:
             todo.append(run_dir)
     failed = {}
-    if todo:
+    if not todo:
+        setup(out, base, grid, runs)
+    else:  # reach the scheduler before writing anything
         with _executor(scheduler, parallel) as (pool, task):
+            setup(out, base, grid, runs)
             futures = {pool.submit(task, run_dir): run_dir for run_dir in todo}
             for n, future in enumerate(as_completed(futures), 1):
                 run_dir = futures[future]
