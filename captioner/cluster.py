@@ -58,6 +58,16 @@ def client(address, n_workers=None, timeout=None):
                              f"--scheduler local") from None
     try:
         yield c
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("captioner"):
+            raise
+        raise CaptionerError(f"{address}: a Dask worker cannot import {e.name}; install "
+                             f"captioner on every worker machine (pip install "
+                             f"'captioner[cluster]')") from None
+    except distributed.KilledWorker:
+        raise CaptionerError(f"{address}: every worker that ran one of the tasks died, so Dask "
+                             f"gave up on it; see the workers' logs (out of memory?), then run "
+                             f"the same command again to resume") from None
     finally:
         c.close()
         if cluster is not None:

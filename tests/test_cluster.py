@@ -315,3 +315,23 @@ def test_without_scheduler_dask_is_not_imported(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=_env(tmp_path),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_local_cluster_workers_and_their_environment(dataset, tmp_path):
+    """--scheduler local: worker processes on 127.0.0.1 with one BLAS thread and without
+    Dask's MALLOC_TRIM_THRESHOLD_ (see captioner.cluster); a sweep runs through it."""
+    from captioner import cluster
+    def no_captioner():
+        raise ModuleNotFoundError("No module named 'captioner'", name="captioner")
+
+    with pytest.raises(CaptionerError, match="install captioner on every worker"):
+        with cluster.client("local", n_workers=2) as c:
+            env = c.run(lambda: (os.environ.get("OPENBLAS_NUM_THREADS"),
+                                 os.environ.get("MALLOC_TRIM_THRESHOLD_")))
+            assert len(env) == 2 and all(a.startswith("tcp://127.0.0.1:") for a in env)
+            assert set(env.values()) == {("1", None)}
+            c.submit(no_captioner).result()  # what a worker without captioner raises
+    r = run("sweep", "--data", dataset, *TRAIN, "--epochs", 1, "--grid", "cell=rnn,lstm",
+            "--scheduler", "local", "--parallel", 2, "--out", tmp_path / "sw")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("finished") == 2 and "[2/2]" in r.output
