@@ -25,7 +25,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from . import atomic, training
+from . import atomic, checkpoint, runs, training
 from .errors import CaptionerError
 
 # The settings of one run: `captioner train`'s options (cli.TRAIN_OPTIONS) plus the data.
@@ -70,18 +70,18 @@ def parse_grid(items, convert):
 def plan(base, grid):
     """-> [(run name, settings)] for every combination, first grid entry varying slowest.
     The name is NAME=VALUE pairs joined by commas, as written in --grid."""
-    runs = []
+    planned = []
     for combo in itertools.product(*[values for _, values in grid]):
         settings, parts = dict(base), []
         for (name, _), (text, value) in zip(grid, combo):
             settings[name] = value
             parts.append(f"{name.replace('_', '-')}={re.sub(r'[^A-Za-z0-9._+-]', '_', text)}")
-        runs.append((",".join(parts) or "run", settings))
-    names = [n for n, _ in runs]
+        planned.append((",".join(parts) or "run", settings))
+    names = [n for n, _ in planned]
     if len(set(names)) != len(names):
         raise CaptionerError("--grid: two values give the same run directory name; "
                              "write the values differently")
-    return runs
+    return planned
 
 
 def _same_run(a, b):
@@ -94,8 +94,8 @@ def _same_run(a, b):
 def check(out, base, grid):
     """plan(), refusing (one line naming it) a run directory of OUT that holds other settings.
     Writes nothing."""
-    runs = plan(base, grid)
-    for name, settings in runs:
+    planned = plan(base, grid)
+    for name, settings in planned:
         path = os.path.join(out, name, "run.json")
         old = _read(path) if os.path.exists(path) else settings
         if not _same_run(old, settings):
@@ -104,18 +104,18 @@ def check(out, base, grid):
             raise CaptionerError(f"{os.path.dirname(path)}: holds a run with other settings "
                                  f"({', '.join(diff)}); rerun the sweep with its settings "
                                  f"or choose another --out")
-    return runs
+    return planned
 
 
-def setup(out, base, grid, runs):
+def setup(out, base, grid, planned):
     """Create OUT, sweep.json and each run's directory and run.json -> the run directories."""
-    training.make_dir(out)
+    runs.make_dir(out)
     atomic.write_json(os.path.join(out, "sweep.json"),
                       {"grid": [[n, [t for t, _ in vs]] for n, vs in grid], "base": base})
     dirs = []
-    for name, settings in runs:
+    for name, settings in planned:
         run_dir = os.path.join(out, name)
-        training.make_dir(run_dir)
+        runs.make_dir(run_dir)
         path = os.path.join(run_dir, "run.json")
         if not os.path.exists(path) or _read(path) != settings:
             atomic.write_json(path, settings)
@@ -151,7 +151,7 @@ def run_one(run_dir):
         return result
     spec = _read(os.path.join(run_dir, "run.json"))
     _wait_for_writer(run_dir)
-    with training.run_lock(run_dir), open(os.path.join(run_dir, "train.log"), "a") as f:
+    with runs.run_lock(run_dir), open(os.path.join(run_dir, "train.log"), "a") as f:
         def log(line):
             f.write(f"{line}\n")
             f.flush()
@@ -191,11 +191,11 @@ def _train(run_dir, spec, log):
 
     last = os.path.join(run_dir, "last.npz")
     if os.path.exists(last):
-        model, meta, optim, history = training.load_model(last)
+        model, meta, optim, history = checkpoint.load_model(last)
         state = training.resume_state(meta, optim, history, path=last, params=model.params)
         settings = dict(state["settings"], epochs=spec["epochs"])
         data = _load(settings["data_dir"], meta["features"]["kind"], settings.get("max_train"))
-        training.check_compatible(last, meta, data)
+        checkpoint.check_compatible(last, meta, data)
         log(f"resuming {last} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
         data = _load(spec["data"], spec["features"], spec["max_train"])
@@ -216,7 +216,7 @@ def _score(run_dir, state, data):
     """Best val loss of the run, and CIDEr-D / BLEU-4 of greedy captions of its best.npz
     on every val image."""
     from .evaluation import evaluate_model
-    model, _, _, _ = training.load_model(os.path.join(run_dir, "best.npz"))
+    model, _, _, _ = checkpoint.load_model(os.path.join(run_dir, "best.npz"))
     scores, _, _ = evaluate_model(model, data, "val", meteor=False, beam_size=1,
                                   max_length=data["val_captions"].shape[1] - 1)
     losses = [r["val_loss"] for r in state["epochs"] if "val_loss" in r]
@@ -233,9 +233,9 @@ def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
     scheduler None: `parallel` local subprocesses at a time, BLAS threads split
     between them. Else a Dask scheduler address (or "local"), one task per run.
     """
-    runs = check(out, base, grid)
+    planned = check(out, base, grid)
     todo = []
-    for name, settings in runs:
+    for name, settings in planned:
         run_dir = os.path.join(out, name)
         if finished(run_dir, settings["epochs"]) is not None:
             log(f"{run_dir}: finished, skipped")
@@ -243,10 +243,10 @@ def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
             todo.append(run_dir)
     failed = {}
     if not todo:
-        setup(out, base, grid, runs)
+        setup(out, base, grid, planned)
     else:  # reach the scheduler before writing anything
         with _executor(scheduler, parallel) as (pool, task):
-            setup(out, base, grid, runs)
+            setup(out, base, grid, planned)
             futures = {pool.submit(task, run_dir): run_dir for run_dir in todo}
             for n, future in enumerate(as_completed(futures), 1):
                 run_dir = futures[future]
@@ -323,7 +323,7 @@ def _main(argv):
     except CaptionerError as e:
         print(f"captioner: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except training.Interrupted as e:
+    except runs.Interrupted as e:
         print(f"{argv[0]}: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except KeyboardInterrupt:

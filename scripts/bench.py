@@ -25,6 +25,9 @@ Sections (each is skipped, with the reason printed, when what it needs is missin
   prepare  `captioner prepare` on 416 real COCO JPEGs (the 13 of ../shared repeated), 1 worker
            vs all cores, each in a fresh process, interleaved: images/s, the ratio (>= 1.7x),
            identical features, peak RSS (< 1.5 GiB), projected time for COCO 2014.
+  cluster  prepare through a local 2-worker Dask cluster vs 2 local worker processes vs 1
+           process (images/s, same pictures, same dataset); a sweep of 4 small runs with
+           --parallel 1 vs 2 (wall time). Needs the cluster extra.
 
 Each section is one module, scripts/benchmarks/<section>.py, with run(rep, args); what they
 share (the report, timing, machine information) is scripts/benchmarks/common.py.
@@ -54,7 +57,7 @@ from benchmarks.common import (  # noqa: E402
     others_share,
 )
 
-SECTIONS = ("train", "decode", "metrics", "encoder", "memory", "startup", "prepare")
+SECTIONS = ("train", "decode", "metrics", "encoder", "memory", "startup", "prepare", "cluster")
 
 
 # Above this share of the CPU taken by other processes a section's figures are flagged: with

@@ -55,7 +55,8 @@ def dask_cluster(tmp_path_factory, cache):
     env = _env(cache)
     with open(work / "dask.log", "w") as log:
         procs = [subprocess.Popen(dask + ["scheduler", "--host", "127.0.0.1", "--port", "0",
-                                          "--no-dashboard", "--scheduler-file", str(info),
+                                          "--no-dashboard", "--dashboard-address",
+                                          "127.0.0.1:0", "--scheduler-file", str(info),
                                           "--idle-timeout", "600"],
                                   cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)]
         procs += [subprocess.Popen(dask + ["worker", "--scheduler-file", str(info), "--host",
@@ -71,8 +72,10 @@ def dask_cluster(tmp_path_factory, cache):
             yield client.scheduler.address, client
         finally:
             if client is not None:
-                client.shutdown()  # the scheduler and the workers exit
-                client.close()
+                with contextlib.suppress(Exception):
+                    client.close(timeout=10)
+            for p in procs[::-1]:  # the workers, then the scheduler
+                p.terminate()
             for p in procs:
                 try:
                     p.wait(timeout=30)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from captioner import sweep, training
+from captioner import checkpoint, sweep, training
 from captioner.cli import cli
 from captioner.errors import CaptionerError
 from fixtures import build_dataset
@@ -177,7 +177,7 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(dataset, tmp_pa
     for name in names:
         assert_same_params(out / name / "last.npz", straight / name / "last.npz")
         path = str(out / name / "last.npz")
-        model, meta, optim, history = training.load_model(path)
+        model, meta, optim, history = checkpoint.load_model(path)
         state = training.resume_state(meta, optim, history, path=path, params=model.params)
         assert state["step"] == len(state["loss_history"]) == 4 * 15  # no step done twice
         assert not [n for n in os.listdir(out / name) if n.startswith(".tmp-")]
