@@ -178,6 +178,6 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(dataset, tmp_pa
         assert_same_params(out / name / "last.npz", straight / name / "last.npz")
         path = str(out / name / "last.npz")
         model, meta, optim, history = checkpoint.load_model(path)
-        state = training.resume_state(meta, optim, history, path=path, params=model.params)
+        state = training.resume_state(meta, optim, history, path=path)
         assert state["step"] == len(state["loss_history"]) == 4 * 15  # no step done twice
         assert not [n for n in os.listdir(out / name) if n.startswith(".tmp-")]
