@@ -338,3 +338,10 @@ def test_local_cluster_workers_and_their_environment(dataset, tmp_path):
             "--scheduler", "local", "--parallel", 2, "--out", tmp_path / "sw")
     assert r.exit_code == 0, r.output
     assert r.output.count("finished") == 2 and "[2/2]" in r.output
+
+
+def test_prepare_workers_go_with_a_local_scheduler(pictures, tmp_path):
+    r = run("prepare", "--images", pictures, "--captions", pictures / "captions.json", "--out",
+            tmp_path / "data", "--workers", 2, "--scheduler", "tcp://127.0.0.1:1")
+    assert r.exit_code == 2 and "--workers goes with --scheduler local" in r.output
+    assert not (tmp_path / "data").exists()
