@@ -3,6 +3,7 @@
 Heavy imports (numpy, h5py) happen inside the commands so `captioner --help`
 starts instantly.
 """
+
 import contextlib
 import math
 import os
@@ -42,7 +43,11 @@ class _Positive(click.ParamType):
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(v) or v < 0 or (v == 0 and not self.allow_zero):
-            self.fail(f"{value!r} must be a finite number {'>=' if self.allow_zero else '>'} 0", param, ctx)
+            self.fail(
+                f"{value!r} must be a finite number {'>=' if self.allow_zero else '>'} 0",
+                param,
+                ctx,
+            )
         return v
 
 
@@ -54,20 +59,31 @@ MAX_LENGTH = click.IntRange(1, limits.MAX_LENGTH)
 
 
 def data_option(f):
-    f = click.option("--features", default="auto", show_default=True,
-                     help="Feature kind: pca (512-d), fc7 (4096-d), or a kind written by "
-                          "`captioner prepare`; auto takes pca when present.")(f)
-    return click.option("--data", type=click.Path(file_okay=False), envvar="CAPTIONER_DATA",
-                        default=DATA_DEFAULT, show_default=True,
-                        help="Dataset directory in the CS231n coco_captioning layout "
-                             "(env CAPTIONER_DATA).")(f)
+    f = click.option(
+        "--features",
+        default="auto",
+        show_default=True,
+        help="Feature kind: pca (512-d), fc7 (4096-d), or a kind written by "
+        "`captioner prepare`; auto takes pca when present.",
+    )(f)
+    return click.option(
+        "--data",
+        type=click.Path(file_okay=False),
+        envvar="CAPTIONER_DATA",
+        default=DATA_DEFAULT,
+        show_default=True,
+        help="Dataset directory in the CS231n coco_captioning layout (env CAPTIONER_DATA).",
+    )(f)
 
 
 def _load_data(data, features, splits=("train", "val"), max_train=None):
     from .data import load_coco_data
+
     if not os.path.isdir(data):
-        raise CaptionerError(f"{data}: no such dataset directory; run `captioner download` (or "
-                             f"`make coco`), or point --data / CAPTIONER_DATA at one")
+        raise CaptionerError(
+            f"{data}: no such dataset directory; run `captioner download` (or "
+            f"`make coco`), or point --data / CAPTIONER_DATA at one"
+        )
     return load_coco_data(data, features=features, splits=splits, max_train=max_train)
 
 
@@ -86,52 +102,120 @@ def cli():
 
 # ---------------------------------------------------------------- train
 
+
 def train_options(many=False, run_dir_options=True):
     """The options of `train`, shared with `compare` and `sweep`. many: --cell and
     --weight-decay take several values (compare trains one run per cell and L2 strength).
     run_dir_options False: without --out, --resume and --quiet (sweep has its own --out)."""
     options = [
-        click.option("--cell", type=click.Choice(["lstm", "rnn"]), multiple=many,
-                     default=("rnn", "lstm") if many else "lstm", show_default=True,
-                     help="Decoder cell" + (" (repeat: one run each)." if many else ".")),
+        click.option(
+            "--cell",
+            type=click.Choice(["lstm", "rnn"]),
+            multiple=many,
+            default=("rnn", "lstm") if many else "lstm",
+            show_default=True,
+            help="Decoder cell" + (" (repeat: one run each)." if many else "."),
+        ),
         click.option("--epochs", type=COUNT, default=10, show_default=True),
         click.option("--batch-size", type=COUNT, default=100, show_default=True),
-        click.option("--lr", type=POSITIVE, default=1e-3, show_default=True,
-                     help="Learning rate."),
-        click.option("--lr-decay", type=POSITIVE, default=0.95, show_default=True,
-                     help="Multiply the learning rate by this after every epoch."),
-        click.option("--optimizer", type=click.Choice(["adam", "sgd", "sgd_momentum", "rmsprop"]),
-                     default="adam", show_default=True),
-        click.option("--weight-decay", type=NON_NEGATIVE, multiple=many,
-                     default=(0.0,) if many else 0.0, show_default=True,
-                     help="L2 penalty on the weight matrices"
-                          + (" (repeat: one run per cell and value)." if many else ".")),
-        click.option("--clip-norm", type=NON_NEGATIVE, default=0.0, show_default=True,
-                     help="Clip the global gradient norm to this (0: off)."),
-        click.option("--hidden-dim", type=click.IntRange(1, limits.MAX_DIM), default=512,
-                     show_default=True, help=f"Decoder state size (at most {limits.MAX_DIM})."),
-        click.option("--wordvec-dim", type=click.IntRange(1, limits.MAX_DIM), default=256,
-                     show_default=True, help=f"Word vector size (at most {limits.MAX_DIM})."),
-        click.option("--max-train", type=COUNT, default=None,
-                     help="Keep only the first N training captions."),
-        click.option("--val-size", type=click.IntRange(min=0), default=1000, show_default=True,
-                     help="Validation captions scored after every epoch (a fixed subset)."),
-        click.option("--save-every", type=click.IntRange(min=0), default=1000, show_default=True,
-                     help="Also save `last` every N steps (0: only at epoch ends)."),
-        click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Every N epochs, BLEU-4 and CIDEr-D of greedy captions on 200 val "
-                          "images."),
-        click.option("--keep-best", type=click.Choice(["loss", "cider"]), default="loss",
-                     show_default=True, help="What `best.npz` means: lowest val loss, or highest "
-                                             "CIDEr-D (needs --eval-every)."),
+        click.option(
+            "--lr", type=POSITIVE, default=1e-3, show_default=True, help="Learning rate."
+        ),
+        click.option(
+            "--lr-decay",
+            type=POSITIVE,
+            default=0.95,
+            show_default=True,
+            help="Multiply the learning rate by this after every epoch.",
+        ),
+        click.option(
+            "--optimizer",
+            type=click.Choice(["adam", "sgd", "sgd_momentum", "rmsprop"]),
+            default="adam",
+            show_default=True,
+        ),
+        click.option(
+            "--weight-decay",
+            type=NON_NEGATIVE,
+            multiple=many,
+            default=(0.0,) if many else 0.0,
+            show_default=True,
+            help="L2 penalty on the weight matrices"
+            + (" (repeat: one run per cell and value)." if many else "."),
+        ),
+        click.option(
+            "--clip-norm",
+            type=NON_NEGATIVE,
+            default=0.0,
+            show_default=True,
+            help="Clip the global gradient norm to this (0: off).",
+        ),
+        click.option(
+            "--hidden-dim",
+            type=click.IntRange(1, limits.MAX_DIM),
+            default=512,
+            show_default=True,
+            help=f"Decoder state size (at most {limits.MAX_DIM}).",
+        ),
+        click.option(
+            "--wordvec-dim",
+            type=click.IntRange(1, limits.MAX_DIM),
+            default=256,
+            show_default=True,
+            help=f"Word vector size (at most {limits.MAX_DIM}).",
+        ),
+        click.option(
+            "--max-train",
+            type=COUNT,
+            default=None,
+            help="Keep only the first N training captions.",
+        ),
+        click.option(
+            "--val-size",
+            type=click.IntRange(min=0),
+            default=1000,
+            show_default=True,
+            help="Validation captions scored after every epoch (a fixed subset).",
+        ),
+        click.option(
+            "--save-every",
+            type=click.IntRange(min=0),
+            default=1000,
+            show_default=True,
+            help="Also save `last` every N steps (0: only at epoch ends).",
+        ),
+        click.option(
+            "--eval-every",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Every N epochs, BLEU-4 and CIDEr-D of greedy captions on 200 val images.",
+        ),
+        click.option(
+            "--keep-best",
+            type=click.Choice(["loss", "cider"]),
+            default="loss",
+            show_default=True,
+            help="What `best.npz` means: lowest val loss, or highest "
+            "CIDEr-D (needs --eval-every).",
+        ),
         click.option("--seed", type=SEED, default=0, show_default=True),
-        click.option("--out", type=click.Path(file_okay=False), default=None,
-                     help="Parent directory of the runs (default runs/<timestamp>-compare)."
-                     if many else "Run directory (default runs/<timestamp>-<cell>)."),
-        click.option("--resume", type=click.Path(exists=True), default=None,
-                     help="Continue a comparison: its --out directory. --epochs may extend it."
-                     if many else "Continue a run: its directory or a checkpoint. --epochs may "
-                                  "extend it."),
+        click.option(
+            "--out",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Parent directory of the runs (default runs/<timestamp>-compare)."
+            if many
+            else "Run directory (default runs/<timestamp>-<cell>).",
+        ),
+        click.option(
+            "--resume",
+            type=click.Path(exists=True),
+            default=None,
+            help="Continue a comparison: its --out directory. --epochs may extend it."
+            if many
+            else "Continue a run: its directory or a checkpoint. --epochs may extend it.",
+        ),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
     if not run_dir_options:
@@ -141,15 +225,37 @@ def train_options(many=False, run_dir_options=True):
         for option in reversed(options):
             f = option(f)
         return data_option(f)
+
     return apply
 
 
 @cli.command()
 @train_options()
 @click.pass_context
-def train(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer, weight_decay,
-          clip_norm, hidden_dim, wordvec_dim, max_train, val_size, save_every, eval_every, keep_best,
-          seed, out, resume, quiet):
+def train(
+    ctx,
+    data,
+    features,
+    cell,
+    epochs,
+    batch_size,
+    lr,
+    lr_decay,
+    optimizer,
+    weight_decay,
+    clip_norm,
+    hidden_dim,
+    wordvec_dim,
+    max_train,
+    val_size,
+    save_every,
+    eval_every,
+    keep_best,
+    seed,
+    out,
+    resume,
+    quiet,
+):
     """Train a captioner on COCO features.
 
     \b
@@ -160,8 +266,11 @@ def train(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer
     from . import checkpoint, runs, training
     from .model import CaptioningRNN
 
-    given = {p for p in ctx.params
-             if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT}
+    given = {
+        p
+        for p in ctx.params
+        if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
+    }
     if resume:
         path = runs.find_checkpoint(resume)
         model, meta, optim, history = checkpoint.load_model(path)
@@ -181,65 +290,128 @@ def train(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer
         if keep_best == "cider" and not eval_every:
             raise click.UsageError("--keep-best cider needs --eval-every N")
         d = _load_data(data, features, max_train=max_train)
-        model = CaptioningRNN(d["word_to_idx"], input_dim=d["feature_dim"], wordvec_dim=wordvec_dim,
-                              hidden_dim=hidden_dim, cell_type=cell, seed=seed)
-        settings = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                        lr_decay=lr_decay, weight_decay=weight_decay, clip_norm=clip_norm,
-                        seed=seed, val_size=val_size, save_every=save_every,
-                        eval_every=eval_every, keep_best=keep_best, data_dir=os.path.abspath(data), features=d["feature_kind"], max_train=max_train)
+        model = CaptioningRNN(
+            d["word_to_idx"],
+            input_dim=d["feature_dim"],
+            wordvec_dim=wordvec_dim,
+            hidden_dim=hidden_dim,
+            cell_type=cell,
+            seed=seed,
+        )
+        settings = dict(
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            lr=lr,
+            lr_decay=lr_decay,
+            weight_decay=weight_decay,
+            clip_norm=clip_norm,
+            seed=seed,
+            val_size=val_size,
+            save_every=save_every,
+            eval_every=eval_every,
+            keep_best=keep_best,
+            data_dir=os.path.abspath(data),
+            features=d["feature_kind"],
+            max_train=max_train,
+        )
         state = None
         run_dir = runs.new_run_dir(out, cell)
-    click.echo(f"{len(d['train_captions']):,} training captions, {model.cell_type} "
-               f"hidden {model.hidden_dim}, {d['encoder']} features ({d['feature_dim']}-d) -> {run_dir}")
+    click.echo(
+        f"{len(d['train_captions']):,} training captions, {model.cell_type} "
+        f"hidden {model.hidden_dim}, {d['encoder']} features ({d['feature_dim']}-d) -> {run_dir}"
+    )
     with runs.run_lock(run_dir):
         try:
-            state = training.train(d, model, run_dir, state=state, progress=not quiet,
-                                   log=click.echo, **settings)
+            state = training.train(
+                d, model, run_dir, state=state, progress=not quiet, log=click.echo, **settings
+            )
         except runs.Interrupted as e:
             click.echo(f"\n{e}; continue with: captioner train --resume {run_dir}", err=True)
             ctx.exit(128 + e.signum)
-        except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint on disk is intact
+        except (
+            KeyboardInterrupt
+        ):  # a second Ctrl-C: stop now; the last checkpoint on disk is intact
             click.echo(f"\nstopped; continue with: captioner train --resume {run_dir}", err=True)
             ctx.exit(130)
     best = state["best"]
-    click.echo(f"done: {run_dir}/last.npz; best ({best['metric']} {best['value']:.4f}, "
-               f"epoch {best['epoch']}): {run_dir}/best.npz")
+    click.echo(
+        f"done: {run_dir}/last.npz; best ({best['metric']} {best['value']:.4f}, "
+        f"epoch {best['epoch']}): {run_dir}/best.npz"
+    )
 
 
 def _check_resume_flags(ctx, given, meta, settings, path):
     """--resume continues a run with its own settings: a flag saying otherwise is an error
     naming it, never silently ignored. (--epochs may extend the run; --data may move.)"""
     from .training import DEFAULTS
+
     saved = dict(DEFAULTS, max_train=None)
-    saved.update(settings, cell=meta["model"]["cell_type"], hidden_dim=meta["model"]["hidden_dim"],
-                 wordvec_dim=meta["model"]["wordvec_dim"], features=meta["features"]["kind"])
+    saved.update(
+        settings,
+        cell=meta["model"]["cell_type"],
+        hidden_dim=meta["model"]["hidden_dim"],
+        wordvec_dim=meta["model"]["wordvec_dim"],
+        features=meta["features"]["kind"],
+    )
     for name in sorted(given - {"epochs", "data", "resume", "out", "quiet"}):
         value = ctx.params[name]
         if name in saved and value != saved[name] and not (name == "features" and value == "auto"):
             flag = "--" + name.replace("_", "-")
-            raise click.UsageError(f"{flag} {value} contradicts {path}, which was trained with "
-                                   f"{flag} {saved[name]}; --resume continues a run with its own "
-                                   f"settings: drop {flag}, or start a new run with --out")
+            raise click.UsageError(
+                f"{flag} {value} contradicts {path}, which was trained with "
+                f"{flag} {saved[name]}; --resume continues a run with its own "
+                f"settings: drop {flag}, or start a new run with --out"
+            )
 
 
 # ---------------------------------------------------------------- sweep
 
+
 @cli.command()
 @train_options(run_dir_options=False)
-@click.option("--grid", multiple=True, metavar="NAME=V1,V2,...",
-              help="A train setting to vary (cell, lr, hidden-dim, weight-decay, ...); "
-                   "repeat for more: one run per combination.")
-@click.option("--out", type=click.Path(file_okay=False), default="runs/sweep", show_default=True,
-              help="Sweep folder, one run directory per combination.")
-@click.option("--parallel", type=COUNT, default=1, show_default=True,
-              help="Runs at a time on this machine, BLAS threads split between them "
-                   "(with --scheduler local: its worker processes).")
-@click.option("--scheduler", metavar="ADDRESS", default=None,
-              help="Run on a Dask cluster: tcp://HOST:8786, or local (needs captioner[cluster]).")
-@click.option("--summary", "summary_dir", type=click.Path(exists=True, file_okay=False),
-              default=None, help="Only print the table of the sweep in this folder, at any time.")
-@click.option("--sort-by", type=click.Choice(["val_loss", "cider", "time"]), default="val_loss",
-              show_default=True, help="Order of the table: best first.")
+@click.option(
+    "--grid",
+    multiple=True,
+    metavar="NAME=V1,V2,...",
+    help="A train setting to vary (cell, lr, hidden-dim, weight-decay, ...); "
+    "repeat for more: one run per combination.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="runs/sweep",
+    show_default=True,
+    help="Sweep folder, one run directory per combination.",
+)
+@click.option(
+    "--parallel",
+    type=COUNT,
+    default=1,
+    show_default=True,
+    help="Runs at a time on this machine, BLAS threads split between them "
+    "(with --scheduler local: its worker processes).",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Run on a Dask cluster: tcp://HOST:8786, or local (needs captioner[cluster]).",
+)
+@click.option(
+    "--summary",
+    "summary_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Only print the table of the sweep in this folder, at any time.",
+)
+@click.option(
+    "--sort-by",
+    type=click.Choice(["val_loss", "cider", "time"]),
+    default="val_loss",
+    show_default=True,
+    help="Order of the table: best first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 @click.pass_context
 def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **settings):
@@ -256,13 +428,16 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
     import json
 
     from . import sweep as sweeps
+
     failed = {}
     if summary_dir:
         rows = sweeps.summarize(summary_dir)
     else:
         if not grid:
-            raise click.UsageError("give the settings to vary: --grid NAME=V1,V2,... "
-                                   "(or --summary DIR for the table of a sweep)")
+            raise click.UsageError(
+                "give the settings to vary: --grid NAME=V1,V2,... "
+                "(or --summary DIR for the table of a sweep)"
+            )
         params = {p.name: p for p in ctx.command.params}
 
         def convert(name, text):
@@ -274,17 +449,25 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
         the_grid = sweeps.parse_grid(grid, convert)
         for name, _ in the_grid:
             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT:
-                raise click.UsageError(f"--{name.replace('_', '-')} is both an option and in "
-                                       f"--grid; keep one")
+                raise click.UsageError(
+                    f"--{name.replace('_', '-')} is both an option and in --grid; keep one"
+                )
         base = {k: settings[k] for k in sweeps.RUN_KEYS}
         base["data"] = os.path.abspath(base["data"])
-        if any(s["keep_best"] == "cider" and not s["eval_every"]
-               for _, s in sweeps.plan(base, the_grid)):
+        if any(
+            s["keep_best"] == "cider" and not s["eval_every"]
+            for _, s in sweeps.plan(base, the_grid)
+        ):
             raise click.UsageError("--keep-best cider needs --eval-every N")
         try:
-            rows, failed = sweeps.run_sweep(out, base, the_grid, parallel=parallel,
-                                            scheduler=scheduler,
-                                            log=lambda line: click.echo(line, err=as_json))
+            rows, failed = sweeps.run_sweep(
+                out,
+                base,
+                the_grid,
+                parallel=parallel,
+                scheduler=scheduler,
+                log=lambda line: click.echo(line, err=as_json),
+            )
         except KeyboardInterrupt:
             click.echo("\ninterrupted; run the same command again to resume", err=True)
             sys.exit(130)
@@ -299,12 +482,21 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
 
 # ---------------------------------------------------------------- overfit
 
+
 @cli.command()
 @data_option
-@click.option("--small", is_flag=True, help="The CS231n sanity check: 50 captions (the default size).")
-@click.option("--cell", type=click.Choice(["lstm", "rnn"]), default=None,
-              help="One cell only (default: both, side by side).")
-@click.option("--n", type=COUNT, default=50, show_default=True, help="How many captions to memorise.")
+@click.option(
+    "--small", is_flag=True, help="The CS231n sanity check: 50 captions (the default size)."
+)
+@click.option(
+    "--cell",
+    type=click.Choice(["lstm", "rnn"]),
+    default=None,
+    help="One cell only (default: both, side by side).",
+)
+@click.option(
+    "--n", type=COUNT, default=50, show_default=True, help="How many captions to memorise."
+)
 @click.option("--epochs", type=COUNT, default=50, show_default=True)
 def overfit(data, features, small, cell, n, epochs):
     """Memorise a tiny subset to near-zero loss: the first check to run.
@@ -321,14 +513,18 @@ def overfit(data, features, small, cell, n, epochs):
     cells = [cell] if cell else ["rnn", "lstm"]
     results = {}
     for c in cells:
-        click.echo(f"overfitting {min(n, len(d['train_captions']))} captions with the {c} cell ...")
+        click.echo(
+            f"overfitting {min(n, len(d['train_captions']))} captions with the {c} cell ..."
+        )
         results[c] = run(d, c, n=n, epochs=epochs)
     click.echo("\nloss per epoch (mean over the epoch's batches)")
     click.echo("epoch " + "".join(f"{c:>10}" for c in cells))
     n_epochs = len(results[cells[0]]["state"]["epochs"])
     for e in sorted({0, n_epochs - 1} | set(range(4, n_epochs, 5))):
-        click.echo(f"{e + 1:5d} " + "".join(
-            f"{results[c]['state']['epochs'][e]['train_loss']:10.4f}" for c in cells))
+        click.echo(
+            f"{e + 1:5d} "
+            + "".join(f"{results[c]['state']['epochs'][e]['train_loss']:10.4f}" for c in cells)
+        )
 
     truth = results[cells[0]]["truth"]
     click.echo(f"\n{len(truth)} memorised images: sampled caption vs ground truth")
@@ -340,38 +536,92 @@ def overfit(data, features, small, cell, n, epochs):
     click.echo("")
     for c in cells:
         r = results[c]
-        click.echo(f"{c}: final loss {r['final_loss']:.4f} ({'PASS' if r['passed'] else 'FAIL'}, "
-                   f"needs < {r['limit']}); {r['exact']}/{len(truth)} sampled captions equal "
-                   f"their ground truth")
+        click.echo(
+            f"{c}: final loss {r['final_loss']:.4f} ({'PASS' if r['passed'] else 'FAIL'}, "
+            f"needs < {r['limit']}); {r['exact']}/{len(truth)} sampled captions equal "
+            f"their ground truth"
+        )
     if not all(r["passed"] for r in results.values()):
         sys.exit(1)
 
 
 # ---------------------------------------------------------------- gradients
 
+
 @cli.command()
-@click.option("--checkpoint", "ckpts", type=click.Path(exists=True, dir_okay=False), multiple=True,
-              help="A trained model (repeat to compare several).")
-@click.option("--cell", "cells", type=click.Choice(["rnn", "lstm"]), multiple=True,
-              help="A fresh model, initialised as `train` would (repeat: --cell rnn --cell lstm).")
+@click.option(
+    "--checkpoint",
+    "ckpts",
+    type=click.Path(exists=True, dir_okay=False),
+    multiple=True,
+    help="A trained model (repeat to compare several).",
+)
+@click.option(
+    "--cell",
+    "cells",
+    type=click.Choice(["rnn", "lstm"]),
+    multiple=True,
+    help="A fresh model, initialised as `train` would (repeat: --cell rnn --cell lstm).",
+)
 @data_option
 @click.option("--split", type=click.Choice(["train", "val"]), default="val", show_default=True)
-@click.option("--count", type=COUNT, default=500, show_default=True,
-              help="Use the first N captions of the split, in file order.")
-@click.option("--length", type=click.IntRange(min=2), default=None,
-              help="Also feed L random words per image: the decay past caption lengths.")
-@click.option("--seed", type=SEED, default=0, show_default=True,
-              help="Seed of the fresh models and of the random words.")
-@click.option("--hidden-dim", type=click.IntRange(1, limits.MAX_DIM), default=512,
-              show_default=True, help=f"Fresh models only (at most {limits.MAX_DIM}).")
-@click.option("--wordvec-dim", type=click.IntRange(1, limits.MAX_DIM), default=256,
-              show_default=True, help=f"Fresh models only (at most {limits.MAX_DIM}).")
+@click.option(
+    "--count",
+    type=COUNT,
+    default=500,
+    show_default=True,
+    help="Use the first N captions of the split, in file order.",
+)
+@click.option(
+    "--length",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Also feed L random words per image: the decay past caption lengths.",
+)
+@click.option(
+    "--seed",
+    type=SEED,
+    default=0,
+    show_default=True,
+    help="Seed of the fresh models and of the random words.",
+)
+@click.option(
+    "--hidden-dim",
+    type=click.IntRange(1, limits.MAX_DIM),
+    default=512,
+    show_default=True,
+    help=f"Fresh models only (at most {limits.MAX_DIM}).",
+)
+@click.option(
+    "--wordvec-dim",
+    type=click.IntRange(1, limits.MAX_DIM),
+    default=256,
+    show_default=True,
+    help=f"Fresh models only (at most {limits.MAX_DIM}).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None,
-              help="Draw log gradient norm against distance, every model on one chart (PNG).")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Draw log gradient norm against distance, every model on one chart (PNG).",
+)
 @click.option("--force", is_flag=True, help="Let --plot replace an existing file.")
-def gradients(ckpts, cells, data, features, split, count, length, seed, hidden_dim, wordvec_dim,
-              as_json, plot, force):
+def gradients(
+    ckpts,
+    cells,
+    data,
+    features,
+    split,
+    count,
+    length,
+    seed,
+    hidden_dim,
+    wordvec_dim,
+    as_json,
+    plot,
+    force,
+):
     """How far back the training signal reaches: RNN vs LSTM, through time.
 
     \b
@@ -405,13 +655,20 @@ def gradients(ckpts, cells, data, features, split, count, length, seed, hidden_d
         if key not in loaded:
             loaded[key] = _load_data(data, features, splits=(split,))
         d = loaded[key]
-        model = CaptioningRNN(d["word_to_idx"], input_dim=d["feature_dim"],
-                              wordvec_dim=wordvec_dim, hidden_dim=hidden_dim, cell_type=cell,
-                              seed=seed)
+        model = CaptioningRNN(
+            d["word_to_idx"],
+            input_dim=d["feature_dim"],
+            wordvec_dim=wordvec_dim,
+            hidden_dim=hidden_dim,
+            cell_type=cell,
+            seed=seed,
+        )
         models.append((f"{cell} (fresh, seed {seed})", model, d))
     batches = [flow.first_captions(d, split, count) for _, _, d in models]
-    runs = [flow.measure(model, feats, caps, label, length=length, seed=seed)
-            for (label, model, _), (feats, caps) in zip(models, batches)]
+    runs = [
+        flow.measure(model, feats, caps, label, length=length, seed=seed)
+        for (label, model, _), (feats, caps) in zip(models, batches)
+    ]
     if plot:
         plots.gradient_plot(runs, plot)
     if as_json:
@@ -427,17 +684,51 @@ def gradients(ckpts, cells, data, features, split, count, length, seed, hidden_d
 
 # ---------------------------------------------------------------- compare
 
+
 @cli.command()
 @train_options(many=True)
-@click.option("--count", type=COUNT, default=500, show_default=True,
-              help="Val captions for the gradient-flow summary.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None,
-              help="Draw the loss curves of all runs on one chart (PNG).")
+@click.option(
+    "--count",
+    type=COUNT,
+    default=500,
+    show_default=True,
+    help="Val captions for the gradient-flow summary.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Draw the loss curves of all runs on one chart (PNG).",
+)
 @click.option("--force", is_flag=True, help="Let --plot replace an existing file.")
 @click.pass_context
-def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimizer, weight_decay,
-            clip_norm, hidden_dim, wordvec_dim, max_train, val_size, save_every, eval_every,
-            keep_best, seed, out, resume, quiet, count, plot, force):
+def compare(
+    ctx,
+    data,
+    features,
+    cell,
+    epochs,
+    batch_size,
+    lr,
+    lr_decay,
+    optimizer,
+    weight_decay,
+    clip_norm,
+    hidden_dim,
+    wordvec_dim,
+    max_train,
+    val_size,
+    save_every,
+    eval_every,
+    keep_best,
+    seed,
+    out,
+    resume,
+    quiet,
+    count,
+    plot,
+    force,
+):
     """Train the RNN and the LSTM alike and compare them in one table.
 
     \b
@@ -453,24 +744,39 @@ def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimiz
 
     if plot:
         plots.check_writable(plot, force)
-    given = {p for p in ctx.params
-             if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT}
+    given = {
+        p
+        for p in ctx.params
+        if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
+    }
     if resume:
         parent = resume
         plan = cmp.load_plan(parent, epochs if "epochs" in given else None)
         s = plan["settings"]
-        d = _load_data(data if "data" in given else s["data_dir"], s["features"],
-                       max_train=s.get("max_train"))
+        d = _load_data(
+            data if "data" in given else s["data_dir"], s["features"], max_train=s.get("max_train")
+        )
         click.echo(f"resuming the comparison in {parent}")
     else:
         if keep_best == "cider" and not eval_every:
             raise click.UsageError("--keep-best cider needs --eval-every N")
         d = _load_data(data, features, max_train=max_train)
-        settings = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                        lr_decay=lr_decay, clip_norm=clip_norm, seed=seed, val_size=val_size,
-                        save_every=save_every, eval_every=eval_every, keep_best=keep_best,
-                        data_dir=os.path.abspath(data), features=d["feature_kind"],
-                        max_train=max_train)
+        settings = dict(
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            lr=lr,
+            lr_decay=lr_decay,
+            clip_norm=clip_norm,
+            seed=seed,
+            val_size=val_size,
+            save_every=save_every,
+            eval_every=eval_every,
+            keep_best=keep_best,
+            data_dir=os.path.abspath(data),
+            features=d["feature_kind"],
+            max_train=max_train,
+        )
         parent = runs.new_run_dir(out, "compare")
         plan = cmp.new_plan(parent, cell, weight_decay, settings, hidden_dim, wordvec_dim)
     try:
@@ -488,39 +794,96 @@ def compare(ctx, data, features, cell, epochs, batch_size, lr, lr_decay, optimiz
         click.echo(line)
     for path in filter(None, [plot, os.path.join(parent, "compare-loss.png")]):
         plots.loss_plot([(r["name"], r["epochs"]) for r in res["runs"]], path)
-    plots.gradient_plot([r["gradients"] for r in res["runs"]],
-                        os.path.join(parent, "gradients.png"))
-    click.echo(f"written: {parent}/compare.json, gradients.json, compare-loss.png, gradients.png"
-               + (f"; plot: {plot}" if plot else ""))
+    plots.gradient_plot(
+        [r["gradients"] for r in res["runs"]], os.path.join(parent, "gradients.png")
+    )
+    click.echo(
+        f"written: {parent}/compare.json, gradients.json, compare-loss.png, gradients.png"
+        + (f"; plot: {plot}" if plot else "")
+    )
 
 
 # ---------------------------------------------------------------- sample
 
+
 @cli.command()
 @click.argument("images", nargs=-1)
-@click.option("--checkpoint", "ckpt", type=click.Path(), default=None,
-              help="Checkpoint (default: the newest runs/*/best.npz).")
+@click.option(
+    "--checkpoint",
+    "ckpt",
+    type=click.Path(),
+    default=None,
+    help="Checkpoint (default: the newest runs/*/best.npz).",
+)
 @data_option
-@click.option("--split", type=click.Choice(SPLITS), default=None,
-              help="Caption dataset images instead of picture files.")
-@click.option("--count", type=COUNT, default=5, show_default=True, help="Dataset images to caption.")
-@click.option("--beam-size", type=click.IntRange(1, limits.MAX_BEAM), default=3, show_default=True,
-              help=f"1 is greedy (at most {limits.MAX_BEAM}).")
-@click.option("--n-best", type=click.IntRange(1, limits.MAX_N_BEST), default=1, show_default=True,
-              help="Print the N best captions with their log-probabilities "
-                   f"(at most {limits.MAX_N_BEST}).")
-@click.option("--temperature", type=POSITIVE, default=None,
-              help="Sample words at this temperature instead of beam search (diverse captions).")
-@click.option("--max-length", type=MAX_LENGTH, default=16, show_default=True,
-              help=f"Words per caption at most (up to {limits.MAX_LENGTH}).")
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default=None,
+    help="Caption dataset images instead of picture files.",
+)
+@click.option(
+    "--count", type=COUNT, default=5, show_default=True, help="Dataset images to caption."
+)
+@click.option(
+    "--beam-size",
+    type=click.IntRange(1, limits.MAX_BEAM),
+    default=3,
+    show_default=True,
+    help=f"1 is greedy (at most {limits.MAX_BEAM}).",
+)
+@click.option(
+    "--n-best",
+    type=click.IntRange(1, limits.MAX_N_BEST),
+    default=1,
+    show_default=True,
+    help=f"Print the N best captions with their log-probabilities (at most {limits.MAX_N_BEST}).",
+)
+@click.option(
+    "--temperature",
+    type=POSITIVE,
+    default=None,
+    help="Sample words at this temperature instead of beam search (diverse captions).",
+)
+@click.option(
+    "--max-length",
+    type=MAX_LENGTH,
+    default=16,
+    show_default=True,
+    help=f"Words per caption at most (up to {limits.MAX_LENGTH}).",
+)
 @click.option("--seed", type=SEED, default=None, help="Pick the same images / samples again.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
-              help="Also write [{file_name, caption, log_prob, image_id}] to this file.")
-@click.option("--html", "html_out", type=click.Path(dir_okay=False), default=None,
-              help="Also write a gallery page of the captioned pictures to this file.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write [{file_name, caption, log_prob, image_id}] to this file.",
+)
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write a gallery page of the captioned pictures to this file.",
+)
 @click.option("--force", is_flag=True, help="Let --json and --html replace existing files.")
-def sample(images, ckpt, data, features, split, count, beam_size, n_best, temperature, max_length,
-           seed, json_out, html_out, force):
+def sample(
+    images,
+    ckpt,
+    data,
+    features,
+    split,
+    count,
+    beam_size,
+    n_best,
+    temperature,
+    max_length,
+    seed,
+    json_out,
+    html_out,
+    force,
+):
     """Caption picture files and folders of pictures, or images of the dataset (--split).
 
     \b
@@ -540,37 +903,45 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
     if (json_out or html_out) and not images:
         raise click.UsageError("--json and --html are for picture files; give files or folders")
     from . import atomic
+
     for out, flag in ((json_out, "--json"), (html_out, "--html")):
         if out:  # before any work: never over a file of the user's without --force
             atomic.check_new_file(out, force, flag)
     ckpt = ckpt or _newest_best()
     model, meta, _, _ = load_model(ckpt)
     rng = np.random.default_rng(seed)
-    decoding = dict(beam_size=beam_size, n_best=n_best, max_length=max_length,
-                    temperature=temperature, rng=rng)
+    decoding = dict(
+        beam_size=beam_size, n_best=n_best, max_length=max_length, temperature=temperature, rng=rng
+    )
 
     def show(title, caps, truth=()):
         click.echo(title)
         for cap, lp in caps:
-            click.echo(f"  {cap}" + (f"   (log p {lp:.2f})" if n_best > 1 and lp is not None else ""))
+            click.echo(
+                f"  {cap}" + (f"   (log p {lp:.2f})" if n_best > 1 and lp is not None else "")
+            )
         for t in truth:
             click.echo(f"  truth: {t}")
 
     if images:
         from . import encoder, picture_files
+
         for out in (json_out, html_out):
             if out:
                 picture_files.check_writable(out)
         if meta["features"].get("encoder") != encoder.ENCODER_NAME:
             raise CaptionerError(
-                f"{ckpt}: trained on {meta['features'].get('encoder')} features, which cannot be computed "
-                f"from a picture (the CS231n VGG-16 PCA basis is not published); caption dataset images with "
-                f"--split val, or build a dataset with `captioner prepare` and train on it")
+                f"{ckpt}: trained on {meta['features'].get('encoder')} features, which cannot be "
+                f"computed from a picture (the CS231n VGG-16 PCA basis is not published); caption "
+                f"dataset images with --split val, or build a dataset with `captioner prepare` "
+                f"and train on it"
+            )
         _demo_note(meta)
         files, bad = picture_files.find_pictures(images)
         # a progress bar for more than a few pictures, on a terminal (not in pipes and logs)
-        results = caption_images(model, files, progress=len(files) > 8 and sys.stderr.isatty(),
-                                 **decoding)
+        results = caption_images(
+            model, files, progress=len(files) > 8 and sys.stderr.isatty(), **decoding
+        )
         for path, caps, _ in results:
             if caps is not None:
                 show(path, caps)
@@ -580,6 +951,7 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
             picture_files.write_results(json_out, records)
         if html_out:
             from .report import write_gallery
+
             write_gallery(records, html_out, title=f"captioner sample: {len(records)} pictures")
         errors = [message for _, message in bad]
         errors += [message for _, caps, message in results if caps is None]
@@ -590,31 +962,64 @@ def sample(images, ckpt, data, features, split, count, beam_size, n_best, temper
         return
 
     from .data import image_groups
+
     d = _checkpoint_data(ckpt, meta, data, split)
     idxs, rows = image_groups(d, split)
     pick = np.sort(rng.choice(len(idxs), size=min(count, len(idxs)), replace=False))
     urls = d.get(f"{split}_urls")
-    for p, caps in zip(pick, caption_features(model, d[f"{split}_features"][idxs[pick]], **decoding)):
+    for p, caps in zip(
+        pick, caption_features(model, d[f"{split}_features"][idxs[pick]], **decoding)
+    ):
         truth = decode_captions(d[f"{split}_captions"][rows[p]], d["idx_to_word"])
         show(urls[idxs[p]] if urls else f"{split} image {idxs[p]}", caps, truth)
 
 
 # ---------------------------------------------------------------- report
 
+
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True)
-@click.option("--out", type=click.Path(), default="report.html", show_default=True,
-              help="The HTML file to write.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val",
-              show_default=True, help="The split to caption, score and show.")
-@click.option("--count", type=COUNT, default=24, show_default=True,
-              help="Gallery pictures per run: a third best, a third worst, a third at random.")
-@click.option("--beam-size", type=click.IntRange(1, limits.MAX_BEAM), default=3, show_default=True,
-              help=f"1 is greedy (at most {limits.MAX_BEAM}).")
-@click.option("--max-length", type=MAX_LENGTH, default=16, show_default=True,
-              help=f"Words per caption at most (up to {limits.MAX_LENGTH}).")
-@click.option("--max-images", type=COUNT, default=None,
-              help="Score only the first N images of the split (default: all).")
+@click.option(
+    "--out",
+    type=click.Path(),
+    default="report.html",
+    show_default=True,
+    help="The HTML file to write.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val", "test"]),
+    default="val",
+    show_default=True,
+    help="The split to caption, score and show.",
+)
+@click.option(
+    "--count",
+    type=COUNT,
+    default=24,
+    show_default=True,
+    help="Gallery pictures per run: a third best, a third worst, a third at random.",
+)
+@click.option(
+    "--beam-size",
+    type=click.IntRange(1, limits.MAX_BEAM),
+    default=3,
+    show_default=True,
+    help=f"1 is greedy (at most {limits.MAX_BEAM}).",
+)
+@click.option(
+    "--max-length",
+    type=MAX_LENGTH,
+    default=16,
+    show_default=True,
+    help=f"Words per caption at most (up to {limits.MAX_LENGTH}).",
+)
+@click.option(
+    "--max-images",
+    type=COUNT,
+    default=None,
+    help="Score only the first N images of the split (default: all).",
+)
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="The random gallery sample.")
 @click.option("--force", is_flag=True, help="Let --out replace an existing file.")
@@ -629,19 +1034,35 @@ def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_me
     """
     from . import atomic
     from .report import write_report
+
     atomic.check_new_file(out, force, "--out")  # e.g. never over a checkpoint named by mistake
-    path = write_report(list(run_dirs), out, split=split, count=count, beam_size=beam_size,
-                        max_length=max_length, max_images=max_images, meteor=not no_meteor,
-                        seed=seed, log=lambda m: click.echo(m, err=True))
+    path = write_report(
+        list(run_dirs),
+        out,
+        split=split,
+        count=count,
+        beam_size=beam_size,
+        max_length=max_length,
+        max_images=max_images,
+        meteor=not no_meteor,
+        seed=seed,
+        log=lambda m: click.echo(m, err=True),
+    )
     click.echo(f"report: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
 
 
 # ---------------------------------------------------------------- encode
 
+
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--top", type=click.IntRange(1, 1000), default=5, show_default=True,
-              help="Classes to list (of the 1000).")
+@click.option(
+    "--top",
+    type=click.IntRange(1, 1000),
+    default=5,
+    show_default=True,
+    help="Classes to list (of the 1000).",
+)
 def encode(images, top):
     """Run the NumPy SqueezeNet 1.1 encoder: top ImageNet classes of each picture.
 
@@ -650,6 +1071,7 @@ def encode(images, top):
       captioner encode photo.jpg --top 5
     """
     from . import encoder
+
     _, logits, ok, errors = encoder.encode_files(images)
     tops = dict(zip(ok, encoder.top_k(logits, top)))
     for path in images:
@@ -657,7 +1079,7 @@ def encode(images, top):
             click.echo(path)
             for idx, name, prob in tops[path]:
                 click.echo(f"  {prob:6.1%}  {idx:3d}  {name}")
-    for path, message in errors:
+    for _path, message in errors:
         click.echo(f"captioner: error: {message}", err=True)
     if errors:
         sys.exit(1)
@@ -667,11 +1089,15 @@ def _demo_note(meta):
     """Say once, before captioning picture files, that a demo model knows only shapes."""
     from .data import dataset_source
     from .demo import DEMO_SOURCE
+
     saved = meta.get("training", {}).get("settings", {}).get("data_dir")
     if saved and dataset_source(saved) == DEMO_SOURCE:
-        click.echo("note: this model was trained by `captioner demo` on rendered shapes (coloured "
-                   "circles, squares, stars... on plain backgrounds); it cannot describe "
-                   "photographs. For photos see README, 'Caption your own photos'.", err=True)
+        click.echo(
+            "note: this model was trained by `captioner demo` on rendered shapes (coloured "
+            "circles, squares, stars... on plain backgrounds); it cannot describe "
+            "photographs. For photos see README, 'Caption your own photos'.",
+            err=True,
+        )
 
 
 def _checkpoint_data(ckpt, meta, data, split):
@@ -679,14 +1105,17 @@ def _checkpoint_data(ckpt, meta, data, split):
     default, from the folder the checkpoint was trained on."""
     from .checkpoint import check_compatible
     from .data import CAPTIONS_FILE, available_splits
+
     saved = meta.get("training", {}).get("settings", {}).get("data_dir")
     folder = saved if data == DATA_DEFAULT and saved else data
     captions = os.path.join(folder, CAPTIONS_FILE)
     if os.path.isfile(captions) and split not in available_splits(folder):
-        raise CaptionerError(f"{captions}: no {split} split (it has "
-                             f"{', '.join(available_splits(folder))}); the test split comes from "
-                             f"`captioner prepare --coco DIR --split karpathy`, or pass another "
-                             f"--split")
+        raise CaptionerError(
+            f"{captions}: no {split} split (it has "
+            f"{', '.join(available_splits(folder))}); the test split comes from "
+            f"`captioner prepare --coco DIR --split karpathy`, or pass another "
+            f"--split"
+        )
     d = _load_data(folder, meta["features"]["kind"], splits=(split,))
     check_compatible(ckpt, meta, d)
     return d
@@ -694,17 +1123,24 @@ def _checkpoint_data(ckpt, meta, data, split):
 
 def _newest_best():
     import glob
+
     def mtime(path):  # a dangling symbolic link or a vanished run is no candidate
         try:
             return os.stat(path).st_mtime if os.path.isfile(path) else None
         except OSError:
             return None
-    found = sorted((t, p) for p in glob.glob(os.path.join("runs", "*", "best.npz"))
-                   if (t := mtime(p)) is not None)
+
+    found = sorted(
+        (t, p)
+        for p in glob.glob(os.path.join("runs", "*", "best.npz"))
+        if (t := mtime(p)) is not None
+    )
     found = [p for _, p in found]
     if not found:
-        raise CaptionerError("runs/: no trained model found (runs/*/best.npz); train one with "
-                             "`captioner train` or pass --checkpoint")
+        raise CaptionerError(
+            "runs/: no trained model found (runs/*/best.npz); train one with "
+            "`captioner train` or pass --checkpoint"
+        )
     return found[-1]
 
 
@@ -714,29 +1150,82 @@ METRIC_KEYS = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CID
 
 
 @cli.command()
-@click.option("--checkpoint", "ckpt", type=click.Path(), default=None,
-              help="Model to caption the split with (default: the newest runs/*/best.npz).")
+@click.option(
+    "--checkpoint",
+    "ckpt",
+    type=click.Path(),
+    default=None,
+    help="Model to caption the split with (default: the newest runs/*/best.npz).",
+)
 @data_option
-@click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True,
-              help="test: Karpathy's test split of `prepare --coco`, the one papers report on.")
-@click.option("--max-images", type=COUNT, default=None, help="Only the first N images of the split.")
-@click.option("--beam-size", type=click.IntRange(1, limits.MAX_BEAM), default=3, show_default=True,
-              help=f"1 is greedy (at most {limits.MAX_BEAM}).")
-@click.option("--max-length", type=MAX_LENGTH, default=16, show_default=True,
-              help=f"Words per caption at most (up to {limits.MAX_LENGTH}).")
-@click.option("--length-norm", type=NON_NEGATIVE, default=0.0, show_default=True,
-              help="Rank beams by logprob / length**alpha (0: raw logprob).")
-@click.option("--results", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Score this COCO results file instead of a model.")
-@click.option("--references", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="COCO annotations to score --results against.")
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="val",
+    show_default=True,
+    help="test: Karpathy's test split of `prepare --coco`, the one papers report on.",
+)
+@click.option(
+    "--max-images", type=COUNT, default=None, help="Only the first N images of the split."
+)
+@click.option(
+    "--beam-size",
+    type=click.IntRange(1, limits.MAX_BEAM),
+    default=3,
+    show_default=True,
+    help=f"1 is greedy (at most {limits.MAX_BEAM}).",
+)
+@click.option(
+    "--max-length",
+    type=MAX_LENGTH,
+    default=16,
+    show_default=True,
+    help=f"Words per caption at most (up to {limits.MAX_LENGTH}).",
+)
+@click.option(
+    "--length-norm",
+    type=NON_NEGATIVE,
+    default=0.0,
+    show_default=True,
+    help="Rank beams by logprob / length**alpha (0: raw logprob).",
+)
+@click.option(
+    "--results",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Score this COCO results file instead of a model.",
+)
+@click.option(
+    "--references",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="COCO annotations to score --results against.",
+)
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--save-results", type=click.Path(dir_okay=False), default=None,
-              help="Write the generated captions in the COCO results format (a new file).")
+@click.option(
+    "--save-results",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the generated captions in the COCO results format (a new file).",
+)
 @click.option("--force", is_flag=True, help="Let --save-results replace an existing file.")
-def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, length_norm, results,
-             references, no_meteor, as_json, save_results, force):
+def evaluate(
+    ckpt,
+    data,
+    features,
+    split,
+    max_images,
+    beam_size,
+    max_length,
+    length_norm,
+    results,
+    references,
+    no_meteor,
+    as_json,
+    save_results,
+    force,
+):
     """Score captions with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (the COCO toolkit's numbers).
 
     \b
@@ -747,6 +1236,7 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
     import json
 
     from . import atomic, metrics
+
     if save_results:  # checked first: an hour of decoding must not end in this refusal
         atomic.check_new_file(save_results, force, "--save-results")
     if results or references:
@@ -757,17 +1247,26 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
         scores, notes = metrics.score({i: refs[i] for i in res}, res, meteor=not no_meteor)
         what = f"{len(res):,} captions of {results}"
     else:
-        from .evaluation import evaluate_model
         from .checkpoint import load_model
+        from .evaluation import evaluate_model
+
         ckpt = ckpt or _newest_best()
         model, meta, _, _ = load_model(ckpt)
         d = _checkpoint_data(ckpt, meta, data, split)
         scores, notes, generated = evaluate_model(
-            model, d, split, meteor=not no_meteor, max_images=max_images, beam_size=beam_size,
-            max_length=max_length, length_norm=length_norm)
+            model,
+            d,
+            split,
+            meteor=not no_meteor,
+            max_images=max_images,
+            beam_size=beam_size,
+            max_length=max_length,
+            length_norm=length_norm,
+        )
         what = f"{ckpt} on {len(generated):,} {split} images, beam {beam_size}"
         if save_results:
             from .checkpoint import write_json
+
             write_json(save_results, generated)
     if as_json:
         click.echo(json.dumps({"scores": scores, "notes": notes}))
@@ -782,47 +1281,121 @@ def evaluate(ckpt, data, features, split, max_images, beam_size, max_length, len
 
 # ---------------------------------------------------------------- prepare
 
+
 @cli.command()
-@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False),
-              default=None,
-              help="Folder of pictures (the annotations' file_name are relative to it).")
-@click.option("--captions", "annotations", type=click.Path(exists=True, dir_okay=False),
-              default=None,
-              help="COCO-format annotations: images[id, file_name], annotations[image_id, caption].")
-@click.option("--coco", "coco_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Instead of --images/--captions: the folder of `captioner download --images` "
-                   "(the COCO 2014 zips, read without unpacking).")
-@click.option("--split", "coco_split", type=click.Choice(["karpathy", "official"]),
-              default="karpathy", show_default=True,
-              help="With --coco: Karpathy's train/val/test (113,287 / 5,000 / 5,000 images), "
-                   "or COCO's train2014/val2014.")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Dataset folder to write.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
-              show_default=True, help="Random share of the images held out for val.")
-@click.option("--split-by", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A file listing the val pictures' file names, one a line (instead of --val-fraction).")
-@click.option("--vocab", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Reuse this coco2014_vocab.json (other words become <UNK>).")
-@click.option("--min-count", type=COUNT, default=5, show_default=True,
-              help="Without --vocab: keep train words seen at least this often.")
-@click.option("--max-words", type=click.IntRange(1, limits.MAX_WORDS), default=15,
-              show_default=True,
-              help=f"Longer captions are cut to this many words (at most {limits.MAX_WORDS}).")
-@click.option("--batch-size", type=click.IntRange(1, limits.MAX_PREPARE_BATCH), default=32,
-              show_default=True,
-              help=f"Pictures per shard and per SqueezeNet batch (at most "
-                   f"{limits.MAX_PREPARE_BATCH}).")
-@click.option("--workers", type=click.IntRange(1, 1024), default=None,
-              help="Encoding processes (default: all cores).")
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder of pictures (the annotations' file_name are relative to it).",
+)
+@click.option(
+    "--captions",
+    "annotations",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="COCO-format annotations: images[id, file_name], annotations[image_id, caption].",
+)
+@click.option(
+    "--coco",
+    "coco_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Instead of --images/--captions: the folder of `captioner download --images` "
+    "(the COCO 2014 zips, read without unpacking).",
+)
+@click.option(
+    "--split",
+    "coco_split",
+    type=click.Choice(["karpathy", "official"]),
+    default="karpathy",
+    show_default=True,
+    help="With --coco: Karpathy's train/val/test (113,287 / 5,000 / 5,000 images), "
+    "or COCO's train2014/val2014.",
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False), required=True, help="Dataset folder to write."
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Random share of the images held out for val.",
+)
+@click.option(
+    "--split-by",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A file listing the val pictures' file names, one a line (instead of --val-fraction).",
+)
+@click.option(
+    "--vocab",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Reuse this coco2014_vocab.json (other words become <UNK>).",
+)
+@click.option(
+    "--min-count",
+    type=COUNT,
+    default=5,
+    show_default=True,
+    help="Without --vocab: keep train words seen at least this often.",
+)
+@click.option(
+    "--max-words",
+    type=click.IntRange(1, limits.MAX_WORDS),
+    default=15,
+    show_default=True,
+    help=f"Longer captions are cut to this many words (at most {limits.MAX_WORDS}).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, limits.MAX_PREPARE_BATCH),
+    default=32,
+    show_default=True,
+    help=f"Pictures per shard and per SqueezeNet batch (at most {limits.MAX_PREPARE_BATCH}).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Encoding processes (default: all cores).",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Replace --out even if it already holds files "
-                                            "(the new dataset replaces it whole, when complete).")
-@click.option("--scheduler", metavar="ADDRESS", default=None,
-              help="Encode on a Dask cluster: tcp://HOST:8786, or local (needs "
-                   "captioner[cluster]); its workers must see the pictures at the same path.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace --out even if it already holds files "
+    "(the new dataset replaces it whole, when complete).",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Encode on a Dask cluster: tcp://HOST:8786, or local (needs "
+    "captioner[cluster]); its workers must see the pictures at the same path.",
+)
 @click.pass_context
-def prepare(ctx, images_dir, annotations, coco_dir, coco_split, out, val_fraction, split_by, vocab,
-            min_count, max_words, batch_size, workers, seed, force, scheduler):
+def prepare(
+    ctx,
+    images_dir,
+    annotations,
+    coco_dir,
+    coco_split,
+    out,
+    val_fraction,
+    split_by,
+    vocab,
+    min_count,
+    max_words,
+    batch_size,
+    workers,
+    seed,
+    force,
+    scheduler,
+):
     """Build a dataset in the CS231n layout from pictures, with NumPy SqueezeNet features.
 
     \b
@@ -832,13 +1405,19 @@ def prepare(ctx, images_dir, annotations, coco_dir, coco_split, out, val_fractio
       captioner prepare --coco data/coco2014 --out data/coco2014-karpathy
     """
     from .prepare import prepare_coco, prepare_dataset
-    given = {p for p in ctx.params
-             if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT}
+
+    given = {
+        p
+        for p in ctx.params
+        if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
+    }
     if coco_dir:
         extra = sorted(given & {"images_dir", "annotations", "val_fraction", "split_by", "seed"})
         if extra:
-            raise click.UsageError(f"--coco takes its splits from the COCO files; drop "
-                                   f"--{extra[0].replace('_dir', '').replace('_', '-')}")
+            raise click.UsageError(
+                f"--coco takes its splits from the COCO files; drop "
+                f"--{extra[0].replace('_dir', '').replace('_', '-')}"
+            )
     elif not (images_dir and annotations):
         raise click.UsageError("give --images and --captions, or --coco DIR")
     elif "coco_split" in given:
@@ -846,14 +1425,32 @@ def prepare(ctx, images_dir, annotations, coco_dir, coco_split, out, val_fractio
     try:
         with _shard_executor(scheduler, workers) as shards:
             if coco_dir:
-                s = prepare_coco(coco_dir, out, split=coco_split, vocab=vocab, min_count=min_count,
-                                 max_words=max_words, batch_size=batch_size, force=force,
-                                 **shards)
+                s = prepare_coco(
+                    coco_dir,
+                    out,
+                    split=coco_split,
+                    vocab=vocab,
+                    min_count=min_count,
+                    max_words=max_words,
+                    batch_size=batch_size,
+                    force=force,
+                    **shards,
+                )
             else:
-                s = prepare_dataset(images_dir, annotations, out, val_fraction=val_fraction,
-                                    split_by=split_by, vocab=vocab, min_count=min_count,
-                                    max_words=max_words, batch_size=batch_size, seed=seed,
-                                    force=force, **shards)
+                s = prepare_dataset(
+                    images_dir,
+                    annotations,
+                    out,
+                    val_fraction=val_fraction,
+                    split_by=split_by,
+                    vocab=vocab,
+                    min_count=min_count,
+                    max_words=max_words,
+                    batch_size=batch_size,
+                    seed=seed,
+                    force=force,
+                    **shards,
+                )
     except KeyboardInterrupt:
         click.echo("\ninterrupted; run the same command again to resume", err=True)
         sys.exit(130)
@@ -861,10 +1458,14 @@ def prepare(ctx, images_dir, annotations, coco_dir, coco_split, out, val_fractio
     for split in SPLITS:
         if split in s:
             t = s[split]
-            click.echo(f"  {split}: {t['images']:,} images, {t['captions']:,} captions, "
-                       f"{t['unk_words']:.1%} of words <UNK>")
-    click.echo(f"  encoded {s['encoded_images']:,} images ({s['resumed_images']:,} resumed) "
-               f"at {s['images_per_second']:.1f} images/s with {s['workers']} worker(s)")
+            click.echo(
+                f"  {split}: {t['images']:,} images, {t['captions']:,} captions, "
+                f"{t['unk_words']:.1%} of words <UNK>"
+            )
+    click.echo(
+        f"  encoded {s['encoded_images']:,} images ({s['resumed_images']:,} resumed) "
+        f"at {s['images_per_second']:.1f} images/s with {s['workers']} worker(s)"
+    )
     if s["skipped"]:
         click.echo(f"  skipped {len(s['skipped']):,} picture(s):")
     for name, reason in s["skipped"][:10]:
@@ -877,6 +1478,7 @@ def prepare(ctx, images_dir, annotations, coco_dir, coco_split, out, val_fractio
 def _odd(name):
     """A name that would break the one-line output (line breaks, NUL): print it quoted."""
     from .prepare import unsafe_text
+
     return unsafe_text(name) is not None
 
 
@@ -889,21 +1491,35 @@ def _shard_executor(scheduler, workers):
         yield {"workers": workers}
         return
     if workers is not None and scheduler != "local":
-        raise click.UsageError("--workers goes with --scheduler local (a remote cluster has "
-                               "the workers it was started with)")
+        raise click.UsageError(
+            "--workers goes with --scheduler local (a remote cluster has "
+            "the workers it was started with)"
+        )
     from .cluster import executor
+
     with executor(scheduler, workers) as (pool, threads):
         yield {"executor": pool, "workers": threads}
 
 
 # ---------------------------------------------------------------- demo
 
+
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default="data/demo", show_default=True)
-@click.option("--train-images", type=click.IntRange(1, 100_000), default=1500, show_default=True,
-              help="Scenes to render for training (at most 100,000).")
-@click.option("--val-images", type=click.IntRange(1, 100_000), default=200, show_default=True,
-              help="Scenes to render for validation (at most 100,000).")
+@click.option(
+    "--train-images",
+    type=click.IntRange(1, 100_000),
+    default=1500,
+    show_default=True,
+    help="Scenes to render for training (at most 100,000).",
+)
+@click.option(
+    "--val-images",
+    type=click.IntRange(1, 100_000),
+    default=200,
+    show_default=True,
+    help="Scenes to render for validation (at most 100,000).",
+)
 @click.option("--epochs", type=COUNT, default=20, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 def demo(out, train_images, val_images, epochs, seed):
@@ -917,13 +1533,16 @@ def demo(out, train_images, val_images, epochs, seed):
       captioner demo --out data/demo
     """
     from .demo import run_demo
-    summary = run_demo(out, n_train=train_images, n_val=val_images, epochs=epochs, seed=seed,
-                       log=click.echo)
+
+    summary = run_demo(
+        out, n_train=train_images, n_val=val_images, epochs=epochs, seed=seed, log=click.echo
+    )
     if not summary["grounded"]:
         sys.exit(1)
 
 
 # ---------------------------------------------------------------- info
+
 
 @cli.command()
 @data_option
@@ -938,45 +1557,72 @@ def info(data, features, ckpt):
     """
     if ckpt:
         from .checkpoint import load_model
+
         model, meta, _, history = load_model(ckpt)
         t = meta.get("training", {})
         n = sum(p.size for p in model.params.values())
-        click.echo(f"checkpoint {ckpt} (format version {meta['version']}, {meta.get('created', '?')})")
-        click.echo(f"  model: {model.cell_type}, hidden {model.hidden_dim}, word vectors "
-                   f"{model.wordvec_dim}, {n:,} parameters, vocabulary {len(meta['vocab'])}")
+        click.echo(
+            f"checkpoint {ckpt} (format version {meta['version']}, {meta.get('created', '?')})"
+        )
+        click.echo(
+            f"  model: {model.cell_type}, hidden {model.hidden_dim}, word vectors "
+            f"{model.wordvec_dim}, {n:,} parameters, vocabulary {len(meta['vocab'])}"
+        )
         click.echo(f"  features: {meta['features']['encoder']} ({meta['features']['dim']}-d)")
         best = t.get("best") or {}
-        click.echo(f"  trained: {t.get('epoch', 0)} epochs, {t.get('step', 0)} steps"
-                   + (f"; best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}" if best else ""))
+        click.echo(
+            f"  trained: {t.get('epoch', 0)} epochs, {t.get('step', 0)} steps"
+            + (
+                f"; best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}"
+                if best
+                else ""
+            )
+        )
         from .training import format_record
+
         for r in t.get("epochs", []):
             click.echo("    " + format_record(r, t.get("settings", {}).get("epochs", "?")))
         return
     from .data import CAPTIONS_FILE, available_splits
-    test = (os.path.isfile(os.path.join(data, CAPTIONS_FILE))
-            and "test" in available_splits(data))  # train and val are always there
+
+    test = os.path.isfile(os.path.join(data, CAPTIONS_FILE)) and "test" in available_splits(
+        data
+    )  # train and val are always there
     d = _load_data(data, features, splits=["train", "val", "test"] if test else ["train", "val"])
-    click.echo(f"dataset {d['base_dir']}: vocabulary {len(d['idx_to_word'])} words, "
-               f"{d['encoder']} features ({d['feature_dim']}-d)")
+    click.echo(
+        f"dataset {d['base_dir']}: vocabulary {len(d['idx_to_word'])} words, "
+        f"{d['encoder']} features ({d['feature_dim']}-d)"
+    )
     for split in SPLITS:
         if f"{split}_captions" in d:
             caps = d[f"{split}_captions"]
             lengths = (caps[:, 1:] != 0).sum(1) - 1
-            click.echo(f"  {split}: {len(caps):,} captions of {len(d[f'{split}_features']):,} images, "
-                       f"{caps.shape[1]} columns, mean {lengths.mean():.1f} words")
+            click.echo(
+                f"  {split}: {len(caps):,} captions of {len(d[f'{split}_features']):,} images, "
+                f"{caps.shape[1]} columns, mean {lengths.mean():.1f} words"
+            )
 
 
 # ---------------------------------------------------------------- download
 
+
 @cli.command()
-@click.option("--dest", type=click.Path(file_okay=False), default=None,
-              help="Where to put the files [default: data, or data/coco2014 with --images].")
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to put the files [default: data, or data/coco2014 with --images].",
+)
 @click.option("--url", default=None, help="Mirror of coco_captioning.zip.")
-@click.option("--images", "images", is_flag=True,
-              help="The COCO 2014 pictures and captions instead (20.4 GB of zips, kept as "
-                   "they are).")
-@click.option("--mirror", default=None,
-              help="With --images: a base URL serving the same four file names.")
+@click.option(
+    "--images",
+    "images",
+    is_flag=True,
+    help="The COCO 2014 pictures and captions instead (20.4 GB of zips, kept as they are).",
+)
+@click.option(
+    "--mirror", default=None, help="With --images: a base URL serving the same four file names."
+)
 def download(dest, url, images, mirror):
     """Download the CS231n COCO features (~1 GB), or with --images the COCO 2014 pictures.
 
@@ -991,13 +1637,17 @@ def download(dest, url, images, mirror):
         if url:
             raise click.UsageError("--url is for the CS231n zip; with --images use --mirror")
         from .download import download_coco_images
+
         path = download_coco_images(dest or "data/coco2014", mirror=mirror)
-        click.echo(f"COCO 2014 pictures and captions ready in {path}; next: captioner prepare "
-                   f"--coco {path} --out {path}-karpathy")
+        click.echo(
+            f"COCO 2014 pictures and captions ready in {path}; next: captioner prepare "
+            f"--coco {path} --out {path}-karpathy"
+        )
         return
     if mirror:
         raise click.UsageError("--mirror goes with --images (for the CS231n zip use --url)")
     from .download import COCO_URL, download_coco
+
     path = download_coco(dest or "data", url=url or COCO_URL)
     click.echo(f"COCO captioning data ready in {path}")
 
