@@ -1087,8 +1087,7 @@ def encode(images, top):
 
 def _demo_note(meta):
     """Say once, before captioning picture files, that a demo model knows only shapes."""
-    from .data import dataset_source
-    from .demo import DEMO_SOURCE
+    from .data import DEMO_SOURCE, dataset_source
 
     saved = meta.get("training", {}).get("settings", {}).get("data_dir")
     if saved and dataset_source(saved) == DEMO_SOURCE:

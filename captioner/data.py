@@ -493,6 +493,10 @@ def available_splits(base_dir):
         return [k[: -len("_captions")] for k in f if k.endswith("_captions")]
 
 
+# attrs['source'] of the demo's datasets: `sample` warns that such a model knows only shapes
+DEMO_SOURCE = "captioner demo: rendered coloured shapes on plain backgrounds"
+
+
 def dataset_source(base_dir):
     """attrs['source'] of base_dir's feature files (what write_dataset was told the
     pictures were), or None; never raises."""

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from captioner import atomic
+from captioner.data import DEMO_SOURCE
 from captioner.errors import CaptionerError
 
 # Far apart in the encoder's feature space, not just in hue: a linear probe on our SqueezeNet
@@ -46,10 +47,6 @@ REACH = 1.2  # no shape reaches further than REACH * radius from its centre (see
 GAP = 0.01  # minimum gap between the reach circles of two objects
 N_OBJECTS_P = (0.45, 0.35, 0.20)  # probability of 1, 2, 3 objects
 MAX_WORDS = 15  # the CS231n layout: 15 words + <START> + <END>
-# Written into the demo dataset (data.write_dataset source=...): `sample` tells users once
-# that a model trained on it knows only rendered shapes, not photographs.
-DEMO_SOURCE = "captioner demo: rendered coloured shapes on plain backgrounds"
-
 # Position phrases for grid cells (row, col); "at the top left" etc. keeps the position words
 # stable.
 _PLACE = {
