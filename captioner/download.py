@@ -80,13 +80,7 @@ def download_coco(
         return target
     # installs are whole-folder swaps, so anything else there is not ours: never replace it
     atomic.check_fresh_dir(target, force, "folder", flag="--dest", can_force=False)
-    try:
-        os.makedirs(dest_dir, exist_ok=True)
-    except OSError as e:
-        raise CaptionerError(
-            f"{dest_dir}: cannot create the download folder ({e.strerror}); "
-            f"pick another with --dest"
-        ) from None
+    _make_dest(dest_dir)
     zip_path = os.path.join(dest_dir, COCO_DIR + ".zip")
     if not os.path.isfile(zip_path):
         fetch_resumable(url, zip_path, progress=progress, retries=retries, timeout=timeout)
@@ -94,6 +88,16 @@ def download_coco(
     if not keep_zip:
         os.remove(zip_path)
     return target
+
+
+def _make_dest(dest_dir):
+    try:
+        os.makedirs(dest_dir, exist_ok=True)
+    except OSError as e:
+        raise CaptionerError(
+            f"{dest_dir}: cannot create the download folder ({e.strerror}); "
+            f"pick another with --dest"
+        ) from None
 
 
 def _say(progress, msg):
@@ -411,13 +415,7 @@ def download_coco_images(
     from captioner import coco
 
     dest_dir = str(dest_dir)
-    try:
-        os.makedirs(dest_dir, exist_ok=True)
-    except OSError as e:
-        raise CaptionerError(
-            f"{dest_dir}: cannot create the download folder ({e.strerror}); "
-            f"pick another with --dest"
-        ) from None
+    _make_dest(dest_dir)
     urls = {n: (mirror.rstrip("/") + "/" + n) if mirror else coco.URLS[n] for n in coco.FILES}
     todo = [n for n in coco.FILES if not os.path.isfile(os.path.join(dest_dir, n))]
     need = 0
