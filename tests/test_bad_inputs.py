@@ -9,15 +9,14 @@ import os
 import pickle
 import shutil
 import struct
-import threading
 import zipfile
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fileserver import gets, serving
 from PIL import Image
 
 from captioner import checkpoint, download, encoder, training
@@ -877,29 +876,6 @@ def test_good_results_score(tmp_path):
 # ---------------------------------------------------------------- downloads
 
 
-class _Zip(BaseHTTPRequestHandler):
-    """Serves server.payload with Range; server.drops > 0: send half the body, then hang up."""
-
-    def do_GET(self):
-        srv, data = self.server, self.server.payload
-        srv.ranges.append(self.headers.get("Range"))
-        start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
-        self.send_response(206 if start else 200)
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if srv.drops:
-            srv.drops -= 1
-            body = body[: len(body) // 2]
-            self.close_connection = True
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def coco_zip(tmp_path_factory):
     """A complete (tiny) coco_captioning zip with both feature kinds, as the real one."""
@@ -923,29 +899,24 @@ def coco_zip(tmp_path_factory):
 
 @pytest.fixture
 def server(coco_zip, monkeypatch):
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Zip)
-    srv.payload, srv.drops, srv.ranges = coco_zip[1], 0, []
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/x.zip"
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
     # The real release's shapes cannot hold for a tiny zip; every other check stays on.
     for key in list(download.COCO_SHAPES):
         monkeypatch.delitem(download.COCO_SHAPES, key)
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving({"x.zip": coco_zip[1]}) as srv:
+        srv.payload, srv.url = coco_zip[1], f"{srv.base}/x.zip"
+        yield srv
 
 
 def test_interrupted_download_resumes(tmp_path, server, coco_zip):
-    server.drops = 10
+    server.drops["x.zip"] = 10
     result = run("download", "--url", server.url, "--dest", tmp_path)
     assert_refused(result, server.url, 1, "rerun `captioner download` to resume")
     part = (tmp_path / "coco_captioning.zip.part").read_bytes()
     assert 0 < len(part) < len(server.payload) and server.payload.startswith(part)
-    server.drops, server.ranges = 0, []
+    server.drops["x.zip"], server.log = 0, []
     result = run("download", "--url", server.url, "--dest", tmp_path)
     assert result.exit_code == 0, result.output
-    assert server.ranges == [f"bytes={len(part)}-"]  # continued, not restarted
+    assert gets(server) == [f"bytes={len(part)}-"]  # continued, not restarted
     src = coco_zip[0]
     for n in os.listdir(src):
         assert (tmp_path / "coco_captioning" / n).read_bytes() == (src / n).read_bytes()
@@ -953,7 +924,7 @@ def test_interrupted_download_resumes(tmp_path, server, coco_zip):
     # Already installed: untouched, nothing fetched.
     before = snapshot(tmp_path)
     assert run("download", "--url", server.url, "--dest", tmp_path).exit_code == 0
-    assert server.ranges == [f"bytes={len(part)}-"] and snapshot(tmp_path) == before
+    assert gets(server) == [f"bytes={len(part)}-"] and snapshot(tmp_path) == before
 
 
 def _evil_zip(payload, extra=None, skip=None):
@@ -979,7 +950,7 @@ def _evil_zip(payload, extra=None, skip=None):
 )
 def test_bad_zip_refused_existing_data_untouched(tmp_path, server, case, words):
     payload = server.payload
-    server.payload = {
+    server.files["x.zip"] = {
         "corrupt": np.random.default_rng(0).bytes(4000),
         "dotdot": _evil_zip(payload, "coco_captioning/../../evil.txt"),
         "absolute": _evil_zip(payload, "/tmp/evil.txt"),

@@ -7,16 +7,14 @@ and caption_datasets.zip (Karpathy's dataset_coco.json).
 import io
 import json
 import os
-import re
 import shutil
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from fileserver import serving
 from PIL import Image
 
 from captioner import coco, download
@@ -98,51 +96,6 @@ def build_release(shared, folder, karpathy_extra=(), member_extra=()):
 
 # ----------------------------------------------------------------------------- the mirror
 
-class Mirror(BaseHTTPRequestHandler):
-    """Serves server.files[name] at /name, with HEAD, Range and optional dropped connections."""
-
-    def do_HEAD(self):
-        self._serve(body=False)
-
-    def do_GET(self):
-        self._serve(body=True)
-
-    def _serve(self, body):
-        srv = self.server
-        name = self.path.lstrip("/")
-        srv.log.append((self.command, name, self.headers.get("Range")))
-        if name not in srv.files:
-            self.send_error(404)
-            return
-        data, start = srv.files[name], 0
-        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-        if m:
-            start = int(m.group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        out = data[start:]
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        if not body:
-            return
-        if srv.drops.get(name):  # promise the whole body, send half, hang up
-            srv.drops[name] -= 1
-            out = out[:len(out) // 2]
-            self.close_connection = True
-        self.wfile.write(out)
-
-    def log_message(self, *args):
-        pass
-
-
 _RELEASE = {}
 
 
@@ -158,16 +111,9 @@ def release(shared, tmp_path_factory):
 
 @pytest.fixture
 def mirror(release):
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
-    srv.files, srv.drops, srv.log = dict(release[1]), {}, []
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/coco"
-    srv.files = {f"coco/{k}": v for k, v in srv.files.items()}
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+    with serving({f"coco/{k}": v for k, v in release[1].items()}) as srv:
+        srv.url = f"{srv.base}/coco"
+        yield srv
 
 
 def run(*args):

@@ -1,15 +1,13 @@
 """download_coco against an in-process HTTP server on 127.0.0.1 (no other network)."""
 
 import os
-import re
 import shutil
 import stat
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from fileserver import gets, reset, serving
 
 from captioner.data import load_coco_data
 from captioner.download import COCO_FILES, download_coco, install_zip
@@ -61,61 +59,21 @@ def good_zip(dataset_dir, tmp_path_factory):
     return make_zip(tmp_path_factory.mktemp("zip") / "good.zip", dataset_dir).read_bytes()
 
 
-class Handler(BaseHTTPRequestHandler):
-    """Serves server.payload at /coco_captioning.zip with optional Range support and dropped
-    connections."""
-
-    def do_GET(self):
-        srv = self.server
-        srv.ranges.append(self.headers.get("Range"))
-        if self.path != "/coco_captioning.zip":
-            self.send_error(404)
-            return
-        data, start = srv.payload, 0
-        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-        if m and srv.honour_range:
-            start = int(m.group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if srv.drops:  # promise the whole body, send half, hang up
-            srv.drops -= 1
-            body = body[: len(body) // 2]
-            self.close_connection = True
-        self.wfile.write(body)
-        srv.sent += len(body)
-
-    def log_message(self, *args):
-        pass
+ZIP = "coco_captioning.zip"
 
 
 @pytest.fixture(scope="module")
 def http_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+    with serving({}) as srv:
+        yield srv
 
 
 @pytest.fixture
 def server(http_server, good_zip):
     """The shared server, reset: full Range support, no dropped connections, empty logs."""
     srv = http_server
-    srv.payload, srv.honour_range, srv.drops, srv.ranges, srv.sent = good_zip, True, 0, [], 0
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/coco_captioning.zip"
+    reset(srv, {ZIP: good_zip})
+    srv.payload, srv.url = good_zip, f"{srv.base}/{ZIP}"
     return srv
 
 
@@ -137,9 +95,9 @@ def test_full_download_installs_and_validates(tmp_path, server, dataset_dir):
     assert load_coco_data(target)["feature_kind"] == "pca"
     assert load_coco_data(target, features="fc7")["feature_dim"] == 16
     assert sorted(os.listdir(tmp_path)) == ["coco_captioning"]  # zip removed, no temp dirs
-    assert server.ranges == [None]
+    assert gets(server) == [None]
     # already installed: no request at all
-    assert get(tmp_path, server) == target and len(server.ranges) == 1
+    assert get(tmp_path, server) == target and len(gets(server)) == 1
 
 
 def test_resumes_a_partial_file(tmp_path, server, good_zip):
@@ -147,23 +105,23 @@ def test_resumes_a_partial_file(tmp_path, server, good_zip):
     (tmp_path / "coco_captioning.zip.part").write_bytes(good_zip[:half])
     get(tmp_path, server, keep_zip=True)
     assert (tmp_path / "coco_captioning.zip").read_bytes() == good_zip
-    assert server.ranges == [f"bytes={half}-"] and server.sent == len(good_zip) - half
+    assert gets(server) == [f"bytes={half}-"] and server.sent == len(good_zip) - half
     assert sorted(leftovers(tmp_path)) == []
 
 
 def test_dropped_connection_resumes_byte_identical(tmp_path, server, good_zip):
-    server.drops = 2
+    server.drops[ZIP] = 2
     get(tmp_path, server, keep_zip=True)
     assert (tmp_path / "coco_captioning.zip").read_bytes() == good_zip
     first, second = (
         len(good_zip) // 2,
         len(good_zip) // 2 + (len(good_zip) - len(good_zip) // 2) // 2,
     )
-    assert server.ranges == [None, f"bytes={first}-", f"bytes={second}-"]
+    assert gets(server) == [None, f"bytes={first}-", f"bytes={second}-"]
 
 
 def test_gives_up_after_retries_keeping_the_part(tmp_path, server, good_zip):
-    server.drops = 5
+    server.drops[ZIP] = 5
     (tmp_path / "coco_captioning").mkdir()
     with pytest.raises(
         CaptionerError, match=r"download failed after 2 attempts.*captioner download"
@@ -172,7 +130,7 @@ def test_gives_up_after_retries_keeping_the_part(tmp_path, server, good_zip):
     assert err.value.exit_code == 1
     part = (tmp_path / "coco_captioning.zip.part").read_bytes()
     assert 0 < len(part) < len(good_zip) and good_zip.startswith(part)
-    server.drops = 0
+    server.drops[ZIP] = 0
     get(tmp_path, server, force=True)  # the next run finishes the job
     assert load_coco_data(tmp_path / "coco_captioning")["train_captions"].shape == (20, 17)
 
@@ -182,7 +140,7 @@ def test_server_ignoring_range_restarts_cleanly(tmp_path, server, good_zip):
     (tmp_path / "coco_captioning.zip.part").write_bytes(b"stale bytes from another file")
     get(tmp_path, server, keep_zip=True)
     assert (tmp_path / "coco_captioning.zip").read_bytes() == good_zip
-    assert server.ranges == ["bytes=29-"]
+    assert gets(server) == ["bytes=29-"]
 
 
 def test_complete_part_answered_416(tmp_path, server, good_zip):
@@ -205,7 +163,7 @@ def test_real_shapes_are_checked_by_default(tmp_path, server):
         f"{tmp_path / 'coco_captioning.zip'}: coco2014_captions.h5 'train_captions' "
         "has shape (20, 17), expected (400135, 17); delete the zip"
     )
-    assert server.ranges == []  # the finished zip was reused, not fetched
+    assert gets(server) == []  # the finished zip was reused, not fetched
     assert sorted(os.listdir(tmp_path)) == ["coco_captioning.zip"]  # nothing half-installed
 
 
