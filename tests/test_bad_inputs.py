@@ -15,25 +15,16 @@ import zlib
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from fileserver import gets, serving
 from PIL import Image
 
 from captioner import checkpoint, download, encoder, training
-from captioner.cli import cli
 from captioner.data import load_coco_data
 from captioner.model import CaptioningRNN
+from fileserver import gets, serving
 from fixtures import build_dataset
+from helpers import run
 
 TINY = ["--hidden-dim", 8, "--wordvec-dim", 8, "--batch-size", 10, "--val-size", 5, "--quiet"]
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    # An exception other than a clean exit would be a traceback for the user.
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
-    return result
 
 
 def error_lines(result):

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from captioner import prepare as P
-from captioner.cli import cli
 from captioner.errors import CaptionerError
+from helpers import assert_same_dataset, run
 
 distributed = pytest.importorskip("distributed", reason="needs the cluster extra: "
                                   "pip install 'captioner[cluster]'")
@@ -88,37 +87,6 @@ def _ready(client):
     """Two live workers (a worker killed by a test is restarted by its nanny)."""
     client.wait_for_workers(2, timeout=60)
     return client
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
-
-
-def dataset_files(out):
-    import h5py
-    got = {}
-    for name in sorted(os.listdir(out)):
-        path = os.path.join(out, name)
-        if name.endswith(".h5"):
-            with h5py.File(path, "r") as f:
-                for k in f:
-                    got[f"{name}/{k}"] = f[k][()]
-        else:
-            got[name] = Path(path).read_text()
-    return got
-
-
-def assert_same_dataset(a, b):
-    fa, fb = dataset_files(a), dataset_files(b)
-    assert sorted(fa) == sorted(fb)
-    for k in fa:
-        if isinstance(fa[k], np.ndarray):
-            assert fa[k].dtype == fb[k].dtype, k
-            np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
-        else:
-            assert fa[k] == fb[k], k
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,16 @@ import os
 import shutil
 import zipfile
 
-import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from fileserver import serving
 from PIL import Image
 
 from captioner import coco, download
 from captioner import prepare as P
-from captioner.cli import cli
 from captioner.data import load_coco_data
 from captioner.errors import CaptionerError
+from fileserver import serving
+from helpers import assert_same_dataset, run
 
 # Karpathy split of the 13 pictures (sorted by name): which folder and split each gets.
 PLAN = [("train2014", "train")] * 5 + [("val2014", "restval")] * 2 + \
@@ -114,12 +112,6 @@ def mirror(release):
     with serving({f"coco/{k}": v for k, v in release[1].items()}) as srv:
         srv.url = f"{srv.base}/coco"
         yield srv
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
 
 
 # ----------------------------------------------------------------------------- download
@@ -283,20 +275,6 @@ def test_unsafe_names_in_the_karpathy_file_are_skipped_with_the_reason(shared, t
     d = load_coco_data(tmp_path / "out", splits=("train", "val", "test"))
     with open(tmp_path / "out" / "train2014_images.txt", encoding="utf-8") as f:
         assert len(f.read().splitlines()) == len(d["train_features"]) == 7
-
-
-def assert_same_dataset(a, b):
-    names = sorted(os.listdir(a))
-    assert names == sorted(os.listdir(b))
-    for name in names:
-        if name.endswith(".h5"):
-            with h5py.File(a / name, "r") as fa, h5py.File(b / name, "r") as fb:
-                assert sorted(fa) == sorted(fb)
-                for k in fa:
-                    np.testing.assert_array_equal(fa[k][()], fb[k][()], err_msg=f"{name}/{k}")
-                    assert dict(fa[k].attrs) == dict(fb[k].attrs)
-        else:
-            assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
 class Boom(Exception):

@@ -5,21 +5,13 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from captioner import checkpoint
-from captioner.cli import cli
 from fixtures import build_dataset
+from helpers import run
 
 TINY = ["--hidden-dim", 6, "--wordvec-dim", 5, "--batch-size", 10, "--val-size", 10,
         "--quiet", "--count", 25, "--lr", 5e-3]
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
-    return result
 
 
 def params(path):

@@ -7,11 +7,11 @@ import zipfile
 
 import numpy as np
 import pytest
-from fileserver import gets, reset, serving
 
 from captioner.data import load_coco_data
 from captioner.download import COCO_FILES, download_coco, install_zip
 from captioner.errors import CaptionerError
+from fileserver import gets, reset, serving
 from fixtures import build_dataset
 
 

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from captioner import checkpoint, demo, training
 from captioner.cli import cli
 from fixtures import build_dataset
+from helpers import assert_same_dataset
 
 CLI = [sys.executable, "-c", "from captioner.cli import main; main()"]
 ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -394,35 +395,6 @@ def test_second_writer_refused_and_first_unharmed(dataset, straight, tmp_path):
 # ---------------------------------------------------------------- prepare
 
 
-def _dataset_files(folder):
-    """Every file's content; HDF5 files as their arrays (the container bytes may differ)."""
-    import h5py
-
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name.endswith(".h5"):
-            with h5py.File(path, "r") as f:
-                out[name] = {k: (f[k][()], dict(f[k].attrs)) for k in f}
-        else:
-            with open(path, "rb") as f:
-                out[name] = f.read()
-    return out
-
-
-def _assert_same_dataset(a, b):
-    fa, fb = _dataset_files(a), _dataset_files(b)
-    assert fa.keys() == fb.keys()
-    for name in fa:
-        if name.endswith(".h5"):
-            assert fa[name].keys() == fb[name].keys(), name
-            for k, (arr, attrs) in fa[name].items():
-                np.testing.assert_array_equal(arr, fb[name][k][0], err_msg=f"{name}/{k}")
-                assert attrs == fb[name][k][1]
-        else:
-            assert fa[name] == fb[name], name
-
-
 def _prepare_kills(tmp_path, n_images, kills, rng):
     images = tmp_path / "images"
     annotations = demo.write_demo_images(images, n_images, seed=4)
@@ -462,7 +434,7 @@ def _prepare_kills(tmp_path, n_images, kills, rng):
     assert r.returncode == 0, r.stderr
     resumed = int(r.stdout.split(" resumed)")[0].rsplit("(", 1)[1].replace(",", ""))
     assert resumed > 0, r.stdout  # the rerun used the work of the killed ones
-    _assert_same_dataset(tmp_path / "once", out)
+    assert_same_dataset(tmp_path / "once", out)
     assert not work.exists()
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from captioner import gradients
 from captioner.model import CaptioningRNN
+from helpers import run
 
 VOCAB = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "cat", "dog", "on", "red", "mat"]
 NULL, START, END = 0, 1, 2
@@ -168,15 +169,6 @@ def test_fresh_lstm_forget_gate_starts_near_half():
 
 # ---------------------------------------------------------------- the command
 
-def cli_run(*args):
-    from click.testing import CliRunner
-
-    from captioner.cli import cli
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
-    return result
-
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
@@ -203,8 +195,8 @@ def test_command_json_plot_and_table(tiny_data, tmp_path):
     data = tiny_data / "data"
     plot = tmp_path / "flow.png"
     common = ["--data", data, "--count", 25, "--hidden-dim", 6, "--wordvec-dim", 5]
-    result = cli_run("gradients", "--cell", "rnn", "--cell", "lstm", *common, "--length", 4,
-                     "--json", "--plot", plot)
+    result = run("gradients", "--cell", "rnn", "--cell", "lstm", *common, "--length", 4,
+                 "--json", "--plot", plot)
     assert result.exit_code == 0, result.output
     runs = json.loads(result.output)["runs"]
     assert [(r["cell"], r["label"]) for r in runs] == \
@@ -231,8 +223,8 @@ def test_command_json_plot_and_table(tiny_data, tmp_path):
     png = plot.read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) < 100_000
 
-    result = cli_run("gradients", "--checkpoint", tiny_data / "run" / "last.npz", "--cell", "lstm",
-                     *common)
+    result = run("gradients", "--checkpoint", tiny_data / "run" / "last.npz", "--cell", "lstm",
+                 *common)
     assert result.exit_code == 0, result.output
     assert "by distance d" in result.output and "reach to the image" in result.output
     assert f"{tiny_data / 'run' / 'last.npz'}: gain per step" in result.output
@@ -271,7 +263,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(tiny_data, tmp_path, monkeypa
         (["--cell", "rnn", "--data", data, "--plot", work / "flow.jpg"], "flow.jpg", ".png"),
     ]
     for args, name, why in cases:
-        result = cli_run("gradients", *args)
+        result = run("gradients", *args)
         assert result.exit_code == 2, (args, result.output)
         lines = [ln for ln in result.output.splitlines() if ln.startswith("captioner: error:")]
         assert len(lines) == 1 and name in lines[0] and why in lines[0], (args, result.output)
@@ -280,7 +272,7 @@ def test_bad_inputs_are_one_line_and_write_nothing(tiny_data, tmp_path, monkeypa
                          (["--cell", "lstm", "--length", 1], "--length"),
                          (["--data", data], "--checkpoint"),
                          (["--cell", "rnn", "--data", data, "--plot", tmp_path], "--plot")]:
-        result = cli_run("gradients", *args)
+        result = run("gradients", *args)
         assert result.exit_code == 2, result.output
         assert [ln for ln in result.output.splitlines() if ln.startswith("Error:")
                 and option in ln], result.output

@@ -10,25 +10,17 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from captioner import checkpoint, download, encoder, evaluation, limits, training
-from captioner.cli import cli
 from captioner.data import load_coco_data
 from captioner.errors import CaptionerError
 from captioner.model import CaptioningRNN
 from fixtures import build_dataset
+from helpers import run
 
 CAPS, VOCAB = "coco2014_captions.h5", "coco2014_vocab.json"
 TRAIN_F = "train2014_vgg16_fc7_pca.h5"
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
-    return result
 
 
 def refused(result, *words, code=2):

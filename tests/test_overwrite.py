@@ -14,13 +14,7 @@ from captioner.cli import cli
 from captioner.data import load_coco_data
 from captioner.errors import CaptionerError
 from fixtures import build_dataset
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
-    return result
+from helpers import run
 
 
 def snapshot(folder):

@@ -4,22 +4,15 @@ import os
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from captioner import demo
 from captioner import encoder as E
-from captioner.cli import cli
 from captioner.data import load_vocab
 from captioner.errors import CaptionerError
 from captioner.model import CaptioningRNN
 from captioner.pictures import caption_images
 from fixtures import build_dataset
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
+from helpers import run
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 import json
 import os
 
-import h5py
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,6 +10,7 @@ from captioner import prepare as P
 from captioner import shards as S
 from captioner.data import decode_captions, load_coco_data, load_vocab
 from captioner.errors import CaptionerError
+from helpers import assert_same_dataset
 
 WORDS = ["red", "green", "blue", "white", "black", "yellow"]
 COLOURS = [
@@ -48,32 +48,6 @@ def _pictures(folder, n, bad=(), missing=()):
     path = folder / "captions.json"
     path.write_text(json.dumps({"images": images, "annotations": anns}))
     return path
-
-
-def _files(out):
-    """Every file of a dataset folder -> comparable content (arrays, attrs, text)."""
-    got = {}
-    for name in sorted(os.listdir(out)):
-        path = os.path.join(out, name)
-        if name.endswith(".h5"):
-            with h5py.File(path, "r") as f:
-                for k in f:
-                    got[f"{name}/{k}"] = (f[k][()], dict(f[k].attrs))
-        else:
-            with open(path, encoding="utf-8") as f:
-                got[name] = f.read()
-    return got
-
-
-def _assert_same_dataset(a, b):
-    fa, fb = _files(a), _files(b)
-    assert sorted(fa) == sorted(fb)
-    for k in fa:
-        if isinstance(fa[k], tuple):
-            assert fa[k][0].dtype == fb[k][0].dtype and fa[k][1] == fb[k][1], k
-            np.testing.assert_array_equal(fa[k][0], fb[k][0], err_msg=k)
-        else:
-            assert fa[k] == fb[k], k
 
 
 # ---------------------------------------------------------------------------- captions, vocabulary
@@ -315,7 +289,7 @@ def test_interrupted_run_resumes_to_the_same_dataset(tmp_path, monkeypatch):
     assert sum(map(len, calls)) == 4  # only the chunks that were not done
     assert resumed["skipped"] == straight["skipped"] and resumed["train"] == straight["train"]
     assert not work.exists()
-    _assert_same_dataset(tmp_path / "a", tmp_path / "b")
+    assert_same_dataset(tmp_path / "a", tmp_path / "b")
 
 
 def test_work_area_of_other_arguments_or_garbage_is_not_reused(tmp_path, monkeypatch):

@@ -8,21 +8,14 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from captioner import checkpoint, demo, metrics, report, training
-from captioner.cli import cli
 from captioner.data import load_coco_data
 from captioner.evaluation import evaluate_model
 from captioner.model import CaptioningRNN
 from fixtures import build_dataset
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
+from helpers import run
 
 
 def one_error_line(result, *words):

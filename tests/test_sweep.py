@@ -9,12 +9,11 @@ import time
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from captioner import checkpoint, sweep, training
-from captioner.cli import cli
 from captioner.errors import CaptionerError
 from fixtures import build_dataset
+from helpers import run
 
 CLI = [sys.executable, "-c", "from captioner.cli import main; main()"]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
@@ -27,12 +26,6 @@ def dataset(tmp_path_factory):
     return str(build_dataset(tmp_path_factory.mktemp("coco"), n_train_images=60,
                              captions_per_image=5, n_val_images=10, feature_dim=16,
                              vocab_size=40, seed=4))
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
 
 
 def params(path):

@@ -7,27 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from captioner import checkpoint, runs, training
-from captioner.cli import cli
 from captioner.data import load_coco_data
 from captioner.errors import CaptionerError
 from captioner.model import CaptioningRNN
 from fixtures import build_dataset
+from helpers import run
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return str(build_dataset(tmp_path_factory.mktemp("coco"), n_train_images=60,
                              captions_per_image=5, n_val_images=10, feature_dim=48, seed=1))
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    # A user never sees a traceback: any exception other than a clean exit is a bug.
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result
 
 
 def small_model(data, cell="lstm", seed=0):

@@ -1,0 +1,37 @@
+"""Helpers shared by the CLI and dataset tests."""
+
+import os
+
+import h5py
+import numpy as np
+from click.testing import CliRunner
+
+from captioner.cli import cli
+
+
+def run(*args):
+    """captioner ARGS in-process -> click's Result. A user never sees a traceback: any
+    exception other than a clean exit, or a traceback in the output, fails the test."""
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def assert_same_dataset(a, b):
+    """Two dataset folders hold the same files: HDF5 arrays equal (dtype included) with the
+    same attributes, every other file byte for byte."""
+    names = sorted(os.listdir(a))
+    assert names == sorted(os.listdir(b))
+    for name in names:
+        pa, pb = os.path.join(a, name), os.path.join(b, name)
+        if name.endswith(".h5"):
+            with h5py.File(pa, "r") as fa, h5py.File(pb, "r") as fb:
+                assert sorted(fa) == sorted(fb), name
+                for k in fa:
+                    assert fa[k].dtype == fb[k].dtype, f"{name}/{k}"
+                    np.testing.assert_array_equal(fa[k][()], fb[k][()], err_msg=f"{name}/{k}")
+                    assert dict(fa[k].attrs) == dict(fb[k].attrs), f"{name}/{k}"
+        else:
+            with open(pa, "rb") as fa, open(pb, "rb") as fb:
+                assert fa.read() == fb.read(), name
