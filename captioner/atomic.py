@@ -5,6 +5,7 @@ planted under the temp name is never followed), is fsynced, then renamed over th
 and the directory is fsynced so the rename itself survives a power cut.
 """
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -79,6 +80,18 @@ def open_lock(path, what):
         os.close(fd)
         raise CaptionerError(f"{path}: the lock file is not a regular file; remove it or choose "
                              f"another {what}")
+    return fd
+
+
+def lock_exclusive(path, what, busy):
+    """open_lock(path) and flock it for this process alone -> fd; another holder means
+    CaptionerError(busy). flock dies with the process, so kill -9 leaves no stale lock."""
+    fd = open_lock(path, what)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CaptionerError(busy) from None
     return fd
 
 

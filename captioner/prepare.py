@@ -21,7 +21,6 @@ bit for bit, whatever the number of workers and however often it was interrupted
 Captions and vocabulary are cheap and rebuilt on every run; only the last step writes
 the dataset (data.write_dataset) and removes the work area.
 """
-import fcntl
 import hashlib
 import json
 import os
@@ -247,14 +246,10 @@ class _ChunkRows:
 
 
 def _lock(work):
-    fd = atomic.open_lock(os.path.join(work, "lock"), "output folder")  # no symlink followed
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise CaptionerError(f"{work}: another `captioner prepare` is writing here; wait for it "
-                             f"or choose another output folder") from None
-    return fd
+    return atomic.lock_exclusive(
+        os.path.join(work, "lock"), "output folder",
+        f"{work}: another `captioner prepare` is writing here; wait for it or choose another "
+        f"output folder")
 
 
 def default_workers():

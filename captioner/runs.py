@@ -49,13 +49,10 @@ def _progress(path):
 def run_lock(run_dir):
     """One writer per run directory. flock dies with the process, so kill -9 leaves no
     stale lock."""
-    fd = atomic.open_lock(os.path.join(run_dir, "train.lock"), "--out")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise CaptionerError(f"{run_dir}: another `captioner train` is writing to this run "
-                             f"directory; wait for it to finish or choose another --out") from None
+    fd = atomic.lock_exclusive(
+        os.path.join(run_dir, "train.lock"), "--out",
+        f"{run_dir}: another `captioner train` is writing to this run directory; wait for it "
+        f"to finish or choose another --out")
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

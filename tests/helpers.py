@@ -1,5 +1,6 @@
 """Helpers shared by the CLI and dataset tests."""
 
+import hashlib
 import os
 
 import h5py
@@ -35,3 +36,14 @@ def assert_same_dataset(a, b):
         else:
             with open(pa, "rb") as fa, open(pb, "rb") as fb:
                 assert fa.read() == fb.read(), name
+
+
+def snapshot(folder):
+    """{relative path: sha256} of every file under folder: to prove nothing was written."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for n in files:
+            p = os.path.join(root, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out

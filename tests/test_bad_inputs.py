@@ -2,7 +2,6 @@
 the problem, a non-zero exit code (2 for a bad file or argument, 1 for pictures that cannot be
 read), no traceback, and writes nothing over anything."""
 
-import hashlib
 import io
 import json
 import os
@@ -22,7 +21,7 @@ from captioner.data import load_coco_data
 from captioner.model import CaptioningRNN
 from fileserver import gets, serving
 from fixtures import build_dataset
-from helpers import run
+from helpers import run, snapshot
 
 TINY = ["--hidden-dim", 8, "--wordvec-dim", 8, "--batch-size", 10, "--val-size", 5, "--quiet"]
 
@@ -39,17 +38,6 @@ def assert_refused(result, name, code=2, *words):
     assert str(name) in lines[0], (name, result.output)
     for w in words:
         assert w in lines[0], (w, result.output)
-
-
-def snapshot(folder):
-    """{relative path: sha256} of every file under folder: to prove nothing was written."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for n in files:
-            p = os.path.join(root, n)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def write_h5(path, **arrays):

@@ -1,6 +1,5 @@
 """Issue 14, classes 1-3: nothing a user has is overwritten by accident (--force to replace, and
 then whole); a killed run always resumes; non-finite numbers never reach disk."""
-import hashlib
 import os
 
 import numpy as np
@@ -14,18 +13,7 @@ from captioner.cli import cli
 from captioner.data import load_coco_data
 from captioner.errors import CaptionerError
 from fixtures import build_dataset
-from helpers import run
-
-
-def snapshot(folder):
-    out = {}
-    for root, _, files in os.walk(folder):
-        for n in files:
-            p = os.path.join(root, n)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
+from helpers import run, snapshot
 
 # ---------------------------------------------------------------- prepare --out
 
