@@ -52,11 +52,6 @@ def save(path, params, meta, optim_arrays=None, history=None):
     atomic.write_bytes(path, lambda f: np.savez(f, **arrays), what="checkpoint")
 
 
-def write_json(path, obj):
-    """Atomically write a human-readable JSON file (history.json)."""
-    atomic.write_json(path, obj)
-
-
 def _headers(z, path):
     """{member: (shape, dtype)} read from each .npy header, before any array is read."""
     out = {}

@@ -1264,7 +1264,7 @@ def evaluate(
         )
         what = f"{ckpt} on {len(generated):,} {split} images, beam {beam_size}"
         if save_results:
-            from .checkpoint import write_json
+            from .atomic import write_json
 
             write_json(save_results, generated)
     if as_json:

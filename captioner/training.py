@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import checkpoint
+from . import atomic, checkpoint
 from .errors import CaptionerError
 from .model import CaptioningRNN
 from .optim import OPTIMIZERS
@@ -135,7 +135,7 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
         history = {"settings": state["settings"], "epochs": state["epochs"], "best": state["best"],
                    "step": state["step"], "loss": [round(x, 5) for x in losses],
                    "grad_norm": [round(x, 5) for x in norms], "clipped": [int(c) for c in clips]}
-        checkpoint.write_json(os.path.join(run_dir, "history.json"), history)
+        atomic.write_json(os.path.join(run_dir, "history.json"), history)
         return path
 
     with SignalFlag() as flag:
