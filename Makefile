@@ -20,6 +20,7 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 demo: install
 	$(BIN)/captioner demo

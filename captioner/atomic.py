@@ -4,6 +4,7 @@ Every write goes to a fresh temp file beside the target (created O_EXCL, so a sy
 planted under the temp name is never followed), is fsynced, then renamed over the target,
 and the directory is fsynced so the rename itself survives a power cut.
 """
+
 import errno
 import fcntl
 import json
@@ -44,7 +45,8 @@ def atomic_path(path, what="file"):
     except OSError as e:
         raise CaptionerError(
             f"{path}: could not write {what} ({e.strerror or e}); free some space or choose "
-            f"another location; the previous {what} is untouched") from None
+            f"another location; the previous {what} is untouched"
+        ) from None
     finally:
         if tmp is not None:
             with suppress(OSError):
@@ -74,12 +76,14 @@ def open_lock(path, what):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as e:
         why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror
-        raise CaptionerError(f"{path}: cannot use this lock file ({why}); remove it or choose "
-                             f"another {what}") from None
+        raise CaptionerError(
+            f"{path}: cannot use this lock file ({why}); remove it or choose another {what}"
+        ) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise CaptionerError(f"{path}: the lock file is not a regular file; remove it or choose "
-                             f"another {what}")
+        raise CaptionerError(
+            f"{path}: the lock file is not a regular file; remove it or choose another {what}"
+        )
     return fd
 
 
@@ -102,8 +106,9 @@ def check_new_file(path, force, flag):
     if os.path.isdir(path):
         raise CaptionerError(f"{path}: is a directory; choose a file name for {flag}")
     if os.path.lexists(path) and not force:
-        raise CaptionerError(f"{path}: already exists; pass --force to replace it, or choose "
-                             f"another {flag}")
+        raise CaptionerError(
+            f"{path}: already exists; pass --force to replace it, or choose another {flag}"
+        )
 
 
 def check_fresh_dir(path, force, what, keep=(), flag="--out", can_force=True):
@@ -117,13 +122,16 @@ def check_fresh_dir(path, force, what, keep=(), flag="--out", can_force=True):
     except NotADirectoryError:
         raise CaptionerError(f"{path}: is a file, not a folder; choose another {flag}") from None
     except OSError as e:
-        raise CaptionerError(f"{path}: cannot read the folder ({e.strerror}); choose another "
-                             f"{flag}") from None
+        raise CaptionerError(
+            f"{path}: cannot read the folder ({e.strerror}); choose another {flag}"
+        ) from None
     if found and not force:
         more = f" and {len(found) - 1} more" if len(found) > 1 else ""
         fix = f"pass --force to replace the whole {what}, or " if can_force else ""
-        raise CaptionerError(f"{path}: already holds {found[0]!r}{more}, not made by captioner; "
-                             f"{fix}choose another {flag}")
+        raise CaptionerError(
+            f"{path}: already holds {found[0]!r}{more}, not made by captioner; "
+            f"{fix}choose another {flag}"
+        )
 
 
 @contextmanager
@@ -137,8 +145,9 @@ def fresh_dir(path, what="folder"):
         os.makedirs(parent, exist_ok=True)
         new = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.new-", dir=parent)
     except OSError as e:
-        raise CaptionerError(f"{path}: cannot create the {what} ({e.strerror}); choose another "
-                             f"location") from None
+        raise CaptionerError(
+            f"{path}: cannot create the {what} ({e.strerror}); choose another location"
+        ) from None
     try:
         yield new
         old = None
@@ -154,9 +163,11 @@ def fresh_dir(path, what="folder"):
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
-        raise CaptionerError(f"{path}: could not write the {what} ({e.strerror or e}); free some "
-                             f"space or choose another location; the previous {what} is "
-                             f"untouched") from None
+        raise CaptionerError(
+            f"{path}: could not write the {what} ({e.strerror or e}); free some "
+            f"space or choose another location; the previous {what} is "
+            f"untouched"
+        ) from None
     finally:
         if os.path.exists(new):
             shutil.rmtree(new, ignore_errors=True)

@@ -15,6 +15,7 @@ load() checks the whole metadata and every array's declared shape against one sc
 CaptioningRNN, and check_compatible() whether a model fits a dataset (same vocabulary and
 features).
 """
+
 import json
 import math
 import os
@@ -43,9 +44,12 @@ def save(path, params, meta, optim_arrays=None, history=None):
     for key, a in arrays.items():  # the one gate to disk: a diverged model never replaces
         # a good one
         if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise CaptionerError(f"{path}: not saved: {key} holds NaN or inf (training diverged); "
-                                 f"the checkpoint on disk is the last good one; lower --lr or set "
-                                 f"--clip-norm", exit_code=1)
+            raise CaptionerError(
+                f"{path}: not saved: {key} holds NaN or inf (training diverged); "
+                f"the checkpoint on disk is the last good one; lower --lr or set "
+                f"--clip-norm",
+                exit_code=1,
+            )
     arrays.update({f"history/{k}": np.asarray(v) for k, v in (history or {}).items()})
     meta = dict(meta, format=FORMAT, version=VERSION)
     arrays["meta"] = np.array(json.dumps(meta))
@@ -60,21 +64,29 @@ def _headers(z, path):
         with z.zip.open(info) as f:
             try:
                 version = np.lib.format.read_magic(f)
-                read = {(1, 0): np.lib.format.read_array_header_1_0,
-                        (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                read = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(version)
                 if read is None:
                     raise ValueError(f"npy format version {version}")
                 shape, _, dtype = read(f)
             except ValueError as e:
-                raise CaptionerError(f"{path}: entry {name!r} is not a NumPy array ({e}); not a "
-                                     f"checkpoint written by captioner") from None
+                raise CaptionerError(
+                    f"{path}: entry {name!r} is not a NumPy array ({e}); not a "
+                    f"checkpoint written by captioner"
+                ) from None
             if dtype.hasobject:  # numpy refuses object arrays (pickles) with allow_pickle=False
-                raise CaptionerError(f"{path}: holds pickled objects, refused for safety; "
-                                     f"only checkpoints written by captioner can be loaded")
+                raise CaptionerError(
+                    f"{path}: holds pickled objects, refused for safety; "
+                    f"only checkpoints written by captioner can be loaded"
+                )
             nbytes = math.prod(shape) * dtype.itemsize
             if nbytes > info.file_size - f.tell():  # the header claims more than the entry holds
-                raise CaptionerError(f"{path}: entry {name!r} declares shape {shape} but holds "
-                                     f"{info.file_size:,} bytes; the file is damaged")
+                raise CaptionerError(
+                    f"{path}: entry {name!r} declares shape {shape} but holds "
+                    f"{info.file_size:,} bytes; the file is damaged"
+                )
         out[name] = (tuple(shape), dtype)
     return out
 
@@ -86,11 +98,13 @@ def load(path):
     array is read, so a small file cannot make us allocate what it only declares."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise CaptionerError(f"{path}: is a directory; pass a checkpoint file such as "
-                             f"{path}/best.npz")
+        raise CaptionerError(
+            f"{path}: is a directory; pass a checkpoint file such as {path}/best.npz"
+        )
     if os.path.exists(path) and not os.path.isfile(path):  # a FIFO or a device: would block
-        raise CaptionerError(f"{path}: not a regular file; pass a checkpoint file such as "
-                             f"best.npz")
+        raise CaptionerError(
+            f"{path}: not a regular file; pass a checkpoint file such as best.npz"
+        )
     _check_zip(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -99,29 +113,41 @@ def load(path):
                 raise CaptionerError(f"{path}: no metadata; not a checkpoint written by captioner")
             if headers["meta"][1].kind != "U" or headers["meta"][0] != ():
                 raise CaptionerError(f"{path}: metadata is not valid JSON; the file is damaged")
-            limits.check_memory(path, "the metadata", headers["meta"][1].itemsize, "the file "
-                                "is damaged or not a checkpoint written by captioner")
+            limits.check_memory(
+                path,
+                "the metadata",
+                headers["meta"][1].itemsize,
+                "the file is damaged or not a checkpoint written by captioner",
+            )
             meta = _parse_meta(path, z["meta"])
             shapes = {k: v for k, v in headers.items() if k != "meta"}
             validate(path, meta, shapes)
-            limits.check_memory(path, "its arrays", sum(math.prod(s) * d.itemsize
-                                                        for s, d in shapes.values()),
-                                "load it on a machine with more memory")
+            limits.check_memory(
+                path,
+                "its arrays",
+                sum(math.prod(s) * d.itemsize for s, d in shapes.values()),
+                "load it on a machine with more memory",
+            )
             files = {k: z[k] for k in shapes}
     except CaptionerError:
         raise
     except FileNotFoundError:
-        raise CaptionerError(f"{path}: no such checkpoint; check the path "
-                             f"(runs/<name>/best.npz)") from None
+        raise CaptionerError(
+            f"{path}: no such checkpoint; check the path (runs/<name>/best.npz)"
+        ) from None
     except ValueError as e:
         raise CaptionerError(f"{path}: not a captioner checkpoint ({e})") from None
     except (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error, NotImplementedError) as e:
-        raise CaptionerError(f"{path}: not a readable checkpoint (truncated or corrupt: {e}); "
-                             f"use another checkpoint, e.g. last.npz or best.npz of the "
-                             f"run") from None
+        raise CaptionerError(
+            f"{path}: not a readable checkpoint (truncated or corrupt: {e}); "
+            f"use another checkpoint, e.g. last.npz or best.npz of the "
+            f"run"
+        ) from None
     except MemoryError:  # an array header claiming more memory than there is
-        raise CaptionerError(f"{path}: declares arrays too big to load; the file is damaged or "
-                             f"not a captioner checkpoint") from None
+        raise CaptionerError(
+            f"{path}: declares arrays too big to load; the file is damaged or "
+            f"not a captioner checkpoint"
+        ) from None
     params, optim, history = {}, {}, {}
     for key, arr in files.items():
         kind, _, rest = key.partition("/")
@@ -142,19 +168,26 @@ def _check_zip(path):
         with open(path, "rb") as f:
             head = f.read(4)
     except FileNotFoundError:
-        raise CaptionerError(f"{path}: no such checkpoint; check the path "
-                             f"(runs/<name>/best.npz)") from None
+        raise CaptionerError(
+            f"{path}: no such checkpoint; check the path (runs/<name>/best.npz)"
+        ) from None
     except OSError as e:
         raise CaptionerError(f"{path}: cannot read the checkpoint ({e.strerror})") from None
     if not head:
-        raise CaptionerError(f"{path}: empty file (0 bytes), not a checkpoint; use another one, "
-                             f"e.g. last.npz or best.npz of the run")
+        raise CaptionerError(
+            f"{path}: empty file (0 bytes), not a checkpoint; use another one, "
+            f"e.g. last.npz or best.npz of the run"
+        )
     if head[:1] == b"\x80":  # the pickle protocol 2+ opcode
-        raise CaptionerError(f"{path}: holds pickled objects, refused for safety; only "
-                             f"checkpoints written by captioner can be loaded")
+        raise CaptionerError(
+            f"{path}: holds pickled objects, refused for safety; only "
+            f"checkpoints written by captioner can be loaded"
+        )
     if head != b"PK\x03\x04" and not zipfile.is_zipfile(path):
-        raise CaptionerError(f"{path}: not an .npz archive, so not a captioner checkpoint; use "
-                             f"another one, e.g. last.npz or best.npz of the run")
+        raise CaptionerError(
+            f"{path}: not an .npz archive, so not a captioner checkpoint; use "
+            f"another one, e.g. last.npz or best.npz of the run"
+        )
 
 
 def _parse_meta(path, raw):
@@ -168,8 +201,10 @@ def _parse_meta(path, raw):
         raise CaptionerError(f"{path}: not a captioner checkpoint (format {meta.get('format')!r})")
     version = meta.get("version")
     if not isinstance(version, int) or version > VERSION:
-        raise CaptionerError(f"{path}: checkpoint format version {version!r} is newer than this "
-                             f"captioner understands ({VERSION}); upgrade captioner")
+        raise CaptionerError(
+            f"{path}: checkpoint format version {version!r} is newer than this "
+            f"captioner understands ({VERSION}); upgrade captioner"
+        )
     return meta
 
 
@@ -179,26 +214,34 @@ def validate(path, meta, shapes):
     the field, so every command that loads a checkpoint can use all of it."""
     why = _problem(meta, shapes)
     if why:
-        raise CaptionerError(f"{path}: metadata is incomplete or wrong: {why}; not a checkpoint "
-                             f"this captioner wrote (use another one, e.g. best.npz of the run)")
+        raise CaptionerError(
+            f"{path}: metadata is incomplete or wrong: {why}; not a checkpoint "
+            f"this captioner wrote (use another one, e.g. best.npz of the run)"
+        )
 
 
 def check_params(path, params, model):
     """Check that loaded parameters fit `model` exactly (names, shapes, finite values)."""
     for name, ref in model.params.items():
         if name not in params:
-            raise CaptionerError(f"{path}: parameter {name} is missing; the checkpoint is "
-                                 f"incomplete")
+            raise CaptionerError(
+                f"{path}: parameter {name} is missing; the checkpoint is incomplete"
+            )
         if params[name].dtype.kind != "f":
-            raise CaptionerError(f"{path}: parameter {name} has dtype {params[name].dtype}, "
-                                 f"expected floats; not a checkpoint written by captioner")
+            raise CaptionerError(
+                f"{path}: parameter {name} has dtype {params[name].dtype}, "
+                f"expected floats; not a checkpoint written by captioner"
+            )
         if params[name].shape != ref.shape:
-            raise CaptionerError(f"{path}: parameter {name} has shape {params[name].shape}, "
-                                 f"the model expects {ref.shape}; the metadata and arrays "
-                                 f"disagree")
+            raise CaptionerError(
+                f"{path}: parameter {name} has shape {params[name].shape}, "
+                f"the model expects {ref.shape}; the metadata and arrays "
+                f"disagree"
+            )
         if not np.all(np.isfinite(params[name])):
-            raise CaptionerError(f"{path}: parameter {name} holds NaN or inf; use an earlier "
-                                 f"checkpoint")
+            raise CaptionerError(
+                f"{path}: parameter {name} holds NaN or inf; use an earlier checkpoint"
+            )
     extra = set(params) - set(model.params)
     if extra:
         raise CaptionerError(f"{path}: unexpected parameters {sorted(extra)}")
@@ -208,20 +251,35 @@ def check_params(path, params, model):
 
 
 def model_meta(model, data):
-    return {"model": {"cell_type": model.cell_type, "input_dim": model.input_dim,
-                      "wordvec_dim": model.wordvec_dim, "hidden_dim": model.hidden_dim},
-            "vocab": [model.idx_to_word[i] for i in range(len(model.idx_to_word))],
-            "features": {"kind": data["feature_kind"], "dim": int(data["feature_dim"]),
-                         "encoder": data["encoder"]}}
+    return {
+        "model": {
+            "cell_type": model.cell_type,
+            "input_dim": model.input_dim,
+            "wordvec_dim": model.wordvec_dim,
+            "hidden_dim": model.hidden_dim,
+        },
+        "vocab": [model.idx_to_word[i] for i in range(len(model.idx_to_word))],
+        "features": {
+            "kind": data["feature_kind"],
+            "dim": int(data["feature_dim"]),
+            "encoder": data["encoder"],
+        },
+    }
 
 
 def load_model(path, dtype=np.float32):
     """Checkpoint -> (model, meta, optim_arrays, history); load() validated every field."""
     params, meta, optim, history = load(path)
     cfg = meta["model"]
-    model = CaptioningRNN({w: i for i, w in enumerate(meta["vocab"])}, input_dim=cfg["input_dim"],
-                          wordvec_dim=cfg["wordvec_dim"], hidden_dim=cfg["hidden_dim"],
-                          cell_type=cfg["cell_type"], dtype=dtype, seed=0)
+    model = CaptioningRNN(
+        {w: i for i, w in enumerate(meta["vocab"])},
+        input_dim=cfg["input_dim"],
+        wordvec_dim=cfg["wordvec_dim"],
+        hidden_dim=cfg["hidden_dim"],
+        cell_type=cfg["cell_type"],
+        dtype=dtype,
+        seed=0,
+    )
     check_params(path, params, model)
     for k, v in params.items():
         model.params[k] = np.ascontiguousarray(v, dtype=dtype)
@@ -231,16 +289,20 @@ def load_model(path, dtype=np.float32):
 def check_compatible(path, meta, data):
     """A checkpoint can only be used with data of the same vocabulary and features."""
     if list(meta["vocab"]) != list(data["idx_to_word"]):
-        raise CaptionerError(f"{path}: its vocabulary ({len(meta['vocab'])} words) differs from "
-                             f"the dataset's in {data['base_dir']} "
-                             f"({len(data['idx_to_word'])} words); "
-                             f"use the dataset the model was trained on")
+        raise CaptionerError(
+            f"{path}: its vocabulary ({len(meta['vocab'])} words) differs from "
+            f"the dataset's in {data['base_dir']} "
+            f"({len(data['idx_to_word'])} words); "
+            f"use the dataset the model was trained on"
+        )
     f = meta["features"]
     if int(f["dim"]) != int(data["feature_dim"]) or f.get("encoder") != data["encoder"]:
-        raise CaptionerError(f"{path}: trained on {f.get('encoder')} features ({f['dim']}-d) "
-                             f"but the "
-                             f"dataset has {data['encoder']} ({data['feature_dim']}-d); "
-                             f"pass --features {f['kind']} or the matching --data")
+        raise CaptionerError(
+            f"{path}: trained on {f.get('encoder')} features ({f['dim']}-d) "
+            f"but the "
+            f"dataset has {data['encoder']} ({data['feature_dim']}-d); "
+            f"pass --features {f['kind']} or the matching --data"
+        )
 
 
 # ---------------------------------------------------------------- the schema
@@ -252,22 +314,40 @@ _COUNT = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
 _NATURAL = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 _NUMBER = (lambda v: _is_num(v) and v >= 0, "a finite number >= 0")
 SETTINGS = {
-    "epochs": _COUNT, "batch_size": _COUNT, "eval_images": _COUNT, "seed": _NATURAL,
-    "val_size": _NATURAL, "save_every": _NATURAL, "eval_every": _NATURAL,
-    "lr": _NUMBER, "lr_decay": _NUMBER, "weight_decay": _NUMBER, "clip_norm": _NUMBER,
-    "optimizer": (lambda v: isinstance(v, str) and v in OPTIM_STATE,  # a list would not hash
-                  "adam, sgd, sgd_momentum or rmsprop"),
+    "epochs": _COUNT,
+    "batch_size": _COUNT,
+    "eval_images": _COUNT,
+    "seed": _NATURAL,
+    "val_size": _NATURAL,
+    "save_every": _NATURAL,
+    "eval_every": _NATURAL,
+    "lr": _NUMBER,
+    "lr_decay": _NUMBER,
+    "weight_decay": _NUMBER,
+    "clip_norm": _NUMBER,
+    "optimizer": (
+        lambda v: isinstance(v, str) and v in OPTIM_STATE,  # a list would not hash
+        "adam, sgd, sgd_momentum or rmsprop",
+    ),
     "keep_best": (lambda v: v in ("loss", "cider"), "loss or cider"),
     "max_train": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
     "data_dir": (lambda v: isinstance(v, str), "a path"),
     "features": (lambda v: isinstance(v, str), "a feature kind"),
 }
 # Per optimizer: its scalar state keys and its array state keys (all arrays, or none yet).
-OPTIM_STATE = {"sgd": ((), ()), "sgd_momentum": (("momentum",), ("velocity",)),
-               "rmsprop": (("decay_rate", "epsilon"), ("cache",)),
-               "adam": (("beta1", "beta2", "epsilon", "t"), ("m", "v"))}
-RECORD = {"epoch": _COUNT, "step": _NATURAL, "lr": _NUMBER, "seconds": _NUMBER,
-          "train_loss": (lambda v: _is_num(v, nan_ok=True), "a number")}
+OPTIM_STATE = {
+    "sgd": ((), ()),
+    "sgd_momentum": (("momentum",), ("velocity",)),
+    "rmsprop": (("decay_rate", "epsilon"), ("cache",)),
+    "adam": (("beta1", "beta2", "epsilon", "t"), ("m", "v")),
+}
+RECORD = {
+    "epoch": _COUNT,
+    "step": _NATURAL,
+    "lr": _NUMBER,
+    "seconds": _NUMBER,
+    "train_loss": (lambda v: _is_num(v, nan_ok=True), "a number"),
+}
 RECORD_OPTIONAL = ("val_loss", "Bleu_4", "CIDEr")
 HISTORY = ("history/loss", "history/grad_norm", "history/clipped")  # per-step 1-D floats
 
@@ -284,8 +364,16 @@ def param_shapes(cfg, vocab_size):
     """The parameter shapes a model config implies: {name: shape}."""
     k = 4 if cfg["cell_type"] == "lstm" else 1
     V, D, W, H = vocab_size, cfg["input_dim"], cfg["wordvec_dim"], cfg["hidden_dim"]
-    return {"W_embed": (V, W), "W_proj": (D, H), "b_proj": (H,), "Wx": (W, k * H),
-            "Wh": (H, k * H), "b": (k * H,), "W_vocab": (H, V), "b_vocab": (V,)}
+    return {
+        "W_embed": (V, W),
+        "W_proj": (D, H),
+        "b_proj": (H,),
+        "Wx": (W, k * H),
+        "Wh": (H, k * H),
+        "b": (k * H,),
+        "W_vocab": (H, V),
+        "b_vocab": (V,),
+    }
 
 
 def _problem(meta, shapes):
@@ -322,8 +410,10 @@ def _problem(meta, shapes):
         kind, _, rest = key.partition("/")
         if kind == "param" and rest in want:
             if shape != want[rest]:
-                return (f"parameter {rest} has shape {shape}, the metadata implies {want[rest]}; "
-                        f"the metadata and arrays disagree")
+                return (
+                    f"parameter {rest} has shape {shape}, the metadata implies {want[rest]}; "
+                    f"the metadata and arrays disagree"
+                )
         elif kind == "optim" and rest.rpartition("/")[0] in want:
             continue  # checked with the training state
         elif key not in HISTORY:
@@ -367,12 +457,18 @@ def _training_problem(t, shapes, want):
                 return f"training.epochs[{i}].{key} is {r[key]!r}, expected a number"
     best = t.get("best")
     metrics = ("val_loss", "train_loss", "CIDEr")
-    good_best = (isinstance(best, dict) and best.get("metric") in metrics
-                 and _is_num(best.get("value"), nan_ok=True) and _is_int(best.get("epoch"))
-                 and 1 <= best["epoch"] <= t["epoch"])
+    good_best = (
+        isinstance(best, dict)
+        and best.get("metric") in metrics
+        and _is_num(best.get("value"), nan_ok=True)
+        and _is_int(best.get("epoch"))
+        and 1 <= best["epoch"] <= t["epoch"]
+    )
     if t["epoch"] and not good_best:
-        return (f"training.best is {best!r}; after {t['epoch']} epochs it must give the metric, "
-                f"value and epoch of the best one")
+        return (
+            f"training.best is {best!r}; after {t['epoch']} epochs it must give the metric, "
+            f"value and epoch of the best one"
+        )
     if not t["epoch"] and best is not None:
         return "training.best is set before any epoch finished"
     optimizer = settings.get("optimizer", "adam")
@@ -392,8 +488,9 @@ def _training_problem(t, shapes, want):
         if have and len(have) != len(array_keys) or ("t" in known and bool(have) != ("t" in cfg)):
             has = have + [k for k in cfg if k == "t"]
             needs = list(array_keys) + [k for k in known if k == "t"]
-            return (f"the optimizer state of {name} is partial (has {has}); {optimizer} "
-                    f"needs {needs}")
+            return (
+                f"the optimizer state of {name} is partial (has {has}); {optimizer} needs {needs}"
+            )
     for key, (shape, dtype) in shapes.items():
         kind, _, rest = key.partition("/")
         if kind == "optim":
@@ -404,8 +501,13 @@ def _training_problem(t, shapes, want):
         if key in shapes:
             shape, dtype = shapes[key]
             # loss: one per step; the others began later (older runs), so at most one per step
-            if len(shape) != 1 or dtype.kind != "f" or not (
-                    shape[0] == t["step"] if key == "history/loss" else shape[0] <= t["step"]):
-                return (f"{key} has shape {shape} ({dtype}); it must hold one float per "
-                        f"training step ({t['step']})")
+            if (
+                len(shape) != 1
+                or dtype.kind != "f"
+                or not (shape[0] == t["step"] if key == "history/loss" else shape[0] <= t["step"])
+            ):
+                return (
+                    f"{key} has shape {shape} ({dtype}); it must hold one float per "
+                    f"training step ({t['step']})"
+                )
     return None

@@ -10,6 +10,7 @@ scheduler is asked for. Tasks must be top-level functions of captioner (workers
 import them by name) taking and returning picklable values; they read and write
 paths that the client and the workers share.
 """
+
 import contextlib
 
 from .errors import CaptionerError
@@ -26,8 +27,10 @@ def _dask():
     try:
         import distributed
     except ImportError:
-        raise CaptionerError("--scheduler needs Dask distributed, an optional extra: "
-                             "pip install 'captioner[cluster]' (or drop --scheduler)") from None
+        raise CaptionerError(
+            "--scheduler needs Dask distributed, an optional extra: "
+            "pip install 'captioner[cluster]' (or drop --scheduler)"
+        ) from None
     return distributed
 
 
@@ -44,30 +47,41 @@ def client(address, n_workers=None, timeout=None):
     try:
         if address == "local":
             import dask
+
             with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENV}):
-                cluster = distributed.LocalCluster(host="127.0.0.1", n_workers=n_workers,
-                                                   threads_per_worker=1, processes=True,
-                                                   dashboard_address=None)
+                cluster = distributed.LocalCluster(
+                    host="127.0.0.1",
+                    n_workers=n_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                )
             address = cluster.scheduler_address
         c = distributed.Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as e:
         if cluster is not None:
             cluster.close()
-        raise CaptionerError(f"{address}: cannot reach a Dask scheduler ({e}); start one with "
-                             f"`dask scheduler` and pass its tcp://HOST:PORT, or use "
-                             f"--scheduler local") from None
+        raise CaptionerError(
+            f"{address}: cannot reach a Dask scheduler ({e}); start one with "
+            f"`dask scheduler` and pass its tcp://HOST:PORT, or use "
+            f"--scheduler local"
+        ) from None
     try:
         yield c
     except ModuleNotFoundError as e:
         if not (e.name or "").startswith("captioner"):
             raise
-        raise CaptionerError(f"{address}: a Dask worker cannot import {e.name}; install "
-                             f"captioner on every worker machine (pip install "
-                             f"'captioner[cluster]')") from None
+        raise CaptionerError(
+            f"{address}: a Dask worker cannot import {e.name}; install "
+            f"captioner on every worker machine (pip install "
+            f"'captioner[cluster]')"
+        ) from None
     except distributed.KilledWorker:
-        raise CaptionerError(f"{address}: every worker that ran one of the tasks died, so Dask "
-                             f"gave up on it; see the workers' logs (out of memory?), then run "
-                             f"the same command again to resume") from None
+        raise CaptionerError(
+            f"{address}: every worker that ran one of the tasks died, so Dask "
+            f"gave up on it; see the workers' logs (out of memory?), then run "
+            f"the same command again to resume"
+        ) from None
     finally:
         c.close()
         if cluster is not None:

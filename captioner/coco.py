@@ -12,6 +12,7 @@ turns the captions into prepare's items: {split: [dict(name, ref=[zip, member],
 ident=[crc, size], url, captions)]}; names that cannot be a line of *_images.txt are
 skipped with the reason, and pictures the captions name but the zips lack are an error.
 """
+
 import json
 import os
 import re
@@ -23,19 +24,27 @@ FILES = ("train2014.zip", "val2014.zip", "annotations_trainval2014.zip", "captio
 URLS = {
     "train2014.zip": "http://images.cocodataset.org/zips/train2014.zip",
     "val2014.zip": "http://images.cocodataset.org/zips/val2014.zip",
-    "annotations_trainval2014.zip":
-        "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
+    "annotations_trainval2014.zip": "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
     "caption_datasets.zip": "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip",
 }
 # Sizes of the official files in bytes, for the disk-space check when a server does not
 # say (train2014 13.5 GB, val2014 6.6 GB, annotations 253 MB, Karpathy's 36 MB).
-SIZES = {"train2014.zip": 13_510_573_713, "val2014.zip": 6_645_013_297,
-         "annotations_trainval2014.zip": 252_872_794, "caption_datasets.zip": 36_745_453}
+SIZES = {
+    "train2014.zip": 13_510_573_713,
+    "val2014.zip": 6_645_013_297,
+    "annotations_trainval2014.zip": 252_872_794,
+    "caption_datasets.zip": 36_745_453,
+}
 # What each zip must hold: a folder of pictures, or these files.
-LAYOUT = {"train2014.zip": ("train2014/",), "val2014.zip": ("val2014/",),
-          "annotations_trainval2014.zip": ("annotations/captions_train2014.json",
-                                           "annotations/captions_val2014.json"),
-          "caption_datasets.zip": ("dataset_coco.json",)}
+LAYOUT = {
+    "train2014.zip": ("train2014/",),
+    "val2014.zip": ("val2014/",),
+    "annotations_trainval2014.zip": (
+        "annotations/captions_train2014.json",
+        "annotations/captions_val2014.json",
+    ),
+    "caption_datasets.zip": ("dataset_coco.json",),
+}
 KARPATHY = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 PICTURE_URL = "http://images.cocodataset.org/{}"
 FIX = "delete it and rerun `captioner download --images`"
@@ -58,8 +67,10 @@ def check_zip(path, name=None, test=False):
             infos = zf.infolist()
             bad = zf.testzip() if test else None
     except FileNotFoundError:
-        raise CaptionerError(f"{path}: not found; run `captioner download --images --dest "
-                             f"{os.path.dirname(path) or '.'}`") from None
+        raise CaptionerError(
+            f"{path}: not found; run `captioner download --images --dest "
+            f"{os.path.dirname(path) or '.'}`"
+        ) from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise CaptionerError(f"{path}: not a valid zip file, or truncated ({e}); {FIX}") from None
     except Exception as e:  # zlib errors and the like from testzip
@@ -70,12 +81,17 @@ def check_zip(path, name=None, test=False):
     for info in infos:
         why = _unsafe_member(info.filename)
         if why:
-            raise CaptionerError(f"{path}: refusing unsafe member {info.filename!r} ({why}); this "
-                                 f"is not COCO's {name}: {FIX}")
+            raise CaptionerError(
+                f"{path}: refusing unsafe member {info.filename!r} ({why}); this "
+                f"is not COCO's {name}: {FIX}"
+            )
         members[info.filename] = info
     for need in LAYOUT.get(name, ()):
-        found = (any(m.startswith(need) and not m.endswith("/") for m in members)
-                 if need.endswith("/") else need in members)
+        found = (
+            any(m.startswith(need) and not m.endswith("/") for m in members)
+            if need.endswith("/")
+            else need in members
+        )
         if not found:
             what = f"no pictures in a {need} folder" if need.endswith("/") else f"no {need}"
             raise CaptionerError(f"{path}: {what}; this is not COCO's {name}: {FIX}")
@@ -103,8 +119,13 @@ def _read_json(zip_path, member):
 
 
 def _item(zip_path, info, name, url, captions):
-    return dict(name=name, ref=[zip_path, info.filename], ident=[info.CRC, info.file_size],
-                url=url or PICTURE_URL.format(name), captions=captions)
+    return dict(
+        name=name,
+        ref=[zip_path, info.filename],
+        ident=[info.CRC, info.file_size],
+        url=url or PICTURE_URL.format(name),
+        captions=captions,
+    )
 
 
 def _karpathy(coco_dir):
@@ -112,8 +133,10 @@ def _karpathy(coco_dir):
     path = os.path.join(coco_dir, "caption_datasets.zip")
     check_zip(path, test=True)
     doc, label = _read_json(path, "dataset_coco.json")
-    fix = ("not Karpathy's dataset_coco.json ({\"images\": [{\"filepath\", \"filename\", "
-           '"split", "sentences": [{"raw"}]}]}); ' + FIX)
+    fix = (
+        'not Karpathy\'s dataset_coco.json ({"images": [{"filepath", "filename", '
+        '"split", "sentences": [{"raw"}]}]}); ' + FIX
+    )
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise CaptionerError(f"{label}: no 'images' list; {fix}")
     out, seen = [], set()
@@ -123,16 +146,21 @@ def _karpathy(coco_dir):
             raise CaptionerError(f"{where} is not an object; {fix}")
         folder, file, split = e.get("filepath"), e.get("filename"), e.get("split")
         if folder not in ("train2014", "val2014") or not isinstance(file, str) or not file:
-            raise CaptionerError(f"{where}: 'filepath' must be train2014 or val2014 and "
-                                 f"'filename' a file name; {fix}")
+            raise CaptionerError(
+                f"{where}: 'filepath' must be train2014 or val2014 and "
+                f"'filename' a file name; {fix}"
+            )
         if split not in KARPATHY:
-            raise CaptionerError(f"{where}: 'split' {split!r} is not one of "
-                                 f"{', '.join(KARPATHY)}; {fix}")
+            raise CaptionerError(
+                f"{where}: 'split' {split!r} is not one of {', '.join(KARPATHY)}; {fix}"
+            )
         sents = e.get("sentences")
         if not isinstance(sents, list) or not all(
-                isinstance(s, dict) and isinstance(s.get("raw"), str) for s in sents):
-            raise CaptionerError(f"{where}: 'sentences' must be a list of {{\"raw\": text}}; "
-                                 f"{fix}")
+            isinstance(s, dict) and isinstance(s.get("raw"), str) for s in sents
+        ):
+            raise CaptionerError(
+                f"{where}: 'sentences' must be a list of {{\"raw\": text}}; {fix}"
+            )
         name = f"{folder}/{file}"
         if name in seen:
             raise CaptionerError(f"{where}: {name} is listed twice; {fix}")
@@ -150,8 +178,7 @@ def _official(coco_dir):
     for split, folder in (("train", "train2014"), ("val", "val2014")):
         ann, label = _read_json(path, f"annotations/captions_{folder}.json")
         images, captions = parse_annotations(ann, label)
-        out += [(split, f"{folder}/{file}", url, captions.get(i, []))
-                for i, file, url in images]
+        out += [(split, f"{folder}/{file}", url, captions.get(i, [])) for i, file, url in images]
     return out, path
 
 
@@ -163,8 +190,10 @@ def read_split(coco_dir, split="karpathy"):
         raise CaptionerError(f"split must be karpathy or official, got {split!r}")
     coco_dir = os.path.abspath(coco_dir)
     if not os.path.isdir(coco_dir):
-        raise CaptionerError(f"{coco_dir}: folder not found; download the zips with "
-                             f"`captioner download --images --dest {coco_dir}`")
+        raise CaptionerError(
+            f"{coco_dir}: folder not found; download the zips with "
+            f"`captioner download --images --dest {coco_dir}`"
+        )
     zips = {f: os.path.join(coco_dir, f"{f}.zip") for f in ("train2014", "val2014")}
     members = {f: check_zip(p) for f, p in zips.items()}
     entries, source = _karpathy(coco_dir) if split == "karpathy" else _official(coco_dir)
@@ -184,7 +213,9 @@ def read_split(coco_dir, split="karpathy"):
         splits[s].append(_item(zips[folder], info, name, url, captions))
     if missing:
         name, where = missing[0]
-        raise CaptionerError(f"{source}: {len(missing):,} of its pictures are not in the zips "
-                             f"(first: {name} in {where}); the zips are incomplete or from "
-                             f"another release: {FIX}")
+        raise CaptionerError(
+            f"{source}: {len(missing):,} of its pictures are not in the zips "
+            f"(first: {name} in {where}); the zips are incomplete or from "
+            f"another release: {FIX}"
+        )
     return splits, skipped

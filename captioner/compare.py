@@ -11,6 +11,7 @@ Every run gets the same data, data order, initialisation seed and settings; only
 A killed compare resumes run by run: finished runs are kept, the interrupted one continues
 from its last.npz, exactly as `train --resume` would.
 """
+
 import os
 
 import numpy as np
@@ -25,21 +26,30 @@ PLAN = "compare.json"
 def run_names(cells, weight_decays):
     """-> [(run name, cell, weight decay)], cells within each L2 strength."""
     several = len(weight_decays) > 1
-    return [(f"{cell}-wd{wd:g}" if several else cell, cell, wd)
-            for wd in weight_decays for cell in cells]
+    return [
+        (f"{cell}-wd{wd:g}" if several else cell, cell, wd)
+        for wd in weight_decays
+        for cell in cells
+    ]
 
 
 def new_plan(parent, cells, weight_decays, settings, hidden_dim, wordvec_dim):
     """Start a comparison in `parent` (created): write its plan. -> plan dict."""
     if os.path.exists(os.path.join(parent, PLAN)):
-        raise CaptionerError(f"{parent}: already holds a comparison; continue it with "
-                             f"--resume {parent} or choose another --out")
+        raise CaptionerError(
+            f"{parent}: already holds a comparison; continue it with "
+            f"--resume {parent} or choose another --out"
+        )
     if len(set(cells)) != len(cells) or len(set(weight_decays)) != len(weight_decays):
         raise CaptionerError("--cell and --weight-decay values must not repeat")
     runs.make_dir(parent)
-    plan = {"cells": list(cells), "weight_decays": [float(w) for w in weight_decays],
-            "model": {"hidden_dim": hidden_dim, "wordvec_dim": wordvec_dim},
-            "settings": dict(settings), "results": None}
+    plan = {
+        "cells": list(cells),
+        "weight_decays": [float(w) for w in weight_decays],
+        "model": {"hidden_dim": hidden_dim, "wordvec_dim": wordvec_dim},
+        "settings": dict(settings),
+        "results": None,
+    }
     atomic.write_json(os.path.join(parent, PLAN), plan, what="comparison plan")
     return plan
 
@@ -48,21 +58,31 @@ def load_plan(parent, epochs=None):
     """The plan of a comparison to resume; epochs (optional) extends it and is saved.
     -> plan dict."""
     from .data import read_json
+
     path = os.path.join(parent, PLAN)
     if not os.path.exists(path):
-        raise CaptionerError(f"{path}: not found; --resume takes the directory a "
-                             f"`captioner compare` wrote (its --out)")
+        raise CaptionerError(
+            f"{path}: not found; --resume takes the directory a "
+            f"`captioner compare` wrote (its --out)"
+        )
     plan = read_json(path, "comparison plan")
     try:
-        ok = (all(c in ("rnn", "lstm") for c in plan["cells"])
-              and all(isinstance(w, (int, float)) and w >= 0 for w in plan["weight_decays"])
-              and isinstance(plan["settings"], dict) and plan["model"]["hidden_dim"] > 0
-              and plan["model"]["wordvec_dim"] > 0 and plan["cells"] and plan["weight_decays"])
+        ok = (
+            all(c in ("rnn", "lstm") for c in plan["cells"])
+            and all(isinstance(w, (int, float)) and w >= 0 for w in plan["weight_decays"])
+            and isinstance(plan["settings"], dict)
+            and plan["model"]["hidden_dim"] > 0
+            and plan["model"]["wordvec_dim"] > 0
+            and plan["cells"]
+            and plan["weight_decays"]
+        )
     except (KeyError, TypeError):
         ok = False
     if not ok:
-        raise CaptionerError(f"{path}: not a comparison plan this captioner wrote; "
-                             f"start a new comparison with another --out")
+        raise CaptionerError(
+            f"{path}: not a comparison plan this captioner wrote; "
+            f"start a new comparison with another --out"
+        )
     if epochs is not None and epochs != plan["settings"].get("epochs"):
         plan["settings"]["epochs"] = epochs
         atomic.write_json(path, plan, what="comparison plan")
@@ -90,15 +110,26 @@ def train_runs(data, parent, plan, progress=True, log=print):
             settings = dict(state["settings"], epochs=settings["epochs"])
             log(f"{name}: resuming {last} at epoch {state['epoch'] + 1}, step {state['step']}")
         else:
-            model = CaptioningRNN(data["word_to_idx"], input_dim=data["feature_dim"],
-                                  wordvec_dim=plan["model"]["wordvec_dim"],
-                                  hidden_dim=plan["model"]["hidden_dim"], cell_type=cell,
-                                  seed=settings["seed"])
+            model = CaptioningRNN(
+                data["word_to_idx"],
+                input_dim=data["feature_dim"],
+                wordvec_dim=plan["model"]["wordvec_dim"],
+                hidden_dim=plan["model"]["hidden_dim"],
+                cell_type=cell,
+                seed=settings["seed"],
+            )
             runs.make_dir(run_dir)
             log(f"{name}: {cell}, weight decay {wd:g} -> {run_dir}")
         with runs.run_lock(run_dir):
-            state = training.train(data, model, run_dir, state=state, progress=progress,
-                                   log=lambda line, name=name: log(f"{name}: {line}"), **settings)
+            state = training.train(
+                data,
+                model,
+                run_dir,
+                state=state,
+                progress=progress,
+                log=lambda line, name=name: log(f"{name}: {line}"),
+                **settings,
+            )
         out.append((name, model, state))
     return out
 
@@ -118,40 +149,58 @@ def results(data, trained, count=500, eval_images=200):
     feats, caps = gradients.first_captions(data, "val", count)
     runs = []
     for name, model, state in trained:
-        ids, generated, refs = caption_split(model, data, "val", max_images=eval_images,
-                                             beam_size=1,
-                                             max_length=data["val_captions"].shape[1] - 1)
+        ids, generated, refs = caption_split(
+            model,
+            data,
+            "val",
+            max_images=eval_images,
+            beam_size=1,
+            max_length=data["val_captions"].shape[1] - 1,
+        )
         scores, _ = score(dict(zip(ids, refs)), dict(zip(ids, generated)), meteor=False)
-        runs.append({
-            "name": name, "cell": model.cell_type,
-            "weight_decay": state["settings"].get("weight_decay", 0.0),
-            "epochs": state["epochs"], "Bleu_4": scores["Bleu_4"], "CIDEr": scores["CIDEr"],
-            "images": len(ids), "seconds_per_step": _seconds_per_step(state["epochs"]),
-            "parameters": int(sum(p.size for p in model.params.values())),
-            "gradients": gradients.measure(model, feats, caps, label=name)})
+        runs.append(
+            {
+                "name": name,
+                "cell": model.cell_type,
+                "weight_decay": state["settings"].get("weight_decay", 0.0),
+                "epochs": state["epochs"],
+                "Bleu_4": scores["Bleu_4"],
+                "CIDEr": scores["CIDEr"],
+                "images": len(ids),
+                "seconds_per_step": _seconds_per_step(state["epochs"]),
+                "parameters": int(sum(p.size for p in model.params.values())),
+                "gradients": gradients.measure(model, feats, caps, label=name),
+            }
+        )
     return {"runs": runs, "gradient_captions": len(caps)}
 
 
 def save_results(parent, plan, res):
     """compare.json gets the results; gradients.json the gradient flow of every run."""
     atomic.write_json(os.path.join(parent, PLAN), dict(plan, results=res), what="comparison")
-    atomic.write_json(os.path.join(parent, "gradients.json"),
-                      {"runs": [r["gradients"] for r in res["runs"]]}, what="gradient report")
+    atomic.write_json(
+        os.path.join(parent, "gradients.json"),
+        {"runs": [r["gradients"] for r in res["runs"]]},
+        what="gradient report",
+    )
 
 
 def format_results(res):
     """The comparison table. -> list of lines."""
     runs = res["runs"]
     W = max(12, *(len(r["name"]) + 8 for r in runs))
-    lines = ["loss per epoch (train = mean over the epoch's batches, val = fixed val subset)",
-             "epoch" + "".join(f"{r['name'] + ' train':>{W}}{r['name'] + ' val':>{W}}"
-                               for r in runs)]
+    lines = [
+        "loss per epoch (train = mean over the epoch's batches, val = fixed val subset)",
+        "epoch" + "".join(f"{r['name'] + ' train':>{W}}{r['name'] + ' val':>{W}}" for r in runs),
+    ]
     for e in range(max(len(r["epochs"]) for r in runs)):
         row = f"{e + 1:5d}"
         for r in runs:
             rec = r["epochs"][e] if e < len(r["epochs"]) else {}
-            row += "".join(f"{rec[k]:{W}.4f}" if k in rec else f"{'-':>{W}}"
-                           for k in ("train_loss", "val_loss"))
+            row += "".join(
+                f"{rec[k]:{W}.4f}" if k in rec else f"{'-':>{W}}"
+                for k in ("train_loss", "val_loss")
+            )
         lines.append(row)
 
     def fmt(v, spec):

@@ -3,6 +3,7 @@
 Both drive model.step (one batched decoder step) and model.init_state, and,
 like model.sample, never emit <NULL>, <START> or <UNK>, nor an empty caption.
 """
+
 import numpy as np
 
 from captioner.errors import CaptionerError
@@ -67,7 +68,7 @@ def beam_search(model, features, beam_size=3, max_length=16, length_norm=0.0, n_
     null, end = model.null, model.end
     V = model.params["W_vocab"].shape[1]
     score = np.full((N, K), -np.inf)
-    score[:, 0] = 0.0          # all beams start identical: keep one, or they duplicate
+    score[:, 0] = 0.0  # all beams start identical: keep one, or they duplicate
     tokens = np.full((N, K, max_length), null, dtype=np.int64)
     done = np.zeros((N, K), dtype=bool)
     # Only live hypotheses (finite score, no <END> yet) run a step. h, c hold
@@ -82,7 +83,7 @@ def beam_search(model, features, beam_size=3, max_length=16, length_norm=0.0, n_
     kk = min(K, V)
     for t in range(max_length):
         logits, h, c = model.step(words, h, c, proj, rows)
-        lse = _log_normalizer(logits, scratch[:len(live)])
+        lse = _log_normalizer(logits, scratch[: len(live)])
         logits[:, model.banned] = -np.inf
         if t == 0:
             logits[:, end] = -np.inf  # a caption has at least one word
@@ -94,7 +95,7 @@ def beam_search(model, features, beam_size=3, max_length=16, length_norm=0.0, n_
         cand[live] = score.ravel()[live, None] + (val - lse[:, None])
         cand_word[live] = top
         fin = np.flatnonzero(done.ravel() & np.isfinite(score.ravel()))
-        cand[fin, 0] = score.ravel()[fin]      # a finished hypothesis continues with free padding
+        cand[fin, 0] = score.ravel()[fin]  # a finished hypothesis continues with free padding
         cand = cand.reshape(N, K * kk)
         cand_word = cand_word.reshape(N, K * kk)
         cand_parent = np.repeat(np.arange(K), kk)
@@ -119,22 +120,36 @@ def beam_search(model, features, beam_size=3, max_length=16, length_norm=0.0, n_
     # caption = tokens up to the first <END>, or all max_length of them
     is_end = tokens == end
     length = np.where(is_end.any(axis=2), is_end.argmax(axis=2) + 1, max_length)
-    key = score / length ** length_norm if length_norm else score
-    best = np.argsort(-key, axis=1, kind="stable")[:, :n_best]   # stable: ties keep beam order
+    key = score / length**length_norm if length_norm else score
+    best = np.argsort(-key, axis=1, kind="stable")[:, :n_best]  # stable: ties keep beam order
     finite = np.isfinite(score)
-    return [[(tokens[n, k, :length[n, k]].copy(), float(score[n, k]))
-             for k in best[n] if finite[n, k]] for n in range(N)]
+    return [
+        [
+            (tokens[n, k, : length[n, k]].copy(), float(score[n, k]))
+            for k in best[n]
+            if finite[n, k]
+        ]
+        for n in range(N)
+    ]
 
 
-def beam_captions(model, features, beam_size=3, max_length=16, length_norm=0.0, n_best=1,
-                  batch_size=500):
+def beam_captions(
+    model, features, beam_size=3, max_length=16, length_norm=0.0, n_best=1, batch_size=500
+):
     """beam_search in batches of images, as text: features (N, D) -> N lists of
     (caption, logprob), best first. Batches bound the (batch x beam, V) logits."""
     from captioner.data import decode_captions
+
     out = []
     for k in range(0, len(features), batch_size):
-        for hyps in beam_search(model, features[k:k + batch_size], beam_size=beam_size,
-                                max_length=max_length, length_norm=length_norm, n_best=n_best):
+        for hyps in beam_search(
+            model,
+            features[k : k + batch_size],
+            beam_size=beam_size,
+            max_length=max_length,
+            length_norm=length_norm,
+            n_best=n_best,
+        ):
             out.append([(decode_captions(ids, model.idx_to_word), lp) for ids, lp in hyps])
     return out
 
@@ -149,5 +164,10 @@ def sample_temperature(model, features, temperature=1.0, max_length=16, rng=None
     _check_positive_int("max_length", max_length)
     rng = np.random.default_rng(rng)
     # Gumbel-max trick: argmax(z + Gumbel noise) ~ softmax(z), no cumsum
-    return model.decode(features, max_length, lambda logits: (
-        logits.astype(np.float64) / temperature + rng.gumbel(size=logits.shape)).argmax(axis=1))
+    return model.decode(
+        features,
+        max_length,
+        lambda logits: (
+            logits.astype(np.float64) / temperature + rng.gumbel(size=logits.shape)
+        ).argmax(axis=1),
+    )

@@ -1,4 +1,5 @@
 """Caption every image of a split once and score it with the COCO metrics."""
+
 import re
 
 from .data import decode_captions, image_groups
@@ -12,8 +13,16 @@ def coco_image_id(file_name, fallback):
     return int(m.group(1)) if m else int(fallback)
 
 
-def decode_split(model, data, split="val", max_images=None, beam_size=3, max_length=16,
-                 length_norm=0.0, batch_size=500):
+def decode_split(
+    model,
+    data,
+    split="val",
+    max_images=None,
+    beam_size=3,
+    max_length=16,
+    length_norm=0.0,
+    batch_size=500,
+):
     """-> (feature rows (K,), image ids, best (caption, logprob) per image, reference captions
     per image), one entry per distinct image of the split."""
     images, rows = image_groups(data, split)
@@ -25,19 +34,28 @@ def decode_split(model, data, split="val", max_images=None, beam_size=3, max_len
         ids = [int(i) for i in images]
     best = []
     batch_size = max(1, min(batch_size, 5000 // beam_size))  # beam memory: images x beams rows
-    for i in range(0, len(images), batch_size):   # batches: features may stream from HDF5
-        feats = data[f"{split}_features"][images[i:i + batch_size]]
+    for i in range(0, len(images), batch_size):  # batches: features may stream from HDF5
+        feats = data[f"{split}_features"][images[i : i + batch_size]]
         hyps = beam_captions(model, feats, beam_size, max_length, length_norm)
         best += [h[0] for h in hyps]
     refs = [decode_captions(data[f"{split}_captions"][r], data["idx_to_word"]) for r in rows]
     return images, ids, best, refs
 
 
-def caption_split(model, data, split="val", max_images=None, beam_size=3, max_length=16,
-                  length_norm=0.0, batch_size=500):
+def caption_split(
+    model,
+    data,
+    split="val",
+    max_images=None,
+    beam_size=3,
+    max_length=16,
+    length_norm=0.0,
+    batch_size=500,
+):
     """-> (image ids, generated captions, reference captions per image), one entry per image."""
-    _, ids, best, refs = decode_split(model, data, split, max_images, beam_size, max_length,
-                                      length_norm, batch_size)
+    _, ids, best, refs = decode_split(
+        model, data, split, max_images, beam_size, max_length, length_norm, batch_size
+    )
     return ids, [caption for caption, _ in best], refs
 
 

@@ -13,6 +13,7 @@ pass over the batch gives every caption's g_n(d) = ||dl_{n,T_n} / dh_{n,T_n-d}||
 The reach to the image, ||dl_{n,t} / dh0_n||, needs one backward pass per
 target position t.
 """
+
 import math
 
 import numpy as np
@@ -20,12 +21,12 @@ import numpy as np
 from . import layers
 from .errors import CaptionerError
 
-MIN_CAPTIONS = 20    # a distance or position is reported when at least this many captions reach it
-CHUNK_BYTES = 64 << 20   # captions are processed in chunks whose step caches stay about this size
+MIN_CAPTIONS = 20  # a distance or position is reported when at least this many captions reach it
+CHUNK_BYTES = 64 << 20  # captions are processed in chunks whose step caches stay about this size
 
 
 def _sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))    # no overflow for large |x|
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
 
 
 def first_captions(data, split, count):
@@ -36,15 +37,19 @@ def first_captions(data, split, count):
     """
     key = f"{split}_captions"
     if key not in data or len(data[key]) == 0:
-        raise CaptionerError(f"{data.get('base_dir', 'dataset')}: split '{split}' has no "
-                             f"captions; choose another --split")
+        raise CaptionerError(
+            f"{data.get('base_dir', 'dataset')}: split '{split}' has no "
+            f"captions; choose another --split"
+        )
     captions = np.asarray(data[key])
     null = data["word_to_idx"]["<NULL>"]
     real = np.flatnonzero((captions[:, 1:] != null).any(axis=1))[:count]
     if len(real) == 0:
-        raise CaptionerError(f"{data['base_dir']}: split '{split}' has no caption with a word "
-                             f"in it (every target is <NULL>); choose another --split or rebuild "
-                             f"the data")
+        raise CaptionerError(
+            f"{data['base_dir']}: split '{split}' has no caption with a word "
+            f"in it (every target is <NULL>); choose another --split or rebuild "
+            f"the data"
+        )
     feats = data[f"{split}_features"][data[f"{split}_image_idxs"][real]]
     return np.asarray(feats, dtype=np.float64), captions[real]
 
@@ -79,8 +84,8 @@ def _forward(p, lstm, features, words_in):
         if lstm:
             # the gates again from the pre-activation: independent of the cache's layout
             a = x[:, t] @ p["Wx"] + h @ p["Wh"] + p["b"]
-            f[:, t] = _sigmoid(a[:, H:2 * H])
-            o[:, t] = _sigmoid(a[:, 2 * H:3 * H])
+            f[:, t] = _sigmoid(a[:, H : 2 * H])
+            o[:, t] = _sigmoid(a[:, 2 * H : 3 * H])
             h, c, cache = layers.lstm_step_forward(x[:, t], h, c, p["Wx"], p["Wh"], p["b"])
             tc[:, t] = np.tanh(c)
         else:
@@ -144,10 +149,13 @@ def caption_norms(params, cell, features, captions, null, to_image=True):
     H = p["Wh"].shape[0]
     per_row = T * (H * (14 if lstm else 3) + p["Wx"].shape[0] + p["W_vocab"].shape[1]) * 8
     chunk = max(1, CHUNK_BYTES // per_row)
-    parts = [_chunk_norms(p, lstm, features[i:i + chunk], captions[i:i + chunk], null, to_image)
-             for i in range(0, N, chunk)]
-    return {k: None if parts[0][k] is None else np.concatenate([q[k] for q in parts])
-            for k in parts[0]}
+    parts = [
+        _chunk_norms(p, lstm, features[i : i + chunk], captions[i : i + chunk], null, to_image)
+        for i in range(0, N, chunk)
+    ]
+    return {
+        k: None if parts[0][k] is None else np.concatenate([q[k] for q in parts]) for k in parts[0]
+    }
 
 
 def _chunk_norms(p, lstm, features, captions, null, to_image):
@@ -156,12 +164,17 @@ def _chunk_norms(p, lstm, features, captions, null, to_image):
     real = targets != null
     if not real.any(axis=1).all():
         raise ValueError("every caption needs at least one real target")
-    last = T - 1 - np.argmax(real[:, ::-1], axis=1)           # T_n
+    last = T - 1 - np.argmax(real[:, ::-1], axis=1)  # T_n
     h0, caches, o, f, tc = _forward(p, lstm, np.asarray(features, np.float64), words_in)
     hs = [h for _, h in caches]
     nan = np.full((N, T), np.nan)
-    out = {"last": last, "h": nan.copy(), "c": nan.copy() if lstm else None,
-           "image": None, "forget": None}
+    out = {
+        "last": last,
+        "h": nan.copy(),
+        "c": nan.copy() if lstm else None,
+        "image": None,
+        "forget": None,
+    }
 
     def inject_last(t):
         rows = last == t
@@ -192,8 +205,11 @@ def _mean_reached(values, min_captions):
     """values (N, K) with NaN where a caption does not reach -> [(k, mean, count)] for every k
     that at least min_captions captions reach."""
     counts = np.sum(~np.isnan(values), axis=0)
-    return [(k, float(np.nanmean(values[:, k])), int(n))
-            for k, n in enumerate(counts) if n >= min_captions]
+    return [
+        (k, float(np.nanmean(values[:, k])), int(n))
+        for k, n in enumerate(counts)
+        if n >= min_captions
+    ]
 
 
 def _gain(means):
@@ -221,17 +237,30 @@ def by_distance(norms, min_captions=MIN_CAPTIONS):
 def summarise(norms, params, cell, label, min_captions=MIN_CAPTIONS):
     """caption_norms() of one model -> one run entry of `captioner gradients --json`."""
     rows, gain, halving = by_distance(norms, min_captions)
-    image = [{"t": t, "norm": m, "captions": n}
-             for t, m, n in _mean_reached(norms["image"], min_captions)] \
-        if norms["image"] is not None else []
+    image = (
+        [
+            {"t": t, "norm": m, "captions": n}
+            for t, m, n in _mean_reached(norms["image"], min_captions)
+        ]
+        if norms["image"] is not None
+        else []
+    )
     forget = None
     if norms["forget"] is not None:
-        forget = [{"t": t, "mean": m, "captions": n}
-                  for t, m, n in _mean_reached(norms["forget"], min_captions)]
-    return {"label": label, "cell": cell, "by_distance": rows, "to_image": image,
-            "gain_per_step": gain, "halving_steps": halving,
-            "sigma_max_Wh": float(np.linalg.norm(np.asarray(params["Wh"], np.float64), 2)),
-            "forget_gate_mean": forget}
+        forget = [
+            {"t": t, "mean": m, "captions": n}
+            for t, m, n in _mean_reached(norms["forget"], min_captions)
+        ]
+    return {
+        "label": label,
+        "cell": cell,
+        "by_distance": rows,
+        "to_image": image,
+        "gain_per_step": gain,
+        "halving_steps": halving,
+        "sigma_max_Wh": float(np.linalg.norm(np.asarray(params["Wh"], np.float64), 2)),
+        "forget_gate_mean": forget,
+    }
 
 
 def measure(model, features, captions, label, length=None, seed=0, min_captions=MIN_CAPTIONS):
@@ -242,7 +271,7 @@ def measure(model, features, captions, label, length=None, seed=0, min_captions=
     min_captions captions reach it (all of them when there are fewer). -> one run dict.
     """
     null = model.word_to_idx["<NULL>"]
-    min_captions = min(min_captions, len(captions))   # fewer captions than that: all of them
+    min_captions = min(min_captions, len(captions))  # fewer captions than that: all of them
     norms = caption_norms(model.params, model.cell_type, features, captions, null)
     run = summarise(norms, model.params, model.cell_type, label, min_captions)
     run["synthetic"] = None
@@ -251,8 +280,13 @@ def measure(model, features, captions, label, length=None, seed=0, min_captions=
         seqs = random_sequences(vocab, features, length, seed)
         syn = caption_norms(model.params, model.cell_type, features, seqs, null, to_image=False)
         rows, gain, halving = by_distance(syn, min_captions)
-        run["synthetic"] = {"length": length, "sequences": len(seqs), "by_distance": rows,
-                            "gain_per_step": gain, "halving_steps": halving}
+        run["synthetic"] = {
+            "length": length,
+            "sequences": len(seqs),
+            "by_distance": rows,
+            "gain_per_step": gain,
+            "halving_steps": halving,
+        }
     return run
 
 
@@ -261,7 +295,7 @@ def format_table(runs, what):
     lines = [f"gradient of one word's loss (float64), mean over {what}"]
 
     def table(title, index, rows_of, fields):
-        widths = []     # per run: the width of each of its columns, enough for its label
+        widths = []  # per run: the width of each of its columns, enough for its label
         head, sub = f"{'':>4} {'':>8}", f"{index:>4} {'captions':>8}"
         for run in runs:
             k = len(fields(run))
@@ -286,15 +320,26 @@ def format_table(runs, what):
     def keyed(rows):
         return [dict(r, **{"dl/dh": r["h"], "dl/dc": r["c"]}) for r in rows]
 
-    table("by distance d back from the caption's last word: ||dl_{n,T_n} / dh_{n,T_n-d}||", "d",
-          lambda r: keyed(r["by_distance"]), hc)
-    table("reach to the image by target position t: ||dl_{n,t} / dh0_n||", "t",
-          lambda r: [dict(x, **{"dl/dh0": x["norm"]}) for x in r["to_image"]],
-          lambda _: ["dl/dh0"])
+    table(
+        "by distance d back from the caption's last word: ||dl_{n,T_n} / dh_{n,T_n-d}||",
+        "d",
+        lambda r: keyed(r["by_distance"]),
+        hc,
+    )
+    table(
+        "reach to the image by target position t: ||dl_{n,t} / dh0_n||",
+        "t",
+        lambda r: [dict(x, **{"dl/dh0": x["norm"]}) for x in r["to_image"]],
+        lambda _: ["dl/dh0"],
+    )
     if any(r.get("synthetic") for r in runs):
         L = next(r["synthetic"]["length"] for r in runs if r.get("synthetic"))
-        table(f"{L} random words per image: ||dl_last / dh_(last-d)||", "d",
-              lambda r: keyed(r["synthetic"]["by_distance"]) if r.get("synthetic") else [], hc)
+        table(
+            f"{L} random words per image: ||dl_last / dh_(last-d)||",
+            "d",
+            lambda r: keyed(r["synthetic"]["by_distance"]) if r.get("synthetic") else [],
+            hc,
+        )
     lines.append("")
     lines.extend(f"{run['label']}: {summary_line(run)}" for run in runs)
     return lines
@@ -302,15 +347,18 @@ def format_table(runs, what):
 
 def summary_line(run):
     """gain per step, halving distance, sigma_max(Wh), forget gate: one line."""
+
     def gain(g, h):
         if g is None:
             return "gain per step n/a"
         return f"gain per step {g:.3f} ({f'halves every {h:.1f} steps' if h else 'no decay'})"
+
     parts = [gain(run["gain_per_step"], run["halving_steps"])]
     if run.get("synthetic"):
         s = run["synthetic"]
-        parts.append(f"over {s['length']} random words "
-                     f"{gain(s['gain_per_step'], s['halving_steps'])}")
+        parts.append(
+            f"over {s['length']} random words {gain(s['gain_per_step'], s['halving_steps'])}"
+        )
     parts.append(f"sigma_max(Wh) {run['sigma_max_Wh']:.2f}")
     if run["forget_gate_mean"]:
         fg = [r["mean"] for r in run["forget_gate_mean"]]

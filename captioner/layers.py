@@ -9,6 +9,7 @@ Nothing is cast: outputs have the inputs' dtype (float64 for gradient checks).
 This is the readable version. Training runs captioner.packed, which computes the
 same numbers faster; tests/test_model.py checks the two agree.
 """
+
 import numpy as np
 
 # ---------------------------------------------------------------- affine
@@ -24,13 +25,14 @@ def affine_backward(dout, cache):
     """dout (N, M) -> dx (same shape as x), dw (D, M), db (M,)."""
     x, w = cache
     x2 = x.reshape(x.shape[0], w.shape[0])
-    dx = (dout @ w.T).reshape(x.shape)      # through the product, to its input
-    dw = x2.T @ dout                        # ... and to its weights
-    db = dout.sum(axis=0)                   # b was added to every row
+    dx = (dout @ w.T).reshape(x.shape)  # through the product, to its input
+    dw = x2.T @ dout  # ... and to its weights
+    db = dout.sum(axis=0)  # b was added to every row
     return dx, dw, db
 
 
 # ---------------------------------------------------------------- vanilla RNN
+
 
 def rnn_step_forward(x, prev_h, Wx, Wh, b):
     """One tanh step. x (N, D), prev_h (N, H), Wx (D, H), Wh (H, H), b (H,)
@@ -45,9 +47,9 @@ def rnn_step_forward(x, prev_h, Wx, Wh, b):
 def rnn_step_backward(dnext_h, cache):
     """dnext_h (N, H) -> dx (N, D), dprev_h (N, H), dWx (D, H), dWh (H, H), db (H,)."""
     x, prev_h, Wx, Wh, next_h = cache
-    da = dnext_h * (1 - next_h ** 2)        # through tanh: tanh'(a) = 1 - tanh(a)^2
-    dx = da @ Wx.T                          # through x @ Wx
-    dprev_h = da @ Wh.T                     # through prev_h @ Wh
+    da = dnext_h * (1 - next_h**2)  # through tanh: tanh'(a) = 1 - tanh(a)^2
+    dx = da @ Wx.T  # through x @ Wx
+    dprev_h = da @ Wh.T  # through prev_h @ Wh
     dWx = x.T @ da
     dWh = prev_h.T @ da
     db = da.sum(axis=0)
@@ -94,13 +96,14 @@ def rnn_backward(dh, cache):
         # row's length fed nothing
         dnext_h = dh[:, t] * active[:, t, None] + dprev_h
         dx[:, t], dprev_h, dWx_t, dWh_t, db_t = rnn_step_backward(dnext_h, caches[t])
-        dWx += dWx_t                         # the weights are shared by every step
+        dWx += dWx_t  # the weights are shared by every step
         dWh += dWh_t
         db += db_t
     return dx, dprev_h, dWx, dWh, db
 
 
 # ---------------------------------------------------------------- LSTM
+
 
 def sigmoid(x):
     """1 / (1 + exp(-x)), computed so that exp never overflows: for x < 0 as
@@ -123,12 +126,12 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
     H = prev_h.shape[1]
     a = x @ Wx + prev_h @ Wh + b
     i = sigmoid(a[:, :H])
-    f = sigmoid(a[:, H:2 * H])
-    o = sigmoid(a[:, 2 * H:3 * H])
-    g = np.tanh(a[:, 3 * H:])
-    next_c = f * prev_c + i * g             # forget some of the old cell, write some of g
+    f = sigmoid(a[:, H : 2 * H])
+    o = sigmoid(a[:, 2 * H : 3 * H])
+    g = np.tanh(a[:, 3 * H :])
+    next_c = f * prev_c + i * g  # forget some of the old cell, write some of g
     tanh_c = np.tanh(next_c)
-    next_h = o * tanh_c                     # show some of the cell
+    next_h = o * tanh_c  # show some of the cell
     return next_h, next_c, (x, prev_h, prev_c, Wx, Wh, i, f, o, g, tanh_c)
 
 
@@ -136,17 +139,21 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     """dnext_h, dnext_c (N, H) -> dx (N, D), dprev_h (N, H), dprev_c (N, H),
     dWx (D, 4H), dWh (H, 4H), db (4H,)."""
     x, prev_h, prev_c, Wx, Wh, i, f, o, g, tanh_c = cache
-    do = dnext_h * tanh_c                   # through next_h = o * tanh(c), to o
-    dc = dnext_c + dnext_h * o * (1 - tanh_c ** 2)   # ... to c, plus what c sent forward
-    di = dc * g                             # through next_c = f * prev_c + i * g
+    do = dnext_h * tanh_c  # through next_h = o * tanh(c), to o
+    dc = dnext_c + dnext_h * o * (1 - tanh_c**2)  # ... to c, plus what c sent forward
+    di = dc * g  # through next_c = f * prev_c + i * g
     df = dc * prev_c
     dg = dc * i
     dprev_c = dc * f
-    da = np.hstack([di * i * (1 - i),       # through the sigmoids: s' = s (1 - s)
-                    df * f * (1 - f),
-                    do * o * (1 - o),
-                    dg * (1 - g ** 2)])     # through tanh: 1 - g^2
-    dx = da @ Wx.T                          # through a = x @ Wx + prev_h @ Wh + b
+    da = np.hstack(
+        [
+            di * i * (1 - i),  # through the sigmoids: s' = s (1 - s)
+            df * f * (1 - f),
+            do * o * (1 - o),
+            dg * (1 - g**2),
+        ]
+    )  # through tanh: 1 - g^2
+    dx = da @ Wx.T  # through a = x @ Wx + prev_h @ Wh + b
     dprev_h = da @ Wh.T
     dWx = x.T @ da
     dWh = prev_h.T @ da
@@ -181,9 +188,10 @@ def lstm_backward(dh, cache):
     dprev_h = np.zeros((N, H), dtype=dh.dtype)
     dprev_c = np.zeros((N, H), dtype=dh.dtype)
     for t in reversed(range(T)):
-        dnext_h = dh[:, t] * active[:, t, None] + dprev_h   # as in rnn_backward
+        dnext_h = dh[:, t] * active[:, t, None] + dprev_h  # as in rnn_backward
         dx[:, t], dprev_h, dprev_c, dWx_t, dWh_t, db_t = lstm_step_backward(
-            dnext_h, dprev_c, caches[t])
+            dnext_h, dprev_c, caches[t]
+        )
         dWx += dWx_t
         dWh += dWh_t
         db += db_t
@@ -191,6 +199,7 @@ def lstm_backward(dh, cache):
 
 
 # ---------------------------------------------------------------- words in, scores out
+
 
 def word_embedding_forward(x, W):
     """x (N, T) int ids in [0, V), W (V, D) -> out (N, T, D) = W[x], cache."""
@@ -229,12 +238,12 @@ def temporal_softmax_loss(x, y, mask, verbose=False):
     """
     N, T, V = x.shape
     x_flat, y_flat, mask_flat = x.reshape(N * T, V), y.reshape(N * T), mask.reshape(N * T)
-    shifted = x_flat - x_flat.max(axis=1, keepdims=True)   # exp cannot overflow
+    shifted = x_flat - x_flat.max(axis=1, keepdims=True)  # exp cannot overflow
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     probs = np.exp(log_probs)
     rows = np.arange(N * T)
     loss = -np.sum(mask_flat * log_probs[rows, y_flat]) / N
-    dx_flat = probs.copy()                  # d(-log softmax_y)/dx = softmax - onehot(y)
+    dx_flat = probs.copy()  # d(-log softmax_y)/dx = softmax - onehot(y)
     dx_flat[rows, y_flat] -= 1
     dx_flat /= N
     dx_flat *= mask_flat[:, None]

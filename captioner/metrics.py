@@ -272,8 +272,7 @@ _ALL = re.compile(
     )
 )
 _SLOTS = [
-    (_ALL.groupindex[f"w{k}"], _ALL.groupindex.get(f"t{k}"), f)
-    for k, (_, f) in enumerate(_RULES)
+    (_ALL.groupindex[f"w{k}"], _ALL.groupindex.get(f"t{k}"), f) for k, (_, f) in enumerate(_RULES)
 ]
 
 _SKIP = re.compile(r"[\s\u200B\u200E\u200F\uFEFF\x00]+|&(?i:nbsp);")

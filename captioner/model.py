@@ -13,6 +13,7 @@ loss() keeps its big temporaries in a per-model workspace reused by the next cal
 (packed.buffer says why; ~60 MB for an LSTM at the CS231n size, batch 100), so one model
 must not run loss() in two threads at once.
 """
+
 import numpy as np
 
 from captioner import layers, packed
@@ -30,13 +31,22 @@ class CaptioningRNN:
     unk (None when the vocabulary lacks the token).
     """
 
-    def __init__(self, word_to_idx, input_dim=512, wordvec_dim=256, hidden_dim=512,
-                 cell_type="rnn", dtype=np.float32, seed=None):
+    def __init__(
+        self,
+        word_to_idx,
+        input_dim=512,
+        wordvec_dim=256,
+        hidden_dim=512,
+        cell_type="rnn",
+        dtype=np.float32,
+        seed=None,
+    ):
         if cell_type not in ("rnn", "lstm"):
             raise CaptionerError(f"cell_type must be 'rnn' or 'lstm', got {cell_type!r}")
         if "<NULL>" not in word_to_idx:
-            raise CaptionerError("vocabulary has no <NULL> token (the padding); "
-                                 "use the CS231n vocabulary layout")
+            raise CaptionerError(
+                "vocabulary has no <NULL> token (the padding); use the CS231n vocabulary layout"
+            )
         self.cell_type = cell_type
         self.dtype = np.dtype(dtype)
         self.input_dim, self.wordvec_dim, self.hidden_dim = input_dim, wordvec_dim, hidden_dim
@@ -64,7 +74,7 @@ class CaptioningRNN:
             "b_vocab": np.zeros(V),
         }
         self.params = {n: np.ascontiguousarray(v, dtype=self.dtype) for n, v in p.items()}
-        self._work = {}   # loss() temporaries, reused across calls (packed.buffer)
+        self._work = {}  # loss() temporaries, reused across calls (packed.buffer)
 
     # ------------------------------------------------------------ training
 
@@ -115,7 +125,7 @@ class CaptioningRNN:
         lstm = self.cell_type == "lstm"
         # Sort by length and pack: rows with no target drop out, padding is never computed.
         order, batch_sizes, ids_in, ids_out, keep = packed.pack_captions(captions, self.null)
-        feats = features[order[:batch_sizes[0] if len(batch_sizes) else 0]]
+        feats = features[order[: batch_sizes[0] if len(batch_sizes) else 0]]
 
         # (1) image features -> initial hidden state
         h0, _ = layers.affine_forward(feats, p["W_proj"], p["b_proj"])
@@ -126,8 +136,9 @@ class CaptioningRNN:
         forward = packed.lstm_packed_forward if lstm else packed.rnn_packed_forward
         h, rnn_cache = forward(a, h0, p["Wh"], batch_sizes, work=work)
         # (4) hidden states -> vocabulary scores, only where the target is a word
-        scores, vocab_cache = packed.vocab_scores_forward(h, keep, p["W_vocab"], p["b_vocab"],
-                                                          work)
+        scores, vocab_cache = packed.vocab_scores_forward(
+            h, keep, p["W_vocab"], p["b_vocab"], work
+        )
         # (5) softmax loss (dscores overwrites scores)
         loss, dscores = packed.softmax_loss_rows(scores, ids_out[keep], 1.0 / N)
 
@@ -137,7 +148,7 @@ class CaptioningRNN:
         backward = packed.lstm_packed_backward if lstm else packed.rnn_packed_backward
         da, dh0, g["Wh"] = backward(dh, rnn_cache, work=work)
         g["W_embed"], g["Wx"], g["b"] = packed.project_words_backward(da, words_cache, work)
-        g["W_proj"] = feats.T @ dh0              # (1) as affine_backward; features fixed
+        g["W_proj"] = feats.T @ dh0  # (1) as affine_backward; features fixed
         g["b_proj"] = dh0.sum(axis=0)
         return loss, {n: g[n] for n in PARAM_NAMES}
 
@@ -148,9 +159,11 @@ class CaptioningRNN:
         needs (a vocabulary without them can still compute a loss)."""
         missing = [t for t, i in (("<START>", self.start), ("<END>", self.end)) if i is None]
         if missing:
-            raise CaptionerError(f"the vocabulary has no {' or '.join(missing)} token, so this "
-                                 f"model cannot write captions (it can compute a loss); add "
-                                 f"{' and '.join(missing)} to word_to_idx to sample")
+            raise CaptionerError(
+                f"the vocabulary has no {' or '.join(missing)} token, so this "
+                f"model cannot write captions (it can compute a loss); add "
+                f"{' and '.join(missing)} to word_to_idx to sample"
+            )
 
     def init_state(self, features):
         """features (N, D) -> (h0 (N, H), c0 (N, H) zeros for lstm, None for rnn)."""
@@ -182,7 +195,7 @@ class CaptioningRNN:
             a = p["W_embed"][words] @ p["Wx"]
             a += p["b"]
         else:
-            a = proj[words]          # a copy: the step overwrites it
+            a = proj[words]  # a copy: the step overwrites it
         # same order of additions as training: (x @ Wx + b) + h @ Wh
         if rows is None:
             a += h @ p["Wh"]
@@ -194,7 +207,7 @@ class CaptioningRNN:
             h, c = packed.lstm_cell_forward(a, c)
         else:
             with np.errstate(over="ignore"):
-                h = packed.tanh(a, out=a)   # what training computes
+                h = packed.tanh(a, out=a)  # what training computes
         logits = h @ p["W_vocab"]
         logits += p["b_vocab"]
         return logits, h, c

@@ -15,6 +15,7 @@ np.savez(f, **config) / dict(np.load(f)): scalars come back as 0-d arrays,
 which the rules below read with float()/int(), and a resumed run is
 bit-identical.
 """
+
 import math
 
 import numpy as np
@@ -85,8 +86,8 @@ def adam(w, dw, config=None):
     config["t"] = t
     # Python floats, not numpy scalars: a float64 scalar would make the
     # float32 in-place arithmetic below run through float64 casts
-    root = math.sqrt(1 - b2 ** t)
-    lr_t = float(config["learning_rate"]) * root / (1 - b1 ** t)
+    root = math.sqrt(1 - b2**t)
+    lr_t = float(config["learning_rate"]) * root / (1 - b1**t)
     eps_t = float(config["epsilon"]) * root
     s = np.multiply(dw, 1 - b1)
     m *= b1

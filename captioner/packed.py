@@ -18,6 +18,7 @@ Where the speed comes from:
 Shapes: N captions, T steps, S = number of real (packed) steps, U distinct input words,
 W word-vector size, H hidden size, kH = H (rnn) or 4H (lstm), V vocabulary.
 """
+
 import numpy as np
 
 # ---------------------------------------------------------------- reused buffers
@@ -47,10 +48,11 @@ def _page_aligned(size, dtype, page=4096):
     """np.empty(size, dtype) starting on a page boundary."""
     raw = np.empty(size * np.dtype(dtype).itemsize + page, np.uint8)
     skip = -raw.ctypes.data % page
-    return raw[skip:skip + size * np.dtype(dtype).itemsize].view(dtype)
+    return raw[skip : skip + size * np.dtype(dtype).itemsize].view(dtype)
 
 
 # ---------------------------------------------------------------- packing
+
 
 def pack_captions(captions, null):
     """Sort captions (N, T+1) by length, longest first, and pack them time-major
@@ -66,12 +68,13 @@ def pack_captions(captions, null):
     mask = cout != null
     lengths = np.where(mask.any(axis=1), T - np.argmax(mask[:, ::-1], axis=1), 0)
     order = np.argsort(-lengths, kind="stable")
-    active = np.arange(T)[:, None] < lengths[order][None, :]   # (T, N) in sorted order
+    active = np.arange(T)[:, None] < lengths[order][None, :]  # (T, N) in sorted order
     bs = active.sum(axis=1)
     return order, bs[bs > 0], cin[order].T[active], cout[order].T[active], mask[order].T[active]
 
 
 # ---------------------------------------------------------------- words in
+
 
 def group_ids(ids):
     """Group equal ids (S,) into runs of ids[order], most frequent id first.
@@ -81,8 +84,7 @@ def group_ids(ids):
     """
     order = np.argsort(ids, kind="stable")
     sid = ids[order]
-    starts = (np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]]) if len(sid)
-              else np.zeros(0, np.intp))
+    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]]) if len(sid) else np.zeros(0, np.intp)
     counts = np.diff(np.r_[starts, len(sid)])
     by_count = np.argsort(-counts, kind="stable")
     return order, starts[by_count], counts[by_count], sid[starts[by_count]]
@@ -100,10 +102,10 @@ def segment_sum(x, order, starts, counts, out=None):
     np.add.reduceat on a sorted copy gives the same sums but is ~8x slower on
     (1000, 2048) float32 here, and np.add.at slower still.
     """
-    out = np.take(x, order[starts], axis=0, out=out, mode="clip")   # "clip": no hidden copy
+    out = np.take(x, order[starts], axis=0, out=out, mode="clip")  # "clip": no hidden copy
     n_long = int(np.sum(counts > 8))
     for u in range(n_long):
-        rows = order[starts[u] + 1:starts[u] + counts[u]]
+        rows = order[starts[u] + 1 : starts[u] + counts[u]]
         out[u] += np.take(x, rows, axis=0, mode="clip").sum(axis=0)
     for j in range(1, int(counts[n_long:].max(initial=1))):
         n = n_long + int(np.sum(counts[n_long:] > j))
@@ -130,14 +132,19 @@ def project_words_forward(ids, W_embed, Wx, b, work=None):
     on real captions), then rows are gathered. `a` lives in work["a"].
     """
     order, starts, counts, words = group_ids(ids)
-    inverse = np.empty_like(ids)                        # packed row -> its run
-    for_run = np.argsort(starts)                        # runs in sorted-id order
+    inverse = np.empty_like(ids)  # packed row -> its run
+    for_run = np.argsort(starts)  # runs in sorted-id order
     inverse[order] = np.repeat(for_run, counts[for_run])
-    e = W_embed[words]                                  # (U, W)
+    e = W_embed[words]  # (U, W)
     proj = np.matmul(e, Wx, out=buffer(work, "proj", (len(words), Wx.shape[1]), Wx.dtype))
     proj += b
-    a = np.take(proj, inverse, axis=0, out=buffer(work, "a", (len(ids), Wx.shape[1]), Wx.dtype),
-                mode="clip")
+    a = np.take(
+        proj,
+        inverse,
+        axis=0,
+        out=buffer(work, "a", (len(ids), Wx.shape[1]), Wx.dtype),
+        mode="clip",
+    )
     return a, (order, starts, counts, words, e, W_embed.shape[0], Wx)
 
 
@@ -149,14 +156,16 @@ def project_words_backward(da, cache, work=None):
     dWx, db of the step functions.
     """
     order, starts, counts, words, e, V, Wx = cache
-    da_w = segment_sum(da, order, starts, counts,
-                       out=buffer(work, "proj", (len(words), da.shape[1]), da.dtype))   # (U, kH)
+    da_w = segment_sum(
+        da, order, starts, counts, out=buffer(work, "proj", (len(words), da.shape[1]), da.dtype)
+    )  # (U, kH)
     dW_embed = np.zeros((V, e.shape[1]), dtype=da.dtype)
     dW_embed[words] = da_w @ Wx.T
     return dW_embed, e.T @ da_w, da_w.sum(axis=0)
 
 
 # ---------------------------------------------------------------- nonlinearities
+
 
 def tanh(x, out):
     """out = tanh(x) = 2 sigmoid(2x) - 1, in place allowed. np.exp is twice as
@@ -174,6 +183,7 @@ def tanh(x, out):
 
 # ---------------------------------------------------------------- vanilla RNN
 
+
 def rnn_packed_forward(a, h0, Wh, batch_sizes, work=None):
     """Tanh RNN over a packed batch: replaces layers.rnn_forward.
 
@@ -189,7 +199,7 @@ def rnn_packed_forward(a, h0, Wh, batch_sizes, work=None):
     with np.errstate(over="ignore"):
         for t, n in enumerate(batch_sizes):
             lo, hi = offs[t], offs[t] + n
-            hprev[lo:hi] = h0[:n] if t == 0 else a[offs[t - 1]:offs[t - 1] + n]
+            hprev[lo:hi] = h0[:n] if t == 0 else a[offs[t - 1] : offs[t - 1] + n]
             np.matmul(hprev[lo:hi], Wh, out=tmp[:n])
             a[lo:hi] += tmp[:n]
             tanh(a[lo:hi], out=a[lo:hi])  # a now holds h_t
@@ -212,7 +222,7 @@ def rnn_packed_backward(dh, cache, work=None):
         lo, hi = offs[t], offs[t] + n
         d = da[lo:hi]
         if dprev is not None:
-            d[:len(dprev)] += dprev
+            d[: len(dprev)] += dprev
         np.multiply(h[lo:hi], h[lo:hi], out=tmp[:n])
         np.subtract(1, tmp[:n], out=tmp[:n])
         d *= tmp[:n]
@@ -223,6 +233,7 @@ def rnn_packed_backward(dh, cache, work=None):
 
 # ---------------------------------------------------------------- LSTM
 
+
 def lstm_cell(a, prev_c, c, tc, h):
     """Activate the pre-activations a (n, 4H) in place (gates i, f, o, g) and
     write c = f * prev_c + i * g, tc = tanh(c), h = o * tc. prev_c None means 0.
@@ -231,12 +242,12 @@ def lstm_cell(a, prev_c, c, tc, h):
     # sigmoid(x) = 1 / (1 + exp(-x)) on i, f, o and tanh(x) = 2 sigmoid(2x) - 1
     # on g: one exp over whole rows, a quarter faster than exp on 3H columns
     # plus np.tanh on H (see tanh). exp overflow gives the right limits.
-    np.negative(a[:, :3 * H], out=a[:, :3 * H])
-    np.multiply(a[:, 3 * H:], -2, out=a[:, 3 * H:])
+    np.negative(a[:, : 3 * H], out=a[:, : 3 * H])
+    np.multiply(a[:, 3 * H :], -2, out=a[:, 3 * H :])
     np.exp(a, out=a)
     a += 1
     np.divide(1, a, out=a)
-    i, f, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+    i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
     g *= 2
     g -= 1
     np.multiply(i, g, out=c)
@@ -258,15 +269,15 @@ def lstm_cell_backward(dh, dc_next, gates, prev_c, tc, da, dc, scratch):
     grad on c (callers form dprev_c = dc * f); scratch (n, 4H) is workspace.
     """
     H = tc.shape[1]
-    i, o, g = gates[:, :H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]   # f is the callers'
-    di, df, do, dg = da[:, :H], da[:, H:2 * H], da[:, 2 * H:3 * H], da[:, 3 * H:]
+    i, o, g = gates[:, :H], gates[:, 2 * H : 3 * H], gates[:, 3 * H :]  # f is the callers'
+    di, df, do, dg = da[:, :H], da[:, H : 2 * H], da[:, 2 * H : 3 * H], da[:, 3 * H :]
     # dc = dc_next + dh * o * (1 - tc^2): c feeds h through tanh and the next step directly
     np.multiply(tc, tc, out=dc)
     np.subtract(1, dc, out=dc)
     dc *= o
     dc *= dh
     if dc_next is not None:
-        dc[:len(dc_next)] += dc_next
+        dc[: len(dc_next)] += dc_next
     np.multiply(dh, tc, out=do)
     np.multiply(dc, g, out=di)
     if prev_c is None:
@@ -275,10 +286,10 @@ def lstm_cell_backward(dh, dc_next, gates, prev_c, tc, da, dc, scratch):
         np.multiply(dc, prev_c, out=df)
     np.multiply(dc, i, out=dg)
     # sigmoid' = s (1 - s) on i, f, o at once; tanh' = 1 - g^2 on g
-    s, ds, gg = gates[:, :3 * H], scratch[:, :3 * H], scratch[:, 3 * H:]
+    s, ds, gg = gates[:, : 3 * H], scratch[:, : 3 * H], scratch[:, 3 * H :]
     np.subtract(1, s, out=ds)
     ds *= s
-    da[:, :3 * H] *= ds
+    da[:, : 3 * H] *= ds
     np.multiply(g, g, out=gg)
     np.subtract(1, gg, out=gg)
     dg *= gg
@@ -319,8 +330,8 @@ def lstm_packed_forward(a, h0, Wh, batch_sizes, work=None):
                 prev_c = None
             else:
                 plo = offs[t - 1]
-                hprev[lo:hi] = h[plo:plo + n]
-                prev_c = c[plo:plo + n]
+                hprev[lo:hi] = h[plo : plo + n]
+                prev_c = c[plo : plo + n]
             np.matmul(hprev[lo:hi], Wh, out=tmp[:n])
             a[lo:hi] += tmp[:n]
             lstm_cell(a[lo:hi], prev_c, c[lo:hi], tc[lo:hi], h[lo:hi])
@@ -340,22 +351,24 @@ def lstm_packed_backward(dh, cache, work=None):
     # per-step workspaces, reused: dc_t, dprev_h, dprev_c, scratch
     dc, dph, dpc = (buffer(work, k, (n0, H), c.dtype) for k in ("dc", "dph", "dpc"))
     scratch = buffer(work, "tmp", (n0, 4 * H), c.dtype)
-    m = 0   # rows carrying dprev_h / dprev_c from step t + 1
+    m = 0  # rows carrying dprev_h / dprev_c from step t + 1
     for t in range(len(batch_sizes) - 1, -1, -1):
         n = batch_sizes[t]
         lo, hi = offs[t], offs[t] + n
         d = dh[lo:hi]
         d[:m] += dph[:m]
-        prev_c = c[offs[t - 1]:offs[t - 1] + n] if t > 0 else None
-        lstm_cell_backward(d, dpc[:m], gates[lo:hi], prev_c, tc[lo:hi], da[lo:hi], dc[:n],
-                           scratch[:n])
+        prev_c = c[offs[t - 1] : offs[t - 1] + n] if t > 0 else None
+        lstm_cell_backward(
+            d, dpc[:m], gates[lo:hi], prev_c, tc[lo:hi], da[lo:hi], dc[:n], scratch[:n]
+        )
         np.matmul(da[lo:hi], Wh.T, out=dph[:n])
-        np.multiply(dc[:n], gates[lo:hi, H:2 * H], out=dpc[:n])
+        np.multiply(dc[:n], gates[lo:hi, H : 2 * H], out=dpc[:n])
         m = n
     return da, dph[:m].copy(), hprev.T @ da
 
 
 # ---------------------------------------------------------------- scores and loss
+
 
 def vocab_scores_forward(h, keep, W_vocab, b_vocab, work=None):
     """Scores of the packed rows with a real target: h[keep] (K, H) @ W_vocab + b_vocab
@@ -364,10 +377,12 @@ def vocab_scores_forward(h, keep, W_vocab, b_vocab, work=None):
     all_kept = bool(keep.all())
     hk = h
     if not all_kept:
-        hk = np.compress(keep, h, axis=0, out=buffer(work, "hk", (int(keep.sum()), h.shape[1]),
-                                                      h.dtype))
-    scores = np.matmul(hk, W_vocab, out=buffer(work, "logits", (len(hk), W_vocab.shape[1]),
-                                               h.dtype))
+        hk = np.compress(
+            keep, h, axis=0, out=buffer(work, "hk", (int(keep.sum()), h.shape[1]), h.dtype)
+        )
+    scores = np.matmul(
+        hk, W_vocab, out=buffer(work, "logits", (len(hk), W_vocab.shape[1]), h.dtype)
+    )
     scores += b_vocab
     return scores, (hk, keep, all_kept, h.shape, W_vocab)
 
@@ -401,6 +416,6 @@ def softmax_loss_rows(x, y, scale):
     np.exp(x, out=x)
     z = x.sum(axis=1)
     loss = float(np.log(z).sum() - picked.sum()) * scale
-    x *= (scale / z)[:, None]     # softmax times scale in one pass
+    x *= (scale / z)[:, None]  # softmax times scale in one pass
     x[rows, y] -= scale
     return loss, x

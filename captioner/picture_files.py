@@ -1,8 +1,9 @@
 """Picture files for batch captioning: folders expanded, results as JSON other tools read.
 
-    files, errors = find_pictures(["photos/", "extra.jpg"])   # folders recursively
-    write_results("captions.json", results_of(files, captions))
+files, errors = find_pictures(["photos/", "extra.jpg"])   # folders recursively
+write_results("captions.json", results_of(files, captions))
 """
+
 import os
 import re
 
@@ -29,8 +30,11 @@ def find_pictures(paths):
         found = []
         for root, dirs, names in os.walk(p):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            found += [os.path.join(root, n) for n in sorted(names)
-                      if not n.startswith(".") and n.lower().endswith(EXTENSIONS)]
+            found += [
+                os.path.join(root, n)
+                for n in sorted(names)
+                if not n.startswith(".") and n.lower().endswith(EXTENSIONS)
+            ]
         if found:
             files += found
         else:
@@ -51,8 +55,11 @@ def results_of(files, captions):
     [{"file_name", "caption", "log_prob"[, "image_id"]}]."""
     out = []
     for f, (caption, log_prob) in zip(files, captions):
-        r = {"file_name": f, "caption": caption,
-             "log_prob": None if log_prob is None else round(float(log_prob), 4)}
+        r = {
+            "file_name": f,
+            "caption": caption,
+            "log_prob": None if log_prob is None else round(float(log_prob), 4),
+        }
         i = image_id(f)
         if i is not None:
             r["image_id"] = i
@@ -67,8 +74,9 @@ def check_writable(path):
     if os.path.isdir(path):
         raise CaptionerError(f"{path}: is a directory; pass a file name")
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise CaptionerError(f"{path}: folder {folder} does not exist or is not writable; "
-                             f"choose another file")
+        raise CaptionerError(
+            f"{path}: folder {folder} does not exist or is not writable; choose another file"
+        )
 
 
 def write_results(path, results):

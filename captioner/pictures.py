@@ -3,12 +3,14 @@
 Used by `captioner sample FILES` and the demo; `captioner prepare` encodes pictures with
 the same encoder (captioner.shards.encode_shard) but writes features, not captions.
 """
+
 from . import encoder
 from .errors import CaptionerError
 
 
-def caption_features(model, features, beam_size=3, n_best=1, max_length=16, temperature=None,
-                     rng=None):
+def caption_features(
+    model, features, beam_size=3, n_best=1, max_length=16, temperature=None, rng=None
+):
     """features (N, D) -> per image a list of (caption, logprob or None), best first.
 
     Beam search (beam_size 1 = greedy), or with temperature n_best independent
@@ -19,14 +21,26 @@ def caption_features(model, features, beam_size=3, n_best=1, max_length=16, temp
 
     if temperature is None:
         return beam_captions(model, features, beam_size, max_length, n_best=n_best)
-    draws = [sample_temperature(model, features, temperature, max_length, rng)
-             for _ in range(n_best)]
-    return [[(decode_captions(d[i], model.idx_to_word), None) for d in draws]
-            for i in range(len(features))]
+    draws = [
+        sample_temperature(model, features, temperature, max_length, rng) for _ in range(n_best)
+    ]
+    return [
+        [(decode_captions(d[i], model.idx_to_word), None) for d in draws]
+        for i in range(len(features))
+    ]
 
 
-def caption_images(model, paths, beam_size=3, n_best=1, max_length=16, batch_size=32,
-                   temperature=None, rng=None, progress=False):
+def caption_images(
+    model,
+    paths,
+    beam_size=3,
+    n_best=1,
+    max_length=16,
+    batch_size=32,
+    temperature=None,
+    rng=None,
+    progress=False,
+):
     """Caption picture files with a CaptioningRNN trained on encoder features.
 
     -> one (path, [(caption, logprob), ...] best first, None) per path, in order;
@@ -35,13 +49,18 @@ def caption_images(model, paths, beam_size=3, n_best=1, max_length=16, batch_siz
     """
     dim = model.params["W_proj"].shape[0]
     if dim != encoder.FEATURE_DIM:
-        raise CaptionerError(f"this model takes {dim}-d features but the picture encoder "
-                             f"({encoder.ENCODER_NAME}) gives {encoder.FEATURE_DIM}-d; caption "
-                             f"pictures with a model trained on a `captioner prepare` dataset")
+        raise CaptionerError(
+            f"this model takes {dim}-d features but the picture encoder "
+            f"({encoder.ENCODER_NAME}) gives {encoder.FEATURE_DIM}-d; caption "
+            f"pictures with a model trained on a `captioner prepare` dataset"
+        )
     paths = list(paths)
     feats, _, ok, errors = encoder.encode_files(paths, batch_size=batch_size, progress=progress)
-    hyps = (caption_features(model, feats, beam_size, n_best, max_length, temperature, rng)
-            if ok else [])
+    hyps = (
+        caption_features(model, feats, beam_size, n_best, max_length, temperature, rng)
+        if ok
+        else []
+    )
     # encode_files keeps input order in both lists, so walk them alongside paths
     out, oi, ei = [], 0, 0
     for p in paths:

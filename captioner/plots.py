@@ -3,6 +3,7 @@
 matplotlib is imported inside the drawing functions, so commands that draw nothing (and
 `captioner --help`) never load it. Files are written atomically.
 """
+
 import os
 
 from . import atomic
@@ -23,11 +24,13 @@ def check_writable(path, force=False):
     if os.path.isdir(path):
         raise CaptionerError(f"{path}: is a directory; give --plot a file name such as plot.png")
     if not os.path.isdir(folder):
-        raise CaptionerError(f"{path}: folder {folder} does not exist; create it or choose "
-                             f"another --plot path")
+        raise CaptionerError(
+            f"{path}: folder {folder} does not exist; create it or choose another --plot path"
+        )
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise CaptionerError(f"{path}: not writable (permission denied); choose another "
-                             f"--plot path")
+        raise CaptionerError(
+            f"{path}: not writable (permission denied); choose another --plot path"
+        )
 
 
 def _figure(ncols, title):
@@ -51,22 +54,52 @@ def gradient_plot(runs, path):
     for k, run in enumerate(runs):
         colour = COLOURS[k % len(COLOURS)]
         d = [r["d"] for r in run["by_distance"]]
-        left.plot(d, [r["h"] for r in run["by_distance"]], "-o", ms=3, color=colour,
-                  label=f"{run['label']}: dl/dh")
+        left.plot(
+            d,
+            [r["h"] for r in run["by_distance"]],
+            "-o",
+            ms=3,
+            color=colour,
+            label=f"{run['label']}: dl/dh",
+        )
         if run["cell"] == "lstm":
-            left.plot(d, [r["c"] for r in run["by_distance"]], "--", color=colour,
-                      label=f"{run['label']}: dl/dc")
+            left.plot(
+                d,
+                [r["c"] for r in run["by_distance"]],
+                "--",
+                color=colour,
+                label=f"{run['label']}: dl/dc",
+            )
         syn = run.get("synthetic")
         if syn:
-            left.plot([r["d"] for r in syn["by_distance"]], [r["h"] for r in syn["by_distance"]],
-                      ":", color=colour, alpha=0.7,
-                      label=f"{run['label']}: dl/dh, {syn['length']} random words")
-        right.plot([r["t"] for r in run["to_image"]], [r["norm"] for r in run["to_image"]],
-                   "-o", ms=3, color=colour, label=run["label"])
-    left.set(yscale="log", xlabel="distance d back from the caption's last word (steps)",
-             ylabel="||dl / dh_(T-d)|| (log scale)", title="by distance")
-    right.set(yscale="log", xlabel="target position t (words)",
-              ylabel="||dl_t / dh0|| (log scale)", title="to the image (h0)")
+            left.plot(
+                [r["d"] for r in syn["by_distance"]],
+                [r["h"] for r in syn["by_distance"]],
+                ":",
+                color=colour,
+                alpha=0.7,
+                label=f"{run['label']}: dl/dh, {syn['length']} random words",
+            )
+        right.plot(
+            [r["t"] for r in run["to_image"]],
+            [r["norm"] for r in run["to_image"]],
+            "-o",
+            ms=3,
+            color=colour,
+            label=run["label"],
+        )
+    left.set(
+        yscale="log",
+        xlabel="distance d back from the caption's last word (steps)",
+        ylabel="||dl / dh_(T-d)|| (log scale)",
+        title="by distance",
+    )
+    right.set(
+        yscale="log",
+        xlabel="target position t (words)",
+        ylabel="||dl_t / dh0|| (log scale)",
+        title="to the image (h0)",
+    )
     fig.set_size_inches(9.2, 4.4 + 0.16 * len(runs) * 3)
     for ax in (left, right):
         ax.grid(True, which="major", alpha=0.3)
@@ -83,8 +116,9 @@ def loss_plot(runs, path):
     for k, (label, epochs) in enumerate(runs):
         colour = COLOURS[k % len(COLOURS)]
         e = [r["epoch"] for r in epochs]
-        ax.plot(e, [r["train_loss"] for r in epochs], "-o", ms=3, color=colour,
-                label=f"{label} train")
+        ax.plot(
+            e, [r["train_loss"] for r in epochs], "-o", ms=3, color=colour, label=f"{label} train"
+        )
         if all("val_loss" in r for r in epochs):
             ax.plot(e, [r["val_loss"] for r in epochs], "--", color=colour, label=f"{label} val")
     ax.set(xlabel="epoch", ylabel="loss per caption (nats, summed over words)")

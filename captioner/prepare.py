@@ -21,6 +21,7 @@ bit for bit, whatever the number of workers and however often it was interrupted
 Captions and vocabulary are cheap and rebuilt on every run; only the last step writes
 the dataset (data.write_dataset) and removes the work area.
 """
+
 import hashlib
 import json
 import os
@@ -38,8 +39,10 @@ from captioner.errors import CaptionerError
 KIND = "squeezenet"  # -> {split}2014_squeezenet.h5
 WORK_DIR = ".prepare"
 SPECIALS = ("<NULL>", "<START>", "<END>", "<UNK>")
-FIX_ANN = ('fix the file (COCO format: {"images": [{"id", "file_name"}], '
-           '"annotations": [{"image_id", "caption"}]})')
+FIX_ANN = (
+    'fix the file (COCO format: {"images": [{"id", "file_name"}], '
+    '"annotations": [{"image_id", "caption"}]})'
+)
 
 try:  # the PTB tokenizer of the COCO toolkit, so training words are the words scored
     from captioner.metrics import tokenize as _ptb_tokenize
@@ -52,10 +55,12 @@ def tokenize(caption):
     if _ptb_tokenize is not None:
         return _ptb_tokenize(caption)
     import re  # pragma: no cover
+
     return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", caption.lower())  # pragma: no cover
 
 
 # ----------------------------------------------------------------------------- annotations
+
 
 def _show(entry):
     text = json.dumps(entry, ensure_ascii=False)
@@ -72,8 +77,9 @@ def read_annotations(path):
 def parse_annotations(ann, path):
     """read_annotations of an already parsed json object; `path` names it in errors."""
     if not isinstance(ann, dict):
-        raise CaptionerError(f"{path}: top level is a {type(ann).__name__}, expected an object; "
-                             f"{FIX_ANN}")
+        raise CaptionerError(
+            f"{path}: top level is a {type(ann).__name__}, expected an object; {FIX_ANN}"
+        )
     for key in ("images", "annotations"):
         if not isinstance(ann.get(key), list):
             raise CaptionerError(f"{path}: no '{key}' list; {FIX_ANN}")
@@ -89,14 +95,17 @@ def parse_annotations(ann, path):
         if not isinstance(name, str) or not name.strip():
             raise CaptionerError(f"{where}: 'file_name' must be a non-empty string; {FIX_ANN}")
         if i in by_id:
-            raise CaptionerError(f"{where}: id {i!r} repeats images[{by_id[i]}]; image ids must "
-                                 f"be unique")
+            raise CaptionerError(
+                f"{where}: id {i!r} repeats images[{by_id[i]}]; image ids must be unique"
+            )
         if name in by_name:
-            raise CaptionerError(f"{where}: file_name repeats images[{by_name[name]}]; list each "
-                                 f"picture once")
+            raise CaptionerError(
+                f"{where}: file_name repeats images[{by_name[name]}]; list each picture once"
+            )
         by_id[i], by_name[name] = k, k
-        url = next((e[u] for u in ("coco_url", "flickr_url")
-                    if isinstance(e.get(u), str) and e[u]), None)
+        url = next(
+            (e[u] for u in ("coco_url", "flickr_url") if isinstance(e.get(u), str) and e[u]), None
+        )
         images.append((i, name, url))
 
     captions = {}
@@ -108,8 +117,9 @@ def parse_annotations(ann, path):
         if isinstance(i, bool) or not isinstance(i, (int, str)):
             raise CaptionerError(f"{where}: 'image_id' must be an integer; {FIX_ANN}")
         if i not in by_id:
-            raise CaptionerError(f"{where}: image_id {i!r} is not in 'images'; add the image or "
-                                 f"drop the caption")
+            raise CaptionerError(
+                f"{where}: image_id {i!r} is not in 'images'; add the image or drop the caption"
+            )
         if not isinstance(cap, str):
             raise CaptionerError(f"{where}: 'caption' must be a string; {FIX_ANN}")
         captions.setdefault(i, []).append(cap)
@@ -122,25 +132,32 @@ def _read_split_file(path, names):
         with open(path, encoding="utf-8") as f:
             lines = [ln.strip() for ln in f.read().splitlines()]
     except (OSError, UnicodeDecodeError) as e:
-        raise CaptionerError(f"{path}: cannot read the val list ({e}); give a text file of image "
-                             f"file names, one per line") from None
+        raise CaptionerError(
+            f"{path}: cannot read the val list ({e}); give a text file of image "
+            f"file names, one per line"
+        ) from None
     val = {ln[2:] if ln.startswith("./") else ln for ln in lines if ln}
     unknown = sorted(val - set(names))
     if unknown:
-        raise CaptionerError(f"{path}: {len(unknown)} name(s) not among the annotated file_names "
-                             f"(first: {unknown[0]!r}); list val images exactly as their "
-                             f"'file_name'")
+        raise CaptionerError(
+            f"{path}: {len(unknown)} name(s) not among the annotated file_names "
+            f"(first: {unknown[0]!r}); list val images exactly as their "
+            f"'file_name'"
+        )
     return val
 
 
 # ----------------------------------------------------------------------------- vocabulary
 
+
 def build_vocab(token_lists, min_count=5):
     """idx_to_word: the specials, then words with count >= min_count by descending
     count, ties alphabetical (so the same captions always give the same ids)."""
     counts = Counter(w for words in token_lists for w in words)
-    words = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
-                   key=lambda w: (-counts[w], w))
+    words = sorted(
+        (w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
+        key=lambda w: (-counts[w], w),
+    )
     return list(SPECIALS) + words
 
 
@@ -151,7 +168,7 @@ def encode_captions(token_lists, word_to_idx, max_words=15):
     unk = word_to_idx["<UNK>"]
     for r, words in enumerate(token_lists):
         ids = [word_to_idx.get(w, unk) for w in words[:max_words]]
-        out[r, :len(ids) + 2] = [word_to_idx["<START>"], *ids, word_to_idx["<END>"]]
+        out[r, : len(ids) + 2] = [word_to_idx["<START>"], *ids, word_to_idx["<END>"]]
     return out
 
 
@@ -203,10 +220,12 @@ def _file_identity(path):
 
 # ----------------------------------------------------------------------------- work area
 
+
 def _chunk_key(spec, identities):
     """A chunk's features depend on the encoder, the batch size and these exact pictures."""
-    blob = json.dumps([encoder.ENCODER_NAME, spec["batch_size"], spec["names"], spec["refs"],
-                       identities])
+    blob = json.dumps(
+        [encoder.ENCODER_NAME, spec["batch_size"], spec["names"], spec["refs"], identities]
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -241,15 +260,17 @@ class _ChunkRows:
             lo, hi = max(start, self.starts[k]), min(stop, self.starts[k + 1])
             if lo < hi:
                 with np.load(path, allow_pickle=False) as z:
-                    parts.append(z["features"][lo - self.starts[k]:hi - self.starts[k]])
+                    parts.append(z["features"][lo - self.starts[k] : hi - self.starts[k]])
         return np.concatenate(parts)
 
 
 def _lock(work):
     return atomic.lock_exclusive(
-        os.path.join(work, "lock"), "output folder",
+        os.path.join(work, "lock"),
+        "output folder",
         f"{work}: another `captioner prepare` is writing here; wait for it or choose another "
-        f"output folder")
+        f"output folder",
+    )
 
 
 def default_workers():
@@ -267,17 +288,25 @@ def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard):
         m = re.fullmatch(r"chunk_(\d+)\.npz", name)
         if name.startswith(".tmp-") or (m and int(m.group(1)) >= len(specs)):
             os.remove(os.path.join(work, name))
-    atomic.write_json(os.path.join(work, "manifest.json"),
-                      {"encoder": encoder.ENCODER_NAME, "chunks": len(specs),
-                       "images": sum(len(s["names"]) for s in specs)})
+    atomic.write_json(
+        os.path.join(work, "manifest.json"),
+        {
+            "encoder": encoder.ENCODER_NAME,
+            "chunks": len(specs),
+            "images": sum(len(s["names"]) for s in specs),
+        },
+    )
     paths = [os.path.join(work, f"chunk_{k:05d}.npz") for k in range(len(specs))]
-    todo = [s for s in specs
-            if _read_chunk(paths[s["index"]], s["names"], keys[s["index"]]) is None]
+    todo = [
+        s for s in specs if _read_chunk(paths[s["index"]], s["names"], keys[s["index"]]) is None
+    ]
     total = sum(len(s["names"]) for s in specs)
     done = total - sum(len(s["names"]) for s in todo)
     from tqdm import tqdm
-    bar = tqdm(total=total, initial=done, unit="img", desc="encoding", disable=not progress,
-               smoothing=0.1)
+
+    bar = tqdm(
+        total=total, initial=done, unit="img", desc="encoding", disable=not progress, smoothing=0.1
+    )
     failed = [0]
 
     def write(result):
@@ -305,6 +334,7 @@ def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard):
 
 # ----------------------------------------------------------------------------- prepare
 
+
 def _check_sizes(batch_size, max_words, workers):
     for what, v in (("batch size", batch_size), ("max words", max_words), ("workers", workers)):
         if isinstance(v, bool) or int(v) != v or v < 1:
@@ -316,14 +346,31 @@ def _load_vocab(vocab):
         return None
     word_to_idx, _ = data.load_vocab(str(vocab))
     if "<UNK>" not in word_to_idx:
-        raise CaptionerError(f"{vocab}: vocabulary has no <UNK> token for words outside it; "
-                             f"add one or let prepare build the vocabulary")
+        raise CaptionerError(
+            f"{vocab}: vocabulary has no <UNK> token for words outside it; "
+            f"add one or let prepare build the vocabulary"
+        )
     return data.load_vocab(str(vocab))
 
 
-def prepare_dataset(images_dir, annotations, out_dir, val_fraction=0.1, split_by=None, vocab=None,
-                    min_count=5, max_words=15, batch_size=32, progress=True, seed=0, workers=None,
-                    executor=None, on_shard=None, source=None, force=False):
+def prepare_dataset(
+    images_dir,
+    annotations,
+    out_dir,
+    val_fraction=0.1,
+    split_by=None,
+    vocab=None,
+    min_count=5,
+    max_words=15,
+    batch_size=32,
+    progress=True,
+    seed=0,
+    workers=None,
+    executor=None,
+    on_shard=None,
+    source=None,
+    force=False,
+):
     """Pictures + COCO captions json -> a coco_captioning folder in out_dir. Returns a summary:
 
     out_dir, encoder, feature_kind, vocab_size, per split {images, captions, unk_words
@@ -345,13 +392,16 @@ def prepare_dataset(images_dir, annotations, out_dir, val_fraction=0.1, split_by
     # Only our own work area (an interrupted run) may be there; the dataset replaces out_dir whole.
     atomic.check_fresh_dir(out_dir, force, "dataset folder", keep=(WORK_DIR,))
     if not os.path.isdir(images_dir):
-        raise CaptionerError(f"{images_dir}: pictures folder not found; pass the folder the "
-                             f"annotations' file_names are relative to")
+        raise CaptionerError(
+            f"{images_dir}: pictures folder not found; pass the folder the "
+            f"annotations' file_names are relative to"
+        )
     workers = default_workers() if workers is None else workers
     _check_sizes(batch_size, max_words, workers)
     if split_by is None and not 0 < val_fraction < 1:
-        raise CaptionerError(f"val fraction must be between 0 and 1 (exclusive), "
-                             f"got {val_fraction!r}")
+        raise CaptionerError(
+            f"val fraction must be between 0 and 1 (exclusive), got {val_fraction!r}"
+        )
     vocab = _load_vocab(vocab)
 
     images, captions = read_annotations(str(annotations))
@@ -363,14 +413,22 @@ def prepare_dataset(images_dir, annotations, out_dir, val_fraction=0.1, split_by
             skipped.append((name, why))
         else:
             kept.append((i, name, url))
-    items = [dict(name=name, ref=os.path.join(images_dir, name),
-                  ident=_file_identity(os.path.join(images_dir, name)),
-                  url=url or os.path.join(images_dir, name), captions=captions.get(i, []))
-             for i, name, url in kept]
+    items = [
+        dict(
+            name=name,
+            ref=os.path.join(images_dir, name),
+            ident=_file_identity(os.path.join(images_dir, name)),
+            url=url or os.path.join(images_dir, name),
+            captions=captions.get(i, []),
+        )
+        for i, name, url in kept
+    ]
     items, empty = _tokenize(items, skipped, progress)
     if len(items) < 2:
-        raise CaptionerError(f"{annotations}: {len(items)} captioned image(s); need at least 2 "
-                             f"(one for train, one for val)")
+        raise CaptionerError(
+            f"{annotations}: {len(items)} captioned image(s); need at least 2 "
+            f"(one for train, one for val)"
+        )
 
     if split_by is not None:
         val_names = _read_split_file(str(split_by), all_names)
@@ -380,20 +438,49 @@ def prepare_dataset(images_dir, annotations, out_dir, val_fraction=0.1, split_by
         is_val = np.zeros(len(items), dtype=bool)
         is_val[np.random.default_rng(seed).permutation(len(items))[:n_val]] = True
         is_val = is_val.tolist()
-    split_items = {s: [it for it, v in zip(items, is_val) if v == (s == "val")]
-                   for s in ("train", "val")}
+    split_items = {
+        s: [it for it, v in zip(items, is_val) if v == (s == "val")] for s in ("train", "val")
+    }
     for s, its in split_items.items():
         if not its:
-            raise CaptionerError(f"{split_by}: puts every captioned image in "
-                                 f"{'val' if s == 'train' else 'train'}; each split needs at "
-                                 f"least one")
-    return _build(out_dir, split_items, skipped, empty, vocab, min_count, max_words, batch_size,
-                  progress, workers, executor, on_shard, images_dir, t0, source)
+            raise CaptionerError(
+                f"{split_by}: puts every captioned image in "
+                f"{'val' if s == 'train' else 'train'}; each split needs at "
+                f"least one"
+            )
+    return _build(
+        out_dir,
+        split_items,
+        skipped,
+        empty,
+        vocab,
+        min_count,
+        max_words,
+        batch_size,
+        progress,
+        workers,
+        executor,
+        on_shard,
+        images_dir,
+        t0,
+        source,
+    )
 
 
-def prepare_coco(coco_dir, out_dir, split="karpathy", vocab=None, min_count=5, max_words=15,
-                 batch_size=32, progress=True, workers=None, executor=None, on_shard=None,
-                 force=False):
+def prepare_coco(
+    coco_dir,
+    out_dir,
+    split="karpathy",
+    vocab=None,
+    min_count=5,
+    max_words=15,
+    batch_size=32,
+    progress=True,
+    workers=None,
+    executor=None,
+    on_shard=None,
+    force=False,
+):
     """The COCO 2014 zips of `captioner download --images` (in coco_dir) -> a dataset in
     out_dir, reading the pictures out of the zips. split 'karpathy': train (train +
     restval), val and test of Karpathy's dataset_coco.json, its raw sentences as captions;
@@ -407,20 +494,37 @@ def prepare_coco(coco_dir, out_dir, split="karpathy", vocab=None, min_count=5, m
     _check_sizes(batch_size, max_words, workers)
     vocab = _load_vocab(vocab)
     if progress:  # Karpathy's file is 160 MB of JSON: say what the first minute is spent on
-        print(f"{coco_dir}: reading the {split} split's captions and the zips' directories",
-              file=sys.stderr)
+        print(
+            f"{coco_dir}: reading the {split} split's captions and the zips' directories",
+            file=sys.stderr,
+        )
     split_items, skipped = coco.read_split(str(coco_dir), split)
-    items, empty = _tokenize([it for its in split_items.values() for it in its], skipped,
-                             progress)
+    items, empty = _tokenize([it for its in split_items.values() for it in its], skipped, progress)
     keep = {id(it) for it in items}
     split_items = {s: [it for it in its if id(it) in keep] for s, its in split_items.items()}
     for s, its in split_items.items():
         if not its:
-            raise CaptionerError(f"{coco_dir}: no captioned {s} pictures; download the complete "
-                                 f"zips with `captioner download --images`")
-    return _build(str(out_dir), split_items, skipped, empty, vocab, min_count, max_words,
-                  batch_size, progress, workers, executor, on_shard, str(coco_dir), t0,
-                  "COCO 2014 photographs")
+            raise CaptionerError(
+                f"{coco_dir}: no captioned {s} pictures; download the complete "
+                f"zips with `captioner download --images`"
+            )
+    return _build(
+        str(out_dir),
+        split_items,
+        skipped,
+        empty,
+        vocab,
+        min_count,
+        max_words,
+        batch_size,
+        progress,
+        workers,
+        executor,
+        on_shard,
+        str(coco_dir),
+        t0,
+        "COCO 2014 photographs",
+    )
 
 
 def _tokenize(items, skipped, progress=False):
@@ -429,8 +533,13 @@ def _tokenize(items, skipped, progress=False):
     from tqdm import tqdm
 
     empty, out = 0, []
-    for it in tqdm(items, desc="captions", unit="img", disable=not progress or len(items) < 1000,
-                   mininterval=1.0):
+    for it in tqdm(
+        items,
+        desc="captions",
+        unit="img",
+        disable=not progress or len(items) < 1000,
+        mininterval=1.0,
+    ):
         # interned: COCO's ~7 million caption words are ~30,000 distinct strings
         toks = [[sys.intern(w) for w in tokenize(c)] for c in it.pop("captions")]
         empty += sum(not t for t in toks)
@@ -442,16 +551,35 @@ def _tokenize(items, skipped, progress=False):
     return out, empty
 
 
-def _build(out_dir, split_items, skipped, empty, vocab, min_count, max_words, batch_size,
-           progress, workers, executor, on_shard, where, t0, source=None):
+def _build(
+    out_dir,
+    split_items,
+    skipped,
+    empty,
+    vocab,
+    min_count,
+    max_words,
+    batch_size,
+    progress,
+    workers,
+    executor,
+    on_shard,
+    where,
+    t0,
+    source=None,
+):
     """Encode split_items ({split: [item]}) in shards and write the dataset."""
     # Shards never straddle the splits, so each split's rows are a run of whole chunks.
     specs, keys, shard_split, shard_items = [], [], [], []
     for s, its in split_items.items():
         for k in range(0, len(its), batch_size):
-            part = its[k:k + batch_size]
-            spec = dict(index=len(specs), names=[it["name"] for it in part],
-                        refs=[it["ref"] for it in part], batch_size=batch_size)
+            part = its[k : k + batch_size]
+            spec = dict(
+                index=len(specs),
+                names=[it["name"] for it in part],
+                refs=[it["ref"] for it in part],
+                batch_size=batch_size,
+            )
             keys.append(_chunk_key(spec, [it["ident"] for it in part]))
             specs.append(spec)
             shard_split.append(s)
@@ -461,34 +589,44 @@ def _build(out_dir, split_items, skipped, empty, vocab, min_count, max_words, ba
     try:
         os.makedirs(work, exist_ok=True)
     except OSError as e:
-        raise CaptionerError(f"{out_dir}: cannot create the output folder "
-                             f"({e.strerror})") from None
+        raise CaptionerError(
+            f"{out_dir}: cannot create the output folder ({e.strerror})"
+        ) from None
     lock = _lock(work)
     try:
-        chunk_paths, resumed = _encode_chunks(work, specs, keys, executor, workers, progress,
-                                              on_shard)
+        chunk_paths, resumed = _encode_chunks(
+            work, specs, keys, executor, workers, progress, on_shard
+        )
         split_chunks = {s: [] for s in split_items}
         ok_items = {s: [] for s in split_items}
         for k, s in enumerate(shard_split):
             c = _read_chunk(chunk_paths[k], specs[k]["names"], keys[k])
             if c is None:
-                raise CaptionerError(f"{chunk_paths[k]}: changed while prepare was running; "
-                                     f"rerun it")
+                raise CaptionerError(
+                    f"{chunk_paths[k]}: changed while prepare was running; rerun it"
+                )
             split_chunks[s].append((chunk_paths[k], int(c["ok"].sum())))
             ok_items[s] += [it for it, ok in zip(shard_items[k], c["ok"]) if ok]
-            skipped += [(it["name"], str(m))
-                        for it, ok, m in zip(shard_items[k], c["ok"], c["errors"]) if not ok]
+            skipped += [
+                (it["name"], str(m))
+                for it, ok, m in zip(shard_items[k], c["ok"], c["errors"])
+                if not ok
+            ]
         n_images = len(specs) and sum(len(s["names"]) for s in specs)
         if not any(ok_items.values()):
             first = skipped[-1][1] if skipped else ""
-            raise CaptionerError(f"{where}: none of the {n_images} annotated pictures could be "
-                                 f"read (e.g. {first}); check the folder and the file_names",
-                                 exit_code=1)
+            raise CaptionerError(
+                f"{where}: none of the {n_images} annotated pictures could be "
+                f"read (e.g. {first}); check the folder and the file_names",
+                exit_code=1,
+            )
         for s in split_items:
             if not ok_items[s]:
-                raise CaptionerError(f"{where}: no readable {s} pictures (all "
-                                     f"{len(split_items[s])} were skipped); fix the pictures or "
-                                     f"change the split")
+                raise CaptionerError(
+                    f"{where}: no readable {s} pictures (all "
+                    f"{len(split_items[s])} were skipped); fix the pictures or "
+                    f"change the split"
+                )
 
         split_tokens, split_rows = {}, {}
         for s in split_items:
@@ -509,24 +647,38 @@ def _build(out_dir, split_items, skipped, empty, vocab, min_count, max_words, ba
             real = caps[:, 1:] != word_to_idx["<NULL>"]
             real &= caps[:, 1:] != word_to_idx["<END>"]
             splits[s] = dict(
-                captions=caps, image_idxs=np.array(split_rows[s], dtype=np.int32),
+                captions=caps,
+                image_idxs=np.array(split_rows[s], dtype=np.int32),
                 features=_ChunkRows(*zip(*split_chunks[s])),
-                images=[it["name"] for it in ok_items[s]], urls=[it["url"] for it in ok_items[s]])
+                images=[it["name"] for it in ok_items[s]],
+                urls=[it["url"] for it in ok_items[s]],
+            )
             summary_splits[s] = dict(
-                images=len(ok_items[s]), captions=len(caps),
-                unk_words=float((caps[:, 1:][real] == word_to_idx["<UNK>"]).mean()))
+                images=len(ok_items[s]),
+                captions=len(caps),
+                unk_words=float((caps[:, 1:][real] == word_to_idx["<UNK>"]).mean()),
+            )
         with atomic.fresh_dir(out_dir, "dataset") as new:  # replaces out_dir (and work) whole
-            data.write_dataset(new, splits, idx_to_word, kind=KIND, encoder=encoder.ENCODER_NAME,
-                               source=source)
+            data.write_dataset(
+                new, splits, idx_to_word, kind=KIND, encoder=encoder.ENCODER_NAME, source=source
+            )
     finally:
         os.close(lock)
     shutil.rmtree(work, ignore_errors=True)
 
     seconds = time.perf_counter() - t0
-    return dict(out_dir=out_dir, encoder=encoder.ENCODER_NAME, feature_kind=KIND,
-                vocab_size=len(idx_to_word), **summary_splits, skipped=skipped,
-                empty_captions=empty,
-                truncated_captions=sum(len(t) > max_words
-                                       for s in split_tokens.values() for t in s),
-                resumed_images=resumed, encoded_images=n_images - resumed, seconds=seconds,
-                images_per_second=(n_images - resumed) / max(seconds, 1e-9), workers=workers)
+    return dict(
+        out_dir=out_dir,
+        encoder=encoder.ENCODER_NAME,
+        feature_kind=KIND,
+        vocab_size=len(idx_to_word),
+        **summary_splits,
+        skipped=skipped,
+        empty_captions=empty,
+        truncated_captions=sum(len(t) > max_words for s in split_tokens.values() for t in s),
+        resumed_images=resumed,
+        encoded_images=n_images - resumed,
+        seconds=seconds,
+        images_per_second=(n_images - resumed) / max(seconds, 1e-9),
+        workers=workers,
+    )

@@ -14,6 +14,7 @@ compare*.png in a run directory or its parent (compare's directory of runs) is e
 gradients.json there (compare writes {"runs": [...]}) is shown as a table of each run's
 scalar measures.
 """
+
 import base64
 import datetime
 import glob
@@ -36,29 +37,49 @@ SPECIALS = ("<NULL>", "<START>", "<END>", "<UNK>")
 
 # ---------------------------------------------------------------- runs on disk
 
+
 def _run_checkpoints(run_dir):
     """-> (checkpoint to caption with, checkpoint holding the full history)."""
     if not os.path.isdir(run_dir):
-        raise CaptionerError(f"{run_dir}: not a directory; pass run directories written by "
-                             f"`captioner train` (runs/<name>)")
+        raise CaptionerError(
+            f"{run_dir}: not a directory; pass run directories written by "
+            f"`captioner train` (runs/<name>)"
+        )
     best, last = (os.path.join(run_dir, f"{n}.npz") for n in ("best", "last"))
     have = [p for p in (best, last) if os.path.exists(p)]
     if not have:
         has_history = os.path.exists(os.path.join(run_dir, "history.json"))
         what = "its checkpoints are missing" if has_history else "not a run directory"
-        raise CaptionerError(f"{run_dir}: {what} (no best.npz or last.npz); pass a directory "
-                             f"written by `captioner train`")
+        raise CaptionerError(
+            f"{run_dir}: {what} (no best.npz or last.npz); pass a directory "
+            f"written by `captioner train`"
+        )
     return have[0], have[-1]
 
 
 def train_command(settings, model_cfg, run_dir):
     """The `captioner train` command line equivalent to a run's settings."""
-    args = [f"--data {settings.get('data_dir', '?')}",
-            f"--features {settings.get('features', '?')}",
-            f"--cell {model_cfg['cell_type']}", f"--hidden-dim {model_cfg['hidden_dim']}",
-            f"--wordvec-dim {model_cfg['wordvec_dim']}"]
-    for key in ("epochs", "batch_size", "optimizer", "lr", "lr_decay", "weight_decay", "clip_norm",
-                "max_train", "val_size", "eval_every", "keep_best", "seed"):
+    args = [
+        f"--data {settings.get('data_dir', '?')}",
+        f"--features {settings.get('features', '?')}",
+        f"--cell {model_cfg['cell_type']}",
+        f"--hidden-dim {model_cfg['hidden_dim']}",
+        f"--wordvec-dim {model_cfg['wordvec_dim']}",
+    ]
+    for key in (
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "lr_decay",
+        "weight_decay",
+        "clip_norm",
+        "max_train",
+        "val_size",
+        "eval_every",
+        "keep_best",
+        "seed",
+    ):
         if settings.get(key) is not None:
             args.append(f"--{key.replace('_', '-')} {settings[key]}")
     return "captioner train " + " ".join(args) + f" --out {run_dir}"
@@ -82,17 +103,27 @@ def gather_run(run_dir):
     n_params = int(sum(p.size for p in model.params.values()))
     best = t.get("best") or {}
     card = {
-        "name": os.path.basename(os.path.abspath(run_dir)), "dir": run_dir,
+        "name": os.path.basename(os.path.abspath(run_dir)),
+        "dir": run_dir,
         "command": train_command(settings, meta["model"], run_dir),
-        "settings": settings, "cell": model.cell_type, "hidden": model.hidden_dim,
-        "wordvec": model.wordvec_dim, "params": n_params, "vocab_size": len(meta["vocab"]),
+        "settings": settings,
+        "cell": model.cell_type,
+        "hidden": model.hidden_dim,
+        "wordvec": model.wordvec_dim,
+        "params": n_params,
+        "vocab_size": len(meta["vocab"]),
         "features": f"{meta['features'].get('encoder')} ({meta['features']['dim']}-d)",
-        "steps": t.get("step", 0), "epochs_done": t.get("epoch", 0),
+        "steps": t.get("step", 0),
+        "epochs_done": t.get("epoch", 0),
         "wall_seconds": float(sum(r.get("seconds", 0) for r in epochs)),
-        "best": best, "checkpoint": best_path, "created": last_meta.get("created", "?"),
+        "best": best,
+        "checkpoint": best_path,
+        "created": last_meta.get("created", "?"),
     }
-    hist = {k: np.asarray(history.get(k, np.zeros(0)), dtype=np.float64).ravel()
-            for k in ("loss", "grad_norm", "clipped")}
+    hist = {
+        k: np.asarray(history.get(k, np.zeros(0)), dtype=np.float64).ravel()
+        for k in ("loss", "grad_norm", "clipped")
+    }
     return dict(card=card, epochs=epochs, settings=settings, model=model, meta=meta, **hist)
 
 
@@ -103,10 +134,12 @@ def check_same_vocabulary(runs):
             raise CaptionerError(
                 f"{r['card']['dir']}: its vocabulary ({len(r['meta']['vocab'])} words) differs "
                 f"from {first['card']['dir']}'s ({len(first['meta']['vocab'])} words); their "
-                f"captions and scores are not comparable: report them separately")
+                f"captions and scores are not comparable: report them separately"
+            )
 
 
 # ---------------------------------------------------------------- numbers
+
 
 def unk_share(captions, idx_to_word):
     """Share of the word tokens (not <NULL>/<START>/<END>) of captions (N, T) that are <UNK>."""
@@ -135,18 +168,25 @@ def diversity(generated, references, vocab_size=None):
     few_share = sum(c for _, c in counts.most_common(few)) / max(n, 1)
     warning = None
     if n >= 2 and few_share >= 0.5:
-        warning = (f"{few_share:.0%} of the {n} images get one of the same {few} caption"
-                   f"{'s' if few > 1 else ''}: the model mostly ignores the picture")
+        warning = (
+            f"{few_share:.0%} of the {n} images get one of the same {few} caption"
+            f"{'s' if few > 1 else ''}: the model mostly ignores the picture"
+        )
     return {
-        "n": n, "distinct": len(counts), "distinct_share": len(counts) / max(n, 1),
+        "n": n,
+        "distinct": len(counts),
+        "distinct_share": len(counts) / max(n, 1),
         "words_used": len({w for ws in gen_words for w in ws}),
-        "ref_words_used": len({w for ws in ref_words for w in ws}), "vocab_size": vocab_size,
+        "ref_words_used": len({w for ws in ref_words for w in ws}),
+        "vocab_size": vocab_size,
         "gen_lengths": dict(sorted(Counter(map(len, gen_words)).items())),
         "ref_lengths": dict(sorted(Counter(map(len, ref_words)).items())),
         "mean_length": float(np.mean([len(w) for w in gen_words])) if n else 0.0,
         "ref_mean_length": float(np.mean([len(w) for w in ref_words])) if ref_words else 0.0,
         "repeated": [(c, k) for c, k in counts.most_common(REPEATED_SHOWN) if k > 1],
-        "few": few, "few_share": few_share, "warning": warning,
+        "few": few,
+        "few_share": few_share,
+        "warning": warning,
     }
 
 
@@ -175,6 +215,7 @@ def clip_share_per_epoch(run):
 
 # ---------------------------------------------------------------- captioning a split
 
+
 def _load_split(run, split, log):
     """The run's dataset with `split` (and train's captions for the sizes), or (None, reason)."""
     from .checkpoint import check_compatible
@@ -188,15 +229,18 @@ def _load_split(run, split, log):
         return None, None, why
     features = feature_file(data_dir, split, kind)
     if not os.path.exists(features):
-        raise CaptionerError(f"{data_dir}: has no {split} split ({os.path.basename(features)} "
-                             f"is absent); choose another --split")
+        raise CaptionerError(
+            f"{data_dir}: has no {split} split ({os.path.basename(features)} "
+            f"is absent); choose another --split"
+        )
     d = load_coco_data(data_dir, features=kind, splits=(split,))
     check_compatible(run["card"]["checkpoint"], run["meta"], d)
     train = None
     if split != "train":
         try:
-            train = load_coco_data(data_dir, features=kind, splits=("train",), lazy=True,
-                                   check_finite=False)
+            train = load_coco_data(
+                data_dir, features=kind, splits=("train",), lazy=True, check_finite=False
+            )
         except CaptionerError:
             train = None  # only the sizes come from it
     return d, train or d, None
@@ -246,8 +290,17 @@ def thumbnail(path, size=THUMB_SIZE):
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def caption_run(run, split="val", count=24, beam_size=3, max_length=16, max_images=None,
-                meteor=True, seed=0, log=print):
+def caption_run(
+    run,
+    split="val",
+    count=24,
+    beam_size=3,
+    max_length=16,
+    max_images=None,
+    meteor=True,
+    seed=0,
+    log=print,
+):
     """Caption `split` with the run's checkpoint; scores, per-image CIDEr-D, gallery, diversity.
     -> dict (see the keys below); 'missing' holds a reason when the dataset is gone."""
     from .evaluation import decode_split
@@ -255,14 +308,31 @@ def caption_run(run, split="val", count=24, beam_size=3, max_length=16, max_imag
 
     d, train, why = _load_split(run, split, log)
     if d is None:
-        return {"missing": why, "scores": None, "notes": [], "gallery": None, "diversity": None,
-                "sizes": None, "data_dir": None, "n_images": 0, "decoding": None, "cider": None}
+        return {
+            "missing": why,
+            "scores": None,
+            "notes": [],
+            "gallery": None,
+            "diversity": None,
+            "sizes": None,
+            "data_dir": None,
+            "n_images": 0,
+            "decoding": None,
+            "cider": None,
+        }
     try:
-        rows, ids, best, refs = decode_split(run["model"], d, split, max_images=max_images,
-                                             beam_size=beam_size, max_length=max_length)
+        rows, ids, best, refs = decode_split(
+            run["model"],
+            d,
+            split,
+            max_images=max_images,
+            beam_size=beam_size,
+            max_length=max_length,
+        )
         generated = [c for c, _ in best]
-        scores, notes, per_image = score(dict(zip(ids, refs)), dict(zip(ids, generated)),
-                                         meteor=meteor, per_image=True)
+        scores, notes, per_image = score(
+            dict(zip(ids, refs)), dict(zip(ids, generated)), meteor=meteor, per_image=True
+        )
         cider = np.array([per_image[i] for i in ids])
         names = d.get(f"{split}_images")
         order = np.argsort(-cider, kind="stable")
@@ -271,34 +341,54 @@ def caption_run(run, split="val", count=24, beam_size=3, max_length=16, max_imag
         picked = {"best": best_k, "worst": [j for j in order[::-1] if j not in best_k][:k]}
         rest = np.setdiff1d(np.arange(len(ids)), picked["best"] + picked["worst"])
         pool = rest if len(rest) >= k else np.arange(len(ids))
-        picked["random"] = sorted(np.random.default_rng(seed).choice(pool, min(k, len(pool)),
-                                                                     replace=False))
+        picked["random"] = sorted(
+            np.random.default_rng(seed).choice(pool, min(k, len(pool)), replace=False)
+        )
         gallery = {}
         for section, items in picked.items():
             gallery[section] = []
             for j in items:
                 kind, value = _picture(d, split, rows[j], d["base_dir"])
-                gallery[section].append({
-                    "title": names[rows[j]] if names else f"{split} image {rows[j]}",
-                    "image_id": ids[j], "kind": kind, "src": value, "caption": generated[j],
-                    "log_prob": best[j][1], "cider": float(cider[j]), "references": refs[j]})
+                gallery[section].append(
+                    {
+                        "title": names[rows[j]] if names else f"{split} image {rows[j]}",
+                        "image_id": ids[j],
+                        "kind": kind,
+                        "src": value,
+                        "caption": generated[j],
+                        "log_prob": best[j][1],
+                        "cider": float(cider[j]),
+                        "references": refs[j],
+                    }
+                )
         has_train = "train_captions" in train
-        sizes = {"train_captions": len(train["train_captions"]) if has_train else None,
-                 "train_images": len(np.unique(train["train_image_idxs"])) if has_train else None,
-                 "split_captions": len(d[f"{split}_captions"]),
-                 "split_images": len(np.unique(d[f"{split}_image_idxs"])),
-                 "unk_share": unk_share(train.get("train_captions", d[f"{split}_captions"]),
-                                        d["idx_to_word"])}
-        return {"missing": None, "scores": scores, "notes": notes, "gallery": gallery,
-                "diversity": diversity(generated, refs, len(d["idx_to_word"]) - len(SPECIALS)),
-                "sizes": sizes, "data_dir": d["base_dir"], "n_images": len(ids),
-                "decoding": f"{split} split, {len(ids):,} images, "
-                            f"{'greedy' if beam_size == 1 else f'beam {beam_size}'}, "
-                            f"max length {max_length}, "
-                            f"{os.path.basename(run['card']['checkpoint'])}",
-                "cider": cider}
+        sizes = {
+            "train_captions": len(train["train_captions"]) if has_train else None,
+            "train_images": len(np.unique(train["train_image_idxs"])) if has_train else None,
+            "split_captions": len(d[f"{split}_captions"]),
+            "split_images": len(np.unique(d[f"{split}_image_idxs"])),
+            "unk_share": unk_share(
+                train.get("train_captions", d[f"{split}_captions"]), d["idx_to_word"]
+            ),
+        }
+        return {
+            "missing": None,
+            "scores": scores,
+            "notes": notes,
+            "gallery": gallery,
+            "diversity": diversity(generated, refs, len(d["idx_to_word"]) - len(SPECIALS)),
+            "sizes": sizes,
+            "data_dir": d["base_dir"],
+            "n_images": len(ids),
+            "decoding": f"{split} split, {len(ids):,} images, "
+            f"{'greedy' if beam_size == 1 else f'beam {beam_size}'}, "
+            f"max length {max_length}, "
+            f"{os.path.basename(run['card']['checkpoint'])}",
+            "cider": cider,
+        }
     finally:
         from .data import close_coco_data
+
         close_coco_data(d)
         if train is not d and train is not None:
             close_coco_data(train)
@@ -306,10 +396,13 @@ def caption_run(run, split="val", count=24, beam_size=3, max_length=16, max_imag
 
 # ---------------------------------------------------------------- plots
 
+
 def _figure(width=5.4, height=3.1):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(width, height), dpi=90)
     ax.grid(alpha=0.3)
     return fig, ax
@@ -317,6 +410,7 @@ def _figure(width=5.4, height=3.1):
 
 def _png(fig):
     import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
@@ -381,8 +475,12 @@ def plot_curves(runs):
             share = clip_share_per_epoch(r)
             if share:
                 ax.plot(*zip(*share), "o-", color=c, ms=3, label=r["card"]["name"])
-        ax.set(xlabel="step", ylabel="share of steps clipped", ylim=(-0.03, 1.03),
-               title="Gradient clipping (per epoch)")
+        ax.set(
+            xlabel="step",
+            ylabel="share of steps clipped",
+            ylim=(-0.03, 1.03),
+            title="Gradient clipping (per epoch)",
+        )
         if many:
             ax.legend(fontsize=7)
         plots.append(("Clipping", _png(fig)))
@@ -395,8 +493,9 @@ def plot_curves(runs):
                 if pts:
                     name = key.replace("_", "-")
                     ax.plot(*zip(*pts), style, color=c, ms=3, label=label(r, name))
-        ax.set(xlabel="step", ylabel="score (greedy, 200 val images)",
-               title="Val BLEU-4 / CIDEr-D")
+        ax.set(
+            xlabel="step", ylabel="score (greedy, 200 val images)", title="Val BLEU-4 / CIDEr-D"
+        )
         ax.legend(fontsize=7)
         plots.append(("Val metrics", _png(fig)))
     return plots
@@ -413,13 +512,17 @@ def plot_lengths(div, name=None):
     ref = [div["ref_lengths"].get(k, 0) / n_ref for k in lengths]
     ax.bar(x - 0.2, gen, 0.4, label="generated")
     ax.bar(x + 0.2, ref, 0.4, label="references")
-    ax.set(xlabel="words", ylabel="share of captions",
-           title=f"Caption lengths{f' ({name})' if name else ''}")
+    ax.set(
+        xlabel="words",
+        ylabel="share of captions",
+        title=f"Caption lengths{f' ({name})' if name else ''}",
+    )
     ax.legend(fontsize=7)
     return _png(fig)
 
 
 # ---------------------------------------------------------------- gradients / compare output
+
 
 def gradient_outputs(run_dir, seen=None):
     """Plots and summary written by `captioner gradients` / `compare` in run_dir or its parent:
@@ -439,8 +542,13 @@ def gradient_outputs(run_dir, seen=None):
                 except OSError:
                     continue
                 if raw.startswith(b"\x89PNG"):
-                    found.append({"title": path, "src": "data:image/png;base64,"
-                                  + base64.b64encode(raw).decode("ascii")})
+                    found.append(
+                        {
+                            "title": path,
+                            "src": "data:image/png;base64,"
+                            + base64.b64encode(raw).decode("ascii"),
+                        }
+                    )
         summary = os.path.join(d, "gradients.json")
         if os.path.isfile(summary) and os.path.realpath(summary) not in seen:
             seen.add(os.path.realpath(summary))
@@ -461,8 +569,17 @@ def _gradient_summary(obj):
     runs = obj.get("runs") if isinstance(obj, dict) else None
     if isinstance(runs, list) and runs and all(isinstance(r, dict) for r in runs):
         columns = [k for k, v in runs[0].items() if isinstance(v, (str, int, float, type(None)))]
-        rows = [["-" if r.get(k) is None else f"{r[k]:.4g}" if isinstance(r.get(k), float)
-                 else str(r[k]) for k in columns] for r in runs]
+        rows = [
+            [
+                "-"
+                if r.get(k) is None
+                else f"{r[k]:.4g}"
+                if isinstance(r.get(k), float)
+                else str(r[k])
+                for k in columns
+            ]
+            for r in runs
+        ]
         return {"table": (columns, rows)}
     obj = obj.get("summary", obj) if isinstance(obj, dict) else obj
     return {"summary": json.dumps(obj, indent=1)[:4000]}
@@ -470,26 +587,41 @@ def _gradient_summary(obj):
 
 # ---------------------------------------------------------------- the page
 
+
 def duration(seconds):
     """1406.2 -> '23 min 26 s'; 75 -> '1 min 15 s'; 9.5 -> '10 s'."""
     s = int(round(seconds))
     h, m = divmod(s // 60, 60)
-    return (f"{h} h {m} min" if h else f"{m} min {s % 60} s" if m else f"{s} s")
+    return f"{h} h {m} min" if h else f"{m} min {s % 60} s" if m else f"{s} s"
 
 
 def render(context, template="report.html.j2"):
     """Render a template of captioner/templates with Jinja2 (HTML autoescaping on)."""
     import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(os.path.join(os.path.dirname(__file__), "templates")),
-        autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
     env.filters["num"] = lambda v, fmt=",": format(v, fmt) if v is not None else "?"
     env.filters["duration"] = duration
     return env.get_template(template).render(**context)
 
 
-def build_report(run_dirs, split="val", count=24, beam_size=3, max_length=16, max_images=None,
-                 meteor=True, seed=0, log=print):
+def build_report(
+    run_dirs,
+    split="val",
+    count=24,
+    beam_size=3,
+    max_length=16,
+    max_images=None,
+    meteor=True,
+    seed=0,
+    log=print,
+):
     """-> the HTML text of the report on run_dirs (see the module docstring)."""
     if not run_dirs:
         raise CaptionerError("no run directories given; pass one or more runs/<name>")
@@ -498,9 +630,17 @@ def build_report(run_dirs, split="val", count=24, beam_size=3, max_length=16, ma
     seen = set()
     for r in runs:
         log(f"captioning {split} with {r['card']['checkpoint']} ...")
-        r["result"] = caption_run(r, split=split, count=count, beam_size=beam_size,
-                                  max_length=max_length, max_images=max_images, meteor=meteor,
-                                  seed=seed, log=log)
+        r["result"] = caption_run(
+            r,
+            split=split,
+            count=count,
+            beam_size=beam_size,
+            max_length=max_length,
+            max_images=max_images,
+            meteor=meteor,
+            seed=seed,
+            log=log,
+        )
         if r["result"].get("diversity"):
             name = r["card"]["name"] if len(runs) > 1 else None
             r["result"]["lengths_plot"] = plot_lengths(r["result"]["diversity"], name)
@@ -508,7 +648,10 @@ def build_report(run_dirs, split="val", count=24, beam_size=3, max_length=16, ma
     context = {
         "title": "captioner report: " + ", ".join(r["card"]["name"] for r in runs),
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
-        "runs": runs, "curves": plot_curves(runs), "split": split, "pictures": None,
+        "runs": runs,
+        "curves": plot_curves(runs),
+        "split": split,
+        "pictures": None,
         "metric_keys": ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"],
     }
     return render(context)
@@ -524,6 +667,7 @@ def write_report(run_dirs, out="report.html", **options):
 
 # ---------------------------------------------------------------- a gallery of picture files
 
+
 def write_gallery(results, out, title="captioner sample"):
     """An HTML page of captioned picture files.
 
@@ -534,13 +678,28 @@ def write_gallery(results, out, title="captioner sample"):
     items = []
     for r in results:
         uri = thumbnail(r["file_name"])
-        items.append({"title": r["file_name"], "image_id": r.get("image_id"),
-                      "kind": "img" if uri else "missing",
-                      "src": uri or f"{r['file_name']}: picture cannot be read",
-                      "caption": r["caption"], "log_prob": r.get("log_prob"), "cider": None,
-                      "references": []})
-    html = render({"title": title, "generated": datetime.datetime.now().isoformat(
-        timespec="seconds"), "runs": [], "curves": [], "split": None, "pictures": items,
-        "metric_keys": []})
+        items.append(
+            {
+                "title": r["file_name"],
+                "image_id": r.get("image_id"),
+                "kind": "img" if uri else "missing",
+                "src": uri or f"{r['file_name']}: picture cannot be read",
+                "caption": r["caption"],
+                "log_prob": r.get("log_prob"),
+                "cider": None,
+                "references": [],
+            }
+        )
+    html = render(
+        {
+            "title": title,
+            "generated": datetime.datetime.now().isoformat(timespec="seconds"),
+            "runs": [],
+            "curves": [],
+            "split": None,
+            "pictures": items,
+            "metric_keys": [],
+        }
+    )
     atomic.write_text(out, html, what="gallery")
     return out

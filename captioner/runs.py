@@ -4,6 +4,7 @@ Ctrl-C / SIGTERM stop it cleanly.
 A run directory holds `last.npz`, `best.npz`, `history.json` and `train.lock`. The loop
 itself is captioner.training; the checkpoint file is captioner.checkpoint.
 """
+
 import contextlib
 import datetime
 import fcntl
@@ -23,13 +24,18 @@ def find_checkpoint(path):
     when a kill came between the two saves of an epoch end (both hold the whole state)."""
     if not os.path.isdir(path):
         return path
-    found = [p for p in (os.path.join(path, "last.npz"), os.path.join(path, "best.npz"))
-             if os.path.isfile(p)]
+    found = [
+        p
+        for p in (os.path.join(path, "last.npz"), os.path.join(path, "best.npz"))
+        if os.path.isfile(p)
+    ]
     if not found:
         check_unlocked(path)  # a first epoch still running: say so
-        raise CaptionerError(f"{os.path.join(path, 'last.npz')}: no checkpoint in this run "
-                             f"directory yet; start a new run (in another --out, or after "
-                             f"emptying this one)")
+        raise CaptionerError(
+            f"{os.path.join(path, 'last.npz')}: no checkpoint in this run "
+            f"directory yet; start a new run (in another --out, or after "
+            f"emptying this one)"
+        )
     return max(found, key=_progress)  # ties: last.npz, first in the list
 
 
@@ -37,6 +43,7 @@ def _progress(path):
     """(step, epoch) a checkpoint reached, from its metadata alone; (-1, -1) if unreadable
     (checkpoint.load then gives the full message)."""
     import numpy as np
+
     try:
         with np.load(path, allow_pickle=False) as z:
             t = json.loads(str(z["meta"])).get("training", {})
@@ -50,9 +57,11 @@ def run_lock(run_dir):
     """One writer per run directory. flock dies with the process, so kill -9 leaves no
     stale lock."""
     fd = atomic.lock_exclusive(
-        os.path.join(run_dir, "train.lock"), "--out",
+        os.path.join(run_dir, "train.lock"),
+        "--out",
         f"{run_dir}: another `captioner train` is writing to this run directory; wait for it "
-        f"to finish or choose another --out")
+        f"to finish or choose another --out",
+    )
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -69,15 +78,18 @@ def run_lock(run_dir):
 def check_unlocked(run_dir):
     """Raise the run_lock message if a live process holds run_dir's lock; writes nothing."""
     try:
-        fd = os.open(os.path.join(run_dir, "train.lock"),
-                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(
+            os.path.join(run_dir, "train.lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+        )
     except OSError:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise CaptionerError(f"{run_dir}: another `captioner train` is writing to this run "
-                             f"directory; wait for it to finish or choose another --out") from None
+        raise CaptionerError(
+            f"{run_dir}: another `captioner train` is writing to this run "
+            f"directory; wait for it to finish or choose another --out"
+        ) from None
     finally:
         os.close(fd)
 
@@ -96,18 +108,24 @@ def new_run_dir(out, cell):
     except (FileNotFoundError, NotADirectoryError):
         found = []
     except OSError as e:
-        raise CaptionerError(f"{out}: cannot read the run directory ({e.strerror}); choose "
-                             f"another --out") from None
+        raise CaptionerError(
+            f"{out}: cannot read the run directory ({e.strerror}); choose another --out"
+        ) from None
     if found:  # never write over files this run did not create: a run, or anything else
         check_unlocked(out)  # a run still writing here gets the clearer "another train" message
         if {"last.npz", "best.npz"} & set(found):
-            raise CaptionerError(f"{out}: already holds a run; continue it with --resume {out} "
-                                 f"or choose another --out")
+            raise CaptionerError(
+                f"{out}: already holds a run; continue it with --resume {out} "
+                f"or choose another --out"
+            )
         if "compare.json" in found:
-            raise CaptionerError(f"{out}: already holds a comparison; continue it with "
-                                 f"--resume {out} or choose another --out")
-        raise CaptionerError(f"{out}: already holds {found[0]!r}; choose another --out (a new "
-                             f"or empty folder)")
+            raise CaptionerError(
+                f"{out}: already holds a comparison; continue it with "
+                f"--resume {out} or choose another --out"
+            )
+        raise CaptionerError(
+            f"{out}: already holds {found[0]!r}; choose another --out (a new or empty folder)"
+        )
     make_dir(out)
     return out
 
@@ -116,11 +134,13 @@ def make_dir(path):
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise CaptionerError(f"{path}: cannot create the run directory ({e.strerror}); "
-                             f"choose another --out") from None
+        raise CaptionerError(
+            f"{path}: cannot create the run directory ({e.strerror}); choose another --out"
+        ) from None
 
 
 # ---------------------------------------------------------------- signals
+
 
 class Interrupted(Exception):
     """Training stopped by a signal after saving `last`; exit with 128 + signum."""

@@ -29,6 +29,7 @@ MKL_NUM_THREADS=1 in its workers by default). As with any 'spawn' pool, a script
 calls prepare with workers > 1 needs the `if __name__ == "__main__":` guard (the workers
 import the caller's main module); the CLI and notebooks need nothing.
 """
+
 import os
 import zipfile
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -59,12 +60,16 @@ def encode_shard(spec):
     params = encoder._default_params()
     feats = [np.zeros((0, encoder.FEATURE_DIM), np.float32)]
     for s in range(0, len(pictures), batch):
-        feats.append(encoder.forward(params, np.stack([x for _, x in pictures[s:s + batch]]))[1])
+        feats.append(encoder.forward(params, np.stack([x for _, x in pictures[s : s + batch]]))[1])
     ok = np.zeros(len(names), dtype=bool)
     ok[[i for i, _ in pictures]] = True
-    return {"index": spec["index"], "names": np.array(names, dtype=str), "ok": ok,
-            "errors": np.array([errors.get(i, "") for i in range(len(names))], dtype=str),
-            "features": np.concatenate(feats).astype(np.float32, copy=False)}
+    return {
+        "index": spec["index"],
+        "names": np.array(names, dtype=str),
+        "ok": ok,
+        "errors": np.array([errors.get(i, "") for i in range(len(names))], dtype=str),
+        "features": np.concatenate(feats).astype(np.float32, copy=False),
+    }
 
 
 def open_picture(ref):
@@ -99,6 +104,7 @@ def _zip(path, size, mtime_ns):
 
 
 # ----------------------------------------------------------------------------- executors
+
 
 class InlineExecutor(Executor):
     """Runs each submitted call at once, in this process (workers=1)."""
@@ -157,8 +163,12 @@ def default_executor(workers):
 
     saved = {var: os.environ.get(var) for var in BLAS_VARS}
     os.environ.update(dict.fromkeys(BLAS_VARS, "1"))
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(os.getpid(),),
+    )
     try:
         yield pool
     finally:

@@ -14,6 +14,7 @@ command, a sweep skips finished runs and resumes the others from their last.npz
 cores // parallel BLAS threads, or, with a scheduler, one Dask task per run
 (run_one, on a worker that sees the same paths).
 """
+
 import contextlib
 import fcntl
 import itertools
@@ -29,15 +30,33 @@ from . import atomic, checkpoint, runs, training
 from .errors import CaptionerError
 
 # The settings of one run: `captioner train`'s options (cli.TRAIN_OPTIONS) plus the data.
-RUN_KEYS = ("data", "features", "cell", "epochs", "batch_size", "lr", "lr_decay", "optimizer",
-            "weight_decay", "clip_norm", "hidden_dim", "wordvec_dim", "max_train", "val_size",
-            "save_every", "eval_every", "keep_best", "seed")
+RUN_KEYS = (
+    "data",
+    "features",
+    "cell",
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_decay",
+    "optimizer",
+    "weight_decay",
+    "clip_norm",
+    "hidden_dim",
+    "wordvec_dim",
+    "max_train",
+    "val_size",
+    "save_every",
+    "eval_every",
+    "keep_best",
+    "seed",
+)
 NOT_GRIDDED = ("data",)  # one dataset per sweep, so val losses compare
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SORT_KEYS = ("val_loss", "cider", "time")
 
 
 # ---------------------------------------------------------------- the grid
+
 
 def parse_grid(items, convert):
     """['cell=rnn,lstm', 'lr=1e-3,5e-4'] -> [(name, [(text, value), ...]), ...], in order.
@@ -51,15 +70,20 @@ def parse_grid(items, convert):
         name = name.strip().lstrip("-").replace("-", "_")
         texts = [v.strip() for v in values.split(",")]
         if not eq or not name or not all(texts):
-            raise CaptionerError(f"--grid {item!r}: expected NAME=V1,V2,... "
-                                 f"(e.g. --grid cell=rnn,lstm --grid lr=1e-3,5e-4)")
+            raise CaptionerError(
+                f"--grid {item!r}: expected NAME=V1,V2,... "
+                f"(e.g. --grid cell=rnn,lstm --grid lr=1e-3,5e-4)"
+            )
         if name not in RUN_KEYS or name in NOT_GRIDDED:
             allowed = ", ".join(k for k in RUN_KEYS if k not in NOT_GRIDDED)
-            raise CaptionerError(f"--grid {item!r}: {name} is not a setting a sweep can vary; "
-                                 f"use one of {allowed}")
+            raise CaptionerError(
+                f"--grid {item!r}: {name} is not a setting a sweep can vary; use one of {allowed}"
+            )
         if name in seen:
-            raise CaptionerError(f"--grid {item!r}: {name} is already in the grid; "
-                                 f"give all its values in one --grid")
+            raise CaptionerError(
+                f"--grid {item!r}: {name} is already in the grid; "
+                f"give all its values in one --grid"
+            )
         if len(set(texts)) != len(texts):
             raise CaptionerError(f"--grid {item!r}: a value repeats; give each value once")
         seen.add(name)
@@ -79,15 +103,18 @@ def plan(base, grid):
         planned.append((",".join(parts) or "run", settings))
     names = [n for n, _ in planned]
     if len(set(names)) != len(names):
-        raise CaptionerError("--grid: two values give the same run directory name; "
-                             "write the values differently")
+        raise CaptionerError(
+            "--grid: two values give the same run directory name; write the values differently"
+        )
     return planned
 
 
 def _same_run(a, b):
     """Two run settings are the same run when only `epochs` differs (it may be extended)."""
+
     def rest(settings):
         return {k: v for k, v in settings.items() if k != "epochs"}
+
     return rest(a) == rest(b)
 
 
@@ -99,19 +126,26 @@ def check(out, base, grid):
         path = os.path.join(out, name, "run.json")
         old = _read(path) if os.path.exists(path) else settings
         if not _same_run(old, settings):
-            diff = sorted(k for k in set(old) | set(settings)
-                          if k != "epochs" and old.get(k) != settings.get(k))
-            raise CaptionerError(f"{os.path.dirname(path)}: holds a run with other settings "
-                                 f"({', '.join(diff)}); rerun the sweep with its settings "
-                                 f"or choose another --out")
+            diff = sorted(
+                k
+                for k in set(old) | set(settings)
+                if k != "epochs" and old.get(k) != settings.get(k)
+            )
+            raise CaptionerError(
+                f"{os.path.dirname(path)}: holds a run with other settings "
+                f"({', '.join(diff)}); rerun the sweep with its settings "
+                f"or choose another --out"
+            )
     return planned
 
 
 def setup(out, base, grid, planned):
     """Create OUT, sweep.json and each run's directory and run.json -> the run directories."""
     runs.make_dir(out)
-    atomic.write_json(os.path.join(out, "sweep.json"),
-                      {"grid": [[n, [t for t, _ in vs]] for n, vs in grid], "base": base})
+    atomic.write_json(
+        os.path.join(out, "sweep.json"),
+        {"grid": [[n, [t for t, _ in vs]] for n, vs in grid], "base": base},
+    )
     dirs = []
     for name, settings in planned:
         run_dir = os.path.join(out, name)
@@ -125,8 +159,10 @@ def setup(out, base, grid, planned):
 
 def _read(path):
     from .data import read_json
-    return read_json(path, os.path.basename(path),
-                     "delete it to start this part of the sweep again")
+
+    return read_json(
+        path, os.path.basename(path), "delete it to start this part of the sweep again"
+    )
 
 
 def finished(run_dir, epochs=None):
@@ -143,6 +179,7 @@ def finished(run_dir, epochs=None):
 
 # ---------------------------------------------------------------- one run
 
+
 def run_one(run_dir):
     """Train (or resume) the run in run_dir to its epochs, then score its best.npz:
     -> result dict (also written to run_dir/result.json). The Dask task of a sweep."""
@@ -152,9 +189,11 @@ def run_one(run_dir):
     spec = _read(os.path.join(run_dir, "run.json"))
     _wait_for_writer(run_dir)
     with runs.run_lock(run_dir), open(os.path.join(run_dir, "train.log"), "a") as f:
+
         def log(line):
             f.write(f"{line}\n")
             f.flush()
+
         result = finished(run_dir)  # a writer we waited for may have finished it
         if result is not None:
             return result
@@ -180,6 +219,7 @@ def _wait_for_writer(run_dir):
 
 def _load(data_dir, features, max_train):
     from .data import load_coco_data
+
     if not os.path.isdir(data_dir):
         raise CaptionerError(f"{data_dir}: no such dataset directory; point --data at one")
     return load_coco_data(data_dir, features=features, max_train=max_train)
@@ -199,15 +239,25 @@ def _train(run_dir, spec, log):
         log(f"resuming {last} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
         data = _load(spec["data"], spec["features"], spec["max_train"])
-        model = CaptioningRNN(data["word_to_idx"], input_dim=data["feature_dim"],
-                              wordvec_dim=spec["wordvec_dim"], hidden_dim=spec["hidden_dim"],
-                              cell_type=spec["cell"], seed=spec["seed"])
+        model = CaptioningRNN(
+            data["word_to_idx"],
+            input_dim=data["feature_dim"],
+            wordvec_dim=spec["wordvec_dim"],
+            hidden_dim=spec["hidden_dim"],
+            cell_type=spec["cell"],
+            seed=spec["seed"],
+        )
         settings = {k: spec[k] for k in training.DEFAULTS if k in spec and k != "eval_images"}
-        settings.update(data_dir=os.path.abspath(spec["data"]), features=data["feature_kind"],
-                        max_train=spec["max_train"])
+        settings.update(
+            data_dir=os.path.abspath(spec["data"]),
+            features=data["feature_kind"],
+            max_train=spec["max_train"],
+        )
         state = None
-    log(f"{len(data['train_captions']):,} training captions, {model.cell_type} hidden "
-        f"{model.hidden_dim}, {data['encoder']} features ({data['feature_dim']}-d) -> {run_dir}")
+    log(
+        f"{len(data['train_captions']):,} training captions, {model.cell_type} hidden "
+        f"{model.hidden_dim}, {data['encoder']} features ({data['feature_dim']}-d) -> {run_dir}"
+    )
     state = training.train(data, model, run_dir, state=state, progress=False, log=log, **settings)
     return state, data
 
@@ -216,16 +266,23 @@ def _score(run_dir, state, data):
     """Best val loss of the run, and CIDEr-D / BLEU-4 of greedy captions of its best.npz
     on every val image."""
     from .evaluation import evaluate_model
+
     model, _, _, _ = checkpoint.load_model(os.path.join(run_dir, "best.npz"))
-    scores, _, _ = evaluate_model(model, data, "val", meteor=False, beam_size=1,
-                                  max_length=data["val_captions"].shape[1] - 1)
+    scores, _, _ = evaluate_model(
+        model, data, "val", meteor=False, beam_size=1, max_length=data["val_captions"].shape[1] - 1
+    )
     losses = [r["val_loss"] for r in state["epochs"] if "val_loss" in r]
-    return {"epochs": state["epoch"], "best_val_loss": min(losses) if losses else None,
-            "CIDEr": scores["CIDEr"], "Bleu_4": scores["Bleu_4"],
-            "seconds": round(sum(r["seconds"] for r in state["epochs"]), 2)}
+    return {
+        "epochs": state["epoch"],
+        "best_val_loss": min(losses) if losses else None,
+        "CIDEr": scores["CIDEr"],
+        "Bleu_4": scores["Bleu_4"],
+        "seconds": round(sum(r["seconds"] for r in state["epochs"]), 2),
+    }
 
 
 # ---------------------------------------------------------------- many runs
+
 
 def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
     """Every run of the grid to its end -> (summary rows, {run_dir: error line}).
@@ -252,11 +309,14 @@ def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
                 run_dir = futures[future]
                 try:
                     r = future.result()
-                    log(f"[{n}/{len(todo)}] {run_dir}: best val loss {_fmt(r['best_val_loss'])}, "
-                        f"CIDEr-D {r['CIDEr']:.3f}, {r['seconds']:.1f}s")
+                    log(
+                        f"[{n}/{len(todo)}] {run_dir}: best val loss {_fmt(r['best_val_loss'])}, "
+                        f"CIDEr-D {r['CIDEr']:.3f}, {r['seconds']:.1f}s"
+                    )
                 except Exception as e:  # noqa: BLE001 -- one failed run must not stop the others
-                    failed[run_dir] = (str(e) if isinstance(e, CaptionerError)
-                                       else f"{type(e).__name__}: {e}")
+                    failed[run_dir] = (
+                        str(e) if isinstance(e, CaptionerError) else f"{type(e).__name__}: {e}"
+                    )
                     log(f"[{n}/{len(todo)}] {run_dir}: failed: {failed[run_dir]}")
     return summarize(out), failed
 
@@ -266,6 +326,7 @@ def _executor(scheduler, parallel):
     """-> (Executor, task taking a run directory)."""
     if scheduler is not None:
         from . import cluster
+
         with cluster.executor(scheduler, parallel if scheduler == "local" else None) as (ex, _):
             yield ex, run_one
         return
@@ -289,9 +350,14 @@ def _run_subprocess(run_dir, blas_threads, children):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, **{v: str(blas_threads) for v in BLAS_VARS})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    p = subprocess.Popen([sys.executable, "-m", "captioner.sweep", run_dir, str(os.getpid())],
-                         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "captioner.sweep", run_dir, str(os.getpid())],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     children.add(p)
     try:
         _, err = p.communicate()
@@ -299,8 +365,9 @@ def _run_subprocess(run_dir, blas_threads, children):
         children.discard(p)
     if p.returncode != 0:
         lines = [ln for ln in err.splitlines() if ln.strip()]
-        raise CaptionerError(lines[-1] if lines else
-                             f"exit status {p.returncode}; see {run_dir}/train.log")
+        raise CaptionerError(
+            lines[-1] if lines else f"exit status {p.returncode}; see {run_dir}/train.log"
+        )
     return _read(os.path.join(run_dir, "result.json"))
 
 
@@ -309,6 +376,7 @@ def _die_with_parent(parent):
     so no orphan keeps training; SIGTERM saves last.npz first."""
     import ctypes
     import signal
+
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # it died before prctl
@@ -332,6 +400,7 @@ def _main(argv):
 
 # ---------------------------------------------------------------- the table
 
+
 def summarize(out):
     """-> one row per run directory of the sweep in OUT, finished or not:
     {run, settings (all), status, epochs, best_val_loss, CIDEr, Bleu_4, seconds}."""
@@ -341,8 +410,15 @@ def summarize(out):
         if not os.path.isfile(os.path.join(run_dir, "run.json")):
             continue
         spec = _read(os.path.join(run_dir, "run.json"))
-        row = {"run": run_dir, "settings": spec, "epochs": 0, "best_val_loss": None,
-               "CIDEr": None, "Bleu_4": None, "seconds": None}
+        row = {
+            "run": run_dir,
+            "settings": spec,
+            "epochs": 0,
+            "best_val_loss": None,
+            "CIDEr": None,
+            "Bleu_4": None,
+            "seconds": None,
+        }
         result = finished(run_dir)
         if result is not None:
             row.update(result, status="finished")
@@ -350,14 +426,18 @@ def summarize(out):
             hist = os.path.join(run_dir, "history.json")
             records = _read(hist).get("epochs", []) if os.path.exists(hist) else []
             losses = [r["val_loss"] for r in records if "val_loss" in r]
-            row.update(epochs=len(records), best_val_loss=min(losses) if losses else None,
-                       seconds=round(sum(r["seconds"] for r in records), 2) if records else None,
-                       status=(f"{len(records)}/{spec['epochs']} epochs" if records
-                               else "not started"))
+            row.update(
+                epochs=len(records),
+                best_val_loss=min(losses) if losses else None,
+                seconds=round(sum(r["seconds"] for r in records), 2) if records else None,
+                status=(f"{len(records)}/{spec['epochs']} epochs" if records else "not started"),
+            )
         rows.append(row)
     if not rows:
-        raise CaptionerError(f"{out}: no sweep runs here (no */run.json); "
-                             f"pass the --out folder of a `captioner sweep`")
+        raise CaptionerError(
+            f"{out}: no sweep runs here (no */run.json); "
+            f"pass the --out folder of a `captioner sweep`"
+        )
     return rows
 
 
@@ -384,13 +464,21 @@ def table(rows):
     keys = differing(rows)
     head = [k.replace("_", "-") for k in keys]
     head += ["best val loss", "CIDEr-D", "time", "status", "run"]
-    body = [[_setting(r["settings"].get(k)) for k in keys]
-            + [_fmt(r["best_val_loss"]), _fmt(r["CIDEr"], ".3f"),
-               "-" if r["seconds"] is None else f"{r['seconds']:.1f}s", r["status"], r["run"]]
-            for r in rows]
+    body = [
+        [_setting(r["settings"].get(k)) for k in keys]
+        + [
+            _fmt(r["best_val_loss"]),
+            _fmt(r["CIDEr"], ".3f"),
+            "-" if r["seconds"] is None else f"{r['seconds']:.1f}s",
+            r["status"],
+            r["run"],
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
-                     for line in [head] + body)
+    return "\n".join(
+        "  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head] + body
+    )
 
 
 def _setting(v):
@@ -399,9 +487,19 @@ def _setting(v):
 
 def as_json(rows):
     keys = differing(rows)
-    return [{"run": r["run"], "settings": {k: r["settings"].get(k) for k in keys},
-             "status": r["status"], "epochs": r["epochs"], "best_val_loss": r["best_val_loss"],
-             "CIDEr": r["CIDEr"], "Bleu_4": r["Bleu_4"], "seconds": r["seconds"]} for r in rows]
+    return [
+        {
+            "run": r["run"],
+            "settings": {k: r["settings"].get(k) for k in keys},
+            "status": r["status"],
+            "epochs": r["epochs"],
+            "best_val_loss": r["best_val_loss"],
+            "CIDEr": r["CIDEr"],
+            "Bleu_4": r["Bleu_4"],
+            "seconds": r["seconds"],
+        }
+        for r in rows
+    ]
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ what happens next is in the checkpoint (captioner.checkpoint): parameters, optim
 state, epoch and step within the epoch. The data order of epoch e is a permutation
 seeded by (seed, e), so a resumed run replays exactly the batches it would have seen.
 """
+
 import datetime
 import math
 import os
@@ -20,24 +21,47 @@ from .model import CaptioningRNN
 from .optim import OPTIMIZERS
 from .runs import Interrupted, SignalFlag
 
-DEFAULTS = dict(epochs=10, batch_size=100, optimizer="adam", lr=1e-3, lr_decay=0.95,
-                weight_decay=0.0, clip_norm=0.0, seed=0, val_size=1000, save_every=1000,
-                eval_every=0, eval_images=200, keep_best="loss")
+DEFAULTS = dict(
+    epochs=10,
+    batch_size=100,
+    optimizer="adam",
+    lr=1e-3,
+    lr_decay=0.95,
+    weight_decay=0.0,
+    clip_norm=0.0,
+    seed=0,
+    val_size=1000,
+    save_every=1000,
+    eval_every=0,
+    eval_images=200,
+    keep_best="loss",
+)
 
 
 # ---------------------------------------------------------------- the loop
 
+
 def fresh_state(settings):
-    return {"epoch": 0, "step_in_epoch": 0, "step": 0, "settings": dict(settings),
-            "optim": None, "epochs": [], "best": None}
+    return {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "step": 0,
+        "settings": dict(settings),
+        "optim": None,
+        "epochs": [],
+        "best": None,
+    }
 
 
 def _split_optim(configs):
     """Per-parameter optimizer configs -> (JSON scalars, npz arrays)."""
     scalars, arrays = {}, {}
     for name, cfg in configs.items():
-        scalars[name] = {k: v.item() if isinstance(v, np.generic) else v
-                         for k, v in cfg.items() if not isinstance(v, np.ndarray)}
+        scalars[name] = {
+            k: v.item() if isinstance(v, np.generic) else v
+            for k, v in cfg.items()
+            if not isinstance(v, np.ndarray)
+        }
         arrays[name] = {k: v for k, v in cfg.items() if isinstance(v, np.ndarray)}
     return scalars, arrays
 
@@ -56,8 +80,10 @@ def resume_state(meta, optim_arrays, history, dtype=np.float32, path="checkpoint
     schema; it may only be absent)."""
     t = meta.get("training")
     if t is None:
-        raise CaptionerError(f"{path}: cannot resume from it: it holds no training state; resume "
-                             f"from a checkpoint written by `captioner train` (last.npz of a run)")
+        raise CaptionerError(
+            f"{path}: cannot resume from it: it holds no training state; resume "
+            f"from a checkpoint written by `captioner train` (last.npz of a run)"
+        )
     state = dict(t)
     state["settings"] = dict(t["settings"])
     state["optim"] = _join_optim(t["optim"], optim_arrays, dtype)
@@ -85,7 +111,7 @@ def evaluate_loss(model, data, rows, batch_size=100):
     """Mean per-caption loss (CS231n convention) over caption rows of val."""
     total = 0.0
     for i in range(0, len(rows), batch_size):
-        idx = rows[i:i + batch_size]
+        idx = rows[i : i + batch_size]
         loss, _ = model.loss(*batch(data, "val", idx))
         total += float(loss) * len(idx)
     return total / len(rows)
@@ -101,11 +127,16 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
     from tqdm import tqdm
 
     s = dict(DEFAULTS, **settings)
-    if state is None and run_dir and any(os.path.exists(os.path.join(run_dir, f"{n}.npz"))
-                                         for n in ("last", "best")):
-        raise CaptionerError(f"{run_dir}: already holds a run; continue it with --resume "
-                             f"{run_dir} "
-                             f"or choose another --out")
+    if (
+        state is None
+        and run_dir
+        and any(os.path.exists(os.path.join(run_dir, f"{n}.npz")) for n in ("last", "best"))
+    ):
+        raise CaptionerError(
+            f"{run_dir}: already holds a run; continue it with --resume "
+            f"{run_dir} "
+            f"or choose another --out"
+        )
     state = state or fresh_state(s)
     state["settings"].update(epochs=s["epochs"])
     update = OPTIMIZERS[s["optimizer"]]
@@ -124,17 +155,32 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
             return None
         path = os.path.join(run_dir, f"{name}.npz")
         scalars, arrays = _split_optim(state["optim"])
-        meta = dict(checkpoint.model_meta(model, data),
-                    created=datetime.datetime.now().isoformat(timespec="seconds"),
-                    training={k: v for k, v in state.items() if not k.endswith("history")
-                              and k != "optim"} | {"optim": scalars})
-        checkpoint.save(path, model.params, meta, arrays,
-                        {"loss": np.asarray(losses, dtype=np.float64),
-                         "grad_norm": np.asarray(norms, dtype=np.float64),
-                         "clipped": np.asarray(clips, dtype=np.float64)})
-        history = {"settings": state["settings"], "epochs": state["epochs"], "best": state["best"],
-                   "step": state["step"], "loss": [round(x, 5) for x in losses],
-                   "grad_norm": [round(x, 5) for x in norms], "clipped": [int(c) for c in clips]}
+        meta = dict(
+            checkpoint.model_meta(model, data),
+            created=datetime.datetime.now().isoformat(timespec="seconds"),
+            training={k: v for k, v in state.items() if not k.endswith("history") and k != "optim"}
+            | {"optim": scalars},
+        )
+        checkpoint.save(
+            path,
+            model.params,
+            meta,
+            arrays,
+            {
+                "loss": np.asarray(losses, dtype=np.float64),
+                "grad_norm": np.asarray(norms, dtype=np.float64),
+                "clipped": np.asarray(clips, dtype=np.float64),
+            },
+        )
+        history = {
+            "settings": state["settings"],
+            "epochs": state["epochs"],
+            "best": state["best"],
+            "step": state["step"],
+            "loss": [round(x, 5) for x in losses],
+            "grad_norm": [round(x, 5) for x in norms],
+            "clipped": [int(c) for c in clips],
+        }
         atomic.write_json(os.path.join(run_dir, "history.json"), history)
         return path
 
@@ -144,20 +190,29 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
             order = np.random.default_rng([s["seed"], epoch]).permutation(n)
             start = state["step_in_epoch"]
             t0 = time.perf_counter()
-            bar = tqdm(range(start, steps_per_epoch), initial=start, total=steps_per_epoch,
-                       desc=f"epoch {epoch + 1}/{s['epochs']}", disable=not progress,
-                       leave=False, unit="batch", dynamic_ncols=True)
+            bar = tqdm(
+                range(start, steps_per_epoch),
+                initial=start,
+                total=steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{s['epochs']}",
+                disable=not progress,
+                leave=False,
+                unit="batch",
+                dynamic_ncols=True,
+            )
             running = None
             for it in bar:
-                idx = order[it * B:(it + 1) * B]
+                idx = order[it * B : (it + 1) * B]
                 loss, grads = model.loss(*batch(data, "train", idx))
                 loss = float(loss)
                 norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     where = f"; last good checkpoint: {run_dir}/last.npz" if run_dir else ""
-                    raise CaptionerError(f"training diverged at epoch {epoch + 1}, step {it + 1}: "
-                                         f"loss is {loss}; lower --lr or set --clip-norm{where}",
-                                         exit_code=1)
+                    raise CaptionerError(
+                        f"training diverged at epoch {epoch + 1}, step {it + 1}: "
+                        f"loss is {loss}; lower --lr or set --clip-norm{where}",
+                        exit_code=1,
+                    )
                 if s["clip_norm"] and norm > s["clip_norm"]:
                     scale = s["clip_norm"] / norm
                     for g in grads.values():
@@ -181,12 +236,14 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
                 if run_dir and s["save_every"] and state["step"] % s["save_every"] == 0:
                     save("last")
             bar.close()
-            record = {"epoch": epoch + 1, "step": state["step"],
-                      # the whole epoch's steps, also those before a resume mid-epoch
-                      "train_loss": float(np.mean(losses[-steps_per_epoch:]
-                                                  or [float("nan")])),
-                      "lr": float(state["optim"][next(iter(state["optim"]))]["learning_rate"]),
-                      "seconds": round(time.perf_counter() - t0, 2)}
+            record = {
+                "epoch": epoch + 1,
+                "step": state["step"],
+                # the whole epoch's steps, also those before a resume mid-epoch
+                "train_loss": float(np.mean(losses[-steps_per_epoch:] or [float("nan")])),
+                "lr": float(state["optim"][next(iter(state["optim"]))]["learning_rate"]),
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
             if val_rows is not None:
                 record["val_loss"] = evaluate_loss(model, data, val_rows, B)
             if s["eval_every"] and (epoch + 1) % s["eval_every"] == 0:
@@ -206,8 +263,9 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
                 save("best")
             save("last")
             if flag.signum is not None:
-                raise Interrupted(flag.signum,
-                                  os.path.join(run_dir, "last.npz") if run_dir else None)
+                raise Interrupted(
+                    flag.signum, os.path.join(run_dir, "last.npz") if run_dir else None
+                )
     return state
 
 
@@ -242,19 +300,37 @@ def _eval_metrics(model, data, n_images):
     """BLEU-4 and CIDEr-D of greedy captions on the first n_images val images (a fixed subset)."""
     from .evaluation import caption_split
     from .metrics import score
-    ids, generated, refs = caption_split(model, data, "val", max_images=n_images, beam_size=1,
-                                         max_length=data["val_captions"].shape[1] - 1)
+
+    ids, generated, refs = caption_split(
+        model,
+        data,
+        "val",
+        max_images=n_images,
+        beam_size=1,
+        max_length=data["val_captions"].shape[1] - 1,
+    )
     scores, _ = score(dict(zip(ids, refs)), dict(zip(ids, generated)), meteor=False)
     return {"Bleu_4": scores["Bleu_4"], "CIDEr": scores["CIDEr"]}
 
 
 # ---------------------------------------------------------------- overfit
 
-OVERFIT_LIMITS = {"rnn": 0.1, "lstm": 0.5}   # CS231n's bars for the final loss
+OVERFIT_LIMITS = {"rnn": 0.1, "lstm": 0.5}  # CS231n's bars for the final loss
 
 
-def overfit(data, cell, n=50, epochs=50, batch_size=25, lr=5e-3, lr_decay=None, hidden_dim=512,
-            wordvec_dim=256, seed=231, progress=False):
+def overfit(
+    data,
+    cell,
+    n=50,
+    epochs=50,
+    batch_size=25,
+    lr=5e-3,
+    lr_decay=None,
+    hidden_dim=512,
+    wordvec_dim=256,
+    seed=231,
+    progress=False,
+):
     """CS231n's sanity check: memorise n training captions, one per image, and judge it.
 
     CS231n takes the first 50 captions, which in the real (shuffled) files belong to
@@ -270,22 +346,49 @@ def overfit(data, cell, n=50, epochs=50, batch_size=25, lr=5e-3, lr_decay=None, 
 
     _, first = np.unique(data["train_image_idxs"], return_index=True)
     rows = np.sort(first)[:n]
-    small = dict(data, train_captions=data["train_captions"][rows],
-                 train_image_idxs=data["train_image_idxs"][rows])
-    model = CaptioningRNN(data["word_to_idx"], input_dim=data["feature_dim"],
-                          wordvec_dim=wordvec_dim, hidden_dim=hidden_dim, cell_type=cell,
-                          seed=seed)
+    small = dict(
+        data,
+        train_captions=data["train_captions"][rows],
+        train_image_idxs=data["train_image_idxs"][rows],
+    )
+    model = CaptioningRNN(
+        data["word_to_idx"],
+        input_dim=data["feature_dim"],
+        wordvec_dim=wordvec_dim,
+        hidden_dim=hidden_dim,
+        cell_type=cell,
+        seed=seed,
+    )
     if lr_decay is None:
         lr_decay = 0.95 if cell == "rnn" else 0.995
-    state = train(small, model, None, progress=progress, log=lambda *_: None, epochs=epochs,
-                  batch_size=batch_size, lr=lr, lr_decay=lr_decay, seed=seed, val_size=0)
+    state = train(
+        small,
+        model,
+        None,
+        progress=progress,
+        log=lambda *_: None,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_decay=lr_decay,
+        seed=seed,
+        val_size=0,
+    )
     captions = data["train_captions"][rows]
     feats = data["train_features"][data["train_image_idxs"][rows]]
     truth = decode_captions(captions, data["idx_to_word"])
-    sampled = decode_captions(model.sample(feats, max_length=captions.shape[1] - 1),
-                              data["idx_to_word"])
+    sampled = decode_captions(
+        model.sample(feats, max_length=captions.shape[1] - 1), data["idx_to_word"]
+    )
     final = state["epochs"][-1]["train_loss"]
-    return {"model": model, "state": state, "rows": rows, "final_loss": final,
-            "limit": OVERFIT_LIMITS[cell], "passed": final < OVERFIT_LIMITS[cell],
-            "truth": truth, "sampled": sampled,
-            "exact": sum(a == b for a, b in zip(sampled, truth))}
+    return {
+        "model": model,
+        "state": state,
+        "rows": rows,
+        "final_loss": final,
+        "limit": OVERFIT_LIMITS[cell],
+        "passed": final < OVERFIT_LIMITS[cell],
+        "truth": truth,
+        "sampled": sampled,
+        "exact": sum(a == b for a, b in zip(sampled, truth)),
+    }

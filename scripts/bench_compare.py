@@ -8,6 +8,7 @@ OLD_CHECKOUT is a tree holding another version's captioner/ (e.g. `git worktree 
 from other processes hits both alike; the ratio new/old of the medians is printed.
 Both models start from the same parameters and must give the same loss.
 """
+
 import argparse
 import importlib
 import statistics
@@ -26,12 +27,13 @@ def import_captioner(tree, alias):
         del sys.modules[name]
     sys.path.insert(0, str(tree))
     try:
-        mods = {n: importlib.import_module(f"captioner.{n}")
-                for n in ("model", "optim", "decoding")}
+        mods = {
+            n: importlib.import_module(f"captioner.{n}") for n in ("model", "optim", "decoding")
+        }
     finally:
         sys.path.remove(str(tree))
     for name in [m for m in sys.modules if m == "captioner" or m.startswith("captioner.")]:
-        sys.modules[alias + name[len("captioner"):]] = sys.modules.pop(name)
+        sys.modules[alias + name[len("captioner") :]] = sys.modules.pop(name)
     return mods
 
 
@@ -40,7 +42,7 @@ def captions(rng, N=100, T=16, V=1004):
     caps = np.zeros((N, T + 1), dtype=np.int64)
     caps[:, 0] = 1
     for n, k in enumerate(lengths):
-        caps[n, 1:1 + k] = rng.zipf(1.3, k) % (V - 4) + 4
+        caps[n, 1 : 1 + k] = rng.zipf(1.3, k) % (V - 4) + 4
         caps[n, 1 + k] = 2
     return caps
 
@@ -53,8 +55,12 @@ def main(argv=None):
     old = import_captioner(args.old, "old_captioner")
     new = import_captioner(ROOT, "new_captioner")
     V, D, W, H = 1004, 512, 256, 512
-    w2i = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>"]
-                                      + [f"w{i}" for i in range(V - 4)])}
+    w2i = {
+        w: i
+        for i, w in enumerate(
+            ["<NULL>", "<START>", "<END>", "<UNK>"] + [f"w{i}" for i in range(V - 4)]
+        )
+    }
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((100, D)).astype(np.float32)
     caps = captions(rng)
@@ -69,6 +75,7 @@ def main(argv=None):
             _, grads = m.loss(feats, caps)
             for k, w in m.params.items():
                 m.params[k], cfg[k] = adam(w, grads[k], cfg[k])
+
         return m, step
 
     results = {}
@@ -81,22 +88,24 @@ def main(argv=None):
     for tag, mods in (("old", old), ("new", new)):
         m = mods["model"].CaptioningRNN(w2i, D, W, H, cell_type="lstm", dtype=np.float32, seed=0)
         dec[tag] = (m, mods["decoding"].beam_search)
-    results["greedy, 1000 images"] = {t: (lambda m=m: m.sample(dec_feats, max_length=16))
-                                      for t, (m, _) in dec.items()}
+    results["greedy, 1000 images"] = {
+        t: (lambda m=m: m.sample(dec_feats, max_length=16)) for t, (m, _) in dec.items()
+    }
     results["beam 3, 1000 images"] = {
         t: (lambda m=m, b=b: b(m, dec_feats, beam_size=3, max_length=16))
-        for t, (m, b) in dec.items()}
+        for t, (m, b) in dec.items()
+    }
     a, b = dec["old"][0].sample(dec_feats[:50]), dec["new"][0].sample(dec_feats[:50])
     assert np.array_equal(a, b)
 
     print(f"{'figure':28s} {'old ms':>9s} {'new ms':>9s} {'new/old':>8s}")
     for name, fns in results.items():
         for f in fns.values():
-            f()   # warm-up: buffers allocated, caches filled
+            f()  # warm-up: buffers allocated, caches filled
         times = {"old": [], "new": []}
         rounds = args.rounds if "step" in name else max(3, args.rounds // 3)
         for r in range(rounds):
-            for tag in (("old", "new") if r % 2 == 0 else ("new", "old")):
+            for tag in ("old", "new") if r % 2 == 0 else ("new", "old"):
                 t0 = time.perf_counter()
                 fns[tag]()
                 times[tag].append(time.perf_counter() - t0)

@@ -31,6 +31,7 @@ def shared():
 def toolkit():
     """pycocoevalcap, the reference implementation of the COCO metrics (extra `meteor`)."""
     import importlib.util
+
     if importlib.util.find_spec("pycocoevalcap") is None:
         _unavailable("pycocoevalcap is not installed (pip install captioner[meteor])")
 
@@ -39,6 +40,7 @@ def toolkit():
 def java(toolkit):
     """Java, which METEOR and the toolkit's PTB tokenizer run."""
     import shutil
+
     if shutil.which("java") is None:
         _unavailable("java not found")
 

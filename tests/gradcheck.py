@@ -1,4 +1,5 @@
 """Numeric gradients by centered differences, for float64 gradient checks."""
+
 import numpy as np
 
 

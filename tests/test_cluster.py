@@ -1,6 +1,7 @@
 """prepare and sweep on a real Dask cluster: a `dask scheduler` and two `dask worker`
 processes on 127.0.0.1, as a user would start them on three machines. Everything stops
 by itself (the workers die with the scheduler, the scheduler when idle)."""
+
 import contextlib
 import inspect
 import json
@@ -20,20 +21,38 @@ from captioner import prepare as P
 from captioner.errors import CaptionerError
 from helpers import assert_same_dataset, run
 
-distributed = pytest.importorskip("distributed", reason="needs the cluster extra: "
-                                  "pip install 'captioner[cluster]'")
+distributed = pytest.importorskip(
+    "distributed", reason="needs the cluster extra: pip install 'captioner[cluster]'"
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from captioner.cli import main; main()"]
-SHARDS = pytest.mark.skipif("executor" not in inspect.signature(P.prepare_dataset).parameters,
-                            reason="prepare has no shard executor yet (issue 13)")
-TRAIN = ["--hidden-dim", "16", "--wordvec-dim", "8", "--batch-size", "20", "--val-size", "20",
-         "--save-every", "1"]
+SHARDS = pytest.mark.skipif(
+    "executor" not in inspect.signature(P.prepare_dataset).parameters,
+    reason="prepare has no shard executor yet (issue 13)",
+)
+TRAIN = [
+    "--hidden-dim",
+    "16",
+    "--wordvec-dim",
+    "8",
+    "--batch-size",
+    "20",
+    "--val-size",
+    "20",
+    "--save-every",
+    "1",
+]
 
 
 def _env(cache):
-    env = dict(os.environ, CAPTIONER_CACHE=str(cache), PYTHONWARNINGS="ignore",
-               OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        CAPTIONER_CACHE=str(cache),
+        PYTHONWARNINGS="ignore",
+        OPENBLAS_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 
@@ -41,8 +60,9 @@ def _env(cache):
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """The encoder weights cache the tests share (conftest's), for the workers too."""
-    return os.environ.get("CAPTIONER_TEST_CACHE",
-                          str(tmp_path_factory.getbasetemp() / "captioner-cache"))
+    return os.environ.get(
+        "CAPTIONER_TEST_CACHE", str(tmp_path_factory.getbasetemp() / "captioner-cache")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +73,53 @@ def dask_cluster(tmp_path_factory, cache):
     dask = [sys.executable, "-m", "dask"]
     env = _env(cache)
     with open(work / "dask.log", "w") as log:
-        procs = [subprocess.Popen(dask + ["scheduler", "--host", "127.0.0.1", "--port", "0",
-                                          "--no-dashboard", "--dashboard-address",
-                                          "127.0.0.1:0", "--scheduler-file", str(info),
-                                          "--idle-timeout", "600"],
-                                  cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)]
-        procs += [subprocess.Popen(dask + ["worker", "--scheduler-file", str(info), "--host",
-                                           "127.0.0.1", "--nthreads", "1", "--no-dashboard",
-                                           "--death-timeout", "30", "--local-directory",
-                                           str(work / f"w{i}")],
-                                   cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-                  for i in range(2)]
+        procs = [
+            subprocess.Popen(
+                dask
+                + [
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-dashboard",
+                    "--dashboard-address",
+                    "127.0.0.1:0",
+                    "--scheduler-file",
+                    str(info),
+                    "--idle-timeout",
+                    "600",
+                ],
+                cwd=work,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        ]
+        procs += [
+            subprocess.Popen(
+                dask
+                + [
+                    "worker",
+                    "--scheduler-file",
+                    str(info),
+                    "--host",
+                    "127.0.0.1",
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--death-timeout",
+                    "30",
+                    "--local-directory",
+                    str(work / f"w{i}"),
+                ],
+                cwd=work,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            for i in range(2)
+        ]
         client = None
         try:
             client = distributed.Client(scheduler_file=str(info), timeout=60)
@@ -108,8 +164,15 @@ def pictures(tmp_path_factory):
 def reference(pictures, tmp_path_factory):
     """The dataset prepare writes without a cluster (one process)."""
     out = tmp_path_factory.mktemp("ref") / "data"
-    P.prepare_dataset(pictures, pictures / "captions.json", out, min_count=1, batch_size=2,
-                      progress=False, workers=1)
+    P.prepare_dataset(
+        pictures,
+        pictures / "captions.json",
+        out,
+        min_count=1,
+        batch_size=2,
+        progress=False,
+        workers=1,
+    )
     return out
 
 
@@ -126,12 +189,26 @@ class Counting(Executor):
 
 # ---------------------------------------------------------------- prepare
 
+
 @SHARDS
 def test_prepare_on_the_cluster_equals_a_local_run(dask_cluster, pictures, reference, tmp_path):
     address, _ = dask_cluster
     out = tmp_path / "data"
-    result = run("prepare", "--images", pictures, "--captions", pictures / "captions.json",
-                 "--out", out, "--min-count", 1, "--batch-size", 2, "--scheduler", address)
+    result = run(
+        "prepare",
+        "--images",
+        pictures,
+        "--captions",
+        pictures / "captions.json",
+        "--out",
+        out,
+        "--min-count",
+        1,
+        "--batch-size",
+        2,
+        "--scheduler",
+        address,
+    )
     assert result.exit_code == 0, result.output
     assert "encoded 13 images" in result.output and "skipped COCO_" in result.output
     assert_same_dataset(out, reference)
@@ -139,8 +216,9 @@ def test_prepare_on_the_cluster_equals_a_local_run(dask_cluster, pictures, refer
 
 
 @SHARDS
-def test_a_worker_killed_mid_shard_loses_and_repeats_nothing(dask_cluster, pictures, reference,
-                                                             tmp_path):
+def test_a_worker_killed_mid_shard_loses_and_repeats_nothing(
+    dask_cluster, pictures, reference, tmp_path
+):
     """kill -9 of a worker process while it encodes a shard: the scheduler gives that
     shard to another worker; each shard is still submitted once and written once."""
     address, client = dask_cluster
@@ -158,10 +236,20 @@ def test_a_worker_killed_mid_shard_loses_and_repeats_nothing(dask_cluster, pictu
 
     out = tmp_path / "data"
     from captioner import cluster
+
     with cluster.executor(address) as (pool, threads):
         counting = Counting(pool)
-        P.prepare_dataset(pictures, pictures / "captions.json", out, min_count=1, batch_size=2,
-                          progress=False, executor=counting, workers=threads, on_shard=on_shard)
+        P.prepare_dataset(
+            pictures,
+            pictures / "captions.json",
+            out,
+            min_count=1,
+            batch_size=2,
+            progress=False,
+            executor=counting,
+            workers=threads,
+            on_shard=on_shard,
+        )
     assert killed, "no worker was busy when the first shard came back"
     n_shards = 7  # 12 train pictures in shards of 2, 1 val picture
     assert sorted(counting.submitted.items()) == [(k, 1) for k in range(n_shards)]
@@ -170,16 +258,29 @@ def test_a_worker_killed_mid_shard_loses_and_repeats_nothing(dask_cluster, pictu
 
 
 @SHARDS
-def test_a_killed_client_resumes_on_the_cluster(dask_cluster, pictures, reference, tmp_path,
-                                                cache):
+def test_a_killed_client_resumes_on_the_cluster(
+    dask_cluster, pictures, reference, tmp_path, cache
+):
     """kill -9 of `captioner prepare --scheduler` once some shards are written: the same
     command finishes, redoing none of them, and writes the same dataset."""
     address, client = dask_cluster
     _ready(client)
     out = tmp_path / "data"
-    args = CLI + ["prepare", "--images", str(pictures), "--captions",
-                  str(pictures / "captions.json"), "--out", str(out), "--min-count", "1",
-                  "--batch-size", "2", "--scheduler", address]
+    args = CLI + [
+        "prepare",
+        "--images",
+        str(pictures),
+        "--captions",
+        str(pictures / "captions.json"),
+        "--out",
+        str(out),
+        "--min-count",
+        "1",
+        "--batch-size",
+        "2",
+        "--scheduler",
+        address,
+    ]
     proc = subprocess.Popen(args, env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     work, deadline = out / ".prepare", time.monotonic() + 120
     try:
@@ -202,12 +303,22 @@ def test_a_killed_client_resumes_on_the_cluster(dask_cluster, pictures, referenc
 
 # ---------------------------------------------------------------- sweep
 
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     from fixtures import build_dataset
-    return str(build_dataset(tmp_path_factory.mktemp("coco"), n_train_images=60,
-                             captions_per_image=5, n_val_images=10, feature_dim=16,
-                             vocab_size=40, seed=4))
+
+    return str(
+        build_dataset(
+            tmp_path_factory.mktemp("coco"),
+            n_train_images=60,
+            captions_per_image=5,
+            n_val_images=10,
+            feature_dim=16,
+            vocab_size=40,
+            seed=4,
+        )
+    )
 
 
 def test_sweep_on_the_cluster_survives_a_killed_worker(dask_cluster, dataset, tmp_path):
@@ -217,15 +328,42 @@ def test_sweep_on_the_cluster_survives_a_killed_worker(dask_cluster, dataset, tm
     import threading
 
     from captioner import sweep
+
     address, client = dask_cluster
     _ready(client)
     out = tmp_path / "sw"
-    base = dict(zip(sweep.RUN_KEYS, [dataset, "auto", "lstm", 4, 20, 5e-3, 0.95, "adam", 0.0,
-                                     0.0, 16, 8, None, 20, 1, 0, "loss", 0]))
+    base = dict(
+        zip(
+            sweep.RUN_KEYS,
+            [
+                dataset,
+                "auto",
+                "lstm",
+                4,
+                20,
+                5e-3,
+                0.95,
+                "adam",
+                0.0,
+                0.0,
+                16,
+                8,
+                None,
+                20,
+                1,
+                0,
+                "loss",
+                0,
+            ],
+        )
+    )
     grid = [("hidden_dim", [("16", 16), ("64", 64)])]
     done = {}
-    thread = threading.Thread(target=lambda: done.update(result=sweep.run_sweep(
-        str(out), base, grid, scheduler=address, log=lambda _: None)))
+    thread = threading.Thread(
+        target=lambda: done.update(
+            result=sweep.run_sweep(str(out), base, grid, scheduler=address, log=lambda _: None)
+        )
+    )
     thread.start()
     victim, deadline = out / "hidden-dim=64", time.monotonic() + 120
     try:
@@ -242,9 +380,21 @@ def test_sweep_on_the_cluster_survives_a_killed_worker(dask_cluster, dataset, tm
     assert not failed and [r["status"] for r in rows] == ["finished"] * 2
     assert "resuming" in (victim / "train.log").read_text()
     ref = tmp_path / "ref"
-    r = run("train", "--data", dataset, *TRAIN, "--epochs", 4, "--hidden-dim", 64, "--lr", 5e-3,
-            "--quiet",
-            "--out", ref)
+    r = run(
+        "train",
+        "--data",
+        dataset,
+        *TRAIN,
+        "--epochs",
+        4,
+        "--hidden-dim",
+        64,
+        "--lr",
+        5e-3,
+        "--quiet",
+        "--out",
+        ref,
+    )
     assert r.exit_code == 0, r.output
     with np.load(victim / "last.npz") as a, np.load(ref / "last.npz") as b:
         for k in a.files:
@@ -254,8 +404,10 @@ def test_sweep_on_the_cluster_survives_a_killed_worker(dask_cluster, dataset, tm
 
 def test_unreachable_scheduler_is_one_line_within_the_timeout(tmp_path, monkeypatch):
     from captioner import cluster
+
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 1)
     import socket
+
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -263,8 +415,17 @@ def test_unreachable_scheduler_is_one_line_within_the_timeout(tmp_path, monkeypa
         with cluster.executor(f"tcp://127.0.0.1:{port}"):
             pass
     for address in (f"tcp://127.0.0.1:{port}", "no-port-here"):
-        r = run("sweep", "--data", tmp_path, "--grid", "cell=rnn", "--out", tmp_path / "sw",
-                "--scheduler", address)
+        r = run(
+            "sweep",
+            "--data",
+            tmp_path,
+            "--grid",
+            "cell=rnn",
+            "--out",
+            tmp_path / "sw",
+            "--scheduler",
+            address,
+        )
         assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
         assert r.output.startswith(f"captioner: error: {address}: cannot reach a Dask scheduler")
         assert not (tmp_path / "sw").exists()  # nothing written before the scheduler answers
@@ -272,6 +433,7 @@ def test_unreachable_scheduler_is_one_line_within_the_timeout(tmp_path, monkeypa
 
 def test_missing_dask_names_the_extra(monkeypatch):
     from captioner import cluster
+
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
     with pytest.raises(CaptionerError, match=r"captioner\[cluster\]"):
         with cluster.executor("local"):
@@ -279,12 +441,19 @@ def test_missing_dask_names_the_extra(monkeypatch):
 
 
 def test_without_scheduler_dask_is_not_imported(tmp_path):
-    code = ("import sys; from captioner.cli import main\n"
-            "try: main(['sweep', '--summary', sys.argv[1]])\n"
-            "except SystemExit: pass\n"
-            "assert 'distributed' not in sys.modules and 'dask' not in sys.modules\n")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=_env(tmp_path),
-                       capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys; from captioner.cli import main\n"
+        "try: main(['sweep', '--summary', sys.argv[1]])\n"
+        "except SystemExit: pass\n"
+        "assert 'distributed' not in sys.modules and 'dask' not in sys.modules\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -292,24 +461,54 @@ def test_local_cluster_workers_and_their_environment(dataset, tmp_path):
     """--scheduler local: worker processes on 127.0.0.1 with one BLAS thread and without
     Dask's MALLOC_TRIM_THRESHOLD_ (see captioner.cluster); a sweep runs through it."""
     from captioner import cluster
+
     def no_captioner():
         raise ModuleNotFoundError("No module named 'captioner'", name="captioner")
 
     with pytest.raises(CaptionerError, match="install captioner on every worker"):
         with cluster.client("local", n_workers=2) as c:
-            env = c.run(lambda: (os.environ.get("OPENBLAS_NUM_THREADS"),
-                                 os.environ.get("MALLOC_TRIM_THRESHOLD_")))
+            env = c.run(
+                lambda: (
+                    os.environ.get("OPENBLAS_NUM_THREADS"),
+                    os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                )
+            )
             assert len(env) == 2 and all(a.startswith("tcp://127.0.0.1:") for a in env)
             assert set(env.values()) == {("1", None)}
             c.submit(no_captioner).result()  # what a worker without captioner raises
-    r = run("sweep", "--data", dataset, *TRAIN, "--epochs", 1, "--grid", "cell=rnn,lstm",
-            "--scheduler", "local", "--parallel", 2, "--out", tmp_path / "sw")
+    r = run(
+        "sweep",
+        "--data",
+        dataset,
+        *TRAIN,
+        "--epochs",
+        1,
+        "--grid",
+        "cell=rnn,lstm",
+        "--scheduler",
+        "local",
+        "--parallel",
+        2,
+        "--out",
+        tmp_path / "sw",
+    )
     assert r.exit_code == 0, r.output
     assert r.output.count("finished") == 2 and "[2/2]" in r.output
 
 
 def test_prepare_workers_go_with_a_local_scheduler(pictures, tmp_path):
-    r = run("prepare", "--images", pictures, "--captions", pictures / "captions.json", "--out",
-            tmp_path / "data", "--workers", 2, "--scheduler", "tcp://127.0.0.1:1")
+    r = run(
+        "prepare",
+        "--images",
+        pictures,
+        "--captions",
+        pictures / "captions.json",
+        "--out",
+        tmp_path / "data",
+        "--workers",
+        2,
+        "--scheduler",
+        "tcp://127.0.0.1:1",
+    )
     assert r.exit_code == 2 and "--workers goes with --scheduler local" in r.output
     assert not (tmp_path / "data").exists()

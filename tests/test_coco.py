@@ -4,6 +4,7 @@ The zips are small but in the real layout, built from the 13 real COCO pictures 
 captions in ../shared/coco/images: train2014.zip, val2014.zip, annotations_trainval2014.zip
 and caption_datasets.zip (Karpathy's dataset_coco.json).
 """
+
 import io
 import json
 import os
@@ -22,8 +23,12 @@ from fileserver import serving
 from helpers import assert_same_dataset, run
 
 # Karpathy split of the 13 pictures (sorted by name): which folder and split each gets.
-PLAN = [("train2014", "train")] * 5 + [("val2014", "restval")] * 2 + \
-       [("val2014", "val")] * 3 + [("val2014", "test")] * 3
+PLAN = (
+    [("train2014", "train")] * 5
+    + [("val2014", "restval")] * 2
+    + [("val2014", "val")] * 3
+    + [("val2014", "test")] * 3
+)
 BROKEN = "val2014/COCO_val2014_000000999999.jpg"  # in the zip, listed as train, not a JPEG
 
 
@@ -54,18 +59,42 @@ def build_release(shared, folder, karpathy_extra=(), member_extra=()):
         cocoid = by_name[pic.name]
         file = f"COCO_{zfolder}_{cocoid:012d}.jpg"
         members[zfolder][f"{zfolder}/{file}"] = _jpeg(pic)
-        sents = [{"raw": c, "tokens": c.lower().split(), "imgid": k, "sentid": 5 * k + j}
-                 for j, c in enumerate(caps[cocoid])]
-        kimages.append({"filepath": zfolder, "filename": file, "cocoid": cocoid, "split": split,
-                        "sentids": [s["sentid"] for s in sents], "sentences": sents, "imgid": k})
+        sents = [
+            {"raw": c, "tokens": c.lower().split(), "imgid": k, "sentid": 5 * k + j}
+            for j, c in enumerate(caps[cocoid])
+        ]
+        kimages.append(
+            {
+                "filepath": zfolder,
+                "filename": file,
+                "cocoid": cocoid,
+                "split": split,
+                "sentids": [s["sentid"] for s in sents],
+                "sentences": sents,
+                "imgid": k,
+            }
+        )
         imgs, anns = official[zfolder]
-        imgs.append({"id": cocoid, "file_name": file,
-                     "coco_url": f"http://images.cocodataset.org/{zfolder}/{file}"})
+        imgs.append(
+            {
+                "id": cocoid,
+                "file_name": file,
+                "coco_url": f"http://images.cocodataset.org/{zfolder}/{file}",
+            }
+        )
         anns += [{"id": len(anns), "image_id": cocoid, "caption": c} for c in caps[cocoid]]
     members["val2014"][BROKEN] = b"\xff\xd8\xff\xe0 this is not really a JPEG" * 20
-    kimages.append({"filepath": "val2014", "filename": BROKEN.split("/")[1], "cocoid": 999999,
-                    "split": "train", "sentids": [], "imgid": 13,
-                    "sentences": [{"raw": "A broken picture of a cat."}]})
+    kimages.append(
+        {
+            "filepath": "val2014",
+            "filename": BROKEN.split("/")[1],
+            "cocoid": 999999,
+            "split": "train",
+            "sentids": [],
+            "imgid": 13,
+            "sentences": [{"raw": "A broken picture of a cat."}],
+        }
+    )
     kimages += list(karpathy_extra)
     for zname, name, blob in member_extra:
         members[zname][name] = blob
@@ -81,11 +110,17 @@ def build_release(shared, folder, karpathy_extra=(), member_extra=()):
 
     for zfolder in members:
         files[f"{zfolder}.zip"] = zipped({f"{zfolder}/": b"", **members[zfolder]})
-    files["annotations_trainval2014.zip"] = zipped({
-        f"annotations/captions_{z}.json": json.dumps({"info": {}, "images": i, "annotations": a})
-        for z, (i, a) in official.items()})
-    files["caption_datasets.zip"] = zipped({"dataset_coco.json": json.dumps(
-        {"dataset": "coco", "images": kimages})})
+    files["annotations_trainval2014.zip"] = zipped(
+        {
+            f"annotations/captions_{z}.json": json.dumps(
+                {"info": {}, "images": i, "annotations": a}
+            )
+            for z, (i, a) in official.items()
+        }
+    )
+    files["caption_datasets.zip"] = zipped(
+        {"dataset_coco.json": json.dumps({"dataset": "coco", "images": kimages})}
+    )
     folder.mkdir(parents=True, exist_ok=True)
     for name, blob in files.items():
         (folder / name).write_bytes(blob)
@@ -116,6 +151,7 @@ def mirror(release):
 
 # ----------------------------------------------------------------------------- download
 
+
 def test_download_from_a_mirror_checks_and_resumes(tmp_path, mirror, release):
     dest = tmp_path / "coco2014"
     dest.mkdir()
@@ -136,8 +172,7 @@ def test_download_from_a_mirror_checks_and_resumes(tmp_path, mirror, release):
 
 def test_download_states_the_disk_space_it_needs(tmp_path, mirror, monkeypatch):
     real = shutil.disk_usage
-    monkeypatch.setattr(download.shutil, "disk_usage",
-                        lambda p: real(p)._replace(free=1000))
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
     with pytest.raises(CaptionerError, match=r"need 0\.\d+ GB more and only 0\.0 GB are free"):
         download.download_coco_images(tmp_path / "d", mirror=mirror.url, progress=False)
     assert os.listdir(tmp_path / "d") == []
@@ -150,12 +185,17 @@ def _bad_zips():
             for name, blob in entries.items():
                 zf.writestr(name, blob)
         return buf.getvalue()
+
     return {
         "not a zip": (b"<html>404 not found</html>" * 50, "not a valid zip file"),
-        "unsafe member": (zipped({"dataset_coco.json": "{}", "../evil.sh": "rm -rf ~"}),
-                          r"refusing unsafe member '\.\./evil\.sh'"),
-        "absolute member": (zipped({"dataset_coco.json": "{}", "/etc/cron.d/x": "x"}),
-                            "refusing unsafe member '/etc/cron.d/x' .absolute path"),
+        "unsafe member": (
+            zipped({"dataset_coco.json": "{}", "../evil.sh": "rm -rf ~"}),
+            r"refusing unsafe member '\.\./evil\.sh'",
+        ),
+        "absolute member": (
+            zipped({"dataset_coco.json": "{}", "/etc/cron.d/x": "x"}),
+            "refusing unsafe member '/etc/cron.d/x' .absolute path",
+        ),
         "missing file": (zipped({"readme.txt": "hello"}), "no dataset_coco.json"),
     }
 
@@ -169,13 +209,16 @@ def test_download_refuses_a_bad_zip_and_installs_nothing(tmp_path, mirror, case)
         download.download_coco_images(dest, mirror=mirror.url, progress=False)
     assert e.value.exit_code == 2
     # the earlier files are installed (checked); the bad one neither installed nor kept
-    assert sorted(os.listdir(dest)) == ["annotations_trainval2014.zip", "train2014.zip",
-                                        "val2014.zip"]
+    assert sorted(os.listdir(dest)) == [
+        "annotations_trainval2014.zip",
+        "train2014.zip",
+        "val2014.zip",
+    ]
 
 
 def test_a_truncated_or_foreign_zip_in_place_is_refused(tmp_path, release):
     good = release[1]["train2014.zip"]
-    (tmp_path / "train2014.zip").write_bytes(good[:len(good) - 100])  # its directory is cut off
+    (tmp_path / "train2014.zip").write_bytes(good[: len(good) - 100])  # its directory is cut off
     with pytest.raises(CaptionerError, match=r"train2014\.zip: not a valid zip file, or trunc"):
         coco.check_zip(str(tmp_path / "train2014.zip"))
     (tmp_path / "train2014.zip").write_bytes(release[1]["val2014.zip"])  # wrong folder inside
@@ -188,29 +231,38 @@ def test_a_truncated_or_foreign_zip_in_place_is_refused(tmp_path, release):
 
 # ----------------------------------------------------------------------------- prepare --coco
 
+
 def test_karpathy_split_from_the_zips(release, tmp_path):
-    s = P.prepare_coco(release[0], tmp_path / "w1", workers=1, batch_size=4, min_count=1,
-                       progress=False)
+    s = P.prepare_coco(
+        release[0], tmp_path / "w1", workers=1, batch_size=4, min_count=1, progress=False
+    )
     assert (s["train"]["images"], s["val"]["images"], s["test"]["images"]) == (7, 3, 3)
     assert s["skipped"] == [(BROKEN, s["skipped"][0][1])]  # undecodable: listed, not fatal
     assert "val2014.zip:" + BROKEN in s["skipped"][0][1]
     d = load_coco_data(tmp_path / "w1", splits=("train", "val", "test"))
-    names = [n for _, n in zip(PLAN, sorted(
-        d["train_images"] + d["val_images"] + d["test_images"], key=lambda n: n[-16:]))]
+    names = [
+        n
+        for _, n in zip(
+            PLAN,
+            sorted(d["train_images"] + d["val_images"] + d["test_images"], key=lambda n: n[-16:]),
+        )
+    ]
     assert len(names) == 13
     assert all(n.startswith(("train2014/COCO_train2014_", "val2014/COCO_val2014_")) for n in names)
     assert d["test_urls"] == [f"http://images.cocodataset.org/{n}" for n in d["test_images"]]
     assert d["test_features"].shape == (3, 2048) and len(d["test_captions"]) == 15
     # workers 2 through real processes: the same dataset, bit for bit
-    s2 = P.prepare_coco(release[0], tmp_path / "w2", workers=2, batch_size=4, min_count=1,
-                        progress=False)
+    s2 = P.prepare_coco(
+        release[0], tmp_path / "w2", workers=2, batch_size=4, min_count=1, progress=False
+    )
     assert s2["workers"] == 2 and s2["skipped"] == s["skipped"]
     assert_same_dataset(tmp_path / "w1", tmp_path / "w2")
 
 
 def test_official_split_from_the_annotations(release, tmp_path):
-    s = P.prepare_coco(release[0], tmp_path / "o", split="official", workers=1, min_count=1,
-                       progress=False)
+    s = P.prepare_coco(
+        release[0], tmp_path / "o", split="official", workers=1, min_count=1, progress=False
+    )
     assert (s["train"]["images"], s["val"]["images"]) == (5, 8) and "test" not in s
     d = load_coco_data(tmp_path / "o")
     assert all(n.startswith("train2014/") for n in d["train_images"])
@@ -218,33 +270,70 @@ def test_official_split_from_the_annotations(release, tmp_path):
 
 
 def test_karpathy_file_naming_pictures_not_in_the_zips_is_refused(shared, tmp_path):
-    ghost = {"filepath": "train2014", "filename": "COCO_train2014_000000000001.jpg",
-             "split": "test", "sentences": [{"raw": "A ghost."}]}
+    ghost = {
+        "filepath": "train2014",
+        "filename": "COCO_train2014_000000000001.jpg",
+        "split": "test",
+        "sentences": [{"raw": "A ghost."}],
+    }
     build_release(shared, tmp_path / "r", karpathy_extra=[ghost])
-    with pytest.raises(CaptionerError, match=r"caption_datasets\.zip: 1 of its pictures are not "
-                                             r"in the zips \(first: train2014/COCO_train2014_0+1"):
+    with pytest.raises(
+        CaptionerError,
+        match=r"caption_datasets\.zip: 1 of its pictures are not "
+        r"in the zips \(first: train2014/COCO_train2014_0+1",
+    ):
         P.prepare_coco(tmp_path / "r", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("doc, message", [
-    ([1, 2], "no 'images' list"),
-    ({"images": [{"filepath": "test2015", "filename": "x.jpg", "split": "train",
-                  "sentences": []}]},
-     r"images\[0\]: 'filepath' must be train2014 or val2014"),
-    ({"images": [{"filepath": "val2014", "filename": "x.jpg", "split": "dev", "sentences": []}]},
-     r"images\[0\]: 'split' 'dev' is not one of"),
-    ({"images": [{"filepath": "val2014", "filename": "x.jpg", "split": "val",
-                  "sentences": ["hi"]}]},
-     r"images\[0\]: 'sentences' must be a list"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ([1, 2], "no 'images' list"),
+        (
+            {
+                "images": [
+                    {
+                        "filepath": "test2015",
+                        "filename": "x.jpg",
+                        "split": "train",
+                        "sentences": [],
+                    }
+                ]
+            },
+            r"images\[0\]: 'filepath' must be train2014 or val2014",
+        ),
+        (
+            {
+                "images": [
+                    {"filepath": "val2014", "filename": "x.jpg", "split": "dev", "sentences": []}
+                ]
+            },
+            r"images\[0\]: 'split' 'dev' is not one of",
+        ),
+        (
+            {
+                "images": [
+                    {
+                        "filepath": "val2014",
+                        "filename": "x.jpg",
+                        "split": "val",
+                        "sentences": ["hi"],
+                    }
+                ]
+            },
+            r"images\[0\]: 'sentences' must be a list",
+        ),
+    ],
+)
 def test_bad_karpathy_file_is_refused(release, tmp_path, doc, message):
     folder = tmp_path / "r"
     shutil.copytree(release[0], folder)
     with zipfile.ZipFile(folder / "caption_datasets.zip", "w") as zf:
         zf.writestr("dataset_coco.json", json.dumps(doc))
-    with pytest.raises(CaptionerError,
-                       match=rf"caption_datasets\.zip:dataset_coco\.json: {message}"):
+    with pytest.raises(
+        CaptionerError, match=rf"caption_datasets\.zip:dataset_coco\.json: {message}"
+    ):
         P.prepare_coco(folder, tmp_path / "out", progress=False)
 
 
@@ -254,20 +343,36 @@ def test_bad_coco_annotations_are_refused(release, tmp_path):
     with zipfile.ZipFile(folder / "annotations_trainval2014.zip", "w") as zf:
         zf.writestr("annotations/captions_train2014.json", json.dumps({"images": []}))
         zf.writestr("annotations/captions_val2014.json", "{not json")
-    with pytest.raises(CaptionerError, match=r"annotations_trainval2014\.zip:annotations/"
-                                             r"captions_train2014\.json: no 'annotations' list"):
+    with pytest.raises(
+        CaptionerError,
+        match=r"annotations_trainval2014\.zip:annotations/"
+        r"captions_train2014\.json: no 'annotations' list",
+    ):
         P.prepare_coco(folder, tmp_path / "out", split="official", progress=False)
 
 
 def test_unsafe_names_in_the_karpathy_file_are_skipped_with_the_reason(shared, tmp_path):
     """Issue 14, class 6, for zips: names that would break *_images.txt or leave the folder."""
     pic = (shared / "coco" / "images" / "COCO_val2014_000000027440.jpg").read_bytes()
-    odd = ["COCO_val2014_0000000000\n1.jpg", "COCO_val2014_0000000000\u20282.jpg",
-           "../val2014/COCO_val2014_000000000003.jpg"]
-    build_release(shared, tmp_path / "r",
-                  karpathy_extra=[{"filepath": "val2014", "filename": f, "split": "train",
-                                   "sentences": [{"raw": "A cat on a bed."}]} for f in odd],
-                  member_extra=[("val2014", f"val2014/{f}", pic) for f in odd[:2]])
+    odd = [
+        "COCO_val2014_0000000000\n1.jpg",
+        "COCO_val2014_0000000000\u20282.jpg",
+        "../val2014/COCO_val2014_000000000003.jpg",
+    ]
+    build_release(
+        shared,
+        tmp_path / "r",
+        karpathy_extra=[
+            {
+                "filepath": "val2014",
+                "filename": f,
+                "split": "train",
+                "sentences": [{"raw": "A cat on a bed."}],
+            }
+            for f in odd
+        ],
+        member_extra=[("val2014", f"val2014/{f}", pic) for f in odd[:2]],
+    )
     s = P.prepare_coco(tmp_path / "r", tmp_path / "out", workers=1, min_count=1, progress=False)
     why = dict(s["skipped"])
     assert "line break" in why[f"val2014/{odd[0]}"] and "line break" in why[f"val2014/{odd[1]}"]
@@ -300,6 +405,7 @@ def test_interrupted_coco_prepare_resumes_to_the_same_dataset(release, tmp_path)
 
 
 # ----------------------------------------------------------------------------- issue 14, class 9
+
 
 def _colour_pictures(folder, colours):
     folder.mkdir(exist_ok=True)
@@ -368,14 +474,24 @@ def test_resume_notices_a_zip_member_replaced_in_between(shared, release, tmp_pa
 
 # ----------------------------------------------------------------------------- issue 14, class 6
 
+
 def test_file_names_outside_the_folder_or_unsafe_are_skipped(tmp_path):
     """Names are checked once, when the annotations are read; nothing outside is opened."""
     ann = _colour_pictures(tmp_path / "img", [(200, 0, 0), (0, 200, 0), (0, 0, 200)])
     Image.new("RGB", (40, 40), (9, 9, 9)).save(tmp_path / "secret.png")  # outside --images
     os.symlink(tmp_path / "secret.png", tmp_path / "img" / "link.png")
     doc = json.loads(ann.read_text())
-    bad = ["../secret.png", str(tmp_path / "secret.png"), "link.png", "p\x000.png",
-           "p\n1.png", "p\x851.png", "p\u20282.png", "p\x0c2.png", "\udc80.png"]
+    bad = [
+        "../secret.png",
+        str(tmp_path / "secret.png"),
+        "link.png",
+        "p\x000.png",
+        "p\n1.png",
+        "p\x851.png",
+        "p\u20282.png",
+        "p\x0c2.png",
+        "\udc80.png",
+    ]
     for k, name in enumerate(bad):
         doc["images"].append({"id": 100 + k, "file_name": name})
         doc["annotations"].append({"id": 100 + k, "image_id": 100 + k, "caption": "a dark square"})
@@ -385,16 +501,24 @@ def test_file_names_outside_the_folder_or_unsafe_are_skipped(tmp_path):
     real = P.shards.open_picture
     P.shards.open_picture = lambda ref: opened.append(ref) or real(ref)
     try:
-        s = P.prepare_dataset(tmp_path / "img", ann, tmp_path / "out", val_fraction=0.5,
-                              min_count=1, workers=1, progress=False)
+        s = P.prepare_dataset(
+            tmp_path / "img",
+            ann,
+            tmp_path / "out",
+            val_fraction=0.5,
+            min_count=1,
+            workers=1,
+            progress=False,
+        )
     finally:
         P.shards.open_picture = real
     why = dict(s["skipped"])
     assert sorted(why) == sorted(bad + ["p0.png"])
     assert "'..'" in why["../secret.png"] and "absolute path" in why[str(tmp_path / "secret.png")]
     assert "outside the pictures folder" in why["link.png"] and "NUL" in why["p\x000.png"]
-    assert all("line break" in why[n] for n in ["p\n1.png", "p\x851.png", "p\u20282.png",
-                                                "p\x0c2.png"])
+    assert all(
+        "line break" in why[n] for n in ["p\n1.png", "p\x851.png", "p\u20282.png", "p\x0c2.png"]
+    )
     assert "coco_url contains a line break" in why["p0.png"] and "Unicode" in why["\udc80.png"]
     assert sorted(os.path.basename(r) for r in opened) == ["p1.png", "p2.png"]
     for split in ("train", "val"):
@@ -409,32 +533,79 @@ def test_cli_lists_unsafe_names_quoted_on_one_line(tmp_path):
     doc["images"].append({"id": 9, "file_name": "a\nb.png"})
     doc["annotations"].append({"id": 9, "image_id": 9, "caption": "odd"})
     ann.write_text(json.dumps(doc))
-    result = run("prepare", "--images", tmp_path / "img", "--captions", ann,
-                 "--out", tmp_path / "o", "--min-count", 1, "--val-fraction", 0.5, "--workers", 1)
+    result = run(
+        "prepare",
+        "--images",
+        tmp_path / "img",
+        "--captions",
+        ann,
+        "--out",
+        tmp_path / "o",
+        "--min-count",
+        1,
+        "--val-fraction",
+        0.5,
+        "--workers",
+        1,
+    )
     assert result.exit_code == 0, result.output
     assert "  skipped 'a\\nb.png': file name contains a line break" in result.output
 
 
 # ----------------------------------------------------------------------------- end to end
 
-def test_download_prepare_train_evaluate_test_split_and_sample(tmp_path, mirror, shared,
-                                                               monkeypatch):
+
+def test_download_prepare_train_evaluate_test_split_and_sample(
+    tmp_path, mirror, shared, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     r = run("download", "--images", "--dest", "coco", "--mirror", mirror.url)
     assert r.exit_code == 0, r.output
     assert "ready in coco" in r.output
-    r = run("prepare", "--coco", "coco", "--out", "ds", "--min-count", 1, "--batch-size", 4,
-            "--workers", 2)
+    r = run(
+        "prepare",
+        "--coco",
+        "coco",
+        "--out",
+        "ds",
+        "--min-count",
+        1,
+        "--batch-size",
+        4,
+        "--workers",
+        2,
+    )
     assert r.exit_code == 0, r.output
     assert "  test: 3 images, 15 captions" in r.output and "with 2 worker(s)" in r.output
     assert f"  skipped {BROKEN}: " in r.output
     r = run("info", "--data", "ds")
     assert "  test: 15 captions of 3 images" in r.output, r.output
-    r = run("train", "--data", "ds", "--epochs", 2, "--hidden-dim", 16, "--wordvec-dim", 8,
-            "--batch-size", 20, "--quiet", "--out", "runs/tiny")
+    r = run(
+        "train",
+        "--data",
+        "ds",
+        "--epochs",
+        2,
+        "--hidden-dim",
+        16,
+        "--wordvec-dim",
+        8,
+        "--batch-size",
+        20,
+        "--quiet",
+        "--out",
+        "runs/tiny",
+    )
     assert r.exit_code == 0, r.output
-    r = run("evaluate", "--checkpoint", "runs/tiny/best.npz", "--split", "test", "--no-meteor",
-            "--json")
+    r = run(
+        "evaluate",
+        "--checkpoint",
+        "runs/tiny/best.npz",
+        "--split",
+        "test",
+        "--no-meteor",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     scores = json.loads(r.output)["scores"]
     assert set(scores) >= {"Bleu_4", "CIDEr", "ROUGE_L"}
@@ -448,10 +619,23 @@ def test_download_prepare_train_evaluate_test_split_and_sample(tmp_path, mirror,
 
 
 def test_an_official_dataset_has_no_test_split(release, tmp_path):
-    P.prepare_coco(release[0], tmp_path / "o", split="official", workers=1, min_count=1,
-                   progress=False)
-    r = run("train", "--data", tmp_path / "o", "--epochs", 1, "--hidden-dim", 8,
-            "--wordvec-dim", 8, "--quiet", "--out", tmp_path / "run")
+    P.prepare_coco(
+        release[0], tmp_path / "o", split="official", workers=1, min_count=1, progress=False
+    )
+    r = run(
+        "train",
+        "--data",
+        tmp_path / "o",
+        "--epochs",
+        1,
+        "--hidden-dim",
+        8,
+        "--wordvec-dim",
+        8,
+        "--quiet",
+        "--out",
+        tmp_path / "run",
+    )
     assert r.exit_code == 0, r.output
     r = run("evaluate", "--checkpoint", tmp_path / "run" / "best.npz", "--split", "test")
     assert r.exit_code == 2
@@ -468,8 +652,10 @@ def test_prepare_usage_errors():
 
 # ----------------------------------------------------------------------------- BLAS threads
 
+
 def test_blas_thread_count_decides_where_one_worker_runs(monkeypatch):
     from captioner import shards
+
     for var in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(shards.os, "cpu_count", lambda: 2)
@@ -490,20 +676,40 @@ def test_one_worker_with_multithreaded_blas_gives_the_bits_of_two(release, tmp_p
     process whose BLAS has all cores must still give the bits of the 2-worker run."""
     import subprocess
     import sys
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    }
     env["PYTHONPATH"] = str(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for workers in (1, 2):
-        r = subprocess.run([sys.executable, "-c", "from captioner.cli import main; main()",
-                            "prepare", "--coco", str(release[0]),
-                            "--out", str(tmp_path / f"w{workers}"),
-                            "--min-count", "1", "--workers", str(workers)],
-                           env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from captioner.cli import main; main()",
+                "prepare",
+                "--coco",
+                str(release[0]),
+                "--out",
+                str(tmp_path / f"w{workers}"),
+                "--min-count",
+                "1",
+                "--workers",
+                str(workers),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-500:]
     assert_same_dataset(tmp_path / "w1", tmp_path / "w2")
 
 
 # ----------------------------------------------------------------------------- kill -9
+
 
 def _children(pid):
     """PIDs whose parent is pid (from /proc)."""
@@ -523,6 +729,7 @@ def _children(pid):
 def _poll(condition, proc=None, timeout=60):
     """Poll until condition() is true; False if `proc` ended first."""
     import time
+
     deadline = time.monotonic() + timeout
     while not condition():
         if proc is not None and proc.poll() is not None:
@@ -538,16 +745,36 @@ def test_prepare_coco_killed_with_workers_leaves_no_worker_and_resumes(release, 
     import signal
     import subprocess
     import sys
+
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    cmd = [sys.executable, "-c", "from captioner.cli import main; main()", "prepare", "--coco",
-           str(release[0]), "--min-count", "1", "--batch-size", "1", "--workers", "2", "--out"]
-    once = subprocess.run(cmd + [str(tmp_path / "once")], env=env, capture_output=True,
-                          text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-c",
+        "from captioner.cli import main; main()",
+        "prepare",
+        "--coco",
+        str(release[0]),
+        "--min-count",
+        "1",
+        "--batch-size",
+        "1",
+        "--workers",
+        "2",
+        "--out",
+    ]
+    once = subprocess.run(
+        cmd + [str(tmp_path / "once")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert once.returncode == 0, once.stderr[-500:]
     work = tmp_path / "b" / P.WORK_DIR
     chunks = lambda: len(list(work.glob("chunk_*.npz"))) if work.is_dir() else 0  # noqa: E731
-    proc = subprocess.Popen(cmd + [str(tmp_path / "b")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd + [str(tmp_path / "b")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert _poll(lambda: chunks() >= 2, proc), "finished before it could be killed"
         workers = _children(proc.pid)
@@ -556,8 +783,9 @@ def test_prepare_coco_killed_with_workers_leaves_no_worker_and_resumes(release, 
         out, err = proc.communicate(timeout=60)  # returns once no worker holds the pipes
     assert "Traceback" not in out + err
     assert workers and _poll(lambda: not any(_alive(w) for w in workers))
-    r = subprocess.run(cmd + [str(tmp_path / "b")], env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        cmd + [str(tmp_path / "b")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-500:]
     resumed = int(r.stdout.split(" resumed)")[0].rsplit("(", 1)[1])
     assert 2 <= resumed < 14

@@ -1,4 +1,5 @@
 """`captioner compare`: runs trained exactly as `train` would, one table, resumable."""
+
 import json
 import os
 import shutil
@@ -10,8 +11,21 @@ from captioner import checkpoint
 from fixtures import build_dataset
 from helpers import run
 
-TINY = ["--hidden-dim", 6, "--wordvec-dim", 5, "--batch-size", 10, "--val-size", 10,
-        "--quiet", "--count", 25, "--lr", 5e-3]
+TINY = [
+    "--hidden-dim",
+    6,
+    "--wordvec-dim",
+    5,
+    "--batch-size",
+    10,
+    "--val-size",
+    10,
+    "--quiet",
+    "--count",
+    25,
+    "--lr",
+    5e-3,
+]
 
 
 def params(path):
@@ -27,9 +41,15 @@ def assert_same_params(a, b):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return build_dataset(tmp_path_factory.mktemp("cmp") / "data", n_train_images=10,
-                         captions_per_image=3, n_val_images=6, feature_dim=8, vocab_size=40,
-                         seed=4)
+    return build_dataset(
+        tmp_path_factory.mktemp("cmp") / "data",
+        n_train_images=10,
+        captions_per_image=3,
+        n_val_images=6,
+        feature_dim=8,
+        vocab_size=40,
+        seed=4,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +63,32 @@ def reference(data, tmp_path_factory):
 
 def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
     out, output = reference
-    assert sorted(os.listdir(out)) == ["compare-loss.png", "compare.json", "gradients.json",
-                                       "gradients.png", "lstm", "rnn"]
+    assert sorted(os.listdir(out)) == [
+        "compare-loss.png",
+        "compare.json",
+        "gradients.json",
+        "gradients.png",
+        "lstm",
+        "rnn",
+    ]
     # each run is the run `captioner train` makes with the same options
     for cell in ("rnn", "lstm"):
         alone = tmp_path / cell
-        result = run("train", "--data", data, *TINY[:-4], "--quiet", "--lr", 5e-3, "--epochs", 2,
-                     "--cell", cell, "--out", alone)
+        result = run(
+            "train",
+            "--data",
+            data,
+            *TINY[:-4],
+            "--quiet",
+            "--lr",
+            5e-3,
+            "--epochs",
+            2,
+            "--cell",
+            cell,
+            "--out",
+            alone,
+        )
         assert result.exit_code == 0, result.output
         assert_same_params(out / cell / "last.npz", alone / "last.npz")
     plan = json.loads((out / "compare.json").read_text())
@@ -68,8 +107,14 @@ def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
     assert "rnn train" in output and "lstm val" in output
     for r in res:
         assert f"{r['epochs'][1]['val_loss']:.4f}" in output
-    for label in ("BLEU-4", "CIDEr-D", "time per training step", "parameters",
-                  "gradient gain per step", "forget gate mean"):
+    for label in (
+        "BLEU-4",
+        "CIDEr-D",
+        "time per training step",
+        "parameters",
+        "gradient gain per step",
+        "forget gate mean",
+    ):
         assert label in output
 
 
@@ -78,7 +123,7 @@ def test_compare_resumes_to_the_same_result(data, reference, tmp_path):
     out = tmp_path / "cmp"
     result = run("compare", "--data", data, *TINY, "--epochs", 1, "--out", out)
     assert result.exit_code == 0, result.output
-    result = run("compare", "--resume", out, "--epochs", 2, "--quiet")      # extends every run
+    result = run("compare", "--resume", out, "--epochs", 2, "--quiet")  # extends every run
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output
     for cell in ("rnn", "lstm"):
@@ -97,20 +142,43 @@ def test_compare_resumes_to_the_same_result(data, reference, tmp_path):
 
 def test_weight_decays_and_refusals(data, reference, tmp_path, monkeypatch):
     out = tmp_path / "wd"
-    result = run("compare", "--data", data, *TINY, "--epochs", 1, "--out", out, "--cell", "lstm",
-                 "--weight-decay", 0, "--weight-decay", 0.01)
+    result = run(
+        "compare",
+        "--data",
+        data,
+        *TINY,
+        "--epochs",
+        1,
+        "--out",
+        out,
+        "--cell",
+        "lstm",
+        "--weight-decay",
+        0,
+        "--weight-decay",
+        0.01,
+    )
     assert result.exit_code == 0, result.output
-    assert sorted(os.listdir(out)) == ["compare-loss.png", "compare.json", "gradients.json",
-                                       "gradients.png", "lstm-wd0", "lstm-wd0.01"]
-    decays = [json.loads((out / n / "history.json").read_text())["settings"]["weight_decay"]
-              for n in ("lstm-wd0", "lstm-wd0.01")]
+    assert sorted(os.listdir(out)) == [
+        "compare-loss.png",
+        "compare.json",
+        "gradients.json",
+        "gradients.png",
+        "lstm-wd0",
+        "lstm-wd0.01",
+    ]
+    decays = [
+        json.loads((out / n / "history.json").read_text())["settings"]["weight_decay"]
+        for n in ("lstm-wd0", "lstm-wd0.01")
+    ]
     assert decays == [0.0, 0.01]
     ref, _ = reference
     monkeypatch.chdir(tmp_path)
     for args, name, why in [
-            (["--data", data, "--out", ref], str(ref), "already holds a comparison"),
-            (["--resume", data], "compare.json", "not found"),
-            (["--data", data, "--plot", tmp_path / "no" / "p.png"], "p.png", "does not exist")]:
+        (["--data", data, "--out", ref], str(ref), "already holds a comparison"),
+        (["--resume", data], "compare.json", "not found"),
+        (["--data", data, "--plot", tmp_path / "no" / "p.png"], "p.png", "does not exist"),
+    ]:
         before = sorted(os.listdir(tmp_path))
         result = run("compare", *args, *TINY)
         assert result.exit_code == 2, result.output

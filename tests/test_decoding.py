@@ -1,4 +1,5 @@
 """Beam search and temperature sampling on a small model trained in the test."""
+
 import numpy as np
 import pytest
 
@@ -7,8 +8,20 @@ from captioner.decoding import _top_words, beam_search, sample_temperature
 from captioner.errors import CaptionerError
 from captioner.model import CaptioningRNN
 
-WORDS = ["<NULL>", "<START>", "<END>", "<UNK>",
-         "a", "cat", "dog", "sits", "on", "the", "mat", "red"]
+WORDS = [
+    "<NULL>",
+    "<START>",
+    "<END>",
+    "<UNK>",
+    "a",
+    "cat",
+    "dog",
+    "sits",
+    "on",
+    "the",
+    "mat",
+    "red",
+]
 W2I = {w: i for i, w in enumerate(WORDS)}
 NULL, START, END, UNK = 0, 1, 2, 3
 SPECIAL = [NULL, START, UNK]
@@ -25,7 +38,7 @@ def trained():
     caps[:, 0] = START
     for r in range(n_img * per):
         k = rng.integers(1, T1 - 1)
-        caps[r, 1:1 + k] = rng.integers(3, len(WORDS), k)   # includes <UNK> as a target
+        caps[r, 1 : 1 + k] = rng.integers(3, len(WORDS), k)  # includes <UNK> as a target
         caps[r, 1 + k] = END
     img = np.repeat(np.arange(n_img), per)
     m = CaptioningRNN(W2I, input_dim=12, wordvec_dim=8, hidden_dim=24, cell_type="lstm", seed=0)
@@ -46,7 +59,7 @@ def score(m, feat, ids):
 
 def trim(row):
     e = np.flatnonzero(row == END)
-    return row[:e[0] + 1] if e.size else row[row != NULL]
+    return row[: e[0] + 1] if e.size else row[row != NULL]
 
 
 @pytest.mark.parametrize("max_length", [1, 4, 16])
@@ -72,7 +85,7 @@ def test_beam_beats_greedy_and_reports_true_logprobs(trained):
         for ids, lp in hyps:
             assert not np.isin(ids, SPECIAL).any()
             assert abs(score(m, f, ids) - lp) < 1e-4 * max(1.0, abs(lp))
-        assert len({tuple(ids) for ids, _ in hyps}) == 3    # distinct hypotheses
+        assert len({tuple(ids) for ids, _ in hyps}) == 3  # distinct hypotheses
         b_lp.append(lps[0])
     b_lp = np.array(b_lp)
     assert np.all(b_lp >= g_lp - 1e-4)
@@ -98,8 +111,8 @@ def test_specials_never_emitted_even_when_most_likely(trained):
                 assert not np.isin(ids, SPECIAL).any() and np.isfinite(lp)
         caps = sample_temperature(m, feats, temperature=2.0, max_length=8, rng=0)
         assert not np.isin(caps, [START, UNK]).any()
-        for row in caps:      # NULL only as padding after END
-            assert (trim(row) != NULL).all() and (row[len(trim(row)):] == NULL).all()
+        for row in caps:  # NULL only as padding after END
+            assert (trim(row) != NULL).all() and (row[len(trim(row)) :] == NULL).all()
     finally:
         m.params["b_vocab"][...] = saved
 
@@ -107,8 +120,9 @@ def test_specials_never_emitted_even_when_most_likely(trained):
 def test_temperature_sampling(trained):
     m, feats = trained
     a = sample_temperature(m, feats, max_length=10, rng=3)
-    np.testing.assert_array_equal(a, sample_temperature(m, feats, max_length=10,
-                                                        rng=np.random.default_rng(3)))
+    np.testing.assert_array_equal(
+        a, sample_temperature(m, feats, max_length=10, rng=np.random.default_rng(3))
+    )
     assert a.shape == (len(feats), 10)
     # near-zero temperature is greedy
     cold = sample_temperature(m, feats, temperature=1e-6, max_length=10, rng=1)
@@ -165,7 +179,7 @@ def reference_beam(m, feats, K, max_length):
         logp -= np.log(np.exp(logp).sum(1, keepdims=True))
         logp[:, SPECIAL] = -np.inf
         if t == 0:
-            logp[:, END] = -np.inf   # no empty captions
+            logp[:, END] = -np.inf  # no empty captions
         logp = logp.reshape(N, K, V)
         logp[done] = np.where(np.arange(V) == NULL, 0.0, -np.inf)
         cand = (score[:, :, None] + logp).reshape(N, K * V)
@@ -198,12 +212,13 @@ def test_beam_equals_full_search(trained, K):
                 assert abs(lp - rlp) < 1e-5 * max(1.0, abs(rlp))
                 n_end += ids[-1] == END
                 n_hyps += 1
-    assert 0 < n_end < n_hyps     # both finished and cut-off hypotheses occur
+    assert 0 < n_end < n_hyps  # both finished and cut-off hypotheses occur
 
 
 def test_top_words_ties_go_to_the_lower_id():
-    logits = np.array([[1.0, 3.0, 3.0, 2.0, 3.0],
-                       [0.0, -np.inf, 5.0, 5.0, -1.0]], dtype=np.float32)
+    logits = np.array(
+        [[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, -np.inf, 5.0, 5.0, -1.0]], dtype=np.float32
+    )
     ref = np.argsort(-logits, axis=1, kind="stable")[:, :3]
     words, values = _top_words(logits.copy(), 3)
     np.testing.assert_array_equal(words, ref)
@@ -219,6 +234,7 @@ def test_no_images(trained):
 def test_no_empty_captions():
     """Even a model that prefers <END> first writes at least one word."""
     from captioner.model import CaptioningRNN
+
     w2i = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>", "a", "b"])}
     model = CaptioningRNN(w2i, input_dim=4, wordvec_dim=3, hidden_dim=5, cell_type="lstm", seed=0)
     model.params["b_vocab"][w2i["<END>"]] = 50.0

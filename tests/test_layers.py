@@ -1,5 +1,6 @@
 """Float64 gradient checks of every layer against centered differences, and the fast
 (packed) recurrences against the readable ones."""
+
 import numpy as np
 import pytest
 
@@ -37,8 +38,12 @@ def test_temporal_affine(rng):
     assert out.shape == (2, 3, 5)
     np.testing.assert_allclose(out[1, 2], x[1, 2] @ w + b)
     dout = rng.standard_normal(out.shape)
-    check(lambda: L.temporal_affine_forward(x, w, b)[0], [x, w, b], dout,
-          L.temporal_affine_backward(dout, cache))
+    check(
+        lambda: L.temporal_affine_forward(x, w, b)[0],
+        [x, w, b],
+        dout,
+        L.temporal_affine_backward(dout, cache),
+    )
 
 
 def test_rnn_step(rng):
@@ -49,15 +54,24 @@ def test_rnn_step(rng):
     out, cache = L.rnn_step_forward(x, h, Wx, Wh, b)
     np.testing.assert_allclose(out, np.tanh(x @ Wx + h @ Wh + b))
     dout = rng.standard_normal(out.shape)
-    check(lambda: L.rnn_step_forward(x, h, Wx, Wh, b)[0], [x, h, Wx, Wh, b], dout,
-          L.rnn_step_backward(dout, cache))
+    check(
+        lambda: L.rnn_step_forward(x, h, Wx, Wh, b)[0],
+        [x, h, Wx, Wh, b],
+        dout,
+        L.rnn_step_backward(dout, cache),
+    )
 
 
 def _ref_lstm_step(x, h, c, Wx, Wh, b):
     a = x @ Wx + h @ Wh + b
     H = h.shape[1]
     sig = lambda z: 1 / (1 + np.exp(-z))
-    i, f, o, g = sig(a[:, :H]), sig(a[:, H:2 * H]), sig(a[:, 2 * H:3 * H]), np.tanh(a[:, 3 * H:])
+    i, f, o, g = (
+        sig(a[:, :H]),
+        sig(a[:, H : 2 * H]),
+        sig(a[:, 2 * H : 3 * H]),
+        np.tanh(a[:, 3 * H :]),
+    )
     c2 = f * c + i * g
     return o * np.tanh(c2), c2
 
@@ -68,7 +82,7 @@ def test_lstm_step(rng):
     Wx, Wh = rng.standard_normal((D, 4 * H)), rng.standard_normal((H, 4 * H))
     b = rng.standard_normal(4 * H)
     nh, nc, cache = L.lstm_step_forward(x, h, c, Wx, Wh, b)
-    rh, rc = _ref_lstm_step(x, h, c, Wx, Wh, b)   # pins the gate order i, f, o, g
+    rh, rc = _ref_lstm_step(x, h, c, Wx, Wh, b)  # pins the gate order i, f, o, g
     np.testing.assert_allclose(nh, rh, rtol=1e-12)
     np.testing.assert_allclose(nc, rc, rtol=1e-12)
     dh, dc = rng.standard_normal((N, H)), rng.standard_normal((N, H))
@@ -77,21 +91,24 @@ def test_lstm_step(rng):
     def f():
         a, b_, _ = L.lstm_step_forward(x, h, c, Wx, Wh, b)
         return float(np.sum(a * dh) + np.sum(b_ * dc))
+
     for inp, g in zip([x, h, c, Wx, Wh, b], grads):
         assert rel_error(numeric_grad(f, inp), g) < TOL
 
 
 def test_lstm_sigmoid_saturates_without_nan(rng):
     x = np.full((1, 1), 1.0)
-    Wx = np.array([[-1e4, 1e4, 1e4, 1.0]])   # exp overflows on the i gate
-    h, c, _ = L.lstm_step_forward(x, np.zeros((1, 1)), np.ones((1, 1)), Wx, np.zeros((1, 4)),
-                                  np.zeros(4))
-    np.testing.assert_allclose(c, [[1.0]])     # i = 0, f = 1
+    Wx = np.array([[-1e4, 1e4, 1e4, 1.0]])  # exp overflows on the i gate
+    h, c, _ = L.lstm_step_forward(
+        x, np.zeros((1, 1)), np.ones((1, 1)), Wx, np.zeros((1, 4)), np.zeros(4)
+    )
+    np.testing.assert_allclose(c, [[1.0]])  # i = 0, f = 1
     assert np.isfinite(h).all()
 
 
-@pytest.mark.parametrize("fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1),
-                                         (L.lstm_forward, L.lstm_backward, 4)])
+@pytest.mark.parametrize(
+    "fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1), (L.lstm_forward, L.lstm_backward, 4)]
+)
 def test_sequence_layers(rng, fwd, bwd, k):
     N, T, D, H = 2, 3, 4, 5
     x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))
@@ -110,8 +127,9 @@ def test_sequence_layers(rng, fwd, bwd, k):
     check(lambda: fwd(x, h0, Wx, Wh, b)[0], [x, h0, Wx, Wh, b], dout, bwd(dout, cache))
 
 
-@pytest.mark.parametrize("fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1),
-                                         (L.lstm_forward, L.lstm_backward, 4)])
+@pytest.mark.parametrize(
+    "fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1), (L.lstm_forward, L.lstm_backward, 4)]
+)
 def test_lengths_equal_padded_run(rng, fwd, bwd, k):
     """Packed computation with lengths == the unpacked one on the valid steps."""
     N, T, D, H = 5, 6, 3, 4
@@ -129,13 +147,18 @@ def test_lengths_equal_padded_run(rng, fwd, bwd, k):
         np.testing.assert_allclose(gp, gf, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1),
-                                         (L.lstm_forward, L.lstm_backward, 4)])
+@pytest.mark.parametrize(
+    "fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1), (L.lstm_forward, L.lstm_backward, 4)]
+)
 def test_float32_follows_inputs(rng, fwd, bwd, k):
     N, T, D, H = 3, 4, 6, 8
-    args64 = [rng.standard_normal((N, T, D)), rng.standard_normal((N, H)),
-              rng.standard_normal((D, k * H)) * 0.3,
-              rng.standard_normal((H, k * H)) * 0.3, rng.standard_normal(k * H) * 0.1]
+    args64 = [
+        rng.standard_normal((N, T, D)),
+        rng.standard_normal((N, H)),
+        rng.standard_normal((D, k * H)) * 0.3,
+        rng.standard_normal((H, k * H)) * 0.3,
+        rng.standard_normal(k * H) * 0.1,
+    ]
     args32 = [a.astype(np.float32) for a in args64]
     h64, c64 = fwd(*args64)
     h32, c32 = fwd(*args32)
@@ -149,7 +172,7 @@ def test_float32_follows_inputs(rng, fwd, bwd, k):
 
 def test_word_embedding_repeated_ids(rng):
     V, D = 5, 3
-    x = np.array([[0, 3, 1, 3], [2, 3, 3, 0]])   # id 3 four times, 4 never
+    x = np.array([[0, 3, 1, 3], [2, 3, 3, 0]])  # id 3 four times, 4 never
     W = rng.standard_normal((V, D))
     out, cache = L.word_embedding_forward(x, W)
     np.testing.assert_array_equal(out[1, 0], W[2])
@@ -180,11 +203,11 @@ def test_temporal_softmax_loss(rng):
     mask[0, 0], mask[0, 1] = True, False
     x0 = x.copy()
     loss, dx = L.temporal_softmax_loss(x, y, mask)
-    np.testing.assert_array_equal(x, x0)     # inputs untouched
+    np.testing.assert_array_equal(x, x0)  # inputs untouched
     p = np.exp(x) / np.exp(x).sum(-1, keepdims=True)
     ref = -np.sum(np.log(p[np.arange(N)[:, None], np.arange(T), y]) * mask) / N
     assert abs(loss - ref) < 1e-12
-    assert not dx[~mask].any()               # masked targets contribute nothing
+    assert not dx[~mask].any()  # masked targets contribute nothing
     num = numeric_grad(lambda: L.temporal_softmax_loss(x, y, mask)[0], x)
     assert rel_error(num, dx) < TOL
     # divided by N, not by the number of unmasked tokens
@@ -202,17 +225,22 @@ def test_buffer_reuses_and_grows():
     work = {}
     a = P.buffer(work, "x", (3, 4), np.float32)
     a[...] = 1
-    b = P.buffer(work, "x", (2, 5), np.float32)      # smaller: same memory
+    b = P.buffer(work, "x", (2, 5), np.float32)  # smaller: same memory
     assert b.shape == (2, 5) and np.shares_memory(a, b)
-    c = P.buffer(work, "x", (5, 5), np.float32)      # bigger: a new block
+    c = P.buffer(work, "x", (5, 5), np.float32)  # bigger: a new block
     assert c.shape == (5, 5) and not np.shares_memory(a, c)
-    d = P.buffer(work, "x", (2, 2), np.float64)      # other dtype: a new block
+    d = P.buffer(work, "x", (2, 2), np.float64)  # other dtype: a new block
     assert d.dtype == np.float64
     assert P.buffer(None, "x", (2, 2), np.float32).shape == (2, 2)
 
 
-@pytest.mark.parametrize("fwd, bwd, k", [(P.rnn_packed_forward, P.rnn_packed_backward, 1),
-                                         (P.lstm_packed_forward, P.lstm_packed_backward, 4)])
+@pytest.mark.parametrize(
+    "fwd, bwd, k",
+    [
+        (P.rnn_packed_forward, P.rnn_packed_backward, 1),
+        (P.lstm_packed_forward, P.lstm_packed_backward, 4),
+    ],
+)
 def test_packed_work_buffers_change_nothing(rng, fwd, bwd, k):
     """Reused buffers give bit-identical results, also after a bigger and a
     smaller batch went through the same work dict."""
@@ -252,8 +280,11 @@ def test_packed_equals_readable_loop(rng, cell, dtype, tol):
     functions, written separately): outputs, dx, dh0, dWx, dWh, db on ragged lengths."""
     k = 4 if cell == "lstm" else 1
     fwd, bwd = (L.lstm_forward, L.lstm_backward) if k == 4 else (L.rnn_forward, L.rnn_backward)
-    pfwd, pbwd = ((P.lstm_packed_forward, P.lstm_packed_backward) if k == 4
-                  else (P.rnn_packed_forward, P.rnn_packed_backward))
+    pfwd, pbwd = (
+        (P.lstm_packed_forward, P.lstm_packed_backward)
+        if k == 4
+        else (P.rnn_packed_forward, P.rnn_packed_backward)
+    )
     N, T, D, H = 6, 5, 3, 4
     lengths = np.array([2, 5, 1, 5, 3, 4])
     x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))
@@ -265,15 +296,20 @@ def test_packed_equals_readable_loop(rng, cell, dtype, tol):
     h_ref, cache = fwd(x, h0, Wx, Wh, b, lengths=lengths)
     dx_ref, dh0_ref, dWx_ref, dWh_ref, db_ref = bwd(dout, cache)
 
-    order = np.argsort(-lengths, kind="stable")           # pack: longest first, time-major
+    order = np.argsort(-lengths, kind="stable")  # pack: longest first, time-major
     active = np.arange(T)[:, None] < lengths[order][None, :]
     bs = active.sum(axis=1)
     xp = x[order].swapaxes(0, 1)[active]
     h, pcache = pfwd(xp @ Wx + b, h0[order], Wh, bs)
     np.testing.assert_allclose(h, h_ref[order].swapaxes(0, 1)[active], rtol=tol, atol=tol)
     da, dh0, dWh = pbwd(dout[order].swapaxes(0, 1)[active].copy(), pcache)
-    for got, ref in [(da @ Wx.T, dx_ref[order].swapaxes(0, 1)[active]), (dh0, dh0_ref[order]),
-                     (xp.T @ da, dWx_ref), (dWh, dWh_ref), (da.sum(0), db_ref)]:
+    for got, ref in [
+        (da @ Wx.T, dx_ref[order].swapaxes(0, 1)[active]),
+        (dh0, dh0_ref[order]),
+        (xp.T @ da, dWx_ref),
+        (dWh, dWh_ref),
+        (da.sum(0), db_ref),
+    ]:
         assert got.dtype == dtype
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
@@ -283,4 +319,4 @@ def test_sigmoid_is_safe_and_exact():
     with np.errstate(over="raise"):
         s = L.sigmoid(x)
     np.testing.assert_allclose(s[1:-1], 1 / (1 + np.exp(-x[1:-1])), rtol=1e-15)
-    assert s[0] == 0.0 and s[-1] == 1.0     # the limits, no overflow warning
+    assert s[0] == 0.0 and s[-1] == 1.0  # the limits, no overflow warning

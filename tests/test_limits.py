@@ -1,6 +1,7 @@
 """Issue 14, hardening round 2: memory and time follow the real work, not what a file declares
 or an option asks for; the remaining tracebacks are one-line errors. Each class has at least
 two instances that failed (traceback, gigabytes, or a wrong result with exit 0) before."""
+
 import errno
 import json
 import os
@@ -24,8 +25,9 @@ TRAIN_F = "train2014_vgg16_fc7_pca.h5"
 
 
 def refused(result, *words, code=2):
-    lines = [ln for ln in result.output.splitlines()
-             if ln.startswith(("captioner: error:", "Error:"))]
+    lines = [
+        ln for ln in result.output.splitlines() if ln.startswith(("captioner: error:", "Error:"))
+    ]
     assert result.exit_code == code, result.output
     assert len(lines) == 1, result.output
     for w in words:
@@ -35,24 +37,49 @@ def refused(result, *words, code=2):
 
 @pytest.fixture
 def data(tmp_path):
-    return build_dataset(tmp_path / "data", n_train_images=6, captions_per_image=2, n_val_images=3,
-                         feature_dim=8, vocab_size=40, seed=1)
+    return build_dataset(
+        tmp_path / "data",
+        n_train_images=6,
+        captions_per_image=2,
+        n_val_images=3,
+        feature_dim=8,
+        vocab_size=40,
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("ck")
-    d = build_dataset(root / "data", n_train_images=6, captions_per_image=2, n_val_images=3,
-                      feature_dim=8, vocab_size=40, seed=1)
+    d = build_dataset(
+        root / "data",
+        n_train_images=6,
+        captions_per_image=2,
+        n_val_images=3,
+        feature_dim=8,
+        vocab_size=40,
+        seed=1,
+    )
     data = load_coco_data(d)
     model = CaptioningRNN(data["word_to_idx"], input_dim=8, wordvec_dim=8, hidden_dim=8, seed=0)
     os.makedirs(root / "run")
-    training.train(data, model, str(root / "run"), progress=False, log=lambda *_: None, epochs=1,
-                   batch_size=4, val_size=3, data_dir=str(d), features="pca")
+    training.train(
+        data,
+        model,
+        str(root / "run"),
+        progress=False,
+        log=lambda *_: None,
+        epochs=1,
+        batch_size=4,
+        val_size=3,
+        data_dir=str(d),
+        features="pca",
+    )
     return root / "run" / "best.npz", d
 
 
 # ---------------------------------------------------------------- class 4: declared sizes
+
 
 def _declare_rows(path, names, rows, compression="gzip"):
     """Rewrite datasets `names` of an HDF5 file to declare `rows` rows while storing only the
@@ -61,10 +88,14 @@ def _declare_rows(path, names, rows, compression="gzip"):
         for name in names:
             real = f[name][()]
             del f[name]
-            ds = f.create_dataset(name, shape=(rows,) + real.shape[1:], dtype=real.dtype,
-                                  chunks=(min(len(real), 1024),) + real.shape[1:],
-                                  compression=compression)
-            ds[:len(real)] = real
+            ds = f.create_dataset(
+                name,
+                shape=(rows,) + real.shape[1:],
+                dtype=real.dtype,
+                chunks=(min(len(real), 1024),) + real.shape[1:],
+                compression=compression,
+            )
+            ds[: len(real)] = real
 
 
 def test_captions_declaring_200_million_rows_are_refused_before_reading(data):
@@ -92,8 +123,9 @@ def test_hdf5_storage_outside_the_file_is_refused(data, tmp_path, kind):
     (data / TRAIN_F).unlink()
     with h5py.File(data / TRAIN_F, "w") as f:
         if kind == "external":
-            f.create_dataset("features", shape=(6, 8), dtype=np.float32,
-                             external=[(str(raw), 0, 192)])
+            f.create_dataset(
+                "features", shape=(6, 8), dtype=np.float32, external=[(str(raw), 0, 192)]
+            )
         else:
             with h5py.File(tmp_path / "other.h5", "w") as g:
                 g["x"] = np.zeros((6, 8), np.float32)
@@ -121,9 +153,9 @@ def _png16(path, w, h):
 def test_picture_budget_counts_bytes_per_pixel(tmp_path, monkeypatch):
     """A 16-bit or RGB picture costs more than a greyscale one of the same pixels."""
     monkeypatch.setattr(encoder, "MAX_DECODE_BYTES", 1_000_000)
-    _png16(tmp_path / "wide.png", 1000, 600)          # 1.2 MB decoded: refused
-    Image.new("RGB", (1000, 600)).save(tmp_path / "rgb.png")   # 1.8 MB: refused
-    Image.new("L", (1000, 600)).save(tmp_path / "grey.png")    # 0.6 MB: fine
+    _png16(tmp_path / "wide.png", 1000, 600)  # 1.2 MB decoded: refused
+    Image.new("RGB", (1000, 600)).save(tmp_path / "rgb.png")  # 1.8 MB: refused
+    Image.new("L", (1000, 600)).save(tmp_path / "grey.png")  # 0.6 MB: fine
     for name in ("wide.png", "rgb.png"):
         with pytest.raises(CaptionerError, match="MB to decode"):
             encoder.open_image(tmp_path / name)
@@ -135,9 +167,9 @@ def test_big_jpeg_decoded_reduced_and_wide_pictures_reduced_first(tmp_path, monk
     monkeypatch.setattr(encoder, "MAX_WORK_BYTES", 4_000_000)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (1200, 1600, 3), np.uint8)).save(tmp_path / "big.jpg")
-    img = encoder.open_image(tmp_path / "big.jpg")   # 5.8 MB at full size: decoded at 1/4
+    img = encoder.open_image(tmp_path / "big.jpg")  # 5.8 MB at full size: decoded at 1/4
     assert img.size == (400, 300)
-    _png16(tmp_path / "wide.png", 700, 500)   # 0.7 MB decoded, but 11 MB as float64 RGB
+    _png16(tmp_path / "wide.png", 700, 500)  # 0.7 MB decoded, but 11 MB as float64 RGB
     img = encoder.open_image(tmp_path / "wide.png")
     assert img.size[0] * img.size[1] * 32 <= 4_000_000 and img.mode == "RGB"
     assert np.asarray(img)[5, 5, 0] == round(40000 * 255 / 65535)  # same picture, smaller
@@ -150,27 +182,53 @@ def test_default_picture_budgets_leave_ordinary_photographs_untouched(tmp_path):
 
 # ---------------------------------------------------------------- class 5: every value bounded
 
-@pytest.mark.parametrize("args", [
-    ["sample", "x.jpg", "--max-length", 10**9],
-    ["sample", "x.jpg", "--beam-size", 10**6],
-    ["sample", "x.jpg", "--n-best", 10**6],
-    ["evaluate", "--max-length", 10**9],
-    ["evaluate", "--beam-size", 10**6],
-    ["prepare", "--images", ".", "--captions", "setup.cfg", "--out", "o", "--max-words", 10**8],
-    ["prepare", "--images", ".", "--captions", "setup.cfg", "--out", "o", "--batch-size", 10**6],
-    ["train", "--hidden-dim", 16384],
-    ["encode", "x.jpg", "--top", 10**6],
-    ["demo", "--train-images", 10**9],
-])
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sample", "x.jpg", "--max-length", 10**9],
+        ["sample", "x.jpg", "--beam-size", 10**6],
+        ["sample", "x.jpg", "--n-best", 10**6],
+        ["evaluate", "--max-length", 10**9],
+        ["evaluate", "--beam-size", 10**6],
+        [
+            "prepare",
+            "--images",
+            ".",
+            "--captions",
+            "setup.cfg",
+            "--out",
+            "o",
+            "--max-words",
+            10**8,
+        ],
+        [
+            "prepare",
+            "--images",
+            ".",
+            "--captions",
+            "setup.cfg",
+            "--out",
+            "o",
+            "--batch-size",
+            10**6,
+        ],
+        ["train", "--hidden-dim", 16384],
+        ["encode", "x.jpg", "--top", 10**6],
+        ["demo", "--train-images", 10**9],
+    ],
+)
 def test_values_past_their_bound_are_usage_errors(args):
     result = run(*args)
     assert result.exit_code == 2 and "not in the range" in result.output, result.output
 
 
 def test_the_help_states_the_bounds():
-    for cmd, flag, bound in (("sample", "--max-length", limits.MAX_LENGTH),
-                             ("evaluate", "--beam-size", limits.MAX_BEAM),
-                             ("prepare", "--max-words", limits.MAX_WORDS)):
+    for cmd, flag, bound in (
+        ("sample", "--max-length", limits.MAX_LENGTH),
+        ("evaluate", "--beam-size", limits.MAX_BEAM),
+        ("prepare", "--max-words", limits.MAX_WORDS),
+    ):
         out = " ".join(run(cmd, "--help").output.split())
         assert f"{flag} INTEGER RANGE" in out
         assert f"at most {bound}" in out or f"up to {bound}" in out
@@ -181,42 +239,72 @@ def test_huge_caption_in_results_is_refused_at_read_time(tmp_path):
     refs.write_text(json.dumps({"annotations": [{"image_id": 1, "caption": "a dog"}]}))
     res = tmp_path / "res.json"
     res.write_text(json.dumps([{"image_id": 1, "caption": "dog " * 2_500_000}]))  # 10 MB
-    refused(run("evaluate", "--results", res, "--references", refs, "--no-meteor"), res,
-            "10,000,000 characters")
+    refused(
+        run("evaluate", "--results", res, "--references", refs, "--no-meteor"),
+        res,
+        "10,000,000 characters",
+    )
     refs.write_text(json.dumps({"annotations": [{"image_id": 1, "caption": "cat " * 1000}]}))
     res.write_text(json.dumps([{"image_id": 1, "caption": "a dog"}]))
-    refused(run("evaluate", "--results", res, "--references", refs, "--no-meteor"), refs,
-            "characters")
+    refused(
+        run("evaluate", "--results", res, "--references", refs, "--no-meteor"), refs, "characters"
+    )
 
 
 def test_beam_batches_shrink_with_the_beam(ckpt, tmp_path, monkeypatch):
     """Rows decoded at once (images x beams) stay bounded whatever --beam-size."""
     path, d = ckpt
     model = checkpoint.load_model(path)[0]
-    d = build_dataset(tmp_path / "many", n_train_images=2, captions_per_image=1, n_val_images=120,
-                      feature_dim=8, vocab_size=40, seed=1)
+    d = build_dataset(
+        tmp_path / "many",
+        n_train_images=2,
+        captions_per_image=1,
+        n_val_images=120,
+        feature_dim=8,
+        vocab_size=40,
+        seed=1,
+    )
     data = load_coco_data(d, splits=("val",))
     assert data["idx_to_word"] == model.idx_to_word or len(data["idx_to_word"]) == 40
     seen = []
     real = evaluation.beam_captions
-    monkeypatch.setattr(evaluation, "beam_captions",
-                        lambda m, f, k, *a: seen.append(len(f) * k) or real(m, f, k, *a))
+    monkeypatch.setattr(
+        evaluation,
+        "beam_captions",
+        lambda m, f, k, *a: seen.append(len(f) * k) or real(m, f, k, *a),
+    )
     evaluation.caption_split(model, data, "val", beam_size=50, batch_size=500)
     assert seen and max(seen) <= 5000
 
 
 # ---------------------------------------------------------------- class 8: tracebacks
 
-@pytest.mark.parametrize("url", ["notaurl", "http://[::1", "http://[zz]/x.zip", "ftp://host/x.zip",
-                                 "http://host:port/x.zip", "http:///x.zip"])
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "notaurl",
+        "http://[::1",
+        "http://[zz]/x.zip",
+        "ftp://host/x.zip",
+        "http://host:port/x.zip",
+        "http:///x.zip",
+    ],
+)
 def test_download_refuses_malformed_urls(tmp_path, url):
     refused(run("download", "--dest", tmp_path, "--url", url), url, "URL")
     assert not list(tmp_path.iterdir())
 
 
 def test_full_disk_while_unpacking_keeps_old_data(tmp_path, monkeypatch):
-    src = build_dataset(tmp_path / "src", n_train_images=6, captions_per_image=2, n_val_images=3,
-                        feature_dim=4, vocab_size=40)
+    src = build_dataset(
+        tmp_path / "src",
+        n_train_images=6,
+        captions_per_image=2,
+        n_val_images=3,
+        feature_dim=4,
+        vocab_size=40,
+    )
     zpath = tmp_path / "coco.zip"
     with zipfile.ZipFile(zpath, "w") as z:
         for n in sorted(os.listdir(src)):
@@ -227,6 +315,7 @@ def test_full_disk_while_unpacking_keeps_old_data(tmp_path, monkeypatch):
 
     def full(*_):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(download.shutil, "copyfileobj", full)
     with pytest.raises(CaptionerError, match="No space left"):
         download.install_zip(str(zpath), str(target), shapes=None, required=(), progress=False)
@@ -250,15 +339,19 @@ def test_dangling_best_symlink_is_not_the_newest_checkpoint(ckpt, tmp_path, monk
 def test_vocabulary_without_real_words_is_refused(data):
     """evaluate and train --eval-every died with IndexError (after a whole epoch of work)."""
     words = ["<NULL>", "<START>", "<END>", "<UNK>"]
-    (data / VOCAB).write_text(json.dumps({"idx_to_word": words,
-                                          "word_to_idx": {w: i for i, w in enumerate(words)}}))
-    for args in (["info", "--data", data], ["train", "--data", data, "--eval-every", 1, "--quiet",
-                                              "--out", data.parent / "run"]):
+    (data / VOCAB).write_text(
+        json.dumps({"idx_to_word": words, "word_to_idx": {w: i for i, w in enumerate(words)}})
+    )
+    for args in (
+        ["info", "--data", data],
+        ["train", "--data", data, "--eval-every", 1, "--quiet", "--out", data.parent / "run"],
+    ):
         refused(run(*args), VOCAB, "no words besides")
     assert not (data.parent / "run").exists()
 
 
 # ---------------------------------------------------------------- class 10: smaller
+
 
 def _rewrite_captions(d, change):
     with h5py.File(d / CAPS, "r+") as f:
@@ -269,8 +362,11 @@ def _rewrite_captions(d, change):
 
 def test_all_null_captions_are_refused_not_trained_to_zero(data):
     _rewrite_captions(data, lambda c: np.where(np.arange(c.shape[1]) == 0, 1, 0) + 0 * c)
-    refused(run("train", "--data", data, "--quiet", "--out", data.parent / "r"), CAPS,
-            "no caption with a word")
+    refused(
+        run("train", "--data", data, "--quiet", "--out", data.parent / "r"),
+        CAPS,
+        "no caption with a word",
+    )
     _rewrite_captions(data, lambda c: np.zeros_like(c))
     refused(run("train", "--data", data, "--quiet", "--out", data.parent / "r"), CAPS, "<START>")
 
@@ -298,11 +394,13 @@ def _fifo(path):
     """A FIFO; a daemon thread opens its write end once, so a reader that wrongly opens it
     gets end-of-file instead of blocking forever (the test then fails, it does not hang)."""
     import threading
+
     os.mkfifo(path)
 
     def unblock():
         with open(path, "wb"):
             pass
+
     threading.Thread(target=unblock, daemon=True).start()
     return path
 
@@ -313,8 +411,11 @@ def test_fifos_are_refused_not_read(tmp_path):
     res = _fifo(tmp_path / "res.json")
     refs = tmp_path / "refs.json"
     refs.write_text(json.dumps({"annotations": [{"image_id": 1, "caption": "a dog"}]}))
-    refused(run("evaluate", "--results", res, "--references", refs, "--no-meteor"), res,
-            "not a regular file")
+    refused(
+        run("evaluate", "--results", res, "--references", refs, "--no-meteor"),
+        res,
+        "not a regular file",
+    )
     pic = _fifo(tmp_path / "pic.jpg")
     with pytest.raises(CaptionerError, match="not a regular file"):
         encoder.open_image(pic)
@@ -330,12 +431,16 @@ def _zip_of(path, entries):
 def test_zip_bomb_and_zip_bigger_than_the_disk_are_refused_before_unpacking(tmp_path, monkeypatch):
     target = tmp_path / "dest" / "coco_captioning"
     target.parent.mkdir()
-    monkeypatch.setattr(download.shutil, "disk_usage",
-                        lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 10**7, 10**7))  # 10 MB
+    monkeypatch.setattr(
+        download.shutil,
+        "disk_usage",
+        lambda _: shutil._ntuple_diskusage(10**9, 10**9 - 10**7, 10**7),
+    )  # 10 MB
     bomb = _zip_of(tmp_path / "bomb.zip", {"coco2014_vocab.json": bytes(50_000_000)})  # 50 KB zip
     rng = np.random.default_rng(0)
-    plain = _zip_of(tmp_path / "plain.zip", {"a.h5": rng.bytes(6_000_000),
-                                              "b.h5": rng.bytes(6_000_000)})
+    plain = _zip_of(
+        tmp_path / "plain.zip", {"a.h5": rng.bytes(6_000_000), "b.h5": rng.bytes(6_000_000)}
+    )
     for z in (bomb, plain):
         with pytest.raises(CaptionerError, match="GiB is free"):
             download.install_zip(str(z), str(target), shapes=None, required=(), progress=False)
@@ -344,11 +449,13 @@ def test_zip_bomb_and_zip_bigger_than_the_disk_are_refused_before_unpacking(tmp_
 
 # ---------------------------------------------------------------- class 1: evaluate --save-results
 
+
 def test_save_results_never_replaces_the_checkpoint(ckpt):
     path, d = ckpt
     before = path.read_bytes()
-    result = run("evaluate", "--checkpoint", path, "--data", d, "--no-meteor",
-                 "--save-results", path)
+    result = run(
+        "evaluate", "--checkpoint", path, "--data", d, "--no-meteor", "--save-results", path
+    )
     assert result.exit_code == 2 and f"{path}: already exists; pass --force" in result.output
     assert path.read_bytes() == before
 
@@ -367,8 +474,10 @@ def test_save_results_onto_an_existing_file_needs_force(ckpt, tmp_path):
 
 # ---------------------------------------------------------------- tests that hold the guarantees
 
+
 def test_missing_oracles_fail_under_ci_and_skip_elsewhere(monkeypatch):
     import conftest
+
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true but java not found"):
         conftest._unavailable("java not found")

@@ -1,5 +1,6 @@
 """CaptioningRNN: gradients, fast path == readable layers == textbook, dtypes, vocabularies,
 greedy sampling."""
+
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from gradcheck import numeric_grad, rel_error
 from textbook import textbook_loss
 
 WORDS = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "cat", "dog", "sits", "on", "mat"]
-assert len(WORDS) == 10   # the default V of the caption makers below
+assert len(WORDS) == 10  # the default V of the caption makers below
 W2I = {w: i for i, w in enumerate(WORDS)}
 NULL, START, END, UNK = 0, 1, 2, 3
 
@@ -26,10 +27,10 @@ def make_captions(rng, N, T1, V=10):
     caps = np.full((N, T1), NULL)
     caps[:, 0] = START
     for n, k in enumerate(lengths):
-        caps[n, 1:1 + k] = rng.integers(4, V, k)
+        caps[n, 1 : 1 + k] = rng.integers(4, V, k)
         caps[n, 1 + k] = END
-    caps[0, 2] = NULL          # a hole: the step still runs, its target is ignored
-    caps[1, 1:] = NULL         # nothing to predict
+    caps[0, 2] = NULL  # a hole: the step still runs, its target is ignored
+    caps[1, 1:] = NULL  # nothing to predict
     return caps
 
 
@@ -37,11 +38,11 @@ def test_make_captions_covers_what_the_checks_claim():
     caps = make_captions(np.random.default_rng(0), 6, 8)
     targets = caps[:, 1:] != NULL
     real = targets.sum(axis=1)
-    assert len(set(real[real > 0])) >= 3                # several lengths
+    assert len(set(real[real > 0])) >= 3  # several lengths
     last = np.where(targets.any(1), targets.shape[1] - np.argmax(targets[:, ::-1], 1), 0)
-    holes = [n for n in range(len(caps)) if (~targets[n, :last[n]]).any()]
-    assert holes                                        # a <NULL> target before a real one
-    assert not targets[1].any()                         # a row with nothing to predict
+    holes = [n for n in range(len(caps)) if (~targets[n, : last[n]]).any()]
+    assert holes  # a <NULL> target before a real one
+    assert not targets[1].any()  # a row with nothing to predict
 
 
 def gradcheck_model(m, feats, caps, loss_fn):
@@ -51,13 +52,13 @@ def gradcheck_model(m, feats, caps, loss_fn):
         assert grads[name].shape == m.params[name].shape
         num = numeric_grad(lambda: loss_fn(feats, caps)[0], m.params[name])
         assert rel_error(num, grads[name]) < 1e-6, name
-        assert np.abs(grads[name]).max() > 0, name      # every path carries a gradient
+        assert np.abs(grads[name]).max() > 0, name  # every path carries a gradient
 
 
 def small_model(cell, rng, dtype=np.float64, seed=0, **kw):
     kw = dict(dict(input_dim=5, wordvec_dim=4, hidden_dim=3), **kw)
     m = CaptioningRNN(W2I, cell_type=cell, dtype=dtype, seed=seed, **kw)
-    for k in m.params:   # nonzero biases and larger embeddings exercise every path
+    for k in m.params:  # nonzero biases and larger embeddings exercise every path
         m.params[k] += (0.3 * rng.standard_normal(m.params[k].shape)).astype(dtype)
     return m
 
@@ -80,7 +81,7 @@ def coco_length_captions(rng, N, T1=17, V=10):
     caps = np.full((N, T1), NULL)
     caps[:, 0] = START
     for n, k in enumerate(lengths):
-        caps[n, 1:1 + k] = rng.integers(3, V, k)           # <UNK> included
+        caps[n, 1 : 1 + k] = rng.integers(3, V, k)  # <UNK> included
         caps[n, 1 + k] = END
     caps[::7, 3] = NULL
     return caps
@@ -91,8 +92,9 @@ def assert_same(loss, grads, ref_loss, ref, rtol):
     for name in PARAM_NAMES:
         scale = np.abs(ref[name]).max()
         assert scale > 0, name
-        np.testing.assert_allclose(grads[name], ref[name], rtol=rtol, atol=rtol * scale,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            grads[name], ref[name], rtol=rtol, atol=rtol * scale, err_msg=name
+        )
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
@@ -101,11 +103,14 @@ def test_fast_loss_equals_readable_layers(cell, dtype, rtol):
     """The packed fast path against captioner.layers composed CS231n's way (padded,
     rnn_forward looping over the step functions): independent code, same numbers."""
     rng = np.random.default_rng(2)
-    m = CaptioningRNN(W2I, input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell, dtype=dtype,
-                      seed=3)
+    m = CaptioningRNN(
+        W2I, input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell, dtype=dtype, seed=3
+    )
     m.params["b"] += (0.5 * rng.standard_normal(m.params["b"].shape)).astype(dtype)
-    for feats, caps in [(rng.standard_normal((9, 6)), make_captions(rng, 9, 8)),
-                        (rng.standard_normal((40, 6)), coco_length_captions(rng, 40))]:
+    for feats, caps in [
+        (rng.standard_normal((9, 6)), make_captions(rng, 9, 8)),
+        (rng.standard_normal((40, 6)), coco_length_captions(rng, 40)),
+    ]:
         loss, grads = m.loss(feats.astype(dtype), caps)
         assert all(g.dtype == dtype for g in grads.values())
         assert_same(loss, grads, *m.loss_readable(feats.astype(dtype), caps), rtol)
@@ -115,6 +120,7 @@ def test_fast_loss_equals_readable_layers(cell, dtype, rtol):
 def test_fast_loss_equals_readable_on_real_coco_captions(cell, shared):
     """Real COCO val captions in the CS231n vocabulary (1004 words, <UNK>s, real lengths)."""
     from captioner.metrics import tokenize
+
     coco = shared / "coco"
     anns = json.loads((coco / "captions_val2014.json").read_text())["annotations"]
     w2i = json.loads((coco / "coco2014_vocab.json").read_text())["word_to_idx"]
@@ -122,10 +128,11 @@ def test_fast_loss_equals_readable_on_real_coco_captions(cell, shared):
     caps = np.full((60, 17), w2i["<NULL>"])
     for i, k in enumerate(rng.choice(len(anns), 60, replace=False)):
         ids = [w2i.get(w, w2i["<UNK>"]) for w in tokenize(anns[k]["caption"])[:15]]
-        caps[i, :len(ids) + 2] = [w2i["<START>"], *ids, w2i["<END>"]]
+        caps[i, : len(ids) + 2] = [w2i["<START>"], *ids, w2i["<END>"]]
     assert len(set((caps != w2i["<NULL>"]).sum(1))) >= 4
-    m = CaptioningRNN(w2i, input_dim=8, wordvec_dim=6, hidden_dim=10, cell_type=cell,
-                      dtype=np.float64, seed=4)
+    m = CaptioningRNN(
+        w2i, input_dim=8, wordvec_dim=6, hidden_dim=10, cell_type=cell, dtype=np.float64, seed=4
+    )
     feats = rng.standard_normal((60, 8))
     loss, grads = m.loss(feats, caps)
     assert_same(loss, grads, *m.loss_readable(feats, caps), 1e-10)
@@ -152,8 +159,9 @@ def test_cs231n_vocabulary_without_start_end():
     """CS231n's own checks build word_to_idx with only <NULL> (and words): a loss works,
     sampling says what is missing."""
     w2i = {"<NULL>": 0, "cat": 2, "dog": 3, "a": 1}
-    m = CaptioningRNN(w2i, input_dim=4, wordvec_dim=3, hidden_dim=5, cell_type="lstm",
-                      dtype=np.float64, seed=0)
+    m = CaptioningRNN(
+        w2i, input_dim=4, wordvec_dim=3, hidden_dim=5, cell_type="lstm", dtype=np.float64, seed=0
+    )
     assert (m.null, m.start, m.end, m.unk) == (0, None, None, None)
     caps = np.array([[1, 2, 3, 0], [3, 1, 0, 0]])
     loss, grads = m.loss(np.ones((2, 4)), caps)
@@ -163,6 +171,7 @@ def test_cs231n_vocabulary_without_start_end():
     with pytest.raises(CaptionerError, match="no <START> or <END> token"):
         m.sample(np.ones((1, 4)))
     from captioner.decoding import beam_search
+
     with pytest.raises(CaptionerError, match="cannot write captions"):
         beam_search(m, np.ones((1, 4)))
     with pytest.raises(CaptionerError, match="<NULL>"):
@@ -184,15 +193,24 @@ def test_float32_matches_float64(cell):
     l64, g64 = m64.loss(feats, caps)
     assert abs(l32 - l64) < 1e-5 * abs(l64)
     for k in PARAM_NAMES:
-        np.testing.assert_allclose(g32[k], g64[k], rtol=1e-3, atol=1e-4 * np.abs(g64[k]).max(),
-                                   err_msg=k)
+        np.testing.assert_allclose(
+            g32[k], g64[k], rtol=1e-3, atol=1e-4 * np.abs(g64[k]).max(), err_msg=k
+        )
 
 
 def test_init_conventions():
     m = CaptioningRNN(W2I, input_dim=20, wordvec_dim=8, hidden_dim=6, cell_type="lstm", seed=0)
     V = len(WORDS)
-    shapes = {"W_embed": (V, 8), "W_proj": (20, 6), "b_proj": (6,), "Wx": (8, 24), "Wh": (6, 24),
-              "b": (24,), "W_vocab": (6, V), "b_vocab": (V,)}
+    shapes = {
+        "W_embed": (V, 8),
+        "W_proj": (20, 6),
+        "b_proj": (6,),
+        "Wx": (8, 24),
+        "Wh": (6, 24),
+        "b": (24,),
+        "W_vocab": (6, V),
+        "b_vocab": (V,),
+    }
     assert {k: v.shape for k, v in m.params.items()} == shapes
     assert not m.params["b"].any() and not m.params["b_vocab"].any()
     assert (m.null, m.start, m.end, m.unk) == (NULL, START, END, UNK)
@@ -229,7 +247,7 @@ def test_sample_greedy_stops_at_end_and_skips_specials(cell):
     m = CaptioningRNN(W2I, input_dim=10, wordvec_dim=6, hidden_dim=8, cell_type=cell, seed=7)
     # make the specials the most likely words: sample must still skip them
     m.params["b_vocab"][[NULL, START, UNK]] = 50.0
-    m.params["W_vocab"] *= 20   # sharp, feature-dependent choices; END sometimes wins
+    m.params["W_vocab"] *= 20  # sharp, feature-dependent choices; END sometimes wins
     feats = rng.standard_normal((40, 10)).astype(np.float32) * 3
     caps = m.sample(feats, max_length=12)
     assert caps.shape == (40, 12) and caps.dtype.kind == "i"
@@ -240,10 +258,10 @@ def test_sample_greedy_stops_at_end_and_skips_specials(cell):
         e = np.flatnonzero(row == END)
         if e.size:
             ended += 1
-            assert (row[e[0] + 1:] == NULL).all() and (row[:e[0]] != NULL).all()
+            assert (row[e[0] + 1 :] == NULL).all() and (row[: e[0]] != NULL).all()
         else:
             assert (row != NULL).all()
-    assert 0 < ended < 40        # both finished and unfinished rows occur
+    assert 0 < ended < 40  # both finished and unfinished rows occur
 
 
 def test_sample_end_first():
@@ -270,8 +288,10 @@ def test_loss_workspace_reuse_changes_nothing(cell):
     rng = np.random.default_rng(8)
     kw = dict(input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell, seed=9)
     m, fresh = CaptioningRNN(W2I, **kw), CaptioningRNN(W2I, **kw)
-    batches = [(rng.standard_normal((n, 6)), make_captions(rng, n, t))
-               for n, t in ((5, 7), (12, 10), (4, 6))]
+    batches = [
+        (rng.standard_normal((n, 6)), make_captions(rng, n, t))
+        for n, t in ((5, 7), (12, 10), (4, 6))
+    ]
     first = m.loss(*batches[0])
     kept = {k: v.copy() for k, v in first[1].items()}
     for feats, caps in batches[1:] + batches[:1]:
@@ -288,8 +308,9 @@ def test_loss_workspace_reuse_changes_nothing(cell):
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 def test_step_with_word_projections(cell):
     rng = np.random.default_rng(10)
-    m = CaptioningRNN(W2I, input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell,
-                      dtype=np.float64, seed=11)
+    m = CaptioningRNN(
+        W2I, input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell, dtype=np.float64, seed=11
+    )
     m.params["b"] += rng.standard_normal(m.params["b"].shape)
     h, c = m.init_state(rng.standard_normal((4, 6)))
     words = np.array([START, 5, 5, 9])

@@ -1,4 +1,5 @@
 """Update rules against hand-written textbook formulas, and state round trips."""
+
 import numpy as np
 import pytest
 
@@ -48,9 +49,9 @@ def test_rule_matches_textbook(name, dtype):
         w, config = optim.OPTIMIZERS[name](w, dw, config)
         ref_w = textbook(name, ref_w, dw, state, DEFAULTS[name])
         assert w.dtype == dtype
-        if name == "adam":   # same formula, reordered (optim.adam): equal within rounding
+        if name == "adam":  # same formula, reordered (optim.adam): equal within rounding
             np.testing.assert_allclose(w, ref_w, rtol=4 * np.finfo(dtype).eps, atol=0)
-        else:                # bit-identical, in-place or not
+        else:  # bit-identical, in-place or not
             np.testing.assert_array_equal(w, ref_w)
     for k, v in DEFAULTS[name].items():
         assert config[k] == v
@@ -60,7 +61,7 @@ def test_update_is_in_place_and_keeps_custom_config():
     w = np.ones(3, np.float32)
     w2, cfg = optim.adam(w, np.ones(3, np.float32), {"learning_rate": 0.5})
     assert w2 is w and cfg["learning_rate"] == 0.5 and cfg["t"] == 1
-    assert np.allclose(w, 0.5)    # first Adam step moves by ~lr
+    assert np.allclose(w, 0.5)  # first Adam step moves by ~lr
 
 
 @pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))

@@ -1,5 +1,6 @@
 """Issue 14, classes 1-3: nothing a user has is overwritten by accident (--force to replace, and
 then whole); a killed run always resumes; non-finite numbers never reach disk."""
+
 import os
 
 import numpy as np
@@ -17,6 +18,7 @@ from helpers import run, snapshot
 
 # ---------------------------------------------------------------- prepare --out
 
+
 @pytest.fixture
 def pictures(tmp_path):
     ann = _pictures(tmp_path / "img", 6)
@@ -25,8 +27,20 @@ def pictures(tmp_path):
 
 def _prepare(pictures, out, *extra):
     images, ann = pictures
-    return run("prepare", "--images", images, "--captions", ann, "--out", out, "--min-count", 1,
-               "--val-fraction", 0.3, *extra)
+    return run(
+        "prepare",
+        "--images",
+        images,
+        "--captions",
+        ann,
+        "--out",
+        out,
+        "--min-count",
+        1,
+        "--val-fraction",
+        0.3,
+        *extra,
+    )
 
 
 def test_prepare_onto_an_existing_dataset_is_refused_without_force(pictures, tmp_path):
@@ -71,6 +85,7 @@ def test_prepare_failing_while_writing_leaves_the_old_dataset(pictures, tmp_path
         if path.endswith(".txt"):
             raise CaptionerError(f"{path}: could not write {what} (No space left on device)")
         return real(path, text, what)
+
     monkeypatch.setattr(D.atomic, "write_text", full_after_vocab)
     result = _prepare(pictures, out, "--force")
     assert result.exit_code == 2 and "No space left" in result.output
@@ -83,14 +98,43 @@ def test_prepare_failing_while_writing_leaves_the_old_dataset(pictures, tmp_path
 
 # ---------------------------------------------------------------- class 3: no NaN on disk
 
+
 @pytest.mark.parametrize("save_every,batch", [(1, 4), (0, 100)])  # at a step; at an epoch end
 def test_diverging_run_never_saves_nan_over_the_good_checkpoint(tmp_path, save_every, batch):
-    d = build_dataset(tmp_path / "data", n_train_images=6, captions_per_image=2, n_val_images=3,
-                      feature_dim=8, vocab_size=40, seed=1)
+    d = build_dataset(
+        tmp_path / "data",
+        n_train_images=6,
+        captions_per_image=2,
+        n_val_images=3,
+        feature_dim=8,
+        vocab_size=40,
+        seed=1,
+    )
     out = tmp_path / "run"
-    result = run("train", "--data", d, "--out", out, "--optimizer", "sgd", "--lr-decay", "1e300",
-                 "--epochs", 3, "--save-every", save_every, "--batch-size", batch,
-                 "--hidden-dim", 8, "--wordvec-dim", 8, "--val-size", 3, "--quiet")
+    result = run(
+        "train",
+        "--data",
+        d,
+        "--out",
+        out,
+        "--optimizer",
+        "sgd",
+        "--lr-decay",
+        "1e300",
+        "--epochs",
+        3,
+        "--save-every",
+        save_every,
+        "--batch-size",
+        batch,
+        "--hidden-dim",
+        8,
+        "--wordvec-dim",
+        8,
+        "--val-size",
+        3,
+        "--quiet",
+    )
     assert result.exit_code == 1, result.output
     model, meta, _, _ = checkpoint.load_model(out / "last.npz")  # loads: every parameter finite
     assert all(np.isfinite(p).all() for p in model.params.values())
@@ -100,8 +144,23 @@ def test_diverging_run_never_saves_nan_over_the_good_checkpoint(tmp_path, save_e
 
 # ---------------------------------------------------------------- classes 1-2: run directories
 
-TRAIN = ["--hidden-dim", 8, "--wordvec-dim", 8, "--batch-size", 10, "--val-size", 5,
-         "--lr", "5e-3", "--seed", 3, "--quiet", "--epochs", 3]
+TRAIN = [
+    "--hidden-dim",
+    8,
+    "--wordvec-dim",
+    8,
+    "--batch-size",
+    10,
+    "--val-size",
+    5,
+    "--lr",
+    "5e-3",
+    "--seed",
+    3,
+    "--quiet",
+    "--epochs",
+    3,
+]
 
 
 class Killed(BaseException):
@@ -112,9 +171,17 @@ class Killed(BaseException):
 def runs(tmp_path_factory):
     """A dataset and a straight, never interrupted run's final state."""
     from test_faults import params
+
     root = tmp_path_factory.mktemp("runs")
-    d = build_dataset(root / "data", n_train_images=30, captions_per_image=2, n_val_images=3,
-                      feature_dim=8, vocab_size=40, seed=2)
+    d = build_dataset(
+        root / "data",
+        n_train_images=30,
+        captions_per_image=2,
+        n_val_images=3,
+        feature_dim=8,
+        vocab_size=40,
+        seed=2,
+    )
     result = run("train", "--data", d, *TRAIN, "--out", root / "straight")
     assert result.exit_code == 0, result.output
     return d, params(root / "straight" / "last.npz")
@@ -123,29 +190,51 @@ def runs(tmp_path_factory):
 def _kill_between_best_and_last(monkeypatch, at_epoch):
     """Die right after an epoch end's best.npz is written, before last.npz."""
     from captioner import checkpoint
+
     real = checkpoint.save
 
     def save(path, params, meta, *a, **k):
         t = meta["training"]
-        if str(path).endswith("last.npz") and t["step_in_epoch"] == 0 \
-                and t["epoch"] == at_epoch and t["best"]["epoch"] == at_epoch:
+        if (
+            str(path).endswith("last.npz")
+            and t["step_in_epoch"] == 0
+            and t["epoch"] == at_epoch
+            and t["best"]["epoch"] == at_epoch
+        ):
             raise Killed
         return real(path, params, meta, *a, **k)
+
     monkeypatch.setattr(checkpoint, "save", save)
 
 
 @pytest.mark.parametrize("save_every,at_epoch", [(0, 1), (4, 1), (4, 2)])
-def test_killed_between_best_and_last_resumes_bit_exact(runs, tmp_path, monkeypatch, save_every,
-                                                          at_epoch):
+def test_killed_between_best_and_last_resumes_bit_exact(
+    runs, tmp_path, monkeypatch, save_every, at_epoch
+):
     from test_faults import assert_same_params
+
     d, straight = runs
     out = tmp_path / "run"
     with monkeypatch.context() as m:
         _kill_between_best_and_last(m, at_epoch)
         with pytest.raises(Killed):
-            CliRunner().invoke(cli, [str(a) for a in ["train", "--data", d, *TRAIN, "--out", out,
-                                                       "--save-every", save_every]],
-                               catch_exceptions=False)
+            CliRunner().invoke(
+                cli,
+                [
+                    str(a)
+                    for a in [
+                        "train",
+                        "--data",
+                        d,
+                        *TRAIN,
+                        "--out",
+                        out,
+                        "--save-every",
+                        save_every,
+                    ]
+                ],
+                catch_exceptions=False,
+            )
     assert (out / "best.npz").exists()
     result = run("train", "--resume", out)
     assert result.exit_code == 0, result.output
@@ -188,6 +277,7 @@ def test_lock_file_symlink_is_not_followed(runs, pictures, tmp_path, command):
 
 def test_download_and_demo_never_replace_a_folder_of_yours(tmp_path):
     from captioner import demo, download
+
     mine = tmp_path / "data" / "coco_captioning"
     mine.mkdir(parents=True)
     (mine / "my_notes.txt").write_text("mine")
@@ -198,7 +288,7 @@ def test_download_and_demo_never_replace_a_folder_of_yours(tmp_path):
     pictures = tmp_path / "Pictures"
     pictures.mkdir()
     (pictures / "val_images.txt").write_text("my list")  # a name the demo writes...
-    (pictures / "holiday.jpg").write_bytes(b"...")       # ...in a folder that is not a demo's
+    (pictures / "holiday.jpg").write_bytes(b"...")  # ...in a folder that is not a demo's
     result = run("demo", "--out", pictures)
     assert result.exit_code == 2 and "holiday.jpg" in result.output
     assert (pictures / "val_images.txt").read_text() == "my list"
@@ -209,15 +299,52 @@ def test_download_and_demo_never_replace_a_folder_of_yours(tmp_path):
 
 @pytest.mark.parametrize("command", ["gradients", "compare"])
 def test_plot_never_replaces_an_existing_picture_without_force(tmp_path, command):
-    d = build_dataset(tmp_path / "data", n_train_images=6, captions_per_image=2, n_val_images=3,
-                      feature_dim=8, vocab_size=40, seed=1)
+    d = build_dataset(
+        tmp_path / "data",
+        n_train_images=6,
+        captions_per_image=2,
+        n_val_images=3,
+        feature_dim=8,
+        vocab_size=40,
+        seed=1,
+    )
     mine = tmp_path / "holiday.png"
     mine.write_bytes(b"my photo")
-    args = {"gradients": ["gradients", "--cell", "rnn", "--data", d, "--count", 5,
-                          "--hidden-dim", 4, "--wordvec-dim", 4],
-            "compare": ["compare", "--data", d, "--epochs", 1, "--hidden-dim", 4,
-                        "--wordvec-dim", 4, "--batch-size", 4, "--val-size", 3, "--count", 5,
-                        "--quiet", "--out", tmp_path / "cmp"]}[command]
+    args = {
+        "gradients": [
+            "gradients",
+            "--cell",
+            "rnn",
+            "--data",
+            d,
+            "--count",
+            5,
+            "--hidden-dim",
+            4,
+            "--wordvec-dim",
+            4,
+        ],
+        "compare": [
+            "compare",
+            "--data",
+            d,
+            "--epochs",
+            1,
+            "--hidden-dim",
+            4,
+            "--wordvec-dim",
+            4,
+            "--batch-size",
+            4,
+            "--val-size",
+            3,
+            "--count",
+            5,
+            "--quiet",
+            "--out",
+            tmp_path / "cmp",
+        ],
+    }[command]
     result = run(*args, "--plot", mine)
     assert result.exit_code == 2 and "already exists; pass --force" in result.output
     assert mine.read_bytes() == b"my photo"

@@ -1,4 +1,5 @@
 """The HTML report and batch captioning: the numbers it shows, its bad inputs, sample outputs."""
+
 import base64
 import io
 import json
@@ -32,12 +33,40 @@ def trained(tmp_path_factory):
     with a clip norm low enough to clip, and val metrics every epoch."""
     root = tmp_path_factory.mktemp("report")
     annotations = demo.write_demo_images(root / "images", 40, seed=3)
-    result = run("prepare", "--images", root / "images", "--captions", annotations,
-                 "--out", root / "data", "--min-count", 1, "--val-fraction", 0.25)
+    result = run(
+        "prepare",
+        "--images",
+        root / "images",
+        "--captions",
+        annotations,
+        "--out",
+        root / "data",
+        "--min-count",
+        1,
+        "--val-fraction",
+        0.25,
+    )
     assert result.exit_code == 0, result.output
-    result = run("train", "--data", root / "data", "--epochs", 2, "--hidden-dim", 32,
-                 "--wordvec-dim", 16, "--batch-size", 40, "--clip-norm", 1.0, "--eval-every", 1,
-                 "--quiet", "--out", root / "run")
+    result = run(
+        "train",
+        "--data",
+        root / "data",
+        "--epochs",
+        2,
+        "--hidden-dim",
+        32,
+        "--wordvec-dim",
+        16,
+        "--batch-size",
+        40,
+        "--clip-norm",
+        1.0,
+        "--eval-every",
+        1,
+        "--quiet",
+        "--out",
+        root / "run",
+    )
     assert result.exit_code == 0, result.output
     return root
 
@@ -47,8 +76,14 @@ def test_history_records_gradient_norm_and_clipping(trained):
     assert len(h["grad_norm"]) == len(h["clipped"]) == len(h["loss"]) == h["step"] == 8
     # the first step's norm is that of a fresh model on the first batch (epoch 0's order)
     d = load_coco_data(trained / "data")
-    model = CaptioningRNN(d["word_to_idx"], input_dim=d["feature_dim"], wordvec_dim=16,
-                          hidden_dim=32, cell_type="lstm", seed=0)
+    model = CaptioningRNN(
+        d["word_to_idx"],
+        input_dim=d["feature_dim"],
+        wordvec_dim=16,
+        hidden_dim=32,
+        cell_type="lstm",
+        seed=0,
+    )
     order = np.random.default_rng([0, 0]).permutation(len(d["train_captions"]))
     _, grads = model.loss(*training.batch(d, "train", order[:40]))
     norm = np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
@@ -62,14 +97,16 @@ def test_history_records_gradient_norm_and_clipping(trained):
 
 
 def test_per_image_cider_is_the_evaluate_number():
-    refs = {1: ["a dog on a couch", "a brown dog sleeping"],
-            2: ["two cats on a bed", "cats sleep"],
-            3: ["a red bus on a street", "a bus in the city"]}
+    refs = {
+        1: ["a dog on a couch", "a brown dog sleeping"],
+        2: ["two cats on a bed", "cats sleep"],
+        3: ["a red bus on a street", "a bus in the city"],
+    }
     res = {1: "a dog sleeping on a couch", 2: "a cat on a bed", 3: "a bus"}
     scores, _, per_image = metrics.score(refs, res, meteor=False, per_image=True)
     assert scores == metrics.score(refs, res, meteor=False)[0]
     assert np.mean(list(per_image.values())) == pytest.approx(scores["CIDEr"], abs=1e-12)
-    assert max(per_image, key=per_image.get) == 1   # the one that matches a reference best
+    assert max(per_image, key=per_image.get) == 1  # the one that matches a reference best
     try:
         from pycocoevalcap.cider.cider import Cider
     except ImportError:
@@ -95,20 +132,27 @@ def test_diversity_numbers_and_the_same_caption_warning():
 
 def test_unk_share_counts_words_only():
     vocab = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "dog"]
-    caps = np.array([[1, 4, 3, 2, 0], [1, 4, 5, 5, 2]])   # 5 words, one <UNK>
+    caps = np.array([[1, 4, 3, 2, 0], [1, 4, 5, 5, 2]])  # 5 words, one <UNK>
     assert report.unk_share(caps, vocab) == pytest.approx(0.2)
     assert report.unk_share(caps, vocab[:3] + ["x", "a", "dog"]) == 0.0
 
 
 def test_duration():
     assert [report.duration(x) for x in (9.5, 75, 1406.2, 7300)] == [
-        "10 s", "1 min 15 s", "23 min 26 s", "2 h 1 min"]
+        "10 s",
+        "1 min 15 s",
+        "23 min 26 s",
+        "2 h 1 min",
+    ]
 
 
 def test_smooth_and_clip_share():
     assert report.smooth([1, 3, 5, 7], window=2).tolist() == [1, 2, 4, 6]
-    r = {"loss": np.zeros(6), "clipped": np.array([1, 0, 0, 0, 1, 1.0]),
-         "epochs": [{"step": 3}, {"step": 6}]}
+    r = {
+        "loss": np.zeros(6),
+        "clipped": np.array([1, 0, 0, 0, 1, 1.0]),
+        "epochs": [{"step": 3}, {"step": 6}],
+    }
     assert report.clip_share_per_epoch(r) == [(3, pytest.approx(1 / 3)), (6, pytest.approx(2 / 3))]
 
 
@@ -135,12 +179,12 @@ def test_report_page_shows_the_run(trained, tmp_path):
     model, meta, _, _ = checkpoint.load_model(trained / "run" / "best.npz")
     d = load_coco_data(trained / "data", splits=("val",))
     scores, _, _ = evaluate_model(model, d, "val", meteor=False, beam_size=3)
-    row = html[html.index('id="scores"'):html.index('id="diversity"')]
+    row = html[html.index('id="scores"') : html.index('id="diversity"')]
     for k in ("Bleu_4", "ROUGE_L", "CIDEr"):
         assert f"{scores[k]:.3f}" in row
     assert "beam 3" in row and "10 images" in row
     # gallery: 2 best + 2 worst + 2 random, each with its thumbnail, references and CIDEr-D
-    gallery = html[html.index('id="gallery"'):]
+    gallery = html[html.index('id="gallery"') :]
     assert gallery.count('class="item"') == 6 and gallery.count("CIDEr-D") >= 6
     assert len(_data_uris(gallery)) == 6
     assert "--clip-norm 1.0" in html and "lstm, hidden 32" in html
@@ -150,8 +194,18 @@ def test_report_of_two_runs_overlays_them(trained, tmp_path):
     second = tmp_path / "run2"
     shutil.copytree(trained / "run", second)
     out = tmp_path / "two.html"
-    result = run("report", trained / "run", second, "--out", out, "--count", 3, "--no-meteor",
-                 "--max-images", 4)
+    result = run(
+        "report",
+        trained / "run",
+        second,
+        "--out",
+        out,
+        "--count",
+        3,
+        "--no-meteor",
+        "--max-images",
+        4,
+    )
     assert result.exit_code == 0, result.output
     html = out.read_text()
     assert html.count("<h3>run2</h3>") == 2 and "run: Best CIDEr-D" in html
@@ -162,20 +216,50 @@ def test_report_embeds_gradient_flow_output(trained, tmp_path):
     shutil.copytree(trained / "run", run_dir)
     Image.new("RGB", (40, 20), "red").save(run_dir / "gradients.png")
     Image.new("RGB", (40, 20), "blue").save(tmp_path / "runs" / "compare.png")
-    (tmp_path / "runs" / "gradients.json").write_text(json.dumps({"runs": [
-        {"label": "a", "cell": "lstm", "gain_per_step": 0.8125, "halving_steps": 3.3,
-         "by_distance": [{"d": 0, "h": 1.0}]}]}))
+    (tmp_path / "runs" / "gradients.json").write_text(
+        json.dumps(
+            {
+                "runs": [
+                    {
+                        "label": "a",
+                        "cell": "lstm",
+                        "gain_per_step": 0.8125,
+                        "halving_steps": 3.3,
+                        "by_distance": [{"d": 0, "h": 1.0}],
+                    }
+                ]
+            }
+        )
+    )
     out = tmp_path / "g.html"
-    assert run("report", run_dir, "--out", out, "--count", 3, "--no-meteor",
-               "--max-images", 4).exit_code == 0
+    assert (
+        run(
+            "report", run_dir, "--out", out, "--count", 3, "--no-meteor", "--max-images", 4
+        ).exit_code
+        == 0
+    )
     html = out.read_text()
-    section = html[html.index('id="gradients"'):]
+    section = html[html.index('id="gradients"') :]
     assert len(_data_uris(section)) == 2 and "by_distance" not in section
     assert "<th>gain_per_step</th>" in section and "<td>0.8125</td>" in section
     # two runs of one comparison: their parent's files are shown once
     shutil.copytree(run_dir, tmp_path / "runs" / "b", ignore=shutil.ignore_patterns("gradients*"))
-    assert run("report", run_dir, tmp_path / "runs" / "b", "--out", out, "--force", "--count", 3,
-               "--no-meteor", "--max-images", 4).exit_code == 0
+    assert (
+        run(
+            "report",
+            run_dir,
+            tmp_path / "runs" / "b",
+            "--out",
+            out,
+            "--force",
+            "--count",
+            3,
+            "--no-meteor",
+            "--max-images",
+            4,
+        ).exit_code
+        == 0
+    )
     section = out.read_text().split('id="gradients"')[1]
     assert len(_data_uris(section)) == 2 and section.count("<th>gain_per_step</th>") == 1
 
@@ -192,8 +276,9 @@ def test_missing_pictures_become_placeholders(trained, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(trained / "data", data)
     lines = (data / "val2014_urls.txt").read_text().splitlines()
-    (data / "val2014_urls.txt").write_text("".join(f"{tmp_path}/gone/{os.path.basename(u)}\n"
-                                                   for u in lines))
+    (data / "val2014_urls.txt").write_text(
+        "".join(f"{tmp_path}/gone/{os.path.basename(u)}\n" for u in lines)
+    )
     run_dir = tmp_path / "run"
     shutil.copytree(trained / "run", run_dir)
     _point_at(run_dir, data)
@@ -201,21 +286,23 @@ def test_missing_pictures_become_placeholders(trained, tmp_path):
     result = run("report", run_dir, "--out", out, "--count", 3, "--no-meteor")
     assert result.exit_code == 0, result.output
     html = out.read_text()
-    gallery = html[html.index('id="gallery"'):]
+    gallery = html[html.index('id="gallery"') :]
     assert _data_uris(gallery) == [] and gallery.count("picture not found") == 3
 
 
 def test_report_bad_inputs(trained, tmp_path):
     not_run = tmp_path / "empty"
     not_run.mkdir()
-    one_error_line(run("report", not_run, "--out", tmp_path / "r.html"), str(not_run),
-                   "not a run directory")
-    one_error_line(run("report", tmp_path / "nowhere", "--out", tmp_path / "r.html"),
-                   "not a directory")
+    one_error_line(
+        run("report", not_run, "--out", tmp_path / "r.html"), str(not_run), "not a run directory"
+    )
+    one_error_line(
+        run("report", tmp_path / "nowhere", "--out", tmp_path / "r.html"), "not a directory"
+    )
     damaged = tmp_path / "damaged"
     shutil.copytree(trained / "run", damaged)
     raw = (damaged / "best.npz").read_bytes()
-    (damaged / "best.npz").write_bytes(raw[:len(raw) // 2])
+    (damaged / "best.npz").write_bytes(raw[: len(raw) // 2])
     one_error_line(run("report", damaged, "--out", tmp_path / "r.html"), "best.npz", "truncated")
     gone = tmp_path / "gone"
     shutil.copytree(trained / "run", gone)
@@ -228,26 +315,49 @@ def test_report_bad_inputs(trained, tmp_path):
     one_error_line(run("report", trained / "run", "--out", blocker / "r.html"), "r.html")
     one_error_line(run("report", trained / "run", "--out", tmp_path), "is a directory")
     assert not (tmp_path / "r.html").exists() and sorted(os.listdir(tmp_path)) == [
-        "damaged", "empty", "file", "gone"]
+        "damaged",
+        "empty",
+        "file",
+        "gone",
+    ]
 
 
 def test_report_refuses_runs_on_different_vocabularies(trained, tmp_path):
-    data = build_dataset(tmp_path / "coco", n_train_images=20, n_val_images=5, feature_dim=16,
-                         vocab_size=60)
-    assert run("train", "--data", data, "--epochs", 1, "--hidden-dim", 8, "--wordvec-dim", 8,
-               "--quiet", "--out", tmp_path / "other").exit_code == 0
+    data = build_dataset(
+        tmp_path / "coco", n_train_images=20, n_val_images=5, feature_dim=16, vocab_size=60
+    )
+    assert (
+        run(
+            "train",
+            "--data",
+            data,
+            "--epochs",
+            1,
+            "--hidden-dim",
+            8,
+            "--wordvec-dim",
+            8,
+            "--quiet",
+            "--out",
+            tmp_path / "other",
+        ).exit_code
+        == 0
+    )
     result = run("report", trained / "run", tmp_path / "other", "--out", tmp_path / "r.html")
     one_error_line(result, "vocabulary", "report them separately")
     assert not (tmp_path / "r.html").exists()
     # features without pictures (the CS231n layout has only URLs): the gallery links them
-    result = run("report", tmp_path / "other", "--out", tmp_path / "r.html", "--count", 3,
-                 "--no-meteor")
+    result = run(
+        "report", tmp_path / "other", "--out", tmp_path / "r.html", "--count", 3, "--no-meteor"
+    )
     assert result.exit_code == 0, result.output
     gallery = (tmp_path / "r.html").read_text().split('id="gallery"')[1]
     assert gallery.count('href="https://example.invalid/coco_synthetic/val2014/') == 3
     assert "data:image/jpeg" not in gallery
-    one_error_line(run("report", tmp_path / "other", "--split", "test", "--out",
-                       tmp_path / "t.html"), "no test split")
+    one_error_line(
+        run("report", tmp_path / "other", "--split", "test", "--out", tmp_path / "t.html"),
+        "no test split",
+    )
 
 
 def test_report_without_the_dataset_still_shows_the_training(trained, tmp_path):
@@ -271,13 +381,27 @@ def test_sample_folders_json_and_html(trained, tmp_path):
     shutil.copy(trained / "images" / "demo_000000000005.jpg", tmp_path / "holiday.JPG")
     (tmp_path / "empty").mkdir()
     out_json, out_html = tmp_path / "c.json", tmp_path / "c.html"
-    result = run("sample", pics, tmp_path / "holiday.JPG", tmp_path / "empty", "--checkpoint",
-                 trained / "run" / "best.npz", "--json", out_json, "--html", out_html)
-    assert result.exit_code == 1   # the empty folder
+    result = run(
+        "sample",
+        pics,
+        tmp_path / "holiday.JPG",
+        tmp_path / "empty",
+        "--checkpoint",
+        trained / "run" / "best.npz",
+        "--json",
+        out_json,
+        "--html",
+        out_html,
+    )
+    assert result.exit_code == 1  # the empty folder
     records = json.loads(out_json.read_text())
     names = [os.path.relpath(r["file_name"], tmp_path) for r in records]
-    assert names == ["pics/demo_000000000001.jpg", "pics/sub/demo_000000000002.jpg",
-                     "pics/sub/demo_000000000003.jpg", "holiday.JPG"]
+    assert names == [
+        "pics/demo_000000000001.jpg",
+        "pics/sub/demo_000000000002.jpg",
+        "pics/sub/demo_000000000003.jpg",
+        "holiday.JPG",
+    ]
     assert [r.get("image_id") for r in records] == [1, 2, 3, None]
     for r in records:
         assert r["caption"] in result.output and r["log_prob"] < 0
@@ -285,27 +409,48 @@ def test_sample_folders_json_and_html(trained, tmp_path):
     html = out_html.read_text()
     assert len(_data_uris(html)) == 4 and all(r["caption"] in html for r in records)
     # the same captions as captioning the files one by one
-    alone = run("sample", pics / "sub" / "demo_000000000003.jpg", "--checkpoint",
-                trained / "run" / "best.npz")
+    alone = run(
+        "sample",
+        pics / "sub" / "demo_000000000003.jpg",
+        "--checkpoint",
+        trained / "run" / "best.npz",
+    )
     assert alone.output.splitlines()[1].strip() == records[2]["caption"]
 
 
 def test_image_ids_from_file_names():
     from captioner.picture_files import image_id
+
     assert image_id("a/COCO_val2014_000000391895.jpg") == 391895
     assert image_id("000000000042.png") == 42 and image_id("demo_000000000007.jpg") == 7
     assert image_id("photo2.jpg") is None and image_id("holiday.JPG") is None
 
 
 def test_sample_json_needs_picture_files_and_a_writable_file(trained, tmp_path):
-    r = run("sample", "--split", "val", "--json", tmp_path / "x.json",
-            "--checkpoint", trained / "run" / "best.npz")
+    r = run(
+        "sample",
+        "--split",
+        "val",
+        "--json",
+        tmp_path / "x.json",
+        "--checkpoint",
+        trained / "run" / "best.npz",
+    )
     assert r.exit_code == 2 and "--json" in r.output
     blocker = tmp_path / "file"
     blocker.write_text("x")
     picture = trained / "images" / "demo_000000000001.jpg"
-    one_error_line(run("sample", picture, "--json", blocker / "x.json", "--checkpoint",
-                       trained / "run" / "best.npz"), "x.json")
+    one_error_line(
+        run(
+            "sample",
+            picture,
+            "--json",
+            blocker / "x.json",
+            "--checkpoint",
+            trained / "run" / "best.npz",
+        ),
+        "x.json",
+    )
 
 
 # ---------------------------------------------------------------- in a real browser
@@ -344,19 +489,33 @@ def _chromium():
     if path:
         return path
     if os.environ.get("CI") == "true":
-        pytest.fail("CI=true but chromium is not installed; .ci/run installs it "
-                    "(apt-get install chromium)")
-    pytest.skip("headless Chromium not installed (apt-get install chromium); "
-                "the browser test needs it")
+        pytest.fail(
+            "CI=true but chromium is not installed; .ci/run installs it (apt-get install chromium)"
+        )
+    pytest.skip(
+        "headless Chromium not installed (apt-get install chromium); the browser test needs it"
+    )
 
 
 def _browse(chromium, profile, *args):
     import subprocess
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--no-first-run", "--disable-extensions",
-           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-           "--window-size=1366,768", *args]
+
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1366,768",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -367,8 +526,9 @@ def test_report_in_headless_chromium(trained, tmp_path):
     html = page.read_text()
     copy = tmp_path / "checked.html"
     copy.write_text(html.replace("<head>", "<head>\n" + CHECKS, 1))
-    done = _browse(chromium, tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom",
-                   copy.as_uri())
+    done = _browse(
+        chromium, tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()
+    )
     found = re.search(r'<pre id="__checks">(.*?)</pre>', done.stdout, re.S)
     assert found, (done.stdout[-2000:], done.stderr[-2000:])
     checks = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
@@ -381,21 +541,35 @@ def test_report_in_headless_chromium(trained, tmp_path):
     assert console == [], console
     # a screenshot, kept with the test's files
     shot = tmp_path / "report.png"
-    _browse(chromium, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1366,2400",
-            page.as_uri())
+    _browse(
+        chromium,
+        tmp_path / "profile2",
+        f"--screenshot={shot}",
+        "--window-size=1366,2400",
+        page.as_uri(),
+    )
     with Image.open(shot) as im:
         assert im.size == (1366, 2400)
-        assert len(np.unique(np.asarray(im.convert("L")))) > 20   # not a blank page
+        assert len(np.unique(np.asarray(im.convert("L")))) > 20  # not a blank page
     print(f"report screenshot: {shot}")
 
 
 def test_help_does_not_import_the_report_libraries():
     import subprocess
     import sys
-    code = ("import sys; from captioner.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('jinja2', 'matplotlib', 'numpy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
-                             os.path.abspath(__file__)))), check=True).stdout
+
+    code = (
+        "import sys; from captioner.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('jinja2', 'matplotlib', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(
+            os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        ),
+        check=True,
+    ).stdout
     assert out.splitlines()[-1] == "[]"

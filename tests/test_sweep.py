@@ -1,5 +1,6 @@
 """`captioner sweep`: one ordinary run per grid combination, run locally in parallel,
 resumed after a kill, summarised in a table."""
+
 import json
 import os
 import signal
@@ -17,15 +18,33 @@ from helpers import run
 
 CLI = [sys.executable, "-c", "from captioner.cli import main; main()"]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
-SMALL = ["--hidden-dim", "16", "--wordvec-dim", "8", "--batch-size", "20", "--val-size", "20",
-         "--save-every", "1"]
+SMALL = [
+    "--hidden-dim",
+    "16",
+    "--wordvec-dim",
+    "8",
+    "--batch-size",
+    "20",
+    "--val-size",
+    "20",
+    "--save-every",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return str(build_dataset(tmp_path_factory.mktemp("coco"), n_train_images=60,
-                             captions_per_image=5, n_val_images=10, feature_dim=16,
-                             vocab_size=40, seed=4))
+    return str(
+        build_dataset(
+            tmp_path_factory.mktemp("coco"),
+            n_train_images=60,
+            captions_per_image=5,
+            n_val_images=10,
+            feature_dim=16,
+            vocab_size=40,
+            seed=4,
+        )
+    )
 
 
 def params(path):
@@ -42,15 +61,25 @@ def assert_same_params(a, b):
 
 def test_grid_parsing_and_plan():
     grid = sweep.parse_grid(["cell=rnn,lstm", "--hidden-dim=8, 16"], lambda _, t: t.upper())
-    assert grid == [("cell", [("rnn", "RNN"), ("lstm", "LSTM")]),
-                    ("hidden_dim", [("8", "8"), ("16", "16")])]
+    assert grid == [
+        ("cell", [("rnn", "RNN"), ("lstm", "LSTM")]),
+        ("hidden_dim", [("8", "8"), ("16", "16")]),
+    ]
     runs = sweep.plan({"seed": 0}, grid)
-    assert [n for n, _ in runs] == ["cell=rnn,hidden-dim=8", "cell=rnn,hidden-dim=16",
-                                    "cell=lstm,hidden-dim=8", "cell=lstm,hidden-dim=16"]
+    assert [n for n, _ in runs] == [
+        "cell=rnn,hidden-dim=8",
+        "cell=rnn,hidden-dim=16",
+        "cell=lstm,hidden-dim=8",
+        "cell=lstm,hidden-dim=16",
+    ]
     assert runs[3][1] == {"seed": 0, "cell": "LSTM", "hidden_dim": "16"}
-    for bad, why in [("cell", "NAME=V1,V2"), ("cell=", "NAME=V1,V2"),
-                     ("colour=red", "not a setting"), ("data=a,b", "not a setting"),
-                     ("lr=1,1", "repeats")]:
+    for bad, why in [
+        ("cell", "NAME=V1,V2"),
+        ("cell=", "NAME=V1,V2"),
+        ("colour=red", "not a setting"),
+        ("data=a,b", "not a setting"),
+        ("lr=1,1", "repeats"),
+    ]:
         with pytest.raises(CaptionerError, match=why):
             sweep.parse_grid([bad], lambda _, t: t)
     with pytest.raises(CaptionerError, match="already in the grid"):
@@ -59,11 +88,13 @@ def test_grid_parsing_and_plan():
 
 def test_cli_refuses_bad_grids_in_one_line(dataset, tmp_path):
     out = tmp_path / "sw"
-    for args, why in [([], "--grid NAME=V1"), (["--grid", "lr=0,1e-3"], "lr=0"),
-                      (["--grid", "cell=rnn,gru"], "cell=gru"),
-                      (["--grid", "cell=rnn,lstm", "--cell", "rnn"],
-                       "both an option and in --grid"),
-                      (["--grid", "keep-best=loss,cider"], "--eval-every")]:
+    for args, why in [
+        ([], "--grid NAME=V1"),
+        (["--grid", "lr=0,1e-3"], "lr=0"),
+        (["--grid", "cell=rnn,gru"], "cell=gru"),
+        (["--grid", "cell=rnn,lstm", "--cell", "rnn"], "both an option and in --grid"),
+        (["--grid", "keep-best=loss,cider"], "--eval-every"),
+    ]:
         result = run("sweep", "--data", dataset, "--out", out, *args)
         assert result.exit_code == 2 and why in result.output, (args, result.output)
         assert "Traceback" not in result.output
@@ -76,8 +107,23 @@ def test_sweep_runs_ranks_skips_and_its_runs_are_ordinary(dataset, tmp_path):
     out = tmp_path / "sw"
 
     def command(epochs=2, *more):
-        return ["sweep", "--data", dataset, *SMALL, "--epochs", epochs, "--grid", "cell=rnn,lstm",
-                "--grid", "lr=5e-3,2e-2", "--parallel", 2, "--out", out, *more]
+        return [
+            "sweep",
+            "--data",
+            dataset,
+            *SMALL,
+            "--epochs",
+            epochs,
+            "--grid",
+            "cell=rnn,lstm",
+            "--grid",
+            "lr=5e-3,2e-2",
+            "--parallel",
+            2,
+            "--out",
+            out,
+            *more,
+        ]
 
     result = run(*command())
     assert result.exit_code == 0, result.output
@@ -90,8 +136,21 @@ def test_sweep_runs_ranks_skips_and_its_runs_are_ordinary(dataset, tmp_path):
 
     # Each run is what `captioner train` with the same settings writes, bit for bit.
     ref = tmp_path / "ref"
-    r = run("train", "--data", dataset, *SMALL, "--epochs", 2, "--cell", "lstm", "--lr", "2e-2",
-            "--quiet", "--out", ref)
+    r = run(
+        "train",
+        "--data",
+        dataset,
+        *SMALL,
+        "--epochs",
+        2,
+        "--cell",
+        "lstm",
+        "--lr",
+        "2e-2",
+        "--quiet",
+        "--out",
+        ref,
+    )
     assert r.exit_code == 0, r.output
     assert_same_params(out / "cell=lstm,lr=2e-2" / "last.npz", ref / "last.npz")
     got = json.loads((out / "cell=lstm,lr=2e-2" / "history.json").read_text())
@@ -123,6 +182,7 @@ def test_sweep_runs_ranks_skips_and_its_runs_are_ordinary(dataset, tmp_path):
     r = run(*command(3, "--batch-size", 10))
     assert r.exit_code == 2 and "holds a run with other settings (batch_size)" in r.output
 
+
 def saved_step(run_dir):
     """The step in run_dir/history.json (rewritten after every checkpoint), or -1."""
     try:
@@ -135,23 +195,46 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(dataset, tmp_pa
     """kill -9 of the sweep while a run trains: its children save and stop (they die with
     it), the same command finishes the job, and every run equals an uninterrupted sweep's."""
     grid = ["--grid", "cell=rnn,lstm", "--grid", "hidden-dim=16,64"]
-    common = ["sweep", "--data", dataset, *SMALL[2:], "--wordvec-dim", 8, "--epochs", 4, *grid,
-              "--parallel", 2]
+    common = [
+        "sweep",
+        "--data",
+        dataset,
+        *SMALL[2:],
+        "--wordvec-dim",
+        8,
+        "--epochs",
+        4,
+        *grid,
+        "--parallel",
+        2,
+    ]
     straight = tmp_path / "straight"
-    r = subprocess.run(CLI + [str(a) for a in common + ["--out", straight]], env=ENV,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        CLI + [str(a) for a in common + ["--out", straight]],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     names = [n for n in os.listdir(straight) if n != "sweep.json"]
     assert len(names) == 4
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(CLI + [str(a) for a in common + ["--out", out]], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        CLI + [str(a) for a in common + ["--out", out]],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     try:
         # Wait until a run is part-way (a checkpoint saved, no result yet), then kill -9.
-        while not any(0 < saved_step(out / n) < 4 * 15 and not (out / n / "result.json").exists()
-                      for n in names):
+        while not any(
+            0 < saved_step(out / n) < 4 * 15 and not (out / n / "result.json").exists()
+            for n in names
+        ):
             assert proc.poll() is None, "the sweep ended before a run was caught mid-way"
             assert time.monotonic() < deadline
             time.sleep(0.001)
@@ -162,8 +245,13 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(dataset, tmp_pa
     done = [n for n in names if (out / n / "result.json").exists()]
     assert len(done) < 4
 
-    r = subprocess.run(CLI + [str(a) for a in common + ["--out", out]], env=ENV,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        CLI + [str(a) for a in common + ["--out", out]],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("finished, skipped") == len(done)
     assert any("resuming" in (out / n / "train.log").read_text() for n in names)

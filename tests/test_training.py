@@ -1,4 +1,5 @@
 """Checkpoints, the training loop, exact resume and the CLI around them."""
+
 import errno
 import json
 import os
@@ -18,13 +19,27 @@ from helpers import run
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return str(build_dataset(tmp_path_factory.mktemp("coco"), n_train_images=60,
-                             captions_per_image=5, n_val_images=10, feature_dim=48, seed=1))
+    return str(
+        build_dataset(
+            tmp_path_factory.mktemp("coco"),
+            n_train_images=60,
+            captions_per_image=5,
+            n_val_images=10,
+            feature_dim=48,
+            seed=1,
+        )
+    )
 
 
 def small_model(data, cell="lstm", seed=0):
-    return CaptioningRNN(data["word_to_idx"], input_dim=data["feature_dim"], wordvec_dim=16,
-                         hidden_dim=24, cell_type=cell, seed=seed)
+    return CaptioningRNN(
+        data["word_to_idx"],
+        input_dim=data["feature_dim"],
+        wordvec_dim=16,
+        hidden_dim=24,
+        cell_type=cell,
+        seed=seed,
+    )
 
 
 SMALL = dict(batch_size=16, lr=5e-3, val_size=20, save_every=0)
@@ -43,8 +58,9 @@ def test_resume_is_bit_identical(dataset, tmp_path, cell):
     model, meta, optim, history = checkpoint.load_model(os.path.join(run_dir, "last.npz"))
     state = training.resume_state(meta, optim, history)
     assert state["epoch"] == 2 and len(state["loss_history"]) == state["step"]
-    training.train(data, model, run_dir, state=state, progress=False, log=lambda *_: None,
-                   epochs=3, **SMALL)
+    training.train(
+        data, model, run_dir, state=state, progress=False, log=lambda *_: None, epochs=3, **SMALL
+    )
     for k in straight.params:
         np.testing.assert_array_equal(model.params[k], straight.params[k], err_msg=k)
 
@@ -71,8 +87,9 @@ def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
 
     checkpoint.save = spy
     try:
-        training.train(data, partial, run_dir, progress=False, log=lambda *_: None,
-                       **settings_partial)
+        training.train(
+            data, partial, run_dir, progress=False, log=lambda *_: None, **settings_partial
+        )
     finally:
         checkpoint.save = real_save
     model, meta, optim, history = checkpoint.load_model(saved["step7"])
@@ -88,16 +105,18 @@ def test_nan_loss_stops_with_clear_message(dataset, tmp_path):
     model = small_model(data)
     model.params["W_vocab"][:] = np.nan
     with pytest.raises(CaptionerError, match="diverged"):
-        training.train(data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1,
-                       **SMALL)
+        training.train(
+            data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
+        )
     assert not os.path.exists(tmp_path / "last.npz")  # nothing NaN was saved
 
 
 def test_checkpoint_round_trip_and_metadata(dataset, tmp_path):
     data = load_coco_data(dataset)
     model = small_model(data, "rnn")
-    training.train(data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1,
-                   **SMALL)
+    training.train(
+        data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
+    )
     loaded, meta, optim, history = checkpoint.load_model(tmp_path / "last.npz")
     for k, v in model.params.items():
         np.testing.assert_array_equal(loaded.params[k], v)
@@ -136,8 +155,9 @@ class _Payload:
 def test_pickle_is_refused_without_running(tmp_path):
     target = tmp_path / "pwned"
     evil = tmp_path / "evil.npz"
-    np.savez(evil, meta=np.array("{}"),
-             **{"param/W": np.array([_Payload(str(target))], dtype=object)})
+    np.savez(
+        evil, meta=np.array("{}"), **{"param/W": np.array([_Payload(str(target))], dtype=object)}
+    )
     with pytest.raises(CaptionerError, match="pickle"):
         checkpoint.load(evil)
     raw = tmp_path / "raw.npz"
@@ -180,6 +200,7 @@ def test_bad_checkpoints(tmp_path, dataset):
 
 # ---------------------------------------------------------------- the CLI
 
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 def test_overfit_small_memorises(dataset, cell):
     result = run("overfit", "--small", "--cell", cell, "--data", dataset)
@@ -192,11 +213,30 @@ def test_overfit_small_memorises(dataset, cell):
 
 
 def test_train_resume_sample_info(tmp_path):
-    data = str(build_dataset(tmp_path / "coco", n_train_images=4000, captions_per_image=5,
-                             n_val_images=50, feature_dim=32, seed=2))
+    data = str(
+        build_dataset(
+            tmp_path / "coco",
+            n_train_images=4000,
+            captions_per_image=5,
+            n_val_images=50,
+            feature_dim=32,
+            seed=2,
+        )
+    )
     out = tmp_path / "run"
-    args = ["--data", data, "--hidden-dim", 32, "--wordvec-dim", 16, "--batch-size", 200,
-            "--val-size", 100, "--quiet"]
+    args = [
+        "--data",
+        data,
+        "--hidden-dim",
+        32,
+        "--wordvec-dim",
+        16,
+        "--batch-size",
+        200,
+        "--val-size",
+        100,
+        "--quiet",
+    ]
     result = run("train", *args, "--epochs", 1, "--out", out)
     assert result.exit_code == 0, result.output
     assert "20,000 training captions" in result.output
@@ -211,14 +251,38 @@ def test_train_resume_sample_info(tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history["epochs"]] == [1, 2]
 
-    result = run("sample", "--checkpoint", out / "best.npz", "--data", data, "--split", "val",
-                 "--count", 3, "--seed", 0)
+    result = run(
+        "sample",
+        "--checkpoint",
+        out / "best.npz",
+        "--data",
+        data,
+        "--split",
+        "val",
+        "--count",
+        3,
+        "--seed",
+        0,
+    )
     assert result.exit_code == 0, result.output
     assert result.output.count("https://example.invalid/") == 3  # one URL line per image
 
     saved = tmp_path / "results.json"
-    result = run("evaluate", "--checkpoint", out / "best.npz", "--data", data, "--max-images", 20,
-                 "--beam-size", 2, "--no-meteor", "--json", "--save-results", saved)
+    result = run(
+        "evaluate",
+        "--checkpoint",
+        out / "best.npz",
+        "--data",
+        data,
+        "--max-images",
+        20,
+        "--beam-size",
+        2,
+        "--no-meteor",
+        "--json",
+        "--save-results",
+        saved,
+    )
     assert result.exit_code == 0, result.output
     scores = json.loads(result.output)["scores"]
     assert set(scores) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
@@ -228,17 +292,32 @@ def test_train_resume_sample_info(tmp_path):
     assert [r["image_id"] for r in results] == [int(n[-16:-4]) for n in names]
     assert all(isinstance(r["caption"], str) and r["caption"] for r in results)
     # Without --data, the checkpoint's own training folder (as `sample --split` does).
-    result = run("evaluate", "--checkpoint", out / "best.npz", "--max-images", 20,
-                 "--beam-size", 2,
-                 "--no-meteor", "--json")
+    result = run(
+        "evaluate",
+        "--checkpoint",
+        out / "best.npz",
+        "--max-images",
+        20,
+        "--beam-size",
+        2,
+        "--no-meteor",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["scores"] == scores
     # The saved file is a valid results file for `evaluate --results`.
     refs = tmp_path / "refs.json"
-    refs.write_text(json.dumps({
-        "images": [{"id": r["image_id"]} for r in results],
-        "annotations": [{"id": i, "image_id": r["image_id"], "caption": r["caption"]}
-                        for i, r in enumerate(results)]}))
+    refs.write_text(
+        json.dumps(
+            {
+                "images": [{"id": r["image_id"]} for r in results],
+                "annotations": [
+                    {"id": i, "image_id": r["image_id"], "caption": r["caption"]}
+                    for i, r in enumerate(results)
+                ],
+            }
+        )
+    )
     result = run("evaluate", "--results", saved, "--references", refs, "--no-meteor", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["scores"]["ROUGE_L"] > 0.999  # scored against itself
@@ -252,8 +331,13 @@ def test_train_resume_sample_info(tmp_path):
 def test_cli_user_errors(tmp_path, dataset):
     missing = run("train", "--data", tmp_path / "nope")
     assert missing.exit_code == 2 and "captioner download" in missing.output
-    for bad in (["--lr", "0"], ["--lr", "nan"], ["--batch-size", "0"], ["--cell", "gru"],
-                ["--epochs", "-1"]):
+    for bad in (
+        ["--lr", "0"],
+        ["--lr", "nan"],
+        ["--batch-size", "0"],
+        ["--cell", "gru"],
+        ["--epochs", "-1"],
+    ):
         result = run("train", "--data", dataset, *bad)
         assert result.exit_code == 2, (bad, result.output)
     result = run("sample", "--checkpoint", tmp_path / "none.npz", "--split", "val")
@@ -279,9 +363,26 @@ def test_second_writer_is_refused(tmp_path):
 
 def test_eval_every_and_keep_best_cider(dataset, tmp_path):
     out = tmp_path / "run"
-    result = run("train", "--data", dataset, "--epochs", 2, "--hidden-dim", 16, "--wordvec-dim", 8,
-                 "--batch-size", 50, "--eval-every", 1, "--keep-best", "cider", "--quiet",
-                 "--out", out)
+    result = run(
+        "train",
+        "--data",
+        dataset,
+        "--epochs",
+        2,
+        "--hidden-dim",
+        16,
+        "--wordvec-dim",
+        8,
+        "--batch-size",
+        50,
+        "--eval-every",
+        1,
+        "--keep-best",
+        "cider",
+        "--quiet",
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     history = json.loads((out / "history.json").read_text())
     assert all("CIDEr" in r and "Bleu_4" in r for r in history["epochs"])

@@ -66,7 +66,7 @@ def rnn_step_forward(x, prev_h, Wx, Wh, b):
 def rnn_step_backward(dnext_h, cache):
     """dnext_h (N, H) -> dx (N, W), dprev_h (N, H), dWx (W, H), dWh (H, H), db (H,)."""
     x, prev_h, Wx, Wh, next_h = cache
-    da = dnext_h * (1.0 - next_h ** 2)
+    da = dnext_h * (1.0 - next_h**2)
     return da @ Wx.T, da @ Wh.T, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
 
@@ -79,9 +79,9 @@ def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
     H = prev_h.shape[1]
     a = x @ Wx + prev_h @ Wh + b
     i = sigmoid(a[:, :H])
-    f = sigmoid(a[:, H:2 * H])
-    o = sigmoid(a[:, 2 * H:3 * H])
-    g = np.tanh(a[:, 3 * H:])
+    f = sigmoid(a[:, H : 2 * H])
+    o = sigmoid(a[:, 2 * H : 3 * H])
+    g = np.tanh(a[:, 3 * H :])
     next_c = f * prev_c + i * g
     tanh_c = np.tanh(next_c)
     next_h = o * tanh_c
@@ -92,12 +92,12 @@ def lstm_step_backward(dnext_h, dnext_c, cache):
     """dnext_h, dnext_c (N, H) -> dx, dprev_h, dprev_c, dWx, dWh, db."""
     x, prev_h, prev_c, Wx, Wh, i, f, o, g, tanh_c = cache
     do = dnext_h * tanh_c
-    dc = dnext_c + dnext_h * o * (1.0 - tanh_c ** 2)
+    dc = dnext_c + dnext_h * o * (1.0 - tanh_c**2)
     di = dc * g
     df = dc * prev_c
     dg = dc * i
     dprev_c = dc * f
-    da = np.hstack([di * i * (1 - i), df * f * (1 - f), do * o * (1 - o), dg * (1 - g ** 2)])
+    da = np.hstack([di * i * (1 - i), df * f * (1 - f), do * o * (1 - o), dg * (1 - g**2)])
     return da @ Wx.T, da @ Wh.T, dprev_c, x.T @ da, prev_h.T @ da, da.sum(axis=0)
 
 
@@ -184,8 +184,9 @@ def textbook_loss(params, features, captions, cell, null=0, start=1):
     prev_h, prev_c = h0, np.zeros((N, H))
     for t in range(T):
         if cell == "lstm":
-            prev_h, prev_c, cache = lstm_step_forward(x[:, t], prev_h, prev_c, p["Wx"], p["Wh"],
-                                                      p["b"])
+            prev_h, prev_c, cache = lstm_step_forward(
+                x[:, t], prev_h, prev_c, p["Wx"], p["Wh"], p["b"]
+            )
         else:
             prev_h, cache = rnn_step_forward(x[:, t], prev_h, p["Wx"], p["Wh"], p["b"])
         hs.append(prev_h)
@@ -203,10 +204,12 @@ def textbook_loss(params, features, captions, cell, null=0, start=1):
     for t in reversed(range(T)):
         if cell == "lstm":
             dx[:, t], dprev_h, dprev_c, dWx_t, dWh_t, db_t = lstm_step_backward(
-                dh[:, t] + dprev_h, dprev_c, caches[t])
+                dh[:, t] + dprev_h, dprev_c, caches[t]
+            )
         else:
-            dx[:, t], dprev_h, dWx_t, dWh_t, db_t = rnn_step_backward(dh[:, t] + dprev_h,
-                                                                      caches[t])
+            dx[:, t], dprev_h, dWx_t, dWh_t, db_t = rnn_step_backward(
+                dh[:, t] + dprev_h, caches[t]
+            )
         dWx += dWx_t
         dWh += dWh_t
         db += db_t
@@ -231,7 +234,7 @@ def adam(w, dw, config=None):
     config.setdefault("t", 0)
     config["t"] += 1
     config["m"] = config["beta1"] * config["m"] + (1 - config["beta1"]) * dw
-    config["v"] = config["beta2"] * config["v"] + (1 - config["beta2"]) * dw ** 2
+    config["v"] = config["beta2"] * config["v"] + (1 - config["beta2"]) * dw**2
     m_hat = config["m"] / (1 - config["beta1"] ** config["t"])
     v_hat = config["v"] / (1 - config["beta2"] ** config["t"])
     next_w = w - config["learning_rate"] * m_hat / (np.sqrt(v_hat) + config["epsilon"])

@@ -10,6 +10,7 @@ their first run only (that run is a row of its own).
 
 Standalone: python scripts/benchmarks/cluster.py [--quick]
 """
+
 import json
 import os
 import shutil
@@ -49,12 +50,16 @@ def _pictures(folder, n):
         images.append({"id": i, "file_name": name})
         anns.append({"id": i, "image_id": i, "caption": f"picture number {i % 7} of a test"})
     (folder / "captions.json").write_text(json.dumps({"images": images, "annotations": anns}))
-    return (f"{n} copies of the {len(real)} COCO pictures in {SHARED / 'coco' / 'images'}" if real
-            else f"{n} random 640x480 JPEGs (../shared absent)")
+    return (
+        f"{n} copies of the {len(real)} COCO pictures in {SHARED / 'coco' / 'images'}"
+        if real
+        else f"{n} random 640x480 JPEGs (../shared absent)"
+    )
 
 
 def _features(out):
     import h5py
+
     got = {}
     for name in sorted(os.listdir(out)):
         if name.endswith(".h5"):
@@ -65,6 +70,7 @@ def _features(out):
 
 def _same(a, b):
     import numpy as np
+
     fa, fb = _features(a), _features(b)
     return sorted(fa) == sorted(fb) and all(np.array_equal(fa[k], fb[k]) for k in fa)
 
@@ -89,8 +95,9 @@ def _prepare_figures(rep, tmp, quick):
     def prepare(name, **kw):
         out = tmp / name
         t0 = time.perf_counter()
-        prepare_dataset(pics, pics / "captions.json", out, min_count=1, batch_size=batch,
-                        progress=False, **kw)
+        prepare_dataset(
+            pics, pics / "captions.json", out, min_count=1, batch_size=batch, progress=False, **kw
+        )
         return out, n / (time.perf_counter() - t0)
 
     _log("prepare, 1 process ...")
@@ -113,21 +120,48 @@ def _prepare_figures(rep, tmp, quick):
     same = all(_same(local[0], o) for o in local[1:] + cold)
     same_one = _same(one, local[0])
     rep.row(SEC, "prepare, 1 process", f"{ips1:.1f} images/s")
-    rep.row(SEC, f"prepare, 2 local worker processes (best of {rounds})",
-            f"{ips2:.1f} images/s ({ips2 / ips1:.2f}x 1 process)")
-    rep.row(SEC, "prepare, local Dask cluster of 2 workers: first run (workers start cold)",
-            f"{cluster_ips[0]:.1f} images/s ({cluster_ips[0] / ips2:.2f}x the local processes)")
-    rep.row(SEC, f"prepare, local Dask cluster of 2 workers (best of {rounds})",
-            f"{best:.1f} images/s ({best / ips2:.2f}x the local processes)",
-            ">= 0.85x local processes", best >= 0.85 * ips2)
+    rep.row(
+        SEC,
+        f"prepare, 2 local worker processes (best of {rounds})",
+        f"{ips2:.1f} images/s ({ips2 / ips1:.2f}x 1 process)",
+    )
+    rep.row(
+        SEC,
+        "prepare, local Dask cluster of 2 workers: first run (workers start cold)",
+        f"{cluster_ips[0]:.1f} images/s ({cluster_ips[0] / ips2:.2f}x the local processes)",
+    )
+    rep.row(
+        SEC,
+        f"prepare, local Dask cluster of 2 workers (best of {rounds})",
+        f"{best:.1f} images/s ({best / ips2:.2f}x the local processes)",
+        ">= 0.85x local processes",
+        best >= 0.85 * ips2,
+    )
     rep.row(SEC, "starting the local cluster (not in the figures above)", f"{start:.1f} s")
-    rep.row(SEC, "cluster datasets identical to the local workers'", "yes" if same else "NO",
-            "yes", same)
-    rep.row(SEC, "1-process dataset identical to the local workers'",
-            "yes" if same_one else "no (this process's BLAS threads differ from the workers' 1)")
-    return {"pictures": n, "shard": batch, "images_per_s": {
-        "one_process": ips1, "local_workers_2": local_ips, "cluster_2": cluster_ips},
-        "cluster_start_s": start, "identical": same, "one_process_identical": same_one}
+    rep.row(
+        SEC,
+        "cluster datasets identical to the local workers'",
+        "yes" if same else "NO",
+        "yes",
+        same,
+    )
+    rep.row(
+        SEC,
+        "1-process dataset identical to the local workers'",
+        "yes" if same_one else "no (this process's BLAS threads differ from the workers' 1)",
+    )
+    return {
+        "pictures": n,
+        "shard": batch,
+        "images_per_s": {
+            "one_process": ips1,
+            "local_workers_2": local_ips,
+            "cluster_2": cluster_ips,
+        },
+        "cluster_start_s": start,
+        "identical": same,
+        "one_process_identical": same_one,
+    }
 
 
 def _sweep_figures(rep, tmp, quick):
@@ -136,22 +170,47 @@ def _sweep_figures(rep, tmp, quick):
     from fixtures import build_dataset
 
     n_images = 400 if quick else 1000
-    data = build_dataset(tmp / "synthetic", n_train_images=n_images, captions_per_image=5,
-                         n_val_images=100, feature_dim=512, seed=0)
-    base = dict(data=str(data), features="auto", cell="lstm", epochs=2, batch_size=100, lr=1e-3,
-                lr_decay=0.95, optimizer="adam", weight_decay=0.0, clip_norm=0.0, hidden_dim=256,
-                wordvec_dim=128, max_train=None, val_size=500, save_every=0, eval_every=0,
-                keep_best="loss", seed=0)
+    data = build_dataset(
+        tmp / "synthetic",
+        n_train_images=n_images,
+        captions_per_image=5,
+        n_val_images=100,
+        feature_dim=512,
+        seed=0,
+    )
+    base = dict(
+        data=str(data),
+        features="auto",
+        cell="lstm",
+        epochs=2,
+        batch_size=100,
+        lr=1e-3,
+        lr_decay=0.95,
+        optimizer="adam",
+        weight_decay=0.0,
+        clip_norm=0.0,
+        hidden_dim=256,
+        wordvec_dim=128,
+        max_train=None,
+        val_size=500,
+        save_every=0,
+        eval_every=0,
+        keep_best="loss",
+        seed=0,
+    )
     grid = [("cell", [("rnn", "rnn"), ("lstm", "lstm")]), ("lr", [("1e-3", 1e-3), ("2e-3", 2e-3)])]
-    what = (f"4 runs (cell rnn/lstm x lr 1e-3/2e-3), {n_images * 5:,} captions, hidden 256, "
-            f"2 epochs each")
+    what = (
+        f"4 runs (cell rnn/lstm x lr 1e-3/2e-3), {n_images * 5:,} captions, hidden 256, "
+        f"2 epochs each"
+    )
     rep.row(SEC, "sweep", what)
     walls = {}
     for parallel in (1, 2):
         _log(f"sweep --parallel {parallel} ...")
         t0 = time.perf_counter()
-        rows, failed = sweep.run_sweep(str(tmp / f"sweep{parallel}"), base, grid,
-                                       parallel=parallel, log=lambda _: None)
+        rows, failed = sweep.run_sweep(
+            str(tmp / f"sweep{parallel}"), base, grid, parallel=parallel, log=lambda _: None
+        )
         walls[parallel] = time.perf_counter() - t0
         if failed:
             return rep.skip(SEC, f"a sweep run failed: {next(iter(failed.values()))}")
@@ -164,8 +223,10 @@ def run(rep, args):
     quick = getattr(args, "quick", False)
     tmp = Path(tempfile.mkdtemp(prefix="captioner-bench-cluster-"))
     try:
-        rep.data[SEC] = {"prepare": _prepare_figures(rep, tmp, quick),
-                         "sweep": _sweep_figures(rep, tmp, quick)}
+        rep.data[SEC] = {
+            "prepare": _prepare_figures(rep, tmp, quick),
+            "sweep": _sweep_figures(rep, tmp, quick),
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -13,6 +13,7 @@ picture (less sensitive to other processes: CPU time / cores, assuming the worke
 
 Standalone: python scripts/benchmarks/prepare.py [--repeat N] [--rounds N] [--json]
 """
+
 import argparse
 import io
 import json
@@ -28,8 +29,10 @@ from pathlib import Path
 try:  # run by scripts/bench.py (benchmarks is a package there) or standalone
     from benchmarks.common import log
 except ImportError:
+
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
+
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
@@ -85,10 +88,17 @@ def build_pictures(folder, repeat):
 
 
 def measure(pictures, out, workers):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    r = subprocess.run([sys.executable, "-c", RUN, str(pictures), str(out), str(workers),
-                        str(ROOT)], capture_output=True, text=True, env=env)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", RUN, str(pictures), str(out), str(workers), str(ROOT)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if r.returncode != 0:
         raise RuntimeError(f"prepare with {workers} worker(s) failed: {r.stderr.strip()[-300:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -97,9 +107,12 @@ def measure(pictures, out, workers):
 def same_features(a, b):
     import h5py
     import numpy as np
+
     for split in ("train", "val"):
-        with h5py.File(a / f"{split}2014_squeezenet.h5") as fa, \
-                h5py.File(b / f"{split}2014_squeezenet.h5") as fb:
+        with (
+            h5py.File(a / f"{split}2014_squeezenet.h5") as fa,
+            h5py.File(b / f"{split}2014_squeezenet.h5") as fb,
+        ):
             if not np.array_equal(fa["features"][()], fb["features"][()]):
                 return False
     return True
@@ -111,6 +124,7 @@ def run(rep, args):
     if not Path("/proc/self/status").is_file():
         return rep.skip(SEC, "/proc/self/status absent (Linux only): cannot read peak RSS")
     from captioner.prepare import default_workers
+
     cores = default_workers()
     quick = getattr(args, "quick", False)
     repeat = getattr(args, "repeat", None) or (REPEAT // 2 if quick else REPEAT)
@@ -121,40 +135,78 @@ def run(rep, args):
         runs = {1: [], cores: []}
         for r in range(rounds):  # interleaved, so a busy spell hits both worker counts alike
             for workers in runs:
-                log(f"[{SEC}] round {r + 1}/{rounds}: {n} real COCO JPEGs, "
-                    f"{workers} worker(s) ...")
+                log(
+                    f"[{SEC}] round {r + 1}/{rounds}: {n} real COCO JPEGs, {workers} worker(s) ..."
+                )
                 shutil.rmtree(tmp / f"out{workers}", ignore_errors=True)
                 runs[workers].append(measure(tmp / "pictures", tmp / f"out{workers}", workers))
         same = cores == 1 or same_features(tmp / "out1", tmp / f"out{cores}")
-    res = {w: dict(min(rs, key=lambda x: x["seconds"]), all_seconds=[x["seconds"] for x in rs])
-           for w, rs in runs.items()}  # the least disturbed run of each
+    res = {
+        w: dict(min(rs, key=lambda x: x["seconds"]), all_seconds=[x["seconds"] for x in rs])
+        for w, rs in runs.items()
+    }  # the least disturbed run of each
     for r in res.values():
         r["images_per_second"] = r["images"] / r["seconds"]
     one, all_ = res[1]["images_per_second"], res[cores]["images_per_second"]
     speedup = all_ / one
     cpu_per_image = statistics.median(x["cpu"] / x["images"] for rs in runs.values() for x in rs)
-    rss = max(r["parent_kib"] + (r["worker_kib"] * r["workers"] if r["workers"] > 1 else 0)
-              for r in res.values()) * 1024
+    rss = (
+        max(
+            r["parent_kib"] + (r["worker_kib"] * r["workers"] if r["workers"] > 1 else 0)
+            for r in res.values()
+        )
+        * 1024
+    )
     rep.row(SEC, f"prepare, {n} real COCO JPEGs, 1 worker", f"{one:.1f} images/s")
-    rep.row(SEC, f"prepare, {n} real COCO JPEGs, {cores} workers (all cores)",
-            f"{all_:.1f} images/s ({speedup:.2f}x 1 worker)",
-            f">= {TARGET_SPEEDUP}x on 2 cores", speedup >= TARGET_SPEEDUP if cores >= 2 else None)
-    rep.row(SEC, "features, 1 worker vs all cores", "bit-identical" if same else "DIFFER",
-            "identical", same)
-    rep.row(SEC, "peak RSS of prepare (parent + workers)", f"{rss / 2**20:.0f} MiB",
-            "< 1.5 GiB", rss < TARGET_RSS)
+    rep.row(
+        SEC,
+        f"prepare, {n} real COCO JPEGs, {cores} workers (all cores)",
+        f"{all_:.1f} images/s ({speedup:.2f}x 1 worker)",
+        f">= {TARGET_SPEEDUP}x on 2 cores",
+        speedup >= TARGET_SPEEDUP if cores >= 2 else None,
+    )
+    rep.row(
+        SEC,
+        "features, 1 worker vs all cores",
+        "bit-identical" if same else "DIFFER",
+        "identical",
+        same,
+    )
+    rep.row(
+        SEC,
+        "peak RSS of prepare (parent + workers)",
+        f"{rss / 2**20:.0f} MiB",
+        "< 1.5 GiB",
+        rss < TARGET_RSS,
+    )
     hours = COCO_2014 / all_ / 3600
-    rep.row(SEC, f"projected: all of COCO 2014 ({COCO_2014:,} pictures), {cores} workers",
-            f"{hours:.1f} h (projection from the rate above)")
-    rep.row(SEC, "CPU time per picture (all processes; robust to a busy machine)",
-            f"{cpu_per_image * 1e3:.0f} ms")
+    rep.row(
+        SEC,
+        f"projected: all of COCO 2014 ({COCO_2014:,} pictures), {cores} workers",
+        f"{hours:.1f} h (projection from the rate above)",
+    )
+    rep.row(
+        SEC,
+        "CPU time per picture (all processes; robust to a busy machine)",
+        f"{cpu_per_image * 1e3:.0f} ms",
+    )
     cpu_hours = COCO_2014 * cpu_per_image / cores / 3600
-    rep.row(SEC, f"projected from CPU time: COCO 2014 on {cores} idle cores",
-            f"{cpu_hours:.1f} h (projection: CPU time / cores)")
-    rep.data[SEC] = dict(pictures=n, cores=cores, runs={str(k): v for k, v in res.items()},
-                         speedup=speedup, identical=same, peak_rss_bytes=rss,
-                         projected_hours_coco2014=hours, cpu_seconds_per_image=cpu_per_image,
-                         projected_hours_from_cpu=cpu_hours)
+    rep.row(
+        SEC,
+        f"projected from CPU time: COCO 2014 on {cores} idle cores",
+        f"{cpu_hours:.1f} h (projection: CPU time / cores)",
+    )
+    rep.data[SEC] = dict(
+        pictures=n,
+        cores=cores,
+        runs={str(k): v for k, v in res.items()},
+        speedup=speedup,
+        identical=same,
+        peak_rss_bytes=rss,
+        projected_hours_coco2014=hours,
+        cpu_seconds_per_image=cpu_per_image,
+        projected_hours_from_cpu=cpu_hours,
+    )
 
 
 class _Report:
@@ -183,7 +235,9 @@ if __name__ == "__main__":
     t0 = time.perf_counter()
     r = _Report()
     run(r, a)
-    print(f"load average at start {load[0]:.2f}, at end {os.getloadavg()[0]:.2f}; "
-          f"{time.perf_counter() - t0:.0f} s")
+    print(
+        f"load average at start {load[0]:.2f}, at end {os.getloadavg()[0]:.2f}; "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
     if a.json:
         print(json.dumps(r.data, indent=1))
