@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from . import atomic, limits
+from . import atomic, cells, limits
 from .errors import CaptionerError
 from .model import CaptioningRNN
 
@@ -362,7 +362,7 @@ def _is_num(v, nan_ok=False):
 
 def param_shapes(cfg, vocab_size):
     """The parameter shapes a model config implies: {name: shape}."""
-    k = 4 if cfg["cell_type"] == "lstm" else 1
+    k = cells.get(cfg["cell_type"]).gates
     V, D, W, H = vocab_size, cfg["input_dim"], cfg["wordvec_dim"], cfg["hidden_dim"]
     return {
         "W_embed": (V, W),
@@ -381,8 +381,8 @@ def _problem(meta, shapes):
     cfg, vocab, feats = meta.get("model"), meta.get("vocab"), meta.get("features")
     if not isinstance(cfg, dict):
         return "model is missing or not an object"
-    if cfg.get("cell_type") not in ("rnn", "lstm"):
-        return f"model.cell_type is {cfg.get('cell_type')!r}, expected rnn or lstm"
+    if cfg.get("cell_type") not in cells.NAMES:
+        return f"model.cell_type is {cfg.get('cell_type')!r}, expected {' or '.join(cells.NAMES)}"
     for key in ("input_dim", "wordvec_dim", "hidden_dim"):
         if not (_is_int(cfg.get(key)) and cfg[key] > 0):
             return f"model.{key} is {cfg.get(key)!r}, expected a positive integer"

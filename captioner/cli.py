@@ -12,6 +12,7 @@ import sys
 import click
 
 from . import __version__, limits
+from .cells import CELLS
 from .errors import CaptionerError
 
 DATA_DEFAULT = "data/coco_captioning"
@@ -110,7 +111,7 @@ def train_options(many=False, run_dir_options=True):
     options = [
         click.option(
             "--cell",
-            type=click.Choice(["lstm", "rnn"]),
+            type=click.Choice(list(CELLS)),
             multiple=many,
             default=("rnn", "lstm") if many else "lstm",
             show_default=True,
@@ -490,9 +491,9 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
 )
 @click.option(
     "--cell",
-    type=click.Choice(["lstm", "rnn"]),
+    type=click.Choice(list(CELLS)),
     default=None,
-    help="One cell only (default: both, side by side).",
+    help="One cell only (default: rnn and lstm, side by side).",
 )
 @click.option(
     "--n", type=COUNT, default=50, show_default=True, help="How many captions to memorise."
@@ -502,7 +503,7 @@ def overfit(data, features, small, cell, n, epochs):
     """Memorise a tiny subset to near-zero loss: the first check to run.
 
     \b
-    Passes (exit 0) when the final loss is below 0.1 (rnn) / 0.5 (lstm).
+    Passes (exit 0) when the final loss is below 0.1 (rnn) / 0.5 (lstm, gru).
     Example:
       captioner overfit --small
       captioner overfit --cell rnn --n 100
@@ -559,7 +560,7 @@ def overfit(data, features, small, cell, n, epochs):
 @click.option(
     "--cell",
     "cells",
-    type=click.Choice(["rnn", "lstm"]),
+    type=click.Choice(list(CELLS)),
     multiple=True,
     help="A fresh model, initialised as `train` would (repeat: --cell rnn --cell lstm).",
 )
@@ -641,7 +642,9 @@ def gradients(
     from .model import CaptioningRNN
 
     if not ckpts and not cells:
-        raise click.UsageError("give --checkpoint FILE or --cell rnn|lstm (each may repeat)")
+        raise click.UsageError(
+            f"give --checkpoint FILE or --cell {'|'.join(CELLS)} (each may repeat)"
+        )
     if plot:
         plots.check_writable(plot, force)
     # Load and check everything first: a bad input stops before any work.

@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from . import atomic, checkpoint, gradients, runs, training
+from .cells import CELLS
 from .errors import CaptionerError
 from .model import CaptioningRNN
 
@@ -68,7 +69,7 @@ def load_plan(parent, epochs=None):
     plan = read_json(path, "comparison plan")
     try:
         ok = (
-            all(c in ("rnn", "lstm") for c in plan["cells"])
+            all(c in CELLS for c in plan["cells"])
             and all(isinstance(w, (int, float)) and w >= 0 for w in plan["weight_decays"])
             and isinstance(plan["settings"], dict)
             and plan["model"]["hidden_dim"] > 0

@@ -1,4 +1,4 @@
-"""CaptioningRNN: image features -> h0, then a word-level RNN/LSTM (CS231n's layout and API).
+"""CaptioningRNN: image features -> h0, then a word-level RNN/LSTM/GRU (CS231n's layout and API).
 
 loss() follows CS231n's pipeline, numbered the same way in loss_readable():
 (1) project the image feature to h0, (2) embed the input words, (3) run the recurrence,
@@ -16,7 +16,7 @@ must not run loss() in two threads at once.
 
 import numpy as np
 
-from captioner import layers, packed
+from captioner import cells, layers, packed
 from captioner.errors import CaptionerError
 
 PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
@@ -24,7 +24,8 @@ PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_voc
 
 class CaptioningRNN:
     """Decoder: W_embed (V, W), W_proj (D, H), b_proj (H,), Wx (W, kH), Wh (H, kH),
-    b (kH,), W_vocab (H, V), b_vocab (V,) with k = 1 (rnn) or 4 (lstm, gates i, f, o, g).
+    b (kH,), W_vocab (H, V), b_vocab (V,) with k = the cell's gates (captioner.cells):
+    1 (rnn), 4 (lstm, gates i, f, o, g) or 3 (gru, gates r, z, n).
 
     word_to_idx needs <NULL> (the padding, never a target); <START> and <END> are needed
     only to sample, <UNK> is optional. Their ids are the attributes null, start, end and
@@ -41,8 +42,10 @@ class CaptioningRNN:
         dtype=np.float32,
         seed=None,
     ):
-        if cell_type not in ("rnn", "lstm"):
-            raise CaptionerError(f"cell_type must be 'rnn' or 'lstm', got {cell_type!r}")
+        try:
+            self.cell = cells.get(cell_type)
+        except ValueError as e:
+            raise CaptionerError(f"cell_type: {e}") from None
         if "<NULL>" not in word_to_idx:
             raise CaptionerError(
                 "vocabulary has no <NULL> token (the padding); use the CS231n vocabulary layout"
@@ -60,7 +63,7 @@ class CaptioningRNN:
         self.banned = np.array([i for i in (self.null, self.start, self.unk) if i is not None])
 
         V, D, W, H = len(word_to_idx), input_dim, wordvec_dim, hidden_dim
-        k = 4 if cell_type == "lstm" else 1
+        k = self.cell.gates
         rng = np.random.default_rng(seed)
         # drawn in float64 then cast, so float32 and float64 models share a seed's values
         p = {
@@ -75,6 +78,7 @@ class CaptioningRNN:
         }
         self.params = {n: np.ascontiguousarray(v, dtype=self.dtype) for n, v in p.items()}
         self._work = {}  # loss() temporaries, reused across calls (packed.buffer)
+        self._decode_step = self.cell.decode_step
 
     # ------------------------------------------------------------ training
 
@@ -90,10 +94,7 @@ class CaptioningRNN:
         captions = np.asarray(captions)
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
         mask = captions_out != self.null
-        if self.cell_type == "lstm":
-            forward, backward = layers.lstm_forward, layers.lstm_backward
-        else:
-            forward, backward = layers.rnn_forward, layers.rnn_backward
+        forward, backward = self.cell.forward, self.cell.backward
 
         # (1) image features -> initial hidden state
         h0, proj_cache = layers.affine_forward(features, p["W_proj"], p["b_proj"])
@@ -122,7 +123,6 @@ class CaptioningRNN:
         features = np.asarray(features, dtype=self.dtype)
         captions = np.asarray(captions)
         N = captions.shape[0]
-        lstm = self.cell_type == "lstm"
         # Sort by length and pack: rows with no target drop out, padding is never computed.
         order, batch_sizes, ids_in, ids_out, keep = packed.pack_captions(captions, self.null)
         feats = features[order[: batch_sizes[0] if len(batch_sizes) else 0]]
@@ -133,8 +133,7 @@ class CaptioningRNN:
         #     x @ Wx + b (one product per distinct word)
         a, words_cache = packed.project_words_forward(ids_in, p["W_embed"], p["Wx"], p["b"], work)
         # (3) the recurrence over the packed steps (a is overwritten)
-        forward = packed.lstm_packed_forward if lstm else packed.rnn_packed_forward
-        h, rnn_cache = forward(a, h0, p["Wh"], batch_sizes, work=work)
+        h, rnn_cache = self.cell.packed_forward(a, h0, p["Wh"], batch_sizes, work=work)
         # (4) hidden states -> vocabulary scores, only where the target is a word
         scores, vocab_cache = packed.vocab_scores_forward(
             h, keep, p["W_vocab"], p["b_vocab"], work
@@ -145,8 +144,7 @@ class CaptioningRNN:
         g = {}
         # backward (4) .. (1)
         dh, g["W_vocab"], g["b_vocab"] = packed.vocab_scores_backward(dscores, vocab_cache, work)
-        backward = packed.lstm_packed_backward if lstm else packed.rnn_packed_backward
-        da, dh0, g["Wh"] = backward(dh, rnn_cache, work=work)
+        da, dh0, g["Wh"] = self.cell.packed_backward(dh, rnn_cache, work=work)
         g["W_embed"], g["Wx"], g["b"] = packed.project_words_backward(da, words_cache, work)
         g["W_proj"] = feats.T @ dh0  # (1) as affine_backward; features fixed
         g["b_proj"] = dh0.sum(axis=0)
@@ -166,10 +164,11 @@ class CaptioningRNN:
             )
 
     def init_state(self, features):
-        """features (N, D) -> (h0 (N, H), c0 (N, H) zeros for lstm, None for rnn)."""
+        """features (N, D) -> (h0 (N, H), c0 (N, H) zeros for a cell with a cell state
+        (lstm), else None)."""
         p = self.params
         h = np.asarray(features, dtype=self.dtype) @ p["W_proj"] + p["b_proj"]
-        c = np.zeros_like(h) if self.cell_type == "lstm" else None
+        c = np.zeros_like(h) if "c" in self.cell.states else None
         return h, c
 
     def word_proj(self):
@@ -196,18 +195,14 @@ class CaptioningRNN:
             a += p["b"]
         else:
             a = proj[words]  # a copy: the step overwrites it
-        # same order of additions as training: (x @ Wx + b) + h @ Wh
         if rows is None:
-            a += h @ p["Wh"]
+            hWh = h @ p["Wh"]
         else:
             used, inverse = np.unique(rows, return_inverse=True)
-            a += (h[used] @ p["Wh"])[inverse]
+            hWh = (h[used] @ p["Wh"])[inverse]
+            h = h[rows]
             c = c[rows] if c is not None else None
-        if self.cell_type == "lstm":
-            h, c = packed.lstm_cell_forward(a, c)
-        else:
-            with np.errstate(over="ignore"):
-                h = packed.tanh(a, out=a)  # what training computes
+        h, c = self._decode_step(a, hWh, h, c)  # what training computes
         logits = h @ p["W_vocab"]
         logits += p["b_vocab"]
         return logits, h, c

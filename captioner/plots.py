@@ -6,7 +6,7 @@ matplotlib is imported inside the drawing functions, so commands that draw nothi
 
 import os
 
-from . import atomic
+from . import atomic, cells
 from .errors import CaptionerError
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
@@ -62,7 +62,7 @@ def gradient_plot(runs, path):
             color=colour,
             label=f"{run['label']}: dl/dh",
         )
-        if run["cell"] == "lstm":
+        if "c" in cells.get(run["cell"]).states:
             left.plot(
                 d,
                 [r["c"] for r in run["by_distance"]],

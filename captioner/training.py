@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from . import atomic, checkpoint
+from . import atomic, cells, checkpoint
 from .errors import CaptionerError
 from .model import CaptioningRNN
 from .optim import OPTIMIZERS
@@ -315,7 +315,7 @@ def _eval_metrics(model, data, n_images):
 
 # ---------------------------------------------------------------- overfit
 
-OVERFIT_LIMITS = {"rnn": 0.1, "lstm": 0.5}  # CS231n's bars for the final loss
+OVERFIT_LIMITS = {c.name: c.overfit_limit for c in cells.CELLS.values()}  # CS231n's bars
 
 
 def overfit(
@@ -360,7 +360,7 @@ def overfit(
         seed=seed,
     )
     if lr_decay is None:
-        lr_decay = 0.95 if cell == "rnn" else 0.995
+        lr_decay = cells.get(cell).lr_decay
     state = train(
         small,
         model,

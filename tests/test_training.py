@@ -45,7 +45,7 @@ def small_model(data, cell="lstm", seed=0):
 SMALL = dict(batch_size=16, lr=5e-3, val_size=20, save_every=0)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_resume_is_bit_identical(dataset, tmp_path, cell):
     data = load_coco_data(dataset)
     straight = small_model(data, cell)
@@ -335,7 +335,7 @@ def test_cli_user_errors(tmp_path, dataset):
         ["--lr", "0"],
         ["--lr", "nan"],
         ["--batch-size", "0"],
-        ["--cell", "gru"],
+        ["--cell", "transformer"],
         ["--epochs", "-1"],
     ):
         result = run("train", "--data", dataset, *bad)

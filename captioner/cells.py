@@ -1,0 +1,79 @@
+"""The decoder cells: one entry each. Model, checkpoint, training, gradients, plots,
+compare and the CLI read this table; adding a cell is one entry here plus its layers.
+
+A cell named X brings, by name (looked up on first use, so the CLI can read the table
+without importing numpy):
+- captioner.layers: X_step_forward/X_step_backward and X_forward/X_backward, the
+  readable CS231n pairs (gradient-checked in float64);
+- captioner.packed: X_packed_forward/X_packed_backward, the fast path training runs
+  (tested equal to the readable one), and X_decode_step(a, hWh, h, c) -> (h, c), one
+  forward step for the decoders: a (B, gates*H) the input projection x @ Wx + b
+  (overwritten), hWh (B, gates*H) = h @ Wh, h and c (B, H) the previous state (c None
+  unless the cell has one).
+All cells share the parameter names of CaptioningRNN: Wx (W, gates*H), Wh (H, gates*H),
+b (gates*H,).
+"""
+
+
+class Cell:
+    """name; gates: H-wide blocks of Wx, Wh and b; states: the recurrent state, ("h",)
+    or ("h", "c"); overfit_limit: CS231n's bar for `overfit`'s final loss; lr_decay:
+    its default learning-rate decay there; cache_floats: floats per hidden unit that a
+    readable step's cache holds (gradients sizes its chunks by it); about: one line."""
+
+    def __init__(self, name, gates, states, overfit_limit, lr_decay, cache_floats, about):
+        self.name, self.gates, self.states = name, gates, states
+        self.overfit_limit, self.lr_decay = overfit_limit, lr_decay
+        self.cache_floats, self.about = cache_floats, about
+
+    def _fn(self, module, kind):
+        import importlib
+
+        return getattr(importlib.import_module(f"captioner.{module}"), f"{self.name}_{kind}")
+
+    @property
+    def step_forward(self):
+        return self._fn("layers", "step_forward")
+
+    @property
+    def step_backward(self):
+        return self._fn("layers", "step_backward")
+
+    @property
+    def forward(self):
+        return self._fn("layers", "forward")
+
+    @property
+    def backward(self):
+        return self._fn("layers", "backward")
+
+    @property
+    def packed_forward(self):
+        return self._fn("packed", "packed_forward")
+
+    @property
+    def packed_backward(self):
+        return self._fn("packed", "packed_backward")
+
+    @property
+    def decode_step(self):
+        return self._fn("packed", "decode_step")
+
+
+CELLS = {
+    c.name: c
+    for c in (
+        Cell("rnn", 1, ("h",), 0.1, 0.95, 3, "tanh RNN"),
+        Cell("lstm", 4, ("h", "c"), 0.5, 0.995, 14, "LSTM, gates i, f, o, g"),
+        Cell("gru", 3, ("h",), 0.5, 0.995, 8, "GRU, gates r, z, n"),
+    )
+}
+NAMES = tuple(CELLS)
+
+
+def get(name):
+    """The Cell called name; ValueError naming the cells for any other."""
+    try:
+        return CELLS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"cell must be one of {', '.join(NAMES)}, got {name!r}") from None
