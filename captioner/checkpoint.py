@@ -24,7 +24,8 @@ import zlib
 
 import numpy as np
 
-from . import atomic, cells, limits
+from . import atomic, cells, config, limits
+from . import vocab as vocab_rules
 from .errors import CaptionerError
 from .model import CaptioningRNN
 
@@ -307,33 +308,12 @@ def check_compatible(path, meta, data):
 
 # ---------------------------------------------------------------- the schema
 
-NON_WORDS = ("<NULL>", "<START>", "<END>", "<UNK>")
-# Every training setting: (type check, meaning). Others are refused: they would clash with
-# train()'s own arguments or mean the checkpoint came from elsewhere.
+# Every training setting: (type check, meaning), from captioner.config. Others are refused:
+# they would clash with train()'s own arguments or mean the checkpoint came from elsewhere.
 _COUNT = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
 _NATURAL = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 _NUMBER = (lambda v: _is_num(v) and v >= 0, "a finite number >= 0")
-SETTINGS = {
-    "epochs": _COUNT,
-    "batch_size": _COUNT,
-    "eval_images": _COUNT,
-    "seed": _NATURAL,
-    "val_size": _NATURAL,
-    "save_every": _NATURAL,
-    "eval_every": _NATURAL,
-    "lr": _NUMBER,
-    "lr_decay": _NUMBER,
-    "weight_decay": _NUMBER,
-    "clip_norm": _NUMBER,
-    "optimizer": (
-        lambda v: isinstance(v, str) and v in OPTIM_STATE,  # a list would not hash
-        "adam, sgd, sgd_momentum or rmsprop",
-    ),
-    "keep_best": (lambda v: v in ("loss", "cider"), "loss or cider"),
-    "max_train": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
-    "data_dir": (lambda v: isinstance(v, str), "a path"),
-    "features": (lambda v: isinstance(v, str), "a feature kind"),
-}
+SETTINGS = config.SETTINGS
 # Per optimizer: its scalar state keys and its array state keys (all arrays, or none yet).
 OPTIM_STATE = {
     "sgd": ((), ()),
@@ -390,14 +370,9 @@ def _problem(meta, shapes):
         return "vocab is not a list of words"
     if len(set(vocab)) != len(vocab):
         return "vocab has duplicate words"
-    odd = [w for w in vocab if w.split() != [w]]
-    if odd:  # would print as an empty (or garbled) caption
-        return f"vocab word {odd[0]!r} is empty or holds white space"
-    missing = [t for t in NON_WORDS[:3] if t not in vocab]
-    if missing:
-        return f"vocab lacks {', '.join(missing)}"
-    if not set(vocab) - set(NON_WORDS):
-        return f"vocab has no words besides {', '.join(NON_WORDS)}"
+    broken = vocab_rules.problem(vocab)
+    if broken:
+        return f"vocab {broken}"
     if not isinstance(feats, dict):
         return "features is missing or not an object"
     for key in ("kind", "encoder"):

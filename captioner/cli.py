@@ -11,11 +11,11 @@ import sys
 
 import click
 
-from . import __version__, limits
+from . import __version__, config, limits
 from .cells import CELLS
 from .errors import CaptionerError
 
-DATA_DEFAULT = "data/coco_captioning"
+DATA_DEFAULT = config.DATA_DEFAULT
 SPLITS = ["train", "val", "test"]
 
 
@@ -104,103 +104,43 @@ def cli():
 # ---------------------------------------------------------------- train
 
 
+def _option(setting, many):
+    """The click option of one config.Setting (compare's repeatable form when many)."""
+    s = setting
+    if s.kind == "choice":
+        kind = click.Choice(list(s.choices))
+    elif s.kind == "float":
+        kind = POSITIVE if s.positive else NON_NEGATIVE
+    elif s.high is not None:
+        kind = click.IntRange(s.low, s.high)
+    else:
+        kind = click.IntRange(min=s.low)
+    repeat = many and s.many is not None
+    text = s.help
+    if repeat:
+        text += (
+            " (repeat: one run each)."
+            if s.name == "cell"
+            else " (repeat: one run per cell and value)."
+        )
+    elif s.many is not None:
+        text += "."
+    return click.option(
+        s.flag,
+        type=kind,
+        multiple=repeat,
+        default=s.many if repeat else s.default,
+        show_default=s.default is not None,
+        help=text or None,
+    )
+
+
 def train_options(many=False, run_dir_options=True):
-    """The options of `train`, shared with `compare` and `sweep`. many: --cell and
-    --weight-decay take several values (compare trains one run per cell and L2 strength).
-    run_dir_options False: without --out, --resume and --quiet (sweep has its own --out)."""
-    options = [
-        click.option(
-            "--cell",
-            type=click.Choice(list(CELLS)),
-            multiple=many,
-            default=("rnn", "lstm") if many else "lstm",
-            show_default=True,
-            help="Decoder cell" + (" (repeat: one run each)." if many else "."),
-        ),
-        click.option("--epochs", type=COUNT, default=10, show_default=True),
-        click.option("--batch-size", type=COUNT, default=100, show_default=True),
-        click.option(
-            "--lr", type=POSITIVE, default=1e-3, show_default=True, help="Learning rate."
-        ),
-        click.option(
-            "--lr-decay",
-            type=POSITIVE,
-            default=0.95,
-            show_default=True,
-            help="Multiply the learning rate by this after every epoch.",
-        ),
-        click.option(
-            "--optimizer",
-            type=click.Choice(["adam", "sgd", "sgd_momentum", "rmsprop"]),
-            default="adam",
-            show_default=True,
-        ),
-        click.option(
-            "--weight-decay",
-            type=NON_NEGATIVE,
-            multiple=many,
-            default=(0.0,) if many else 0.0,
-            show_default=True,
-            help="L2 penalty on the weight matrices"
-            + (" (repeat: one run per cell and value)." if many else "."),
-        ),
-        click.option(
-            "--clip-norm",
-            type=NON_NEGATIVE,
-            default=0.0,
-            show_default=True,
-            help="Clip the global gradient norm to this (0: off).",
-        ),
-        click.option(
-            "--hidden-dim",
-            type=click.IntRange(1, limits.MAX_DIM),
-            default=512,
-            show_default=True,
-            help=f"Decoder state size (at most {limits.MAX_DIM}).",
-        ),
-        click.option(
-            "--wordvec-dim",
-            type=click.IntRange(1, limits.MAX_DIM),
-            default=256,
-            show_default=True,
-            help=f"Word vector size (at most {limits.MAX_DIM}).",
-        ),
-        click.option(
-            "--max-train",
-            type=COUNT,
-            default=None,
-            help="Keep only the first N training captions.",
-        ),
-        click.option(
-            "--val-size",
-            type=click.IntRange(min=0),
-            default=1000,
-            show_default=True,
-            help="Validation captions scored after every epoch (a fixed subset).",
-        ),
-        click.option(
-            "--save-every",
-            type=click.IntRange(min=0),
-            default=1000,
-            show_default=True,
-            help="Also save `last` every N steps (0: only at epoch ends).",
-        ),
-        click.option(
-            "--eval-every",
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            help="Every N epochs, BLEU-4 and CIDEr-D of greedy captions on 200 val images.",
-        ),
-        click.option(
-            "--keep-best",
-            type=click.Choice(["loss", "cider"]),
-            default="loss",
-            show_default=True,
-            help="What `best.npz` means: lowest val loss, or highest "
-            "CIDEr-D (needs --eval-every).",
-        ),
-        click.option("--seed", type=SEED, default=0, show_default=True),
+    """The options of `train`, shared with `compare` and `sweep`, made from
+    config.TRAIN_CONFIG. many: --cell and --weight-decay take several values (compare
+    trains one run per cell and L2 strength). run_dir_options False: without --out,
+    --resume and --quiet (sweep has its own --out)."""
+    options = [_option(s, many) for s in config.OPTIONS] + [
         click.option(
             "--out",
             type=click.Path(file_okay=False),
@@ -233,30 +173,7 @@ def train_options(many=False, run_dir_options=True):
 @cli.command()
 @train_options()
 @click.pass_context
-def train(
-    ctx,
-    data,
-    features,
-    cell,
-    epochs,
-    batch_size,
-    lr,
-    lr_decay,
-    optimizer,
-    weight_decay,
-    clip_norm,
-    hidden_dim,
-    wordvec_dim,
-    max_train,
-    val_size,
-    save_every,
-    eval_every,
-    keep_best,
-    seed,
-    out,
-    resume,
-    quiet,
-):
+def train(ctx, out, resume, quiet, **options):
     """Train a captioner on COCO features.
 
     \b
@@ -267,19 +184,20 @@ def train(
     from . import checkpoint, runs, training
     from .model import CaptioningRNN
 
-    given = {
-        p
-        for p in ctx.params
-        if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
-    }
+    given = _given(ctx)
+    data, cell = options["data"], options["cell"]
     if resume:
         path = runs.find_checkpoint(resume)
         model, meta, optim, history = checkpoint.load_model(path)
         state = training.resume_state(meta, optim, history, path=path)
         settings = dict(state["settings"])
-        _check_resume_flags(ctx, given, meta, settings, path)
+        problem = config.resume_contradiction(
+            {k: v for k, v in options.items() if k in given}, meta, settings, path
+        )
+        if problem:
+            raise click.UsageError(problem)
         if "epochs" in given:
-            settings["epochs"] = epochs
+            settings["epochs"] = options["epochs"]
         data_dir = data if "data" in given else settings.get("data_dir", data)
         d = _load_data(data_dir, meta["features"]["kind"], max_train=settings.get("max_train"))
         checkpoint.check_compatible(path, meta, d)
@@ -288,34 +206,15 @@ def train(
             run_dir = runs.new_run_dir(out, cell)  # never over another run's checkpoints
         click.echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
-        if keep_best == "cider" and not eval_every:
-            raise click.UsageError("--keep-best cider needs --eval-every N")
-        d = _load_data(data, features, max_train=max_train)
+        _check_keep_best(options)
+        d = _load_data(data, options["features"], max_train=options["max_train"])
         model = CaptioningRNN(
             d["word_to_idx"],
             input_dim=d["feature_dim"],
-            wordvec_dim=wordvec_dim,
-            hidden_dim=hidden_dim,
-            cell_type=cell,
-            seed=seed,
+            seed=options["seed"],
+            **config.model_kwargs(options),
         )
-        settings = dict(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            lr_decay=lr_decay,
-            weight_decay=weight_decay,
-            clip_norm=clip_norm,
-            seed=seed,
-            val_size=val_size,
-            save_every=save_every,
-            eval_every=eval_every,
-            keep_best=keep_best,
-            data_dir=os.path.abspath(data),
-            features=d["feature_kind"],
-            max_train=max_train,
-        )
+        settings = config.settings_of(options, os.path.abspath(data), d["feature_kind"])
         state = None
         run_dir = runs.new_run_dir(out, cell)
     click.echo(
@@ -342,28 +241,18 @@ def train(
     )
 
 
-def _check_resume_flags(ctx, given, meta, settings, path):
-    """--resume continues a run with its own settings: a flag saying otherwise is an error
-    naming it, never silently ignored. (--epochs may extend the run; --data may move.)"""
-    from .training import DEFAULTS
+def _given(ctx):
+    """The names of the options the user typed (not their defaults)."""
+    return {
+        p
+        for p in ctx.params
+        if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
+    }
 
-    saved = dict(DEFAULTS, max_train=None)
-    saved.update(
-        settings,
-        cell=meta["model"]["cell_type"],
-        hidden_dim=meta["model"]["hidden_dim"],
-        wordvec_dim=meta["model"]["wordvec_dim"],
-        features=meta["features"]["kind"],
-    )
-    for name in sorted(given - {"epochs", "data", "resume", "out", "quiet"}):
-        value = ctx.params[name]
-        if name in saved and value != saved[name] and not (name == "features" and value == "auto"):
-            flag = "--" + name.replace("_", "-")
-            raise click.UsageError(
-                f"{flag} {value} contradicts {path}, which was trained with "
-                f"{flag} {saved[name]}; --resume continues a run with its own "
-                f"settings: drop {flag}, or start a new run with --out"
-            )
+
+def _check_keep_best(settings):
+    if settings["keep_best"] == "cider" and not settings["eval_every"]:
+        raise click.UsageError("--keep-best cider needs --eval-every N")
 
 
 # ---------------------------------------------------------------- sweep
@@ -455,11 +344,8 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
                 )
         base = {k: settings[k] for k in sweeps.RUN_KEYS}
         base["data"] = os.path.abspath(base["data"])
-        if any(
-            s["keep_best"] == "cider" and not s["eval_every"]
-            for _, s in sweeps.plan(base, the_grid)
-        ):
-            raise click.UsageError("--keep-best cider needs --eval-every N")
+        for _, s in sweeps.plan(base, the_grid):
+            _check_keep_best(s)
         try:
             rows, failed = sweeps.run_sweep(
                 out,
@@ -705,33 +591,7 @@ def gradients(
 )
 @click.option("--force", is_flag=True, help="Let --plot replace an existing file.")
 @click.pass_context
-def compare(
-    ctx,
-    data,
-    features,
-    cell,
-    epochs,
-    batch_size,
-    lr,
-    lr_decay,
-    optimizer,
-    weight_decay,
-    clip_norm,
-    hidden_dim,
-    wordvec_dim,
-    max_train,
-    val_size,
-    save_every,
-    eval_every,
-    keep_best,
-    seed,
-    out,
-    resume,
-    quiet,
-    count,
-    plot,
-    force,
-):
+def compare(ctx, out, resume, quiet, count, plot, force, **options):
     """Train the RNN and the LSTM alike and compare them in one table.
 
     \b
@@ -747,41 +607,31 @@ def compare(
 
     if plot:
         plots.check_writable(plot, force)
-    given = {
-        p
-        for p in ctx.params
-        if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
-    }
+    given = _given(ctx)
+    data = options["data"]
     if resume:
         parent = resume
-        plan = cmp.load_plan(parent, epochs if "epochs" in given else None)
+        plan = cmp.load_plan(parent, options["epochs"] if "epochs" in given else None)
         s = plan["settings"]
         d = _load_data(
             data if "data" in given else s["data_dir"], s["features"], max_train=s.get("max_train")
         )
         click.echo(f"resuming the comparison in {parent}")
     else:
-        if keep_best == "cider" and not eval_every:
-            raise click.UsageError("--keep-best cider needs --eval-every N")
-        d = _load_data(data, features, max_train=max_train)
-        settings = dict(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            lr_decay=lr_decay,
-            clip_norm=clip_norm,
-            seed=seed,
-            val_size=val_size,
-            save_every=save_every,
-            eval_every=eval_every,
-            keep_best=keep_best,
-            data_dir=os.path.abspath(data),
-            features=d["feature_kind"],
-            max_train=max_train,
-        )
+        _check_keep_best(options)
+        d = _load_data(data, options["features"], max_train=options["max_train"])
+        # weight_decay is per run (the plan's weight_decays)
+        settings = config.settings_of(options, os.path.abspath(data), d["feature_kind"])
+        del settings["weight_decay"]
         parent = runs.new_run_dir(out, "compare")
-        plan = cmp.new_plan(parent, cell, weight_decay, settings, hidden_dim, wordvec_dim)
+        plan = cmp.new_plan(
+            parent,
+            options["cell"],
+            options["weight_decay"],
+            settings,
+            options["hidden_dim"],
+            options["wordvec_dim"],
+        )
     try:
         trained = cmp.train_runs(d, parent, plan, progress=not quiet, log=click.echo)
     except runs.Interrupted as e:
@@ -898,8 +748,8 @@ def sample(
     import numpy as np
 
     from .checkpoint import load_model
-    from .data import decode_captions
     from .pictures import caption_features, caption_images
+    from .vocab import decode_captions
 
     if not images and split is None:
         raise click.UsageError("give picture files to caption, or --split train|val|test")
@@ -1479,7 +1329,7 @@ def prepare(
 
 def _odd(name):
     """A name that would break the one-line output (line breaks, NUL): print it quoted."""
-    from .prepare import unsafe_text
+    from .sources.paths import unsafe_text
 
     return unsafe_text(name) is not None
 

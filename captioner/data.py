@@ -23,13 +23,13 @@ import h5py
 import numpy as np
 
 from captioner import atomic, limits
+from captioner import vocab as vocab_rules
 from captioner.errors import CaptionerError
+from captioner.vocab import decode_captions  # noqa: F401 (re-exported: tests and users import it)
 
 FEATURE_KINDS = {"pca": "vgg16_fc7_pca", "fc7": "vgg16_fc7"}  # kind -> file suffix
 CAPTIONS_FILE = "coco2014_captions.h5"
 VOCAB_FILE = "coco2014_vocab.json"
-SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>")
-NON_WORDS = SPECIAL_TOKENS + ("<UNK>",)  # tokens a model never writes as a caption's word
 # Feature matrices up to this size (as float32) are read into RAM: the 512-d PCA
 # train set is 170 MB; the 4096-d fc7 ones (663 MB val, 1.36 GB train) stay on disk.
 MAX_IN_MEMORY_BYTES = 256 * 2**20
@@ -204,12 +204,6 @@ def load_vocab(path):
         isinstance(i, int) and not isinstance(i, bool) for i in word_to_idx.values()
     ):
         raise CaptionerError(f"{path}: word_to_idx must map words to integers; {FIX_DATA}")
-    missing = [t for t in SPECIAL_TOKENS if t not in word_to_idx]
-    if missing:
-        raise CaptionerError(
-            f"{path}: vocabulary lacks {', '.join(missing)} "
-            f"(needs {', '.join(SPECIAL_TOKENS)}); {FIX_DATA}"
-        )
     if len(idx_to_word) != len(word_to_idx):
         raise CaptionerError(
             f"{path}: idx_to_word has {len(idx_to_word)} words but word_to_idx has "
@@ -221,24 +215,16 @@ def load_vocab(path):
                 f"{path}: idx_to_word[{i}] is {w!r} but word_to_idx[{w!r}] is "
                 f"{word_to_idx.get(w)}; the two tables disagree; {FIX_DATA}"
             )
-    odd = [w for w in idx_to_word if w.split() != [w]]
-    if odd:  # a word that prints as nothing (or as two) would make empty or garbled captions
-        raise CaptionerError(
-            f"{path}: vocabulary word {odd[0]!r} is empty or holds white space; {FIX_DATA}"
-        )
-    if not set(idx_to_word) - set(NON_WORDS):
-        raise CaptionerError(
-            f"{path}: the vocabulary has no words besides "
-            f"{', '.join(NON_WORDS)}; no caption could be written with it: "
-            f"{FIX_DATA}"
-        )
+    broken = vocab_rules.problem(idx_to_word)
+    if broken:
+        raise CaptionerError(f"{path}: vocabulary {broken}; {FIX_DATA}")
     return word_to_idx, idx_to_word
 
 
 def _load_captions(path, splits, word_to_idx, vocab_path):
     vocab_size = len(word_to_idx)
-    start = word_to_idx["<START>"]
-    blank = [word_to_idx[t] for t in SPECIAL_TOKENS if t != "<START>"]
+    start = word_to_idx[vocab_rules.START]
+    blank = [word_to_idx[vocab_rules.NULL], word_to_idx[vocab_rules.END]]
     out = {}
     with _open_h5(path) as f:
         for split in splits:
@@ -530,27 +516,6 @@ def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
     if urls is not None:
         urls = [urls[i] for i in image_idxs]
     return captions[mask], features, urls
-
-
-def decode_captions(captions, idx_to_word):
-    """Word ids -> text: drops <NULL> and <START>, stops at <END>.
-
-    captions: (T,) -> str, or (N, T) -> list of N str.
-    """
-    captions = np.asarray(captions)
-    if captions.ndim == 1:
-        return decode_captions(captions[None], idx_to_word)[0]
-    decoded = []
-    for row in captions:
-        words = []
-        for i in row:
-            word = idx_to_word[i]
-            if word == "<END>":
-                break
-            if word not in ("<NULL>", "<START>"):
-                words.append(word)
-        decoded.append(" ".join(words))
-    return decoded
 
 
 def image_groups(data, split):

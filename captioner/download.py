@@ -25,6 +25,7 @@ from tqdm import tqdm
 from captioner import atomic
 from captioner.data import CAPTIONS_FILE, FIX_DATA, close_coco_data, load_coco_data
 from captioner.errors import CaptionerError
+from captioner.sources.paths import unsafe_member
 
 COCO_URL = "http://cs231n.stanford.edu/coco_captioning.zip"
 COCO_DIR = "coco_captioning"  # the zip's top folder and the installed folder name
@@ -230,11 +231,9 @@ def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None)
 
 def _unsafe(info):
     """Why a zip entry must not be extracted, or None."""
-    name = info.filename
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return "absolute path"
-    if ".." in re.split(r"[/\\]", name):
-        return "'..' in path"
+    why = unsafe_member(info.filename)
+    if why:
+        return why
     if stat.S_ISLNK(info.external_attr >> 16):
         return "symlink"
     return None
@@ -389,7 +388,7 @@ def _remote_size(url, timeout):
 
 def _check_fetched(part, name, small, url):
     """coco.check_zip on a file just fetched; its error says the file was deleted."""
-    from captioner import coco
+    from captioner.sources import coco
 
     try:
         coco.check_zip(part, name, test=small)
@@ -404,7 +403,7 @@ def _check_fetched(part, name, small, url):
 def download_coco_images(
     dest_dir="data/coco2014", mirror=None, progress=True, retries=3, timeout=60
 ):
-    """Fetch the COCO 2014 pictures and captions (captioner.coco.FILES) into dest_dir.
+    """Fetch the COCO 2014 pictures and captions (captioner.sources.coco.FILES) into dest_dir.
 
     Each file comes from its official host, or from mirror + '/' + its name; it is
     resumed if a .part is there, checked (whole per the announced length, a zip with
@@ -412,7 +411,7 @@ def download_coco_images(
     Files already in place are checked, not fetched again. The free disk space is
     checked first. -> dest_dir.
     """
-    from captioner import coco
+    from captioner.sources import coco
 
     dest_dir = str(dest_dir)
     _make_dest(dest_dir)

@@ -2,9 +2,10 @@
 
 import re
 
-from .data import decode_captions, image_groups
+from .data import image_groups
 from .decoding import beam_captions
 from .metrics import score
+from .vocab import decode_captions
 
 
 def coco_image_id(file_name, fallback):

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import cells, layers
 from .errors import CaptionerError
+from .vocab import SPECIALS
 
 MIN_CAPTIONS = 20  # a distance or position is reported when at least this many captions reach it
 CHUNK_BYTES = 64 << 20  # captions are processed in chunks whose step caches stay about this size
@@ -57,8 +58,7 @@ def first_captions(data, split, count):
 def random_sequences(vocab, features, length, seed):
     """Synthetic captions for the --length check: `length` random input words and a random
     target word at the last step, per image feature. -> captions (N, length + 1) int64."""
-    special = ("<NULL>", "<START>", "<END>", "<UNK>")
-    words = np.array([i for i, w in enumerate(vocab) if w not in special])
+    words = np.array([i for i, w in enumerate(vocab) if w not in SPECIALS])
     rng = np.random.default_rng([seed, length])
     return words[rng.integers(len(words), size=(len(features), length + 1))]
 

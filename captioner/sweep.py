@@ -26,31 +26,12 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from . import atomic, checkpoint, runs, training
+from . import atomic, checkpoint, config, runs, training
 from .errors import CaptionerError
 
-# The settings of one run: `captioner train`'s options (cli.TRAIN_OPTIONS) plus the data.
-RUN_KEYS = (
-    "data",
-    "features",
-    "cell",
-    "epochs",
-    "batch_size",
-    "lr",
-    "lr_decay",
-    "optimizer",
-    "weight_decay",
-    "clip_norm",
-    "hidden_dim",
-    "wordvec_dim",
-    "max_train",
-    "val_size",
-    "save_every",
-    "eval_every",
-    "keep_best",
-    "seed",
-)
-NOT_GRIDDED = ("data",)  # one dataset per sweep, so val losses compare
+# The settings of one run: `captioner train`'s options plus the data (captioner.config).
+RUN_KEYS = config.RUN_KEYS
+NOT_GRIDDED = tuple(k for k in RUN_KEYS if k not in config.GRIDDABLE)  # one dataset per sweep
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SORT_KEYS = ("val_loss", "cider", "time")
 
@@ -247,12 +228,7 @@ def _train(run_dir, spec, log):
             cell_type=spec["cell"],
             seed=spec["seed"],
         )
-        settings = {k: spec[k] for k in training.DEFAULTS if k in spec and k != "eval_images"}
-        settings.update(
-            data_dir=os.path.abspath(spec["data"]),
-            features=data["feature_kind"],
-            max_train=spec["max_train"],
-        )
+        settings = config.settings_of(spec, os.path.abspath(spec["data"]), data["feature_kind"])
         state = None
     log(
         f"{len(data['train_captions']):,} training captions, {model.cell_type} hidden "

@@ -15,27 +15,13 @@ import time
 
 import numpy as np
 
-from . import atomic, cells, checkpoint
+from . import atomic, cells, checkpoint, config
 from .errors import CaptionerError
 from .model import CaptioningRNN
 from .optim import OPTIMIZERS
 from .runs import Interrupted, SignalFlag
 
-DEFAULTS = dict(
-    epochs=10,
-    batch_size=100,
-    optimizer="adam",
-    lr=1e-3,
-    lr_decay=0.95,
-    weight_decay=0.0,
-    clip_norm=0.0,
-    seed=0,
-    val_size=1000,
-    save_every=1000,
-    eval_every=0,
-    eval_images=200,
-    keep_best="loss",
-)
+DEFAULTS = config.DEFAULTS  # the settings of a run, from captioner.config
 
 
 # ---------------------------------------------------------------- the loop
@@ -342,7 +328,7 @@ def overfit(
     limit), truth and sampled (the captions as text, greedy), exact (how many of the
     sampled captions equal their ground truth).
     """
-    from .data import decode_captions
+    from .vocab import decode_captions
 
     _, first = np.unique(data["train_image_idxs"], return_index=True)
     rows = np.sort(first)[:n]

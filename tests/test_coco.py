@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner import coco, download
+from captioner import download
 from captioner import prepare as P
 from captioner.data import load_coco_data
 from captioner.errors import CaptionerError
+from captioner.sources import coco
 from fileserver import serving
 from helpers import assert_same_dataset, run
 
