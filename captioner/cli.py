@@ -99,6 +99,20 @@ def cli():
       captioner train --cell lstm --epochs 10
       captioner sample --checkpoint runs/<run>/best.npz --split val
     """
+    _show_library_log()
+
+
+def _show_library_log():
+    """The library reports through the "captioner" logger; the CLI shows it on stderr, as
+    bare lines (each invocation: click's test runner swaps sys.stderr)."""
+    import logging
+
+    log = logging.getLogger("captioner")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 # ---------------------------------------------------------------- train

@@ -7,11 +7,11 @@ A failure at any step leaves an existing data folder untouched.
 """
 
 import http.client
+import logging
 import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import urllib.error
 import urllib.parse
@@ -26,6 +26,8 @@ from captioner import atomic
 from captioner.data import CAPTIONS_FILE, FIX_DATA, close_coco_data, load_coco_data
 from captioner.errors import CaptionerError
 from captioner.sources.paths import unsafe_member
+
+LOG = logging.getLogger("captioner")
 
 COCO_URL = "http://cs231n.stanford.edu/coco_captioning.zip"
 COCO_DIR = "coco_captioning"  # the zip's top folder and the installed folder name
@@ -103,7 +105,7 @@ def _make_dest(dest_dir):
 
 def _say(progress, msg):
     if progress:
-        print(msg, file=sys.stderr)
+        LOG.info(msg)  # the CLI shows the "captioner" log on stderr
 
 
 # ----------------------------------------------------------------------------- fetching

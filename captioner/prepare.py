@@ -24,6 +24,7 @@ the dataset (data.write_dataset) and removes the work area.
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -37,6 +38,8 @@ from captioner.errors import CaptionerError
 from captioner.sources.coco import read_annotations
 from captioner.sources.paths import unsafe_name, unsafe_text
 from captioner.vocab import SPECIALS, build_vocab, encode_captions  # noqa: F401 (tests)
+
+LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
 KIND = "squeezenet"  # -> {split}2014_squeezenet.h5
 WORK_DIR = ".prepare"
@@ -370,10 +373,7 @@ def prepare_coco(
     _check_sizes(batch_size, max_words, workers)
     vocab = _load_vocab(vocab)
     if progress:  # Karpathy's file is 160 MB of JSON: say what the first minute is spent on
-        print(
-            f"{coco_dir}: reading the {split} split's captions and the zips' directories",
-            file=sys.stderr,
-        )
+        LOG.info(f"{coco_dir}: reading the {split} split's captions and the zips' directories")
     split_items, skipped = coco.read_split(str(coco_dir), split)
     items, empty = _tokenize([it for its in split_items.values() for it in its], skipped, progress)
     keep = {id(it) for it in items}

@@ -902,8 +902,11 @@ def test_interrupted_download_resumes(tmp_path, server, coco_zip):
     assert sorted(os.listdir(tmp_path)) == ["coco_captioning"]
     # Already installed: untouched, nothing fetched.
     before = snapshot(tmp_path)
-    assert run("download", "--url", server.url, "--dest", tmp_path).exit_code == 0
+    again = run("download", "--url", server.url, "--dest", tmp_path)
+    assert again.exit_code == 0
     assert gets(server) == [f"bytes={len(part)}-"] and snapshot(tmp_path) == before
+    # the library logs, the CLI shows it: one line
+    assert "coco_captioning already present (pass force=True" in again.output
 
 
 def _evil_zip(payload, extra=None, skip=None):
