@@ -78,14 +78,9 @@ def data_option(f):
 
 
 def _load_data(data, features, splits=("train", "val"), max_train=None):
-    from .data import load_coco_data
+    from .data import open_dataset
 
-    if not os.path.isdir(data):
-        raise CaptionerError(
-            f"{data}: no such dataset directory; run `captioner download` (or "
-            f"`make coco`), or point --data / CAPTIONER_DATA at one"
-        )
-    return load_coco_data(data, features=features, splits=splits, max_train=max_train)
+    return open_dataset(data, features, splits=splits, max_train=max_train)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -196,7 +191,6 @@ def train(ctx, out, resume, quiet, **options):
       captioner train --resume runs/lstm --epochs 20
     """
     from . import checkpoint, runs, training
-    from .model import CaptioningRNN
 
     given = _given(ctx)
     data, cell = options["data"], options["cell"]
@@ -222,11 +216,8 @@ def train(ctx, out, resume, quiet, **options):
     else:
         _check_keep_best(options)
         d = _load_data(data, options["features"], max_train=options["max_train"])
-        model = CaptioningRNN(
-            d["word_to_idx"],
-            input_dim=d["feature_dim"],
-            seed=options["seed"],
-            **config.model_kwargs(options),
+        model = training.new_model(
+            d, options["cell"], options["hidden_dim"], options["wordvec_dim"], options["seed"]
         )
         settings = config.settings_of(options, os.path.abspath(data), d["feature_kind"])
         state = None
@@ -539,7 +530,7 @@ def gradients(
     from . import gradients as flow
     from . import plots
     from .checkpoint import load_model
-    from .model import CaptioningRNN
+    from .training import new_model
 
     if not ckpts and not cells:
         raise click.UsageError(
@@ -558,14 +549,7 @@ def gradients(
         if key not in loaded:
             loaded[key] = _load_data(data, features, splits=(split,))
         d = loaded[key]
-        model = CaptioningRNN(
-            d["word_to_idx"],
-            input_dim=d["feature_dim"],
-            wordvec_dim=wordvec_dim,
-            hidden_dim=hidden_dim,
-            cell_type=cell,
-            seed=seed,
-        )
+        model = new_model(d, cell, hidden_dim, wordvec_dim, seed)
         models.append((f"{cell} (fresh, seed {seed})", model, d))
     batches = [flow.first_captions(d, split, count) for _, _, d in models]
     runs = [
@@ -967,52 +951,18 @@ def _demo_note(meta):
 
 
 def _checkpoint_data(ckpt, meta, data, split):
-    """The split a checkpoint captions: from --data, or when that is left at its
-    default, from the folder the checkpoint was trained on."""
-    from .checkpoint import check_compatible
-    from .data import CAPTIONS_FILE, available_splits
+    from .runs import checkpoint_data
 
-    saved = meta.get("training", {}).get("settings", {}).get("data_dir")
-    folder = saved if data == DATA_DEFAULT and saved else data
-    captions = os.path.join(folder, CAPTIONS_FILE)
-    if os.path.isfile(captions) and split not in available_splits(folder):
-        raise CaptionerError(
-            f"{captions}: no {split} split (it has "
-            f"{', '.join(available_splits(folder))}); the test split comes from "
-            f"`captioner prepare --coco DIR --split karpathy`, or pass another "
-            f"--split"
-        )
-    d = _load_data(folder, meta["features"]["kind"], splits=(split,))
-    check_compatible(ckpt, meta, d)
-    return d
+    return checkpoint_data(ckpt, meta, data, split)
 
 
 def _newest_best():
-    import glob
+    from .runs import newest_best
 
-    def mtime(path):  # a dangling symbolic link or a vanished run is no candidate
-        try:
-            return os.stat(path).st_mtime if os.path.isfile(path) else None
-        except OSError:
-            return None
-
-    found = sorted(
-        (t, p)
-        for p in glob.glob(os.path.join("runs", "*", "best.npz"))
-        if (t := mtime(p)) is not None
-    )
-    found = [p for _, p in found]
-    if not found:
-        raise CaptionerError(
-            "runs/: no trained model found (runs/*/best.npz); train one with "
-            "`captioner train` or pass --checkpoint"
-        )
-    return found[-1]
+    return newest_best()
 
 
 # ---------------------------------------------------------------- evaluate
-
-METRIC_KEYS = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"]
 
 
 @cli.command()
@@ -1138,7 +1088,9 @@ def evaluate(
         click.echo(json.dumps({"scores": scores, "notes": notes}))
         return
     click.echo(what)
-    for k in METRIC_KEYS:
+    from .metrics import KEYS
+
+    for k in KEYS:
         if k in scores:
             click.echo(f"  {k:8s} {scores[k]:.3f}")
     for note in notes:

@@ -19,7 +19,6 @@ import numpy as np
 from . import atomic, checkpoint, gradients, runs, training
 from .cells import CELLS
 from .errors import CaptionerError
-from .model import CaptioningRNN
 
 PLAN = "compare.json"
 
@@ -111,13 +110,12 @@ def train_runs(data, parent, plan, progress=True, log=print):
             settings = dict(state["settings"], epochs=settings["epochs"])
             log(f"{name}: resuming {last} at epoch {state['epoch'] + 1}, step {state['step']}")
         else:
-            model = CaptioningRNN(
-                data["word_to_idx"],
-                input_dim=data["feature_dim"],
-                wordvec_dim=plan["model"]["wordvec_dim"],
-                hidden_dim=plan["model"]["hidden_dim"],
-                cell_type=cell,
-                seed=settings["seed"],
+            model = training.new_model(
+                data,
+                cell,
+                plan["model"]["hidden_dim"],
+                plan["model"]["wordvec_dim"],
+                settings["seed"],
             )
             runs.make_dir(run_dir)
             log(f"{name}: {cell}, weight decay {wd:g} -> {run_dir}")

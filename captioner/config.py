@@ -191,11 +191,6 @@ def settings_of(values, data_dir, feature_kind):
     return dict(s, data_dir=data_dir, features=feature_kind, max_train=values.get("max_train"))
 
 
-def model_kwargs(values):
-    """Option values -> CaptioningRNN's keyword arguments set by the table."""
-    return {s.saved_as: values[s.name] for s in TRAIN_CONFIG if s.part == "model"}
-
-
 def saved_values(meta, settings):
     """What a checkpoint says every setting was: {name: value}."""
     saved = dict(DEFAULTS)

@@ -584,3 +584,13 @@ def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source
                     "".join(f"{line}\n" for line in lines),
                 )
     return out_dir
+
+
+def open_dataset(path, features="auto", splits=("train", "val"), max_train=None):
+    """load_coco_data of a folder that must exist (the error says how to get one)."""
+    if not os.path.isdir(path):
+        raise CaptionerError(
+            f"{path}: no such dataset directory; run `captioner download` (or "
+            f"`make coco`), or point --data / CAPTIONER_DATA at one"
+        )
+    return load_coco_data(path, features=features, splits=splits, max_train=max_train)

@@ -321,11 +321,10 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, lo
 
     from .data import load_coco_data
     from .evaluation import evaluate_model
-    from .model import CaptioningRNN
     from .pictures import caption_images
     from .prepare import prepare_dataset
     from .runs import new_run_dir, run_lock
-    from .training import train
+    from .training import new_model, train
 
     # a folder of the user's own (e.g. ~/Pictures) is refused: the demo writes only its own
     atomic.check_fresh_dir(
@@ -364,14 +363,7 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, lo
         f"[3/5] captioner train --data {dataset} --cell lstm --hidden-dim 256 --wordvec-dim 128 "
         f"--epochs {epochs} --lr 2e-3 --lr-decay 0.97 --out {run_dir}"
     )
-    model = CaptioningRNN(
-        data["word_to_idx"],
-        input_dim=data["feature_dim"],
-        wordvec_dim=128,
-        hidden_dim=256,
-        cell_type="lstm",
-        seed=seed,
-    )
+    model = new_model(data, "lstm", hidden_dim=256, wordvec_dim=128, seed=seed)
     with run_lock(run_dir):
         train(
             data,

@@ -208,7 +208,6 @@ def _load(data_dir, features, max_train):
 
 def _train(run_dir, spec, log):
     """What `captioner train --out run_dir` (or `--resume run_dir --epochs E`) does."""
-    from .model import CaptioningRNN
 
     last = os.path.join(run_dir, "last.npz")
     if os.path.exists(last):
@@ -220,13 +219,8 @@ def _train(run_dir, spec, log):
         log(f"resuming {last} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
         data = _load(spec["data"], spec["features"], spec["max_train"])
-        model = CaptioningRNN(
-            data["word_to_idx"],
-            input_dim=data["feature_dim"],
-            wordvec_dim=spec["wordvec_dim"],
-            hidden_dim=spec["hidden_dim"],
-            cell_type=spec["cell"],
-            seed=spec["seed"],
+        model = training.new_model(
+            data, spec["cell"], spec["hidden_dim"], spec["wordvec_dim"], spec["seed"]
         )
         settings = config.settings_of(spec, os.path.abspath(spec["data"]), data["feature_kind"])
         state = None

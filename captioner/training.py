@@ -24,6 +24,20 @@ from .runs import Interrupted, SignalFlag
 DEFAULTS = config.DEFAULTS  # the settings of a run, from captioner.config
 
 
+def new_model(data, cell="lstm", hidden_dim=512, wordvec_dim=256, seed=0):
+    """A fresh model for a dataset: its vocabulary and feature size, the given cell and
+    sizes, initialised from seed (what train, compare, sweep, gradients, overfit and the
+    demo start from)."""
+    return CaptioningRNN(
+        data["word_to_idx"],
+        input_dim=data["feature_dim"],
+        wordvec_dim=wordvec_dim,
+        hidden_dim=hidden_dim,
+        cell_type=cell,
+        seed=seed,
+    )
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -337,14 +351,7 @@ def overfit(
         train_captions=data["train_captions"][rows],
         train_image_idxs=data["train_image_idxs"][rows],
     )
-    model = CaptioningRNN(
-        data["word_to_idx"],
-        input_dim=data["feature_dim"],
-        wordvec_dim=wordvec_dim,
-        hidden_dim=hidden_dim,
-        cell_type=cell,
-        seed=seed,
-    )
+    model = new_model(data, cell, hidden_dim, wordvec_dim, seed)
     if lr_decay is None:
         lr_decay = cells.get(cell).lr_decay
     state = train(
