@@ -142,21 +142,12 @@ def results(data, trained, count=500, eval_images=200):
     """Final figures of trained runs: [(name, model, state)] -> {"runs": [...]} with per run
     its epochs, greedy BLEU-4 / CIDEr-D on the first eval_images val images, seconds per
     training step, parameter count and the gradient flow on the first `count` val captions."""
-    from .evaluation import caption_split
-    from .metrics import score
+    from .evaluation import greedy_scores
 
     feats, caps = gradients.first_captions(data, "val", count)
     runs = []
     for name, model, state in trained:
-        ids, generated, refs = caption_split(
-            model,
-            data,
-            "val",
-            max_images=eval_images,
-            beam_size=1,
-            max_length=data["val_captions"].shape[1] - 1,
-        )
-        scores, _ = score(dict(zip(ids, refs)), dict(zip(ids, generated)), meteor=False)
+        scores, images = greedy_scores(model, data, eval_images)
         runs.append(
             {
                 "name": name,
@@ -165,7 +156,7 @@ def results(data, trained, count=500, eval_images=200):
                 "epochs": state["epochs"],
                 "Bleu_4": scores["Bleu_4"],
                 "CIDEr": scores["CIDEr"],
-                "images": len(ids),
+                "images": images,
                 "seconds_per_step": _seconds_per_step(state["epochs"]),
                 "parameters": int(sum(p.size for p in model.params.values())),
                 "gradients": gradients.measure(model, feats, caps, label=name),

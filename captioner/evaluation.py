@@ -60,6 +60,22 @@ def caption_split(
     return ids, [caption for caption, _ in best], refs
 
 
+def greedy_scores(model, data, max_images=None):
+    """BLEU and CIDEr-D (no METEOR) of greedy captions, at most as long as the dataset's,
+    of the first max_images val images (None: all): what training, compare and sweep
+    report. -> (scores, images scored)."""
+    ids, generated, refs = caption_split(
+        model,
+        data,
+        "val",
+        max_images=max_images,
+        beam_size=1,
+        max_length=data["val_captions"].shape[1] - 1,
+    )
+    scores, _ = score(dict(zip(ids, refs)), dict(zip(ids, generated)), meteor=False)
+    return scores, len(ids)
+
+
 def evaluate_model(model, data, split="val", meteor=True, **decode):
     """-> (scores, notes, results in the COCO results format)."""
     ids, generated, refs = caption_split(model, data, split, **decode)

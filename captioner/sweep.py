@@ -235,12 +235,10 @@ def _train(run_dir, spec, log):
 def _score(run_dir, state, data):
     """Best val loss of the run, and CIDEr-D / BLEU-4 of greedy captions of its best.npz
     on every val image."""
-    from .evaluation import evaluate_model
+    from .evaluation import greedy_scores
 
     model, _, _, _ = checkpoint.load_model(os.path.join(run_dir, "best.npz"))
-    scores, _, _ = evaluate_model(
-        model, data, "val", meteor=False, beam_size=1, max_length=data["val_captions"].shape[1] - 1
-    )
+    scores, _ = greedy_scores(model, data)
     losses = [r["val_loss"] for r in state["epochs"] if "val_loss" in r]
     return {
         "epochs": state["epoch"],

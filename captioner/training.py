@@ -298,18 +298,9 @@ def format_record(r, epochs):
 
 def _eval_metrics(model, data, n_images):
     """BLEU-4 and CIDEr-D of greedy captions on the first n_images val images (a fixed subset)."""
-    from .evaluation import caption_split
-    from .metrics import score
+    from .evaluation import greedy_scores
 
-    ids, generated, refs = caption_split(
-        model,
-        data,
-        "val",
-        max_images=n_images,
-        beam_size=1,
-        max_length=data["val_captions"].shape[1] - 1,
-    )
-    scores, _ = score(dict(zip(ids, refs)), dict(zip(ids, generated)), meteor=False)
+    scores, _ = greedy_scores(model, data, n_images)
     return {"Bleu_4": scores["Bleu_4"], "CIDEr": scores["CIDEr"]}
 
 
