@@ -229,7 +229,13 @@ def train(ctx, out, resume, quiet, **options):
     with runs.run_lock(run_dir):
         try:
             state = training.train(
-                d, model, run_dir, state=state, progress=not quiet, log=click.echo, **settings
+                d,
+                model,
+                run_dir,
+                state=state,
+                progress=_training_bar(quiet),
+                log=click.echo,
+                **settings,
             )
         except runs.Interrupted as e:
             click.echo(f"\n{e}; continue with: captioner train --resume {run_dir}", err=True)
@@ -244,6 +250,37 @@ def train(ctx, out, resume, quiet, **options):
         f"done: {run_dir}/last.npz; best ({best['metric']} {best['value']:.4f}, "
         f"epoch {best['epoch']}): {run_dir}/best.npz"
     )
+
+
+def _training_bar(quiet):
+    """training.train's progress callback drawing a tqdm bar per epoch; None when quiet."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    bar = None
+
+    def show(epoch, epochs, step, steps, loss):
+        nonlocal bar
+        if loss is None:  # an epoch starts
+            if bar is not None:
+                bar.close()
+            bar = tqdm(
+                initial=step,
+                total=steps,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                leave=False,
+                unit="batch",
+                dynamic_ncols=True,
+            )
+            return
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bar.update(1)
+        if step == steps:
+            bar.close()
+            bar = None
+
+    return show
 
 
 def _given(ctx):
@@ -631,7 +668,7 @@ def compare(ctx, out, resume, quiet, count, plot, force, **options):
             options["wordvec_dim"],
         )
     try:
-        trained = cmp.train_runs(d, parent, plan, progress=not quiet, log=click.echo)
+        trained = cmp.train_runs(d, parent, plan, progress=_training_bar(quiet), log=click.echo)
     except runs.Interrupted as e:
         click.echo(f"\n{e}; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(128 + e.signum)
@@ -1353,7 +1390,13 @@ def demo(out, train_images, val_images, epochs, seed):
     from .demo import run_demo
 
     summary = run_demo(
-        out, n_train=train_images, n_val=val_images, epochs=epochs, seed=seed, log=click.echo
+        out,
+        n_train=train_images,
+        n_val=val_images,
+        epochs=epochs,
+        seed=seed,
+        log=click.echo,
+        progress=_training_bar(quiet=False),
     )
     if not summary["grounded"]:
         sys.exit(1)

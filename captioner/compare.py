@@ -89,8 +89,9 @@ def load_plan(parent, epochs=None):
     return plan
 
 
-def train_runs(data, parent, plan, progress=True, log=print):
+def train_runs(data, parent, plan, progress=None, log=print):
     """Train (or finish) every run of the plan. -> [(name, model, state)].
+    progress: as training.train's.
 
     Raises runs.Interrupted on Ctrl-C / SIGTERM after saving the current run."""
     out = []

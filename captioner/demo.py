@@ -310,7 +310,9 @@ def write_demo_images(out_dir, n_images, seed=0, start_id=1, captions_per_image=
 # ---------------------------------------------------------------- the whole pipeline, offline
 
 
-def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, log=print):
+def run_demo(
+    out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, log=print, progress=None
+):
     """Render scenes -> prepare -> train -> evaluate on held-out scenes -> caption a new picture.
 
     Each stage is the library call behind the CLI command it prints. Returns a summary dict;
@@ -369,7 +371,7 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, lo
             data,
             model,
             run_dir,
-            progress=True,
+            progress=progress,
             log=log,
             epochs=epochs,
             batch_size=100,

@@ -117,15 +117,16 @@ def evaluate_loss(model, data, rows, batch_size=100):
     return total / len(rows)
 
 
-def train(data, model, run_dir=None, state=None, progress=True, log=print, **settings):
+def train(data, model, run_dir=None, state=None, progress=None, log=print, **settings):
     """Train `model` on data['train_*'] and return the final state dict.
 
     settings: see DEFAULTS; other keys (the data path, ...) are kept in the
     checkpoint for --resume. state: from resume_state() to continue a run.
     run_dir None trains without writing anything (the overfit check).
+    progress: None, or progress(epoch, epochs, step, steps, loss) called at the start of
+    every epoch (loss None) and after each step (step of steps done in this epoch, loss
+    a running mean): the CLI draws its progress bar from it. log(line): epoch records.
     """
-    from tqdm import tqdm
-
     s = dict(DEFAULTS, **settings)
     if (
         state is None
@@ -190,18 +191,10 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
             order = np.random.default_rng([s["seed"], epoch]).permutation(n)
             start = state["step_in_epoch"]
             t0 = time.perf_counter()
-            bar = tqdm(
-                range(start, steps_per_epoch),
-                initial=start,
-                total=steps_per_epoch,
-                desc=f"epoch {epoch + 1}/{s['epochs']}",
-                disable=not progress,
-                leave=False,
-                unit="batch",
-                dynamic_ncols=True,
-            )
+            if progress:
+                progress(epoch, s["epochs"], start, steps_per_epoch, None)
             running = None
-            for it in bar:
+            for it in range(start, steps_per_epoch):
                 idx = order[it * B : (it + 1) * B]
                 loss, grads = model.loss(*batch(data, "train", idx))
                 loss = float(loss)
@@ -228,14 +221,13 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
                 state["step"] += 1
                 state["step_in_epoch"] = it + 1
                 running = loss if running is None else 0.9 * running + 0.1 * loss
-                bar.set_postfix(loss=f"{running:.3f}", refresh=False)
+                if progress:
+                    progress(epoch, s["epochs"], it + 1, steps_per_epoch, running)
                 if flag.signum is not None:
-                    bar.close()
                     path = save("last")
                     raise Interrupted(flag.signum, path)
                 if run_dir and s["save_every"] and state["step"] % s["save_every"] == 0:
                     save("last")
-            bar.close()
             record = {
                 "epoch": epoch + 1,
                 "step": state["step"],
@@ -320,7 +312,7 @@ def overfit(
     hidden_dim=512,
     wordvec_dim=256,
     seed=231,
-    progress=False,
+    progress=None,
 ):
     """CS231n's sanity check: memorise n training captions, one per image, and judge it.
 

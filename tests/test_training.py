@@ -403,3 +403,24 @@ def test_overfit_gives_the_verdict_to_library_callers(dataset):
     assert short["exact"] == sum(a == b for a, b in zip(short["sampled"], short["truth"]))
     lstm = training.overfit(data, "lstm", n=8, epochs=2, hidden_dim=16, wordvec_dim=8)
     assert lstm["limit"] == 0.5 and lstm["passed"] == (lstm["final_loss"] < 0.5)
+
+
+def test_progress_is_a_callback(dataset):
+    """The loop reports progress through a callback (the CLI draws the bar): one call
+    at the start of every epoch, then one per step with the running loss."""
+    data = load_coco_data(dataset)
+    calls = []
+    training.train(
+        data,
+        small_model(data),
+        None,
+        progress=lambda *a: calls.append(a),
+        log=lambda *_: None,
+        epochs=2,
+        **SMALL,
+    )
+    steps = -(-len(data["train_captions"]) // SMALL["batch_size"])
+    assert len(calls) == 2 * (steps + 1)
+    assert calls[0] == (0, 2, 0, steps, None) and calls[steps + 1] == (1, 2, 0, steps, None)
+    assert [c[2] for c in calls[1 : steps + 1]] == list(range(1, steps + 1))
+    assert all(c[4] > 0 for c in calls[1 : steps + 1])
