@@ -196,8 +196,7 @@ def train(ctx, out, resume, quiet, **options):
     data, cell = options["data"], options["cell"]
     if resume:
         path = runs.find_checkpoint(resume)
-        model, meta, optim, history = checkpoint.load_model(path)
-        state = training.resume_state(meta, optim, history, path=path)
+        model, meta, state = training.resume_run(path)
         settings = dict(state["settings"])
         problem = config.resume_contradiction(
             {k: v for k, v in options.items() if k in given}, meta, settings, path

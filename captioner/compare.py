@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from . import atomic, checkpoint, gradients, runs, training
+from . import atomic, gradients, runs, training
 from .cells import CELLS
 from .errors import CaptionerError
 
@@ -101,9 +101,7 @@ def train_runs(data, parent, plan, progress=None, log=print):
         state = None
         if any(os.path.exists(os.path.join(run_dir, n)) for n in ("last.npz", "best.npz")):
             last = runs.find_checkpoint(run_dir)  # last.npz, or best.npz if killed in between
-            model, meta, optim, history = checkpoint.load_model(last)
-            checkpoint.check_compatible(last, meta, data)
-            state = training.resume_state(meta, optim, history, path=last)
+            model, _, state = training.resume_run(last, data)
             if state["epoch"] >= settings["epochs"]:
                 log(f"{name}: done earlier ({state['epoch']} epochs), {run_dir}")
                 out.append((name, model, state))

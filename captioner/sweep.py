@@ -211,8 +211,7 @@ def _train(run_dir, spec, log):
 
     last = os.path.join(run_dir, "last.npz")
     if os.path.exists(last):
-        model, meta, optim, history = checkpoint.load_model(last)
-        state = training.resume_state(meta, optim, history, path=last)
+        model, meta, state = training.resume_run(last)
         settings = dict(state["settings"], epochs=spec["epochs"])
         data = _load(settings["data_dir"], meta["features"]["kind"], settings.get("max_train"))
         checkpoint.check_compatible(last, meta, data)

@@ -93,6 +93,15 @@ def resume_state(meta, optim_arrays, history, dtype=np.float32, path="checkpoint
     return state
 
 
+def resume_run(path, data=None):
+    """Continue the run whose checkpoint is path (what train --resume, compare and sweep
+    do): -> (model, meta, state). data given: checked to fit the model first."""
+    model, meta, optim, history = checkpoint.load_model(path)
+    if data is not None:
+        checkpoint.check_compatible(path, meta, data)
+    return model, meta, resume_state(meta, optim, history, path=path)
+
+
 def _val_subset(data, n, seed):
     if n <= 0 or "val_captions" not in data or len(data["val_captions"]) == 0:
         return None
