@@ -126,14 +126,8 @@ def _option(setting, many):
         kind = click.IntRange(min=s.low)
     repeat = many and s.many is not None
     text = s.help
-    if repeat:
-        text += (
-            " (repeat: one run each)."
-            if s.name == "cell"
-            else " (repeat: one run per cell and value)."
-        )
-    elif s.many is not None:
-        text += "."
+    if s.many is not None:
+        text += f" (repeat: {s.repeat})." if repeat else "."
     return click.option(
         s.flag,
         type=kind,

@@ -24,9 +24,9 @@ class Setting:
     part: "settings" (the training settings a checkpoint keeps), "model" (the model's
     config: meta["model"][saved_as]) or "data" (how the data is read, saved as
     settings[saved_as]); many: the default of compare's repeatable form (None: one
-    value); griddable: sweep may vary it; option: `train` has an option for it (the
-    data options come from cli.data_option); command: shown in the report's command line;
-    what: the meaning of a str setting in checkpoint errors.
+    value), repeat: what repeating it does; griddable: sweep may vary it; option: `train`
+    has an option for it (the data options come from cli.data_option); command: shown in
+    the report's command line; what: the meaning of a str setting in checkpoint errors.
     """
 
     def __init__(
@@ -42,6 +42,7 @@ class Setting:
         part="settings",
         saved_as=None,
         many=None,
+        repeat=None,
         griddable=True,
         option=True,
         command=True,
@@ -50,7 +51,8 @@ class Setting:
         self.name, self.kind, self.default, self.help = name, kind, default, help
         self.low, self.high, self.positive, self.choices = low, high, positive, choices
         self.part, self.saved_as = part, saved_as or name
-        self.many, self.griddable, self.option, self.command = many, griddable, option, command
+        self.many, self.repeat = many, repeat
+        self.griddable, self.option, self.command = griddable, option, command
         self.what = what
 
     @property
@@ -89,7 +91,7 @@ TRAIN_CONFIG = (
         saved_as="data_dir",
         griddable=False,
         what="a path",
-    ),  # fmt: skip
+    ),
     Setting("features", "str", "auto", part="data", what="a feature kind"),
     Setting(
         "cell",
@@ -100,7 +102,8 @@ TRAIN_CONFIG = (
         part="model",
         saved_as="cell_type",
         many=("rnn", "lstm"),
-    ),  # fmt: skip
+        repeat="one run each",
+    ),
     Setting("epochs", "int", 10, low=1),
     Setting("batch_size", "int", 100, low=1),
     Setting("lr", "float", 1e-3, "Learning rate.", low=0, positive=True),
@@ -111,11 +114,17 @@ TRAIN_CONFIG = (
         "Multiply the learning rate by this after every epoch.",
         low=0,
         positive=True,
-    ),  # fmt: skip
+    ),
     Setting("optimizer", "choice", "adam", choices=("adam", "sgd", "sgd_momentum", "rmsprop")),
     Setting(
-        "weight_decay", "float", 0.0, "L2 penalty on the weight matrices", low=0, many=(0.0,)
-    ),  # fmt: skip
+        "weight_decay",
+        "float",
+        0.0,
+        "L2 penalty on the weight matrices",
+        low=0,
+        many=(0.0,),
+        repeat="one run per cell and value",
+    ),
     Setting("clip_norm", "float", 0.0, "Clip the global gradient norm to this (0: off).", low=0),
     Setting(
         "hidden_dim",
@@ -125,7 +134,7 @@ TRAIN_CONFIG = (
         low=1,
         high=limits.MAX_DIM,
         part="model",
-    ),  # fmt: skip
+    ),
     Setting(
         "wordvec_dim",
         "int",
@@ -134,7 +143,7 @@ TRAIN_CONFIG = (
         low=1,
         high=limits.MAX_DIM,
         part="model",
-    ),  # fmt: skip
+    ),
     Setting("max_train", "int", None, "Keep only the first N training captions.", low=1),
     Setting(
         "val_size",
@@ -142,7 +151,7 @@ TRAIN_CONFIG = (
         1000,
         "Validation captions scored after every epoch (a fixed subset).",
         low=0,
-    ),  # fmt: skip
+    ),
     Setting(
         "save_every",
         "int",
@@ -150,21 +159,21 @@ TRAIN_CONFIG = (
         "Also save `last` every N steps (0: only at epoch ends).",
         low=0,
         command=False,
-    ),  # fmt: skip
+    ),
     Setting(
         "eval_every",
         "int",
         0,
         "Every N epochs, BLEU-4 and CIDEr-D of greedy captions on 200 val images.",
         low=0,
-    ),  # fmt: skip
+    ),
     Setting(
         "keep_best",
         "choice",
         "loss",
         "What `best.npz` means: lowest val loss, or highest CIDEr-D (needs --eval-every).",
         choices=("loss", "cider"),
-    ),  # fmt: skip
+    ),
     Setting("seed", "int", 0, low=0),
     # not an option: the val images of the BLEU/CIDEr evaluation
     Setting("eval_images", "int", 200, low=1, option=False, griddable=False, command=False),
