@@ -185,3 +185,12 @@ def test_weight_decays_and_refusals(data, reference, tmp_path, monkeypatch):
         lines = [ln for ln in result.output.splitlines() if ln.startswith("captioner: error:")]
         assert len(lines) == 1 and name in lines[0] and why in lines[0], result.output
         assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_plan_takes_every_cell(tmp_path):
+    """A comparison of all three cells is a plan compare can write and resume."""
+    from captioner import compare as cmp
+
+    plan = cmp.new_plan(tmp_path / "c", ("rnn", "lstm", "gru"), (0.0,), {"epochs": 1}, 6, 5)
+    assert cmp.load_plan(tmp_path / "c")["cells"] == plan["cells"] == ["rnn", "lstm", "gru"]
+    assert [n for n, _, _ in cmp.run_names(plan["cells"], [0.0])] == ["rnn", "lstm", "gru"]

@@ -249,6 +249,8 @@ def test_command_json_plot_and_table(tiny_data, tmp_path):
         "rnn",
         "--cell",
         "lstm",
+        "--cell",
+        "gru",
         *common,
         "--length",
         4,
@@ -261,7 +263,9 @@ def test_command_json_plot_and_table(tiny_data, tmp_path):
     assert [(r["cell"], r["label"]) for r in runs] == [
         ("rnn", "rnn (fresh, seed 0)"),
         ("lstm", "lstm (fresh, seed 0)"),
+        ("gru", "gru (fresh, seed 0)"),
     ]
+    assert runs[2]["forget_gate_mean"] is None and runs[2]["by_distance"][0]["c"] is None
     for r in runs:
         assert set(r) >= {
             "label",
