@@ -19,10 +19,15 @@ class Cell:
     """name; gates: H-wide blocks of Wx, Wh and b; states: the recurrent state, ("h",)
     or ("h", "c"); overfit_limit: CS231n's bar for `overfit`'s final loss; lr_decay:
     its default learning-rate decay there; cache_floats: floats per hidden unit that a
-    readable step's cache holds (gradients sizes its chunks by it); about: one line."""
+    readable step's cache holds (gradients sizes its chunks by it); about: one line;
+    decode_reads_h: its decode step reads the previous h itself, not only h @ Wh (the
+    decoders then gather it for beam search's rows; the others skip that copy)."""
 
-    def __init__(self, name, gates, states, overfit_limit, lr_decay, cache_floats, about):
+    def __init__(
+        self, name, gates, states, overfit_limit, lr_decay, cache_floats, about, decode_reads_h
+    ):
         self.name, self.gates, self.states = name, gates, states
+        self.decode_reads_h = decode_reads_h
         self.overfit_limit, self.lr_decay = overfit_limit, lr_decay
         self.cache_floats, self.about = cache_floats, about
 
@@ -63,9 +68,9 @@ class Cell:
 CELLS = {
     c.name: c
     for c in (
-        Cell("rnn", 1, ("h",), 0.1, 0.95, 3, "tanh RNN"),
-        Cell("lstm", 4, ("h", "c"), 0.5, 0.995, 14, "LSTM, gates i, f, o, g"),
-        Cell("gru", 3, ("h",), 0.5, 0.995, 8, "GRU, gates r, z, n"),
+        Cell("rnn", 1, ("h",), 0.1, 0.95, 3, "tanh RNN", False),
+        Cell("lstm", 4, ("h", "c"), 0.5, 0.995, 14, "LSTM, gates i, f, o, g", False),
+        Cell("gru", 3, ("h",), 0.5, 0.995, 8, "GRU, gates r, z, n", True),
     )
 }
 NAMES = tuple(CELLS)

@@ -200,7 +200,7 @@ class CaptioningRNN:
         else:
             used, inverse = np.unique(rows, return_inverse=True)
             hWh = (h[used] @ p["Wh"])[inverse]
-            h = h[rows]
+            h = h[rows] if self.cell.decode_reads_h else None
             c = c[rows] if c is not None else None
         h, c = self._decode_step(a, hWh, h, c)  # what training computes
         logits = h @ p["W_vocab"]
