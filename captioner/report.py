@@ -657,18 +657,19 @@ def build_report(
     return render(context)
 
 
-def write_report(run_dirs, out="report.html", **options):
-    """Build the report and write it atomically to out; -> out."""
+def write_report(run_dirs, out="report.html", replace=True, **options):
+    """Build the report and write it atomically to out (replace=False: only as a new file,
+    see atomic.atomic_path); -> out."""
     check_writable(out)
     html = build_report(run_dirs, **options)
-    atomic.write_text(out, html, what="report")
+    atomic.write_text(out, html, what="report", replace=replace)
     return out
 
 
 # ---------------------------------------------------------------- a gallery of picture files
 
 
-def write_gallery(results, out, title="captioner sample"):
+def write_gallery(results, out, title="captioner sample", replace=True):
     """An HTML page of captioned picture files.
 
     results: [{"file_name", "caption", "log_prob", ...}] (what `sample --json` writes);
@@ -701,5 +702,5 @@ def write_gallery(results, out, title="captioner sample"):
             "metric_keys": [],
         }
     )
-    atomic.write_text(out, html, what="gallery")
+    atomic.write_text(out, html, what="gallery", replace=replace)
     return out

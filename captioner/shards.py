@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from captioner.errors import CaptionerError
+from captioner.sources.paths import read_member
 
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # The variables OpenBLAS (then MKL) reads for its thread count, first set wins.
@@ -81,7 +82,10 @@ def open_picture(ref):
     zip_path, member = ref
     label = f"{zip_path}:{member}"
     try:
-        blob = _zip(zip_path, *_identity(zip_path)).read(member)
+        zf = _zip(zip_path, *_identity(zip_path))
+        blob = read_member(zf, member, encoder.MAX_DECODE_BYTES, label, "a picture", "skipped")
+    except CaptionerError:
+        raise
     except KeyError:
         raise CaptionerError(f"{label}: no such member in the zip", exit_code=1) from None
     except Exception as e:  # bad CRC, truncated data, zlib errors, I/O errors
