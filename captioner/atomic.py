@@ -92,7 +92,8 @@ def write_text(path, text, what="file", replace=True):
 
 def write_json(path, obj, what="file", replace=True):
     """Atomically write human-readable JSON."""
-    write_text(path, json.dumps(obj, indent=1) + "\n", what, replace)
+    text = json.dumps(obj, indent=1) + "\n"
+    write_bytes(path, lambda f: f.write(text.encode("utf-8")), what, replace)
 
 
 def open_lock(path, what):
