@@ -1036,7 +1036,25 @@ def sample(
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="The random gallery sample.")
 @click.option("--force", is_flag=True, help="Let --out replace an existing file.")
-def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_meteor, seed, force):
+@click.option(
+    "--outside-pictures",
+    is_flag=True,
+    help="Also show pictures the dataset names outside its picture folder (each is named "
+    "on stderr; off: the page is made to be shared).",
+)
+def report(
+    run_dirs,
+    out,
+    split,
+    count,
+    beam_size,
+    max_length,
+    max_images,
+    no_meteor,
+    seed,
+    force,
+    outside_pictures,
+):
     """One self-contained HTML page about training runs: settings, curves, scores,
     caption diversity and a gallery of captioned pictures (open it from disk).
 
@@ -1061,6 +1079,7 @@ def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_me
         meteor=not no_meteor,
         seed=seed,
         log=lambda m: _echo(m, err=True),
+        outside_pictures=outside_pictures,
     )
     _echo(f"report: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
 

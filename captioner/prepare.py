@@ -464,6 +464,7 @@ def prepare_dataset(
         images_dir,
         t0,
         source,
+        pictures=images_dir,
     )
 
 
@@ -567,8 +568,10 @@ def _build(
     where,
     t0,
     source=None,
+    pictures=None,
 ):
-    """Encode split_items ({split: [item]}) in shards and write the dataset."""
+    """Encode split_items ({split: [item]}) in shards and write the dataset (pictures: the
+    folder of the picture files, recorded in it for `report`)."""
     # Shards never straddle the splits, so each split's rows are a run of whole chunks.
     specs, keys, shard_split, shard_items = [], [], [], []
     for s, its in split_items.items():
@@ -660,7 +663,13 @@ def _build(
             )
         with atomic.fresh_dir(out_dir, "dataset") as new:  # replaces out_dir (and work) whole
             data.write_dataset(
-                new, splits, idx_to_word, kind=KIND, encoder=encoder.ENCODER_NAME, source=source
+                new,
+                splits,
+                idx_to_word,
+                kind=KIND,
+                encoder=encoder.ENCODER_NAME,
+                source=source,
+                pictures=pictures,
             )
     finally:
         os.close(lock)
