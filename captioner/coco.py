@@ -68,12 +68,11 @@ def _unsafe_member(name):
 
 def check_zip(path, name=None, test=False):
     """Open and check one of FILES -> {member name: ZipInfo}. name: which of FILES it is
-    (default: its base name). test: also check every member's CRC (reads it all)."""
+    (default: its base name). test: also check every member's CRC (reads it all), after
+    the directory's checks (sizes included), so a bomb is refused before it is inflated."""
     name = name or os.path.basename(path)
     try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            bad = zf.testzip() if test else None
+        zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise CaptionerError(
             f"{path}: not found; run `captioner download --images --dest "
@@ -81,10 +80,19 @@ def check_zip(path, name=None, test=False):
         ) from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise CaptionerError(f"{path}: not a valid zip file, or truncated ({e}); {FIX}") from None
-    except Exception as e:  # zlib errors and the like from testzip
-        raise CaptionerError(f"{path}: corrupt zip ({e}); {FIX}") from None
+    with zf:
+        members = _members(path, name, zf.infolist())
+        try:
+            bad = zf.testzip() if test else None
+        except Exception as e:  # zlib errors, truncated data, I/O
+            raise CaptionerError(f"{path}: corrupt zip ({e}); {FIX}") from None
     if bad is not None:
         raise CaptionerError(f"{path}: member {bad!r} is corrupt (bad CRC); {FIX}")
+    return members
+
+
+def _members(path, name, infos):
+    """check_zip's checks of the directory -> {member name: ZipInfo}."""
     from captioner.encoder import MAX_DECODE_BYTES
 
     folders = tuple(n for n in LAYOUT.get(name, ()) if n.endswith("/"))
