@@ -7,7 +7,9 @@ starts instantly.
 import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -27,15 +29,45 @@ def _echo(text="", err=False):
     click.echo(text[: len(text) - len(body)] + printable(body), err=err)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C is, so that what a command cleans up on the way out (temp
+    files, an unpacking folder, child processes) is cleaned up for a kill too."""
+
+    signum = signal.SIGTERM
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def _interrupted(e):
+    """The exit status of a command stopped by Ctrl-C (130) or SIGTERM (143)."""
+    return 128 + getattr(e, "signum", signal.SIGINT)
+
+
 class _Group(click.Group):
-    """Turn CaptionerError into one line on stderr and its exit code, never a traceback."""
+    """Turn CaptionerError into one line on stderr and its exit code, never a traceback;
+    and Ctrl-C or SIGTERM that a command does not handle itself into one line and 130/143."""
 
     def invoke(self, ctx):
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGTERM, _terminate) if main else None
         try:
             return super().invoke(ctx)
         except CaptionerError as e:
             _echo(f"captioner: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt as e:
+            _echo("", err=True)
+            _echo(
+                "captioner: interrupted; files are written whole or not at all: run the same "
+                "command again (download and prepare resume where they stopped)",
+                err=True,
+            )
+            ctx.exit(_interrupted(e))
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
 
 
 class _Positive(click.ParamType):
@@ -477,9 +509,9 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
                 scheduler=scheduler,
                 log=lambda line: _echo(line, err=as_json),
             )
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             _echo("\ninterrupted; run the same command again to resume", err=True)
-            sys.exit(130)
+            sys.exit(_interrupted(e))
     rows = sweeps.sort_rows(rows, sort_by)
     if as_json:
         click.echo(json.dumps(sweeps.as_json(rows), indent=1))
@@ -1483,9 +1515,9 @@ def prepare(
                     force=force,
                     **shards,
                 )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         _echo("\ninterrupted; run the same command again to resume", err=True)
-        sys.exit(130)
+        sys.exit(_interrupted(e))
     _echo(f"{s['out_dir']}: {s['encoder']} features, vocabulary {s['vocab_size']} words")
     for split in SPLITS:
         if split in s:

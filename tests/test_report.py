@@ -701,3 +701,45 @@ def test_an_output_that_appears_meanwhile_is_kept(trained, tmp_path, monkeypatch
     # --force keeps its meaning: replace whatever is there
     result = run(*args, "--force")
     assert result.exit_code == 0 and out.read_text() != "the other command's output"
+
+
+def test_sigterm_while_the_report_is_written_leaves_nothing_behind(trained, tmp_path):
+    """SIGTERM arriving as the page is written (here: at its fsync) unwinds like Ctrl-C: the
+    temp file is removed, no half page is left, one line and exit 143."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "real = os.fsync\n"
+        "def fsync(fd):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(fd)\n"
+        "os.fsync = fsync\n"
+        "from captioner.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    out = tmp_path / "r.html"
+    args = [
+        "report",
+        trained / "run",
+        "--out",
+        out,
+        "--count",
+        3,
+        "--no-meteor",
+        "--max-images",
+        4,
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(
+            os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        ),
+    )
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("captioner: interrupted; files are written")
+    assert "Traceback" not in done.stderr and os.listdir(tmp_path) == []
