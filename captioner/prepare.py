@@ -33,7 +33,7 @@ from collections import Counter
 
 import numpy as np
 
-from captioner import atomic, data, encoder, shards
+from captioner import atomic, data, encoder, limits, shards
 from captioner.errors import CaptionerError
 
 KIND = "squeezenet"  # -> {split}2014_squeezenet.h5
@@ -530,7 +530,9 @@ def prepare_coco(
 
 def _tokenize(items, skipped, progress=False):
     """Tokenise each item's captions (-> item['tokens']); items left without a caption go to
-    skipped. -> (items with captions, number of empty captions)."""
+    skipped. -> (items with captions, number of empty captions). A caption is read up to
+    limits.MAX_CAPTION_CHARS characters (COCO's longest has ~250; at most 100 words are
+    kept): a crafted caption of megabytes costs no more than that."""
     from tqdm import tqdm
 
     empty, out = 0, []
@@ -542,7 +544,8 @@ def _tokenize(items, skipped, progress=False):
         mininterval=1.0,
     ):
         # interned: COCO's ~7 million caption words are ~30,000 distinct strings
-        toks = [[sys.intern(w) for w in tokenize(c)] for c in it.pop("captions")]
+        caps = [c[: limits.MAX_CAPTION_CHARS] for c in it.pop("captions")]
+        toks = [[sys.intern(w) for w in tokenize(c)] for c in caps]
         empty += sum(not t for t in toks)
         it["tokens"] = [t for t in toks if t]
         if it["tokens"]:

@@ -319,3 +319,18 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
             P.prepare_dataset(tmp_path / "img", ann, tmp_path / "out", progress=False)
     finally:
         os.close(fd)
+
+
+def test_a_caption_of_megabytes_costs_what_its_kept_words_cost():
+    """Issue 23 (hostile Karpathy/COCO values): a 6 MB caption is read up to 2,000
+    characters, so tokenising it takes what a long caption takes, not seconds and a
+    million-word list; ordinary captions are tokenised whole."""
+    items = [
+        {"name": "a.jpg", "captions": ["a dog " * 1_000_000, "A cat on a mat."]},
+        {"name": "b.jpg", "captions": [42 * " "]},
+    ]
+    skipped = []
+    kept, empty = P._tokenize(items, skipped)
+    assert kept[0]["tokens"][0] == ["a", "dog"] * (2000 // 6) + ["a"]
+    assert kept[0]["tokens"][1] == ["a", "cat", "on", "a", "mat"]
+    assert empty == 1 and skipped == [("b.jpg", "no captions in the annotations")]
