@@ -24,7 +24,7 @@ import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 
 from . import atomic, checkpoint, runs, training
 from .errors import CaptionerError
@@ -378,6 +378,8 @@ def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
                         f"[{n}/{len(todo)}] {run_dir}: best val loss {_fmt(r['best_val_loss'])}, "
                         f"CIDEr-D {r['CIDEr']:.3f}, {r['seconds']:.1f}s"
                     )
+                except CancelledError:  # the cluster is gone (cluster.client says so)
+                    raise
                 except Exception as e:  # noqa: BLE001 -- one failed run must not stop the others
                     failed[run_dir] = (
                         str(e) if isinstance(e, CaptionerError) else f"{type(e).__name__}: {e}"

@@ -334,3 +334,32 @@ def test_a_caption_of_megabytes_costs_what_its_kept_words_cost():
     assert kept[0]["tokens"][0] == ["a", "dog"] * (2000 // 6) + ["a"]
     assert kept[0]["tokens"][1] == ["a", "cat", "on", "a", "mat"]
     assert empty == 1 and skipped == [("b.jpg", "no captions in the annotations")]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        lambda _: None,
+        lambda r: dict(r, names=r["names"][::-1]),
+        lambda r: dict(r, features=r["features"][:1]),
+        lambda r: dict(r, features=r["features"] * np.nan),
+        lambda r: dict(r, ok=r["ok"].astype(int)),
+    ],
+)
+def test_a_worker_returning_garbage_is_one_line_and_nothing_written(tmp_path, garbage):
+    """Issue 23 (Dask paths): a shard result that is not the encoded pictures of its shard
+    (another captioner on a worker, a broken executor) never reaches a chunk file."""
+    from concurrent.futures import Future
+
+    class Garbling(S.InlineExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            future = Future()
+            future.set_result(garbage(fn(*args, **kwargs)))
+            return future
+
+    ann = _pictures(tmp_path / "img", 4)
+    with pytest.raises(CaptionerError, match=r"shard 0 \(pic\d.png, ...\): the worker returned"):
+        P.prepare_dataset(
+            tmp_path / "img", ann, tmp_path / "out", executor=Garbling(), progress=False
+        )
+    assert list((tmp_path / "out" / P.WORK_DIR).glob("chunk_*")) == []
