@@ -396,6 +396,11 @@ def prepare_dataset(
             f"{images_dir}: pictures folder not found; pass the folder the "
             f"annotations' file_names are relative to"
         )
+    if unsafe_text(images_dir):  # its path goes into *_urls.txt, UTF-8 text, one a line
+        raise CaptionerError(
+            f"{images_dir}: the pictures folder's path cannot be a line of the dataset's "
+            f"UTF-8 *_urls.txt ({unsafe_text(images_dir, 'it')}); rename or move the folder"
+        )
     workers = default_workers() if workers is None else workers
     _check_sizes(batch_size, max_words, workers)
     if split_by is None and not 0 < val_fraction < 1:

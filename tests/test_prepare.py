@@ -363,3 +363,15 @@ def test_a_worker_returning_garbage_is_one_line_and_nothing_written(tmp_path, ga
             tmp_path / "img", ann, tmp_path / "out", executor=Garbling(), progress=False
         )
     assert list((tmp_path / "out" / P.WORK_DIR).glob("chunk_*")) == []
+
+
+def test_a_pictures_folder_whose_path_is_not_utf8_is_refused_at_the_start(tmp_path):
+    """Issue 23, class 9 for prepare: the folder's path is written into *_urls.txt (UTF-8,
+    one a line), so a name in another encoding is one line before any work, not a
+    UnicodeEncodeError at the end."""
+    folder = tmp_path / os.fsdecode(b"img\xff")
+    ann = _pictures(folder, 3)
+    with pytest.raises(CaptionerError) as err:
+        P.prepare_dataset(folder, ann, tmp_path / "out", progress=False)
+    assert str(err.value).startswith(f"{folder}: the pictures folder's path cannot be a line")
+    assert "lone surrogate" in str(err.value) and not (tmp_path / "out").exists()
