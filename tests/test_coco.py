@@ -816,7 +816,8 @@ def test_zip_members_are_bounded_by_their_declared_size(tmp_path, monkeypatch):
     coco.JSON_BYTES, pictures by the picture byte budget (encoder.MAX_DECODE_BYTES)."""
     from captioner import encoder, shards
 
-    monkeypatch.setitem(coco.JSON_BYTES, "dataset_coco.json", 1000)
+    limits = {**getattr(coco, "JSON_BYTES", {}), "dataset_coco.json": 1000}
+    monkeypatch.setattr(coco, "JSON_BYTES", limits, raising=False)
     doc = json.dumps({"images": [], "pad": " " * 5000})
     path = _zip(tmp_path / "caption_datasets.zip", {"dataset_coco.json": doc})
     message = (
