@@ -29,7 +29,7 @@ def _echo(text="", err=False):
     click.echo(text[: len(text) - len(body)] + printable(body), err=err)
 
 
-class Terminated(KeyboardInterrupt):
+class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised as Ctrl-C is, so that what a command cleans up on the way out (temp
     files, an unpacking folder, child processes) is cleaned up for a kill too."""
 
@@ -37,7 +37,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum, frame):
-    raise Terminated
+    raise _Terminated
 
 
 def _interrupted(e):
