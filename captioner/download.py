@@ -487,11 +487,11 @@ def download_coco_images(
     """
     from captioner import coco
 
+    if mirror:  # before anything: a file:// mirror naming a FIFO would hang the HEADs
+        _check_url(mirror, flag="--mirror")
     dest_dir = str(dest_dir)
     _make_dest(dest_dir)
     urls = {n: (mirror.rstrip("/") + "/" + n) if mirror else coco.URLS[n] for n in coco.FILES}
-    if mirror:  # before any request: a file:// mirror naming a FIFO would hang the HEADs
-        _check_url(mirror, flag="--mirror")
     todo = [n for n in coco.FILES if not os.path.isfile(os.path.join(dest_dir, n))]
     need, max_bytes = 0, {}
     for n in todo:

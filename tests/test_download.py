@@ -346,6 +346,7 @@ def test_the_mirror_is_checked_before_any_request(tmp_path, monkeypatch):
         with pytest.raises(CaptionerError, match="give --mirror http") as err:
             download_coco_images(tmp_path / "d", mirror=mirror, progress=False)
         assert str(err.value).startswith(f"{mirror}: not ")
+    assert not (tmp_path / "d").exists()
 
 
 def test_a_redirect_loop_is_one_line(tmp_path, server):
