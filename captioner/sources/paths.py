@@ -1,8 +1,17 @@
-"""The path-safety check every source uses: a picture name, URL or zip member that could
-lead outside its folder, or break the one-name-a-line *_images.txt, is refused here."""
+"""Reading the files of a data source safely.
+
+The path-safety check every source uses: a picture name, URL or zip member that could
+lead outside its folder, or break the one-name-a-line *_images.txt, is refused here.
+read_member is the one way a zip member is read: its declared size is checked against a
+limit for its kind before a byte is inflated (a 2 MB zip can declare, and inflate to,
+gigabytes), and zipfile never inflates a member past its declared size.
+"""
 
 import os
 import re
+import zipfile
+
+from captioner.errors import CaptionerError
 
 # Everything str.splitlines() breaks at: a name holding one would shift every later
 # line of the one-name-a-line {split}2014_images.txt / _urls.txt.
@@ -48,3 +57,22 @@ def unsafe_name(name, root=None):
         if os.path.commonpath([real, os.path.realpath(root)]) != os.path.realpath(root):
             return "resolves outside the pictures folder (a symbolic link)"
     return None
+
+
+def check_member(info, limit, label, what, fix):
+    """Refuse (one line naming label) a zip member declaring more than `limit` bytes."""
+    if info.file_size > limit:
+        raise CaptionerError(
+            f"{label}: declares {info.file_size:,} bytes uncompressed, over the "
+            f"{limit:,}-byte limit for {what}; {fix}",
+            exit_code=1,
+        )
+
+
+def read_member(zf, member, limit, label, what, fix):
+    """The bytes of `member` (a name or a ZipInfo) of the open ZipFile zf, at most `limit`
+    of them (check_member first). KeyError if the zip has no such member."""
+    info = member if isinstance(member, zipfile.ZipInfo) else zf.getinfo(member)
+    check_member(info, limit, label, what, fix)
+    with zf.open(info) as f:
+        return f.read(limit + 1)
