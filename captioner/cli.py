@@ -144,6 +144,15 @@ def train_options(many=False, run_dir_options=True):
             + (" (repeat: one run per cell and value)." if many else "."),
         ),
         click.option(
+            "--forget-bias",
+            type=NON_NEGATIVE,
+            multiple=many,
+            default=(0.0,) if many else 0.0,
+            show_default=True,
+            help="The LSTM's initial forget-gate bias (CS231n: 0; 1 after Jozefowicz et al. 2015)"
+            + (" (repeat: one LSTM run per value)." if many else "."),
+        ),
+        click.option(
             "--clip-norm",
             type=NON_NEGATIVE,
             default=0.0,
@@ -199,7 +208,15 @@ def train_options(many=False, run_dir_options=True):
             help="What `best.npz` means: lowest val loss, or highest "
             "CIDEr-D (needs --eval-every).",
         ),
-        click.option("--seed", type=SEED, default=0, show_default=True),
+        click.option(
+            "--seed",
+            type=SEED,
+            multiple=many,
+            default=(0,) if many else 0,
+            show_default=True,
+            help="Initialisation, data order and val subset"
+            + (" (repeat: one run each)." if many else "."),
+        ),
         click.option(
             "--out",
             type=click.Path(file_okay=False),
@@ -243,6 +260,7 @@ def train(
     lr_decay,
     optimizer,
     weight_decay,
+    forget_bias,
     clip_norm,
     hidden_dim,
     wordvec_dim,
@@ -297,6 +315,7 @@ def train(
             hidden_dim=hidden_dim,
             cell_type=cell,
             seed=seed,
+            forget_bias=forget_bias,
         )
         settings = dict(
             epochs=epochs,
@@ -305,6 +324,7 @@ def train(
             lr=lr,
             lr_decay=lr_decay,
             weight_decay=weight_decay,
+            forget_bias=forget_bias,
             clip_norm=clip_norm,
             seed=seed,
             val_size=val_size,
@@ -368,6 +388,24 @@ def _check_resume_flags(ctx, given, meta, settings, path):
 # ---------------------------------------------------------------- sweep
 
 
+def executor_options(f):
+    """--parallel and --scheduler: where independent training runs go (sweep, compare)."""
+    f = click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="Run on a Dask cluster: tcp://HOST:8786, or local (needs captioner[cluster]).",
+    )(f)
+    return click.option(
+        "--parallel",
+        type=COUNT,
+        default=1,
+        show_default=True,
+        help="Runs at a time on this machine, BLAS threads split between them "
+        "(with --scheduler local: its worker processes).",
+    )(f)
+
+
 @cli.command()
 @train_options(run_dir_options=False)
 @click.option(
@@ -384,20 +422,7 @@ def _check_resume_flags(ctx, given, meta, settings, path):
     show_default=True,
     help="Sweep folder, one run directory per combination.",
 )
-@click.option(
-    "--parallel",
-    type=COUNT,
-    default=1,
-    show_default=True,
-    help="Runs at a time on this machine, BLAS threads split between them "
-    "(with --scheduler local: its worker processes).",
-)
-@click.option(
-    "--scheduler",
-    metavar="ADDRESS",
-    default=None,
-    help="Run on a Dask cluster: tcp://HOST:8786, or local (needs captioner[cluster]).",
-)
+@executor_options
 @click.option(
     "--summary",
     "summary_dir",
@@ -688,115 +713,94 @@ def gradients(
 @cli.command()
 @train_options(many=True)
 @click.option(
+    "--seeds",
+    "n_seeds",
+    type=COUNT,
+    default=None,
+    help="Train every setting with seeds 0 .. N-1 (instead of repeating --seed).",
+)
+@click.option(
     "--count",
     type=COUNT,
     default=500,
     show_default=True,
     help="Val captions for the gradient-flow summary.",
 )
+@executor_options
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Draw the loss curves of all runs on one chart (PNG).",
+    help="Also draw the loss curves of all settings on this chart (PNG).",
 )
 @click.option("--force", is_flag=True, help="Let --plot replace an existing file.")
 @click.pass_context
-def compare(
-    ctx,
-    data,
-    features,
-    cell,
-    epochs,
-    batch_size,
-    lr,
-    lr_decay,
-    optimizer,
-    weight_decay,
-    clip_norm,
-    hidden_dim,
-    wordvec_dim,
-    max_train,
-    val_size,
-    save_every,
-    eval_every,
-    keep_best,
-    seed,
-    out,
-    resume,
-    quiet,
-    count,
-    plot,
-    force,
-):
-    """Train the RNN and the LSTM alike and compare them in one table.
+def compare(ctx, cell, weight_decay, forget_bias, seed, n_seeds, count, out, resume, **opts):
+    """Train the cells alike over several seeds and compare them in one table.
 
     \b
-    Same data, order, seed and settings for every run (every `train` option
-    works); one run directory each under --out. Repeat --weight-decay to
-    compare L2 strengths. Interrupted? `--resume DIR` continues where it stopped.
+    Same data and settings for every run (every `train` option works); one run per
+    cell, --weight-decay, LSTM --forget-bias (each repeatable) and seed, each in a run
+    directory under --out. Prints each figure's mean, spread and per-seed values, and per
+    claim in how many seeds it holds. Interrupted? `--resume DIR` continues where it stopped.
     Example:
-      captioner compare --data data/demo/dataset --epochs 10 --out runs/cmp --plot loss.png
+      captioner compare --data data/demo/dataset --epochs 10 --seeds 3 --parallel 2 \\
+          --out runs/cmp --plot loss.png
       captioner compare --resume runs/cmp
     """
     from . import compare as cmp
-    from . import plots, runs
+    from . import plots, runs, training
 
+    plot, parallel, scheduler = opts["plot"], opts["parallel"], opts["scheduler"]
     if plot:
-        plots.check_writable(plot, force)
+        plots.check_writable(plot, opts["force"])
     given = {
         p
         for p in ctx.params
         if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
     }
+    if n_seeds and "seed" in given:
+        raise click.UsageError("give --seeds N or --seed (repeatable), not both")
     if resume:
         parent = resume
-        plan = cmp.load_plan(parent, epochs if "epochs" in given else None)
-        s = plan["settings"]
-        d = _load_data(
-            data if "data" in given else s["data_dir"], s["features"], max_train=s.get("max_train")
+        plan = cmp.load_plan(
+            parent,
+            opts["epochs"] if "epochs" in given else None,
+            opts["data"] if "data" in given else None,
         )
         click.echo(f"resuming the comparison in {parent}")
     else:
-        if keep_best == "cider" and not eval_every:
+        if opts["keep_best"] == "cider" and not opts["eval_every"]:
             raise click.UsageError("--keep-best cider needs --eval-every N")
-        d = _load_data(data, features, max_train=max_train)
-        settings = dict(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            lr_decay=lr_decay,
-            clip_norm=clip_norm,
-            seed=seed,
-            val_size=val_size,
-            save_every=save_every,
-            eval_every=eval_every,
-            keep_best=keep_best,
-            data_dir=os.path.abspath(data),
+        d = _load_data(opts["data"], opts["features"], max_train=opts["max_train"])
+        settings = {k: opts[k] for k in training.DEFAULTS if k in opts}
+        settings.update(
+            data_dir=os.path.abspath(opts["data"]),
             features=d["feature_kind"],
-            max_train=max_train,
+            max_train=opts["max_train"],
         )
+        model = {k: opts[k] for k in ("hidden_dim", "wordvec_dim")}
+        seed_list = range(n_seeds) if n_seeds else seed
         parent = runs.new_run_dir(out, "compare")
-        plan = cmp.new_plan(parent, cell, weight_decay, settings, hidden_dim, wordvec_dim)
+        plan = cmp.new_plan(
+            parent, cell, weight_decay, forget_bias, seed_list, settings, model, count
+        )
     try:
-        trained = cmp.train_runs(d, parent, plan, progress=not quiet, log=click.echo)
+        cmp.train_runs(
+            parent, plan, parallel, scheduler, progress=not opts["quiet"], log=click.echo
+        )
     except runs.Interrupted as e:
         click.echo(f"\n{e}; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(128 + e.signum)
     except KeyboardInterrupt:
         click.echo(f"\nstopped; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(130)
-    res = cmp.results(d, trained, count=count)
+    res = cmp.collect(parent, plan)
     cmp.save_results(parent, plan, res)
     click.echo("")
     for line in cmp.format_results(res):
         click.echo(line)
-    for path in filter(None, [plot, os.path.join(parent, "compare-loss.png")]):
-        plots.loss_plot([(r["name"], r["epochs"]) for r in res["runs"]], path)
-    plots.gradient_plot(
-        [r["gradients"] for r in res["runs"]], os.path.join(parent, "gradients.png")
-    )
+    cmp.draw(parent, res, plot)
     click.echo(
         f"written: {parent}/compare.json, gradients.json, compare-loss.png, gradients.png"
         + (f"; plot: {plot}" if plot else "")

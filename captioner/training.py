@@ -28,6 +28,7 @@ DEFAULTS = dict(
     lr=1e-3,
     lr_decay=0.95,
     weight_decay=0.0,
+    forget_bias=0.0,  # used when the model is made (CaptioningRNN); kept with the settings
     clip_norm=0.0,
     seed=0,
     val_size=1000,
