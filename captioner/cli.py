@@ -579,7 +579,16 @@ def overfit(data, features, small, cell, n, epochs):
     "ckpts",
     type=click.Path(exists=True, dir_okay=False),
     multiple=True,
-    help="A trained model (repeat to compare several).",
+    help="A trained model (repeat to compare several; those of one setting, differing only "
+    "in --seed, are also summarised over seeds).",
+)
+@click.option(
+    "--runs",
+    "compare_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Every run of a `captioner compare` folder (its last.npz), summarised per setting "
+    "over seeds.",
 )
 @click.option(
     "--cell",
@@ -634,6 +643,7 @@ def overfit(data, features, small, cell, n, epochs):
 @click.option("--force", is_flag=True, help="Let --plot replace an existing file.")
 def gradients(
     ckpts,
+    compare_dir,
     cells,
     data,
     features,
@@ -657,23 +667,37 @@ def gradients(
     Example:
       captioner gradients --cell rnn --cell lstm --data data/demo/dataset --plot flow.png
       captioner gradients --checkpoint runs/rnn/last.npz --checkpoint runs/lstm/last.npz
+      captioner gradients --runs runs/cmp
     """
     import json
 
+    from . import compare as cmp
     from . import gradients as flow
     from . import plots
     from .checkpoint import load_model
     from .model import CaptioningRNN
 
-    if not ckpts and not cells:
-        raise click.UsageError("give --checkpoint FILE or --cell rnn|lstm (each may repeat)")
+    if not ckpts and not cells and not compare_dir:
+        raise click.UsageError(
+            "give --checkpoint FILE, --runs DIR or --cell rnn|lstm (each may repeat)"
+        )
     if plot:
         plots.check_writable(plot, force)
     # Load and check everything first: a bad input stops before any work.
     models, loaded = [], {}
-    for ckpt in ckpts:
+    groups = {}  # a setting's key -> (its name or None, [its models' indices])
+    paths = [(ckpt, None) for ckpt in ckpts]
+    if compare_dir:
+        plan = cmp.load_plan(compare_dir)
+        paths += [
+            (os.path.join(compare_dir, name, "last.npz"), setting["name"])
+            for name, setting, _ in cmp.run_names(plan)
+        ]
+    for ckpt, setting in paths:
         model, meta, _, _ = load_model(ckpt)
         d = _checkpoint_data(ckpt, meta, data, split)
+        key = setting or flow.setting_key(meta)
+        groups.setdefault(key, (setting, []))[1].append(len(models))
         models.append((ckpt, model, d))
     for cell in cells:
         key = (data, features)
@@ -688,21 +712,35 @@ def gradients(
             cell_type=cell,
             seed=seed,
         )
+        groups[len(models)] = (None, [len(models)])
         models.append((f"{cell} (fresh, seed {seed})", model, d))
     batches = [flow.first_captions(d, split, count) for _, _, d in models]
     runs = [
         flow.measure(model, feats, caps, label, length=length, seed=seed)
         for (label, model, _), (feats, caps) in zip(models, batches)
     ]
+    spreads = [flow.spread([runs[i] for i in idx], name) for name, idx in groups.values()]
     if plot:
-        plots.gradient_plot(runs, plot)
+        plots.gradient_plot(
+            [
+                (g["label"], [runs[i] for i in idx])
+                for g, (_, idx) in zip(spreads, groups.values())
+            ],
+            plot,
+        )
     if as_json:
-        click.echo(json.dumps({"runs": runs}))
+        click.echo(json.dumps({"runs": runs, "settings": [g for g in spreads if g["n"] > 1]}))
         return
     bases = sorted({d["base_dir"] for _, _, d in models})
     what = f"the first {len(batches[0][1])} captions of {split} in {', '.join(bases)}"
     for line in flow.format_table(runs, what):
         click.echo(line)
+    several = [g for g in spreads if g["n"] > 1]
+    if several:
+        click.echo("")
+        click.echo("over the checkpoints of one setting: mean +- std [min .. max]")
+        for g in several:
+            click.echo(flow.spread_line(g))
     if plot:
         click.echo(f"plot: {plot}")
 
