@@ -620,6 +620,13 @@ def overfit(data, features, small, cell, n, epochs):
     help="Seed of the fresh models and of the random words.",
 )
 @click.option(
+    "--forget-bias",
+    type=NON_NEGATIVE,
+    default=0.0,
+    show_default=True,
+    help="Fresh LSTMs only: the initial forget-gate bias, as `train --forget-bias`.",
+)
+@click.option(
     "--hidden-dim",
     type=click.IntRange(1, limits.MAX_DIM),
     default=512,
@@ -651,6 +658,7 @@ def gradients(
     count,
     length,
     seed,
+    forget_bias,
     hidden_dim,
     wordvec_dim,
     as_json,
@@ -675,7 +683,7 @@ def gradients(
     from . import gradients as flow
     from . import plots
     from .checkpoint import load_model
-    from .model import CaptioningRNN
+    from .model import FORGET_GATE, CaptioningRNN
 
     if not ckpts and not cells and not compare_dir:
         raise click.UsageError(
@@ -711,9 +719,11 @@ def gradients(
             hidden_dim=hidden_dim,
             cell_type=cell,
             seed=seed,
+            forget_bias=forget_bias if cell in FORGET_GATE else 0.0,
         )
+        bias = f", forget bias {forget_bias:g}" if forget_bias and cell in FORGET_GATE else ""
         groups[len(models)] = (None, [len(models)])
-        models.append((f"{cell} (fresh, seed {seed})", model, d))
+        models.append((f"{cell} (fresh, seed {seed}{bias})", model, d))
     batches = [flow.first_captions(d, split, count) for _, _, d in models]
     runs = [
         flow.measure(model, feats, caps, label, length=length, seed=seed)

@@ -21,7 +21,7 @@ kept, the others continue from their last.npz, exactly as `train --resume` would
 
 import os
 
-from . import atomic, checkpoint, gradients, seeds, sweep
+from . import atomic, checkpoint, gradients, seeds, sweep, training
 from .errors import CaptionerError
 from .model import CELLS, FORGET_GATE
 
@@ -170,20 +170,9 @@ def score_run(run_dir, state, data):
     per-epoch records ("history"), greedy BLEU-4 / CIDEr-D on the first EVAL_IMAGES val images,
     seconds per training step, parameter count and the gradient flow on the first
     gradient_captions val captions."""
-    from .evaluation import caption_split
-    from .metrics import score
-
     spec = sweep._read(os.path.join(run_dir, "run.json"))
     model, _, _, _ = checkpoint.load_model(os.path.join(run_dir, "last.npz"))
-    ids, generated, refs = caption_split(
-        model,
-        data,
-        "val",
-        max_images=EVAL_IMAGES,
-        beam_size=1,
-        max_length=data["val_captions"].shape[1] - 1,
-    )
-    scores, _ = score(dict(zip(ids, refs)), dict(zip(ids, generated)), meteor=False)
+    scores = training.eval_metrics(model, data, EVAL_IMAGES)
     feats, caps = gradients.first_captions(data, "val", spec["gradient_captions"])
     records = state["epochs"]
     steps = records[-1]["step"] if records else 0
@@ -194,7 +183,6 @@ def score_run(run_dir, state, data):
         "history": records,
         "Bleu_4": scores["Bleu_4"],
         "CIDEr": scores["CIDEr"],
-        "images": len(ids),
         "best_val_loss": min(losses) if losses else None,
         "seconds": round(seconds, 2),
         "seconds_per_step": seconds / max(1, steps),
@@ -292,7 +280,6 @@ def collect(parent, plan):
         "settings": settings,
         "verdicts": seeds.verdicts(groups),
         "seeds": plan["seeds"],
-        "images": runs[0]["images"],
         "gradient_captions": runs[0]["gradient_captions"],
     }
 
@@ -355,8 +342,8 @@ def format_results(res):
     head += f"{'n':>3}   per seed ({_list(res['seeds'])})"
     lines += ["", f"final figures over {over}"]
     labels = {
-        "Bleu_4": f"BLEU-4 (val, greedy, {res['images']} images)",
-        "CIDEr": f"CIDEr-D (val, greedy, {res['images']} images)",
+        "Bleu_4": f"BLEU-4 (val, greedy, first {EVAL_IMAGES} images)",
+        "CIDEr": f"CIDEr-D (val, greedy, first {EVAL_IMAGES} images)",
         "gain_per_step": f"gradient gain per step (first {res['gradient_captions']} val captions)",
     }
     for key, (label, _, spec) in seeds.FIGURES.items():
