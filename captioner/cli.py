@@ -696,7 +696,7 @@ def gradients(
     groups = {}  # a setting's key -> (its name or None, [its models' indices])
     paths = [(ckpt, None) for ckpt in ckpts]
     if compare_dir:
-        plan = cmp.load_plan(compare_dir)
+        plan = cmp.load_plan(compare_dir, flag="--runs")
         paths += [
             (os.path.join(compare_dir, name, "last.npz"), setting["name"])
             for name, setting, _ in cmp.run_names(plan)

@@ -87,16 +87,16 @@ def new_plan(parent, cells, weight_decays, forget_biases, seed_list, settings, m
     return plan
 
 
-def load_plan(parent, epochs=None, data_dir=None):
+def load_plan(parent, epochs=None, data_dir=None, flag="--resume"):
     """The plan of a comparison to resume; epochs and data_dir (optional: the dataset moved)
     change it and are saved. Plans of one seed and no forget-gate bias (written before
-    those existed) read as such. -> plan dict."""
+    those existed) read as such. flag: the option that named parent. -> plan dict."""
     from .data import read_json
 
     path = os.path.join(parent, PLAN)
     if not os.path.exists(path):
         raise CaptionerError(
-            f"{path}: not found; --resume takes the directory a "
+            f"{path}: not found; {flag} takes the directory a "
             f"`captioner compare` wrote (its --out)"
         )
     plan = read_json(path, "comparison plan")

@@ -77,7 +77,7 @@ def gradient_plot(groups, path):
         many = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
         d, y = _common([r["by_distance"] for r in runs], "d", ("h", "c"))
         _band(left, d, y["h"], colour, "-o", f"{label}{many}: dl/dh", ms=3)
-        if runs[0]["cell"] == "lstm":
+        if d and runs[0]["by_distance"][0]["c"] is not None:  # cells with a cell state
             _band(left, d, y["c"], colour, "--", f"{label}: dl/dc")
         if all(r.get("synthetic") for r in runs):
             d, y = _common([r["synthetic"]["by_distance"] for r in runs], "d", ("h",))

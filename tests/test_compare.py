@@ -314,3 +314,5 @@ def test_gradients_over_the_seeds_of_a_setting(data, seeded):
     assert line.startswith(f"{ckpts[0]} and 1 more (2 checkpoints): gradient gain per step")
     assert f"{fb1['mean']:.3f} +- {fb1['std']:.3f} [{fb1['min']:.3f} .. {fb1['max']:.3f}]" in line
     assert "rnn-seed0/last.npz and" not in result.output
+    result = run("gradients", "--runs", data)
+    assert result.exit_code == 2 and "compare.json: not found; --runs takes" in result.output
