@@ -790,7 +790,8 @@ def compare(ctx, cell, weight_decay, forget_bias, seed, n_seeds, count, out, res
     Same data and settings for every run (every `train` option works); one run per
     cell, --weight-decay, LSTM --forget-bias (each repeatable) and seed, each in a run
     directory under --out. Prints each figure's mean, spread and per-seed values, and per
-    claim in how many seeds it holds. Interrupted? `--resume DIR` continues where it stopped.
+    claim in how many seeds it holds. Interrupted? `--resume DIR` continues where it stopped
+    (with --seeds N or --seed: adds seeds).
     Example:
       captioner compare --data data/demo/dataset --epochs 10 --seeds 3 --parallel 2 \\
           --out runs/cmp --plot loss.png
@@ -815,6 +816,7 @@ def compare(ctx, cell, weight_decay, forget_bias, seed, n_seeds, count, out, res
             parent,
             opts["epochs"] if "epochs" in given else None,
             opts["data"] if "data" in given else None,
+            range(n_seeds) if n_seeds else seed if "seed" in given else None,
         )
         click.echo(f"resuming the comparison in {parent}")
     else:

@@ -87,10 +87,11 @@ def new_plan(parent, cells, weight_decays, forget_biases, seed_list, settings, m
     return plan
 
 
-def load_plan(parent, epochs=None, data_dir=None, flag="--resume"):
-    """The plan of a comparison to resume; epochs and data_dir (optional: the dataset moved)
-    change it and are saved. Plans of one seed and no forget-gate bias (written before
-    those existed) read as such. flag: the option that named parent. -> plan dict."""
+def load_plan(parent, epochs=None, data_dir=None, seed_list=None, flag="--resume"):
+    """The plan of a comparison to resume; epochs, data_dir (the dataset moved) and seed_list
+    (more seeds: those of the plan and new ones), all optional, change it and are saved.
+    Plans of one seed and no forget-gate bias (written before those existed) read as such.
+    flag: the option that named parent. -> plan dict."""
     from .data import read_json
 
     path = os.path.join(parent, PLAN)
@@ -126,6 +127,15 @@ def load_plan(parent, epochs=None, data_dir=None, flag="--resume"):
             f"{path}: not a comparison plan this captioner wrote; "
             f"start a new comparison with another --out"
         )
+    if seed_list is not None and list(seed_list) != plan["seeds"]:
+        if len(plan["seeds"]) == 1 or not set(plan["seeds"]) <= set(seed_list):
+            raise CaptionerError(
+                f"{path}: seeds {_list(plan['seeds'])}; --resume can add seeds to a comparison of "
+                f"several, not drop any; start a new comparison with another --out"
+            )
+        plan["seeds"] += [s for s in seed_list if s not in plan["seeds"]]
+        plan["results"] = None
+        atomic.write_json(path, plan, what="comparison plan")
     changed = {}
     if epochs is not None and epochs != plan["settings"].get("epochs"):
         changed["epochs"] = epochs

@@ -288,6 +288,18 @@ def test_seeded_compare_resumes_in_parallel_to_the_serial_result(data, tmp_path)
     assert result.exit_code == 0, result.output
     for name in SEEDED_RUNS[2:]:
         assert_same_checkpoint(ref / name / "last.npz", out / name / "last.npz")
+    # more seeds later: the runs of the first two are kept, the third trained as a 3-seed run
+    result = run("compare", "--resume", ref, "--seed", 2, "--seed", 0, "--seed", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "lstm-fb0-seed0: done earlier" in result.output
+    res = json.loads((ref / "compare.json").read_text())["results"]
+    assert res["seeds"] == [0, 1, 2] and res["settings"][0]["seeds"] == [0, 1, 2]
+    alone = tmp_path / "alone"
+    args = ["--cell", "lstm", "--seed", 2, "--forget-bias", 1, "--epochs", 2, "--out", alone]
+    assert run("train", "--data", data, *TINY[:-4], "--lr", 5e-3, *args).exit_code == 0
+    assert_same_checkpoint(ref / "lstm-fb1-seed2" / "last.npz", alone / "last.npz")
+    result = run("compare", "--resume", ref, "--seed", 2)  # dropping seeds 0 and 1: refused
+    assert result.exit_code == 2 and "can add seeds" in result.output
     result = run(
         "compare", "--data", data, *TINY, "--seeds", 2, "--seed", 1, "--out", tmp_path / "x"
     )
