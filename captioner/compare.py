@@ -122,11 +122,12 @@ def load_plan(parent, epochs=None, data_dir=None, seed_list=None, flag="--resume
         )
     except (KeyError, TypeError, AttributeError):
         ok = False
-    if not ok:
-        raise CaptionerError(
-            f"{path}: not a comparison plan this captioner wrote; "
-            f"start a new comparison with another --out"
-        )
+    why = None if ok else "not a comparison plan this captioner wrote"
+    if ok and "epochs" not in plan["settings"]:  # edited since: its settings must still train
+        why = "settings.epochs is missing"
+    why = why or checkpoint.settings_problem(plan["settings"], "settings")
+    if why:
+        raise CaptionerError(f"{path}: {why}; start a new comparison with another --out")
     if seed_list is not None and list(seed_list) != plan["seeds"]:
         if len(plan["seeds"]) == 1 or not set(plan["seeds"]) <= set(seed_list):
             raise CaptionerError(
@@ -148,7 +149,7 @@ def load_plan(parent, epochs=None, data_dir=None, seed_list=None, flag="--resume
 
 
 def run_spec(plan, setting, seed):
-    """A run's run.json: `captioner sweep`'s run settings, plus the gradient captions."""
+    """A run's run.json: the settings of a `captioner sweep` run."""
     s = plan["settings"]
     spec = {k: s[k] for k in sweep.RUN_KEYS if k in s}
     spec.update(
@@ -161,7 +162,6 @@ def run_spec(plan, setting, seed):
         seed=seed,
         hidden_dim=plan["model"]["hidden_dim"],
         wordvec_dim=plan["model"]["wordvec_dim"],
-        gradient_captions=plan["gradient_captions"],
     )
     return spec
 
@@ -179,11 +179,11 @@ def score_run(run_dir, state, data):
     """The figures of a trained run (its last.npz), also those `captioner sweep` reports:
     per-epoch records ("history"), greedy BLEU-4 / CIDEr-D on the first EVAL_IMAGES val images,
     seconds per training step, parameter count and the gradient flow on the first
-    gradient_captions val captions."""
-    spec = sweep._read(os.path.join(run_dir, "run.json"))
+    gradient_captions val captions (of the comparison's plan, in run_dir's parent)."""
+    count = load_plan(os.path.dirname(os.path.abspath(run_dir)))["gradient_captions"]
     model, _, _, _ = checkpoint.load_model(os.path.join(run_dir, "last.npz"))
     scores = training.eval_metrics(model, data, EVAL_IMAGES)
-    feats, caps = gradients.first_captions(data, "val", spec["gradient_captions"])
+    feats, caps = gradients.first_captions(data, "val", count)
     records = state["epochs"]
     steps = records[-1]["step"] if records else 0
     seconds = sum(r["seconds"] for r in records)
