@@ -51,6 +51,23 @@ class _Positive(click.ParamType):
         return v
 
 
+class _Cutoffs(click.ParamType):
+    """Increasing word counts such as 2000,6000 -> [2000, 6000] (a list passes through)."""
+
+    name = "c1,c2,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            cutoffs = [int(t) for t in str(value).split(",")]
+        except ValueError:
+            cutoffs = None
+        if not cutoffs or any(c < 1 for c in cutoffs) or cutoffs != sorted(set(cutoffs)):
+            self.fail(f"{value!r}: expected increasing word counts such as 2000,6000", param, ctx)
+        return cutoffs
+
+
 POSITIVE = _Positive()
 NON_NEGATIVE = _Positive(allow_zero=True)
 COUNT = click.IntRange(min=1)
@@ -165,6 +182,21 @@ def train_options(many=False, run_dir_options=True):
             help=f"Word vector size (at most {limits.MAX_DIM}).",
         ),
         click.option(
+            "--softmax",
+            type=click.Choice(["full", "adaptive"]),
+            default="full",
+            show_default=True,
+            help="Output layer: full softmax, or adaptive (frequent words in a head, "
+            "rare ones in cheaper clusters; faster on big vocabularies).",
+        ),
+        click.option(
+            "--softmax-cutoffs",
+            type=_Cutoffs(),
+            default=None,
+            help="Adaptive softmax cluster starts by word frequency rank, e.g. 2000,6000 "
+            "(default: the head covers 90% of training words, clusters grow 4x).",
+        ),
+        click.option(
             "--max-train",
             type=COUNT,
             default=None,
@@ -246,6 +278,8 @@ def train(
     clip_norm,
     hidden_dim,
     wordvec_dim,
+    softmax,
+    softmax_cutoffs,
     max_train,
     val_size,
     save_every,
@@ -263,7 +297,7 @@ def train(
       captioner train --cell lstm --epochs 10 --out runs/lstm
       captioner train --resume runs/lstm --epochs 20
     """
-    from . import checkpoint, runs, training
+    from . import adaptive, checkpoint, runs, training
     from .model import CaptioningRNN
 
     given = {
@@ -297,6 +331,7 @@ def train(
             hidden_dim=hidden_dim,
             cell_type=cell,
             seed=seed,
+            **adaptive.model_args(softmax, softmax_cutoffs, d),
         )
         settings = dict(
             epochs=epochs,
@@ -306,6 +341,8 @@ def train(
             lr_decay=lr_decay,
             weight_decay=weight_decay,
             clip_norm=clip_norm,
+            softmax=softmax,
+            softmax_cutoffs=softmax_cutoffs,
             seed=seed,
             val_size=val_size,
             save_every=save_every,
@@ -716,6 +753,8 @@ def compare(
     clip_norm,
     hidden_dim,
     wordvec_dim,
+    softmax,
+    softmax_cutoffs,
     max_train,
     val_size,
     save_every,
@@ -768,6 +807,8 @@ def compare(
             lr=lr,
             lr_decay=lr_decay,
             clip_norm=clip_norm,
+            softmax=softmax,
+            softmax_cutoffs=softmax_cutoffs,
             seed=seed,
             val_size=val_size,
             save_every=save_every,

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from . import atomic, checkpoint, gradients, runs, training
+from . import adaptive, atomic, checkpoint, gradients, runs, training
 from .errors import CaptionerError
 from .model import CaptioningRNN
 
@@ -117,6 +117,9 @@ def train_runs(data, parent, plan, progress=True, log=print):
                 hidden_dim=plan["model"]["hidden_dim"],
                 cell_type=cell,
                 seed=settings["seed"],
+                **adaptive.model_args(
+                    settings.get("softmax", "full"), settings.get("softmax_cutoffs"), data
+                ),
             )
             runs.make_dir(run_dir)
             log(f"{name}: {cell}, weight decay {wd:g} -> {run_dir}")

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from . import atomic, checkpoint, runs, training
+from . import adaptive, atomic, checkpoint, runs, training
 from .errors import CaptionerError
 
 # The settings of one run: `captioner train`'s options (cli.TRAIN_OPTIONS) plus the data.
@@ -41,6 +41,8 @@ RUN_KEYS = (
     "optimizer",
     "weight_decay",
     "clip_norm",
+    "softmax",
+    "softmax_cutoffs",
     "hidden_dim",
     "wordvec_dim",
     "max_train",
@@ -246,6 +248,7 @@ def _train(run_dir, spec, log):
             hidden_dim=spec["hidden_dim"],
             cell_type=spec["cell"],
             seed=spec["seed"],
+            **adaptive.model_args(spec.get("softmax", "full"), spec.get("softmax_cutoffs"), data),
         )
         settings = {k: spec[k] for k in training.DEFAULTS if k in spec and k != "eval_images"}
         settings.update(
