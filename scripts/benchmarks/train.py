@@ -232,11 +232,26 @@ def _train_sec(cell, checked):
     return f"train/{cell}" if checked else f"train/{cell}, random words"
 
 
-def _train_cell(rep, sec, cell, features, captions, n_tokens, reason, have_torch, reps, npz, out):
-    """Interleaved timing of one training step of one cell: ours, PyTorch, textbook, GEMM."""
+def _train_cell(
+    rep,
+    sec,
+    cell,
+    features,
+    captions,
+    n_tokens,
+    reason,
+    have_torch,
+    reps,
+    npz,
+    out,
+    c=REF,
+    textbook_baseline=True,
+    torch_packed=True,
+):
+    """Interleaved timing of one training step of one cell: ours, PyTorch, textbook, GEMM.
+    c: the sizes (REF, or another batch size N)."""
     import textbook
 
-    c = REF
     sizes = {k: c[k] for k in ("N", "T", "V", "D", "W", "H")}
     res = {
         "gflop": step_flops(cell, **sizes) / 1e9,
@@ -286,10 +301,11 @@ def _train_cell(rep, sec, cell, features, captions, n_tokens, reason, have_torch
     res["loss0_textbook"] = textbook.textbook_loss(params0, features, captions, cell)[0]
     tparams = {k: v.astype(np.float64) for k, v in params0.items()}
     tconfigs = {}
-    contenders["textbook"] = lambda: textbook.train_step(
-        tparams, tconfigs, features, captions, cell
-    )
-    contenders["textbook"]()
+    if textbook_baseline:
+        contenders["textbook"] = lambda: textbook.train_step(
+            tparams, tconfigs, features, captions, cell
+        )
+        contenders["textbook"]()
 
     workers = []
     if have_torch:
@@ -299,7 +315,7 @@ def _train_cell(rep, sec, cell, features, captions, n_tokens, reason, have_torch
             captions=captions,
             **{f"{cell}_{k}": v for k, v in params0.items()},
         )
-        for name, packed in (("torch", False), ("torch_packed", True)):
+        for name, packed in (("torch", False), ("torch_packed", True))[: 1 + torch_packed]:
             try:
                 workers.append(TorchWorker(npz, cell, packed=packed))
                 res[f"loss0_{name}"] = workers[-1].info["loss0"]

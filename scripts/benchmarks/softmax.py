@@ -1,0 +1,124 @@
+"""Section `softmax`: the training step (forward + backward + Adam, LSTM, the CS231n sizes,
+batch 100) with the full and the adaptive softmax, at V = 1,004 (the CS231n vocabulary) and
+at V = 9,500 (the most frequent words of ../shared/coco/captions_val2014.json), all
+four interleaved round by round. Captions: 100 real COCO val captions encoded with each
+vocabulary. The adaptive cutoffs follow captioner.adaptive's default rule on the word
+frequencies of all val captions (what `train --softmax adaptive` would pick on them).
+
+Targets (issue 22): adaptive at V ~ 9,500 <= 0.4x full at the same V, and <= 1.3x full at
+V = 1,004.
+"""
+
+import json
+import statistics
+from collections import Counter
+
+import numpy as np
+
+from benchmarks.common import END, NULL, REF, SHARED, START, interleaved, log, missing
+
+# The COCO road's vocabulary (`prepare` with --min-count 5 on the Karpathy training split,
+# ~414,000 captions) has ~9,500 words; the 202,654 val captions give as many with the
+# BIG_V - 4 most frequent words (all have count >= 2)
+BIG_V = 9_500
+
+
+def _encode(tokens, word_to_idx, T):
+    unk = word_to_idx["<UNK>"]
+    caps = np.full((len(tokens), T + 1), NULL, dtype=np.int64)
+    for i, words in enumerate(tokens):
+        ids = [word_to_idx.get(w, unk) for w in words[: T - 1]]
+        caps[i, : len(ids) + 2] = [START, *ids, END]
+    return caps
+
+
+def vocabularies(T):
+    """[(label, word_to_idx, all val captions encoded (M, T+1))] for V = 1,004 and ~9,500,
+    or None without ../shared/coco."""
+    coco = SHARED / "coco"
+    if not (coco / "captions_val2014.json").is_file() or not (coco / "coco2014_vocab.json"):
+        return None
+    from captioner.metrics import tokenize
+
+    anns = json.loads((coco / "captions_val2014.json").read_text())["annotations"]
+    tokens = [tokenize(a["caption"]) for a in anns]
+    cs231n = json.loads((coco / "coco2014_vocab.json").read_text())["word_to_idx"]
+    counts = Counter(w for words in tokens for w in words[: T - 1])
+    specials = ["<NULL>", "<START>", "<END>", "<UNK>"]
+    words = sorted(counts, key=lambda w: (-counts[w], w))[: BIG_V - len(specials)]
+    big = {w: i for i, w in enumerate(specials + words)}
+    return [
+        ("CS231n vocabulary", cs231n, _encode(tokens, cs231n, T)),
+        (
+            f"the {len(words):,} most frequent val words (count >= {counts[words[-1]]})",
+            big,
+            _encode(tokens, big, T),
+        ),
+    ]
+
+
+def run(rep, args):
+    sec = "softmax"
+    reason = missing("adaptive", "model_args")
+    if reason:
+        rep.skip(sec, reason)
+        return
+    c = REF
+    vocabs = vocabularies(c["T"])
+    if vocabs is None:
+        rep.skip(sec, f"{SHARED / 'coco'} lacks captions_val2014.json or coco2014_vocab.json")
+        return
+    from captioner import adaptive
+    from captioner.model import CaptioningRNN
+    from captioner.optim import adam
+
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((c["N"], c["D"])).astype(np.float32)
+    contenders, out = {}, {}
+    for label, w2i, encoded in vocabs:
+        V = len(w2i)
+        captions = encoded[rng.choice(len(encoded), c["N"], replace=False)]
+        data = {"word_to_idx": w2i, "train_captions": encoded}
+        for softmax in ("full", "adaptive"):
+            kw = adaptive.model_args(softmax, None, data)
+            model = CaptioningRNN(
+                w2i, c["D"], c["W"], c["H"], "lstm", dtype=np.float32, seed=0, **kw
+            )
+            configs = {k: {"learning_rate": 1e-3} for k in model.params}
+
+            def step(model=model, configs=configs, captions=captions):
+                _, grads = model.loss(features, captions)
+                for k, w in model.params.items():
+                    model.params[k], configs[k] = adam(w, grads[k], configs[k])
+
+            step()
+            contenders[(V, softmax)] = step
+            out[f"V{V}_{softmax}"] = {"vocabulary": label, "cutoffs": kw.get("cutoffs")}
+    reps = 3 if args.quick else 9
+    log(f"[softmax] {reps} interleaved rounds of {len(contenders)} training steps ...")
+    times = interleaved(contenders, reps)
+    ms = {k: statistics.median(ts) * 1e3 for k, ts in times.items()}
+    (small, big) = sorted({V for V, _ in ms})
+    for (V, softmax), t in ms.items():
+        out[f"V{V}_{softmax}"]["ms"] = t
+        cut = out[f"V{V}_{softmax}"]["cutoffs"]
+        rep.row(
+            sec,
+            f"LSTM step, V={V:,}, {softmax}",
+            f"{t:.0f} ms" + (f" (cutoffs {','.join(map(str, cut))})" if cut else ""),
+        )
+    big_ratio = ms[(big, "adaptive")] / ms[(big, "full")]
+    small_ratio = ms[(small, "adaptive")] / ms[(small, "full")]
+    vs_small = ms[(big, "adaptive")] / ms[(small, "full")]
+    out.update(adaptive_over_full_big=big_ratio, adaptive_over_full_small=small_ratio)
+    out["adaptive_big_over_full_small"] = vs_small
+    rep.row(sec, f"adaptive / full at V={big:,}", f"{big_ratio:.2f}x", "<= 0.4x", big_ratio <= 0.4)
+    rep.row(
+        sec,
+        f"adaptive at V={big:,} / full at V={small:,}",
+        f"{vs_small:.2f}x",
+        "<= 1.3x",
+        vs_small <= 1.3,
+    )
+    rep.row(sec, f"adaptive / full at V={small:,} (info)", f"{small_ratio:.2f}x")
+    rep.data[sec] = out
