@@ -38,10 +38,21 @@ def run(rep, args):
             for cell in ("lstm", "rnn"):
                 log(f"[batch] {cell}, batch {N}")
                 r = _train_cell(
-                    rep, sec, cell, features, captions, n_tokens, None, True, reps,
-                    Path(tmp) / "batch.npz", out, c=c, textbook_baseline=False,
+                    rep,
+                    sec,
+                    cell,
+                    features,
+                    captions,
+                    n_tokens,
+                    None,
+                    True,
+                    reps,
+                    Path(tmp) / "batch.npz",
+                    out,
+                    c=c,
+                    textbook_baseline=False,
                     torch_packed=False,
-                )  # fmt: skip
+                )
                 ratio = r["ours_ms"] / r["torch_ms"]
                 fraction = r["floor_real_tokens_ms"] / r["ours_ms"]
                 torch_fraction = r["floor_ms"] / r["torch_ms"]
