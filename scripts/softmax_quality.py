@@ -91,7 +91,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not CAPTIONS.is_file():
         sys.exit(f"{CAPTIONS}: missing; this proxy needs the real COCO val captions")
-    os.nice(10)
+    if os.nice(0) < 10:  # niced, once: a shared machine
+        os.nice(10 - os.nice(0))
     data = proxy_data(args.images, args.val_images, args.min_count, args.dim, args.noise, 0)
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
