@@ -269,3 +269,69 @@ def test_train_save_load_evaluate_sample(tmp_path):
     result = run("train", *common, *bad)
     assert result.exit_code != 0 and "cutoffs" in result.output
     assert result.output.count("\n") <= 2
+
+
+def test_gradient_flow_through_the_adaptive_softmax():
+    """`captioner gradients` backpropagates a word's loss through the adaptive softmax:
+    its dl/dh is minus the gradient of that word's exact log-probability."""
+    from captioner import gradients
+
+    rng = np.random.default_rng(10)
+    m = adaptive_model("lstm", rng)
+    p = m.params
+    h = rng.standard_normal((5, 4))
+    targets = np.array([W2I["cat"], W2I["<END>"], W2I["a"], W2I["mat"], W2I["dog"]])
+    rows = np.array([True, True, False, True, True])
+    got = gradients._word_loss_grad(p, h, targets, rows, (m.cutoffs, m.rank))
+
+    def f():
+        logp = L.adaptive_log_probs(h, p["W_head"], p["b_head"], m._tails(), m.cutoffs)
+        return -np.sum(logp[np.arange(5), m.rank[targets]] * rows)
+
+    assert rel_error(numeric_grad(f, h), got) < 1e-6
+    assert not got[2].any()
+
+
+def test_report_command_and_compare_with_adaptive(tmp_path):
+    from captioner.report import train_command
+    from fixtures import build_dataset
+
+    cmd = train_command(
+        {"softmax": "adaptive", "softmax_cutoffs": [3, 9]},
+        {"cell_type": "lstm", "hidden_dim": 8, "wordvec_dim": 4},
+        "runs/x",
+    )
+    assert "--softmax adaptive --softmax-cutoffs 3,9" in cmd
+    data = build_dataset(
+        tmp_path / "data",
+        n_train_images=10,
+        captions_per_image=3,
+        n_val_images=6,
+        feature_dim=8,
+        vocab_size=40,
+        seed=4,
+    )
+    out = tmp_path / "cmp"
+    tiny = ["--hidden-dim", 8, "--wordvec-dim", 4, "--batch-size", 10, "--count", 10]
+    result = run(
+        "compare",
+        "--data",
+        data,
+        *tiny,
+        "--epochs",
+        1,
+        "--softmax",
+        "adaptive",
+        "--softmax-cutoffs",
+        "8",
+        "--out",
+        out,
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    for cell in ("rnn", "lstm"):
+        model, meta, _, _ = checkpoint.load_model(out / cell / "last.npz")
+        assert model.softmax == "adaptive" and model.cutoffs == [8]
+    result = run("report", out / "lstm", "--out", tmp_path / "report.html")
+    assert result.exit_code == 0, result.output
+    assert "--softmax-cutoffs 8" in (tmp_path / "report.html").read_text()
