@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from benchmarks.common import END, NULL, REF, SHARED, START, interleaved, log, missing
+from benchmarks.common import END, NULL, REF, SHARED, START, adam_step, interleaved, log, missing
 
 # The COCO road's vocabulary (`prepare` with --min-count 5 on the Karpathy training split,
 # ~414,000 captions) has ~9,500 words; the 202,654 val captions give as many with the
@@ -70,7 +70,6 @@ def run(rep, args):
         return
     from captioner import adaptive
     from captioner.model import CaptioningRNN
-    from captioner.optim import adam
 
     rng = np.random.default_rng(0)
     features = rng.standard_normal((c["N"], c["D"])).astype(np.float32)
@@ -84,13 +83,7 @@ def run(rep, args):
             model = CaptioningRNN(
                 w2i, c["D"], c["W"], c["H"], "lstm", dtype=np.float32, seed=0, **kw
             )
-            configs = {k: {"learning_rate": 1e-3} for k in model.params}
-
-            def step(model=model, configs=configs, captions=captions):
-                _, grads = model.loss(features, captions)
-                for k, w in model.params.items():
-                    model.params[k], configs[k] = adam(w, grads[k], configs[k])
-
+            step = adam_step(model, features, captions)
             step()
             contenders[(V, softmax)] = step
             out[f"V{V}_{softmax}"] = {"vocabulary": label, "cutoffs": kw.get("cutoffs")}

@@ -26,6 +26,7 @@ from benchmarks.common import (
     SCRIPTS,
     SHARED,
     START,
+    adam_step,
     coco_like_captions,
     interleaved,
     log,
@@ -265,7 +266,6 @@ def _train_cell(
     if not reason:
         try:
             from captioner.model import CaptioningRNN
-            from captioner.optim import adam
 
             model = CaptioningRNN(
                 synthetic_vocab(c["V"]),
@@ -278,13 +278,7 @@ def _train_cell(
             )
             params0 = {k: np.array(v) for k, v in model.params.items()}
             res["loss0_ours"] = float(model.loss(features, captions)[0])
-            configs = {k: {"learning_rate": 1e-3} for k in model.params}
-
-            def ours_step(model=model, configs=configs, adam=adam):
-                _, grads = model.loss(features, captions)
-                for k, w in model.params.items():
-                    model.params[k], configs[k] = adam(w, grads[k], configs[k])
-
+            ours_step = adam_step(model, features, captions)
             ours_step()
             ours_step()
             contenders["ours"] = ours_step
