@@ -1607,6 +1607,11 @@ def info(data, features, ckpt):
         click.echo(
             f"  model: {model.cell_type}, hidden {model.hidden_dim}, word vectors "
             f"{model.wordvec_dim}, {n:,} parameters, vocabulary {len(meta['vocab'])}"
+            + (
+                f", adaptive softmax (cutoffs {','.join(map(str, model.cutoffs))})"
+                if model.softmax == "adaptive"
+                else ""
+            )
         )
         click.echo(f"  features: {meta['features']['encoder']} ({meta['features']['dim']}-d)")
         best = t.get("best") or {}

@@ -34,7 +34,7 @@ class CaptioningRNN:
 
     softmax "adaptive" (captioner.adaptive) replaces W_vocab, b_vocab by a head over the
     cutoffs[0] most frequent words and smaller tail clusters; softmax_order (V,) gives
-    the word id of each frequency rank.
+    the word id of each frequency rank (None: the word ids already are).
     """
 
     def __init__(

@@ -263,6 +263,9 @@ def test_train_save_load_evaluate_sample(tmp_path):
     assert json.loads(result.output)["scores"]["CIDEr"] >= 0
     result = run("sample", "--checkpoint", out / "best.npz", "--data", data, "--split", "val")
     assert result.exit_code == 0, result.output
+    result = run("info", "--data", data, "--checkpoint", out / "best.npz")
+    cutoffs = ",".join(map(str, meta["model"]["cutoffs"]))
+    assert f"adaptive softmax (cutoffs {cutoffs})" in result.output, result.output
     result = run("train", *common, "--softmax-cutoffs", "3,9", "--out", tmp_path / "x")
     assert result.exit_code != 0 and "--softmax adaptive" in result.output
     bad = ["--softmax", "adaptive", "--softmax-cutoffs", "3,400", "--out", tmp_path / "y"]
