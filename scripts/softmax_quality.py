@@ -51,7 +51,8 @@ def proxy_data(images, val_images, min_count, dim, noise, seed):
     idx_to_word = build_vocab([t[:15] for t in train_tokens], min_count)
     w2i = {w: i for i, w in enumerate(idx_to_word)}
     V = len(idx_to_word)
-    proj = np.random.default_rng([seed, 1]).standard_normal((V, dim)) / np.sqrt(dim)
+    # unit-norm bags through a unit-variance projection: features of std ~1, then the noise
+    proj = np.random.default_rng([seed, 1]).standard_normal((V, dim))
     data = {
         "word_to_idx": w2i,
         "idx_to_word": idx_to_word,
