@@ -41,8 +41,6 @@ RUN_KEYS = (
     "optimizer",
     "weight_decay",
     "clip_norm",
-    "softmax",
-    "softmax_cutoffs",
     "hidden_dim",
     "wordvec_dim",
     "max_train",
@@ -51,7 +49,11 @@ RUN_KEYS = (
     "eval_every",
     "keep_best",
     "seed",
+    "softmax",  # last: a run.json written before they existed lacks them
+    "softmax_cutoffs",
 )
+# what a run.json written before these settings existed meant
+OLDER_RUNS = {"softmax": "full", "softmax_cutoffs": None}
 NOT_GRIDDED = ("data",)  # one dataset per sweep, so val losses compare
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SORT_KEYS = ("val_loss", "cider", "time")
@@ -126,7 +128,7 @@ def check(out, base, grid):
     planned = plan(base, grid)
     for name, settings in planned:
         path = os.path.join(out, name, "run.json")
-        old = _read(path) if os.path.exists(path) else settings
+        old = dict(OLDER_RUNS, **_read(path)) if os.path.exists(path) else settings
         if not _same_run(old, settings):
             diff = sorted(
                 k

@@ -338,3 +338,16 @@ def test_report_command_and_compare_with_adaptive(tmp_path):
     result = run("report", out / "lstm", "--out", tmp_path / "report.html")
     assert result.exit_code == 0, result.output
     assert "--softmax-cutoffs 8" in (tmp_path / "report.html").read_text()
+
+
+def test_sweep_continues_a_run_json_from_before_the_softmax(tmp_path):
+    from captioner import atomic, sweep
+
+    base = {"cell": "lstm", "epochs": 2, "softmax": "full", "softmax_cutoffs": None}
+    ((name, settings),) = sweep.plan(base, [])
+    old = {k: v for k, v in settings.items() if not k.startswith("softmax")}
+    (tmp_path / name).mkdir()
+    atomic.write_json(tmp_path / name / "run.json", old)
+    assert sweep.check(str(tmp_path), base, []) == [(name, settings)]
+    with pytest.raises(CaptionerError, match="softmax"):
+        sweep.check(str(tmp_path), dict(base, softmax="adaptive"), [])
