@@ -9,8 +9,8 @@ same seed, data order and settings; reported: val loss (both are exact distribut
 every word, so the losses compare), greedy CIDEr-D and BLEU-4 on the val images, and the
 adaptive / full CIDEr-D ratio (issue 22: within 3%).
 
-    nice python scripts/softmax_quality.py                 # ~10 min on 2 busy cores
-    python scripts/softmax_quality.py --images 1000 --epochs 2 --json   # a quick look
+    python scripts/softmax_quality.py    # nices itself; ~17 min on 2 very busy cores
+    python scripts/softmax_quality.py --images 1000 --epochs 2 --json  # a quick look
 """
 
 import argparse
