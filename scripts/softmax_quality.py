@@ -1,8 +1,9 @@
 """Does the adaptive softmax cost caption quality? Full vs adaptive on a real-caption proxy.
 
 Captions: real COCO val2014 captions (../shared/coco/captions_val2014.json), grouped by image;
-the first --images images train, the next --val-images score. Image features: a fixed random
-projection of each image's bag of caption words (all of its captions) plus Gaussian noise,
+of the images in a seeded shuffle, the first --images train and the next --val-images score.
+Image features: a fixed random projection of each image's bag of caption words (all of its
+captions) plus Gaussian noise,
 so only a model that reads the features can write the right words. The vocabulary is
 `prepare`'s rule (count >= --min-count in the training captions). Both models train with the
 same seed, data order and settings; reported: val loss (both are exact distributions over
