@@ -193,7 +193,12 @@ def _run_problem(spec):
         return _object(spec) or f"{unknown[0]!r} is not a setting of a run"
     if not _count(spec.get("epochs")) or spec["epochs"] < 1:
         return f"'epochs' is {spec.get('epochs')!r}, not a positive integer"
-    odd = [k for k, v in spec.items() if not isinstance(v, (str, int, float, type(None)))]
+    odd = [
+        k
+        for k, v in spec.items()
+        if not isinstance(v, (str, int, float, type(None)))
+        and not (k == "softmax_cutoffs" and isinstance(v, list) and all(_count(c) for c in v))
+    ]
     return f"{odd[0]!r} is not a number or text" if odd else None
 
 

@@ -351,3 +351,11 @@ def test_sweep_continues_a_run_json_from_before_the_softmax(tmp_path):
     assert sweep.check(str(tmp_path), base, []) == [(name, settings)]
     with pytest.raises(CaptionerError, match="softmax"):
         sweep.check(str(tmp_path), dict(base, softmax="adaptive"), [])
+
+
+def test_sweep_state_accepts_cutoffs():
+    from captioner import sweep
+
+    spec = {"epochs": 2, "softmax": "adaptive", "softmax_cutoffs": [3, 9]}
+    assert sweep._run_problem(spec) is None
+    assert sweep._run_problem(dict(spec, softmax_cutoffs=["3"]))
