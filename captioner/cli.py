@@ -92,6 +92,23 @@ class _Positive(click.ParamType):
         return v
 
 
+class _Cutoffs(click.ParamType):
+    """Increasing word counts such as 2000,6000 -> [2000, 6000] (a list passes through)."""
+
+    name = "c1,c2,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            cutoffs = [int(t) for t in str(value).split(",")]
+        except ValueError:
+            cutoffs = None
+        if not cutoffs or any(c < 1 for c in cutoffs) or cutoffs != sorted(set(cutoffs)):
+            self.fail(f"{value!r}: expected increasing word counts such as 2000,6000", param, ctx)
+        return cutoffs
+
+
 POSITIVE = _Positive()
 NON_NEGATIVE = _Positive(allow_zero=True)
 COUNT = click.IntRange(min=1)
@@ -215,6 +232,21 @@ def train_options(many=False, run_dir_options=True):
             help=f"Word vector size (at most {limits.MAX_DIM}).",
         ),
         click.option(
+            "--softmax",
+            type=click.Choice(["full", "adaptive"]),
+            default="full",
+            show_default=True,
+            help="Output layer: full softmax, or adaptive (frequent words in a head, "
+            "rare ones in cheaper clusters; faster on big vocabularies).",
+        ),
+        click.option(
+            "--softmax-cutoffs",
+            type=_Cutoffs(),
+            default=None,
+            help="Adaptive softmax cluster starts by word frequency rank, e.g. 2000,6000 "
+            "(default: the head covers 90% of training words, clusters grow 4x).",
+        ),
+        click.option(
             "--max-train",
             type=COUNT,
             default=None,
@@ -305,6 +337,8 @@ def train(
     clip_norm,
     hidden_dim,
     wordvec_dim,
+    softmax,
+    softmax_cutoffs,
     max_train,
     val_size,
     save_every,
@@ -322,7 +356,7 @@ def train(
       captioner train --cell lstm --epochs 10 --out runs/lstm
       captioner train --resume runs/lstm --epochs 20
     """
-    from . import checkpoint, runs, training
+    from . import adaptive, checkpoint, runs, training
     from .model import CaptioningRNN
 
     given = {
@@ -357,6 +391,7 @@ def train(
             cell_type=cell,
             seed=seed,
             forget_bias=forget_bias,
+            **adaptive.model_args(softmax, softmax_cutoffs, d),
         )
         settings = dict(
             epochs=epochs,
@@ -367,6 +402,8 @@ def train(
             weight_decay=weight_decay,
             forget_bias=forget_bias,
             clip_norm=clip_norm,
+            softmax=softmax,
+            softmax_cutoffs=softmax_cutoffs,
             seed=seed,
             val_size=val_size,
             save_every=save_every,
@@ -1681,6 +1718,11 @@ def info(data, features, ckpt):
         _echo(
             f"  model: {model.cell_type}, hidden {model.hidden_dim}, word vectors "
             f"{model.wordvec_dim}, {n:,} parameters, vocabulary {len(meta['vocab'])}"
+            + (
+                f", adaptive softmax (cutoffs {','.join(map(str, model.cutoffs))})"
+                if model.softmax == "adaptive"
+                else ""
+            )
         )
         _echo(f"  features: {meta['features']['encoder']} ({meta['features']['dim']}-d)")
         best = t.get("best") or {}

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 
-from . import atomic, checkpoint, runs, training
+from . import adaptive, atomic, checkpoint, runs, training
 from .errors import CaptionerError
 
 # The settings of one run: `captioner train`'s options (cli.TRAIN_OPTIONS) plus the data.
@@ -50,7 +50,11 @@ RUN_KEYS = (
     "eval_every",
     "keep_best",
     "seed",
+    "softmax",  # last: a run.json written before they existed lacks them
+    "softmax_cutoffs",
 )
+# what a run.json written before these settings existed meant
+OLDER_RUNS = {"softmax": "full", "softmax_cutoffs": None}
 NOT_GRIDDED = ("data",)  # one dataset per sweep, so val losses compare
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SORT_KEYS = ("val_loss", "cider", "time")
@@ -125,7 +129,7 @@ def check(out, base, grid):
     planned = plan(base, grid)
     for name, settings in planned:
         path = os.path.join(out, name, "run.json")
-        old = _read(path) if os.path.exists(path) else settings
+        old = dict(OLDER_RUNS, **_read(path)) if os.path.exists(path) else settings
         if not _same_run(old, settings):
             diff = sorted(
                 k
@@ -190,7 +194,12 @@ def _run_problem(spec):
         return _object(spec) or f"{unknown[0]!r} is not a setting of a run"
     if not _count(spec.get("epochs")) or spec["epochs"] < 1:
         return f"'epochs' is {spec.get('epochs')!r}, not a positive integer"
-    odd = [k for k, v in spec.items() if not isinstance(v, (str, int, float, type(None)))]
+    odd = [
+        k
+        for k, v in spec.items()
+        if not isinstance(v, (str, int, float, type(None)))
+        and not (k == "softmax_cutoffs" and isinstance(v, list) and all(_count(c) for c in v))
+    ]
     return f"{odd[0]!r} is not a number or text" if odd else None
 
 
@@ -317,6 +326,7 @@ def _train(run_dir, spec, log, progress=False):
             cell_type=spec["cell"],
             seed=spec["seed"],
             forget_bias=spec.get("forget_bias", 0.0),
+            **adaptive.model_args(spec.get("softmax", "full"), spec.get("softmax_cutoffs"), data),
         )
         settings = {k: spec[k] for k in training.DEFAULTS if k in spec and k != "eval_images"}
         settings.update(
