@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from PIL import Image
 
 from captioner import coco, download
 from captioner import prepare as P
-from captioner.data import load_coco_data
+from captioner.data import load_coco_data, split_file
 from captioner.errors import CaptionerError
 from fileserver import serving
 from helpers import assert_same_dataset, run
@@ -523,7 +524,7 @@ def test_file_names_outside_the_folder_or_unsafe_are_skipped(tmp_path):
     assert sorted(os.path.basename(r) for r in opened) == ["p1.png", "p2.png"]
     for split in ("train", "val"):
         for kind in ("images", "urls"):
-            lines = (tmp_path / "out" / f"{split}2014_{kind}.txt").read_text().splitlines()
+            lines = Path(split_file(tmp_path / "out", split, f"{kind}.txt")).read_text().splitlines()
             assert len(lines) == 1
 
 
