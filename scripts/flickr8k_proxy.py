@@ -100,22 +100,45 @@ def write_proxy(out_dir, splits, feats, min_count, max_words=15):
     return len(idx_to_word)
 
 
-def reference_step(reps=10):
-    """Median seconds of one LSTM training step at the bench's shape."""
+def _step(vocab, dim, hidden, captions=None):
+    """A function timing one LSTM forward + backward of batch 100 (random 17-token captions,
+    or `captions`) at this shape."""
     from captioner.model import CaptioningRNN
 
     rng = np.random.default_rng(0)
-    w2i = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{k}": k + 3 for k in range(1001)}}
-    model = CaptioningRNN(w2i, input_dim=512, wordvec_dim=256, hidden_dim=512, cell_type="lstm")
-    feats = rng.standard_normal((100, 512)).astype(np.float32)
-    caps = rng.integers(3, 1004, size=(100, 17))
-    caps[:, 0] = 1
-    times = []
-    for _ in range(reps + 1):
+    w2i = {"<NULL>": 0, "<START>": 1, "<END>": 2, **{f"w{k}": k + 3 for k in range(vocab - 3)}}
+    model = CaptioningRNN(w2i, input_dim=dim, wordvec_dim=256, hidden_dim=hidden, cell_type="lstm")
+    feats = rng.standard_normal((100, dim)).astype(np.float32)
+    if captions is None:
+        captions = rng.integers(3, vocab, size=(100, 17))
+        captions[:, 0] = 1
+
+    def step():
         t0 = time.perf_counter()
-        model.loss(feats, caps)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times[1:]))
+        model.loss(feats, captions)
+        return time.perf_counter() - t0
+
+    return step
+
+
+def reference_step(reps=10):
+    """Median seconds of one LSTM step at the bench's shape (vocabulary 1,004, features 512)."""
+    step = _step(1004, 512, 512)
+    return float(np.median([step() for _ in range(reps + 1)][1:]))
+
+
+def step_ratios(vocabs, hiddens, rounds=5):
+    """{(vocab, hidden): median of (step at that shape with 2048-d features) / (reference step)},
+    the two timed alternately, round by round, so a busy machine slows both alike."""
+    ref = _step(1004, 512, 512)
+    ref()
+    out = {}
+    for v in vocabs:
+        for h in hiddens:
+            step = _step(v, DIM, h)
+            step()
+            out[v, h] = float(np.median([step() / ref() for _ in range(rounds)]))
+    return out
 
 
 def run(out, min_count, hidden, epochs):
@@ -168,7 +191,18 @@ def main():
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--runs", default="5:512,5:256,10:512")
     ap.add_argument("--noise", type=float, default=1.0)
+    ap.add_argument(
+        "--ratios",
+        action="store_true",
+        help="Only time a step at the proxy's shapes against the reference step, and stop.",
+    )
     args = ap.parse_args()
+    if args.ratios:
+        for (v, h), r in step_ratios((1671, 2587), (256, 512)).items():
+            print(
+                json.dumps({"vocab": v, "hidden": h, "features": DIM, "step_ratio": round(r, 3)})
+            )
+        return
     captions = SHARED / "coco" / "captions_val2014.json"
     if not captions.is_file():
         sys.exit(f"{captions}: not found; this script needs ../shared beside the checkout")

@@ -13,13 +13,14 @@ import io
 import json
 import os
 import re
+import shutil
 import zipfile
 
 import numpy as np
 import pytest
 from test_coco import _jpeg
 
-from captioner import data, limits
+from captioner import data, download, limits
 from captioner import prepare as P
 from captioner.errors import CaptionerError
 from captioner.sources import flickr8k, karpathy
@@ -411,3 +412,87 @@ def test_bad_release_text_is_one_line_naming_file_and_line(tmp_path, release, ca
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and re.search(message, lines[0]), lines
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- download
+
+
+def test_download_states_the_disk_space_it_needs(tmp_path, mirror, monkeypatch):
+    real = shutil.disk_usage
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(CaptionerError, match=r"the Flickr8k zips need 0\.\d+ GB more and only 0"):
+        download.download_flickr8k(tmp_path / "d", mirror=mirror.url, progress=False)
+    assert os.listdir(tmp_path / "d") == []
+
+
+@pytest.mark.parametrize(
+    "name, blob, message",
+    [
+        ("Flickr8k_text.zip", b"<html>404</html>" * 9, "not a valid zip file"),
+        ("Flickr8k_text.zip", _zipped({"readme.txt": "hi"}), "no Flickr8k.token.txt, Flickr_8k"),
+        ("Flickr8k_Dataset.zip", _zipped({"x/a.jpg": "x"}), "no pictures in a Flicker8k_Dataset/"),
+        ("Flickr8k_Dataset.zip", _zipped({"../a.jpg": "x"}), r"refusing unsafe member '\.\./a"),
+    ],
+)
+def test_download_refuses_a_bad_file_and_keeps_nothing_of_it(
+    tmp_path, mirror, name, blob, message
+):
+    mirror.files[f"f8k/{name}"] = blob
+    r = run("download", "--flickr8k", "--dest", tmp_path / "d", "--mirror", mirror.url)
+    assert r.exit_code == 2, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert re.search(rf"{name}\.part: .*{message}.*; deleted\. It came from .*--flickr8k", line)
+    assert name not in os.listdir(tmp_path / "d") and f"{name}.part" not in os.listdir(
+        tmp_path / "d"
+    )
+
+
+def test_usage_errors_name_the_option():
+    r = run("prepare", "--flickr8k", ".", "--captions", __file__, "--out", "x")
+    assert (
+        r.exit_code == 2
+        and "--flickr8k takes its splits from its own files; drop --captions" in r.output
+    )
+    r = run("prepare", "--karpathy", __file__, "--out", "x")
+    assert r.exit_code == 2 and "--karpathy needs --images" in r.output
+    r = run(
+        "prepare", "--karpathy", __file__, "--images", ".", "--split-by", __file__, "--out", "x"
+    )
+    assert r.exit_code == 2 and "drop --split-by" in r.output
+    r = run(
+        "prepare",
+        "--images",
+        ".",
+        "--captions",
+        __file__,
+        "--karpathy-name",
+        "a.json",
+        "--out",
+        "x",
+    )
+    assert r.exit_code == 2 and "--karpathy-name goes with --karpathy ZIP" in r.output
+    r = run("prepare", "--flickr8k", ".", "--coco", ".", "--out", "x")
+    assert r.exit_code == 2 and "--coco and --flickr8k do not go together" in r.output
+    r = run("download", "--flickr8k", "--images")
+    assert r.exit_code == 2 and "--flickr8k goes alone" in r.output
+
+
+def test_old_and_new_file_names_load_alike(tmp_path):
+    """A COCO-named folder (every dataset written before plain names) and a plain-named one
+    hold the same data; each is read by its own names, and info names the dataset."""
+    from test_data import VOCAB10, tiny_splits
+
+    splits = tiny_splits(np.random.default_rng(0))
+    data.write_dataset(tmp_path / "old", splits, VOCAB10)
+    data.write_dataset(tmp_path / "new", splits, VOCAB10, name="mine", names="plain")
+    assert sorted(os.listdir(tmp_path / "new")) == sorted(
+        n.replace("2014", "").replace("coco_", "") for n in os.listdir(tmp_path / "old")
+    )
+    a, b = data.load_coco_data(tmp_path / "old"), data.load_coco_data(tmp_path / "new")
+    assert (a["dataset"], b["dataset"]) == (None, "mine")
+    for k in ("train_captions", "val_features", "val_image_idxs"):
+        np.testing.assert_array_equal(a[k], b[k])
+    assert (
+        "dataset " + str(tmp_path / "new") + ": mine, "
+        in run("info", "--data", tmp_path / "new").output
+    )
