@@ -25,7 +25,7 @@ from captioner import prepare as P
 from captioner.errors import CaptionerError
 from captioner.sources import flickr8k, karpathy
 from fileserver import serving
-from helpers import run
+from helpers import run, zipped
 
 PHOTO_CAPTIONS = {
     "astronaut.png": [
@@ -60,14 +60,6 @@ PLAN = ["train"] * 10 + ["val"] * 4 + ["test"] * 4 + ["gone", "misspelt", "unlis
 def _flickr_name(blob, k):
     """A Flickr-style file name (1000268201_693b08cb0e.jpg): photo id, then a 10-hex secret."""
     return f"{1000268201 + 7919 * k}_{hashlib.sha1(blob).hexdigest()[:10]}.jpg"
-
-
-def _zipped(entries):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, blob in entries.items():
-            zf.writestr(name, blob)
-    return buf.getvalue()
 
 
 def build_release(shared):
@@ -110,10 +102,10 @@ def build_release(shared):
     }
     kjson = json.dumps({"dataset": "flickr8k", "images": kimages})
     return {
-        "Flickr8k_Dataset.zip": _zipped(members),
-        "Flickr8k_text.zip": _zipped(text),
+        "Flickr8k_Dataset.zip": zipped(members),
+        "Flickr8k_text.zip": zipped(text),
         "dataset_flickr8k.json": kjson.encode(),
-        "caption_datasets.zip": _zipped({"dataset_flickr8k.json": kjson}),
+        "caption_datasets.zip": zipped({"dataset_flickr8k.json": kjson}),
         "names": {p: n for (n, _, _), p in zip(named, PLAN) if p not in ("train", "val", "test")},
         "lists": lists,
     }
@@ -335,7 +327,7 @@ def test_a_zip_bomb_member_is_refused_unread(tmp_path, release, monkeypatch):
     with zipfile.ZipFile(io.BytesIO(release["Flickr8k_text.zip"])) as zf:
         text = {i.filename: zf.read(i) for i in zf.infolist()}
     text["Flickr8k.token.txt"] = b"\n" * 50_000_000
-    (folder / "Flickr8k_text.zip").write_bytes(_zipped(text))
+    (folder / "Flickr8k_text.zip").write_bytes(zipped(text))
     assert os.path.getsize(folder / "Flickr8k_text.zip") < 200_000
     monkeypatch.setattr(limits, "MAX_TEXT_BYTES", 10_000_000)
     read = []
@@ -360,7 +352,7 @@ def _text_with(release, name, edit):
     with zipfile.ZipFile(io.BytesIO(release["Flickr8k_text.zip"])) as zf:
         text = {i.filename: zf.read(i) for i in zf.infolist()}
     text[name] = edit(text[name].decode(), release)
-    return _zipped(text)
+    return zipped(text)
 
 
 BAD_TEXT = {
@@ -429,9 +421,9 @@ def test_download_states_the_disk_space_it_needs(tmp_path, mirror, monkeypatch):
     "name, blob, message",
     [
         ("Flickr8k_text.zip", b"<html>404</html>" * 9, "not a valid zip file"),
-        ("Flickr8k_text.zip", _zipped({"readme.txt": "hi"}), "no Flickr8k.token.txt, Flickr_8k"),
-        ("Flickr8k_Dataset.zip", _zipped({"x/a.jpg": "x"}), "no pictures in a Flicker8k_Dataset/"),
-        ("Flickr8k_Dataset.zip", _zipped({"../a.jpg": "x"}), r"refusing unsafe member '\.\./a"),
+        ("Flickr8k_text.zip", zipped({"readme.txt": "hi"}), "no Flickr8k.token.txt, Flickr_8k"),
+        ("Flickr8k_Dataset.zip", zipped({"x/a.jpg": "x"}), "no pictures in a Flicker8k_Dataset/"),
+        ("Flickr8k_Dataset.zip", zipped({"../a.jpg": "x"}), r"refusing unsafe member '\.\./a"),
     ],
 )
 def test_download_refuses_a_bad_file_and_keeps_nothing_of_it(
