@@ -185,6 +185,22 @@ def run(out, min_count, hidden, epochs):
     )
 
 
+def vocab_table(splits, min_counts=(1, 2, 3, 5, 10), max_words=15):
+    """[{min_count, vocab, unk per split}]: how many words each --min-count keeps, and the share
+    of each split's caption words that become <UNK>."""
+    from captioner.prepare import build_vocab
+
+    rows = []
+    for mc in min_counts:
+        words = set(build_vocab([t[:max_words] for _, ts in splits["train"] for t in ts], mc))
+        row = {"min_count": mc, "vocab": len(words)}
+        for split, its in splits.items():
+            toks = [w for _, ts in its for t in ts for w in t[:max_words]]
+            row[f"unk_{split}"] = round(sum(w not in words for w in toks) / len(toks), 4)
+        rows.append(row)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
@@ -196,7 +212,14 @@ def main():
         action="store_true",
         help="Only time a step at the proxy's shapes against the reference step, and stop.",
     )
+    ap.add_argument(
+        "--vocab", action="store_true", help="Only print the vocabulary size and <UNK> share."
+    )
     args = ap.parse_args()
+    if args.vocab:
+        for row in vocab_table(proxy_captions(SHARED / "coco" / "captions_val2014.json")):
+            print(json.dumps(row))
+        return
     if args.ratios:
         for (v, h), r in step_ratios((1671, 2587), (256, 512)).items():
             print(
