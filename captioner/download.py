@@ -4,6 +4,10 @@ download_coco() = fetch_resumable() (HTTP Range, continues a .part file) +
 install_zip() (refuses unsafe entries, extracts beside the target, checks the
 files with load_coco_data and the expected shapes, then renames into place).
 A failure at any step leaves an existing data folder untouched.
+
+download_files() fetches the zips of a picture release as they are (never unpacked), each
+resumed, checked and only then renamed into place: download_coco_images() (COCO 2014) and
+download_flickr8k() (Flickr8k) are it with their release's names, URLs and checks.
 """
 
 import http.client
