@@ -254,7 +254,9 @@ def _picture(data, split, idx, base_dir):
         return "missing", f"{split} image {idx}: the dataset names no file or URL"
     if where.startswith(("http://", "https://")):
         return "link", where
-    path = locate(where, base_dir)
+    zip_path, _, member = where.partition(".zip:")  # a picture prepare read out of a zip
+    zip_path = member and locate(zip_path + ".zip", base_dir)
+    path = [zip_path, member] if zip_path else locate(where, base_dir)
     if path is None:
         return "missing", f"{where}: picture not found (moved or deleted since `prepare`)"
     uri = thumbnail(path)
@@ -277,11 +279,12 @@ def locate(path, base_dir):
 
 
 def thumbnail(path, size=THUMB_SIZE):
-    """A picture file -> a JPEG data: URI at most size px on its longest side, or None."""
-    from .encoder import open_image
+    """A picture file (or [zip, member]) -> a JPEG data: URI at most size px on its longest
+    side, or None."""
+    from .shards import open_picture
 
     try:
-        img = open_image(path)
+        img = open_picture(path)
         img.thumbnail((size, size))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=82)

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,6 +161,10 @@ def _train_evaluate_sample(ds, run_dir, shared, name):
     assert set(out["scores"]) >= {"Bleu_4", "CIDEr", "ROUGE_L"}
     r = run("evaluate", "--checkpoint", ckpt, "--split", "test", "--no-meteor")
     assert f"on 4 test images of {name}, beam 3" in r.output.splitlines()[0]
+    r = run("report", run_dir, "--split", "test", "--out", f"{run_dir}/r.html", "--no-meteor")
+    assert r.exit_code == 0, r.output
+    html = Path(run_dir, "r.html").read_text(encoding="utf-8")
+    assert "data:image/jpeg;base64," in html and "picture not found" not in html  # from the zip
     r = run("sample", "--checkpoint", ckpt, "--split", "test", "--count", 2)
     assert r.exit_code == 0 and r.output.count("Flicker8k_Dataset/") == 2, r.output
     photo = shared / "photos" / "coffee.png"
