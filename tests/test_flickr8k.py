@@ -139,10 +139,10 @@ def _write(folder, release, names=flickr8k.FILES):
 
 def _unpack(folder, release):
     """The pictures of Flickr8k_Dataset.zip as a folder (what a user of --karpathy may have)."""
+    folder.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(io.BytesIO(release["Flickr8k_Dataset.zip"])) as zf:
         for info in zf.infolist():
             if info.filename.startswith("Flicker8k_Dataset/") and not info.is_dir():
-                (folder / os.path.basename(info.filename)).parent.mkdir(exist_ok=True)
                 (folder / os.path.basename(info.filename)).write_bytes(zf.read(info))
     return folder
 
@@ -493,3 +493,19 @@ def test_old_and_new_file_names_load_alike(tmp_path):
         "dataset " + str(tmp_path / "new") + ": mine, "
         in run("info", "--data", tmp_path / "new").output
     )
+
+
+def test_karpathy_filepath_names_a_folder_inside_the_pictures(tmp_path, release):
+    """COCO-style entries carry a folder ('filepath'): looked up under --images, in a zip too."""
+    doc = json.loads(release["dataset_flickr8k.json"])
+    for e in doc["images"]:
+        e["filepath"] = "Flicker8k_Dataset"
+    (tmp_path / "k.json").write_text(json.dumps(doc))
+    zip_path = _write(tmp_path, release, ("Flickr8k_Dataset.zip",)) / "Flickr8k_Dataset.zip"
+    _unpack(tmp_path / "pics" / "Flicker8k_Dataset", release)
+    for images in (zip_path, tmp_path / "pics"):
+        splits, skipped, name = karpathy.read(tmp_path / "k.json", images)
+        assert (name, skipped) == ("flickr8k", [])
+        assert [len(splits[s]) for s in ("train", "val", "test")] == [11, 4, 4]
+        assert all(it["name"].startswith("Flicker8k_Dataset/") for it in splits["test"])
+    assert splits["test"][0]["ref"] == str(tmp_path / "pics" / splits["test"][0]["name"])
