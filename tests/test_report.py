@@ -6,13 +6,14 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from captioner import checkpoint, demo, metrics, report, training
-from captioner.data import load_coco_data
+from captioner.data import load_coco_data, split_file
 from captioner.evaluation import evaluate_model
 from captioner.model import CaptioningRNN
 from fixtures import build_dataset
@@ -275,10 +276,9 @@ def _point_at(run_dir, data_dir):
 def test_missing_pictures_become_placeholders(trained, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(trained / "data", data)
-    lines = (data / "val2014_urls.txt").read_text().splitlines()
-    (data / "val2014_urls.txt").write_text(
-        "".join(f"{tmp_path}/gone/{os.path.basename(u)}\n" for u in lines)
-    )
+    urls = Path(split_file(data, "val", "urls.txt"))  # as prepare named it
+    lines = urls.read_text().splitlines()
+    urls.write_text("".join(f"{tmp_path}/gone/{os.path.basename(u)}\n" for u in lines))
     run_dir = tmp_path / "run"
     shutil.copytree(trained / "run", run_dir)
     _point_at(run_dir, data)
