@@ -19,6 +19,7 @@ import re
 import zipfile
 
 from captioner.errors import CaptionerError
+from captioner.sources.paths import check_member, read_zip_member
 
 FILES = ("train2014.zip", "val2014.zip", "annotations_trainval2014.zip", "caption_datasets.zip")
 URLS = {
@@ -45,6 +46,13 @@ LAYOUT = {
     ),
     "caption_datasets.zip": ("dataset_coco.json",),
 }
+# The most each JSON member may declare uncompressed (the real ones: 160 MB, 66 MB and 32 MB):
+# parsing takes several times a file's size in memory, so a bomb is refused by its header.
+JSON_BYTES = {
+    "dataset_coco.json": 400 * 2**20,
+    "annotations/captions_train2014.json": 200 * 2**20,
+    "annotations/captions_val2014.json": 200 * 2**20,
+}
 PICTURE_URL = "http://images.cocodataset.org/{}"
 FIX = "delete it and rerun `captioner download --images`"
 
@@ -59,16 +67,16 @@ def _unsafe_member(name):
 
 def check_zip(path, name=None, test=False, layout=None, fix=FIX, what=None):
     """Open and check one of FILES -> {member name: ZipInfo}. name: which of FILES it is
-    (default: its base name). test: also check every member's CRC (reads it all). Other
-    releases' zips: layout (what it must hold, default LAYOUT[name]), fix (the advice in
-    errors) and what (whose file it is, default "COCO's NAME")."""
+    (default: its base name). test: also check every member's CRC (reads it all), after
+    the directory's checks (sizes included), so a bomb is refused before it is inflated.
+    Other releases' zips: layout (what it must hold, default LAYOUT[name]; pictures in its
+    folders are size-checked), fix (the advice in errors) and what (whose file it is,
+    default "COCO's NAME")."""
     name = name or os.path.basename(path)
     layout = LAYOUT.get(name, ()) if layout is None else layout
     what = what or f"COCO's {name}"
     try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            bad = zf.testzip() if test else None
+        zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         hint = (
             f"run `captioner download --images --dest {os.path.dirname(path) or '.'}`"
@@ -78,10 +86,22 @@ def check_zip(path, name=None, test=False, layout=None, fix=FIX, what=None):
         raise CaptionerError(f"{path}: not found; {hint}") from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise CaptionerError(f"{path}: not a valid zip file, or truncated ({e}); {fix}") from None
-    except Exception as e:  # zlib errors and the like from testzip
-        raise CaptionerError(f"{path}: corrupt zip ({e}); {fix}") from None
+    with zf:
+        members = _members(path, zf.infolist(), layout, fix, what)
+        try:
+            bad = zf.testzip() if test else None
+        except Exception as e:  # zlib errors, truncated data, I/O
+            raise CaptionerError(f"{path}: corrupt zip ({e}); {fix}") from None
     if bad is not None:
         raise CaptionerError(f"{path}: member {bad!r} is corrupt (bad CRC); {fix}")
+    return members
+
+
+def _members(path, infos, layout, fix, what):
+    """check_zip's checks of the directory -> {member name: ZipInfo}."""
+    from captioner.encoder import MAX_DECODE_BYTES
+
+    folders = tuple(n for n in layout if n.endswith("/"))
     members = {}
     for info in infos:
         why = _unsafe_member(info.filename)
@@ -90,7 +110,16 @@ def check_zip(path, name=None, test=False, layout=None, fix=FIX, what=None):
                 f"{path}: refusing unsafe member {info.filename!r} ({why}); this "
                 f"is not {what}: {fix}"
             )
+        if info.filename in members:  # zipfile would read the last one, another tool the first
+            raise CaptionerError(
+                f"{path}: member {info.filename!r} appears twice; this is not {what}: {fix}"
+            )
         members[info.filename] = info
+        label = f"{path}:{info.filename}"
+        if info.filename in JSON_BYTES:
+            check_member(info, JSON_BYTES[info.filename], label, "this JSON file", fix)
+        elif info.filename.startswith(folders) and not info.is_dir():
+            check_member(info, MAX_DECODE_BYTES, label, "a picture", fix)
     for need in layout:
         found = (
             any(m.startswith(need) and not m.endswith("/") for m in members)
@@ -98,18 +127,16 @@ def check_zip(path, name=None, test=False, layout=None, fix=FIX, what=None):
             else need in members
         )
         if not found:
-            missing = f"no pictures in a {need} folder" if need.endswith("/") else f"no {need}"
-            raise CaptionerError(f"{path}: {missing}; this is not {what}: {fix}")
+            lacks = f"no pictures in a {need} folder" if need.endswith("/") else f"no {need}"
+            raise CaptionerError(f"{path}: {lacks}; this is not {what}: {fix}")
     return members
 
 
 def _read_json(zip_path, member):
-    from captioner import limits
     from captioner.sources.karpathy import drop_tokens
-    from captioner.sources.paths import read_member
 
     label = f"{zip_path}:{member}"
-    blob = read_member(zip_path, member, limits.MAX_JSON_BYTES, FIX)
+    blob = read_zip_member(zip_path, member, JSON_BYTES[member], "this JSON file", FIX)
     try:
         return json.loads(blob, object_hook=drop_tokens), label
     except (ValueError, RecursionError) as e:

@@ -541,14 +541,15 @@ def dataset_name(base_dir):
 DEMO_SOURCE = "captioner demo: rendered coloured shapes on plain backgrounds"
 
 
-def dataset_source(base_dir):
+def dataset_source(base_dir, attr="source"):
     """attrs['source'] of base_dir's feature files (what write_dataset was told the
-    pictures were), or None; never raises."""
+    pictures were), or another of write_dataset's attributes ('pictures'), or None;
+    never raises."""
     try:
         for name in sorted(os.listdir(base_dir)):
             if name.endswith(".h5") and name not in (n[0] for n in NAMINGS.values()):
                 with h5py.File(os.path.join(base_dir, name), "r") as f:
-                    source = f["features"].attrs.get("source") if "features" in f else None
+                    source = f["features"].attrs.get(attr) if "features" in f else None
                 if source is not None:
                     return source.decode() if isinstance(source, bytes) else str(source)
     except Exception:  # a note, not a check: a missing or odd folder just means no note
@@ -619,6 +620,7 @@ def write_dataset(
     kind="pca",
     encoder=None,
     source=None,
+    pictures=None,
     name=None,
     names="coco2014",
 ):
@@ -629,9 +631,11 @@ def write_dataset(
     coco2014_captions.h5 is rewritten with exactly these splits; features go to
     {split}2014_{suffix}.h5 with attrs['encoder'] when encoder is given. Each file is
     written under a temp name and renamed, so a crash never leaves a half file in place.
-    source: what the pictures were (attrs['source'], e.g. the demo's rendered shapes);
-    name: the dataset's short name (the captions file's attrs['dataset'], e.g. flickr8k);
-    names: the file names, a key of NAMINGS ('plain' for anything but COCO 2014).
+    source: what the pictures were (attrs['source'], e.g. the demo's rendered shapes).
+    pictures: the folder the picture files are in (attrs['pictures']; `report` shows
+    pictures from there only). name: the dataset's short name (the captions file's
+    attrs['dataset'], e.g. flickr8k); names: the file names, a key of NAMINGS ('plain'
+    for anything but COCO 2014).
     """
     out_dir = str(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -666,6 +670,8 @@ def write_dataset(
                     ds.attrs["encoder"] = str(encoder)
                 if source is not None:
                     ds.attrs["source"] = str(source)
+                if pictures is not None:
+                    ds.attrs["pictures"] = os.path.abspath(pictures)
         for what in ("images", "urls"):
             lines = d.get(what)
             if lines is not None:

@@ -35,7 +35,7 @@ from collections import Counter
 
 import numpy as np
 
-from captioner import atomic, data, encoder, shards
+from captioner import atomic, data, encoder, limits, shards
 from captioner.errors import CaptionerError
 
 KIND = "squeezenet"  # -> {split}_squeezenet.h5
@@ -398,6 +398,11 @@ def prepare_dataset(
             f"{images_dir}: pictures folder not found; pass the folder the "
             f"annotations' file_names are relative to"
         )
+    if unsafe_text(images_dir):  # its path goes into *_urls.txt, UTF-8 text, one a line
+        raise CaptionerError(
+            f"{images_dir}: the pictures folder's path cannot be a line of the dataset's "
+            f"UTF-8 *_urls.txt ({unsafe_text(images_dir, 'it')}); rename or move the folder"
+        )
     workers = default_workers() if workers is None else workers
     _check_sizes(batch_size, max_words, workers)
     if split_by is None and not 0 < val_fraction < 1:
@@ -466,6 +471,7 @@ def prepare_dataset(
         images_dir,
         t0,
         source,
+        pictures=images_dir,
     )
 
 
@@ -497,7 +503,7 @@ def prepare_flickr8k(flickr_dir, out_dir, **options):
     summary as prepare_coco, plus 'notes' (the release's gaps that were worked around)."""
     from captioner.sources import flickr8k
 
-    what = dict(source="Flickr8k photographs", name="flickr8k")
+    what = dict(source="Flickr8k photographs", name="flickr8k", pictures=flickr_dir)
     return _prepare_read(lambda: flickr8k.read(flickr_dir), flickr_dir, out_dir, what, **options)
 
 
@@ -511,6 +517,7 @@ def prepare_karpathy(karpathy, images, out_dir, member=None, **options):
         splits, skipped, name = reader.read(karpathy, images, member)
         what["name"] = name
         what["source"] = f"{name} photographs (Karpathy's format)"
+        what["pictures"] = images if os.path.isdir(images) else os.path.dirname(images) or "."
         return splits, skipped, []
 
     what = {}
@@ -536,6 +543,11 @@ def _prepare_read(
     what: source, name and names of the dataset (data.write_dataset)."""
     t0 = time.perf_counter()
     atomic.check_fresh_dir(out_dir, force, "dataset folder", keep=(WORK_DIR,))
+    why = unsafe_text(os.path.abspath(str(where)), "its path")
+    if why:  # the pictures' places go into *_urls.txt, UTF-8 text, one a line
+        raise CaptionerError(
+            f"{where}: cannot be named in the dataset's *_urls.txt ({why}); rename or move it"
+        )
     workers = default_workers() if workers is None else workers
     _check_sizes(batch_size, max_words, workers)
     vocab = _load_vocab(vocab)
@@ -571,7 +583,9 @@ def _prepare_read(
 
 def _tokenize(items, skipped, progress=False):
     """Tokenise each item's captions (-> item['tokens']); items left without a caption go to
-    skipped. -> (items with captions, number of empty captions)."""
+    skipped. -> (items with captions, number of empty captions). A caption is read up to
+    limits.MAX_CAPTION_CHARS characters (COCO's longest has ~250; at most 100 words are
+    kept): a crafted caption of megabytes costs no more than that."""
     from tqdm import tqdm
 
     empty, out = 0, []
@@ -583,7 +597,8 @@ def _tokenize(items, skipped, progress=False):
         mininterval=1.0,
     ):
         # interned: COCO's ~7 million caption words are ~30,000 distinct strings
-        toks = [[sys.intern(w) for w in tokenize(c)] for c in it.pop("captions")]
+        caps = [c[: limits.MAX_CAPTION_CHARS] for c in it.pop("captions")]
+        toks = [[sys.intern(w) for w in tokenize(c)] for c in caps]
         empty += sum(not t for t in toks)
         it["tokens"] = [t for t in toks if t]
         if it["tokens"]:
@@ -609,11 +624,13 @@ def _build(
     where,
     t0,
     source=None,
+    pictures=None,
     name=None,
     names="plain",
 ):
-    """Encode split_items ({split: [item]}) in shards and write the dataset (source, name and
-    names: see data.write_dataset)."""
+    """Encode split_items ({split: [item]}) in shards and write the dataset (pictures: the
+    folder of the picture files, recorded in it for `report`; source, name and names: see
+    data.write_dataset)."""
     # Shards never straddle the splits, so each split's rows are a run of whole chunks.
     specs, keys, shard_split, shard_items = [], [], [], []
     for s, its in split_items.items():
@@ -711,6 +728,7 @@ def _build(
                 kind=KIND,
                 encoder=encoder.ENCODER_NAME,
                 source=source,
+                pictures=pictures,
                 name=name,
                 names=names,
             )

@@ -319,10 +319,10 @@ def test_karpathy_zip_needs_the_member_name_and_json_is_bounded(tmp_path, releas
         karpathy.read(tmp_path / "caption_datasets.zip", pics, "dataset_x.json")
     monkeypatch.setattr(limits, "MAX_JSON_BYTES", 1000)  # both forms refused before reading
     size = len(release["dataset_flickr8k.json"])
-    with pytest.raises(CaptionerError, match=rf"dataset_flickr8k\.json: {size:,} bytes, more th"):
+    with pytest.raises(CaptionerError, match=rf"flickr8k\.json: declares {size:,} bytes uncompr"):
         karpathy.read(tmp_path / "caption_datasets.zip", pics, "dataset_flickr8k.json")
     (tmp_path / "k.json").write_bytes(release["dataset_flickr8k.json"])
-    with pytest.raises(CaptionerError, match=rf"k\.json: {size:,} bytes, more than the 1,000"):
+    with pytest.raises(CaptionerError, match=rf"k\.json: {size:,} bytes, over the 1,000-byte lim"):
         karpathy.read(tmp_path / "k.json", pics)
 
 
@@ -336,20 +336,30 @@ def test_a_zip_bomb_member_is_refused_unread(tmp_path, release, monkeypatch):
     assert os.path.getsize(folder / "Flickr8k_text.zip") < 200_000
     monkeypatch.setattr(limits, "MAX_TEXT_BYTES", 10_000_000)
     read = []
-    monkeypatch.setattr(zipfile.ZipFile, "read", lambda *a: read.append(a) or b"")
-    with pytest.raises(CaptionerError, match=r"Flickr8k\.token\.txt: 50,000,000 bytes, more than"):
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda *a, **k: read.append(a))
+    with pytest.raises(
+        CaptionerError, match=r"token\.txt: declares 50,000,000 bytes uncompressed"
+    ):
         flickr8k.read(folder)
     assert read == []
 
 
-def test_a_picture_too_big_for_a_photograph_is_skipped(tmp_path, release, monkeypatch):
+def test_a_picture_too_big_is_refused_in_the_release_and_skipped_from_a_karpathy_zip(
+    tmp_path, release, monkeypatch
+):
+    from captioner import encoder
+
     folder = _write(tmp_path / "rel", release)
-    with zipfile.ZipFile(folder / "Flickr8k_Dataset.zip") as zf:
+    zip_path = folder / "Flickr8k_Dataset.zip"
+    with zipfile.ZipFile(zip_path) as zf:
         size = {n: zf.getinfo(f"Flicker8k_Dataset/{n}").file_size for n in release["lists"]["val"]}
     biggest = max(size, key=size.get)
-    monkeypatch.setattr(limits, "MAX_PICTURE_BYTES", size[biggest] - 1)
-    splits, skipped, _ = flickr8k.read(folder)
-    assert len(splits["val"]) == 3 and biggest not in [it["name"] for it in splits["val"]]
+    monkeypatch.setattr(encoder, "MAX_DECODE_BYTES", size[biggest] - 1)
+    with pytest.raises(CaptionerError, match=r"Flickr8k_Dataset\.zip:Flicker8k_Dataset/.*: decl"):
+        flickr8k.read(folder)  # refused by its directory, before a byte is inflated
+    (tmp_path / "k.json").write_bytes(release["dataset_flickr8k.json"])
+    splits, skipped, _ = karpathy.read(tmp_path / "k.json", zip_path)
+    assert biggest not in [it["name"] for it in splits["val"]] and len(splits["val"]) == 3
     assert [n for n, why in skipped if why.endswith("too big for a photograph")] == [biggest]
 
 

@@ -1,1 +1,1 @@
-"""Readers of the datasets `captioner prepare` builds from: each turns one release into items."""
+"""Data sources: where datasets come from and how their files are read safely."""

@@ -16,7 +16,7 @@ import re
 
 from captioner import limits
 from captioner.errors import CaptionerError
-from captioner.sources.paths import read_member
+from captioner.sources.paths import read_zip_member
 
 # The public copy of the release that the usual tutorials download (a GitHub release).
 URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/"
@@ -45,8 +45,9 @@ def _bad_name(name):
 
 
 def check_zip(path, name=None, test=False):
-    """Check one of FILES -> for the pictures, {file name: ZipInfo} of the pictures; for the
-    text, {file name: member} of the files read (found in whatever folder they sit)."""
+    """Check one of FILES -> for the pictures, {file name: ZipInfo} of the pictures (each
+    bounded in size: coco.check_zip); for the text, {file name: member} of the files read
+    (found in whatever folder they sit)."""
     from captioner import coco
 
     name = name or os.path.basename(path)
@@ -82,7 +83,7 @@ def check_zip(path, name=None, test=False):
 def _lines(zip_path, member):
     """(label, [(line number, text)]) of a text member, blank lines left out."""
     label = f"{zip_path}:{member}"
-    blob = read_member(zip_path, member, limits.MAX_TEXT_BYTES, FIX)
+    blob = read_zip_member(zip_path, member, limits.MAX_TEXT_BYTES, "a text file", FIX)
     try:
         text = blob.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -158,8 +159,6 @@ def read(folder):
                 skipped.append((name, f"listed in {LISTS[split]} but not in {FILES[0]}"))
             elif name not in captions:
                 skipped.append((name, f"listed in {LISTS[split]} but has no captions in {TOKENS}"))
-            elif info.file_size > limits.MAX_PICTURE_BYTES:
-                skipped.append((name, f"{pictures_zip}:{info.filename}: too big for a photograph"))
             else:
                 splits[split].append(
                     dict(

@@ -19,7 +19,7 @@ import re
 
 from captioner import limits
 from captioner.errors import CaptionerError
-from captioner.sources.paths import read_file, read_member
+from captioner.sources.paths import read_file, read_zip_member
 
 SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 FORMAT = (
@@ -45,9 +45,10 @@ def load(path, member=None):
                 f"{path}: a zip; name the JSON inside it with --karpathy-name "
                 f"(e.g. dataset_flickr30k.json)"
             )
-        blob, label = read_file(path, limits.MAX_JSON_BYTES, fix), path
+        blob, label = read_file(path, limits.MAX_JSON_BYTES, "a JSON file", fix), path
     else:
-        blob, label = read_member(path, member, limits.MAX_JSON_BYTES, fix), f"{path}:{member}"
+        blob = read_zip_member(path, member, limits.MAX_JSON_BYTES, "a JSON file", fix)
+        label = f"{path}:{member}"
     try:
         return json.loads(blob, object_hook=drop_tokens), label
     except UnicodeDecodeError as e:
@@ -137,6 +138,7 @@ def read(karpathy, images, member=None):
     A name that is unsafe (absolute, '..', a line break) or a picture that is missing makes
     the whole file an error; a picture whose zip member is too big to be a photograph is
     skipped with the reason."""
+    from captioner.encoder import MAX_DECODE_BYTES
     from captioner.prepare import _file_identity, unsafe_name
 
     karpathy, images = str(karpathy), os.path.abspath(str(images))
@@ -165,7 +167,7 @@ def read(karpathy, images, member=None):
             if info is None or info.is_dir():
                 missing.append(name)
                 continue
-            if info.file_size > limits.MAX_PICTURE_BYTES:
+            if info.file_size > MAX_DECODE_BYTES:
                 skipped.append((name, f"{images}:{info.filename}: too big for a photograph"))
                 continue
             ref, ident = [images, info.filename], [info.CRC, info.file_size]
