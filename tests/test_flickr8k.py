@@ -336,7 +336,7 @@ def test_a_zip_bomb_member_is_refused_unread(tmp_path, release, monkeypatch):
     assert os.path.getsize(folder / "Flickr8k_text.zip") < 200_000
     monkeypatch.setattr(limits, "MAX_TEXT_BYTES", 10_000_000)
     read = []
-    monkeypatch.setattr(zipfile.ZipFile, "open", lambda *a, **k: read.append(a))
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda *a, **_k: read.append(a))
     with pytest.raises(
         CaptionerError, match=r"token\.txt: declares 50,000,000 bytes uncompressed"
     ):
