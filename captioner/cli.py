@@ -1257,17 +1257,17 @@ def _checkpoint_data(ckpt, meta, data, split):
     """The split a checkpoint captions: from --data, or when that is left at its
     default, from the folder the checkpoint was trained on."""
     from .checkpoint import check_compatible
-    from .data import CAPTIONS_FILE, available_splits
+    from .data import available_splits, captions_file
 
     saved = meta.get("training", {}).get("settings", {}).get("data_dir")
     folder = saved if data == DATA_DEFAULT and saved else data
-    captions = os.path.join(folder, CAPTIONS_FILE)
+    captions = captions_file(folder)
     if os.path.isfile(captions) and split not in available_splits(folder):
         raise CaptionerError(
             f"{captions}: no {split} split (it has "
             f"{', '.join(available_splits(folder))}); the test split comes from "
-            f"`captioner prepare --coco DIR --split karpathy`, or pass another "
-            f"--split"
+            f"`captioner prepare --flickr8k DIR`, `--karpathy FILE` or `--coco DIR "
+            f"--split karpathy`, or pass another --split"
         )
     d = _load_data(folder, meta["features"]["kind"], splits=(split,))
     check_compatible(ckpt, meta, d)
@@ -1316,7 +1316,8 @@ METRIC_KEYS = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CID
     type=click.Choice(SPLITS),
     default="val",
     show_default=True,
-    help="test: Karpathy's test split of `prepare --coco`, the one papers report on.",
+    help="test: the test split of `prepare --flickr8k`, `--karpathy` or `--coco` "
+    "(Karpathy's), the one papers report on.",
 )
 @click.option(
     "--max-images", type=COUNT, default=None, help="Only the first N images of the split."
@@ -1399,6 +1400,7 @@ def evaluate(
         res = metrics.load_results(results, known_ids=set(refs))
         scores, notes = metrics.score({i: refs[i] for i in res}, res, meteor=not no_meteor)
         what = f"{len(res):,} captions of {results}"
+        where = {}
     else:
         from .checkpoint import load_model
         from .evaluation import evaluate_model
@@ -1416,13 +1418,15 @@ def evaluate(
             max_length=max_length,
             length_norm=length_norm,
         )
-        what = f"{ckpt} on {len(generated):,} {split} images, beam {beam_size}"
+        name = d["dataset"] or os.path.basename(os.path.normpath(d["base_dir"]))
+        what = f"{ckpt} on {len(generated):,} {split} images of {name}, beam {beam_size}"
+        where = {"split": split, "dataset": name, "data": d["base_dir"]}
         if save_results:
             from .atomic import write_json
 
             write_json(save_results, generated, replace=force)
     if as_json:
-        click.echo(json.dumps({"scores": scores, "notes": notes}))
+        click.echo(json.dumps({"scores": scores, "notes": notes, **where}))
         return
     _echo(what)
     for k in METRIC_KEYS:
@@ -1439,9 +1443,10 @@ def evaluate(
 @click.option(
     "--images",
     "images_dir",
-    type=click.Path(exists=True, file_okay=False),
+    type=click.Path(exists=True),
     default=None,
-    help="Folder of pictures (the annotations' file_name are relative to it).",
+    help="Folder of pictures (the annotations' file_name are relative to it); with "
+    "--karpathy, a folder or a zip of the pictures.",
 )
 @click.option(
     "--captions",
@@ -1457,6 +1462,28 @@ def evaluate(
     default=None,
     help="Instead of --images/--captions: the folder of `captioner download --images` "
     "(the COCO 2014 zips, read without unpacking).",
+)
+@click.option(
+    "--flickr8k",
+    "flickr_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Instead of --images/--captions: the folder of `captioner download --flickr8k` "
+    "(its two zips): train / dev (as val) / test, 6,000 / 1,000 / 1,000 images.",
+)
+@click.option(
+    "--karpathy",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Instead of --captions: a dataset in Karpathy's format (dataset_flickr30k.json, "
+    "...; splits train + restval / val / test), its pictures in --images; or "
+    "caption_datasets.zip with --karpathy-name.",
+)
+@click.option(
+    "--karpathy-name",
+    metavar="NAME",
+    default=None,
+    help="With --karpathy ZIP: the JSON inside it, e.g. dataset_flickr30k.json.",
 )
 @click.option(
     "--split",
@@ -1536,6 +1563,9 @@ def prepare(
     images_dir,
     annotations,
     coco_dir,
+    flickr_dir,
+    karpathy,
+    karpathy_name,
     coco_split,
     out,
     val_fraction,
@@ -1555,40 +1585,66 @@ def prepare(
     Interrupted? Run the same command again: it resumes where it stopped.
     Example:
       captioner prepare --images photos/ --captions captions.json --out data/mine
+      captioner prepare --flickr8k data/flickr8k --out data/flickr8k-ds
+      captioner prepare --karpathy dataset_flickr30k.json --images flickr30k-images.zip \\
+          --out data/flickr30k-ds
+      captioner prepare --karpathy data/coco2014/caption_datasets.zip \\
+          --karpathy-name dataset_flickr30k.json --images flickr30k-images/ --out data/f30k
       captioner prepare --coco data/coco2014 --out data/coco2014-karpathy
     """
-    from .prepare import prepare_coco, prepare_dataset
+    from .prepare import prepare_coco, prepare_dataset, prepare_flickr8k, prepare_karpathy
 
     given = {
         p
         for p in ctx.params
         if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
     }
-    if coco_dir:
-        extra = sorted(given & {"images_dir", "annotations", "val_fraction", "split_by", "seed"})
-        if extra:
+    flags = {
+        "images_dir": "--images",
+        "annotations": "--captions",
+        "val_fraction": "--val-fraction",
+        "split_by": "--split-by",
+        "seed": "--seed",
+        "coco_split": "--split",
+        "karpathy_name": "--karpathy-name",
+    }
+    modes = {"coco_dir": "--coco", "flickr_dir": "--flickr8k", "karpathy": "--karpathy"}
+    chosen = [m for m in modes if m in given]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{modes[chosen[0]]} and {modes[chosen[1]]} do not go together")
+    mode = chosen[0] if chosen else None
+    takes = {"coco_dir": {"coco_split"}, "karpathy": {"images_dir", "karpathy_name"}}
+    extra = sorted(given & set(flags) - takes.get(mode, set()), key=list(flags).index)
+    if mode and extra:
+        raise click.UsageError(
+            f"{modes[mode]} takes its splits from its own files; drop {flags[extra[0]]}"
+        )
+    if mode == "karpathy" and not images_dir:
+        raise click.UsageError("--karpathy needs --images: the folder or zip of its pictures")
+    if mode is None:
+        if "karpathy_name" in given:
+            raise click.UsageError("--karpathy-name goes with --karpathy ZIP")
+        if not (images_dir and annotations):
             raise click.UsageError(
-                f"--coco takes its splits from the COCO files; drop "
-                f"--{extra[0].replace('_dir', '').replace('_', '-')}"
+                "give --images and --captions, or --flickr8k DIR, --karpathy FILE or --coco DIR"
             )
-    elif not (images_dir and annotations):
-        raise click.UsageError("give --images and --captions, or --coco DIR")
-    elif "coco_split" in given:
-        raise click.UsageError("--split karpathy|official goes with --coco (use --split-by here)")
+        if "coco_split" in given:
+            raise click.UsageError(
+                "--split karpathy|official goes with --coco (use --split-by here)"
+            )
+    options = dict(
+        vocab=vocab, min_count=min_count, max_words=max_words, batch_size=batch_size, force=force
+    )
     try:
         with _shard_executor(scheduler, workers) as shards:
-            if coco_dir:
-                s = prepare_coco(
-                    coco_dir,
-                    out,
-                    split=coco_split,
-                    vocab=vocab,
-                    min_count=min_count,
-                    max_words=max_words,
-                    batch_size=batch_size,
-                    force=force,
-                    **shards,
+            if flickr_dir:
+                s = prepare_flickr8k(flickr_dir, out, **options, **shards)
+            elif karpathy:
+                s = prepare_karpathy(
+                    karpathy, images_dir, out, member=karpathy_name, **options, **shards
                 )
+            elif coco_dir:
+                s = prepare_coco(coco_dir, out, split=coco_split, **options, **shards)
             else:
                 s = prepare_dataset(
                     images_dir,
@@ -1607,7 +1663,8 @@ def prepare(
     except KeyboardInterrupt as e:
         _echo("\ninterrupted; run the same command again to resume", err=True)
         sys.exit(_interrupted(e))
-    _echo(f"{s['out_dir']}: {s['encoder']} features, vocabulary {s['vocab_size']} words")
+    name = f"{s['dataset']}, " if s.get("dataset") else ""
+    _echo(f"{s['out_dir']}: {name}{s['encoder']} features, vocabulary {s['vocab_size']} words")
     for split in SPLITS:
         if split in s:
             t = s[split]
@@ -1626,6 +1683,8 @@ def prepare(
         _echo(f"  skipped {shown}: {reason}")
     if len(s["skipped"]) > 10:
         _echo(f"  ... and {len(s['skipped']) - 10} more skipped")
+    for note in s.get("notes", []):
+        _echo(f"  note: {note}")
 
 
 def _odd(name):
@@ -1739,15 +1798,17 @@ def info(data, features, ckpt):
         for r in t.get("epochs", []):
             _echo("    " + format_record(r, t.get("settings", {}).get("epochs", "?")))
         return
-    from .data import CAPTIONS_FILE, available_splits
+    from .data import available_splits, captions_file
 
-    test = os.path.isfile(os.path.join(data, CAPTIONS_FILE)) and "test" in available_splits(
+    test = os.path.isfile(captions_file(data)) and "test" in available_splits(
         data
     )  # train and val are always there
     d = _load_data(data, features, splits=["train", "val", "test"] if test else ["train", "val"])
+    sizes = "/".join(f"{len(d[f'{s}_features']):,}" for s in SPLITS if f"{s}_features" in d)
     _echo(
-        f"dataset {d['base_dir']}: vocabulary {len(d['idx_to_word'])} words, "
-        f"{d['encoder']} features ({d['feature_dim']}-d)"
+        f"dataset {d['base_dir']}: {d['dataset'] + ', ' if d['dataset'] else ''}{sizes} "
+        f"images, vocabulary {len(d['idx_to_word'])} words, {d['encoder']} features "
+        f"({d['feature_dim']}-d)"
     )
     for split in SPLITS:
         if f"{split}_captions" in d:
@@ -1767,7 +1828,8 @@ def info(data, features, ckpt):
     "--dest",
     type=click.Path(file_okay=False),
     default=None,
-    help="Where to put the files [default: data, or data/coco2014 with --images].",
+    help="Where to put the files [default: data, data/coco2014 with --images, "
+    "data/flickr8k with --flickr8k].",
 )
 @click.option("--url", default=None, help="Mirror of coco_captioning.zip.")
 @click.option(
@@ -1777,18 +1839,38 @@ def info(data, features, ckpt):
     help="The COCO 2014 pictures and captions instead (20.4 GB of zips, kept as they are).",
 )
 @click.option(
-    "--mirror", default=None, help="With --images: a base URL serving the same four file names."
+    "--flickr8k",
+    is_flag=True,
+    help="The Flickr8k pictures and captions instead (2 zips, ~1.1 GB, kept as they are).",
 )
-def download(dest, url, images, mirror):
-    """Download the CS231n COCO features (~1 GB), or with --images the COCO 2014 pictures.
+@click.option(
+    "--mirror",
+    default=None,
+    help="With --images or --flickr8k: a base URL serving the same file names.",
+)
+def download(dest, url, images, flickr8k, mirror):
+    """Download the CS231n COCO features (~1 GB), or with --images the COCO 2014 pictures,
+    or with --flickr8k the Flickr8k pictures.
 
     Resumable: rerun the same command after an interruption.
 
     \b
     Example:
       captioner download --dest data
+      captioner download --flickr8k --dest data/flickr8k
       captioner download --images --dest data/coco2014
     """
+    if flickr8k:
+        if images or url:
+            raise click.UsageError("--flickr8k goes alone (a mirror of it: --mirror URL)")
+        from .download import download_flickr8k
+
+        path = download_flickr8k(dest or "data/flickr8k", mirror=mirror)
+        _echo(
+            f"Flickr8k pictures and captions ready in {path}; next: captioner prepare "
+            f"--flickr8k {path} --out {path}-ds"
+        )
+        return
     if images:
         if url:
             raise click.UsageError("--url is for the CS231n zip; with --images use --mirror")
@@ -1801,7 +1883,9 @@ def download(dest, url, images, mirror):
         )
         return
     if mirror:
-        raise click.UsageError("--mirror goes with --images (for the CS231n zip use --url)")
+        raise click.UsageError(
+            "--mirror goes with --images or --flickr8k (for the CS231n zip use --url)"
+        )
     from .download import COCO_URL, download_coco
 
     path = download_coco(dest or "data", url=url or COCO_URL)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from captioner import atomic
-from captioner.data import DEMO_SOURCE
+from captioner.data import DEMO_SOURCE, captions_file
 from captioner.errors import CaptionerError
 
 # Far apart in the encoder's feature space, not just in hue: a linear probe on our SqueezeNet
@@ -338,7 +338,7 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, lo
     t0 = time.perf_counter()
     images_dir = os.path.join(out_dir, "images")
     dataset = os.path.join(out_dir, "dataset")
-    if os.path.exists(os.path.join(dataset, "coco2014_captions.h5")):
+    if os.path.exists(captions_file(dataset)):
         log(
             f"[1-2/5] using the scenes already prepared in {dataset} (delete {out_dir} to rebuild)"
         )

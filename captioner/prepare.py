@@ -1,11 +1,13 @@
 """Build a coco_captioning folder from pictures and captions (to caption them: captioner.pictures).
 
 prepare_dataset: a folder of pictures + COCO-format captions; prepare_coco: the COCO 2014
-zips (captioner.coco reads them, pictures stay inside the zips). Both go through _build:
-the pictures are cut into shards of `batch_size` (captioner.shards: encoded by worker
-processes or any concurrent.futures executor), each shard's result goes to its own file
-in out_dir/.prepare/, and the dataset is written in the CS231n layout (captioner.data)
-with SqueezeNet features ({split}2014_squeezenet.h5).
+zips (captioner.coco reads them, pictures stay inside the zips); prepare_flickr8k: the two
+Flickr8k zips; prepare_karpathy: any dataset in Karpathy's format, pictures in a folder or a
+zip (captioner.sources). All go through _build: the pictures are cut into shards of
+`batch_size` (captioner.shards: encoded by worker processes or any concurrent.futures
+executor), each shard's result goes to its own file in out_dir/.prepare/, and the dataset is
+written in the CS231n layout (captioner.data) with the encoder's features
+({split}_squeezenet.h5; a COCO 2014 dataset keeps the CS231n names, train2014_squeezenet.h5).
 
     manifest.json        what is being built (encoder, number of chunks and images)
     chunk_00000.npz      names (n,), ok (n,) bool, errors (n,) str ('' when ok),
@@ -36,7 +38,7 @@ import numpy as np
 from captioner import atomic, data, encoder, limits, shards
 from captioner.errors import CaptionerError
 
-KIND = "squeezenet"  # -> {split}2014_squeezenet.h5
+KIND = "squeezenet"  # -> {split}_squeezenet.h5
 WORK_DIR = ".prepare"
 SPECIALS = ("<NULL>", "<START>", "<END>", "<UNK>")
 FIX_ANN = (
@@ -473,10 +475,60 @@ def prepare_dataset(
     )
 
 
-def prepare_coco(
-    coco_dir,
+def prepare_coco(coco_dir, out_dir, split="karpathy", progress=True, **options):
+    """The COCO 2014 zips of `captioner download --images` (in coco_dir) -> a dataset in
+    out_dir, reading the pictures out of the zips. split 'karpathy': train (train +
+    restval), val and test of Karpathy's dataset_coco.json, its raw sentences as captions;
+    'official': train2014 / val2014 with captions_{train,val}2014.json. options: vocab,
+    min_count, max_words, batch_size, workers, executor, on_shard, force (as
+    prepare_dataset). Returns the summary of prepare_dataset (with a 'test' entry for
+    karpathy). The files keep the CS231n release's names (coco2014_captions.h5, ...)."""
+    from captioner import coco
+
+    def read():
+        if progress:  # Karpathy's file is 160 MB of JSON: say what the first minute is spent on
+            print(
+                f"{coco_dir}: reading the {split} split's captions and the zips' directories",
+                file=sys.stderr,
+            )
+        return coco.read_split(str(coco_dir), split) + ([],)
+
+    what = dict(source="COCO 2014 photographs", name=f"coco2014-{split}", names="coco2014")
+    return _prepare_read(read, coco_dir, out_dir, what, progress=progress, **options)
+
+
+def prepare_flickr8k(flickr_dir, out_dir, **options):
+    """The two zips of `captioner download --flickr8k` (in flickr_dir) -> a dataset in out_dir:
+    the standard train / dev (as val) / test lists, pictures read out of the zip. Options and
+    summary as prepare_coco, plus 'notes' (the release's gaps that were worked around)."""
+    from captioner.sources import flickr8k
+
+    what = dict(source="Flickr8k photographs", name="flickr8k", pictures=flickr_dir)
+    return _prepare_read(lambda: flickr8k.read(flickr_dir), flickr_dir, out_dir, what, **options)
+
+
+def prepare_karpathy(karpathy, images, out_dir, member=None, **options):
+    """A dataset in Karpathy's format (the .json `karpathy`, or its `member` when karpathy is
+    a zip such as caption_datasets.zip) with its pictures in `images` (a folder or a zip) ->
+    a dataset in out_dir: train (+ restval), val, test. Options and summary as prepare_coco."""
+    from captioner.sources import karpathy as reader
+
+    def read():
+        splits, skipped, name = reader.read(karpathy, images, member)
+        what["name"] = name
+        what["source"] = f"{name} photographs (Karpathy's format)"
+        what["pictures"] = images if os.path.isdir(images) else os.path.dirname(images) or "."
+        return splits, skipped, []
+
+    what = {}
+    return _prepare_read(read, images, out_dir, what, **options)
+
+
+def _prepare_read(
+    read,
+    where,
     out_dir,
-    split="karpathy",
+    what,
     vocab=None,
     min_count=5,
     max_words=15,
@@ -487,34 +539,29 @@ def prepare_coco(
     on_shard=None,
     force=False,
 ):
-    """The COCO 2014 zips of `captioner download --images` (in coco_dir) -> a dataset in
-    out_dir, reading the pictures out of the zips. split 'karpathy': train (train +
-    restval), val and test of Karpathy's dataset_coco.json, its raw sentences as captions;
-    'official': train2014 / val2014 with captions_{train,val}2014.json. Returns the
-    summary of prepare_dataset (with a 'test' entry for karpathy)."""
-    from captioner import coco
-
+    """Check the options, read() -> ({split: [item]}, skipped, notes), tokenise, _build.
+    what: source, name and names of the dataset (data.write_dataset)."""
     t0 = time.perf_counter()
     atomic.check_fresh_dir(out_dir, force, "dataset folder", keep=(WORK_DIR,))
+    why = unsafe_text(os.path.abspath(str(where)), "its path")
+    if why:  # the pictures' places go into *_urls.txt, UTF-8 text, one a line
+        raise CaptionerError(
+            f"{where}: cannot be named in the dataset's *_urls.txt ({why}); rename or move it"
+        )
     workers = default_workers() if workers is None else workers
     _check_sizes(batch_size, max_words, workers)
     vocab = _load_vocab(vocab)
-    if progress:  # Karpathy's file is 160 MB of JSON: say what the first minute is spent on
-        print(
-            f"{coco_dir}: reading the {split} split's captions and the zips' directories",
-            file=sys.stderr,
-        )
-    split_items, skipped = coco.read_split(str(coco_dir), split)
+    split_items, skipped, notes = read()
     items, empty = _tokenize([it for its in split_items.values() for it in its], skipped, progress)
     keep = {id(it) for it in items}
     split_items = {s: [it for it in its if id(it) in keep] for s, its in split_items.items()}
     for s, its in split_items.items():
         if not its:
             raise CaptionerError(
-                f"{coco_dir}: no captioned {s} pictures; download the complete "
-                f"zips with `captioner download --images`"
+                f"{where}: no captioned {s} pictures; check that the files are "
+                f"complete (and the split of the pictures)"
             )
-    return _build(
+    summary = _build(
         str(out_dir),
         split_items,
         skipped,
@@ -527,10 +574,11 @@ def prepare_coco(
         workers,
         executor,
         on_shard,
-        str(coco_dir),
+        str(where),
         t0,
-        "COCO 2014 photographs",
+        **what,
     )
+    return dict(summary, notes=notes)
 
 
 def _tokenize(items, skipped, progress=False):
@@ -577,9 +625,12 @@ def _build(
     t0,
     source=None,
     pictures=None,
+    name=None,
+    names="plain",
 ):
     """Encode split_items ({split: [item]}) in shards and write the dataset (pictures: the
-    folder of the picture files, recorded in it for `report`)."""
+    folder of the picture files, recorded in it for `report`; source, name and names: see
+    data.write_dataset)."""
     # Shards never straddle the splits, so each split's rows are a run of whole chunks.
     specs, keys, shard_split, shard_items = [], [], [], []
     for s, its in split_items.items():
@@ -678,6 +729,8 @@ def _build(
                 encoder=encoder.ENCODER_NAME,
                 source=source,
                 pictures=pictures,
+                name=name,
+                names=names,
             )
     finally:
         os.close(lock)
@@ -686,6 +739,7 @@ def _build(
     seconds = time.perf_counter() - t0
     return dict(
         out_dir=out_dir,
+        dataset=name,
         encoder=encoder.ENCODER_NAME,
         feature_kind=KIND,
         vocab_size=len(idx_to_word),

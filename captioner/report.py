@@ -268,11 +268,14 @@ def _picture(data, split, idx, folder, outside_pictures=False, log=print):
         return "missing", f"{split} image {idx}: the dataset names no file or URL"
     if where.startswith(("http://", "https://")):
         return "link", where
-    path, why = locate(where, folder)
+    zip_path, _, member = where.partition(".zip:")  # a picture prepare read out of a zip
+    path, why = locate(zip_path + ".zip" if member else where, folder)
     if path is None and outside_pictures:
         path = inside(os.path.join(data["base_dir"], where), "/")
         if path is not None:
             log(f"captioner: warning: {path}: shown from outside the dataset's picture folder")
+    if path is not None and member:
+        path = [path, member]
     if path is None:
         return "missing", f"{where}: {why}"
     uri = thumbnail(path)
@@ -307,11 +310,12 @@ def locate(path, folder):
 
 
 def thumbnail(path, size=THUMB_SIZE):
-    """A picture file -> a JPEG data: URI at most size px on its longest side, or None."""
-    from .encoder import open_image
+    """A picture file (or [zip, member]) -> a JPEG data: URI at most size px on its longest
+    side, or None."""
+    from .shards import open_picture
 
     try:
-        img = open_image(path)
+        img = open_picture(path)
         img.thumbnail((size, size))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=82)

@@ -1,7 +1,9 @@
 """Helpers shared by the CLI and dataset tests."""
 
 import hashlib
+import io
 import os
+import zipfile
 
 import h5py
 import numpy as np
@@ -47,3 +49,12 @@ def snapshot(folder):
             with open(p, "rb") as f:
                 out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
     return out
+
+
+def zipped(entries):
+    """The bytes of a zip holding {member name: bytes or str} (deflated), in that order."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, blob in entries.items():
+            zf.writestr(name, blob)
+    return buf.getvalue()

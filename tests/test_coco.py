@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +18,10 @@ from PIL import Image
 
 from captioner import coco, download
 from captioner import prepare as P
-from captioner.data import load_coco_data
+from captioner.data import load_coco_data, split_file
 from captioner.errors import CaptionerError
 from fileserver import serving
-from helpers import assert_same_dataset, run
+from helpers import assert_same_dataset, run, zipped
 
 # Karpathy split of the 13 pictures (sorted by name): which folder and split each gets.
 PLAN = (
@@ -100,14 +101,6 @@ def build_release(shared, folder, karpathy_extra=(), member_extra=()):
         members[zname][name] = blob
 
     files = {}
-
-    def zipped(entries):
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name, blob in entries.items():
-                zf.writestr(name, blob)
-        return buf.getvalue()
-
     for zfolder in members:
         files[f"{zfolder}.zip"] = zipped({f"{zfolder}/": b"", **members[zfolder]})
     files["annotations_trainval2014.zip"] = zipped(
@@ -523,7 +516,9 @@ def test_file_names_outside_the_folder_or_unsafe_are_skipped(tmp_path):
     assert sorted(os.path.basename(r) for r in opened) == ["p1.png", "p2.png"]
     for split in ("train", "val"):
         for kind in ("images", "urls"):
-            lines = (tmp_path / "out" / f"{split}2014_{kind}.txt").read_text().splitlines()
+            lines = (
+                Path(split_file(tmp_path / "out", split, f"{kind}.txt")).read_text().splitlines()
+            )
             assert len(lines) == 1
 
 
@@ -643,7 +638,10 @@ def test_an_official_dataset_has_no_test_split(release, tmp_path):
 
 
 def test_prepare_usage_errors():
-    assert "give --images and --captions, or --coco DIR" in run("prepare", "--out", "x").output
+    assert (
+        "give --images and --captions, or --flickr8k DIR, --karpathy FILE or --coco DIR"
+        in run("prepare", "--out", "x").output
+    )
     r = run("prepare", "--coco", ".", "--images", ".", "--out", "x")
     assert r.exit_code == 2 and "drop --images" in r.output
     r = run("download", "--mirror", "http://127.0.0.1:1/")

@@ -6,13 +6,14 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from captioner import checkpoint, demo, metrics, report, training
-from captioner.data import load_coco_data
+from captioner.data import load_coco_data, split_file
 from captioner.evaluation import evaluate_model
 from captioner.model import CaptioningRNN
 from fixtures import build_dataset
@@ -275,8 +276,9 @@ def _point_at(run_dir, data_dir):
 def test_missing_pictures_become_placeholders(trained, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(trained / "data", data)
-    lines = (data / "val2014_urls.txt").read_text().splitlines()
-    (data / "val2014_urls.txt").write_text(  # in the dataset's picture folder, but gone
+    urls = Path(split_file(data, "val", "urls.txt"))  # as prepare named it
+    lines = urls.read_text().splitlines()
+    urls.write_text(  # in the dataset's picture folder, but gone
         "".join(f"{trained}/images/gone/{os.path.basename(u)}\n" for u in lines)
     )
     run_dir = tmp_path / "run"
@@ -596,10 +598,11 @@ def test_report_reads_only_its_run_and_its_dataset_pictures(trained, tmp_path):
     (tmp_path / "runs" / "gradients.json").write_text(json.dumps({"summary": "s3cr3t-2"}))
     data = tmp_path / "data"
     shutil.copytree(trained / "data", data)
-    n = len((data / "val2014_urls.txt").read_text().splitlines())
+    urls, images = (Path(split_file(data, "val", f"{k}.txt")) for k in ("urls", "images"))
+    n = len(urls.read_text().splitlines())
     names = [secret / "private.png", "../secret/private.png", "../secret/../secret/private.png"]
-    (data / "val2014_urls.txt").write_text("".join(f"{names[k % 3]}\n" for k in range(n)))
-    (data / "val2014_images.txt").write_text("".join(f"{names[k % 3]}\n" for k in range(n)))
+    urls.write_text("".join(f"{names[k % 3]}\n" for k in range(n)))
+    images.write_text("".join(f"{names[k % 3]}\n" for k in range(n)))
     _point_at(run_dir, data)
     out = tmp_path / "r.html"
     result = run("report", run_dir, "--out", out, "--count", 3, "--no-meteor")
