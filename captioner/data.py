@@ -568,7 +568,7 @@ def image_groups(data, split):
 # ----------------------------------------------------------------------------- writing
 
 
-def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source=None):
+def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source=None, attrs=None):
     """Write a complete coco_captioning folder; returns out_dir.
 
     splits: {split: dict(captions (N, T) int, image_idxs (N,) int, features (M, D) float
@@ -577,6 +577,7 @@ def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source
     {split}2014_{suffix}.h5 with attrs['encoder'] when encoder is given. Each file is
     written under a temp name and renamed, so a crash never leaves a half file in place.
     source: what the pictures were (attrs['source'], e.g. the demo's rendered shapes).
+    attrs: {name: str} stored on coco2014_captions.h5 itself (prepare's record of its inputs).
     """
     out_dir = str(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -586,6 +587,7 @@ def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source
 
     with atomic.atomic_path(os.path.join(out_dir, CAPTIONS_FILE)) as tmp:
         with h5py.File(tmp, "w") as f:
+            f.attrs.update(attrs or {})
             for split, d in splits.items():
                 f.create_dataset(
                     f"{split}_captions", data=np.asarray(d["captions"], dtype=np.int32)

@@ -64,6 +64,7 @@ def download_coco(
     keep_zip=False,
     retries=3,
     timeout=60,
+    again="captioner download",
 ):
     """Download and install the dataset; returns dest_dir/coco_captioning.
 
@@ -71,7 +72,7 @@ def download_coco(
     re-installs). A finished dest_dir/coco_captioning.zip is reused, a .part one is
     resumed. shapes: expected {(file, dataset): shape} (None to skip, e.g. for a small
     test zip); required: file names the zip must contain. The zip is deleted after a
-    successful install unless keep_zip.
+    successful install unless keep_zip. again: the command that resumes (in error messages).
     """
     dest_dir = str(dest_dir)
     target = os.path.join(dest_dir, COCO_DIR)
@@ -83,7 +84,9 @@ def download_coco(
     _make_dest(dest_dir)
     zip_path = os.path.join(dest_dir, COCO_DIR + ".zip")
     if not os.path.isfile(zip_path):
-        fetch_resumable(url, zip_path, progress=progress, retries=retries, timeout=timeout)
+        fetch_resumable(
+            url, zip_path, progress=progress, retries=retries, timeout=timeout, again=again
+        )
     install_zip(zip_path, target, shapes=shapes, required=required, progress=progress)
     if not keep_zip:
         os.remove(zip_path)
@@ -154,7 +157,7 @@ def _fetch_once(url, part, progress, timeout):
                 unit="B",
                 unit_scale=True,
                 desc=os.path.basename(part),
-                disable=not progress,
+                disable=None if progress else True,  # None: only on a terminal
             ) as bar,
         ):
             while True:
@@ -186,12 +189,15 @@ def _check_url(url):
         )
 
 
-def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None):
+def fetch_resumable(
+    url, dest, progress=True, retries=3, timeout=60, check=None, again="captioner download"
+):
     """Download url to dest via dest.part, continuing a partial file with HTTP Range.
 
     Retries dropped connections up to `retries` times, each resuming where the last
     stopped; dest appears (by rename) only when complete, and, given check(part_path)
-    (raising CaptionerError), only when it passes: a failing file is deleted.
+    (raising CaptionerError), only when it passes: a failing file is deleted. again: the
+    command the user reruns to resume, named in the error.
     """
     _check_url(url)
     part = dest + ".part"
@@ -218,9 +224,10 @@ def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None)
         except (OSError, http.client.HTTPException) as e:  # URLError, resets, timeouts
             last = getattr(e, "reason", None) or str(e) or type(e).__name__
     have = os.path.getsize(part) if os.path.exists(part) else 0
+    kept = f"{have:,} bytes kept in {part}" if have else "nothing received yet"
     raise CaptionerError(
-        f"{url}: download failed after {retries + 1} attempts ({last}); {have} bytes kept "
-        f"in {part}: rerun `captioner download` to resume",
+        f"{url}: download failed after {retries + 1} attempts ({last}); {kept}: "
+        f"rerun `{again}` to resume",
         exit_code=1,
     )
 
@@ -387,7 +394,7 @@ def _remote_size(url, timeout):
     return int(length) if length and length.isdigit() else None
 
 
-def _check_fetched(part, name, small, url):
+def _check_fetched(part, name, small, url, again):
     """coco.check_zip on a file just fetched; its error says the file was deleted."""
     from captioner import coco
 
@@ -396,13 +403,17 @@ def _check_fetched(part, name, small, url):
     except CaptionerError as e:
         why = str(e).split(": ", 1)[1].split("; ")[0]
         raise CaptionerError(
-            f"{part}: {why}; deleted. It came from {url}: rerun "
-            f"`captioner download --images` (or check the --mirror)"
+            f"{part}: {why}; deleted. It came from {url}: rerun `{again}` (or check the --mirror)"
         ) from None
 
 
 def download_coco_images(
-    dest_dir="data/coco2014", mirror=None, progress=True, retries=3, timeout=60
+    dest_dir="data/coco2014",
+    mirror=None,
+    progress=True,
+    retries=3,
+    timeout=60,
+    again="captioner download --images",
 ):
     """Fetch the COCO 2014 pictures and captions (captioner.coco.FILES) into dest_dir.
 
@@ -410,7 +421,7 @@ def download_coco_images(
     resumed if a .part is there, checked (whole per the announced length, a zip with
     COCO's layout; the two small ones also by CRC) and only then renamed into place.
     Files already in place are checked, not fetched again. The free disk space is
-    checked first. -> dest_dir.
+    checked first. again: the command that resumes (in error messages). -> dest_dir.
     """
     from captioner import coco
 
@@ -445,7 +456,8 @@ def download_coco_images(
                 progress=progress,
                 retries=retries,
                 timeout=timeout,
-                check=lambda p, n=n, small=small: _check_fetched(p, n, small, urls[n]),
+                check=lambda p, n=n, small=small: _check_fetched(p, n, small, urls[n], again),
+                again=again,
             )
         else:
             coco.check_zip(path, n, test=small)

@@ -195,7 +195,7 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
                 initial=start,
                 total=steps_per_epoch,
                 desc=f"epoch {epoch + 1}/{s['epochs']}",
-                disable=not progress,
+                disable=None if progress else True,  # None: only on a terminal, never in logs
                 leave=False,
                 unit="batch",
                 dynamic_ncols=True,
