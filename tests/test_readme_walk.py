@@ -100,7 +100,7 @@ def test_shape_reads_numbers_labels_and_captions():
 
 def test_the_readme_marks_its_offline_walk():
     blocks = walked_blocks((ROOT / "README.md").read_text())
-    commands = [c for _, steps in blocks for c, _ in steps]
+    commands = [c.split("  #")[0].strip() for _, steps in blocks for c, _ in steps]
     assert commands[0] == "captioner demo"
     assert "python scripts/make_synthetic_coco.py data/synthetic" in commands
     assert "captioner overfit --small --data data/synthetic" in commands
@@ -121,6 +121,7 @@ def test_readme_walk_from_a_fresh_clone(tmp_path):
     )
     blocks = walked_blocks((clone / "README.md").read_text())
     assert blocks, "README.md marks no block with <!-- walk -->"
+    log = tmp_path / "walk.log"  # every command's output, kept with the test's files
     for line, steps in blocks:
         for command, expected in steps:
             done = subprocess.run(
@@ -132,6 +133,8 @@ def test_readme_walk_from_a_fresh_clone(tmp_path):
                 text=True,
                 timeout=900,
             )
+            with open(log, "a") as f:
+                f.write(f"$ {command}\n{done.stdout}")
             assert done.returncode == 0, (
                 f"README.md:{line}: `{command}` exited {done.returncode}:\n{done.stdout[-3000:]}"
             )
