@@ -382,7 +382,9 @@ def prepare_dataset(
     out_dir, encoder, feature_kind, vocab_size, per split {images, captions, unk_words
     (fraction of caption words that became <UNK>)}, skipped [(file_name, reason)],
     empty_captions, truncated_captions, resumed_images (found already encoded),
-    encoded_images, seconds, images_per_second, workers.
+    encoded_images, seconds, images_per_second, workers, warnings (sentences, each with its
+    fix: mostly-<UNK> captions, a split of a few images) and done_before (out_dir already
+    held this very dataset: nothing was done).
     split_by: a text file of val file names (one a line); else a seeded random
     val_fraction of the captioned images. vocab: a coco2014_vocab.json to reuse
     (needs <UNK>); else one is built from the train captions (build_vocab).
@@ -391,7 +393,8 @@ def prepare_dataset(
     then only sets how many shards are in flight. on_shard(k): called after chunk k is
     written. source: what the pictures are (data.write_dataset; the demo marks its own).
     File names outside images_dir, or that cannot be written one a line, are skipped
-    with the reason.
+    with the reason. out_dir may hold only prepare's own work: an interrupted run (resumed)
+    or a finished dataset (the same inputs: done_before; others: refused unless force).
     """
     t0 = time.perf_counter()
     images_dir, out_dir = os.path.abspath(str(images_dir)), str(out_dir)
