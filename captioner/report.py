@@ -19,6 +19,7 @@ import base64
 import datetime
 import glob
 import io
+import itertools
 import json
 import math
 import os
@@ -418,15 +419,29 @@ def _figure(width=5.4, height=3.1):
 def _legend(ax):
     """A few entries go inside the plot; more go in columns under it, never over the curves
     (the figure grows by their rows)."""
-    n = len(ax.get_legend_handles_labels()[1])
+    labels = ax.get_legend_handles_labels()[1]
+    n = len(labels)
     if n <= 3:
         ax.legend(fontsize=7)
         return
-    ncol = 2 if n <= 8 else 3
-    rows = math.ceil(n / ncol)
     fig = ax.get_figure()
+    # as many columns as fit the figure's width (~0.06 in a character at 7 pt, plus the
+    # line sample): a wider legend would widen the PNG and shrink the plot in the page
+    column = 0.06 * max(map(len, labels)) + 0.45
+    ncol = max(1, min(3, int(fig.get_figwidth() // column)))
+    rows = math.ceil(n / ncol)
     fig.set_figheight(fig.get_figheight() + 0.16 * rows + 0.1)
-    ax.legend(fontsize=7, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    from matplotlib.transforms import ScaledTranslation
+
+    below = ax.transAxes + ScaledTranslation(0, -0.45, fig.dpi_scale_trans)  # under the x label
+    ax.legend(
+        fontsize=7,
+        ncol=ncol,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0),
+        bbox_transform=below,
+        frameon=False,
+    )
 
 
 def _steps(ax):
@@ -449,6 +464,11 @@ def _png(fig):
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
 
 
+def _coloured(runs):
+    """(colour, run) for every run: the colours repeat after 7 runs rather than drop runs."""
+    return zip(itertools.cycle(COLOURS), runs)
+
+
 def plot_curves(runs):
     """-> list of (title, PNG data URI): loss, learning rate, gradient norm, clipping, metrics."""
     plots = []
@@ -459,7 +479,7 @@ def plot_curves(runs):
 
     fig, ax = _figure()
     _steps(ax)
-    for c, r in zip(COLOURS, runs):
+    for c, r in _coloured(runs):
         steps = np.arange(1, len(r["loss"]) + 1)
         ax.plot(steps, r["loss"], color=c, alpha=0.25, lw=0.8, label=label(r, "train (per step)"))
         ax.plot(steps, smooth(r["loss"]), color=c, lw=1.6, label=label(r, "train (smoothed)"))
@@ -472,7 +492,7 @@ def plot_curves(runs):
 
     fig, ax = _figure()
     _steps(ax)
-    for c, r in zip(COLOURS, runs):
+    for c, r in _coloured(runs):
         starts = [0] + [e["step"] for e in r["epochs"]]  # an epoch's rate holds from its start
         lr = [(s, e["lr"]) for s, e in zip(starts, r["epochs"]) if "lr" in e]
         if lr:
@@ -487,7 +507,7 @@ def plot_curves(runs):
     if any(len(r["grad_norm"]) for r in runs):
         fig, ax = _figure()
         _steps(ax)
-        for c, r in zip(COLOURS, runs):
+        for c, r in _coloured(runs):
             g = r["grad_norm"]
             steps = np.arange(len(r["loss"]) - len(g) + 1, len(r["loss"]) + 1)
             ax.plot(steps, g, color=c, alpha=0.25, lw=0.8)
@@ -503,7 +523,7 @@ def plot_curves(runs):
     if any(r["settings"].get("clip_norm") and len(r["clipped"]) for r in runs):
         fig, ax = _figure()
         _steps(ax)
-        for c, r in zip(COLOURS, runs):
+        for c, r in _coloured(runs):
             share = clip_share_per_epoch(r)
             if share:
                 ax.plot(*zip(*share), "o-", color=c, ms=3, label=r["card"]["name"])
@@ -520,7 +540,7 @@ def plot_curves(runs):
     if any("CIDEr" in e or "Bleu_4" in e for r in runs for e in r["epochs"]):
         fig, ax = _figure()
         _steps(ax)
-        for c, r in zip(COLOURS, runs):
+        for c, r in _coloured(runs):
             for key, style in (("CIDEr", "o-"), ("Bleu_4", "s--")):
                 pts = [(e["step"], e[key]) for e in r["epochs"] if key in e]
                 if pts:

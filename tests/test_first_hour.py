@@ -279,6 +279,8 @@ def test_plot_legends_never_cover_the_curves_and_steps_are_whole(monkeypatch, n_
     monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or "data:")
     report.plot_curves([_fake_run(f"run-{k}", 2, 2, clip=1.0) for k in range(n_runs)])
     assert len(figures) == 5
+    # every run is drawn (there are 7 colours: the 8th run once went missing)
+    assert len(figures[0].axes[0].get_legend().get_texts()) == 3 * n_runs
     for fig in figures:
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
@@ -287,6 +289,10 @@ def test_plot_legends_never_cover_the_curves_and_steps_are_whole(monkeypatch, n_
         if legend is not None and len(legend.get_texts()) > 3:
             box, plot = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
             assert not box.overlaps(plot), (ax.get_title(), len(legend.get_texts()))
+            label = ax.xaxis.label.get_window_extent(renderer)
+            assert not box.overlaps(label), ax.get_title()
+            # no wider than the figure: the PNG keeps its width, the plot its size in the page
+            assert box.x0 >= 0 and box.x1 <= fig.bbox.width, ax.get_title()
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
 
