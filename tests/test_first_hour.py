@@ -277,7 +277,9 @@ def _fake_run(name, steps, epochs, clip=0.0):
 def test_plot_legends_never_cover_the_curves_and_steps_are_whole(monkeypatch, n_runs):
     figures = []
     monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or "data:")
-    report.plot_curves([_fake_run(f"run-{k}", 2, 2, clip=1.0) for k in range(n_runs)])
+    report.plot_curves(
+        [_fake_run(f"lstm-with-a-long-name-{k}", 2, 2, clip=1.0) for k in range(n_runs)]
+    )
     assert len(figures) == 5
     # every run is drawn (there are 7 colours: the 8th run once went missing)
     assert len(figures[0].axes[0].get_legend().get_texts()) == 3 * n_runs
