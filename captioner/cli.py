@@ -7,26 +7,67 @@ starts instantly.
 import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 
 import click
 
 from . import __version__, limits
-from .errors import CaptionerError
+from .errors import CaptionerError, printable
 
 DATA_DEFAULT = "data/coco_captioning"
 SPLITS = ["train", "val", "test"]
 
 
+def _echo(text="", err=False):
+    """click.echo of one line (after any leading blank lines), with every character a
+    terminal would act on escaped (errors.printable): file, run and picture names and
+    captions come from users, and must not forge lines or send escape sequences."""
+    text = str(text)
+    body = text.lstrip("\n")
+    click.echo(text[: len(text) - len(body)] + printable(body), err=err)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C is, so that what a command cleans up on the way out (temp
+    files, an unpacking folder, child processes) is cleaned up for a kill too."""
+
+    signum = signal.SIGTERM
+
+
+def _terminate(signum, frame):
+    raise _Terminated
+
+
+def _interrupted(e):
+    """The exit status of a command stopped by Ctrl-C (130) or SIGTERM (143)."""
+    return 128 + getattr(e, "signum", signal.SIGINT)
+
+
 class _Group(click.Group):
-    """Turn CaptionerError into one line on stderr and its exit code, never a traceback."""
+    """Turn CaptionerError into one line on stderr and its exit code, never a traceback;
+    and Ctrl-C or SIGTERM that a command does not handle itself into one line and 130/143."""
 
     def invoke(self, ctx):
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGTERM, _terminate) if main else None
         try:
             return super().invoke(ctx)
         except CaptionerError as e:
-            click.echo(f"captioner: error: {e}", err=True)
+            _echo(f"captioner: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt as e:
+            _echo("", err=True)
+            _echo(
+                "captioner: interrupted; files are written whole or not at all: run the same "
+                "command again (download and prepare resume where they stopped)",
+                err=True,
+            )
+            ctx.exit(_interrupted(e))
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
 
 
 class _Positive(click.ParamType):
@@ -89,7 +130,7 @@ def _load_data(data, features, splits=("train", "val"), max_train=None, fallback
 
     if not os.path.isdir(data):
         if data == DATA_DEFAULT and os.path.isfile(os.path.join(fallback, CAPTIONS_FILE)):
-            click.echo(
+            _echo(
                 f"note: {data} is not downloaded (`captioner download`); using {fallback} "
                 f"(--data chooses)",
                 err=True,
@@ -303,7 +344,7 @@ def train(
         run_dir = os.path.dirname(path) or os.curdir  # as the user wrote it, not absolute
         if out is not None and os.path.abspath(out) != os.path.abspath(run_dir):
             run_dir = runs.new_run_dir(out, cell)  # never over another run's checkpoints
-        click.echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
+        _echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
         if keep_best == "cider" and not eval_every:
             raise click.UsageError("--keep-best cider needs --eval-every N")
@@ -335,25 +376,25 @@ def train(
         )
         state = None
         run_dir = runs.new_run_dir(out, cell)
-    click.echo(
+    _echo(
         f"{len(d['train_captions']):,} training captions, {model.cell_type} "
         f"hidden {model.hidden_dim}, {d['encoder']} features ({d['feature_dim']}-d) -> {run_dir}"
     )
     with runs.run_lock(run_dir):
         try:
             state = training.train(
-                d, model, run_dir, state=state, progress=not quiet, log=click.echo, **settings
+                d, model, run_dir, state=state, progress=not quiet, log=_echo, **settings
             )
         except runs.Interrupted as e:
-            click.echo(f"\n{e}; continue with: captioner train --resume {run_dir}", err=True)
+            _echo(f"\n{e}; continue with: captioner train --resume {run_dir}", err=True)
             ctx.exit(128 + e.signum)
         except (
             KeyboardInterrupt
         ):  # a second Ctrl-C: stop now; the last checkpoint on disk is intact
-            click.echo(f"\nstopped; continue with: captioner train --resume {run_dir}", err=True)
+            _echo(f"\nstopped; continue with: captioner train --resume {run_dir}", err=True)
             ctx.exit(130)
     best = state["best"]
-    click.echo(
+    _echo(
         f"done: {run_dir}/last.npz; best ({best['metric']} {best['value']:.4f}, "
         f"epoch {best['epoch']}): {run_dir}/best.npz"
     )
@@ -484,16 +525,19 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
                 the_grid,
                 parallel=parallel,
                 scheduler=scheduler,
-                log=lambda line: click.echo(line, err=as_json),
+                log=lambda line: _echo(line, err=as_json),
             )
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted; run the same command again to resume", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            _echo("\ninterrupted; run the same command again to resume", err=True)
+            sys.exit(_interrupted(e))
     rows = sweeps.sort_rows(rows, sort_by)
     if as_json:
         click.echo(json.dumps(sweeps.as_json(rows), indent=1))
     else:
-        click.echo(("" if summary_dir else "\n") + sweeps.table(rows))
+        if not summary_dir:
+            _echo()
+        for line in sweeps.table(rows).splitlines():
+            _echo(line)
     if failed:
         sys.exit(1)
 
@@ -540,32 +584,32 @@ def overfit(data, features, small, cell, n, epochs, show_captions):
     cells = [cell] if cell else ["rnn", "lstm"]
     results = {}
     for c in cells:
-        click.echo(
+        _echo(
             f"overfitting {min(n, len(d['train_captions']))} captions of {d['base_dir']} "
             f"with the {c} cell ..."
         )
         results[c] = run(d, c, n=n, epochs=epochs)
-    click.echo("\nloss per epoch (mean over the epoch's batches)")
-    click.echo("epoch " + "".join(f"{c:>10}" for c in cells))
+    _echo("\nloss per epoch (mean over the epoch's batches)")
+    _echo("epoch " + "".join(f"{c:>10}" for c in cells))
     n_epochs = len(results[cells[0]]["state"]["epochs"])
     for e in sorted({0, n_epochs - 1} | set(range(4, n_epochs, 5))):
-        click.echo(
+        _echo(
             f"{e + 1:5d} "
             + "".join(f"{results[c]['state']['epochs'][e]['train_loss']:10.4f}" for c in cells)
         )
 
     truth = results[cells[0]]["truth"]
     if show_captions:
-        click.echo(f"\n{_plural(len(truth), 'memorised image')}: sampled caption vs ground truth")
+        _echo(f"\n{_plural(len(truth), 'memorised image')}: sampled caption vs ground truth")
         for j, t in enumerate(truth):
-            click.echo(f"  truth: {t}")
+            _echo(f"  truth: {t}")
             for c in cells:
                 s = results[c]["sampled"][j]
-                click.echo(f"  {c:>5}: {s}{'' if s == t else '   [differs]'}")
-    click.echo("")
+                _echo(f"  {c:>5}: {s}{'' if s == t else '   [differs]'}")
+    _echo("")
     for c in cells:
         r = results[c]
-        click.echo(
+        _echo(
             f"{c}: final loss {r['final_loss']:.4f} ({'PASS' if r['passed'] else 'FAIL'}, "
             f"needs < {r['limit']}); {r['exact']}/{len(truth)} sampled captions equal "
             f"their ground truth"
@@ -706,9 +750,9 @@ def gradients(
     bases = sorted({d["base_dir"] for _, _, d in models})
     what = f"the first {len(batches[0][1])} captions of {split} in {', '.join(bases)}"
     for line in flow.format_table(runs, what):
-        click.echo(line)
+        _echo(line)
     if plot:
-        click.echo(f"plot: {plot}")
+        _echo(f"plot: {plot}")
 
 
 # ---------------------------------------------------------------- compare
@@ -785,7 +829,7 @@ def compare(
         d = _load_data(
             data if "data" in given else s["data_dir"], s["features"], max_train=s.get("max_train")
         )
-        click.echo(f"resuming the comparison in {parent}")
+        _echo(f"resuming the comparison in {parent}")
     else:
         if keep_best == "cider" and not eval_every:
             raise click.UsageError("--keep-best cider needs --eval-every N")
@@ -809,24 +853,24 @@ def compare(
         parent = runs.new_run_dir(out, "compare")
         plan = cmp.new_plan(parent, cell, weight_decay, settings, hidden_dim, wordvec_dim)
     try:
-        trained = cmp.train_runs(d, parent, plan, progress=not quiet, log=click.echo)
+        trained = cmp.train_runs(d, parent, plan, progress=not quiet, log=_echo)
     except runs.Interrupted as e:
-        click.echo(f"\n{e}; continue with: captioner compare --resume {parent}", err=True)
+        _echo(f"\n{e}; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(128 + e.signum)
     except KeyboardInterrupt:
-        click.echo(f"\nstopped; continue with: captioner compare --resume {parent}", err=True)
+        _echo(f"\nstopped; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(130)
     res = cmp.results(d, trained, count=count)
     cmp.save_results(parent, plan, res)
-    click.echo("")
+    _echo("")
     for line in cmp.format_results(res):
-        click.echo(line)
+        _echo(line)
     for path in filter(None, [plot, os.path.join(parent, "compare-loss.png")]):
         plots.loss_plot([(r["name"], r["epochs"]) for r in res["runs"]], path)
     plots.gradient_plot(
         [r["gradients"] for r in res["runs"]], os.path.join(parent, "gradients.png")
     )
-    click.echo(
+    _echo(
         f"written: {parent}/compare.json, gradients.json, compare-loss.png, gradients.png"
         + (f"; plot: {plot}" if plot else "")
     )
@@ -944,13 +988,11 @@ def sample(
     )
 
     def show(title, caps, truth=()):
-        click.echo(title)
+        _echo(title)
         for cap, lp in caps:
-            click.echo(
-                f"  {cap}" + (f"   (log p {lp:.2f})" if n_best > 1 and lp is not None else "")
-            )
+            _echo(f"  {cap}" + (f"   (log p {lp:.2f})" if n_best > 1 and lp is not None else ""))
         for t in truth:
-            click.echo(f"  truth: {t}")
+            _echo(f"  truth: {t}")
 
     if images:
         from . import encoder, picture_files
@@ -979,7 +1021,7 @@ def sample(
             [p for p, _ in done], [c for _, c in done], checkpoint=ckpt, note=note
         )
         if json_out:
-            picture_files.write_results(json_out, records)
+            picture_files.write_results(json_out, records, replace=force)
         if html_out:
             from .report import write_gallery
 
@@ -987,13 +1029,14 @@ def sample(
                 records,
                 html_out,
                 title=f"captioner sample: {_plural(len(records), 'picture')}",
+                replace=force,
                 checkpoint=ckpt,
                 note=note,
             )
         errors = [message for _, message in bad]
         errors += [message for _, caps, message in results if caps is None]
         for message in errors:
-            click.echo(f"captioner: error: {message}", err=True)
+            _echo(f"captioner: error: {message}", err=True)
         if errors:
             sys.exit(1)
         return
@@ -1060,7 +1103,25 @@ def sample(
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="The random gallery sample.")
 @click.option("--force", is_flag=True, help="Let --out replace an existing file.")
-def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_meteor, seed, force):
+@click.option(
+    "--outside-pictures",
+    is_flag=True,
+    help="Also show pictures the dataset names outside its picture folder (each is named "
+    "on stderr; off: the page is made to be shared).",
+)
+def report(
+    run_dirs,
+    out,
+    split,
+    count,
+    beam_size,
+    max_length,
+    max_images,
+    no_meteor,
+    seed,
+    force,
+    outside_pictures,
+):
     """One self-contained HTML page about training runs: settings, curves, scores,
     caption diversity and a gallery of captioned pictures (open it from disk).
 
@@ -1076,6 +1137,7 @@ def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_me
     path = write_report(
         list(run_dirs),
         out,
+        replace=force,
         split=split,
         count=count,
         beam_size=beam_size,
@@ -1083,9 +1145,10 @@ def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_me
         max_images=max_images,
         meteor=not no_meteor,
         seed=seed,
-        log=lambda m: click.echo(m, err=True),
+        log=lambda m: _echo(m, err=True),
+        outside_pictures=outside_pictures,
     )
-    click.echo(f"report: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+    _echo(f"report: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
 
 
 # ---------------------------------------------------------------- encode
@@ -1116,12 +1179,12 @@ def encode(images, top):
     tops = dict(zip(ok, encoder.top_k(logits, top)))
     for path in files:
         if path in tops:
-            click.echo(path)
+            _echo(path)
             for idx, name, prob in tops[path]:
-                click.echo(f"  {prob:6.1%}  {idx:3d}  {name}")
+                _echo(f"  {prob:6.1%}  {idx:3d}  {name}")
     errors = bad + errors
     for _path, message in errors:
-        click.echo(f"captioner: error: {message}", err=True)
+        _echo(f"captioner: error: {message}", err=True)
     if errors:
         sys.exit(1)
 
@@ -1133,7 +1196,7 @@ def _demo_note(meta):
 
     note = demo_note(meta)
     if note:
-        click.echo(f"note: {note}", err=True)
+        _echo(f"note: {note}", err=True)
     return note
 
 
@@ -1178,7 +1241,7 @@ def _newest_best():
             "runs/: no trained model found (runs/*/best.npz); train one with "
             "`captioner train` or pass --checkpoint"
         )
-    click.echo(f"using {found[-1]}, the newest runs/*/best.npz (--checkpoint to choose)", err=True)
+    _echo(f"using {found[-1]}, the newest runs/*/best.npz (--checkpoint to choose)", err=True)
     return found[-1]
 
 
@@ -1310,16 +1373,16 @@ def evaluate(
         if save_results:
             from .atomic import write_json
 
-            write_json(save_results, generated)
+            write_json(save_results, generated, replace=force)
     if as_json:
         click.echo(json.dumps({"scores": scores, "notes": notes}))
         return
-    click.echo(what)
+    _echo(what)
     for k in METRIC_KEYS:
         if k in scores:
-            click.echo(f"  {k:8s} {scores[k]:.3f}")
+            _echo(f"  {k:8s} {scores[k]:.3f}")
     for note in notes:
-        click.echo(f"  ({note})")
+        _echo(f"  ({note})")
 
 
 # ---------------------------------------------------------------- prepare
@@ -1494,38 +1557,38 @@ def prepare(
                     force=force,
                     **shards,
                 )
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted; run the same command again to resume", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        _echo("\ninterrupted; run the same command again to resume", err=True)
+        sys.exit(_interrupted(e))
     if s["done_before"]:
-        click.echo(
+        _echo(
             f"{s['out_dir']}: already built by this command (same pictures, captions and "
             f"settings); nothing to do"
         )
-    click.echo(
+    _echo(
         f"{s['out_dir']}: {s['encoder']} features, vocabulary {_plural(s['vocab_size'], 'word')}"
     )
     for split in SPLITS:
         if split in s:
             t = s[split]
-            click.echo(
+            _echo(
                 f"  {split}: {_plural(t['images'], 'image')}, "
                 f"{_plural(t['captions'], 'caption')}, {t['unk_words']:.1%} of words <UNK>"
             )
     if not s["done_before"]:
-        click.echo(
+        _echo(
             f"  encoded {_plural(s['encoded_images'], 'image')} ({s['resumed_images']:,} "
             f"resumed) at {s['images_per_second']:.1f} images/s with {s['workers']} worker(s)"
         )
     if s["skipped"]:
-        click.echo(f"  skipped {len(s['skipped']):,} picture(s):")
+        _echo(f"  skipped {len(s['skipped']):,} picture(s):")
     for name, reason in s["skipped"][:10]:
         shown = repr(name) if _odd(name) else name
-        click.echo(f"  skipped {shown}: {reason}")
+        _echo(f"  skipped {shown}: {reason}")
     if len(s["skipped"]) > 10:
-        click.echo(f"  ... and {len(s['skipped']) - 10} more skipped")
+        _echo(f"  ... and {len(s['skipped']) - 10} more skipped")
     for warning in s["warnings"]:
-        click.echo(f"captioner: warning: {warning}", err=True)
+        _echo(f"captioner: warning: {warning}", err=True)
 
 
 def _odd(name):
@@ -1591,14 +1654,14 @@ def demo(out, train_images, val_images, epochs, seed):
     again = _same_command()  # `captioner demo` = `make demo` when no option was given
     try:
         summary = run_demo(
-            out, n_train=train_images, n_val=val_images, epochs=epochs, seed=seed, log=click.echo
+            out, n_train=train_images, n_val=val_images, epochs=epochs, seed=seed, log=_echo
         )
     except Interrupted as e:
-        click.echo(f"\n{e}; continue with: {again}", err=True)
+        _echo(f"\n{e}; continue with: {again}", err=True)
         sys.exit(128 + e.signum)
-    except KeyboardInterrupt:  # outside training, or a second Ctrl-C: what is saved stays
-        click.echo(f"\nstopped; continue with: {again}", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # outside training, a second Ctrl-C, SIGTERM: saved stays
+        _echo(f"\nstopped; continue with: {again}", err=True)
+        sys.exit(_interrupted(e))
     if not summary["grounded"]:
         sys.exit(1)
 
@@ -1629,16 +1692,14 @@ def info(data, features, ckpt):
         model, meta, _, history = load_model(ckpt)
         t = meta.get("training", {})
         n = sum(p.size for p in model.params.values())
-        click.echo(
-            f"checkpoint {ckpt} (format version {meta['version']}, {meta.get('created', '?')})"
-        )
-        click.echo(
+        _echo(f"checkpoint {ckpt} (format version {meta['version']}, {meta.get('created', '?')})")
+        _echo(
             f"  model: {model.cell_type}, hidden {model.hidden_dim}, word vectors "
             f"{model.wordvec_dim}, {n:,} parameters, vocabulary {len(meta['vocab'])}"
         )
-        click.echo(f"  features: {meta['features']['encoder']} ({meta['features']['dim']}-d)")
+        _echo(f"  features: {meta['features']['encoder']} ({meta['features']['dim']}-d)")
         best = t.get("best") or {}
-        click.echo(
+        _echo(
             f"  trained: {t.get('epoch', 0)} epochs, {t.get('step', 0)} steps"
             + (
                 f"; best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}"
@@ -1649,7 +1710,7 @@ def info(data, features, ckpt):
         from .training import format_record
 
         for r in t.get("epochs", []):
-            click.echo("    " + format_record(r, t.get("settings", {}).get("epochs", "?")))
+            _echo("    " + format_record(r, t.get("settings", {}).get("epochs", "?")))
         return
     from .data import CAPTIONS_FILE, available_splits
 
@@ -1657,7 +1718,7 @@ def info(data, features, ckpt):
         data
     )  # train and val are always there
     d = _load_data(data, features, splits=["train", "val", "test"] if test else ["train", "val"])
-    click.echo(
+    _echo(
         f"dataset {d['base_dir']}: vocabulary {_plural(len(d['idx_to_word']), 'word')}, "
         f"{d['encoder']} features ({d['feature_dim']}-d)"
     )
@@ -1665,7 +1726,7 @@ def info(data, features, ckpt):
         if f"{split}_captions" in d:
             caps = d[f"{split}_captions"]
             lengths = (caps[:, 1:] != 0).sum(1) - 1
-            click.echo(
+            _echo(
                 f"  {split}: {_plural(len(caps), 'caption')} of "
                 f"{_plural(len(d[f'{split}_features']), 'image')}, "
                 f"{caps.shape[1]} columns, mean {lengths.mean():.1f} words"
@@ -1708,7 +1769,7 @@ def download(dest, url, images, mirror):
         from .download import download_coco_images
 
         path = download_coco_images(dest or "data/coco2014", mirror=mirror, again=_same_command())
-        click.echo(
+        _echo(
             f"COCO 2014 pictures and captions ready in {path}; next: captioner prepare "
             f"--coco {path} --out {path}-karpathy"
         )
@@ -1718,7 +1779,7 @@ def download(dest, url, images, mirror):
     from .download import COCO_URL, download_coco
 
     path = download_coco(dest or "data", url=url or COCO_URL, again=_same_command())
-    click.echo(f"COCO captioning data ready in {path}")
+    _echo(f"COCO captioning data ready in {path}")
 
 
 def _same_command():
