@@ -134,14 +134,32 @@ def data_option(f):
     )(f)
 
 
-def _load_data(data, features, splits=("train", "val"), max_train=None):
-    from .data import load_coco_data
+# offline stand-ins for the default --data: what `make demo` builds; what
+# `python scripts/make_synthetic_coco.py data/synthetic` writes (CS231n's layout and sizes)
+DEMO_DATA = os.path.join("data", "demo", "dataset")
+SYNTHETIC_DATA = os.path.join("data", "synthetic")
+
+
+def _load_data(data, features, splits=("train", "val"), max_train=None, fallback=DEMO_DATA):
+    """The dataset of --data; left at its default and not downloaded, `fallback` when it is
+    there, with a note (d['base_dir'] says which was read)."""
+    from .data import CAPTIONS_FILE, load_coco_data
 
     if not os.path.isdir(data):
-        raise CaptionerError(
-            f"{data}: no such dataset directory; run `captioner download` (or "
-            f"`make coco`), or point --data / CAPTIONER_DATA at one"
-        )
+        if data == DATA_DEFAULT and os.path.isfile(os.path.join(fallback, CAPTIONS_FILE)):
+            _echo(
+                f"note: {data} is not downloaded (`captioner download`); using {fallback} "
+                f"(--data chooses)",
+                err=True,
+            )
+            data = fallback
+        else:
+            raise CaptionerError(
+                f"{data}: no such dataset directory; run `captioner download` (or "
+                f"`make coco`), or point --data / CAPTIONER_DATA at one (offline: `make demo` "
+                f"builds {DEMO_DATA}; `python scripts/make_synthetic_coco.py data/synthetic` "
+                f"makes a synthetic one in seconds)"
+            )
     return load_coco_data(data, features=features, splits=splits, max_train=max_train)
 
 
@@ -375,8 +393,8 @@ def train(
         data_dir = data if "data" in given else settings.get("data_dir", data)
         d = _load_data(data_dir, meta["features"]["kind"], max_train=settings.get("max_train"))
         checkpoint.check_compatible(path, meta, d)
-        run_dir = os.path.dirname(os.path.abspath(path))
-        if out is not None and os.path.abspath(out) != run_dir:
+        run_dir = os.path.dirname(path) or os.curdir  # as the user wrote it, not absolute
+        if out is not None and os.path.abspath(out) != os.path.abspath(run_dir):
             run_dir = runs.new_run_dir(out, cell)  # never over another run's checkpoints
         _echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
@@ -409,7 +427,7 @@ def train(
             save_every=save_every,
             eval_every=eval_every,
             keep_best=keep_best,
-            data_dir=os.path.abspath(data),
+            data_dir=os.path.abspath(d["base_dir"]),
             features=d["feature_kind"],
             max_train=max_train,
         )
@@ -604,22 +622,34 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
     "--n", type=COUNT, default=50, show_default=True, help="How many captions to memorise."
 )
 @click.option("--epochs", type=COUNT, default=50, show_default=True)
-def overfit(data, features, small, cell, n, epochs):
+@click.option(
+    "--captions",
+    "show_captions",
+    is_flag=True,
+    help="Also print each memorised caption beside its ground truth.",
+)
+def overfit(data, features, small, cell, n, epochs, show_captions):
     """Memorise a tiny subset to near-zero loss: the first check to run.
 
     \b
     Passes (exit 0) when the final loss is below 0.1 (rnn) / 0.5 (lstm).
     Example:
       captioner overfit --small
+      captioner overfit --small --data data/synthetic --captions
       captioner overfit --cell rnn --n 100
     """
     from .training import overfit as run
 
-    d = _load_data(data, features, splits=("train",))
+    # CS231n's settings memorise its PCA features (and the synthetic ones); the demo's
+    # L2-normalised features barely tell 50 images apart at that learning rate
+    d = _load_data(data, features, splits=("train",), fallback=SYNTHETIC_DATA)
     cells = [cell] if cell else ["rnn", "lstm"]
     results = {}
     for c in cells:
-        _echo(f"overfitting {min(n, len(d['train_captions']))} captions with the {c} cell ...")
+        _echo(
+            f"overfitting {min(n, len(d['train_captions']))} captions of {d['base_dir']} "
+            f"with the {c} cell ..."
+        )
         results[c] = run(d, c, n=n, epochs=epochs)
     _echo("\nloss per epoch (mean over the epoch's batches)")
     _echo("epoch " + "".join(f"{c:>10}" for c in cells))
@@ -631,12 +661,13 @@ def overfit(data, features, small, cell, n, epochs):
         )
 
     truth = results[cells[0]]["truth"]
-    _echo(f"\n{len(truth)} memorised images: sampled caption vs ground truth")
-    for j, t in enumerate(truth):
-        _echo(f"  truth: {t}")
-        for c in cells:
-            s = results[c]["sampled"][j]
-            _echo(f"  {c:>5}: {s}{'' if s == t else '   [differs]'}")
+    if show_captions:
+        _echo(f"\n{_plural(len(truth), 'memorised image')}: sampled caption vs ground truth")
+        for j, t in enumerate(truth):
+            _echo(f"  truth: {t}")
+            for c in cells:
+                s = results[c]["sampled"][j]
+                _echo(f"  {c:>5}: {s}{'' if s == t else '   [differs]'}")
     _echo("")
     for c in cells:
         r = results[c]
@@ -904,7 +935,7 @@ def compare(ctx, cell, weight_decay, forget_bias, seed, n_seeds, count, out, res
         d = _load_data(opts["data"], opts["features"], max_train=opts["max_train"])
         settings = {k: opts[k] for k in training.DEFAULTS if k in opts}
         settings.update(
-            data_dir=os.path.abspath(opts["data"]),
+            data_dir=os.path.abspath(d["base_dir"]),
             features=d["feature_kind"],
             max_train=opts["max_train"],
         )
@@ -1065,7 +1096,7 @@ def sample(
                 f"dataset images with --split val, or build a dataset with `captioner prepare` "
                 f"and train on it"
             )
-        _demo_note(meta)
+        note = _demo_note(meta)
         files, bad = picture_files.find_pictures(images)
         # a progress bar for more than a few pictures, on a terminal (not in pipes and logs)
         results = caption_images(
@@ -1075,7 +1106,9 @@ def sample(
             if caps is not None:
                 show(path, caps)
         done = [(path, caps[0]) for path, caps, _ in results if caps is not None]
-        records = picture_files.results_of([p for p, _ in done], [c for _, c in done])
+        records = picture_files.results_of(
+            [p for p, _ in done], [c for _, c in done], checkpoint=ckpt, note=note
+        )
         if json_out:
             picture_files.write_results(json_out, records, replace=force)
         if html_out:
@@ -1084,8 +1117,10 @@ def sample(
             write_gallery(
                 records,
                 html_out,
-                title=f"captioner sample: {len(records)} pictures",
+                title=f"captioner sample: {_plural(len(records), 'picture')}",
                 replace=force,
+                checkpoint=ckpt,
+                note=note,
             )
         errors = [message for _, message in bad]
         errors += [message for _, caps, message in results if caps is None]
@@ -1218,21 +1253,25 @@ def report(
     help="Classes to list (of the 1000).",
 )
 def encode(images, top):
-    """Run the NumPy SqueezeNet 1.1 encoder: top ImageNet classes of each picture.
+    """Run the NumPy SqueezeNet 1.1 encoder: top ImageNet classes of each picture
+    (folders: every picture in them, as `sample` reads them).
 
     \b
     Example:
       captioner encode photo.jpg --top 5
+      captioner encode photos/
     """
-    from . import encoder
+    from . import encoder, picture_files
 
-    _, logits, ok, errors = encoder.encode_files(images)
+    files, bad = picture_files.find_pictures(images)
+    _, logits, ok, errors = encoder.encode_files(files)
     tops = dict(zip(ok, encoder.top_k(logits, top)))
-    for path in images:
+    for path in files:
         if path in tops:
             _echo(path)
             for idx, name, prob in tops[path]:
                 _echo(f"  {prob:6.1%}  {idx:3d}  {name}")
+    errors = bad + errors
     for _path, message in errors:
         _echo(f"captioner: error: {message}", err=True)
     if errors:
@@ -1240,17 +1279,14 @@ def encode(images, top):
 
 
 def _demo_note(meta):
-    """Say once, before captioning picture files, that a demo model knows only shapes."""
-    from .data import DEMO_SOURCE, dataset_source
+    """Say once, before captioning picture files, that a demo model knows only shapes;
+    -> that note (it also goes into --json and --html), or None."""
+    from .picture_files import demo_note
 
-    saved = meta.get("training", {}).get("settings", {}).get("data_dir")
-    if saved and dataset_source(saved) == DEMO_SOURCE:
-        _echo(
-            "note: this model was trained by `captioner demo` on rendered shapes (coloured "
-            "circles, squares, stars... on plain backgrounds); it cannot describe "
-            "photographs. For photos see README, 'Caption your own photos'.",
-            err=True,
-        )
+    note = demo_note(meta)
+    if note:
+        _echo(f"note: {note}", err=True)
+    return note
 
 
 def _checkpoint_data(ckpt, meta, data, split):
@@ -1294,7 +1330,13 @@ def _newest_best():
             "runs/: no trained model found (runs/*/best.npz); train one with "
             "`captioner train` or pass --checkpoint"
         )
+    _echo(f"using {found[-1]}, the newest runs/*/best.npz (--checkpoint to choose)", err=True)
     return found[-1]
+
+
+def _plural(n, word):
+    """3, 'image' -> '3 images'; 1 -> '1 image'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 # ---------------------------------------------------------------- evaluate
@@ -1399,7 +1441,7 @@ def evaluate(
         refs = metrics.load_annotations(references)
         res = metrics.load_results(results, known_ids=set(refs))
         scores, notes = metrics.score({i: refs[i] for i in res}, res, meteor=not no_meteor)
-        what = f"{len(res):,} captions of {results}"
+        what = f"{_plural(len(res), 'caption')} of {results}"
         where = {}
     else:
         from .checkpoint import load_model
@@ -1419,7 +1461,7 @@ def evaluate(
             length_norm=length_norm,
         )
         name = d["dataset"] or os.path.basename(os.path.normpath(d["base_dir"]))
-        what = f"{ckpt} on {len(generated):,} {split} images of {name}, beam {beam_size}"
+        what = f"{ckpt} on {_plural(len(generated), split + ' image')} of {name}, beam {beam_size}"
         where = {"split": split, "dataset": name, "data": d["base_dir"]}
         if save_results:
             from .atomic import write_json
@@ -1663,19 +1705,28 @@ def prepare(
     except KeyboardInterrupt as e:
         _echo("\ninterrupted; run the same command again to resume", err=True)
         sys.exit(_interrupted(e))
+    if s["done_before"]:
+        _echo(
+            f"{s['out_dir']}: already built by this command (same pictures, captions and "
+            f"settings); nothing to do"
+        )
     name = f"{s['dataset']}, " if s.get("dataset") else ""
-    _echo(f"{s['out_dir']}: {name}{s['encoder']} features, vocabulary {s['vocab_size']} words")
+    _echo(
+        f"{s['out_dir']}: {name}{s['encoder']} features, "
+        f"vocabulary {_plural(s['vocab_size'], 'word')}"
+    )
     for split in SPLITS:
         if split in s:
             t = s[split]
             _echo(
-                f"  {split}: {t['images']:,} images, {t['captions']:,} captions, "
-                f"{t['unk_words']:.1%} of words <UNK>"
+                f"  {split}: {_plural(t['images'], 'image')}, "
+                f"{_plural(t['captions'], 'caption')}, {t['unk_words']:.1%} of words <UNK>"
             )
-    _echo(
-        f"  encoded {s['encoded_images']:,} images ({s['resumed_images']:,} resumed) "
-        f"at {s['images_per_second']:.1f} images/s with {s['workers']} worker(s)"
-    )
+    if not s["done_before"]:
+        _echo(
+            f"  encoded {_plural(s['encoded_images'], 'image')} ({s['resumed_images']:,} "
+            f"resumed) at {s['images_per_second']:.1f} images/s with {s['workers']} worker(s)"
+        )
     if s["skipped"]:
         _echo(f"  skipped {len(s['skipped']):,} picture(s):")
     for name, reason in s["skipped"][:10]:
@@ -1685,6 +1736,8 @@ def prepare(
         _echo(f"  ... and {len(s['skipped']) - 10} more skipped")
     for note in s.get("notes", []):
         _echo(f"  note: {note}")
+    for warning in s["warnings"]:
+        _echo(f"captioner: warning: {warning}", err=True)
 
 
 def _odd(name):
@@ -1745,10 +1798,19 @@ def demo(out, train_images, val_images, epochs, seed):
       captioner demo --out data/demo
     """
     from .demo import run_demo
+    from .runs import Interrupted
 
-    summary = run_demo(
-        out, n_train=train_images, n_val=val_images, epochs=epochs, seed=seed, log=_echo
-    )
+    again = _same_command()  # `captioner demo` = `make demo` when no option was given
+    try:
+        summary = run_demo(
+            out, n_train=train_images, n_val=val_images, epochs=epochs, seed=seed, log=_echo
+        )
+    except Interrupted as e:
+        _echo(f"\n{e}; continue with: {again}", err=True)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt as e:  # outside training, a second Ctrl-C, SIGTERM: saved stays
+        _echo(f"\nstopped; continue with: {again}", err=True)
+        sys.exit(_interrupted(e))
     if not summary["grounded"]:
         sys.exit(1)
 
@@ -1758,7 +1820,13 @@ def demo(out, train_images, val_images, epochs, seed):
 
 @cli.command()
 @data_option
-@click.option("--checkpoint", "ckpt", type=click.Path(exists=True), default=None)
+@click.option(
+    "--checkpoint",
+    "ckpt",
+    type=click.Path(exists=True),
+    default=None,
+    help="Show this checkpoint (model, features, training epochs) instead of a dataset.",
+)
 def info(data, features, ckpt):
     """Show what a dataset or a checkpoint holds.
 
@@ -1807,7 +1875,7 @@ def info(data, features, ckpt):
     sizes = "/".join(f"{len(d[f'{s}_features']):,}" for s in SPLITS if f"{s}_features" in d)
     _echo(
         f"dataset {d['base_dir']}: {d['dataset'] + ', ' if d['dataset'] else ''}{sizes} "
-        f"images, vocabulary {len(d['idx_to_word'])} words, {d['encoder']} features "
+        f"images, vocabulary {_plural(len(d['idx_to_word']), 'word')}, {d['encoder']} features "
         f"({d['feature_dim']}-d)"
     )
     for split in SPLITS:
@@ -1815,7 +1883,8 @@ def info(data, features, ckpt):
             caps = d[f"{split}_captions"]
             lengths = (caps[:, 1:] != 0).sum(1) - 1
             _echo(
-                f"  {split}: {len(caps):,} captions of {len(d[f'{split}_features']):,} images, "
+                f"  {split}: {_plural(len(caps), 'caption')} of "
+                f"{_plural(len(d[f'{split}_features']), 'image')}, "
                 f"{caps.shape[1]} columns, mean {lengths.mean():.1f} words"
             )
 
@@ -1865,7 +1934,7 @@ def download(dest, url, images, flickr8k, mirror):
             raise click.UsageError("--flickr8k goes alone (a mirror of it: --mirror URL)")
         from .download import download_flickr8k
 
-        path = download_flickr8k(dest or "data/flickr8k", mirror=mirror)
+        path = download_flickr8k(dest or "data/flickr8k", mirror=mirror, again=_same_command())
         _echo(
             f"Flickr8k pictures and captions ready in {path}; next: captioner prepare "
             f"--flickr8k {path} --out {path}-ds"
@@ -1876,7 +1945,7 @@ def download(dest, url, images, flickr8k, mirror):
             raise click.UsageError("--url is for the CS231n zip; with --images use --mirror")
         from .download import download_coco_images
 
-        path = download_coco_images(dest or "data/coco2014", mirror=mirror)
+        path = download_coco_images(dest or "data/coco2014", mirror=mirror, again=_same_command())
         _echo(
             f"COCO 2014 pictures and captions ready in {path}; next: captioner prepare "
             f"--coco {path} --out {path}-karpathy"
@@ -1888,8 +1957,22 @@ def download(dest, url, images, flickr8k, mirror):
         )
     from .download import COCO_URL, download_coco
 
-    path = download_coco(dest or "data", url=url or COCO_URL)
+    path = download_coco(dest or "data", url=url or COCO_URL, again=_same_command())
     _echo(f"COCO captioning data ready in {path}")
+
+
+def _same_command():
+    """The running command as the user gave it (the options not left at their default):
+    what to rerun to continue after an interruption."""
+    ctx = click.get_current_context()
+    words = ["captioner", ctx.info_name]
+    for p in ctx.command.params:
+        if ctx.get_parameter_source(p.name) is click.core.ParameterSource.DEFAULT:
+            continue
+        value = ctx.params[p.name]
+        flag = max(p.opts, key=len)
+        words += [flag] if getattr(p, "is_flag", False) else [flag, str(value)]
+    return " ".join(words)
 
 
 def main(argv=None):

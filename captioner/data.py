@@ -623,6 +623,7 @@ def write_dataset(
     pictures=None,
     name=None,
     names="coco2014",
+    attrs=None,
 ):
     """Write a complete coco_captioning folder; returns out_dir.
 
@@ -635,7 +636,8 @@ def write_dataset(
     pictures: the folder the picture files are in (attrs['pictures']; `report` shows
     pictures from there only). name: the dataset's short name (the captions file's
     attrs['dataset'], e.g. flickr8k); names: the file names, a key of NAMINGS ('plain'
-    for anything but COCO 2014).
+    for anything but COCO 2014). attrs: {name: str} also stored on the captions file
+    (prepare's record of its inputs).
     """
     out_dir = str(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -647,6 +649,7 @@ def write_dataset(
         with h5py.File(tmp, "w") as f:
             if name is not None:
                 f.attrs["dataset"] = str(name)
+            f.attrs.update(attrs or {})
             for split, d in splits.items():
                 f.create_dataset(
                     f"{split}_captions", data=np.asarray(d["captions"], dtype=np.int32)

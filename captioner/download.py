@@ -73,6 +73,7 @@ def download_coco(
     keep_zip=False,
     retries=3,
     timeout=60,
+    again="captioner download",
 ):
     """Download and install the dataset; returns dest_dir/coco_captioning.
 
@@ -80,7 +81,7 @@ def download_coco(
     re-installs). A finished dest_dir/coco_captioning.zip is reused, a .part one is
     resumed. shapes: expected {(file, dataset): shape} (None to skip, e.g. for a small
     test zip); required: file names the zip must contain. The zip is deleted after a
-    successful install unless keep_zip.
+    successful install unless keep_zip. again: the command that resumes (in error messages).
     """
     dest_dir = str(dest_dir)
     target = os.path.join(dest_dir, COCO_DIR)
@@ -99,6 +100,7 @@ def download_coco(
             retries=retries,
             timeout=timeout,
             max_bytes=COCO_ZIP_MAX_BYTES,
+            again=again,
         )
     install_zip(zip_path, target, shapes=shapes, required=required, progress=progress)
     if not keep_zip:
@@ -209,7 +211,7 @@ def _fetch_once(url, part, progress, timeout, max_bytes=None):
                 unit="B",
                 unit_scale=True,
                 desc=os.path.basename(part),
-                disable=not progress,
+                disable=None if progress else True,  # None: only on a terminal
             ) as bar,
         ):
             while True:
@@ -257,13 +259,23 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
-def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None, max_bytes=None):
+def fetch_resumable(
+    url,
+    dest,
+    progress=True,
+    retries=3,
+    timeout=60,
+    check=None,
+    max_bytes=None,
+    again="captioner download",
+):
     """Download url to dest via dest.part, continuing a partial file with HTTP Range.
 
     Retries dropped connections up to `retries` times, each resuming where the last
     stopped; dest appears (by rename) only when complete, and, given check(part_path)
     (raising CaptionerError), only when it passes: a failing file is deleted.
     max_bytes: the most the file may be when a response does not announce its length.
+    again: the command the user reruns to resume, named in the error.
     """
     _check_url(url)
     part = dest + ".part"
@@ -290,9 +302,10 @@ def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None,
         except (OSError, http.client.HTTPException) as e:  # URLError, resets, timeouts
             last = _one_line(getattr(e, "reason", None) or str(e) or type(e).__name__)
     have = _part_size(part)
+    kept = f"{have:,} bytes kept in {part}" if have else "nothing received yet"
     raise CaptionerError(
-        f"{url}: download failed after {retries + 1} attempts ({last}); {have} bytes kept "
-        f"in {part}: rerun `captioner download` to resume",
+        f"{url}: download failed after {retries + 1} attempts ({last}); {kept}: "
+        f"rerun `{again}` to resume",
         exit_code=1,
     )
 
@@ -464,19 +477,20 @@ def _remote_size(url, timeout):
     return int(length) if length and length.isdigit() else None
 
 
-def _check_fetched(check, name, part, url, flag):
+def _check_fetched(check, name, part, url, again):
     """check(part, name) on a file just fetched; its error says the file was deleted."""
     try:
         check(part, name)
     except CaptionerError as e:
         why = str(e).split(": ", 1)[1].split("; ")[0]
         raise CaptionerError(
-            f"{part}: {why}; deleted. It came from {url}: rerun "
-            f"`captioner download {flag}` (or check the --mirror)"
+            f"{part}: {why}; deleted. It came from {url}: rerun `{again}` (or check the --mirror)"
         ) from None
 
 
-def download_files(dest_dir, urls, sizes, check, what, flag, progress=True, retries=3, timeout=60):
+def download_files(
+    dest_dir, urls, sizes, check, what, again, progress=True, retries=3, timeout=60
+):
     """Fetch the files of a release into dest_dir, each kept as it is (never unpacked).
 
     urls: {file name: URL}, in order; sizes: {file name: bytes} when the server does not
@@ -484,7 +498,7 @@ def download_files(dest_dir, urls, sizes, check, what, flag, progress=True, retr
     CaptionerError when the file is not what it should be. Each file is resumed if a .part
     is there, checked and only then renamed into place; files already in place are
     checked, not fetched again. The free disk space is checked first. what: the release's
-    name in messages; flag: the download option that fetches it (--images). -> dest_dir.
+    name in messages; again: the command that resumes (in error messages). -> dest_dir.
     """
     dest_dir = str(dest_dir)
     _make_dest(dest_dir)
@@ -517,8 +531,9 @@ def download_files(dest_dir, urls, sizes, check, what, flag, progress=True, retr
                 progress=progress,
                 retries=retries,
                 timeout=timeout,
-                check=lambda p, n=n, url=url: _check_fetched(check, n, p, url, flag),
+                check=lambda p, n=n, url=url: _check_fetched(check, n, p, url, again),
                 max_bytes=max_bytes[n],
+                again=again,
             )
         else:
             check(path, n)
@@ -534,7 +549,12 @@ def _urls(files, official, mirror):
 
 
 def download_coco_images(
-    dest_dir="data/coco2014", mirror=None, progress=True, retries=3, timeout=60
+    dest_dir="data/coco2014",
+    mirror=None,
+    progress=True,
+    retries=3,
+    timeout=60,
+    again="captioner download --images",
 ):
     """Fetch the COCO 2014 pictures and captions (captioner.coco.FILES) into dest_dir
     (download_files): from their official hosts or `mirror`; each checked to be a zip with
@@ -546,11 +566,18 @@ def download_coco_images(
 
     urls = _urls(coco.FILES, coco.URLS, mirror)
     return download_files(
-        dest_dir, urls, coco.SIZES, check, "COCO 2014", "--images", progress, retries, timeout
+        dest_dir, urls, coco.SIZES, check, "COCO 2014", again, progress, retries, timeout
     )
 
 
-def download_flickr8k(dest_dir="data/flickr8k", mirror=None, progress=True, retries=3, timeout=60):
+def download_flickr8k(
+    dest_dir="data/flickr8k",
+    mirror=None,
+    progress=True,
+    retries=3,
+    timeout=60,
+    again="captioner download --flickr8k",
+):
     """Fetch Flickr8k_Dataset.zip and Flickr8k_text.zip (captioner.sources.flickr8k) into
     dest_dir (download_files): from the public GitHub release or `mirror`; each checked to
     be a zip with the release's layout, the small text zip also by CRC. -> dest_dir."""
@@ -561,5 +588,5 @@ def download_flickr8k(dest_dir="data/flickr8k", mirror=None, progress=True, retr
 
     urls = _urls(flickr8k.FILES, {n: flickr8k.URL + n for n in flickr8k.FILES}, mirror)
     return download_files(
-        dest_dir, urls, flickr8k.SIZES, check, "Flickr8k", "--flickr8k", progress, retries, timeout
+        dest_dir, urls, flickr8k.SIZES, check, "Flickr8k", again, progress, retries, timeout
     )

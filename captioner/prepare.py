@@ -26,6 +26,7 @@ the dataset (data.write_dataset) and removes the work area.
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -307,7 +308,12 @@ def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard):
     from tqdm import tqdm
 
     bar = tqdm(
-        total=total, initial=done, unit="img", desc="encoding", disable=not progress, smoothing=0.1
+        total=total,
+        initial=done,
+        unit="img",
+        desc="encoding",
+        disable=None if progress else True,  # None: only on a terminal, never in logs
+        smoothing=0.1,
     )
     failed = [0]
 
@@ -378,7 +384,9 @@ def prepare_dataset(
     out_dir, encoder, feature_kind, vocab_size, per split {images, captions, unk_words
     (fraction of caption words that became <UNK>)}, skipped [(file_name, reason)],
     empty_captions, truncated_captions, resumed_images (found already encoded),
-    encoded_images, seconds, images_per_second, workers.
+    encoded_images, seconds, images_per_second, workers, warnings (sentences, each with its
+    fix: mostly-<UNK> captions, a split of a few images) and done_before (out_dir already
+    held this very dataset: nothing was done).
     split_by: a text file of val file names (one a line); else a seeded random
     val_fraction of the captioned images. vocab: a coco2014_vocab.json to reuse
     (needs <UNK>); else one is built from the train captions (build_vocab).
@@ -387,12 +395,12 @@ def prepare_dataset(
     then only sets how many shards are in flight. on_shard(k): called after chunk k is
     written. source: what the pictures are (data.write_dataset; the demo marks its own).
     File names outside images_dir, or that cannot be written one a line, are skipped
-    with the reason.
+    with the reason. out_dir may hold only prepare's own work: an interrupted run (resumed)
+    or a finished dataset (the same inputs: done_before; others: refused unless force).
     """
     t0 = time.perf_counter()
     images_dir, out_dir = os.path.abspath(str(images_dir)), str(out_dir)
-    # Only our own work area (an interrupted run) may be there; the dataset replaces out_dir whole.
-    atomic.check_fresh_dir(out_dir, force, "dataset folder", keep=(WORK_DIR,))
+    built = _check_out(out_dir, force)
     if not os.path.isdir(images_dir):
         raise CaptionerError(
             f"{images_dir}: pictures folder not found; pass the folder the "
@@ -472,6 +480,10 @@ def prepare_dataset(
         t0,
         source,
         pictures=images_dir,
+        built=built,
+        split_fix="list more val pictures in --split-by"
+        if split_by is not None
+        else f"hold out more with --val-fraction {_fraction_for(len(items))}",
     )
 
 
@@ -493,7 +505,12 @@ def prepare_coco(coco_dir, out_dir, split="karpathy", progress=True, **options):
             )
         return coco.read_split(str(coco_dir), split) + ([],)
 
-    what = dict(source="COCO 2014 photographs", name=f"coco2014-{split}", names="coco2014")
+    what = dict(
+        source="COCO 2014 photographs",
+        name=f"coco2014-{split}",
+        names="coco2014",
+        split_fix="use the complete zips of `captioner download --images`",
+    )
     return _prepare_read(read, coco_dir, out_dir, what, progress=progress, **options)
 
 
@@ -542,7 +559,7 @@ def _prepare_read(
     """Check the options, read() -> ({split: [item]}, skipped, notes), tokenise, _build.
     what: source, name and names of the dataset (data.write_dataset)."""
     t0 = time.perf_counter()
-    atomic.check_fresh_dir(out_dir, force, "dataset folder", keep=(WORK_DIR,))
+    built = _check_out(out_dir, force)
     why = unsafe_text(os.path.abspath(str(where)), "its path")
     if why:  # the pictures' places go into *_urls.txt, UTF-8 text, one a line
         raise CaptionerError(
@@ -576,6 +593,7 @@ def _prepare_read(
         on_shard,
         str(where),
         t0,
+        built=built,
         **what,
     )
     return dict(summary, notes=notes)
@@ -593,7 +611,7 @@ def _tokenize(items, skipped, progress=False):
         items,
         desc="captions",
         unit="img",
-        disable=not progress or len(items) < 1000,
+        disable=None if progress and len(items) >= 1000 else True,  # None: a terminal only
         mininterval=1.0,
     ):
         # interned: COCO's ~7 million caption words are ~30,000 distinct strings
@@ -627,10 +645,14 @@ def _build(
     pictures=None,
     name=None,
     names="plain",
+    built=None,
+    split_fix="put more pictures in that split of the dataset's split lists",
 ):
     """Encode split_items ({split: [item]}) in shards and write the dataset (pictures: the
     folder of the picture files, recorded in it for `report`; source, name and names: see
-    data.write_dataset)."""
+    data.write_dataset). built: the record of the dataset already in out_dir (_check_out):
+    the same inputs again mean nothing to do; other inputs are refused (force rebuilds).
+    split_fix: what to do about a split of a few pictures."""
     # Shards never straddle the splits, so each split's rows are a run of whole chunks.
     specs, keys, shard_split, shard_items = [], [], [], []
     for s, its in split_items.items():
@@ -646,6 +668,25 @@ def _build(
             specs.append(spec)
             shard_split.append(s)
             shard_items.append(part)
+
+    record = _record(keys, split_items, vocab, min_count, max_words, source)
+    if built is not None:
+        if built.get("record") == record:  # this very dataset: nothing to do
+            return dict(
+                built["summary"],
+                out_dir=out_dir,
+                done_before=True,
+                resumed_images=0,
+                encoded_images=0,
+                seconds=time.perf_counter() - t0,
+                images_per_second=0.0,
+                workers=workers,
+            )
+        what = "other pictures, captions or settings" if built else "inputs it did not record"
+        raise CaptionerError(
+            f"{out_dir}: holds a dataset captioner prepare built from {what}; pass --force "
+            f"to rebuild it, or choose another --out"
+        )
 
     work = os.path.join(out_dir, WORK_DIR)
     try:
@@ -720,6 +761,18 @@ def _build(
                 captions=len(caps),
                 unk_words=float((caps[:, 1:][real] == word_to_idx["<UNK>"]).mean()),
             )
+        summary = dict(
+            dataset=name,
+            encoder=encoder.ENCODER_NAME,
+            feature_kind=KIND,
+            vocab_size=len(idx_to_word),
+            **summary_splits,
+            skipped=skipped,
+            empty_captions=empty,
+            truncated_captions=sum(len(t) > max_words for s in split_tokens.values() for t in s),
+            warnings=_warnings(summary_splits, vocab, min_count, split_fix),
+        )
+        stamp = {"prepare_record": record, "prepare_summary": json.dumps(summary)}
         with atomic.fresh_dir(out_dir, "dataset") as new:  # replaces out_dir (and work) whole
             data.write_dataset(
                 new,
@@ -731,6 +784,7 @@ def _build(
                 pictures=pictures,
                 name=name,
                 names=names,
+                attrs=stamp,
             )
     finally:
         os.close(lock)
@@ -738,18 +792,112 @@ def _build(
 
     seconds = time.perf_counter() - t0
     return dict(
+        summary,
         out_dir=out_dir,
-        dataset=name,
-        encoder=encoder.ENCODER_NAME,
-        feature_kind=KIND,
-        vocab_size=len(idx_to_word),
-        **summary_splits,
-        skipped=skipped,
-        empty_captions=empty,
-        truncated_captions=sum(len(t) > max_words for s in split_tokens.values() for t in s),
+        done_before=False,
         resumed_images=resumed,
         encoded_images=n_images - resumed,
         seconds=seconds,
         images_per_second=(n_images - resumed) / max(seconds, 1e-9),
         workers=workers,
     )
+
+
+# ----------------------------------------------------------------------------- own output
+
+MIN_SPLIT_IMAGES = 5  # fewer and a split's loss and scores say little
+MAX_UNK_SHARE = 0.10  # more unknown train words and captions are mostly <UNK>
+
+
+def _dataset_names(names):
+    """True when every name is one prepare writes into a dataset folder."""
+    pattern = (
+        r"(coco2014_)?(captions\.h5|vocab\.json)"
+        r"|(train|val|test)(2014)?_(\w+\.h5|images\.txt|urls\.txt)"
+    )
+    return all(n == WORK_DIR or re.fullmatch(pattern, n) for n in names)
+
+
+def _check_out(out_dir, force):
+    """Refuse (unless force) an out_dir holding anything but prepare's own work: its work area
+    (an interrupted run) or a dataset it finished. -> that dataset's record
+    {"record", "summary"} (empty for a dataset written before records were kept), or None."""
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
+        names = []
+    built = None
+    captions = data.captions_file(out_dir)
+    if not force and os.path.isfile(captions) and _dataset_names(names):
+        built = _read_record(captions)
+    if built is None:  # anything else there was not made by prepare
+        atomic.check_fresh_dir(out_dir, force, "dataset folder", keep=(WORK_DIR,))
+    return built
+
+
+def _read_record(path):
+    """The record prepare stamped on a captions file: {"record", "summary"}; {} for a
+    dataset prepare wrote before it kept records; None when the folder is not prepare's."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: f.attrs[k] for k in ("prepare_record", "prepare_summary") if k in f.attrs}
+    except (OSError, ValueError):
+        return None
+    if len(attrs) < 2:  # prepare's, from before it kept records, if its features name an encoder
+        folder = os.path.dirname(path)
+        for name in os.listdir(folder):
+            if name.endswith(".h5") and name not in (n[0] for n in data.NAMINGS.values()):
+                try:
+                    with h5py.File(os.path.join(folder, name), "r") as f:
+                        if "encoder" in f["features"].attrs:
+                            return {}
+                except (OSError, KeyError, ValueError):
+                    pass
+        return None
+    text = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in attrs.items()}
+    try:
+        return {"record": text["prepare_record"], "summary": json.loads(text["prepare_summary"])}
+    except ValueError:
+        return {}
+
+
+def _record(keys, split_items, vocab, min_count, max_words, source):
+    """A hash of everything the dataset is made of: the pictures (their chunk keys), the
+    splits, the caption tokens and the vocabulary settings."""
+    h = hashlib.sha256()
+    h.update(json.dumps([keys, vocab[1] if vocab else min_count, max_words, source]).encode())
+    for s, its in split_items.items():
+        h.update(s.encode())
+        for it in its:
+            h.update(json.dumps([it["name"], it["tokens"]]).encode())
+    return h.hexdigest()
+
+
+def _warnings(splits, vocab, min_count, split_fix):
+    """Sentences on a degenerate dataset (mostly <UNK> captions, a split of a few images),
+    each with its fix."""
+    out = []
+    unk = splits["train"]["unk_words"]
+    if unk > MAX_UNK_SHARE:
+        why = "are not in --vocab" if vocab else f"occur fewer than --min-count {min_count} times"
+        fix = "build the vocabulary from these captions" if vocab else "pass --min-count 1"
+        out.append(
+            f"{unk:.1%} of the train caption words become <UNK> (they {why}): the model would "
+            f"learn mostly <UNK>; with so few captions {fix}"
+        )
+    for s, t in splits.items():
+        if t["images"] < MIN_SPLIT_IMAGES:
+            n = t["images"]
+            out.append(
+                f"the {s} split has only {n} image{'' if n == 1 else 's'}: its loss and "
+                f"scores say little; {split_fix}"
+            )
+    return out
+
+
+def _fraction_for(n_images):
+    """A --val-fraction giving val MIN_SPLIT_IMAGES of n_images (in steps of 0.05, at most
+    0.5)."""
+    return round(min(0.5, math.ceil(MIN_SPLIT_IMAGES / max(n_images, 1) / 0.05) * 0.05), 2)

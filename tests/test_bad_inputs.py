@@ -889,7 +889,13 @@ def server(coco_zip, monkeypatch):
 def test_interrupted_download_resumes(tmp_path, server, coco_zip):
     server.drops["x.zip"] = 10
     result = run("download", "--url", server.url, "--dest", tmp_path)
-    assert_refused(result, server.url, 1, "rerun `captioner download` to resume")
+    assert_refused(
+        result,
+        server.url,
+        1,
+        f"bytes kept in {tmp_path / 'coco_captioning.zip.part'}: rerun `captioner download "
+        f"--dest {tmp_path} --url {server.url}` to resume",
+    )
     part = (tmp_path / "coco_captioning.zip.part").read_bytes()
     assert 0 < len(part) < len(server.payload) and server.payload.startswith(part)
     server.drops["x.zip"], server.log = 0, []

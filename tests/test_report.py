@@ -577,6 +577,105 @@ def test_help_does_not_import_the_report_libraries():
     assert out.splitlines()[-1] == "[]"
 
 
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """Datasets of 3 and 200 val images (rendered scenes) with 8 tiny runs on each."""
+    root = tmp_path_factory.mktemp("layouts")
+    annotations = demo.write_demo_images(root / "images", 220, seed=9)
+    names = sorted(p.name for p in (root / "images").glob("*.jpg"))
+    out = {}
+    for n_val in (3, 200):
+        (root / f"val{n_val}.txt").write_text("".join(f"{n}\n" for n in names[-n_val:]))
+        data = root / f"data{n_val}"
+        result = run(
+            "prepare",
+            "--images",
+            root / "images",
+            "--captions",
+            annotations,
+            "--split-by",
+            root / f"val{n_val}.txt",
+            "--min-count",
+            1,
+            "--out",
+            data,
+        )
+        assert result.exit_code == 0, result.output
+        runs = []
+        for k in range(8):
+            run_dir = root / f"runs{n_val}" / f"lstm-with-a-long-name-{k}"
+            result = run(
+                "train",
+                "--data",
+                data,
+                "--epochs",
+                2,
+                "--hidden-dim",
+                16,
+                "--wordvec-dim",
+                8,
+                "--batch-size",
+                100,
+                "--seed",
+                k,
+                "--quiet",
+                "--out",
+                run_dir,
+            )
+            assert result.exit_code == 0, result.output
+            runs.append(run_dir)
+        out[n_val] = runs
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_val", [3, 200])
+@pytest.mark.parametrize("n_runs", [1, 4, 8])
+def test_report_layout_in_headless_chromium(layouts, tmp_path, n_val, n_runs):
+    """The page at the widths people use: no horizontal scrolling at 1366 or 1920 px, a gallery
+    section for each of best / worst / random with no picture twice, a screenshot of each."""
+    chromium = _chromium()
+    page = tmp_path / "report.html"
+    runs = layouts[n_val][:n_runs]
+    result = run("report", *runs, "--out", page, "--no-meteor", "--count", 6)
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    gallery = html[html.index('id="gallery"') :]
+    assert gallery.count("<h3>") == 3 * n_runs  # best, worst, random: none empty
+    for part in gallery.split("<h3>")[1:]:
+        assert 'class="item"' in part
+    first_run = gallery.split("<h3>")[1:4]
+    shown = [t for part in first_run for t in re.findall(r'class="name">([^<&]+)', part)]
+    assert len(shown) == len(set(shown)) == min(n_val, 6), shown
+    copy = tmp_path / "checked.html"
+    copy.write_text(html.replace("<head>", "<head>\n" + CHECKS, 1))
+    for width in (1366, 1920):
+        done = _browse(
+            chromium,
+            tmp_path / f"profile{width}",
+            "--virtual-time-budget=10000",
+            f"--window-size={width},900",
+            "--dump-dom",
+            copy.as_uri(),
+        )
+        found = re.search(r'<pre id="__checks">(.*?)</pre>', done.stdout, re.S)
+        assert found, (done.stdout[-2000:], done.stderr[-2000:])
+        checks = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+        assert checks["errors"] == [] and checks["undecoded"] == [], checks
+        assert checks["overflow"] <= 0, f"wider than a {width} px screen"
+        shot = tmp_path / f"report-{width}.png"
+        _browse(
+            chromium,
+            tmp_path / f"shot{width}",
+            f"--screenshot={shot}",
+            f"--window-size={width},3000",
+            page.as_uri(),
+        )
+        with Image.open(shot) as im:
+            assert im.size == (width, 3000)
+        print(f"report screenshot ({n_runs} runs, {n_val} images, {width} px): {shot}")
+
+
 # ---------------------------------------------------------------- issue 23: hostile folders
 
 
