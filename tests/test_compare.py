@@ -4,12 +4,11 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 
 from captioner import checkpoint
 from fixtures import build_dataset
-from helpers import run
+from helpers import assert_same_checkpoint, run
 
 TINY = [
     "--hidden-dim",
@@ -30,13 +29,6 @@ TINY = [
 
 def params(path):
     return checkpoint.load(str(path))[0]
-
-
-def assert_same_params(a, b):
-    pa, pb = params(a), params(b)
-    assert sorted(pa) == sorted(pb)
-    for k in pa:
-        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +82,7 @@ def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
             alone,
         )
         assert result.exit_code == 0, result.output
-        assert_same_params(out / cell / "last.npz", alone / "last.npz")
+        assert_same_checkpoint(out / cell / "last.npz", alone / "last.npz")
     plan = json.loads((out / "compare.json").read_text())
     res = plan["results"]["runs"]
     assert [r["name"] for r in res] == ["rnn", "lstm"]
@@ -101,6 +93,25 @@ def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
         saved = params(out / r["name"] / "last.npz")
         assert r["parameters"] == sum(v.size for v in saved.values())
     assert res[1]["parameters"] > res[0]["parameters"]
+    # each figure is what `captioner evaluate` says of that run, greedy, on the same images
+    for r in res:
+        result = run(
+            "evaluate",
+            "--checkpoint",
+            out / r["name"] / "last.npz",
+            "--data",
+            data,
+            "--beam-size",
+            1,
+            "--max-images",
+            200,
+            "--no-meteor",
+            "--json",
+        )
+        assert result.exit_code == 0, result.output
+        scores = json.loads(result.output)["scores"]
+        assert (r["Bleu_4"], r["CIDEr"]) == (scores["Bleu_4"], scores["CIDEr"]), r["name"]
+        assert (r["Bleu_4"], r["CIDEr"]) != (scores["Bleu_1"], scores["CIDEr"])
     flow = json.loads((out / "gradients.json").read_text())["runs"]
     assert [f["cell"] for f in flow] == ["rnn", "lstm"] and flow[1]["forget_gate_mean"]
     # the table: per-epoch losses side by side and the final figures
@@ -127,7 +138,7 @@ def test_compare_resumes_to_the_same_result(data, reference, tmp_path):
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output
     for cell in ("rnn", "lstm"):
-        assert_same_params(ref / cell / "last.npz", out / cell / "last.npz")
+        assert_same_checkpoint(ref / cell / "last.npz", out / cell / "last.npz")
     # killed before the second run started: the first is kept, the second trained
     shutil.rmtree(out / "lstm")
     stamp = os.path.getmtime(out / "rnn" / "last.npz")
@@ -135,7 +146,7 @@ def test_compare_resumes_to_the_same_result(data, reference, tmp_path):
     assert result.exit_code == 0, result.output
     assert "rnn: done earlier" in result.output
     assert os.path.getmtime(out / "rnn" / "last.npz") == stamp
-    assert_same_params(ref / "lstm" / "last.npz", out / "lstm" / "last.npz")
+    assert_same_checkpoint(ref / "lstm" / "last.npz", out / "lstm" / "last.npz")
     png = (tmp_path / "loss.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) < 100_000
 
