@@ -107,10 +107,19 @@ def test_per_image_cider_is_the_evaluate_number():
     assert scores == metrics.score(refs, res, meteor=False)[0]
     assert np.mean(list(per_image.values())) == pytest.approx(scores["CIDEr"], abs=1e-12)
     assert max(per_image, key=per_image.get) == 1  # the one that matches a reference best
-    try:
-        from pycocoevalcap.cider.cider import Cider
-    except ImportError:
-        return
+
+
+@pytest.mark.usefixtures("toolkit")
+def test_per_image_cider_is_the_toolkits():
+    from pycocoevalcap.cider.cider import Cider
+
+    refs = {
+        1: ["a dog on a couch", "a brown dog sleeping"],
+        2: ["two cats on a bed", "cats sleep"],
+        3: ["a red bus on a street", "a bus in the city"],
+    }
+    res = {1: "a dog sleeping on a couch", 2: "a cat on a bed", 3: "a bus"}
+    _, _, per_image = metrics.score(refs, res, meteor=False, per_image=True)
     tok = {i: [" ".join(metrics.tokenize(c)) for c in cs] for i, cs in refs.items()}
     hyps = {i: [" ".join(metrics.tokenize(c))] for i, c in res.items()}
     _, each = Cider().compute_score(tok, hyps)
@@ -484,19 +493,6 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-def _chromium():
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path:
-        return path
-    if os.environ.get("CI") == "true":
-        pytest.fail(
-            "CI=true but chromium is not installed; .ci/run installs it (apt-get install chromium)"
-        )
-    pytest.skip(
-        "headless Chromium not installed (apt-get install chromium); the browser test needs it"
-    )
-
-
 def _browse(chromium, profile, *args):
     import subprocess
 
@@ -519,8 +515,7 @@ def _browse(chromium, profile, *args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
-def test_report_in_headless_chromium(trained, tmp_path):
-    chromium = _chromium()
+def test_report_in_headless_chromium(trained, tmp_path, chromium):
     page = tmp_path / "report.html"
     assert run("report", trained / "run", "--out", page, "--no-meteor").exit_code == 0
     html = page.read_text()
