@@ -237,7 +237,7 @@ def test_unwritable_directory_is_a_one_line_user_error(tmp_path):
     with pytest.raises(CaptionerError) as e:
         demo.write_demo_images(blocker / "demo", 2)
     assert "\n" not in str(e.value) and str(blocker) in str(e.value)
-    with pytest.raises(CaptionerError):
+    with pytest.raises(CaptionerError, match="asked for 0 demo images .*use at least 1 image"):
         demo.write_demo_images(tmp_path / "none", 0)
 
 

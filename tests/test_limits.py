@@ -482,7 +482,7 @@ def test_missing_oracles_fail_under_ci_and_skip_elsewhere(monkeypatch):
     with pytest.raises(pytest.fail.Exception, match="CI=true but java not found"):
         conftest._unavailable("java not found")
     monkeypatch.setenv("CI", "")
-    with pytest.raises(pytest.skip.Exception):
+    with pytest.raises(pytest.skip.Exception, match="java not found"):
         conftest._unavailable("java not found")
 
 

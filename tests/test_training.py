@@ -188,7 +188,7 @@ def test_pickle_is_refused_without_running(tmp_path):
         checkpoint.load(evil)
     raw = tmp_path / "raw.npz"
     raw.write_bytes(pickle.dumps(_Payload(str(target))))
-    with pytest.raises(CaptionerError):
+    with pytest.raises(CaptionerError, match="raw.npz: holds pickled objects, refused"):
         checkpoint.load(raw)
     assert not target.exists()
 
