@@ -45,23 +45,34 @@ def small_model(data, cell="lstm", seed=0):
 SMALL = dict(batch_size=16, lr=5e-3, val_size=20, save_every=0)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
-def test_resume_is_bit_identical(dataset, tmp_path, cell):
+@pytest.mark.parametrize(
+    ("cell", "optimizer"), [("rnn", "adam"), ("lstm", "adam"), ("rnn", "sgd")]
+)
+def test_resume_is_bit_identical(dataset, tmp_path, cell, optimizer):
+    """Also with SGD, whose optimizer state holds no arrays at all."""
     data = load_coco_data(dataset)
     straight = small_model(data, cell)
+    settings = dict(SMALL, optimizer=optimizer)
     want = training.train(
-        data, straight, None, progress=False, log=lambda *_: None, epochs=3, **SMALL
+        data, straight, None, progress=False, log=lambda *_: None, epochs=3, **settings
     )
 
     run_dir = str(tmp_path / "run")
     os.makedirs(run_dir)
     first = small_model(data, cell)
-    training.train(data, first, run_dir, progress=False, log=lambda *_: None, epochs=2, **SMALL)
+    training.train(data, first, run_dir, progress=False, log=lambda *_: None, epochs=2, **settings)
     model, meta, optim, history = checkpoint.load_model(os.path.join(run_dir, "last.npz"))
     state = training.resume_state(meta, optim, history)
     assert state["epoch"] == 2 and len(state["loss_history"]) == state["step"]
     got = training.train(
-        data, model, run_dir, state=state, progress=False, log=lambda *_: None, epochs=3, **SMALL
+        data,
+        model,
+        run_dir,
+        state=state,
+        progress=False,
+        log=lambda *_: None,
+        epochs=3,
+        **settings,
     )
     assert_same_training(got, model, want, straight)
     h = json.loads((tmp_path / "run" / "history.json").read_text())
