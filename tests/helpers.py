@@ -1,7 +1,9 @@
 """Helpers shared by the CLI and dataset tests."""
 
 import hashlib
+import io
 import os
+import zipfile
 
 import h5py
 import numpy as np
@@ -36,6 +38,15 @@ def assert_same_dataset(a, b):
         else:
             with open(pa, "rb") as fa, open(pb, "rb") as fb:
                 assert fa.read() == fb.read(), name
+
+
+def zipped(entries, method=zipfile.ZIP_DEFLATED):
+    """{member name: bytes or str} -> the bytes of a zip holding them."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as zf:
+        for name, blob in entries.items():
+            zf.writestr(name, blob)
+    return buf.getvalue()
 
 
 def snapshot(folder):

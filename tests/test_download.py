@@ -1,6 +1,5 @@
 """download_coco against an in-process HTTP server on 127.0.0.1 (no other network)."""
 
-import io
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from captioner.download import COCO_FILES, download_coco, install_zip
 from captioner.errors import CaptionerError
 from fileserver import gets, reset, serving
 from fixtures import build_dataset
+from helpers import zipped
 
 
 @pytest.fixture(scope="module")
@@ -293,21 +293,15 @@ def _coco_zips():
     """The four COCO 2014 zips, tiny, their members stored (so a flipped byte still unpacks
     and only the CRC can tell)."""
 
-    def zipped(entries):
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-            for name, blob in entries.items():
-                zf.writestr(name, blob)
-        return buf.getvalue()
-
+    stored = lambda entries: zipped(entries, zipfile.ZIP_STORED)
     doc = {"images": [], "annotations": []}
     return {
-        "train2014.zip": zipped({"train2014/": b"", "train2014/COCO_train2014_1.jpg": b"x" * 99}),
-        "val2014.zip": zipped({"val2014/": b"", "val2014/COCO_val2014_2.jpg": b"y" * 99}),
-        "annotations_trainval2014.zip": zipped(
+        "train2014.zip": stored({"train2014/": b"", "train2014/COCO_train2014_1.jpg": b"x" * 99}),
+        "val2014.zip": stored({"val2014/": b"", "val2014/COCO_val2014_2.jpg": b"y" * 99}),
+        "annotations_trainval2014.zip": stored(
             {f"annotations/captions_{s}2014.json": json.dumps(doc) for s in ("train", "val")}
         ),
-        "caption_datasets.zip": zipped({"dataset_coco.json": json.dumps({"images": []})}),
+        "caption_datasets.zip": stored({"dataset_coco.json": json.dumps({"images": []})}),
     }
 
 

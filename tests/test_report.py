@@ -96,13 +96,18 @@ def test_history_records_gradient_norm_and_clipping(trained):
     assert state["clipped_history"] == h["clipped"]
 
 
-def test_per_image_cider_is_the_evaluate_number():
-    refs = {
+PER_IMAGE = (
+    {
         1: ["a dog on a couch", "a brown dog sleeping"],
         2: ["two cats on a bed", "cats sleep"],
         3: ["a red bus on a street", "a bus in the city"],
-    }
-    res = {1: "a dog sleeping on a couch", 2: "a cat on a bed", 3: "a bus"}
+    },
+    {1: "a dog sleeping on a couch", 2: "a cat on a bed", 3: "a bus"},
+)
+
+
+def test_per_image_cider_is_the_evaluate_number():
+    refs, res = PER_IMAGE
     scores, _, per_image = metrics.score(refs, res, meteor=False, per_image=True)
     assert scores == metrics.score(refs, res, meteor=False)[0]
     assert np.mean(list(per_image.values())) == pytest.approx(scores["CIDEr"], abs=1e-12)
@@ -113,12 +118,7 @@ def test_per_image_cider_is_the_evaluate_number():
 def test_per_image_cider_is_the_toolkits():
     from pycocoevalcap.cider.cider import Cider
 
-    refs = {
-        1: ["a dog on a couch", "a brown dog sleeping"],
-        2: ["two cats on a bed", "cats sleep"],
-        3: ["a red bus on a street", "a bus in the city"],
-    }
-    res = {1: "a dog sleeping on a couch", 2: "a cat on a bed", 3: "a bus"}
+    refs, res = PER_IMAGE
     _, _, per_image = metrics.score(refs, res, meteor=False, per_image=True)
     tok = {i: [" ".join(metrics.tokenize(c)) for c in cs] for i, cs in refs.items()}
     hyps = {i: [" ".join(metrics.tokenize(c))] for i, c in res.items()}

@@ -7,7 +7,6 @@ that left their picture, show by name.
 
 import io
 import json
-import zipfile
 
 import pytest
 from PIL import Image
@@ -16,7 +15,7 @@ from captioner import checkpoint
 from captioner import prepare as P
 from captioner.data import decode_captions, image_groups, load_coco_data
 from captioner.model import CaptioningRNN
-from helpers import run
+from helpers import run, zipped
 
 # (zip folder, Karpathy split, the word its captions use); COCO ids 1, 2, ...
 PLAN = [
@@ -33,14 +32,6 @@ PLAN = [
 def _name(k):
     folder = PLAN[k][0]
     return f"{folder}/COCO_{folder}_{k + 1:012d}.jpg"
-
-
-def _zipped(entries):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, blob in entries.items():
-            zf.writestr(name, blob)
-    return buf.getvalue()
 
 
 def _picture(k):
@@ -69,9 +60,9 @@ def coco_dir(tmp_path_factory):
             }
         )
     for zfolder, entries in members.items():
-        (folder / f"{zfolder}.zip").write_bytes(_zipped(entries))
+        (folder / f"{zfolder}.zip").write_bytes(zipped(entries))
     (folder / "caption_datasets.zip").write_bytes(
-        _zipped({"dataset_coco.json": json.dumps({"dataset": "coco", "images": images})})
+        zipped({"dataset_coco.json": json.dumps({"dataset": "coco", "images": images})})
     )
     return folder
 
