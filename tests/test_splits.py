@@ -26,7 +26,9 @@ PLAN = [
     ("val2014", "val", "bench"),
     ("val2014", "test", "horse"),
     ("val2014", "test", "boat"),
+    ("val2014", "test", "kite"),  # its captions are all punctuation: skipped, not fatal
 ]
+SILENT = 7
 
 
 def _name(k):
@@ -50,6 +52,7 @@ def coco_dir(tmp_path_factory):
     for k, (zfolder, split, word) in enumerate(PLAN):
         members[zfolder][_name(k)] = _picture(k)
         raw = [f"A picture of {word}.", f"{word} in a picture", f"one {word} here"]
+        raw = ["...", "!"] if k == SILENT else raw + ["--"] * (k == 0)  # one empty caption
         images.append(
             {
                 "filepath": zfolder,
@@ -70,20 +73,24 @@ def coco_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(coco_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("karpathy") / "ds"
-    P.prepare_coco(coco_dir, out, workers=1, batch_size=4, min_count=1, progress=False)
-    return out
+    summary = P.prepare_coco(coco_dir, out, workers=1, batch_size=4, min_count=1, progress=False)
+    return out, summary
 
 
 def _expected(*splits):
-    return [_name(k) for k, p in enumerate(PLAN) if p[1] in splits]
+    return [_name(k) for k, p in enumerate(PLAN) if p[1] in splits and k != SILENT]
 
 
 def test_karpathy_splits_hold_exactly_their_pictures_with_their_captions(dataset):
+    dataset, summary = dataset
+    # a picture left without words is skipped with the reason; empty captions are counted
+    assert summary["skipped"] == [(_name(SILENT), "no captions in the annotations")]
+    assert summary["empty_captions"] == 3
     d = load_coco_data(dataset, splits=("train", "val", "test"))
     assert d["train_images"] == _expected("train", "restval")  # restval trains
     assert d["val_images"] == _expected("val")
     assert d["test_images"] == _expected("test")
-    words = {_name(k): w for k, (_, _, w) in enumerate(PLAN)}
+    words = {_name(k): w for k, (_, _, w) in enumerate(PLAN) if k != SILENT}
     # the vocabulary comes from train alone: val and test words are <UNK> there
     train_words = {w for _, s, w in PLAN if s in ("train", "restval")}
     assert {w for w in d["idx_to_word"] if w in words.values()} == train_words
@@ -99,6 +106,7 @@ def test_karpathy_splits_hold_exactly_their_pictures_with_their_captions(dataset
 
 
 def test_evaluate_split_test_writes_exactly_the_test_images(dataset, tmp_path):
+    dataset, _ = dataset
     d = load_coco_data(dataset, splits=("train",))
     model = CaptioningRNN(
         d["word_to_idx"], input_dim=d["feature_dim"], wordvec_dim=8, hidden_dim=8
@@ -122,4 +130,4 @@ def test_evaluate_split_test_writes_exactly_the_test_images(dataset, tmp_path):
         assert r.exit_code == 0, r.output
         assert f"on 2 {split} images" in r.output
         ids = sorted(e["image_id"] for e in json.loads(out.read_text()))
-        assert ids == [k + 1 for k, p in enumerate(PLAN) if p[1] == split], split
+        assert ids == [k + 1 for k, p in enumerate(PLAN) if p[1] == split and k != SILENT]
