@@ -221,6 +221,11 @@ def test_softmax_loss_large_logits_stable():
     x = np.array([[[1000.0, 0.0, -1000.0]]])
     loss, dx = L.temporal_softmax_loss(x, np.array([[1]]), np.ones((1, 1), bool))
     assert abs(loss - 1000.0) < 1e-9 and np.isfinite(dx).all()
+    # each row shifted by its own max: a row far below another still has its exact loss
+    x = np.array([[[2000.0, 1000.0, 0.0], [0.0, 1.0, 0.0]]])
+    loss, dx = L.temporal_softmax_loss(x, np.array([[1, 1]]), np.ones((1, 2), bool))
+    assert loss == pytest.approx(1000.0 + np.log(2 + np.e) - 1.0, rel=1e-12)
+    assert np.isfinite(dx).all()
 
 
 def test_buffer_reuses_and_grows():
