@@ -485,3 +485,31 @@ def test_weight_decay_adds_lambda_w_to_the_weight_matrices_only(dataset):
     for k, g in grads.items():
         dw = g + lam * before[k] if k in decayed else g
         np.testing.assert_allclose(after[k], before[k] - 0.1 * dw, rtol=1e-4, atol=1e-7)
+
+
+def test_learning_rate_decays_once_per_epoch(dataset):
+    data = load_coco_data(dataset)
+    state = training.train(
+        data,
+        small_model(data),
+        None,
+        progress=False,
+        log=lambda *_: None,
+        epochs=3,
+        **dict(SMALL, lr=1e-2, lr_decay=0.5),
+    )
+    assert [r["lr"] for r in state["epochs"]] == [1e-2, 5e-3, 2.5e-3]
+    assert {cfg["learning_rate"] for cfg in state["optim"].values()} == {1.25e-3}
+
+
+def test_resume_from_a_checkpoint_without_gradient_history(dataset, tmp_path):
+    """Checkpoints written before the gradient norms were kept hold only the loss."""
+    data = load_coco_data(dataset)
+    model = small_model(data)
+    training.train(
+        data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
+    )
+    _, meta, optim, history = checkpoint.load_model(tmp_path / "last.npz")
+    state = training.resume_state(meta, optim, {"loss": history["loss"]})
+    assert state["loss_history"] == list(history["loss"]) and len(state["loss_history"]) > 0
+    assert state["grad_norm_history"] == state["clipped_history"] == []
