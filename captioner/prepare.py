@@ -33,7 +33,7 @@ from collections import Counter
 
 import numpy as np
 
-from captioner import atomic, data, encoder, shards
+from captioner import atomic, data, encoder, limits, shards
 from captioner.errors import CaptionerError
 
 KIND = "squeezenet"  # -> {split}2014_squeezenet.h5
@@ -396,6 +396,11 @@ def prepare_dataset(
             f"{images_dir}: pictures folder not found; pass the folder the "
             f"annotations' file_names are relative to"
         )
+    if unsafe_text(images_dir):  # its path goes into *_urls.txt, UTF-8 text, one a line
+        raise CaptionerError(
+            f"{images_dir}: the pictures folder's path cannot be a line of the dataset's "
+            f"UTF-8 *_urls.txt ({unsafe_text(images_dir, 'it')}); rename or move the folder"
+        )
     workers = default_workers() if workers is None else workers
     _check_sizes(batch_size, max_words, workers)
     if split_by is None and not 0 < val_fraction < 1:
@@ -464,6 +469,7 @@ def prepare_dataset(
         images_dir,
         t0,
         source,
+        pictures=images_dir,
     )
 
 
@@ -529,7 +535,9 @@ def prepare_coco(
 
 def _tokenize(items, skipped, progress=False):
     """Tokenise each item's captions (-> item['tokens']); items left without a caption go to
-    skipped. -> (items with captions, number of empty captions)."""
+    skipped. -> (items with captions, number of empty captions). A caption is read up to
+    limits.MAX_CAPTION_CHARS characters (COCO's longest has ~250; at most 100 words are
+    kept): a crafted caption of megabytes costs no more than that."""
     from tqdm import tqdm
 
     empty, out = 0, []
@@ -541,7 +549,8 @@ def _tokenize(items, skipped, progress=False):
         mininterval=1.0,
     ):
         # interned: COCO's ~7 million caption words are ~30,000 distinct strings
-        toks = [[sys.intern(w) for w in tokenize(c)] for c in it.pop("captions")]
+        caps = [c[: limits.MAX_CAPTION_CHARS] for c in it.pop("captions")]
+        toks = [[sys.intern(w) for w in tokenize(c)] for c in caps]
         empty += sum(not t for t in toks)
         it["tokens"] = [t for t in toks if t]
         if it["tokens"]:
@@ -567,8 +576,10 @@ def _build(
     where,
     t0,
     source=None,
+    pictures=None,
 ):
-    """Encode split_items ({split: [item]}) in shards and write the dataset."""
+    """Encode split_items ({split: [item]}) in shards and write the dataset (pictures: the
+    folder of the picture files, recorded in it for `report`)."""
     # Shards never straddle the splits, so each split's rows are a run of whole chunks.
     specs, keys, shard_split, shard_items = [], [], [], []
     for s, its in split_items.items():
@@ -660,7 +671,13 @@ def _build(
             )
         with atomic.fresh_dir(out_dir, "dataset") as new:  # replaces out_dir (and work) whole
             data.write_dataset(
-                new, splits, idx_to_word, kind=KIND, encoder=encoder.ENCODER_NAME, source=source
+                new,
+                splits,
+                idx_to_word,
+                kind=KIND,
+                encoder=encoder.ENCODER_NAME,
+                source=source,
+                pictures=pictures,
             )
     finally:
         os.close(lock)
