@@ -324,6 +324,7 @@ SETTINGS = {
     "lr": _NUMBER,
     "lr_decay": _NUMBER,
     "weight_decay": _NUMBER,
+    "forget_bias": _NUMBER,
     "clip_norm": _NUMBER,
     "optimizer": (
         lambda v: isinstance(v, str) and v in OPTIM_STATE,  # a list would not hash

@@ -14,11 +14,12 @@ The reach to the image, ||dl_{n,t} / dh0_n||, needs one backward pass per
 target position t.
 """
 
+import json
 import math
 
 import numpy as np
 
-from . import layers
+from . import layers, seeds
 from .errors import CaptionerError
 
 MIN_CAPTIONS = 20  # a distance or position is reported when at least this many captions reach it
@@ -364,3 +365,40 @@ def summary_line(run):
         fg = [r["mean"] for r in run["forget_gate_mean"]]
         parts.append(f"forget gate mean {np.mean(fg):.3f} (per step {min(fg):.3f}..{max(fg):.3f})")
     return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- over seeds
+
+
+def setting_key(meta):
+    """Checkpoints of one setting (the same model and training settings but the seed) share
+    this key: their figures are summarised over seeds."""
+    settings = dict(meta.get("training", {}).get("settings", {}))
+    settings.pop("seed", None)
+    return json.dumps([meta["model"], settings], sort_keys=True)
+
+
+def spread(runs, label=None):
+    """measure() runs of one setting -> {"label", "runs", "seeds", "n", "figures"}, figures:
+    seeds.spread() of gain per step, halving distance, sigma_max(Wh), forget gate mean.
+    label: the setting's name (default: the first run's label, and how many more)."""
+    more = f" and {len(runs) - 1} more" if len(runs) > 1 else ""
+    return {
+        "label": label or runs[0]["label"] + more,
+        "runs": [r["label"] for r in runs],
+        "n": len(runs),
+        "figures": seeds.figures(runs, seeds.GRADIENT_FIGURES),
+    }
+
+
+def spread_line(group):
+    """One line: every figure of spread() as mean +- std [min .. max] (n)."""
+    parts = []
+    for key, (label, _, spec) in seeds.GRADIENT_FIGURES.items():
+        f = group["figures"].get(key)
+        if f:
+            parts.append(
+                f"{label} {seeds.fmt(f, spec)} [{f['min']:{spec}} .. {f['max']:{spec}}]"
+                + (f" (n {f['n']})" if f["n"] != group["n"] else "")
+            )
+    return f"{group['label']} ({group['n']} checkpoints): " + "; ".join(parts)

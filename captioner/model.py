@@ -20,11 +20,16 @@ from captioner import layers, packed
 from captioner.errors import CaptionerError
 
 PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
+CELLS = ("rnn", "lstm")
+# The H-block of b that is the forget gate's bias, for the cells that have one
+# (CS231n's LSTM stacks its gates i, f, o, g).
+FORGET_GATE = {"lstm": 1}
 
 
 class CaptioningRNN:
     """Decoder: W_embed (V, W), W_proj (D, H), b_proj (H,), Wx (W, kH), Wh (H, kH),
     b (kH,), W_vocab (H, V), b_vocab (V,) with k = 1 (rnn) or 4 (lstm, gates i, f, o, g).
+    forget_bias: the LSTM's initial forget-gate bias (b's second H-block; CS231n: 0).
 
     word_to_idx needs <NULL> (the padding, never a target); <START> and <END> are needed
     only to sample, <UNK> is optional. Their ids are the attributes null, start, end and
@@ -40,9 +45,15 @@ class CaptioningRNN:
         cell_type="rnn",
         dtype=np.float32,
         seed=None,
+        forget_bias=0.0,
     ):
-        if cell_type not in ("rnn", "lstm"):
-            raise CaptionerError(f"cell_type must be 'rnn' or 'lstm', got {cell_type!r}")
+        if cell_type not in CELLS:
+            raise CaptionerError(f"cell_type must be one of {', '.join(CELLS)}, got {cell_type!r}")
+        if forget_bias and cell_type not in FORGET_GATE:
+            raise CaptionerError(
+                f"a {cell_type} has no forget gate; set a forget-gate bias only for "
+                f"{', '.join(FORGET_GATE)}"
+            )
         if "<NULL>" not in word_to_idx:
             raise CaptionerError(
                 "vocabulary has no <NULL> token (the padding); use the CS231n vocabulary layout"
@@ -73,6 +84,9 @@ class CaptioningRNN:
             "W_vocab": rng.standard_normal((H, V)) / np.sqrt(H),
             "b_vocab": np.zeros(V),
         }
+        if cell_type in FORGET_GATE:  # CS231n: 0; 1 after Gers et al. 2000, Jozefowicz et al. 2015
+            f = FORGET_GATE[cell_type]
+            p["b"][f * H : (f + 1) * H] = forget_bias
         self.params = {n: np.ascontiguousarray(v, dtype=self.dtype) for n, v in p.items()}
         self._work = {}  # loss() temporaries, reused across calls (packed.buffer)
 

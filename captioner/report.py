@@ -80,6 +80,7 @@ def train_command(settings, model_cfg, run_dir):
         "lr",
         "lr_decay",
         "weight_decay",
+        "forget_bias",
         "clip_norm",
         "max_train",
         "val_size",
