@@ -13,6 +13,7 @@ from collections import Counter
 from concurrent.futures import Executor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from captioner import prepare as P

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from captioner import checkpoint
@@ -197,27 +198,6 @@ def test_weight_decays_and_refusals(data, reference, tmp_path, monkeypatch):
         lines = [ln for ln in result.output.splitlines() if ln.startswith("captioner: error:")]
         assert len(lines) == 1 and name in lines[0] and why in lines[0], result.output
         assert sorted(os.listdir(tmp_path)) == before
-
-
-def checkpoint_contents(path):
-    """Everything in a checkpoint but the wall-clock fields: parameters, optimizer state,
-    per-step history, and the metadata (settings, epoch records without their seconds)."""
-    params_, meta, optim, history = checkpoint.load(str(path))
-    meta = dict(meta)
-    meta.pop("created")
-    t = dict(meta["training"])
-    t["epochs"] = [{k: v for k, v in r.items() if k != "seconds"} for r in t["epochs"]]
-    meta["training"] = t
-    return params_, meta, optim, history
-
-
-def assert_same_checkpoint(a, b):
-    ca, cb = checkpoint_contents(a), checkpoint_contents(b)
-    assert ca[1] == cb[1], (a, b)
-    for x, y in [(ca[0], cb[0]), (ca[3], cb[3])] + [(ca[2][k], cb[2][k]) for k in ca[2]]:
-        assert sorted(x) == sorted(y)
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k], err_msg=f"{a} {k}")
 
 
 def untimed(res):
