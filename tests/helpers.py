@@ -40,6 +40,15 @@ def assert_same_dataset(a, b):
                 assert fa.read() == fb.read(), name
 
 
+def zipped(entries, method=zipfile.ZIP_DEFLATED):
+    """{member name: bytes or str} -> the bytes of a zip holding them."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as zf:
+        for name, blob in entries.items():
+            zf.writestr(name, blob)
+    return buf.getvalue()
+
+
 def snapshot(folder):
     """{relative path: sha256} of every file under folder: to prove nothing was written."""
     out = {}
@@ -51,10 +60,27 @@ def snapshot(folder):
     return out
 
 
-def zipped(entries):
-    """The bytes of a zip holding {member name: bytes or str} (deflated), in that order."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, blob in entries.items():
-            zf.writestr(name, blob)
-    return buf.getvalue()
+def assert_same_checkpoint(a, b):
+    """Two checkpoints hold the same training, bit for bit: parameters, optimizer state
+    (arrays, and scalars such as Adam's t and the decayed learning rate), the per-step loss,
+    gradient-norm and clipping histories, and the training metadata (epoch records
+    included); only the write time and the per-epoch seconds may differ."""
+    import json
+
+    def untimed(meta):
+        meta = json.loads(str(meta))
+        meta.pop("created", None)
+        for record in meta.get("training", {}).get("epochs", []):
+            record.pop("seconds", None)
+        return meta
+
+    with np.load(a, allow_pickle=False) as za, np.load(b, allow_pickle=False) as zb:
+        assert sorted(za.files) == sorted(zb.files)
+        assert any(k.startswith("optim/") for k in za.files), "no optimizer state"
+        assert any(k.startswith("history/") for k in za.files), "no history"
+        for k in za.files:
+            if k == "meta":
+                assert untimed(za[k]) == untimed(zb[k])
+            else:
+                assert za[k].dtype == zb[k].dtype, k
+                np.testing.assert_array_equal(za[k], zb[k], err_msg=k)
