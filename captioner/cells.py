@@ -17,18 +17,28 @@ b (gates*H,).
 
 class Cell:
     """name; gates: H-wide blocks of Wx, Wh and b; states: the recurrent state, ("h",)
-    or ("h", "c"); overfit_limit: CS231n's bar for `overfit`'s final loss; lr_decay:
-    its default learning-rate decay there; cache_floats: floats per hidden unit that a
-    readable step's cache holds (gradients sizes its chunks by it); about: one line;
-    decode_reads_h: its decode step reads the previous h itself, not only h @ Wh (the
-    decoders then gather it for beam search's rows; the others skip that copy)."""
+    or ("h", "c"); overfit_limit: CS231n's bar for `overfit`'s final loss; cache_floats:
+    floats per hidden unit that a readable step's cache holds (gradients sizes its
+    chunks by it); about: one line; decode_reads_h: its decode step reads the previous
+    h itself, not only h @ Wh (the decoders then gather it for beam search's rows; the
+    others skip that copy); forget_gate: the H-block of b that is the forget gate's bias
+    (the forget-bias option sets it), None for a cell without one."""
 
     def __init__(
-        self, name, gates, states, overfit_limit, lr_decay, cache_floats, about, decode_reads_h
+        self,
+        name,
+        gates,
+        states,
+        overfit_limit,
+        cache_floats,
+        about,
+        decode_reads_h,
+        forget_gate=None,
     ):
         self.name, self.gates, self.states = name, gates, states
+        self.forget_gate = forget_gate
         self.decode_reads_h = decode_reads_h
-        self.overfit_limit, self.lr_decay = overfit_limit, lr_decay
+        self.overfit_limit = overfit_limit
         self.cache_floats, self.about = cache_floats, about
 
     def _fn(self, module, kind):
@@ -68,12 +78,14 @@ class Cell:
 CELLS = {
     c.name: c
     for c in (
-        Cell("rnn", 1, ("h",), 0.1, 0.95, 3, "tanh RNN", False),
-        Cell("lstm", 4, ("h", "c"), 0.5, 0.995, 14, "LSTM, gates i, f, o, g", False),
-        Cell("gru", 3, ("h",), 0.5, 0.995, 8, "GRU, gates r, z, n", True),
+        Cell("rnn", 1, ("h",), 0.1, 3, "tanh RNN", False),
+        # CS231n's LSTM stacks its gates i, f, o, g: the forget gate is block 1
+        Cell("lstm", 4, ("h", "c"), 0.5, 14, "LSTM, gates i, f, o, g", False, 1),
+        Cell("gru", 3, ("h",), 0.5, 8, "GRU, gates r, z, n", True),
     )
 }
 NAMES = tuple(CELLS)
+WITH_FORGET_GATE = tuple(c.name for c in CELLS.values() if c.forget_gate is not None)
 
 
 def get(name):

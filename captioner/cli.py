@@ -93,6 +93,23 @@ class _Positive(click.ParamType):
         return v
 
 
+class _Cutoffs(click.ParamType):
+    """Increasing word counts such as 2000,6000 -> [2000, 6000] (a list passes through)."""
+
+    name = "c1,c2,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            cutoffs = [int(t) for t in str(value).split(",")]
+        except ValueError:
+            cutoffs = None
+        if not cutoffs or any(c < 1 for c in cutoffs) or cutoffs != sorted(set(cutoffs)):
+            self.fail(f"{value!r}: expected increasing word counts such as 2000,6000", param, ctx)
+        return cutoffs
+
+
 POSITIVE = _Positive()
 NON_NEGATIVE = _Positive(allow_zero=True)
 COUNT = click.IntRange(min=1)
@@ -118,10 +135,12 @@ def data_option(f):
     )(f)
 
 
-def _load_data(data, features, splits=("train", "val"), max_train=None):
-    from .data import open_dataset
+def _load_data(data, features, splits=("train", "val"), max_train=None, fallback=None):
+    from .data import DEMO_DATA, open_dataset
 
-    return open_dataset(data, features, splits=splits, max_train=max_train)
+    return open_dataset(
+        data, features, splits=splits, max_train=max_train, fallback=fallback or DEMO_DATA
+    )
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -161,6 +180,8 @@ def _option(setting, many):
         kind = click.Choice(list(s.choices))
     elif s.kind == "float":
         kind = POSITIVE if s.positive else NON_NEGATIVE
+    elif s.kind == "cutoffs":
+        kind = _Cutoffs()
     elif s.high is not None:
         kind = click.IntRange(s.low, s.high)
     else:
@@ -181,8 +202,9 @@ def _option(setting, many):
 
 def train_options(many=False, run_dir_options=True):
     """The options of `train`, shared with `compare` and `sweep`, made from
-    config.TRAIN_CONFIG. many: --cell and --weight-decay take several values (compare
-    trains one run per cell and L2 strength). run_dir_options False: without --out,
+    config.TRAIN_CONFIG. many: the settings with a repeatable form (--cell,
+    --weight-decay, --forget-bias, --seed) take several values (compare trains one run
+    per combination). run_dir_options False: without --out,
     --resume and --quiet (sweep has its own --out)."""
     options = [_option(s, many) for s in config.OPTIONS] + [
         click.option(
@@ -243,17 +265,15 @@ def train(ctx, out, resume, quiet, **options):
         data_dir = data if "data" in given else settings.get("data_dir", data)
         d = _load_data(data_dir, meta["features"]["kind"], max_train=settings.get("max_train"))
         checkpoint.check_compatible(path, meta, d)
-        run_dir = os.path.dirname(os.path.abspath(path))
-        if out is not None and os.path.abspath(out) != run_dir:
+        run_dir = os.path.dirname(path) or os.curdir  # as the user wrote it, not absolute
+        if out is not None and os.path.abspath(out) != os.path.abspath(run_dir):
             run_dir = runs.new_run_dir(out, cell)  # never over another run's checkpoints
         _echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
         _check_keep_best(options)
         d = _load_data(data, options["features"], max_train=options["max_train"])
-        model = training.new_model(
-            d, options["cell"], options["hidden_dim"], options["wordvec_dim"], options["seed"]
-        )
-        settings = config.settings_of(options, os.path.abspath(data), d["feature_kind"])
+        model = training.new_model(d, **{k: options[k] for k in training.MODEL_OPTIONS})
+        settings = config.settings_of(options, os.path.abspath(d["base_dir"]), d["feature_kind"])
         state = None
         run_dir = runs.new_run_dir(out, cell)
     _echo(
@@ -303,6 +323,7 @@ def _training_bar(quiet):
                 initial=step,
                 total=steps,
                 desc=f"epoch {epoch + 1}/{epochs}",
+                disable=None,  # only on a terminal, never in logs
                 leave=False,
                 unit="batch",
                 dynamic_ncols=True,
@@ -334,6 +355,24 @@ def _check_keep_best(settings):
 # ---------------------------------------------------------------- sweep
 
 
+def executor_options(f):
+    """--parallel and --scheduler: where independent training runs go (sweep, compare)."""
+    f = click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="Run on a Dask cluster: tcp://HOST:8786, or local (needs captioner[cluster]).",
+    )(f)
+    return click.option(
+        "--parallel",
+        type=COUNT,
+        default=1,
+        show_default=True,
+        help="Runs at a time on this machine, BLAS threads split between them "
+        "(with --scheduler local: its worker processes).",
+    )(f)
+
+
 @cli.command()
 @train_options(run_dir_options=False)
 @click.option(
@@ -350,20 +389,7 @@ def _check_keep_best(settings):
     show_default=True,
     help="Sweep folder, one run directory per combination.",
 )
-@click.option(
-    "--parallel",
-    type=COUNT,
-    default=1,
-    show_default=True,
-    help="Runs at a time on this machine, BLAS threads split between them "
-    "(with --scheduler local: its worker processes).",
-)
-@click.option(
-    "--scheduler",
-    metavar="ADDRESS",
-    default=None,
-    help="Run on a Dask cluster: tcp://HOST:8786, or local (needs captioner[cluster]).",
-)
+@executor_options
 @click.option(
     "--summary",
     "summary_dir",
@@ -464,22 +490,35 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
     "--n", type=COUNT, default=50, show_default=True, help="How many captions to memorise."
 )
 @click.option("--epochs", type=COUNT, default=50, show_default=True)
-def overfit(data, features, small, cell, n, epochs):
+@click.option(
+    "--captions",
+    "show_captions",
+    is_flag=True,
+    help="Also print each memorised caption beside its ground truth.",
+)
+def overfit(data, features, small, cell, n, epochs, show_captions):
     """Memorise a tiny subset to near-zero loss: the first check to run.
 
     \b
     Passes (exit 0) when the final loss is below 0.1 (rnn) / 0.5 (lstm, gru).
     Example:
       captioner overfit --small
+      captioner overfit --small --data data/synthetic --captions
       captioner overfit --cell rnn --n 100
     """
+    # CS231n's settings memorise its PCA features (and the synthetic ones); the demo's
+    # L2-normalised features barely tell 50 images apart at that learning rate
+    from .data import SYNTHETIC_DATA
     from .training import overfit as run
 
-    d = _load_data(data, features, splits=("train",))
+    d = _load_data(data, features, splits=("train",), fallback=SYNTHETIC_DATA)
     cells = [cell] if cell else ["rnn", "lstm"]
     results = {}
     for c in cells:
-        _echo(f"overfitting {min(n, len(d['train_captions']))} captions with the {c} cell ...")
+        _echo(
+            f"overfitting {min(n, len(d['train_captions']))} captions of {d['base_dir']} "
+            f"with the {c} cell ..."
+        )
         results[c] = run(d, c, n=n, epochs=epochs)
     _echo("\nloss per epoch (mean over the epoch's batches)")
     _echo("epoch " + "".join(f"{c:>10}" for c in cells))
@@ -491,12 +530,13 @@ def overfit(data, features, small, cell, n, epochs):
         )
 
     truth = results[cells[0]]["truth"]
-    _echo(f"\n{len(truth)} memorised images: sampled caption vs ground truth")
-    for j, t in enumerate(truth):
-        _echo(f"  truth: {t}")
-        for c in cells:
-            s = results[c]["sampled"][j]
-            _echo(f"  {c:>5}: {s}{'' if s == t else '   [differs]'}")
+    if show_captions:
+        _echo(f"\n{_plural(len(truth), 'memorised image')}: sampled caption vs ground truth")
+        for j, t in enumerate(truth):
+            _echo(f"  truth: {t}")
+            for c in cells:
+                s = results[c]["sampled"][j]
+                _echo(f"  {c:>5}: {s}{'' if s == t else '   [differs]'}")
     _echo("")
     for c in cells:
         r = results[c]
@@ -518,7 +558,16 @@ def overfit(data, features, small, cell, n, epochs):
     "ckpts",
     type=click.Path(exists=True, dir_okay=False),
     multiple=True,
-    help="A trained model (repeat to compare several).",
+    help="A trained model (repeat to compare several; those of one setting, differing only "
+    "in --seed, are also summarised over seeds).",
+)
+@click.option(
+    "--runs",
+    "compare_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Every run of a `captioner compare` folder (its last.npz), summarised per setting "
+    "over seeds.",
 )
 @click.option(
     "--cell",
@@ -550,6 +599,13 @@ def overfit(data, features, small, cell, n, epochs):
     help="Seed of the fresh models and of the random words.",
 )
 @click.option(
+    "--forget-bias",
+    type=NON_NEGATIVE,
+    default=0.0,
+    show_default=True,
+    help="Fresh LSTMs only: the initial forget-gate bias, as `train --forget-bias`.",
+)
+@click.option(
     "--hidden-dim",
     type=click.IntRange(1, limits.MAX_DIM),
     default=512,
@@ -573,6 +629,7 @@ def overfit(data, features, small, cell, n, epochs):
 @click.option("--force", is_flag=True, help="Let --plot replace an existing file.")
 def gradients(
     ckpts,
+    compare_dir,
     cells,
     data,
     features,
@@ -580,6 +637,7 @@ def gradients(
     count,
     length,
     seed,
+    forget_bias,
     hidden_dim,
     wordvec_dim,
     as_json,
@@ -596,47 +654,75 @@ def gradients(
     Example:
       captioner gradients --cell rnn --cell lstm --data data/demo/dataset --plot flow.png
       captioner gradients --checkpoint runs/rnn/last.npz --checkpoint runs/lstm/last.npz
+      captioner gradients --runs runs/cmp
     """
     import json
 
+    from . import compare as cmp
     from . import gradients as flow
     from . import plots
     from .checkpoint import load_model
     from .training import new_model
 
-    if not ckpts and not cells:
+    if not ckpts and not cells and not compare_dir:
         raise click.UsageError(
-            f"give --checkpoint FILE or --cell {'|'.join(CELLS)} (each may repeat)"
+            f"give --checkpoint FILE, --runs DIR or --cell {'|'.join(CELLS)} (each may repeat)"
         )
     if plot:
         plots.check_writable(plot, force)
     # Load and check everything first: a bad input stops before any work.
     models, loaded = [], {}
-    for ckpt in ckpts:
+    groups = {}  # a setting's key -> (its name or None, [its models' indices])
+    paths = [(ckpt, None) for ckpt in ckpts]
+    if compare_dir:
+        plan = cmp.load_plan(compare_dir, flag="--runs")
+        paths += [
+            (os.path.join(compare_dir, name, "last.npz"), setting["name"])
+            for name, setting, _ in cmp.run_names(plan)
+        ]
+    for ckpt, setting in paths:
         model, meta, _, _ = load_model(ckpt)
         d = _checkpoint_data(ckpt, meta, data, split)
+        key = setting or flow.setting_key(meta)
+        groups.setdefault(key, (setting, []))[1].append(len(models))
         models.append((ckpt, model, d))
     for cell in cells:
         key = (data, features)
         if key not in loaded:
             loaded[key] = _load_data(data, features, splits=(split,))
         d = loaded[key]
-        model = new_model(d, cell, hidden_dim, wordvec_dim, seed)
-        models.append((f"{cell} (fresh, seed {seed})", model, d))
+        bias = forget_bias if CELLS[cell].forget_gate is not None else 0.0
+        model = new_model(d, cell, hidden_dim, wordvec_dim, seed, forget_bias=bias)
+        groups[len(models)] = (None, [len(models)])
+        note = f", forget bias {bias:g}" if bias else ""
+        models.append((f"{cell} (fresh, seed {seed}{note})", model, d))
     batches = [flow.first_captions(d, split, count) for _, _, d in models]
     runs = [
         flow.measure(model, feats, caps, label, length=length, seed=seed)
         for (label, model, _), (feats, caps) in zip(models, batches)
     ]
+    spreads = [flow.spread([runs[i] for i in idx], name) for name, idx in groups.values()]
     if plot:
-        plots.gradient_plot(runs, plot)
+        plots.gradient_plot(
+            [
+                (g["label"], [runs[i] for i in idx])
+                for g, (_, idx) in zip(spreads, groups.values())
+            ],
+            plot,
+        )
     if as_json:
-        click.echo(json.dumps({"runs": runs}))
+        click.echo(json.dumps({"runs": runs, "settings": [g for g in spreads if g["n"] > 1]}))
         return
     bases = sorted({d["base_dir"] for _, _, d in models})
     what = f"the first {len(batches[0][1])} captions of {split} in {', '.join(bases)}"
     for line in flow.format_table(runs, what):
         _echo(line)
+    several = [g for g in spreads if g["n"] > 1]
+    if several:
+        _echo("")
+        _echo("over the checkpoints of one setting: mean +- std [min .. max]")
+        for g in several:
+            _echo(flow.spread_line(g))
     if plot:
         _echo(f"plot: {plot}")
 
@@ -647,29 +733,40 @@ def gradients(
 @cli.command()
 @train_options(many=True)
 @click.option(
+    "--seeds",
+    "n_seeds",
+    type=COUNT,
+    default=None,
+    help="Train every setting with seeds 0 .. N-1 (instead of repeating --seed).",
+)
+@click.option(
     "--count",
     type=COUNT,
     default=500,
     show_default=True,
     help="Val captions for the gradient-flow summary.",
 )
+@executor_options
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Draw the loss curves of all runs on one chart (PNG).",
+    help="Also draw the loss curves of all settings on this chart (PNG).",
 )
 @click.option("--force", is_flag=True, help="Let --plot replace an existing file.")
 @click.pass_context
-def compare(ctx, out, resume, quiet, count, plot, force, **options):
-    """Train the RNN and the LSTM alike and compare them in one table.
+def compare(ctx, out, resume, quiet, count, n_seeds, plot, force, parallel, scheduler, **options):
+    """Train the cells alike over several seeds and compare them in one table.
 
     \b
-    Same data, order, seed and settings for every run (every `train` option
-    works); one run directory each under --out. Repeat --weight-decay to
-    compare L2 strengths. Interrupted? `--resume DIR` continues where it stopped.
+    Same data and settings for every run (every `train` option works); one run per
+    cell, --weight-decay, LSTM --forget-bias (each repeatable) and seed, each in a run
+    directory under --out. Prints each figure's mean, spread and per-seed values, and per
+    claim in how many seeds it holds. Interrupted? `--resume DIR` continues where it stopped
+    (with --seeds N or --seed: adds seeds).
     Example:
-      captioner compare --data data/demo/dataset --epochs 10 --out runs/cmp --plot loss.png
+      captioner compare --data data/demo/dataset --epochs 10 --seeds 3 --parallel 2 \\
+          --out runs/cmp --plot loss.png
       captioner compare --resume runs/cmp
     """
     from . import compare as cmp
@@ -678,48 +775,50 @@ def compare(ctx, out, resume, quiet, count, plot, force, **options):
     if plot:
         plots.check_writable(plot, force)
     given = _given(ctx)
-    data = options["data"]
+    if n_seeds and "seed" in given:
+        raise click.UsageError("give --seeds N or --seed (repeatable), not both")
+    seeds = range(n_seeds) if n_seeds else options["seed"]
     if resume:
         parent = resume
-        plan = cmp.load_plan(parent, options["epochs"] if "epochs" in given else None)
-        s = plan["settings"]
-        d = _load_data(
-            data if "data" in given else s["data_dir"], s["features"], max_train=s.get("max_train")
+        plan = cmp.load_plan(
+            parent,
+            options["epochs"] if "epochs" in given else None,
+            options["data"] if "data" in given else None,
+            seeds if n_seeds or "seed" in given else None,
         )
         _echo(f"resuming the comparison in {parent}")
     else:
         _check_keep_best(options)
-        d = _load_data(data, options["features"], max_train=options["max_train"])
-        # weight_decay is per run (the plan's weight_decays)
-        settings = config.settings_of(options, os.path.abspath(data), d["feature_kind"])
-        del settings["weight_decay"]
+        d = _load_data(options["data"], options["features"], max_train=options["max_train"])
+        settings = config.settings_of(options, os.path.abspath(d["base_dir"]), d["feature_kind"])
+        for per_run in ("weight_decay", "forget_bias", "seed"):  # the plan's lists
+            del settings[per_run]
+        model = {k: options[k] for k in ("hidden_dim", "wordvec_dim")}
         parent = runs.new_run_dir(out, "compare")
         plan = cmp.new_plan(
             parent,
             options["cell"],
             options["weight_decay"],
+            options["forget_bias"],
+            seeds,
             settings,
-            options["hidden_dim"],
-            options["wordvec_dim"],
+            model,
+            count,
         )
     try:
-        trained = cmp.train_runs(d, parent, plan, progress=_training_bar(quiet), log=_echo)
+        cmp.train_runs(parent, plan, parallel, scheduler, progress=_training_bar(quiet), log=_echo)
     except runs.Interrupted as e:
         _echo(f"\n{e}; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(128 + e.signum)
     except KeyboardInterrupt:
         _echo(f"\nstopped; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(130)
-    res = cmp.results(d, trained, count=count)
+    res = cmp.collect(parent, plan)
     cmp.save_results(parent, plan, res)
     _echo("")
     for line in cmp.format_results(res):
         _echo(line)
-    for path in filter(None, [plot, os.path.join(parent, "compare-loss.png")]):
-        plots.loss_plot([(r["name"], r["epochs"]) for r in res["runs"]], path)
-    plots.gradient_plot(
-        [r["gradients"] for r in res["runs"]], os.path.join(parent, "gradients.png")
-    )
+    cmp.draw(parent, res, plot)
     _echo(
         f"written: {parent}/compare.json, gradients.json, compare-loss.png, gradients.png"
         + (f"; plot: {plot}" if plot else "")
@@ -857,7 +956,7 @@ def sample(
                 f"dataset images with --split val, or build a dataset with `captioner prepare` "
                 f"and train on it"
             )
-        _demo_note(meta)
+        note = _demo_note(meta)
         files, bad = picture_files.find_pictures(images)
         # a progress bar for more than a few pictures, on a terminal (not in pipes and logs)
         results = caption_images(
@@ -867,7 +966,9 @@ def sample(
             if caps is not None:
                 show(path, caps)
         done = [(path, caps[0]) for path, caps, _ in results if caps is not None]
-        records = picture_files.results_of([p for p, _ in done], [c for _, c in done])
+        records = picture_files.results_of(
+            [p for p, _ in done], [c for _, c in done], checkpoint=ckpt, note=note
+        )
         if json_out:
             picture_files.write_results(json_out, records, replace=force)
         if html_out:
@@ -876,8 +977,10 @@ def sample(
             write_gallery(
                 records,
                 html_out,
-                title=f"captioner sample: {len(records)} pictures",
+                title=f"captioner sample: {_plural(len(records), 'picture')}",
                 replace=force,
+                checkpoint=ckpt,
+                note=note,
             )
         errors = [message for _, message in bad]
         errors += [message for _, caps, message in results if caps is None]
@@ -1010,21 +1113,25 @@ def report(
     help="Classes to list (of the 1000).",
 )
 def encode(images, top):
-    """Run the NumPy SqueezeNet 1.1 encoder: top ImageNet classes of each picture.
+    """Run the NumPy SqueezeNet 1.1 encoder: top ImageNet classes of each picture
+    (folders: every picture in them, as `sample` reads them).
 
     \b
     Example:
       captioner encode photo.jpg --top 5
+      captioner encode photos/
     """
-    from . import encoder
+    from . import encoder, picture_files
 
-    _, logits, ok, errors = encoder.encode_files(images)
+    files, bad = picture_files.find_pictures(images)
+    _, logits, ok, errors = encoder.encode_files(files)
     tops = dict(zip(ok, encoder.top_k(logits, top)))
-    for path in images:
+    for path in files:
         if path in tops:
             _echo(path)
             for idx, name, prob in tops[path]:
                 _echo(f"  {prob:6.1%}  {idx:3d}  {name}")
+    errors = bad + errors
     for _path, message in errors:
         _echo(f"captioner: error: {message}", err=True)
     if errors:
@@ -1032,17 +1139,14 @@ def encode(images, top):
 
 
 def _demo_note(meta):
-    """Say once, before captioning picture files, that a demo model knows only shapes."""
-    from .data import DEMO_SOURCE, dataset_source
+    """Say once, before captioning picture files, that a demo model knows only shapes;
+    -> that note (it also goes into --json and --html), or None."""
+    from .picture_files import demo_note
 
-    saved = meta.get("training", {}).get("settings", {}).get("data_dir")
-    if saved and dataset_source(saved) == DEMO_SOURCE:
-        _echo(
-            "note: this model was trained by `captioner demo` on rendered shapes (coloured "
-            "circles, squares, stars... on plain backgrounds); it cannot describe "
-            "photographs. For photos see README, 'Caption your own photos'.",
-            err=True,
-        )
+    note = demo_note(meta)
+    if note:
+        _echo(f"note: {note}", err=True)
+    return note
 
 
 def _checkpoint_data(ckpt, meta, data, split):
@@ -1054,7 +1158,14 @@ def _checkpoint_data(ckpt, meta, data, split):
 def _newest_best():
     from .runs import newest_best
 
-    return newest_best()
+    found = newest_best()
+    _echo(f"using {found}, the newest runs/*/best.npz (--checkpoint to choose)", err=True)
+    return found
+
+
+def _plural(n, word):
+    """3, 'image' -> '3 images'; 1 -> '1 image'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 # ---------------------------------------------------------------- evaluate
@@ -1074,7 +1185,8 @@ def _newest_best():
     type=click.Choice(SPLITS),
     default="val",
     show_default=True,
-    help="test: Karpathy's test split of `prepare --coco`, the one papers report on.",
+    help="test: the test split of `prepare --flickr8k`, `--karpathy` or `--coco` "
+    "(Karpathy's), the one papers report on.",
 )
 @click.option(
     "--max-images", type=COUNT, default=None, help="Only the first N images of the split."
@@ -1156,7 +1268,8 @@ def evaluate(
         refs = metrics.load_annotations(references)
         res = metrics.load_results(results, known_ids=set(refs))
         scores, notes = metrics.score({i: refs[i] for i in res}, res, meteor=not no_meteor)
-        what = f"{len(res):,} captions of {results}"
+        what = f"{_plural(len(res), 'caption')} of {results}"
+        where = {}
     else:
         from .checkpoint import load_model
         from .evaluation import evaluate_model
@@ -1174,13 +1287,15 @@ def evaluate(
             max_length=max_length,
             length_norm=length_norm,
         )
-        what = f"{ckpt} on {len(generated):,} {split} images, beam {beam_size}"
+        name = d["dataset"] or os.path.basename(os.path.normpath(d["base_dir"]))
+        what = f"{ckpt} on {_plural(len(generated), split + ' image')} of {name}, beam {beam_size}"
+        where = {"split": split, "dataset": name, "data": d["base_dir"]}
         if save_results:
             from .atomic import write_json
 
             write_json(save_results, generated, replace=force)
     if as_json:
-        click.echo(json.dumps({"scores": scores, "notes": notes}))
+        click.echo(json.dumps({"scores": scores, "notes": notes, **where}))
         return
     _echo(what)
     from .metrics import KEYS
@@ -1199,9 +1314,10 @@ def evaluate(
 @click.option(
     "--images",
     "images_dir",
-    type=click.Path(exists=True, file_okay=False),
+    type=click.Path(exists=True),
     default=None,
-    help="Folder of pictures (the annotations' file_name are relative to it).",
+    help="Folder of pictures (the annotations' file_name are relative to it); with "
+    "--karpathy, a folder or a zip of the pictures.",
 )
 @click.option(
     "--captions",
@@ -1217,6 +1333,28 @@ def evaluate(
     default=None,
     help="Instead of --images/--captions: the folder of `captioner download --images` "
     "(the COCO 2014 zips, read without unpacking).",
+)
+@click.option(
+    "--flickr8k",
+    "flickr_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Instead of --images/--captions: the folder of `captioner download --flickr8k` "
+    "(its two zips): train / dev (as val) / test, 6,000 / 1,000 / 1,000 images.",
+)
+@click.option(
+    "--karpathy",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Instead of --captions: a dataset in Karpathy's format (dataset_flickr30k.json, "
+    "...; splits train + restval / val / test), its pictures in --images; or "
+    "caption_datasets.zip with --karpathy-name.",
+)
+@click.option(
+    "--karpathy-name",
+    metavar="NAME",
+    default=None,
+    help="With --karpathy ZIP: the JSON inside it, e.g. dataset_flickr30k.json.",
 )
 @click.option(
     "--split",
@@ -1296,6 +1434,9 @@ def prepare(
     images_dir,
     annotations,
     coco_dir,
+    flickr_dir,
+    karpathy,
+    karpathy_name,
     coco_split,
     out,
     val_fraction,
@@ -1315,40 +1456,66 @@ def prepare(
     Interrupted? Run the same command again: it resumes where it stopped.
     Example:
       captioner prepare --images photos/ --captions captions.json --out data/mine
+      captioner prepare --flickr8k data/flickr8k --out data/flickr8k-ds
+      captioner prepare --karpathy dataset_flickr30k.json --images flickr30k-images.zip \\
+          --out data/flickr30k-ds
+      captioner prepare --karpathy data/coco2014/caption_datasets.zip \\
+          --karpathy-name dataset_flickr30k.json --images flickr30k-images/ --out data/f30k
       captioner prepare --coco data/coco2014 --out data/coco2014-karpathy
     """
-    from .prepare import prepare_coco, prepare_dataset
+    from .prepare import prepare_coco, prepare_dataset, prepare_flickr8k, prepare_karpathy
 
     given = {
         p
         for p in ctx.params
         if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
     }
-    if coco_dir:
-        extra = sorted(given & {"images_dir", "annotations", "val_fraction", "split_by", "seed"})
-        if extra:
+    flags = {
+        "images_dir": "--images",
+        "annotations": "--captions",
+        "val_fraction": "--val-fraction",
+        "split_by": "--split-by",
+        "seed": "--seed",
+        "coco_split": "--split",
+        "karpathy_name": "--karpathy-name",
+    }
+    modes = {"coco_dir": "--coco", "flickr_dir": "--flickr8k", "karpathy": "--karpathy"}
+    chosen = [m for m in modes if m in given]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{modes[chosen[0]]} and {modes[chosen[1]]} do not go together")
+    mode = chosen[0] if chosen else None
+    takes = {"coco_dir": {"coco_split"}, "karpathy": {"images_dir", "karpathy_name"}}
+    extra = sorted(given & set(flags) - takes.get(mode, set()), key=list(flags).index)
+    if mode and extra:
+        raise click.UsageError(
+            f"{modes[mode]} takes its splits from its own files; drop {flags[extra[0]]}"
+        )
+    if mode == "karpathy" and not images_dir:
+        raise click.UsageError("--karpathy needs --images: the folder or zip of its pictures")
+    if mode is None:
+        if "karpathy_name" in given:
+            raise click.UsageError("--karpathy-name goes with --karpathy ZIP")
+        if not (images_dir and annotations):
             raise click.UsageError(
-                f"--coco takes its splits from the COCO files; drop "
-                f"--{extra[0].replace('_dir', '').replace('_', '-')}"
+                "give --images and --captions, or --flickr8k DIR, --karpathy FILE or --coco DIR"
             )
-    elif not (images_dir and annotations):
-        raise click.UsageError("give --images and --captions, or --coco DIR")
-    elif "coco_split" in given:
-        raise click.UsageError("--split karpathy|official goes with --coco (use --split-by here)")
+        if "coco_split" in given:
+            raise click.UsageError(
+                "--split karpathy|official goes with --coco (use --split-by here)"
+            )
+    options = dict(
+        vocab=vocab, min_count=min_count, max_words=max_words, batch_size=batch_size, force=force
+    )
     try:
         with _shard_executor(scheduler, workers) as shards:
-            if coco_dir:
-                s = prepare_coco(
-                    coco_dir,
-                    out,
-                    split=coco_split,
-                    vocab=vocab,
-                    min_count=min_count,
-                    max_words=max_words,
-                    batch_size=batch_size,
-                    force=force,
-                    **shards,
+            if flickr_dir:
+                s = prepare_flickr8k(flickr_dir, out, **options, **shards)
+            elif karpathy:
+                s = prepare_karpathy(
+                    karpathy, images_dir, out, member=karpathy_name, **options, **shards
                 )
+            elif coco_dir:
+                s = prepare_coco(coco_dir, out, split=coco_split, **options, **shards)
             else:
                 s = prepare_dataset(
                     images_dir,
@@ -1367,18 +1534,28 @@ def prepare(
     except KeyboardInterrupt as e:
         _echo("\ninterrupted; run the same command again to resume", err=True)
         sys.exit(_interrupted(e))
-    _echo(f"{s['out_dir']}: {s['encoder']} features, vocabulary {s['vocab_size']} words")
+    if s["done_before"]:
+        _echo(
+            f"{s['out_dir']}: already built by this command (same pictures, captions and "
+            f"settings); nothing to do"
+        )
+    name = f"{s['dataset']}, " if s.get("dataset") else ""
+    _echo(
+        f"{s['out_dir']}: {name}{s['encoder']} features, "
+        f"vocabulary {_plural(s['vocab_size'], 'word')}"
+    )
     for split in SPLITS:
         if split in s:
             t = s[split]
             _echo(
-                f"  {split}: {t['images']:,} images, {t['captions']:,} captions, "
-                f"{t['unk_words']:.1%} of words <UNK>"
+                f"  {split}: {_plural(t['images'], 'image')}, "
+                f"{_plural(t['captions'], 'caption')}, {t['unk_words']:.1%} of words <UNK>"
             )
-    _echo(
-        f"  encoded {s['encoded_images']:,} images ({s['resumed_images']:,} resumed) "
-        f"at {s['images_per_second']:.1f} images/s with {s['workers']} worker(s)"
-    )
+    if not s["done_before"]:
+        _echo(
+            f"  encoded {_plural(s['encoded_images'], 'image')} ({s['resumed_images']:,} "
+            f"resumed) at {s['images_per_second']:.1f} images/s with {s['workers']} worker(s)"
+        )
     if s["skipped"]:
         _echo(f"  skipped {len(s['skipped']):,} picture(s):")
     for name, reason in s["skipped"][:10]:
@@ -1386,6 +1563,10 @@ def prepare(
         _echo(f"  skipped {shown}: {reason}")
     if len(s["skipped"]) > 10:
         _echo(f"  ... and {len(s['skipped']) - 10} more skipped")
+    for note in s.get("notes", []):
+        _echo(f"  note: {note}")
+    for warning in s["warnings"]:
+        _echo(f"captioner: warning: {warning}", err=True)
 
 
 def _odd(name):
@@ -1446,16 +1627,25 @@ def demo(out, train_images, val_images, epochs, seed):
       captioner demo --out data/demo
     """
     from .demo import run_demo
+    from .runs import Interrupted
 
-    summary = run_demo(
-        out,
-        n_train=train_images,
-        n_val=val_images,
-        epochs=epochs,
-        seed=seed,
-        log=_echo,
-        progress=_training_bar(quiet=False),
-    )
+    again = _same_command()  # `captioner demo` = `make demo` when no option was given
+    try:
+        summary = run_demo(
+            out,
+            n_train=train_images,
+            n_val=val_images,
+            epochs=epochs,
+            seed=seed,
+            log=_echo,
+            progress=_training_bar(quiet=False),
+        )
+    except Interrupted as e:
+        _echo(f"\n{e}; continue with: {again}", err=True)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt as e:  # outside training, a second Ctrl-C, SIGTERM: saved stays
+        _echo(f"\nstopped; continue with: {again}", err=True)
+        sys.exit(_interrupted(e))
     if not summary["grounded"]:
         sys.exit(1)
 
@@ -1465,7 +1655,13 @@ def demo(out, train_images, val_images, epochs, seed):
 
 @cli.command()
 @data_option
-@click.option("--checkpoint", "ckpt", type=click.Path(exists=True), default=None)
+@click.option(
+    "--checkpoint",
+    "ckpt",
+    type=click.Path(exists=True),
+    default=None,
+    help="Show this checkpoint (model, features, training epochs) instead of a dataset.",
+)
 def info(data, features, ckpt):
     """Show what a dataset or a checkpoint holds.
 
@@ -1484,6 +1680,11 @@ def info(data, features, ckpt):
         _echo(
             f"  model: {model.cell_type}, hidden {model.hidden_dim}, word vectors "
             f"{model.wordvec_dim}, {n:,} parameters, vocabulary {len(meta['vocab'])}"
+            + (
+                f", adaptive softmax (cutoffs {','.join(map(str, model.cutoffs))})"
+                if model.softmax == "adaptive"
+                else ""
+            )
         )
         _echo(f"  features: {meta['features']['encoder']} ({meta['features']['dim']}-d)")
         best = t.get("best") or {}
@@ -1500,22 +1701,25 @@ def info(data, features, ckpt):
         for r in t.get("epochs", []):
             _echo("    " + format_record(r, t.get("settings", {}).get("epochs", "?")))
         return
-    from .data import CAPTIONS_FILE, available_splits
+    from .data import available_splits, captions_file
 
-    test = os.path.isfile(os.path.join(data, CAPTIONS_FILE)) and "test" in available_splits(
+    test = os.path.isfile(captions_file(data)) and "test" in available_splits(
         data
     )  # train and val are always there
     d = _load_data(data, features, splits=["train", "val", "test"] if test else ["train", "val"])
+    sizes = "/".join(f"{len(d[f'{s}_features']):,}" for s in SPLITS if f"{s}_features" in d)
     _echo(
-        f"dataset {d['base_dir']}: vocabulary {len(d['idx_to_word'])} words, "
-        f"{d['encoder']} features ({d['feature_dim']}-d)"
+        f"dataset {d['base_dir']}: {d['dataset'] + ', ' if d['dataset'] else ''}{sizes} "
+        f"images, vocabulary {_plural(len(d['idx_to_word']), 'word')}, {d['encoder']} features "
+        f"({d['feature_dim']}-d)"
     )
     for split in SPLITS:
         if f"{split}_captions" in d:
             caps = d[f"{split}_captions"]
             lengths = (caps[:, 1:] != 0).sum(1) - 1
             _echo(
-                f"  {split}: {len(caps):,} captions of {len(d[f'{split}_features']):,} images, "
+                f"  {split}: {_plural(len(caps), 'caption')} of "
+                f"{_plural(len(d[f'{split}_features']), 'image')}, "
                 f"{caps.shape[1]} columns, mean {lengths.mean():.1f} words"
             )
 
@@ -1528,7 +1732,8 @@ def info(data, features, ckpt):
     "--dest",
     type=click.Path(file_okay=False),
     default=None,
-    help="Where to put the files [default: data, or data/coco2014 with --images].",
+    help="Where to put the files [default: data, data/coco2014 with --images, "
+    "data/flickr8k with --flickr8k].",
 )
 @click.option("--url", default=None, help="Mirror of coco_captioning.zip.")
 @click.option(
@@ -1538,35 +1743,71 @@ def info(data, features, ckpt):
     help="The COCO 2014 pictures and captions instead (20.4 GB of zips, kept as they are).",
 )
 @click.option(
-    "--mirror", default=None, help="With --images: a base URL serving the same four file names."
+    "--flickr8k",
+    is_flag=True,
+    help="The Flickr8k pictures and captions instead (2 zips, ~1.1 GB, kept as they are).",
 )
-def download(dest, url, images, mirror):
-    """Download the CS231n COCO features (~1 GB), or with --images the COCO 2014 pictures.
+@click.option(
+    "--mirror",
+    default=None,
+    help="With --images or --flickr8k: a base URL serving the same file names.",
+)
+def download(dest, url, images, flickr8k, mirror):
+    """Download the CS231n COCO features (~1 GB), or with --images the COCO 2014 pictures,
+    or with --flickr8k the Flickr8k pictures.
 
     Resumable: rerun the same command after an interruption.
 
     \b
     Example:
       captioner download --dest data
+      captioner download --flickr8k --dest data/flickr8k
       captioner download --images --dest data/coco2014
     """
+    if flickr8k:
+        if images or url:
+            raise click.UsageError("--flickr8k goes alone (a mirror of it: --mirror URL)")
+        from .download import download_flickr8k
+
+        path = download_flickr8k(dest or "data/flickr8k", mirror=mirror, again=_same_command())
+        _echo(
+            f"Flickr8k pictures and captions ready in {path}; next: captioner prepare "
+            f"--flickr8k {path} --out {path}-ds"
+        )
+        return
     if images:
         if url:
             raise click.UsageError("--url is for the CS231n zip; with --images use --mirror")
         from .download import download_coco_images
 
-        path = download_coco_images(dest or "data/coco2014", mirror=mirror)
+        path = download_coco_images(dest or "data/coco2014", mirror=mirror, again=_same_command())
         _echo(
             f"COCO 2014 pictures and captions ready in {path}; next: captioner prepare "
             f"--coco {path} --out {path}-karpathy"
         )
         return
     if mirror:
-        raise click.UsageError("--mirror goes with --images (for the CS231n zip use --url)")
+        raise click.UsageError(
+            "--mirror goes with --images or --flickr8k (for the CS231n zip use --url)"
+        )
     from .download import COCO_URL, download_coco
 
-    path = download_coco(dest or "data", url=url or COCO_URL)
+    path = download_coco(dest or "data", url=url or COCO_URL, again=_same_command())
     _echo(f"COCO captioning data ready in {path}")
+
+
+def _same_command():
+    """The running command as the user gave it (the options not left at their default):
+    what to rerun to continue after an interruption."""
+    ctx = click.get_current_context()
+    words = ["captioner", ctx.info_name]
+    for p in ctx.command.params:
+        if ctx.get_parameter_source(p.name) is click.core.ParameterSource.DEFAULT:
+            continue
+        value = ctx.params[p.name]
+        flag = max(p.opts, key=len)
+        words += [flag] if getattr(p, "is_flag", False) else [flag, str(value)]
+    return " ".join(words)
 
 
 def main(argv=None):

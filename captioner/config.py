@@ -20,7 +20,8 @@ class Setting:
 
     name: the Python name (--name-with-dashes on the command line); kind: int, float,
     choice or str; default; low, high: bounds of an int (None: open), for a float low 0
-    means >= 0, or > 0 with positive; choices; help: the option's help ("" for none);
+    means >= 0, or > 0 with positive; cutoffs: None or a list of increasing counts
+    (2000,6000 on the command line); choices; help: the option's help ("" for none);
     part: "settings" (the training settings a checkpoint keeps), "model" (the model's
     config: meta["model"][saved_as]) or "data" (how the data is read, saved as
     settings[saved_as]); many: the default of compare's repeatable form (None: one
@@ -75,6 +76,13 @@ class Setting:
             return (
                 lambda v: type(v) in (int, float) and v == v and abs(v) != float("inf") and v >= 0
             ), "a finite number >= 0"
+        if self.kind == "cutoffs":
+            return (
+                lambda v: (
+                    v is None
+                    or (isinstance(v, list) and all(type(c) is int and c >= 1 for c in v))
+                )
+            ), "null or a list of integers"
         if self.kind == "choice":  # a list would not hash
             return (lambda v: isinstance(v, str) and v in self.choices), (
                 ", ".join(self.choices[:-1]) + " or " + self.choices[-1]
@@ -125,6 +133,15 @@ TRAIN_CONFIG = (
         many=(0.0,),
         repeat="one run per cell and value",
     ),
+    Setting(
+        "forget_bias",
+        "float",
+        0.0,
+        "The LSTM's initial forget-gate bias (CS231n: 0; 1 after Jozefowicz et al. 2015)",
+        low=0,
+        many=(0.0,),
+        repeat="one LSTM run per value",
+    ),
     Setting("clip_norm", "float", 0.0, "Clip the global gradient norm to this (0: off).", low=0),
     Setting(
         "hidden_dim",
@@ -143,6 +160,21 @@ TRAIN_CONFIG = (
         low=1,
         high=limits.MAX_DIM,
         part="model",
+    ),
+    Setting(
+        "softmax",
+        "choice",
+        "full",
+        "Output layer: full softmax, or adaptive (frequent words in a head, "
+        "rare ones in cheaper clusters; faster on big vocabularies).",
+        choices=("full", "adaptive"),
+    ),
+    Setting(
+        "softmax_cutoffs",
+        "cutoffs",
+        None,
+        "Adaptive softmax cluster starts by word frequency rank, e.g. 2000,6000 "
+        "(default: the head covers 90% of training words, clusters grow 4x).",
     ),
     Setting("max_train", "int", None, "Keep only the first N training captions.", low=1),
     Setting(
@@ -174,7 +206,15 @@ TRAIN_CONFIG = (
         "What `best.npz` means: lowest val loss, or highest CIDEr-D (needs --eval-every).",
         choices=("loss", "cider"),
     ),
-    Setting("seed", "int", 0, low=0),
+    Setting(
+        "seed",
+        "int",
+        0,
+        "Initialisation, data order and val subset",
+        low=0,
+        many=(0,),
+        repeat="one run each",
+    ),
     # not an option: the val images of the BLEU/CIDEr evaluation
     Setting("eval_images", "int", 200, low=1, option=False, griddable=False, command=False),
 )
@@ -240,6 +280,8 @@ def train_command(settings, model_cfg, run_dir):
             value = settings.get(s.saved_as, "?")
         else:
             value = settings.get(s.name)
+        if isinstance(value, list):  # --softmax-cutoffs 2000,6000
+            value = ",".join(map(str, value))
         if value is not None:
             args.append(f"{s.flag} {value}")
     return "captioner train " + " ".join(args) + f" --out {run_dir}"

@@ -2,11 +2,17 @@
 
 The layout (one folder, what `captioner download` unpacks and `captioner prepare` writes):
 
-    coco2014_captions.h5        {split}_captions (N, 17) int, {split}_image_idxs (N,) int
+    coco2014_captions.h5        {split}_captions (N, 17) int, {split}_image_idxs (N,) int;
+                                attrs['dataset'] names the dataset (ours only, e.g. flickr8k)
     coco2014_vocab.json         {"idx_to_word": [...], "word_to_idx": {...}}
     {split}2014_{suffix}.h5     'features' (M, D) float; attrs['encoder'] names the CNN (ours only)
     {split}2014_images.txt      one image file name per feature row (optional)
     {split}2014_urls.txt        one image URL per feature row (optional)
+
+Those are the CS231n release's names, kept by COCO 2014 datasets. Any other dataset has the
+same files without the claim (NAMINGS['plain']: captions.h5, vocab.json, {split}_{suffix}.h5,
+{split}_images.txt, ...); a folder's naming is told by which captions file it holds, so
+folders written before plain names existed load as they always did.
 
 Captions are <START> w1 .. wk <END> padded with <NULL> to 17 columns; row i of
 {split}_captions describes feature row {split}_image_idxs[i].
@@ -16,6 +22,7 @@ file, what is wrong and how to fix it; nothing here lets a raw h5py/json traceba
 """
 
 import json
+import logging
 import os
 from contextlib import contextmanager
 
@@ -28,8 +35,12 @@ from captioner.errors import CaptionerError
 from captioner.vocab import decode_captions  # noqa: F401 (re-exported: tests and users import it)
 
 FEATURE_KINDS = {"pca": "vgg16_fc7_pca", "fc7": "vgg16_fc7"}  # kind -> file suffix
-CAPTIONS_FILE = "coco2014_captions.h5"
-VOCAB_FILE = "coco2014_vocab.json"
+# naming -> (captions file, vocabulary file, prefix of a split's files)
+NAMINGS = {
+    "coco2014": ("coco2014_captions.h5", "coco2014_vocab.json", "{}2014_"),
+    "plain": ("captions.h5", "vocab.json", "{}_"),
+}
+CAPTIONS_FILE, VOCAB_FILE, _ = NAMINGS["coco2014"]  # the CS231n zip's names
 # Feature matrices up to this size (as float32) are read into RAM: the 512-d PCA
 # train set is 170 MB; the 4096-d fc7 ones (663 MB val, 1.36 GB train) stay on disk.
 MAX_IN_MEMORY_BYTES = 256 * 2**20
@@ -39,9 +50,30 @@ FIX_DATA = "re-download with `captioner download` (or rebuild with `captioner pr
 FIX_MISSING = "run `captioner download`, or pass --data DIR pointing at a coco_captioning folder"
 
 
-def feature_file(base_dir, split, kind):
-    """Path of the features file of one split: {split}2014_{suffix}.h5."""
-    return os.path.join(base_dir, f"{split}2014_{FEATURE_KINDS.get(kind, kind)}.h5")
+def naming(base_dir):
+    """'plain' when base_dir holds captions.h5, else 'coco2014' (the CS231n layout)."""
+    plain = os.path.join(str(base_dir), NAMINGS["plain"][0])
+    return "plain" if os.path.isfile(plain) else "coco2014"
+
+
+def captions_file(base_dir, names=None):
+    """Path of base_dir's captions file (names: a key of NAMINGS; default: what is there)."""
+    return os.path.join(str(base_dir), NAMINGS[names or naming(base_dir)][0])
+
+
+def vocab_file(base_dir, names=None):
+    return os.path.join(str(base_dir), NAMINGS[names or naming(base_dir)][1])
+
+
+def split_file(base_dir, split, name, names=None):
+    """Path of a split's file: 'images.txt' -> {split}2014_images.txt (or {split}_images.txt)."""
+    prefix = NAMINGS[names or naming(base_dir)][2].format(split)
+    return os.path.join(str(base_dir), prefix + name)
+
+
+def feature_file(base_dir, split, kind, names=None):
+    """Path of the features file of one split: {split}2014_{suffix}.h5 (or {split}_{suffix}.h5)."""
+    return split_file(base_dir, split, f"{FEATURE_KINDS.get(kind, kind)}.h5", names)
 
 
 class H5Rows:
@@ -187,7 +219,7 @@ def _read(ds, path, sel=()):
 
 
 def load_vocab(path):
-    """Read and check coco2014_vocab.json -> (word_to_idx, idx_to_word)."""
+    """Read and check a vocabulary file (coco2014_vocab.json) -> (word_to_idx, idx_to_word)."""
     _need_file(path)
     vocab = read_json(path, "vocabulary", FIX_DATA)
     if not isinstance(vocab, dict):
@@ -286,7 +318,7 @@ def _load_captions(path, splits, word_to_idx, vocab_path):
 
 
 def _available_kinds(base_dir, split):
-    prefix = f"{split}2014_"
+    prefix = os.path.basename(split_file(base_dir, split, ""))
     suffix_to_kind = {v: k for k, v in FEATURE_KINDS.items()}
     try:
         names = os.listdir(base_dir)
@@ -322,7 +354,8 @@ def _pick_kind(base_dir, splits, features):
                     f"{feature_file(base_dir, s, kind)}: file not found; {FIX_MISSING}"
                 )
     raise CaptionerError(
-        f"{base_dir}: no feature files ({'/'.join(splits)}2014_<kind>.h5) found; {FIX_MISSING}"
+        f"{base_dir}: no feature files "
+        f"({split_file('', '/'.join(splits), '<kind>.h5', naming(base_dir))}) found; {FIX_MISSING}"
     )
 
 
@@ -405,7 +438,7 @@ def load_coco_data(
     {split}_image_idxs int64 (N,), {split}_features float32 (M, D) ndarray (or an
     H5Rows when bigger than MAX_IN_MEMORY_BYTES; lazy=True/False forces it),
     {split}_urls and {split}_images (lists of M str, or None when the txt file is
-    absent); feature_kind, feature_dim, encoder, base_dir.
+    absent); feature_kind, feature_dim, encoder, base_dir, dataset (its name or None).
     features: 'auto' (pca if present, else the one kind present), 'pca', 'fc7' or
     any other file suffix. max_train keeps the first N training captions.
     """
@@ -417,17 +450,15 @@ def load_coco_data(
         raise CaptionerError(f"{base_dir}: no splits requested")
     if max_train is not None and max_train < 1:
         raise CaptionerError(f"--max-train must be at least 1, got {max_train}")
-    vocab_path = os.path.join(base_dir, VOCAB_FILE)
+    vocab_path = vocab_file(base_dir)
     word_to_idx, idx_to_word = load_vocab(vocab_path)
     data = {"word_to_idx": word_to_idx, "idx_to_word": idx_to_word, "base_dir": base_dir}
     # Check every file exists before the (possibly slow) reads, so one message names all we need.
     kind = _pick_kind(base_dir, splits, features)
     feat_paths = {s: feature_file(base_dir, s, kind) for s in splits}
-    for path in [os.path.join(base_dir, CAPTIONS_FILE), *feat_paths.values()]:
+    for path in [captions_file(base_dir), *feat_paths.values()]:
         _need_file(path)
-    data.update(
-        _load_captions(os.path.join(base_dir, CAPTIONS_FILE), splits, word_to_idx, vocab_path)
-    )
+    data.update(_load_captions(captions_file(base_dir), splits, word_to_idx, vocab_path))
 
     dims, encoders = {}, {}
     try:
@@ -440,13 +471,13 @@ def load_coco_data(
             lo, hi = int(idxs.min()), int(idxs.max())
             if lo < 0 or hi >= n_rows:
                 raise CaptionerError(
-                    f"{os.path.join(base_dir, CAPTIONS_FILE)}: '{split}_image_idxs' "
+                    f"{captions_file(base_dir)}: '{split}_image_idxs' "
                     f"points at feature row {hi if hi >= n_rows else lo} but {path} has "
                     f"{n_rows} rows; captions and features do not belong together: {FIX_DATA}"
                 )
             for name in ("images", "urls"):
                 data[f"{split}_{name}"] = _read_lines(
-                    os.path.join(base_dir, f"{split}2014_{name}.txt"), n_rows, path
+                    split_file(base_dir, split, f"{name}.txt"), n_rows, path
                 )
         first = splits[0]
         for split in splits[1:]:
@@ -468,15 +499,29 @@ def load_coco_data(
     if max_train is not None and "train" in splits:
         data["train_captions"] = data["train_captions"][:max_train]
         data["train_image_idxs"] = data["train_image_idxs"][:max_train]
-    data.update(feature_kind=kind, feature_dim=dims[splits[0]], encoder=encoders[splits[0]])
+    data.update(
+        feature_kind=kind,
+        feature_dim=dims[splits[0]],
+        encoder=encoders[splits[0]],
+        dataset=dataset_name(base_dir),
+    )
     return data
 
 
 def available_splits(base_dir):
-    """The splits ('train', 'val', 'test', ...) coco2014_captions.h5 in base_dir holds."""
-    path = os.path.join(str(base_dir), CAPTIONS_FILE)
-    with _open_h5(path) as f:
+    """The splits ('train', 'val', 'test', ...) base_dir's captions file holds."""
+    with _open_h5(captions_file(base_dir)) as f:
         return [k[: -len("_captions")] for k in f if k.endswith("_captions")]
+
+
+def dataset_name(base_dir):
+    """attrs['dataset'] of base_dir's captions file (e.g. 'flickr8k'), or None; never raises."""
+    try:
+        with h5py.File(captions_file(base_dir), "r") as f:
+            name = f.attrs.get("dataset")
+    except Exception:  # a note, not a check: load_coco_data reports a broken file
+        return None
+    return None if name is None else name.decode() if isinstance(name, bytes) else str(name)
 
 
 # attrs['source'] of the demo's datasets: `sample` warns that such a model knows only shapes
@@ -489,7 +534,7 @@ def dataset_source(base_dir, attr="source"):
     never raises."""
     try:
         for name in sorted(os.listdir(base_dir)):
-            if name.endswith(".h5") and name != CAPTIONS_FILE:
+            if name.endswith(".h5") and name not in (n[0] for n in NAMINGS.values()):
                 with h5py.File(os.path.join(base_dir, name), "r") as f:
                     source = f["features"].attrs.get(attr) if "features" in f else None
                 if source is not None:
@@ -535,7 +580,16 @@ def image_groups(data, split):
 
 
 def write_dataset(
-    out_dir, splits, idx_to_word, kind="pca", encoder=None, source=None, pictures=None
+    out_dir,
+    splits,
+    idx_to_word,
+    kind="pca",
+    encoder=None,
+    source=None,
+    pictures=None,
+    name=None,
+    names="coco2014",
+    attrs=None,
 ):
     """Write a complete coco_captioning folder; returns out_dir.
 
@@ -546,16 +600,22 @@ def write_dataset(
     written under a temp name and renamed, so a crash never leaves a half file in place.
     source: what the pictures were (attrs['source'], e.g. the demo's rendered shapes).
     pictures: the folder the picture files are in (attrs['pictures']; `report` shows
-    pictures from there only).
+    pictures from there only). name: the dataset's short name (the captions file's
+    attrs['dataset'], e.g. flickr8k); names: the file names, a key of NAMINGS ('plain'
+    for anything but COCO 2014). attrs: {name: str} also stored on the captions file
+    (prepare's record of its inputs).
     """
     out_dir = str(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     idx_to_word = list(idx_to_word)
     vocab = {"idx_to_word": idx_to_word, "word_to_idx": {w: i for i, w in enumerate(idx_to_word)}}
-    atomic.write_text(os.path.join(out_dir, VOCAB_FILE), json.dumps(vocab))
+    atomic.write_text(vocab_file(out_dir, names), json.dumps(vocab))
 
-    with atomic.atomic_path(os.path.join(out_dir, CAPTIONS_FILE)) as tmp:
+    with atomic.atomic_path(captions_file(out_dir, names)) as tmp:
         with h5py.File(tmp, "w") as f:
+            if name is not None:
+                f.attrs["dataset"] = str(name)
+            f.attrs.update(attrs or {})
             for split, d in splits.items():
                 f.create_dataset(
                     f"{split}_captions", data=np.asarray(d["captions"], dtype=np.int32)
@@ -567,7 +627,7 @@ def write_dataset(
     for split, d in splits.items():
         feats = d["features"]
         n, dim = feats.shape
-        with atomic.atomic_path(feature_file(out_dir, split, kind)) as tmp:
+        with atomic.atomic_path(feature_file(out_dir, split, kind, names)) as tmp:
             with h5py.File(tmp, "w") as f:
                 ds = f.create_dataset("features", shape=(n, dim), dtype=np.float32)
                 step = max(1, CHECK_CHUNK_BYTES // (4 * dim))
@@ -581,23 +641,44 @@ def write_dataset(
                     ds.attrs["source"] = str(source)
                 if pictures is not None:
                     ds.attrs["pictures"] = os.path.abspath(pictures)
-        for name in ("images", "urls"):
-            lines = d.get(name)
+        for what in ("images", "urls"):
+            lines = d.get(what)
             if lines is not None:
                 if len(lines) != n:
-                    raise ValueError(f"{split} {name}: {len(lines)} lines for {n} feature rows")
+                    raise ValueError(f"{split} {what}: {len(lines)} lines for {n} feature rows")
                 atomic.write_text(
-                    os.path.join(out_dir, f"{split}2014_{name}.txt"),
+                    split_file(out_dir, split, f"{what}.txt", names),
                     "".join(f"{line}\n" for line in lines),
                 )
     return out_dir
 
 
-def open_dataset(path, features="auto", splits=("train", "val"), max_train=None):
-    """load_coco_data of a folder that must exist (the error says how to get one)."""
+# offline stand-ins for the default --data: what `make demo` builds; what
+# `python scripts/make_synthetic_coco.py data/synthetic` writes (CS231n's layout and sizes)
+DEMO_DATA = os.path.join("data", "demo", "dataset")
+SYNTHETIC_DATA = os.path.join("data", "synthetic")
+
+
+def open_dataset(
+    path, features="auto", splits=("train", "val"), max_train=None, fallback=DEMO_DATA
+):
+    """load_coco_data of a folder that must exist (the error says how to get one); path
+    left at its default (config.DATA_DEFAULT) and not downloaded: `fallback` when it is
+    there, with a note on the captioner logger (d['base_dir'] says which was read)."""
+    from .config import DATA_DEFAULT
+
     if not os.path.isdir(path):
-        raise CaptionerError(
-            f"{path}: no such dataset directory; run `captioner download` (or "
-            f"`make coco`), or point --data / CAPTIONER_DATA at one"
-        )
+        if path == DATA_DEFAULT and os.path.isfile(os.path.join(fallback, CAPTIONS_FILE)):
+            logging.getLogger("captioner").info(
+                f"note: {path} is not downloaded (`captioner download`); using {fallback} "
+                f"(--data chooses)"
+            )
+            path = fallback
+        else:
+            raise CaptionerError(
+                f"{path}: no such dataset directory; run `captioner download` (or "
+                f"`make coco`), or point --data / CAPTIONER_DATA at one (offline: `make demo` "
+                f"builds {DEMO_DATA}; `python scripts/make_synthetic_coco.py data/synthetic` "
+                f"makes a synthetic one in seconds)"
+            )
     return load_coco_data(path, features=features, splits=splits, max_train=max_train)

@@ -1,7 +1,8 @@
 """Run directories: where a training run lives on disk, one writer at a time, and how
 Ctrl-C / SIGTERM stop it cleanly.
 
-A run directory holds `last.npz`, `best.npz`, `history.json` and `train.lock`. The loop
+A run directory holds `last.npz`, `best.npz`, `history.json` and, while a process writes
+to it (or after it was stopped), `train.lock`. The loop
 itself is captioner.training; the checkpoint file is captioner.checkpoint.
 """
 
@@ -71,6 +72,10 @@ def run_lock(run_dir):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(run_dir, name))
         yield
+        # finished (no exception): a finished run folder holds only its files. Unlinked while
+        # still held, so no other writer can slip in between.
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(run_dir, "train.lock"))
     finally:
         os.close(fd)
 
@@ -206,17 +211,17 @@ def checkpoint_data(ckpt, meta, data, split, default=None):
     default, from the folder the checkpoint was trained on."""
     from .checkpoint import check_compatible
     from .config import DATA_DEFAULT
-    from .data import CAPTIONS_FILE, available_splits, open_dataset
+    from .data import available_splits, captions_file, open_dataset
 
     saved = meta.get("training", {}).get("settings", {}).get("data_dir")
     folder = saved if data == (default or DATA_DEFAULT) and saved else data
-    captions = os.path.join(folder, CAPTIONS_FILE)
+    captions = captions_file(folder)
     if os.path.isfile(captions) and split not in available_splits(folder):
         raise CaptionerError(
             f"{captions}: no {split} split (it has "
             f"{', '.join(available_splits(folder))}); the test split comes from "
-            f"`captioner prepare --coco DIR --split karpathy`, or pass another "
-            f"--split"
+            f"`captioner prepare --flickr8k DIR`, `--karpathy FILE` or `--coco DIR "
+            f"--split karpathy`, or pass another --split"
         )
     d = open_dataset(folder, meta["features"]["kind"], splits=(split,))
     check_compatible(ckpt, meta, d)

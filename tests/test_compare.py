@@ -9,7 +9,7 @@ import pytest
 
 from captioner import checkpoint
 from fixtures import build_dataset
-from helpers import run
+from helpers import assert_same_checkpoint, run
 
 TINY = [
     "--hidden-dim",
@@ -30,13 +30,6 @@ TINY = [
 
 def params(path):
     return checkpoint.load(str(path))[0]
-
-
-def assert_same_params(a, b):
-    pa, pb = params(a), params(b)
-    assert sorted(pa) == sorted(pb)
-    for k in pa:
-        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +64,7 @@ def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
         "lstm",
         "rnn",
     ]
+    assert {"run.json", "train.log", "result.json"} <= set(os.listdir(out / "rnn"))
     # each run is the run `captioner train` makes with the same options
     for cell in ("rnn", "lstm"):
         alone = tmp_path / cell
@@ -90,23 +84,42 @@ def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
             alone,
         )
         assert result.exit_code == 0, result.output
-        assert_same_params(out / cell / "last.npz", alone / "last.npz")
+        assert_same_checkpoint(out / cell / "last.npz", alone / "last.npz")
     plan = json.loads((out / "compare.json").read_text())
     res = plan["results"]["runs"]
     assert [r["name"] for r in res] == ["rnn", "lstm"]
     for r in res:
         hist = json.loads((out / r["name"] / "history.json").read_text())
-        assert [e["train_loss"] for e in r["epochs"]] == [e["train_loss"] for e in hist["epochs"]]
+        assert r["history"] == hist["epochs"]
         assert 0 <= r["Bleu_4"] <= 1 and r["CIDEr"] >= 0 and r["seconds_per_step"] >= 0
         saved = params(out / r["name"] / "last.npz")
         assert r["parameters"] == sum(v.size for v in saved.values())
     assert res[1]["parameters"] > res[0]["parameters"]
+    # each figure is what `captioner evaluate` says of that run, greedy, on the same images
+    for r in res:
+        result = run(
+            "evaluate",
+            "--checkpoint",
+            out / r["name"] / "last.npz",
+            "--data",
+            data,
+            "--beam-size",
+            1,
+            "--max-images",
+            200,
+            "--no-meteor",
+            "--json",
+        )
+        assert result.exit_code == 0, result.output
+        scores = json.loads(result.output)["scores"]
+        assert (r["Bleu_4"], r["CIDEr"]) == (scores["Bleu_4"], scores["CIDEr"]), r["name"]
+        assert (r["Bleu_4"], r["CIDEr"]) != (scores["Bleu_1"], scores["CIDEr"])
     flow = json.loads((out / "gradients.json").read_text())["runs"]
     assert [f["cell"] for f in flow] == ["rnn", "lstm"] and flow[1]["forget_gate_mean"]
     # the table: per-epoch losses side by side and the final figures
     assert "rnn train" in output and "lstm val" in output
     for r in res:
-        assert f"{r['epochs'][1]['val_loss']:.4f}" in output
+        assert f"{r['history'][1]['val_loss']:.3f}" in output
     for label in (
         "BLEU-4",
         "CIDEr-D",
@@ -127,7 +140,7 @@ def test_compare_resumes_to_the_same_result(data, reference, tmp_path):
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output
     for cell in ("rnn", "lstm"):
-        assert_same_params(ref / cell / "last.npz", out / cell / "last.npz")
+        assert_same_checkpoint(ref / cell / "last.npz", out / cell / "last.npz")
     # killed before the second run started: the first is kept, the second trained
     shutil.rmtree(out / "lstm")
     stamp = os.path.getmtime(out / "rnn" / "last.npz")
@@ -135,7 +148,7 @@ def test_compare_resumes_to_the_same_result(data, reference, tmp_path):
     assert result.exit_code == 0, result.output
     assert "rnn: done earlier" in result.output
     assert os.path.getmtime(out / "rnn" / "last.npz") == stamp
-    assert_same_params(ref / "lstm" / "last.npz", out / "lstm" / "last.npz")
+    assert_same_checkpoint(ref / "lstm" / "last.npz", out / "lstm" / "last.npz")
     png = (tmp_path / "loss.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) < 100_000
 
@@ -188,12 +201,144 @@ def test_weight_decays_and_refusals(data, reference, tmp_path, monkeypatch):
 
 
 def test_plan_takes_every_cell(tmp_path):
-    """A comparison of all three cells is a plan compare can write and resume."""
+    """A comparison of all three cells is a plan compare can write and resume; only the
+    cell with a forget gate gets one run per forget-gate bias."""
     from captioner import compare as cmp
 
-    plan = cmp.new_plan(tmp_path / "c", ("rnn", "lstm", "gru"), (0.0,), {"epochs": 1}, 6, 5)
+    plan = cmp.new_plan(
+        tmp_path / "c",
+        ("rnn", "lstm", "gru"),
+        (0.0,),
+        (0.0, 1.0),
+        (0,),
+        {"epochs": 1},
+        {"hidden_dim": 6, "wordvec_dim": 5},
+        20,
+    )
     assert cmp.load_plan(tmp_path / "c")["cells"] == plan["cells"] == ["rnn", "lstm", "gru"]
-    assert [n for n, _, _ in cmp.run_names(plan["cells"], [0.0])] == ["rnn", "lstm", "gru"]
+    names = [n for n, _, _ in cmp.run_names(plan)]
+    assert names == ["rnn", "lstm-fb0", "lstm-fb1", "gru"]
+
+
+def untimed(res):
+    """compare.json's results without wall-clock figures."""
+    timing = {"seconds", "seconds_per_step", "ms_per_step"}
+    if isinstance(res, dict):
+        return {k: untimed(v) for k, v in res.items() if k not in timing}
+    if isinstance(res, list):
+        return [untimed(v) for v in res]
+    return res
+
+
+SEEDED = ["--seeds", 2, "--forget-bias", 0, "--forget-bias", 1, "--epochs", 2]
+SEEDED_RUNS = [f"{s}-seed{k}" for s in ("rnn", "lstm-fb0", "lstm-fb1") for k in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def seeded(data, tmp_path_factory):
+    """A finished comparison over 2 seeds with forget-gate biases 0 and 1, run serially."""
+    out = tmp_path_factory.mktemp("seeded") / "serial"
+    result = run("compare", "--data", data, *TINY, *SEEDED, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_seeds_and_forget_biases_in_parallel_equal_serial_and_train(data, seeded, tmp_path):
+    serial, parallel = seeded, tmp_path / "parallel"
+    out = run("compare", "--data", data, *TINY, *SEEDED, "--parallel", 2, "--out", parallel)
+    assert out.exit_code == 0, out.output
+    plan = json.loads((serial / "compare.json").read_text())
+    assert sorted(d for d in os.listdir(serial) if (serial / d).is_dir()) == sorted(SEEDED_RUNS)
+    for name in SEEDED_RUNS:
+        for ckpt in ("last.npz", "best.npz"):
+            assert_same_checkpoint(serial / name / ckpt, parallel / name / ckpt)
+        settings = checkpoint.load(str(serial / name / "last.npz"))[1]["training"]["settings"]
+        assert settings["seed"] == int(name[-1])
+        assert settings["forget_bias"] == (1.0 if "fb1" in name else 0.0)
+    res = plan["results"]
+    assert untimed(res) == untimed(json.loads((parallel / "compare.json").read_text())["results"])
+    # one of them is the run `captioner train` makes with the same options
+    alone = tmp_path / "alone"
+    args = ["--cell", "lstm", "--seed", 1, "--forget-bias", 1, "--epochs", 2]
+    result = run("train", "--data", data, *TINY[:-4], "--lr", 5e-3, *args, "--out", alone)
+    assert result.exit_code == 0, result.output
+    assert_same_checkpoint(serial / "lstm-fb1-seed1" / "last.npz", alone / "last.npz")
+    # per setting: every per-seed figure, and aggregates that are those of the per-seed values
+    by_run = {r["name"]: r for r in res["runs"]}
+    assert [s["name"] for s in res["settings"]] == ["rnn", "lstm-fb0", "lstm-fb1"]
+    for s in res["settings"]:
+        assert s["seeds"] == [0, 1] and s["runs"] == [f"{s['name']}-seed{k}" for k in (0, 1)]
+        val = [by_run[n]["history"][-1]["val_loss"] for n in s["runs"]]
+        f = s["figures"]["val_loss"]
+        assert f["values"] == val and f["n"] == 2
+        assert f["mean"] == pytest.approx(np.mean(val)) and f["min"] == min(val)
+        assert f["std"] == pytest.approx(np.std(val, ddof=1))
+        gains = [by_run[n]["gradients"]["gain_per_step"] for n in s["runs"]]
+        assert s["figures"]["gain_per_step"]["values"] == gains
+        e1 = [by_run[n]["history"][0]["train_loss"] for n in s["runs"]]
+        assert s["epochs"][0]["train_loss"]["values"] == e1
+        assert ("forget_gate_mean" in s["figures"]) == (s["cell"] == "lstm")
+        assert f"{f['mean']:.3f} +- {f['std']:.3f}" in out.output
+    claims = {(v["claim"], v["a"], v["b"], v["figure"]) for v in res["verdicts"]}
+    assert (3, "lstm-fb0", "rnn", "gain_per_step") in claims
+    assert ("forget bias", "lstm-fb1", "lstm-fb0", "gain_per_step") in claims
+    assert (
+        "of 2 seeds" in out.output and "claim 3, the gradient reaches further back:" in out.output
+    )
+
+
+def test_seeded_compare_resumes_in_parallel_to_the_serial_result(data, tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "cmp"
+    result = run("compare", "--data", data, *TINY, *SEEDED, "--cell", "lstm", "--out", ref)
+    assert result.exit_code == 0, result.output
+    first = [*SEEDED[:-1], 1]  # --epochs 1
+    result = run("compare", "--data", data, *TINY, *first, "--cell", "lstm", "--out", out)
+    assert result.exit_code == 0, result.output
+    shutil.rmtree(out / "lstm-fb1-seed0")  # killed before this run started
+    result = run("compare", "--resume", out, "--epochs", 2, "--parallel", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    for name in SEEDED_RUNS[2:]:
+        assert_same_checkpoint(ref / name / "last.npz", out / name / "last.npz")
+    # more seeds later: the runs of the first two are kept, the third trained as a 3-seed run
+    result = run("compare", "--resume", ref, "--seed", 2, "--seed", 0, "--seed", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "lstm-fb0-seed0: done earlier" in result.output
+    res = json.loads((ref / "compare.json").read_text())["results"]
+    assert res["seeds"] == [0, 1, 2] and res["settings"][0]["seeds"] == [0, 1, 2]
+    alone = tmp_path / "alone"
+    args = ["--cell", "lstm", "--seed", 2, "--forget-bias", 1, "--epochs", 2, "--out", alone]
+    assert run("train", "--data", data, *TINY[:-4], "--lr", 5e-3, *args).exit_code == 0
+    assert_same_checkpoint(ref / "lstm-fb1-seed2" / "last.npz", alone / "last.npz")
+    result = run("compare", "--resume", ref, "--seed", 2)  # dropping seeds 0 and 1: refused
+    assert result.exit_code == 2 and "can add seeds" in result.output
+    result = run(
+        "compare", "--data", data, *TINY, "--seeds", 2, "--seed", 1, "--out", tmp_path / "x"
+    )
+    assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_gradients_over_the_seeds_of_a_setting(data, seeded):
+    res = json.loads((seeded / "compare.json").read_text())["results"]
+    result = run("gradients", "--runs", seeded, "--count", 25, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert [g["label"] for g in out["settings"]] == ["rnn", "lstm-fb0", "lstm-fb1"]
+    for g, s in zip(out["settings"], res["settings"]):
+        assert g["n"] == 2 and g["runs"] == [str(seeded / n / "last.npz") for n in s["runs"]]
+        for key in ("gain_per_step", "sigma_max_Wh", "forget_gate_mean"):
+            assert g["figures"].get(key) == s["figures"].get(key)
+    # checkpoints given one by one: those differing only in the seed are one setting
+    ckpts = [seeded / n / "last.npz" for n in ("lstm-fb1-seed0", "rnn-seed0", "lstm-fb1-seed1")]
+    args = [a for c in ckpts for a in ("--checkpoint", c)]
+    result = run("gradients", *args, "--count", 25)
+    assert result.exit_code == 0, result.output
+    fb1 = res["settings"][2]["figures"]["gain_per_step"]
+    line = next(ln for ln in result.output.splitlines() if "(2 checkpoints)" in ln)
+    assert line.startswith(f"{ckpts[0]} and 1 more (2 checkpoints): gradient gain per step")
+    assert f"{fb1['mean']:.3f} +- {fb1['std']:.3f} [{fb1['min']:.3f} .. {fb1['max']:.3f}]" in line
+    assert "rnn-seed0/last.npz and" not in result.output
+    result = run("gradients", "--runs", data)
+    assert result.exit_code == 2 and "compare.json: not found; --runs takes" in result.output
 
 
 def test_a_tampered_plan_is_one_line(reference, tmp_path):

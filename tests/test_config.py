@@ -25,8 +25,12 @@ def test_every_setting_reaches_every_place(setting):
     if s.part in ("settings", "data"):
         ok, _ = checkpoint.SETTINGS[s.saved_as]
         value = s.default if s.default is not None else (s.low or 1)
-        assert ok(value)
-        assert not ok([value])  # a list is refused
+        if s.kind == "cutoffs":  # None or a list of counts
+            assert ok(None) and ok([2000, 6000])
+            assert not ok(2000) and not ok(["2000"]) and not ok([0])
+        else:
+            assert ok(value)
+            assert not ok([value])  # a list is refused
     if s.part == "settings":
         assert training.DEFAULTS[s.name] == s.default
     meta = {
@@ -34,7 +38,12 @@ def test_every_setting_reaches_every_place(setting):
         "features": {"kind": "pca"},
     }
     settings = dict(training.DEFAULTS, data_dir="/d", features="pca")
-    other = {"choice": "sgd" if s.name == "optimizer" else "rnn", "int": 7, "float": 0.5}
+    other = {
+        "choice": {"optimizer": "sgd", "softmax": "adaptive"}.get(s.name, "rnn"),
+        "int": 7,
+        "float": 0.5,
+        "cutoffs": [20, 60],
+    }
     value = {"cell": "rnn", "keep_best": "cider", "features": "fc7", "data": "/e"}.get(
         s.name, other.get(s.kind)
     )
@@ -49,7 +58,8 @@ def test_every_setting_reaches_every_place(setting):
         else:
             settings[s.saved_as] = value
         line = config.train_command(settings, meta["model"], "runs/x")
-        assert f"{s.flag} {value}" in line
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        assert f"{s.flag} {shown}" in line
 
 
 def test_defaults_are_what_train_has_always_used():
@@ -62,7 +72,10 @@ def test_defaults_are_what_train_has_always_used():
             lr_decay=0.95,
             optimizer="adam",
             weight_decay=0.0,
+            forget_bias=0.0,
             clip_norm=0.0,
+            softmax="full",
+            softmax_cutoffs=None,
             max_train=None,
             val_size=1000,
             save_every=1000,
