@@ -33,7 +33,7 @@ from .errors import CaptionerError
 RUN_KEYS = config.RUN_KEYS
 NOT_GRIDDED = tuple(k for k in RUN_KEYS if k not in config.GRIDDABLE)  # one dataset per sweep
 # what a run.json written before these settings existed meant
-OLDER_RUNS = {k: config.BY_NAME[k].default for k in ("forget_bias", "softmax", "softmax_cutoffs")}
+OLDER_RUNS = {k: config.BY_NAME[k].default for k in ("softmax", "softmax_cutoffs")}
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SORT_KEYS = ("val_loss", "cider", "time")
 
