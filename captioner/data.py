@@ -668,7 +668,7 @@ def open_dataset(
     from .config import DATA_DEFAULT
 
     if not os.path.isdir(path):
-        if path == DATA_DEFAULT and os.path.isfile(os.path.join(fallback, CAPTIONS_FILE)):
+        if path == DATA_DEFAULT and os.path.isfile(captions_file(fallback)):
             logging.getLogger("captioner").info(
                 f"note: {path} is not downloaded (`captioner download`); using {fallback} "
                 f"(--data chooses)"
