@@ -143,10 +143,10 @@ SYNTHETIC_DATA = os.path.join("data", "synthetic")
 def _load_data(data, features, splits=("train", "val"), max_train=None, fallback=DEMO_DATA):
     """The dataset of --data; left at its default and not downloaded, `fallback` when it is
     there, with a note (d['base_dir'] says which was read)."""
-    from .data import CAPTIONS_FILE, load_coco_data
+    from .data import captions_file, load_coco_data
 
     if not os.path.isdir(data):
-        if data == DATA_DEFAULT and os.path.isfile(os.path.join(fallback, CAPTIONS_FILE)):
+        if data == DATA_DEFAULT and os.path.isfile(captions_file(fallback)):
             _echo(
                 f"note: {data} is not downloaded (`captioner download`); using {fallback} "
                 f"(--data chooses)",
