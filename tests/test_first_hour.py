@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from captioner import demo, report
+from captioner.data import captions_file
 from captioner.model import CaptioningRNN
 from fixtures import build_dataset
 from helpers import run
@@ -354,6 +355,6 @@ def test_prepare_stamps_its_record_on_the_captions_file(pictures, tmp_path):
     root, captions = pictures
     args = ["--images", root / "images", "--captions", captions, "--workers", 1]
     assert run("prepare", *args, "--min-count", 1, "--out", tmp_path / "d").exit_code == 0
-    with h5py.File(tmp_path / "d" / "coco2014_captions.h5", "r") as f:
+    with h5py.File(captions_file(tmp_path / "d"), "r") as f:
         assert len(f.attrs["prepare_record"]) == 64
         assert json.loads(f.attrs["prepare_summary"])["vocab_size"] > 4
