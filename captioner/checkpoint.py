@@ -24,7 +24,8 @@ import zlib
 
 import numpy as np
 
-from . import adaptive, atomic, limits
+from . import adaptive, atomic, cells, config, limits
+from . import vocab as vocab_rules
 from .errors import CaptionerError
 from .model import CaptioningRNN
 
@@ -324,39 +325,12 @@ def check_compatible(path, meta, data):
 
 # ---------------------------------------------------------------- the schema
 
-NON_WORDS = ("<NULL>", "<START>", "<END>", "<UNK>")
-# Every training setting: (type check, meaning). Others are refused: they would clash with
-# train()'s own arguments or mean the checkpoint came from elsewhere.
+# Every training setting: (type check, meaning), from captioner.config. Others are refused:
+# they would clash with train()'s own arguments or mean the checkpoint came from elsewhere.
 _COUNT = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
 _NATURAL = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 _NUMBER = (lambda v: _is_num(v) and v >= 0, "a finite number >= 0")
-SETTINGS = {
-    "epochs": _COUNT,
-    "batch_size": _COUNT,
-    "eval_images": _COUNT,
-    "seed": _NATURAL,
-    "val_size": _NATURAL,
-    "save_every": _NATURAL,
-    "eval_every": _NATURAL,
-    "lr": _NUMBER,
-    "lr_decay": _NUMBER,
-    "weight_decay": _NUMBER,
-    "forget_bias": _NUMBER,
-    "clip_norm": _NUMBER,
-    "softmax": (lambda v: v in adaptive.SOFTMAXES, "full or adaptive"),
-    "softmax_cutoffs": (
-        lambda v: v is None or (isinstance(v, list) and all(_is_int(c) for c in v)),
-        "null or a list of integers",
-    ),
-    "optimizer": (
-        lambda v: isinstance(v, str) and v in OPTIM_STATE,  # a list would not hash
-        "adam, sgd, sgd_momentum or rmsprop",
-    ),
-    "keep_best": (lambda v: v in ("loss", "cider"), "loss or cider"),
-    "max_train": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
-    "data_dir": (lambda v: isinstance(v, str), "a path"),
-    "features": (lambda v: isinstance(v, str), "a feature kind"),
-}
+SETTINGS = config.SETTINGS
 # Per optimizer: its scalar state keys and its array state keys (all arrays, or none yet).
 OPTIM_STATE = {
     "sgd": ((), ()),
@@ -385,7 +359,7 @@ def _is_num(v, nan_ok=False):
 
 def param_shapes(cfg, vocab_size):
     """The parameter shapes a model config implies: {name: shape}."""
-    k = 4 if cfg["cell_type"] == "lstm" else 1
+    k = cells.get(cfg["cell_type"]).gates
     V, D, W, H = vocab_size, cfg["input_dim"], cfg["wordvec_dim"], cfg["hidden_dim"]
     shapes = {
         "W_embed": (V, W),
@@ -410,8 +384,8 @@ def _problem(meta, shapes):
     cfg, vocab, feats = meta.get("model"), meta.get("vocab"), meta.get("features")
     if not isinstance(cfg, dict):
         return "model is missing or not an object"
-    if cfg.get("cell_type") not in ("rnn", "lstm"):
-        return f"model.cell_type is {cfg.get('cell_type')!r}, expected rnn or lstm"
+    if cfg.get("cell_type") not in cells.NAMES:
+        return f"model.cell_type is {cfg.get('cell_type')!r}, expected {' or '.join(cells.NAMES)}"
     for key in ("input_dim", "wordvec_dim", "hidden_dim"):
         if not (_is_int(cfg.get(key)) and cfg[key] > 0):
             return f"model.{key} is {cfg.get(key)!r}, expected a positive integer"
@@ -419,14 +393,9 @@ def _problem(meta, shapes):
         return "vocab is not a list of words"
     if len(set(vocab)) != len(vocab):
         return "vocab has duplicate words"
-    odd = [w for w in vocab if w.split() != [w]]
-    if odd:  # would print as an empty (or garbled) caption
-        return f"vocab word {odd[0]!r} is empty or holds white space"
-    missing = [t for t in NON_WORDS[:3] if t not in vocab]
-    if missing:
-        return f"vocab lacks {', '.join(missing)}"
-    if not set(vocab) - set(NON_WORDS):
-        return f"vocab has no words besides {', '.join(NON_WORDS)}"
+    broken = vocab_rules.problem(vocab)
+    if broken:
+        return f"vocab {broken}"
     softmax = cfg.get("softmax", "full")
     if softmax not in adaptive.SOFTMAXES:
         return f"model.softmax is {softmax!r}, expected full or adaptive"

@@ -13,10 +13,11 @@ import threading
 
 import click
 
-from . import __version__, limits
+from . import __version__, config, limits
+from .cells import CELLS
 from .errors import CaptionerError, printable
 
-DATA_DEFAULT = "data/coco_captioning"
+DATA_DEFAULT = config.DATA_DEFAULT
 SPLITS = ["train", "val", "test"]
 
 
@@ -134,33 +135,12 @@ def data_option(f):
     )(f)
 
 
-# offline stand-ins for the default --data: what `make demo` builds; what
-# `python scripts/make_synthetic_coco.py data/synthetic` writes (CS231n's layout and sizes)
-DEMO_DATA = os.path.join("data", "demo", "dataset")
-SYNTHETIC_DATA = os.path.join("data", "synthetic")
+def _load_data(data, features, splits=("train", "val"), max_train=None, fallback=None):
+    from .data import DEMO_DATA, open_dataset
 
-
-def _load_data(data, features, splits=("train", "val"), max_train=None, fallback=DEMO_DATA):
-    """The dataset of --data; left at its default and not downloaded, `fallback` when it is
-    there, with a note (d['base_dir'] says which was read)."""
-    from .data import captions_file, load_coco_data
-
-    if not os.path.isdir(data):
-        if data == DATA_DEFAULT and os.path.isfile(captions_file(fallback)):
-            _echo(
-                f"note: {data} is not downloaded (`captioner download`); using {fallback} "
-                f"(--data chooses)",
-                err=True,
-            )
-            data = fallback
-        else:
-            raise CaptionerError(
-                f"{data}: no such dataset directory; run `captioner download` (or "
-                f"`make coco`), or point --data / CAPTIONER_DATA at one (offline: `make demo` "
-                f"builds {DEMO_DATA}; `python scripts/make_synthetic_coco.py data/synthetic` "
-                f"makes a synthetic one in seconds)"
-            )
-    return load_coco_data(data, features=features, splits=splits, max_train=max_train)
+    return open_dataset(
+        data, features, splits=splits, max_train=max_train, fallback=fallback or DEMO_DATA
+    )
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -174,140 +154,59 @@ def cli():
       captioner train --cell lstm --epochs 10
       captioner sample --checkpoint runs/<run>/best.npz --split val
     """
+    _show_library_log()
+
+
+def _show_library_log():
+    """The library reports through the "captioner" logger; the CLI shows it on stderr, as
+    bare lines (each invocation: click's test runner swaps sys.stderr)."""
+    import logging
+
+    log = logging.getLogger("captioner")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 # ---------------------------------------------------------------- train
 
 
+def _option(setting, many):
+    """The click option of one config.Setting (compare's repeatable form when many)."""
+    s = setting
+    if s.kind == "choice":
+        kind = click.Choice(list(s.choices))
+    elif s.kind == "float":
+        kind = POSITIVE if s.positive else NON_NEGATIVE
+    elif s.kind == "cutoffs":
+        kind = _Cutoffs()
+    elif s.high is not None:
+        kind = click.IntRange(s.low, s.high)
+    else:
+        kind = click.IntRange(min=s.low)
+    repeat = many and s.many is not None
+    text = s.help
+    if s.many is not None:
+        text += f" (repeat: {s.repeat})." if repeat else "."
+    return click.option(
+        s.flag,
+        type=kind,
+        multiple=repeat,
+        default=s.many if repeat else s.default,
+        show_default=s.default is not None,
+        help=text or None,
+    )
+
+
 def train_options(many=False, run_dir_options=True):
-    """The options of `train`, shared with `compare` and `sweep`. many: --cell and
-    --weight-decay take several values (compare trains one run per cell and L2 strength).
-    run_dir_options False: without --out, --resume and --quiet (sweep has its own --out)."""
-    options = [
-        click.option(
-            "--cell",
-            type=click.Choice(["lstm", "rnn"]),
-            multiple=many,
-            default=("rnn", "lstm") if many else "lstm",
-            show_default=True,
-            help="Decoder cell" + (" (repeat: one run each)." if many else "."),
-        ),
-        click.option("--epochs", type=COUNT, default=10, show_default=True),
-        click.option("--batch-size", type=COUNT, default=100, show_default=True),
-        click.option(
-            "--lr", type=POSITIVE, default=1e-3, show_default=True, help="Learning rate."
-        ),
-        click.option(
-            "--lr-decay",
-            type=POSITIVE,
-            default=0.95,
-            show_default=True,
-            help="Multiply the learning rate by this after every epoch.",
-        ),
-        click.option(
-            "--optimizer",
-            type=click.Choice(["adam", "sgd", "sgd_momentum", "rmsprop"]),
-            default="adam",
-            show_default=True,
-        ),
-        click.option(
-            "--weight-decay",
-            type=NON_NEGATIVE,
-            multiple=many,
-            default=(0.0,) if many else 0.0,
-            show_default=True,
-            help="L2 penalty on the weight matrices"
-            + (" (repeat: one run per cell and value)." if many else "."),
-        ),
-        click.option(
-            "--forget-bias",
-            type=NON_NEGATIVE,
-            multiple=many,
-            default=(0.0,) if many else 0.0,
-            show_default=True,
-            help="The LSTM's initial forget-gate bias (CS231n: 0; 1 after Jozefowicz et al. 2015)"
-            + (" (repeat: one LSTM run per value)." if many else "."),
-        ),
-        click.option(
-            "--clip-norm",
-            type=NON_NEGATIVE,
-            default=0.0,
-            show_default=True,
-            help="Clip the global gradient norm to this (0: off).",
-        ),
-        click.option(
-            "--hidden-dim",
-            type=click.IntRange(1, limits.MAX_DIM),
-            default=512,
-            show_default=True,
-            help=f"Decoder state size (at most {limits.MAX_DIM}).",
-        ),
-        click.option(
-            "--wordvec-dim",
-            type=click.IntRange(1, limits.MAX_DIM),
-            default=256,
-            show_default=True,
-            help=f"Word vector size (at most {limits.MAX_DIM}).",
-        ),
-        click.option(
-            "--softmax",
-            type=click.Choice(["full", "adaptive"]),
-            default="full",
-            show_default=True,
-            help="Output layer: full softmax, or adaptive (frequent words in a head, "
-            "rare ones in cheaper clusters; faster on big vocabularies).",
-        ),
-        click.option(
-            "--softmax-cutoffs",
-            type=_Cutoffs(),
-            default=None,
-            help="Adaptive softmax cluster starts by word frequency rank, e.g. 2000,6000 "
-            "(default: the head covers 90% of training words, clusters grow 4x).",
-        ),
-        click.option(
-            "--max-train",
-            type=COUNT,
-            default=None,
-            help="Keep only the first N training captions.",
-        ),
-        click.option(
-            "--val-size",
-            type=click.IntRange(min=0),
-            default=1000,
-            show_default=True,
-            help="Validation captions scored after every epoch (a fixed subset).",
-        ),
-        click.option(
-            "--save-every",
-            type=click.IntRange(min=0),
-            default=1000,
-            show_default=True,
-            help="Also save `last` every N steps (0: only at epoch ends).",
-        ),
-        click.option(
-            "--eval-every",
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            help="Every N epochs, BLEU-4 and CIDEr-D of greedy captions on 200 val images.",
-        ),
-        click.option(
-            "--keep-best",
-            type=click.Choice(["loss", "cider"]),
-            default="loss",
-            show_default=True,
-            help="What `best.npz` means: lowest val loss, or highest "
-            "CIDEr-D (needs --eval-every).",
-        ),
-        click.option(
-            "--seed",
-            type=SEED,
-            multiple=many,
-            default=(0,) if many else 0,
-            show_default=True,
-            help="Initialisation, data order and val subset"
-            + (" (repeat: one run each)." if many else "."),
-        ),
+    """The options of `train`, shared with `compare` and `sweep`, made from
+    config.TRAIN_CONFIG. many: the settings with a repeatable form (--cell,
+    --weight-decay, --forget-bias, --seed) take several values (compare trains one run
+    per combination). run_dir_options False: without --out,
+    --resume and --quiet (sweep has its own --out)."""
+    options = [_option(s, many) for s in config.OPTIONS] + [
         click.option(
             "--out",
             type=click.Path(file_okay=False),
@@ -340,33 +239,7 @@ def train_options(many=False, run_dir_options=True):
 @cli.command()
 @train_options()
 @click.pass_context
-def train(
-    ctx,
-    data,
-    features,
-    cell,
-    epochs,
-    batch_size,
-    lr,
-    lr_decay,
-    optimizer,
-    weight_decay,
-    forget_bias,
-    clip_norm,
-    hidden_dim,
-    wordvec_dim,
-    softmax,
-    softmax_cutoffs,
-    max_train,
-    val_size,
-    save_every,
-    eval_every,
-    keep_best,
-    seed,
-    out,
-    resume,
-    quiet,
-):
+def train(ctx, out, resume, quiet, **options):
     """Train a captioner on COCO features.
 
     \b
@@ -374,22 +247,21 @@ def train(
       captioner train --cell lstm --epochs 10 --out runs/lstm
       captioner train --resume runs/lstm --epochs 20
     """
-    from . import adaptive, checkpoint, runs, training
-    from .model import CaptioningRNN
+    from . import checkpoint, runs, training
 
-    given = {
-        p
-        for p in ctx.params
-        if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
-    }
+    given = _given(ctx)
+    data, cell = options["data"], options["cell"]
     if resume:
         path = runs.find_checkpoint(resume)
-        model, meta, optim, history = checkpoint.load_model(path)
-        state = training.resume_state(meta, optim, history, path=path)
+        model, meta, state = training.resume_run(path)
         settings = dict(state["settings"])
-        _check_resume_flags(ctx, given, meta, settings, path)
+        problem = config.resume_contradiction(
+            {k: v for k, v in options.items() if k in given}, meta, settings, path
+        )
+        if problem:
+            raise click.UsageError(problem)
         if "epochs" in given:
-            settings["epochs"] = epochs
+            settings["epochs"] = options["epochs"]
         data_dir = data if "data" in given else settings.get("data_dir", data)
         d = _load_data(data_dir, meta["features"]["kind"], max_train=settings.get("max_train"))
         checkpoint.check_compatible(path, meta, d)
@@ -398,39 +270,10 @@ def train(
             run_dir = runs.new_run_dir(out, cell)  # never over another run's checkpoints
         _echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
-        if keep_best == "cider" and not eval_every:
-            raise click.UsageError("--keep-best cider needs --eval-every N")
-        d = _load_data(data, features, max_train=max_train)
-        model = CaptioningRNN(
-            d["word_to_idx"],
-            input_dim=d["feature_dim"],
-            wordvec_dim=wordvec_dim,
-            hidden_dim=hidden_dim,
-            cell_type=cell,
-            seed=seed,
-            forget_bias=forget_bias,
-            **adaptive.model_args(softmax, softmax_cutoffs, d),
-        )
-        settings = dict(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            lr_decay=lr_decay,
-            weight_decay=weight_decay,
-            forget_bias=forget_bias,
-            clip_norm=clip_norm,
-            softmax=softmax,
-            softmax_cutoffs=softmax_cutoffs,
-            seed=seed,
-            val_size=val_size,
-            save_every=save_every,
-            eval_every=eval_every,
-            keep_best=keep_best,
-            data_dir=os.path.abspath(d["base_dir"]),
-            features=d["feature_kind"],
-            max_train=max_train,
-        )
+        _check_keep_best(options)
+        d = _load_data(data, options["features"], max_train=options["max_train"])
+        model = training.new_model(d, **{k: options[k] for k in training.MODEL_OPTIONS})
+        settings = config.settings_of(options, os.path.abspath(d["base_dir"]), d["feature_kind"])
         state = None
         run_dir = runs.new_run_dir(out, cell)
     _echo(
@@ -440,7 +283,13 @@ def train(
     with runs.run_lock(run_dir):
         try:
             state = training.train(
-                d, model, run_dir, state=state, progress=not quiet, log=_echo, **settings
+                d,
+                model,
+                run_dir,
+                state=state,
+                progress=_training_bar(quiet),
+                log=_echo,
+                **settings,
             )
         except runs.Interrupted as e:
             _echo(f"\n{e}; continue with: captioner train --resume {run_dir}", err=True)
@@ -457,28 +306,50 @@ def train(
     )
 
 
-def _check_resume_flags(ctx, given, meta, settings, path):
-    """--resume continues a run with its own settings: a flag saying otherwise is an error
-    naming it, never silently ignored. (--epochs may extend the run; --data may move.)"""
-    from .training import DEFAULTS
+def _training_bar(quiet):
+    """training.train's progress callback drawing a tqdm bar per epoch; None when quiet."""
+    if quiet:
+        return None
+    from tqdm import tqdm
 
-    saved = dict(DEFAULTS, max_train=None)
-    saved.update(
-        settings,
-        cell=meta["model"]["cell_type"],
-        hidden_dim=meta["model"]["hidden_dim"],
-        wordvec_dim=meta["model"]["wordvec_dim"],
-        features=meta["features"]["kind"],
-    )
-    for name in sorted(given - {"epochs", "data", "resume", "out", "quiet"}):
-        value = ctx.params[name]
-        if name in saved and value != saved[name] and not (name == "features" and value == "auto"):
-            flag = "--" + name.replace("_", "-")
-            raise click.UsageError(
-                f"{flag} {value} contradicts {path}, which was trained with "
-                f"{flag} {saved[name]}; --resume continues a run with its own "
-                f"settings: drop {flag}, or start a new run with --out"
+    bar = None
+
+    def show(epoch, epochs, step, steps, loss):
+        nonlocal bar
+        if loss is None:  # an epoch starts
+            if bar is not None:
+                bar.close()
+            bar = tqdm(
+                initial=step,
+                total=steps,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                disable=None,  # only on a terminal, never in logs
+                leave=False,
+                unit="batch",
+                dynamic_ncols=True,
             )
+            return
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bar.update(1)
+        if step == steps:
+            bar.close()
+            bar = None
+
+    return show
+
+
+def _given(ctx):
+    """The names of the options the user typed (not their defaults)."""
+    return {
+        p
+        for p in ctx.params
+        if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
+    }
+
+
+def _check_keep_best(settings):
+    if settings["keep_best"] == "cider" and not settings["eval_every"]:
+        raise click.UsageError("--keep-best cider needs --eval-every N")
 
 
 # ---------------------------------------------------------------- sweep
@@ -575,11 +446,8 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
                 )
         base = {k: settings[k] for k in sweeps.RUN_KEYS}
         base["data"] = os.path.abspath(base["data"])
-        if any(
-            s["keep_best"] == "cider" and not s["eval_every"]
-            for _, s in sweeps.plan(base, the_grid)
-        ):
-            raise click.UsageError("--keep-best cider needs --eval-every N")
+        for _, s in sweeps.plan(base, the_grid):
+            _check_keep_best(s)
         try:
             rows, failed = sweeps.run_sweep(
                 out,
@@ -614,9 +482,9 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
 )
 @click.option(
     "--cell",
-    type=click.Choice(["lstm", "rnn"]),
+    type=click.Choice(list(CELLS)),
     default=None,
-    help="One cell only (default: both, side by side).",
+    help="One cell only (default: rnn and lstm, side by side).",
 )
 @click.option(
     "--n", type=COUNT, default=50, show_default=True, help="How many captions to memorise."
@@ -632,16 +500,17 @@ def overfit(data, features, small, cell, n, epochs, show_captions):
     """Memorise a tiny subset to near-zero loss: the first check to run.
 
     \b
-    Passes (exit 0) when the final loss is below 0.1 (rnn) / 0.5 (lstm).
+    Passes (exit 0) when the final loss is below 0.1 (rnn) / 0.5 (lstm, gru).
     Example:
       captioner overfit --small
       captioner overfit --small --data data/synthetic --captions
       captioner overfit --cell rnn --n 100
     """
-    from .training import overfit as run
-
     # CS231n's settings memorise its PCA features (and the synthetic ones); the demo's
     # L2-normalised features barely tell 50 images apart at that learning rate
+    from .data import SYNTHETIC_DATA
+    from .training import overfit as run
+
     d = _load_data(data, features, splits=("train",), fallback=SYNTHETIC_DATA)
     cells = [cell] if cell else ["rnn", "lstm"]
     results = {}
@@ -703,7 +572,7 @@ def overfit(data, features, small, cell, n, epochs, show_captions):
 @click.option(
     "--cell",
     "cells",
-    type=click.Choice(["rnn", "lstm"]),
+    type=click.Choice(list(CELLS)),
     multiple=True,
     help="A fresh model, initialised as `train` would (repeat: --cell rnn --cell lstm).",
 )
@@ -793,11 +662,11 @@ def gradients(
     from . import gradients as flow
     from . import plots
     from .checkpoint import load_model
-    from .model import FORGET_GATE, CaptioningRNN
+    from .training import new_model
 
     if not ckpts and not cells and not compare_dir:
         raise click.UsageError(
-            "give --checkpoint FILE, --runs DIR or --cell rnn|lstm (each may repeat)"
+            f"give --checkpoint FILE, --runs DIR or --cell {'|'.join(CELLS)} (each may repeat)"
         )
     if plot:
         plots.check_writable(plot, force)
@@ -822,18 +691,11 @@ def gradients(
         if key not in loaded:
             loaded[key] = _load_data(data, features, splits=(split,))
         d = loaded[key]
-        model = CaptioningRNN(
-            d["word_to_idx"],
-            input_dim=d["feature_dim"],
-            wordvec_dim=wordvec_dim,
-            hidden_dim=hidden_dim,
-            cell_type=cell,
-            seed=seed,
-            forget_bias=forget_bias if cell in FORGET_GATE else 0.0,
-        )
-        bias = f", forget bias {forget_bias:g}" if forget_bias and cell in FORGET_GATE else ""
+        bias = forget_bias if CELLS[cell].forget_gate is not None else 0.0
+        model = new_model(d, cell, hidden_dim, wordvec_dim, seed, forget_bias=bias)
         groups[len(models)] = (None, [len(models)])
-        models.append((f"{cell} (fresh, seed {seed}{bias})", model, d))
+        note = f", forget bias {bias:g}" if bias else ""
+        models.append((f"{cell} (fresh, seed {seed}{note})", model, d))
     batches = [flow.first_captions(d, split, count) for _, _, d in models]
     runs = [
         flow.measure(model, feats, caps, label, length=length, seed=seed)
@@ -893,7 +755,7 @@ def gradients(
 )
 @click.option("--force", is_flag=True, help="Let --plot replace an existing file.")
 @click.pass_context
-def compare(ctx, cell, weight_decay, forget_bias, seed, n_seeds, count, out, resume, **opts):
+def compare(ctx, out, resume, quiet, count, n_seeds, plot, force, parallel, scheduler, **options):
     """Train the cells alike over several seeds and compare them in one table.
 
     \b
@@ -908,45 +770,43 @@ def compare(ctx, cell, weight_decay, forget_bias, seed, n_seeds, count, out, res
       captioner compare --resume runs/cmp
     """
     from . import compare as cmp
-    from . import plots, runs, training
+    from . import plots, runs
 
-    plot, parallel, scheduler = opts["plot"], opts["parallel"], opts["scheduler"]
     if plot:
-        plots.check_writable(plot, opts["force"])
-    given = {
-        p
-        for p in ctx.params
-        if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
-    }
+        plots.check_writable(plot, force)
+    given = _given(ctx)
     if n_seeds and "seed" in given:
         raise click.UsageError("give --seeds N or --seed (repeatable), not both")
+    seeds = range(n_seeds) if n_seeds else options["seed"]
     if resume:
         parent = resume
         plan = cmp.load_plan(
             parent,
-            opts["epochs"] if "epochs" in given else None,
-            opts["data"] if "data" in given else None,
-            range(n_seeds) if n_seeds else seed if "seed" in given else None,
+            options["epochs"] if "epochs" in given else None,
+            options["data"] if "data" in given else None,
+            seeds if n_seeds or "seed" in given else None,
         )
         _echo(f"resuming the comparison in {parent}")
     else:
-        if opts["keep_best"] == "cider" and not opts["eval_every"]:
-            raise click.UsageError("--keep-best cider needs --eval-every N")
-        d = _load_data(opts["data"], opts["features"], max_train=opts["max_train"])
-        settings = {k: opts[k] for k in training.DEFAULTS if k in opts}
-        settings.update(
-            data_dir=os.path.abspath(d["base_dir"]),
-            features=d["feature_kind"],
-            max_train=opts["max_train"],
-        )
-        model = {k: opts[k] for k in ("hidden_dim", "wordvec_dim")}
-        seed_list = range(n_seeds) if n_seeds else seed
+        _check_keep_best(options)
+        d = _load_data(options["data"], options["features"], max_train=options["max_train"])
+        settings = config.settings_of(options, os.path.abspath(d["base_dir"]), d["feature_kind"])
+        for per_run in ("weight_decay", "forget_bias", "seed"):  # the plan's lists
+            del settings[per_run]
+        model = {k: options[k] for k in ("hidden_dim", "wordvec_dim")}
         parent = runs.new_run_dir(out, "compare")
         plan = cmp.new_plan(
-            parent, cell, weight_decay, forget_bias, seed_list, settings, model, count
+            parent,
+            options["cell"],
+            options["weight_decay"],
+            options["forget_bias"],
+            seeds,
+            settings,
+            model,
+            count,
         )
     try:
-        cmp.train_runs(parent, plan, parallel, scheduler, progress=not opts["quiet"], log=_echo)
+        cmp.train_runs(parent, plan, parallel, scheduler, progress=_training_bar(quiet), log=_echo)
     except runs.Interrupted as e:
         _echo(f"\n{e}; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(128 + e.signum)
@@ -1057,8 +917,8 @@ def sample(
     import numpy as np
 
     from .checkpoint import load_model
-    from .data import decode_captions
     from .pictures import caption_features, caption_images
+    from .vocab import decode_captions
 
     if not images and split is None:
         raise click.UsageError("give picture files to caption, or --split train|val|test")
@@ -1290,48 +1150,17 @@ def _demo_note(meta):
 
 
 def _checkpoint_data(ckpt, meta, data, split):
-    """The split a checkpoint captions: from --data, or when that is left at its
-    default, from the folder the checkpoint was trained on."""
-    from .checkpoint import check_compatible
-    from .data import available_splits, captions_file
+    from .runs import checkpoint_data
 
-    saved = meta.get("training", {}).get("settings", {}).get("data_dir")
-    folder = saved if data == DATA_DEFAULT and saved else data
-    captions = captions_file(folder)
-    if os.path.isfile(captions) and split not in available_splits(folder):
-        raise CaptionerError(
-            f"{captions}: no {split} split (it has "
-            f"{', '.join(available_splits(folder))}); the test split comes from "
-            f"`captioner prepare --flickr8k DIR`, `--karpathy FILE` or `--coco DIR "
-            f"--split karpathy`, or pass another --split"
-        )
-    d = _load_data(folder, meta["features"]["kind"], splits=(split,))
-    check_compatible(ckpt, meta, d)
-    return d
+    return checkpoint_data(ckpt, meta, data, split)
 
 
 def _newest_best():
-    import glob
+    from .runs import newest_best
 
-    def mtime(path):  # a dangling symbolic link or a vanished run is no candidate
-        try:
-            return os.stat(path).st_mtime if os.path.isfile(path) else None
-        except OSError:
-            return None
-
-    found = sorted(
-        (t, p)
-        for p in glob.glob(os.path.join("runs", "*", "best.npz"))
-        if (t := mtime(p)) is not None
-    )
-    found = [p for _, p in found]
-    if not found:
-        raise CaptionerError(
-            "runs/: no trained model found (runs/*/best.npz); train one with "
-            "`captioner train` or pass --checkpoint"
-        )
-    _echo(f"using {found[-1]}, the newest runs/*/best.npz (--checkpoint to choose)", err=True)
-    return found[-1]
+    found = newest_best()
+    _echo(f"using {found}, the newest runs/*/best.npz (--checkpoint to choose)", err=True)
+    return found
 
 
 def _plural(n, word):
@@ -1340,8 +1169,6 @@ def _plural(n, word):
 
 
 # ---------------------------------------------------------------- evaluate
-
-METRIC_KEYS = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"]
 
 
 @cli.command()
@@ -1471,7 +1298,9 @@ def evaluate(
         click.echo(json.dumps({"scores": scores, "notes": notes, **where}))
         return
     _echo(what)
-    for k in METRIC_KEYS:
+    from .metrics import KEYS
+
+    for k in KEYS:
         if k in scores:
             _echo(f"  {k:8s} {scores[k]:.3f}")
     for note in notes:
@@ -1742,7 +1571,7 @@ def prepare(
 
 def _odd(name):
     """A name that would break the one-line output (line breaks, NUL): print it quoted."""
-    from .prepare import unsafe_text
+    from .sources.paths import unsafe_text
 
     return unsafe_text(name) is not None
 
@@ -1803,7 +1632,13 @@ def demo(out, train_images, val_images, epochs, seed):
     again = _same_command()  # `captioner demo` = `make demo` when no option was given
     try:
         summary = run_demo(
-            out, n_train=train_images, n_val=val_images, epochs=epochs, seed=seed, log=_echo
+            out,
+            n_train=train_images,
+            n_val=val_images,
+            epochs=epochs,
+            seed=seed,
+            log=_echo,
+            progress=_training_bar(quiet=False),
         )
     except Interrupted as e:
         _echo(f"\n{e}; continue with: {again}", err=True)

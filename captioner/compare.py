@@ -22,8 +22,8 @@ kept, the others continue from their last.npz, exactly as `train --resume` would
 import os
 
 from . import atomic, checkpoint, gradients, seeds, sweep, training
+from .cells import CELLS, WITH_FORGET_GATE
 from .errors import CaptionerError
-from .model import CELLS, FORGET_GATE
 
 PLAN = "compare.json"
 EVAL_IMAGES = 200  # val images captioned for BLEU-4 / CIDEr-D
@@ -36,9 +36,9 @@ def settings_of(plan):
     out = []
     for wd in wds:
         for cell in plan["cells"]:
-            for fb in fbs if cell in FORGET_GATE else [0.0]:
+            for fb in fbs if cell in WITH_FORGET_GATE else [0.0]:
                 name = cell + (f"-wd{wd:g}" if len(wds) > 1 else "")
-                if cell in FORGET_GATE and (len(fbs) > 1 or fb):
+                if cell in WITH_FORGET_GATE and (len(fbs) > 1 or fb):
                     name += f"-fb{fb:g}"
                 out.append({"name": name, "cell": cell, "weight_decay": wd, "forget_bias": fb})
     return out
@@ -205,9 +205,9 @@ def score_run(run_dir, state, data):
 # ---------------------------------------------------------------- all runs
 
 
-def train_runs(parent, plan, parallel=1, scheduler=None, progress=True, log=print):
+def train_runs(parent, plan, parallel=1, scheduler=None, progress=None, log=print):
     """Train (or finish) every run of the plan; parallel 1 without a scheduler trains in
-    this process (with progress bars), else through sweep.run_all. Raises CaptionerError
+    this process (progress: as training.train's), else through sweep.run_all. Raises CaptionerError
     naming a failed run, runs.Interrupted on Ctrl-C / SIGTERM after saving the current run."""
     planned = run_names(plan)
     todo = []
@@ -343,7 +343,7 @@ def format_results(res):
     lines += ["", "settings"]
     lines += [
         f"  {s['name']}: {s['cell']}, weight decay {s['weight_decay']:g}"
-        + (f", forget-gate bias {s['forget_bias']:g}" if s["cell"] in FORGET_GATE else "")
+        + (f", forget-gate bias {s['forget_bias']:g}" if s["cell"] in WITH_FORGET_GATE else "")
         + f", {s['parameters']:,} parameters"
         for s in settings
     ]

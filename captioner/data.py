@@ -22,6 +22,7 @@ file, what is wrong and how to fix it; nothing here lets a raw h5py/json traceba
 """
 
 import json
+import logging
 import os
 from contextlib import contextmanager
 
@@ -29,7 +30,9 @@ import h5py
 import numpy as np
 
 from captioner import atomic, limits
+from captioner import vocab as vocab_rules
 from captioner.errors import CaptionerError
+from captioner.vocab import decode_captions  # noqa: F401 (re-exported: tests and users import it)
 
 FEATURE_KINDS = {"pca": "vgg16_fc7_pca", "fc7": "vgg16_fc7"}  # kind -> file suffix
 # naming -> (captions file, vocabulary file, prefix of a split's files)
@@ -38,8 +41,6 @@ NAMINGS = {
     "plain": ("captions.h5", "vocab.json", "{}_"),
 }
 CAPTIONS_FILE, VOCAB_FILE, _ = NAMINGS["coco2014"]  # the CS231n zip's names
-SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>")
-NON_WORDS = SPECIAL_TOKENS + ("<UNK>",)  # tokens a model never writes as a caption's word
 # Feature matrices up to this size (as float32) are read into RAM: the 512-d PCA
 # train set is 170 MB; the 4096-d fc7 ones (663 MB val, 1.36 GB train) stay on disk.
 MAX_IN_MEMORY_BYTES = 256 * 2**20
@@ -235,12 +236,6 @@ def load_vocab(path):
         isinstance(i, int) and not isinstance(i, bool) for i in word_to_idx.values()
     ):
         raise CaptionerError(f"{path}: word_to_idx must map words to integers; {FIX_DATA}")
-    missing = [t for t in SPECIAL_TOKENS if t not in word_to_idx]
-    if missing:
-        raise CaptionerError(
-            f"{path}: vocabulary lacks {', '.join(missing)} "
-            f"(needs {', '.join(SPECIAL_TOKENS)}); {FIX_DATA}"
-        )
     if len(idx_to_word) != len(word_to_idx):
         raise CaptionerError(
             f"{path}: idx_to_word has {len(idx_to_word)} words but word_to_idx has "
@@ -252,24 +247,16 @@ def load_vocab(path):
                 f"{path}: idx_to_word[{i}] is {w!r} but word_to_idx[{w!r}] is "
                 f"{word_to_idx.get(w)}; the two tables disagree; {FIX_DATA}"
             )
-    odd = [w for w in idx_to_word if w.split() != [w]]
-    if odd:  # a word that prints as nothing (or as two) would make empty or garbled captions
-        raise CaptionerError(
-            f"{path}: vocabulary word {odd[0]!r} is empty or holds white space; {FIX_DATA}"
-        )
-    if not set(idx_to_word) - set(NON_WORDS):
-        raise CaptionerError(
-            f"{path}: the vocabulary has no words besides "
-            f"{', '.join(NON_WORDS)}; no caption could be written with it: "
-            f"{FIX_DATA}"
-        )
+    broken = vocab_rules.problem(idx_to_word)
+    if broken:
+        raise CaptionerError(f"{path}: vocabulary {broken}; {FIX_DATA}")
     return word_to_idx, idx_to_word
 
 
 def _load_captions(path, splits, word_to_idx, vocab_path):
     vocab_size = len(word_to_idx)
-    start = word_to_idx["<START>"]
-    blank = [word_to_idx[t] for t in SPECIAL_TOKENS if t != "<START>"]
+    start = word_to_idx[vocab_rules.START]
+    blank = [word_to_idx[vocab_rules.NULL], word_to_idx[vocab_rules.END]]
     out = {}
     with _open_h5(path) as f:
         for split in splits:
@@ -577,27 +564,6 @@ def sample_coco_minibatch(data, batch_size=100, split="train", rng=None):
     return captions[mask], features, urls
 
 
-def decode_captions(captions, idx_to_word):
-    """Word ids -> text: drops <NULL> and <START>, stops at <END>.
-
-    captions: (T,) -> str, or (N, T) -> list of N str.
-    """
-    captions = np.asarray(captions)
-    if captions.ndim == 1:
-        return decode_captions(captions[None], idx_to_word)[0]
-    decoded = []
-    for row in captions:
-        words = []
-        for i in row:
-            word = idx_to_word[i]
-            if word == "<END>":
-                break
-            if word not in ("<NULL>", "<START>"):
-                words.append(word)
-        decoded.append(" ".join(words))
-    return decoded
-
-
 def image_groups(data, split):
     """Group caption rows by image: -> (image_idxs (K,) sorted unique, [rows_of_image_k, ...]).
 
@@ -685,3 +651,34 @@ def write_dataset(
                     "".join(f"{line}\n" for line in lines),
                 )
     return out_dir
+
+
+# offline stand-ins for the default --data: what `make demo` builds; what
+# `python scripts/make_synthetic_coco.py data/synthetic` writes (CS231n's layout and sizes)
+DEMO_DATA = os.path.join("data", "demo", "dataset")
+SYNTHETIC_DATA = os.path.join("data", "synthetic")
+
+
+def open_dataset(
+    path, features="auto", splits=("train", "val"), max_train=None, fallback=DEMO_DATA
+):
+    """load_coco_data of a folder that must exist (the error says how to get one); path
+    left at its default (config.DATA_DEFAULT) and not downloaded: `fallback` when it is
+    there, with a note on the captioner logger (d['base_dir'] says which was read)."""
+    from .config import DATA_DEFAULT
+
+    if not os.path.isdir(path):
+        if path == DATA_DEFAULT and os.path.isfile(captions_file(fallback)):
+            logging.getLogger("captioner").info(
+                f"note: {path} is not downloaded (`captioner download`); using {fallback} "
+                f"(--data chooses)"
+            )
+            path = fallback
+        else:
+            raise CaptionerError(
+                f"{path}: no such dataset directory; run `captioner download` (or "
+                f"`make coco`), or point --data / CAPTIONER_DATA at one (offline: `make demo` "
+                f"builds {DEMO_DATA}; `python scripts/make_synthetic_coco.py data/synthetic` "
+                f"makes a synthetic one in seconds)"
+            )
+    return load_coco_data(path, features=features, splits=splits, max_train=max_train)

@@ -7,6 +7,7 @@ like model.sample, never emit <NULL>, <START> or <UNK>, nor an empty caption.
 import numpy as np
 
 from captioner.errors import CaptionerError
+from captioner.vocab import decode_captions
 
 
 def _log_normalizer(logits, scratch):
@@ -138,8 +139,6 @@ def beam_captions(
 ):
     """beam_search in batches of images, as text: features (N, D) -> N lists of
     (caption, logprob), best first. Batches bound the (batch x beam, V) logits."""
-    from captioner.data import decode_captions
-
     out = []
     for k in range(0, len(features), batch_size):
         for hyps in beam_search(

@@ -314,13 +314,21 @@ RUN_DIR = os.path.join("runs", "demo")  # one stable place: rerun = continue, RE
 
 
 def run_demo(
-    out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, log=print, run_dir=RUN_DIR
+    out_dir="data/demo",
+    n_train=1500,
+    n_val=200,
+    epochs=20,
+    seed=0,
+    log=print,
+    run_dir=RUN_DIR,
+    progress=None,
 ):
     """Render scenes -> prepare -> train -> evaluate on held-out scenes -> caption a new picture.
 
     Each stage is the library call behind the CLI command it prints. The model is trained in
     run_dir (runs/demo): a run found there, interrupted or finished, is continued rather than
-    started again. Steps 4-5 and the report use best.npz, the model the run kept. Ctrl-C
+    started again (progress: as training.train's). Steps 4-5 and the report use best.npz,
+    the model the run kept. Ctrl-C
     while training raises runs.Interrupted after saving last.npz. Returns a summary dict;
     'grounded' is True when the model's CIDEr-D is at least twice what it gets from the mean
     feature (i.e. the captions come from the pixels, not from the caption statistics).
@@ -330,7 +338,6 @@ def run_demo(
     from . import checkpoint, training
     from .data import load_coco_data
     from .evaluation import evaluate_model
-    from .model import CaptioningRNN
     from .pictures import caption_images
     from .prepare import prepare_dataset
     from .runs import new_run_dir, run_lock
@@ -374,14 +381,7 @@ def run_demo(
             f"[3/5] captioner train --data {dataset} --cell lstm --hidden-dim 256 "
             f"--wordvec-dim 128 --epochs {epochs} --lr 2e-3 --lr-decay 0.97 --out {run_dir}"
         )
-        model = CaptioningRNN(
-            data["word_to_idx"],
-            input_dim=data["feature_dim"],
-            wordvec_dim=128,
-            hidden_dim=256,
-            cell_type="lstm",
-            seed=seed,
-        )
+        model = training.new_model(data, "lstm", hidden_dim=256, wordvec_dim=128, seed=seed)
         settings = dict(
             epochs=epochs,
             batch_size=100,
@@ -406,7 +406,9 @@ def run_demo(
                 f"[3/5] {run_dir}: already trained, {state['epoch']} epochs (delete it to retrain)"
             )
     with run_lock(run_dir):
-        state = training.train(data, model, run_dir, state=state, log=log, **settings)
+        state = training.train(
+            data, model, run_dir, state=state, progress=progress, log=log, **settings
+        )
 
     # the model the run kept (lowest val loss), as `captioner report` and `sample` use
     best_path = os.path.join(run_dir, "best.npz")
@@ -477,8 +479,7 @@ def _demo_run(run_dir, dataset, data):
     if not any(os.path.isfile(os.path.join(run_dir, f"{n}.npz")) for n in ("last", "best")):
         return None
     path = find_checkpoint(run_dir)
-    model, meta, optim, history = checkpoint.load_model(path)
-    state = training.resume_state(meta, optim, history, path=path)
+    model, meta, state = training.resume_run(path)
     saved = state["settings"].get("data_dir")
     if saved != os.path.abspath(dataset):
         raise CaptionerError(

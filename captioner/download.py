@@ -12,11 +12,11 @@ download_flickr8k() (Flickr8k) are it with their release's names, URLs and check
 
 import errno
 import http.client
+import logging
 import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import urllib.error
 import urllib.parse
@@ -30,6 +30,9 @@ from tqdm import tqdm
 from captioner import atomic
 from captioner.data import CAPTIONS_FILE, FIX_DATA, close_coco_data, load_coco_data
 from captioner.errors import CaptionerError, printable
+from captioner.sources.paths import unsafe_member
+
+LOG = logging.getLogger("captioner")
 
 COCO_URL = "http://cs231n.stanford.edu/coco_captioning.zip"
 COCO_DIR = "coco_captioning"  # the zip's top folder and the installed folder name
@@ -120,7 +123,7 @@ def _make_dest(dest_dir):
 
 def _say(progress, msg):
     if progress:
-        print(printable(msg), file=sys.stderr)
+        LOG.info(printable(msg))  # the CLI shows the "captioner" log on stderr
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -315,11 +318,9 @@ def fetch_resumable(
 
 def _unsafe(info):
     """Why a zip entry must not be extracted, or None."""
-    name = info.filename
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return "absolute path"
-    if ".." in re.split(r"[/\\]", name):
-        return "'..' in path"
+    why = unsafe_member(info.filename)
+    if why:
+        return why
     if stat.S_ISLNK(info.external_attr >> 16):
         return "symlink"
     return None
@@ -556,10 +557,10 @@ def download_coco_images(
     timeout=60,
     again="captioner download --images",
 ):
-    """Fetch the COCO 2014 pictures and captions (captioner.coco.FILES) into dest_dir
+    """Fetch the COCO 2014 pictures and captions (captioner.sources.coco.FILES) into dest_dir
     (download_files): from their official hosts or `mirror`; each checked to be a zip with
     COCO's layout, the two small ones also by CRC. -> dest_dir."""
-    from captioner import coco
+    from captioner.sources import coco
 
     def check(path, name):  # CRC-check what is cheap to read
         coco.check_zip(path, name, test=name not in ("train2014.zip", "val2014.zip"))

@@ -2,9 +2,10 @@
 
 import re
 
-from .data import decode_captions, image_groups
+from .data import image_groups
 from .decoding import beam_captions
 from .metrics import score
+from .vocab import decode_captions
 
 
 def coco_image_id(file_name, fallback):
@@ -57,6 +58,22 @@ def caption_split(
         model, data, split, max_images, beam_size, max_length, length_norm, batch_size
     )
     return ids, [caption for caption, _ in best], refs
+
+
+def greedy_scores(model, data, max_images=None):
+    """BLEU and CIDEr-D (no METEOR) of greedy captions, at most as long as the dataset's,
+    of the first max_images val images (None: all): what training, compare and sweep
+    report. -> (scores, images scored)."""
+    ids, generated, refs = caption_split(
+        model,
+        data,
+        "val",
+        max_images=max_images,
+        beam_size=1,
+        max_length=data["val_captions"].shape[1] - 1,
+    )
+    scores, _ = score(dict(zip(ids, refs)), dict(zip(ids, generated)), meteor=False)
+    return scores, len(ids)
 
 
 def evaluate_model(model, data, split="val", meteor=True, **decode):

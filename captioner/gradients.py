@@ -1,4 +1,4 @@
-"""Gradient flow through time: how far one word's loss reaches back, RNN vs LSTM.
+"""Gradient flow through time: how far one word's loss reaches back, RNN vs LSTM vs GRU.
 
 Notation (N captions, T steps, H hidden units): the decoder reads input word t
 and produces h_t, which predicts target word t (= caption word t + 1); h_{-1}
@@ -6,7 +6,7 @@ and produces h_t, which predicts target word t (= caption word t + 1); h_{-1}
 t alone (not divided by N). T_n is caption n's last real (non-<NULL>) target.
 
 Everything runs in float64 through the CS231n step layers of captioner.layers
-(rnn_step_* / lstm_step_*, affine_*, temporal_softmax_loss): the backward pass
+(each cell's step pair, affine_*, temporal_softmax_loss): the backward pass
 measured is the project's own. Captions never interact, so the gradient of
 sum_n l_{n,T_n} with respect to h_{n,t} is caption n's alone, and one backward
 pass over the batch gives every caption's g_n(d) = ||dl_{n,T_n} / dh_{n,T_n-d}||.
@@ -19,8 +19,9 @@ import math
 
 import numpy as np
 
-from . import layers, seeds
+from . import cells, layers, seeds
 from .errors import CaptionerError
+from .vocab import SPECIALS
 
 MIN_CAPTIONS = 20  # a distance or position is reported when at least this many captions reach it
 CHUNK_BYTES = 64 << 20  # captions are processed in chunks whose step caches stay about this size
@@ -58,19 +59,19 @@ def first_captions(data, split, count):
 def random_sequences(vocab, features, length, seed):
     """Synthetic captions for the --length check: `length` random input words and a random
     target word at the last step, per image feature. -> captions (N, length + 1) int64."""
-    special = ("<NULL>", "<START>", "<END>", "<UNK>")
-    words = np.array([i for i, w in enumerate(vocab) if w not in special])
+    words = np.array([i for i, w in enumerate(vocab) if w not in SPECIALS])
     rng = np.random.default_rng([seed, length])
     return words[rng.integers(len(words), size=(len(features), length + 1))]
 
 
-def _forward(p, lstm, features, words_in):
-    """The decoder's forward pass, step by step with the CS231n step layers.
+def _forward(p, cell, features, words_in):
+    """The decoder's forward pass, step by step with the cell's CS231n step layers.
 
     features (N, D), words_in (N, T) -> h0 (N, H), caches (T step caches), o and f
     (N, T, H) output and forget gates, tc (N, T, H) tanh(c_t); the gates are
-    None for the RNN.
+    None for a cell without a cell state c (rnn, gru).
     """
+    lstm = "c" in cell.states
     N, T = words_in.shape
     h, _ = layers.affine_forward(features, p["W_proj"], p["b_proj"])
     h0 = h
@@ -87,10 +88,10 @@ def _forward(p, lstm, features, words_in):
             a = x[:, t] @ p["Wx"] + h @ p["Wh"] + p["b"]
             f[:, t] = _sigmoid(a[:, H : 2 * H])
             o[:, t] = _sigmoid(a[:, 2 * H : 3 * H])
-            h, c, cache = layers.lstm_step_forward(x[:, t], h, c, p["Wx"], p["Wh"], p["b"])
+            h, c, cache = cell.step_forward(x[:, t], h, c, p["Wx"], p["Wh"], p["b"])
             tc[:, t] = np.tanh(c)
         else:
-            h, cache = layers.rnn_step_forward(x[:, t], h, p["Wx"], p["Wh"], p["b"])
+            h, cache = cell.step_forward(x[:, t], h, p["Wx"], p["Wh"], p["b"])
         caches.append((cache, h))
     return h0, caches, o, f, tc
 
@@ -122,12 +123,13 @@ def _word_loss_grad(p, h, targets, rows, adaptive=None):
     return dh
 
 
-def _backward(lstm, caches, o, tc, inject, t_top, on_step=None):
+def _backward(cell, caches, o, tc, inject, t_top, on_step=None):
     """Backpropagate upstream gradients on the h_t, from step t_top down to 0.
 
     inject(t) -> (N, H) gradient of the losses on h_t (or None). on_step(t, dh_t, dc_t)
-    sees the total gradients on h_t and c_t (dc None for the RNN). -> dh0 (N, H).
+    sees the total gradients on h_t and c_t (dc None without a cell state). -> dh0 (N, H).
     """
+    lstm = "c" in cell.states
     dh_next = dc_next = None
     for t in range(t_top, -1, -1):
         cache, h = caches[t]
@@ -142,11 +144,11 @@ def _backward(lstm, caches, o, tc, inject, t_top, on_step=None):
             if on_step:
                 # total gradient on c_t: through h_t = o_t tanh(c_t) and through c_{t+1}
                 on_step(t, dh, dc_next + dh * o[:, t] * (1 - tc[:, t] ** 2))
-            _, dh_next, dc_next, _, _, _ = layers.lstm_step_backward(dh, dc_next, cache)
+            _, dh_next, dc_next, _, _, _ = cell.step_backward(dh, dc_next, cache)
         else:
             if on_step:
                 on_step(t, dh, None)
-            _, dh_next, _, _, _ = layers.rnn_step_backward(dh, cache)
+            _, dh_next, _, _, _ = cell.step_backward(dh, cache)
     return dh_next
 
 
@@ -156,21 +158,22 @@ def caption_norms(params, cell, features, captions, null, to_image=True, adaptiv
     params: the model's parameters; features (N, D); captions (N, T+1), inputs
     captions[:, :-1], targets captions[:, 1:]; every caption needs a real target.
     -> dict of arrays, NaN where a caption does not reach:
-       last (N,) T_n; h, c (N, T) g_n(d) for h and c (c None for the RNN);
+       last (N,) T_n; h, c (N, T) g_n(d) for h and c (c None without a cell state);
        image (N, T) ||dl_{n,t} / dh0_n|| (None unless to_image);
-       forget (N, T) mean forget-gate activation over units at step t <= T_n (None for the RNN).
+       forget (N, T) mean forget-gate activation over units at step t <= T_n (None without
+       a cell state).
     adaptive: (cutoffs, rank) of a model with the adaptive softmax, None for the full one.
     """
     p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
-    lstm = cell == "lstm"
+    cell = cells.get(cell)
     N, T = captions.shape[0], captions.shape[1] - 1
     H = p["Wh"].shape[0]
     V = len(adaptive[1]) if adaptive else p["W_vocab"].shape[1]
-    per_row = T * (H * (14 if lstm else 3) + p["Wx"].shape[0] + V) * 8
+    per_row = T * (H * cell.cache_floats + p["Wx"].shape[0] + V) * 8
     chunk = max(1, CHUNK_BYTES // per_row)
     parts = [
         _chunk_norms(
-            p, lstm, features[i : i + chunk], captions[i : i + chunk], null, to_image, adaptive
+            p, cell, features[i : i + chunk], captions[i : i + chunk], null, to_image, adaptive
         )
         for i in range(0, N, chunk)
     ]
@@ -179,14 +182,15 @@ def caption_norms(params, cell, features, captions, null, to_image=True, adaptiv
     }
 
 
-def _chunk_norms(p, lstm, features, captions, null, to_image, adaptive):
+def _chunk_norms(p, cell, features, captions, null, to_image, adaptive):
     words_in, targets = captions[:, :-1], captions[:, 1:]
     N, T = targets.shape
     real = targets != null
     if not real.any(axis=1).all():
         raise ValueError("every caption needs at least one real target")
     last = T - 1 - np.argmax(real[:, ::-1], axis=1)  # T_n
-    h0, caches, o, f, tc = _forward(p, lstm, np.asarray(features, np.float64), words_in)
+    lstm = "c" in cell.states
+    h0, caches, o, f, tc = _forward(p, cell, np.asarray(features, np.float64), words_in)
     hs = [h for _, h in caches]
     nan = np.full((N, T), np.nan)
     out = {
@@ -207,7 +211,7 @@ def _chunk_norms(p, lstm, features, captions, null, to_image, adaptive):
         if dc is not None:
             out["c"][rows, last[rows] - t] = np.linalg.norm(dc[rows], axis=1)
 
-    _backward(lstm, caches, o, tc, inject_last, int(last.max()), record)
+    _backward(cell, caches, o, tc, inject_last, int(last.max()), record)
     if lstm:
         out["forget"] = np.where(np.arange(T)[None, :] <= last[:, None], f.mean(axis=2), np.nan)
     if to_image:
@@ -217,7 +221,7 @@ def _chunk_norms(p, lstm, features, captions, null, to_image, adaptive):
             if not rows.any():
                 continue
             dl = _word_loss_grad(p, hs[t], targets[:, t], rows, adaptive)
-            dh0 = _backward(lstm, caches, o, tc, lambda s, t=t, dl=dl: dl if s == t else None, t)
+            dh0 = _backward(cell, caches, o, tc, lambda s, t=t, dl=dl: dl if s == t else None, t)
             out["image"][rows, t] = np.linalg.norm(dh0[rows], axis=1)
     return out
 
@@ -337,7 +341,7 @@ def format_table(runs, what):
             lines.append(f"{key:4d} {n:8d}{cells}")
 
     def hc(run):
-        return ["dl/dh", "dl/dc"] if run["cell"] == "lstm" else ["dl/dh"]
+        return [f"dl/d{s}" for s in cells.get(run["cell"]).states]
 
     def keyed(rows):
         return [dict(r, **{"dl/dh": r["h"], "dl/dc": r["c"]}) for r in rows]

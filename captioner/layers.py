@@ -2,7 +2,7 @@
 
 Every forward returns (out, cache) and the backward right after it takes
 (dout, cache) and returns the gradient of each input, in the forward's order.
-rnn_forward and lstm_forward are loops over their step functions.
+rnn_forward, lstm_forward and gru_forward are loops over their step functions.
 Shapes: N batch, T time steps, D input size, H hidden size, V vocabulary.
 Nothing is cast: outputs have the inputs' dtype (float64 for gradient checks).
 
@@ -198,6 +198,86 @@ def lstm_backward(dh, cache):
     return dx, dprev_h, dWx, dWh, db
 
 
+# ---------------------------------------------------------------- GRU
+
+
+def gru_step_forward(x, prev_h, Wx, Wh, b):
+    """One GRU step. x (N, D), prev_h (N, H), Wx (D, 3H), Wh (H, 3H), b (3H,)
+    -> next_h (N, H), cache.
+
+    The gates along 3H: reset r, update z (sigmoid), candidate n (tanh). PyTorch's
+    variant, where r multiplies the hidden state's contribution to n (Wh's own bias,
+    PyTorch's b_hn, is left out: the cells share the parameters Wx, Wh, b):
+
+        r = sigmoid(x @ Wx_r + b_r + prev_h @ Wh_r)
+        z = sigmoid(x @ Wx_z + b_z + prev_h @ Wh_z)
+        n = tanh(x @ Wx_n + b_n + r * (prev_h @ Wh_n))
+        next_h = (1 - z) * n + z * prev_h
+    """
+    H = prev_h.shape[1]
+    ax = x @ Wx + b
+    ah = prev_h @ Wh
+    r = sigmoid(ax[:, :H] + ah[:, :H])
+    z = sigmoid(ax[:, H : 2 * H] + ah[:, H : 2 * H])
+    hn = ah[:, 2 * H :]
+    n = np.tanh(ax[:, 2 * H :] + r * hn)
+    next_h = (1 - z) * n + z * prev_h  # keep z of the old state, take 1 - z of n
+    return next_h, (x, prev_h, Wx, Wh, r, z, n, hn)
+
+
+def gru_step_backward(dnext_h, cache):
+    """dnext_h (N, H) -> dx (N, D), dprev_h (N, H), dWx (D, 3H), dWh (H, 3H), db (3H,)."""
+    x, prev_h, Wx, Wh, r, z, n, hn = cache
+    dn = dnext_h * (1 - z)  # through next_h = (1 - z) * n + z * prev_h, to n
+    dz = dnext_h * (prev_h - n)  # ... to z
+    dan = dn * (1 - n**2)  # through tanh
+    dr = dan * hn  # through r * (prev_h @ Wh_n), to r
+    dhn = dan * r  # ... and to prev_h @ Wh_n
+    dar = dr * r * (1 - r)  # through the sigmoids: s' = s (1 - s)
+    daz = dz * z * (1 - z)
+    dax = np.hstack([dar, daz, dan])  # gradient on x @ Wx + b
+    dah = np.hstack([dar, daz, dhn])  # gradient on prev_h @ Wh
+    dx = dax @ Wx.T
+    dprev_h = dnext_h * z + dah @ Wh.T  # prev_h is kept by z and feeds the gates
+    dWx = x.T @ dax
+    dWh = prev_h.T @ dah
+    db = dax.sum(axis=0)
+    return dx, dprev_h, dWx, dWh, db
+
+
+def gru_forward(x, h0, Wx, Wh, b, lengths=None):
+    """GRU over T steps. x (N, T, D), h0 (N, H), Wx (D, 3H), Wh (H, 3H), b (3H,)
+    -> h (N, T, H), cache. lengths as in rnn_forward."""
+    N, T, _ = x.shape
+    active = _active_steps(lengths, N, T)
+    h = np.zeros((N, T, h0.shape[1]), dtype=np.result_type(x, h0, Wx))
+    caches = []
+    prev_h = h0
+    for t in range(T):
+        prev_h, cache = gru_step_forward(x[:, t], prev_h, Wx, Wh, b)
+        h[:, t] = prev_h * active[:, t, None]
+        caches.append(cache)
+    return h, (caches, active, x.shape)
+
+
+def gru_backward(dh, cache):
+    """dh (N, T, H) -> dx (N, T, D), dh0 (N, H), dWx (D, 3H), dWh (H, 3H), db (3H,)."""
+    caches, active, x_shape = cache
+    N, T, _ = x_shape
+    dx = np.zeros(x_shape, dtype=dh.dtype)
+    Wx, Wh = caches[0][2], caches[0][3]
+    dWx, dWh = np.zeros_like(Wx, dtype=dh.dtype), np.zeros_like(Wh, dtype=dh.dtype)
+    db = np.zeros(Wh.shape[1], dtype=dh.dtype)
+    dprev_h = np.zeros((N, dh.shape[2]), dtype=dh.dtype)
+    for t in reversed(range(T)):
+        dnext_h = dh[:, t] * active[:, t, None] + dprev_h  # as in rnn_backward
+        dx[:, t], dprev_h, dWx_t, dWh_t, db_t = gru_step_backward(dnext_h, caches[t])
+        dWx += dWx_t
+        dWh += dWh_t
+        db += db_t
+    return dx, dprev_h, dWx, dWh, db
+
+
 # ---------------------------------------------------------------- words in, scores out
 
 
@@ -230,11 +310,12 @@ def temporal_affine_backward(dout, cache):
     return dx.reshape(N, T, D), dw, db
 
 
-def temporal_softmax_loss(x, y, mask, verbose=False):
+def temporal_softmax_loss(x, y, mask, verbose=False):  # noqa: ARG001 (CS231n signature)
     """Softmax loss summed over time, divided by N, on masked positions only.
 
     x (N, T, V) scores, y (N, T) ids in [0, V), mask (N, T) bool
     -> loss (float), dx (N, T, V). Positions with mask False add nothing.
+    verbose is accepted for CS231n's signature and ignored: the library does not print.
     """
     N, T, V = x.shape
     x_flat, y_flat, mask_flat = x.reshape(N * T, V), y.reshape(N * T), mask.reshape(N * T)
@@ -247,8 +328,6 @@ def temporal_softmax_loss(x, y, mask, verbose=False):
     dx_flat[rows, y_flat] -= 1
     dx_flat /= N
     dx_flat *= mask_flat[:, None]
-    if verbose:
-        print("dx_flat: ", dx_flat.shape)
     return float(loss), dx_flat.reshape(N, T, V)
 
 

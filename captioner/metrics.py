@@ -625,6 +625,9 @@ def _meteor(hyps, refs):
         proc.wait()
 
 
+KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")  # as COCO reports
+
+
 def score(references, results, meteor=True, per_image=False):
     """COCO caption metrics of results against references, as the toolkit's COCOEvalCap computes
     them for the result images.

@@ -1,4 +1,4 @@
-"""CaptioningRNN: image features -> h0, then a word-level RNN/LSTM (CS231n's layout and API).
+"""CaptioningRNN: image features -> h0, then a word-level RNN/LSTM/GRU (CS231n's layout and API).
 
 loss() follows CS231n's pipeline, numbered the same way in loss_readable():
 (1) project the image feature to h0, (2) embed the input words, (3) run the recurrence,
@@ -16,22 +16,20 @@ must not run loss() in two threads at once.
 
 import numpy as np
 
-from captioner import layers, packed
+from captioner import cells, layers, packed
 from captioner.errors import CaptionerError
 
 # a full-softmax model's; the adaptive softmax has W_head, b_head, W_tail{k}... instead of
 # W_vocab, b_vocab (CaptioningRNN._adaptive_init)
 PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
-CELLS = ("rnn", "lstm")
-# The H-block of b that is the forget gate's bias, for the cells that have one
-# (CS231n's LSTM stacks its gates i, f, o, g).
-FORGET_GATE = {"lstm": 1}
 
 
 class CaptioningRNN:
     """Decoder: W_embed (V, W), W_proj (D, H), b_proj (H,), Wx (W, kH), Wh (H, kH),
-    b (kH,), W_vocab (H, V), b_vocab (V,) with k = 1 (rnn) or 4 (lstm, gates i, f, o, g).
-    forget_bias: the LSTM's initial forget-gate bias (b's second H-block; CS231n: 0).
+    b (kH,), W_vocab (H, V), b_vocab (V,) with k = the cell's gates (captioner.cells):
+    1 (rnn), 4 (lstm, gates i, f, o, g) or 3 (gru, gates r, z, n).
+    forget_bias: the initial forget-gate bias of a cell that has one (b's forget-gate
+    H-block, captioner.cells; CS231n: 0).
 
     word_to_idx needs <NULL> (the padding, never a target); <START> and <END> are needed
     only to sample, <UNK> is optional. Their ids are the attributes null, start, end and
@@ -56,12 +54,14 @@ class CaptioningRNN:
         cutoffs=None,
         softmax_order=None,
     ):
-        if cell_type not in CELLS:
-            raise CaptionerError(f"cell_type must be one of {', '.join(CELLS)}, got {cell_type!r}")
-        if forget_bias and cell_type not in FORGET_GATE:
+        try:
+            self.cell = cells.get(cell_type)
+        except ValueError as e:
+            raise CaptionerError(f"cell_type: {e}") from None
+        if forget_bias and self.cell.forget_gate is None:
             raise CaptionerError(
                 f"a {cell_type} has no forget gate; set a forget-gate bias only for "
-                f"{', '.join(FORGET_GATE)}"
+                f"{', '.join(cells.WITH_FORGET_GATE)}"
             )
         if "<NULL>" not in word_to_idx:
             raise CaptionerError(
@@ -80,7 +80,7 @@ class CaptioningRNN:
         self.banned = np.array([i for i in (self.null, self.start, self.unk) if i is not None])
 
         V, D, W, H = len(word_to_idx), input_dim, wordvec_dim, hidden_dim
-        k = 4 if cell_type == "lstm" else 1
+        k = self.cell.gates
         rng = np.random.default_rng(seed)
         # drawn in float64 then cast, so float32 and float64 models share a seed's values
         p = {
@@ -93,8 +93,8 @@ class CaptioningRNN:
             "W_vocab": rng.standard_normal((H, V)) / np.sqrt(H),
             "b_vocab": np.zeros(V),
         }
-        if cell_type in FORGET_GATE:  # CS231n: 0; 1 after Gers et al. 2000, Jozefowicz et al. 2015
-            f = FORGET_GATE[cell_type]
+        f = self.cell.forget_gate
+        if f is not None:  # CS231n: 0; 1 after Gers et al. 2000, Jozefowicz et al. 2015
             p["b"][f * H : (f + 1) * H] = forget_bias
         if softmax == "adaptive":
             del p["W_vocab"], p["b_vocab"]
@@ -104,6 +104,7 @@ class CaptioningRNN:
         self.softmax = softmax
         self.params = {n: np.ascontiguousarray(v, dtype=self.dtype) for n, v in p.items()}
         self._work = {}  # loss() temporaries, reused across calls (packed.buffer)
+        self._decode_step = self.cell.decode_step
 
     def _adaptive_init(self, rng, H, V, cutoffs, order):
         """The adaptive softmax's parameters (layers.adaptive_softmax_loss) instead of
@@ -159,10 +160,7 @@ class CaptioningRNN:
         captions = np.asarray(captions)
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
         mask = captions_out != self.null
-        if self.cell_type == "lstm":
-            forward, backward = layers.lstm_forward, layers.lstm_backward
-        else:
-            forward, backward = layers.rnn_forward, layers.rnn_backward
+        forward, backward = self.cell.forward, self.cell.backward
 
         # (1) image features -> initial hidden state
         h0, proj_cache = layers.affine_forward(features, p["W_proj"], p["b_proj"])
@@ -205,7 +203,6 @@ class CaptioningRNN:
         features = np.asarray(features, dtype=self.dtype)
         captions = np.asarray(captions)
         N = captions.shape[0]
-        lstm = self.cell_type == "lstm"
         # Sort by length and pack: rows with no target drop out, padding is never computed.
         order, batch_sizes, ids_in, ids_out, keep = packed.pack_captions(captions, self.null)
         feats = features[order[: batch_sizes[0] if len(batch_sizes) else 0]]
@@ -216,8 +213,7 @@ class CaptioningRNN:
         #     x @ Wx + b (one product per distinct word)
         a, words_cache = packed.project_words_forward(ids_in, p["W_embed"], p["Wx"], p["b"], work)
         # (3) the recurrence over the packed steps (a is overwritten)
-        forward = packed.lstm_packed_forward if lstm else packed.rnn_packed_forward
-        h, rnn_cache = forward(a, h0, p["Wh"], batch_sizes, work=work)
+        h, rnn_cache = self.cell.packed_forward(a, h0, p["Wh"], batch_sizes, work=work)
         g = {}
         if self.softmax == "adaptive":
             # (4)+(5) the adaptive softmax loss on the rows with a word target, and back
@@ -245,8 +241,7 @@ class CaptioningRNN:
                 dscores, vocab_cache, work
             )
         # backward (3) .. (1)
-        backward = packed.lstm_packed_backward if lstm else packed.rnn_packed_backward
-        da, dh0, g["Wh"] = backward(dh, rnn_cache, work=work)
+        da, dh0, g["Wh"] = self.cell.packed_backward(dh, rnn_cache, work=work)
         g["W_embed"], g["Wx"], g["b"] = packed.project_words_backward(da, words_cache, work)
         g["W_proj"] = feats.T @ dh0  # (1) as affine_backward; features fixed
         g["b_proj"] = dh0.sum(axis=0)
@@ -266,10 +261,11 @@ class CaptioningRNN:
             )
 
     def init_state(self, features):
-        """features (N, D) -> (h0 (N, H), c0 (N, H) zeros for lstm, None for rnn)."""
+        """features (N, D) -> (h0 (N, H), c0 (N, H) zeros for a cell with a cell state
+        (lstm), else None)."""
         p = self.params
         h = np.asarray(features, dtype=self.dtype) @ p["W_proj"] + p["b_proj"]
-        c = np.zeros_like(h) if self.cell_type == "lstm" else None
+        c = np.zeros_like(h) if "c" in self.cell.states else None
         return h, c
 
     def word_proj(self):
@@ -297,18 +293,14 @@ class CaptioningRNN:
             a += p["b"]
         else:
             a = proj[words]  # a copy: the step overwrites it
-        # same order of additions as training: (x @ Wx + b) + h @ Wh
         if rows is None:
-            a += h @ p["Wh"]
+            hWh = h @ p["Wh"]
         else:
             used, inverse = np.unique(rows, return_inverse=True)
-            a += (h[used] @ p["Wh"])[inverse]
+            hWh = (h[used] @ p["Wh"])[inverse]
+            h = h[rows] if self.cell.decode_reads_h else None
             c = c[rows] if c is not None else None
-        if self.cell_type == "lstm":
-            h, c = packed.lstm_cell_forward(a, c)
-        else:
-            with np.errstate(over="ignore"):
-                h = packed.tanh(a, out=a)  # what training computes
+        h, c = self._decode_step(a, hWh, h, c)  # what training computes
         if self.softmax == "adaptive":
             # exact log-probabilities of every word, back in word-id order: what
             # decoders rank, sample from and (beam search) add up

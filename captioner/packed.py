@@ -16,7 +16,7 @@ Where the speed comes from:
 - Big temporaries live in a ``work`` dict and are reused by the next call (see buffer).
 
 Shapes: N captions, T steps, S = number of real (packed) steps, U distinct input words,
-W word-vector size, H hidden size, kH = H (rnn) or 4H (lstm), V vocabulary.
+W word-vector size, H hidden size, kH = H (rnn), 4H (lstm) or 3H (gru), V vocabulary.
 """
 
 import numpy as np
@@ -231,6 +231,14 @@ def rnn_packed_backward(dh, cache, work=None):
     return da, dh0, hprev.T @ da
 
 
+def rnn_decode_step(a, hWh, h, c):  # noqa: ARG001 (one signature for every cell)
+    """One forward step for the decoders (cells.py): a (B, H) = x @ Wx + b (overwritten),
+    hWh (B, H) = h @ Wh -> (next_h, None). Replaces layers.rnn_step_forward."""
+    a += hWh  # the order of additions of training: (x @ Wx + b) + h @ Wh
+    with np.errstate(over="ignore"):
+        return tanh(a, out=a), None
+
+
 # ---------------------------------------------------------------- LSTM
 
 
@@ -365,6 +373,114 @@ def lstm_packed_backward(dh, cache, work=None):
         np.multiply(dc[:n], gates[lo:hi, H : 2 * H], out=dpc[:n])
         m = n
     return da, dph[:m].copy(), hprev.T @ da
+
+
+def lstm_decode_step(a, hWh, h, c):  # noqa: ARG001 (one signature for every cell)
+    """One forward step for the decoders (cells.py): a (B, 4H) = x @ Wx + b (overwritten),
+    hWh (B, 4H) = h @ Wh, c (B, H) -> (next_h, next_c)."""
+    a += hWh
+    return lstm_cell_forward(a, c)
+
+
+# ---------------------------------------------------------------- GRU
+
+
+def gru_cell(a, hh, prev_h, h):
+    """Activate a (n, 3H) = x @ Wx + b in place into the gates r, z, n, given hh (n, 3H)
+    = prev_h @ Wh, and write h = n + z * (prev_h - n) = (1 - z) n + z prev_h.
+    Replaces the arithmetic of layers.gru_step_forward (equations there)."""
+    H = h.shape[1]
+    rz, n = a[:, : 2 * H], a[:, 2 * H :]
+    rz += hh[:, : 2 * H]
+    np.negative(rz, out=rz)  # sigmoid(x) = 1 / (1 + exp(-x)) on r and z
+    np.exp(rz, out=rz)
+    rz += 1
+    np.divide(1, rz, out=rz)
+    r, z = rz[:, :H], rz[:, H:]
+    np.multiply(r, hh[:, 2 * H :], out=h)  # h as scratch: r * (prev_h @ Wh_n)
+    n += h
+    tanh(n, out=n)
+    np.subtract(prev_h, n, out=h)
+    h *= z
+    h += n
+
+
+def gru_packed_forward(a, h0, Wh, batch_sizes, work=None):
+    """GRU over a packed batch: replaces layers.gru_forward.
+
+    a: (S, 3H) input projections x @ Wx + b, packed (see module doc); it is
+       overwritten with the gates r, z, n and kept in the cache.
+    h0: (N0, H), N0 >= batch_sizes[0]. batch_sizes: (T,) non-increasing, sum S.
+    Returns h (S, H) packed hidden states and a cache.
+    """
+    S, H = a.shape[0], a.shape[1] // 3
+    offs = np.r_[0, np.cumsum(batch_sizes)]
+    hprev = buffer(work, "hprev", (S, H), a.dtype)  # h_{t-1} per row: dWh is one matmul
+    h = buffer(work, "h", (S, H), a.dtype)
+    hh = buffer(work, "hh", (S, 3 * H), a.dtype)  # h_{t-1} @ Wh, kept: r multiplies a part
+    with np.errstate(over="ignore"):
+        for t, n in enumerate(batch_sizes):
+            lo, hi = offs[t], offs[t] + n
+            hprev[lo:hi] = h0[:n] if t == 0 else h[offs[t - 1] : offs[t - 1] + n]
+            np.matmul(hprev[lo:hi], Wh, out=hh[lo:hi])
+            gru_cell(a[lo:hi], hh[lo:hi], hprev[lo:hi], h[lo:hi])
+    return h, (a, hh, hprev, Wh, batch_sizes, offs)
+
+
+def gru_packed_backward(dh, cache, work=None):
+    """dh (S, H) upstream gradient on the packed h (overwritten): replaces layers.gru_backward.
+
+    Returns da (S, 3H) gradient on the input projections (so dWx = x.T @ da,
+    db = da.sum(0), dx = da @ Wx.T), dh0 (batch_sizes[0], H) and dWh (H, 3H).
+    """
+    gates, hh, hprev, Wh, batch_sizes, offs = cache
+    S, H = hprev.shape
+    da = buffer(work, "da", gates.shape, gates.dtype)
+    dhh = buffer(work, "dhh", gates.shape, gates.dtype)  # gradient on h_{t-1} @ Wh
+    n0 = int(batch_sizes[0]) if len(batch_sizes) else 0
+    dph, tmp = (buffer(work, k, (n0, H), hprev.dtype) for k in ("dph", "tmp"))
+    m = 0  # rows carrying dprev_h from step t + 1
+    for t in range(len(batch_sizes) - 1, -1, -1):
+        n = batch_sizes[t]
+        lo, hi = offs[t], offs[t] + n
+        d = dh[lo:hi]
+        d[:m] += dph[:m]
+        g, dg = gates[lo:hi], da[lo:hi]
+        r, z, nn = g[:, :H], g[:, H : 2 * H], g[:, 2 * H :]
+        dar, daz, dan = dg[:, :H], dg[:, H : 2 * H], dg[:, 2 * H :]
+        omz = np.subtract(1, z, out=tmp[:n])
+        # dan = d (1 - z) (1 - n^2): through h = (1 - z) n + z h_{t-1}, then tanh
+        np.multiply(nn, nn, out=dan)
+        np.subtract(1, dan, out=dan)
+        dan *= d
+        dan *= omz
+        # daz = d (h_{t-1} - n) z (1 - z)
+        np.subtract(hprev[lo:hi], nn, out=daz)
+        daz *= d
+        daz *= z
+        daz *= omz
+        # dar = dan (h_{t-1} @ Wh_n) r (1 - r); the gradient on h_{t-1} @ Wh_n is dan r
+        np.multiply(dan, r, out=dhh[lo:hi, 2 * H :])
+        np.multiply(dan, hh[lo:hi, 2 * H :], out=dar)
+        dar *= r
+        np.subtract(1, r, out=omz)
+        dar *= omz
+        dhh[lo:hi, : 2 * H] = dg[:, : 2 * H]
+        # dprev_h = d z + dhh @ Wh.T: kept through z, and fed the gates
+        np.matmul(dhh[lo:hi], Wh.T, out=dph[:n])
+        np.multiply(d, z, out=tmp[:n])
+        dph[:n] += tmp[:n]
+        m = n
+    return da, dph[:m].copy(), hprev.T @ dhh
+
+
+def gru_decode_step(a, hWh, h, c):  # noqa: ARG001 (one signature for every cell)
+    """One forward step for the decoders (cells.py): a (B, 3H) = x @ Wx + b (overwritten),
+    hWh (B, 3H) = h @ Wh, h (B, H) -> (next_h, None)."""
+    next_h = np.empty_like(h, dtype=a.dtype)
+    with np.errstate(over="ignore"):
+        gru_cell(a, hWh, h, next_h)
+    return next_h, None
 
 
 # ---------------------------------------------------------------- scores and loss

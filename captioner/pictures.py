@@ -16,8 +16,8 @@ def caption_features(
     Beam search (beam_size 1 = greedy), or with temperature n_best independent
     samples each (logprob None), drawn from rng (a np.random.Generator, seed or None).
     """
-    from .data import decode_captions
     from .decoding import beam_captions, sample_temperature
+    from .vocab import decode_captions
 
     if temperature is None:
         return beam_captions(model, features, beam_size, max_length, n_best=n_best)

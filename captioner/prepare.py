@@ -1,7 +1,7 @@
 """Build a coco_captioning folder from pictures and captions (to caption them: captioner.pictures).
 
 prepare_dataset: a folder of pictures + COCO-format captions; prepare_coco: the COCO 2014
-zips (captioner.coco reads them, pictures stay inside the zips); prepare_flickr8k: the two
+zips (captioner.sources.coco reads them, pictures stay inside the zips); prepare_flickr8k: the two
 Flickr8k zips; prepare_karpathy: any dataset in Karpathy's format, pictures in a folder or a
 zip (captioner.sources). All go through _build: the pictures are cut into shards of
 `batch_size` (captioner.shards: encoded by worker processes or any concurrent.futures
@@ -26,27 +26,26 @@ the dataset (data.write_dataset) and removes the work area.
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import shutil
 import sys
 import time
-from collections import Counter
 
 import numpy as np
 
 from captioner import atomic, data, encoder, limits, shards
 from captioner.errors import CaptionerError
+from captioner.sources.coco import read_annotations
+from captioner.sources.paths import unsafe_name, unsafe_text
+from captioner.vocab import SPECIALS, build_vocab, encode_captions  # noqa: F401 (tests)
+
+LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
 KIND = "squeezenet"  # -> {split}_squeezenet.h5
 WORK_DIR = ".prepare"
-SPECIALS = ("<NULL>", "<START>", "<END>", "<UNK>")
-FIX_ANN = (
-    'fix the file (COCO format: {"images": [{"id", "file_name"}], '
-    '"annotations": [{"image_id", "caption"}]})'
-)
-
 try:  # the PTB tokenizer of the COCO toolkit, so training words are the words scored
     from captioner.metrics import tokenize as _ptb_tokenize
 except ImportError:  # pragma: no cover
@@ -63,70 +62,6 @@ def tokenize(caption):
 
 
 # ----------------------------------------------------------------------------- annotations
-
-
-def _show(entry):
-    text = json.dumps(entry, ensure_ascii=False)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def read_annotations(path):
-    """COCO captions json -> (images [(id, file_name, url or None)] in file order,
-    captions {id: [caption, ...]} in file order). Every problem is a CaptionerError
-    naming the file and the offending entry."""
-    return parse_annotations(data.read_json(path, "annotations", "pass the captions json"), path)
-
-
-def parse_annotations(ann, path):
-    """read_annotations of an already parsed json object; `path` names it in errors."""
-    if not isinstance(ann, dict):
-        raise CaptionerError(
-            f"{path}: top level is a {type(ann).__name__}, expected an object; {FIX_ANN}"
-        )
-    for key in ("images", "annotations"):
-        if not isinstance(ann.get(key), list):
-            raise CaptionerError(f"{path}: no '{key}' list; {FIX_ANN}")
-
-    images, by_id, by_name = [], {}, {}
-    for k, e in enumerate(ann["images"]):
-        where = f"{path}: images[{k}] {_show(e)}"
-        if not isinstance(e, dict):
-            raise CaptionerError(f"{where} is not an object; {FIX_ANN}")
-        i, name = e.get("id"), e.get("file_name")
-        if isinstance(i, bool) or not isinstance(i, (int, str)):
-            raise CaptionerError(f"{where}: 'id' must be an integer; {FIX_ANN}")
-        if not isinstance(name, str) or not name.strip():
-            raise CaptionerError(f"{where}: 'file_name' must be a non-empty string; {FIX_ANN}")
-        if i in by_id:
-            raise CaptionerError(
-                f"{where}: id {i!r} repeats images[{by_id[i]}]; image ids must be unique"
-            )
-        if name in by_name:
-            raise CaptionerError(
-                f"{where}: file_name repeats images[{by_name[name]}]; list each picture once"
-            )
-        by_id[i], by_name[name] = k, k
-        url = next(
-            (e[u] for u in ("coco_url", "flickr_url") if isinstance(e.get(u), str) and e[u]), None
-        )
-        images.append((i, name, url))
-
-    captions = {}
-    for k, e in enumerate(ann["annotations"]):
-        where = f"{path}: annotations[{k}] {_show(e)}"
-        if not isinstance(e, dict):
-            raise CaptionerError(f"{where} is not an object; {FIX_ANN}")
-        i, cap = e.get("image_id"), e.get("caption")
-        if isinstance(i, bool) or not isinstance(i, (int, str)):
-            raise CaptionerError(f"{where}: 'image_id' must be an integer; {FIX_ANN}")
-        if i not in by_id:
-            raise CaptionerError(
-                f"{where}: image_id {i!r} is not in 'images'; add the image or drop the caption"
-            )
-        if not isinstance(cap, str):
-            raise CaptionerError(f"{where}: 'caption' must be a string; {FIX_ANN}")
-        captions.setdefault(i, []).append(cap)
-    return images, captions
 
 
 def _read_split_file(path, names):
@@ -153,63 +88,7 @@ def _read_split_file(path, names):
 # ----------------------------------------------------------------------------- vocabulary
 
 
-def build_vocab(token_lists, min_count=5):
-    """idx_to_word: the specials, then words with count >= min_count by descending
-    count, ties alphabetical (so the same captions always give the same ids)."""
-    counts = Counter(w for words in token_lists for w in words)
-    words = sorted(
-        (w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
-        key=lambda w: (-counts[w], w),
-    )
-    return list(SPECIALS) + words
-
-
-def encode_captions(token_lists, word_to_idx, max_words=15):
-    """Token lists -> (N, max_words + 2) int32: <START> w1 .. wk <END>, <NULL>-padded,
-    words outside the vocabulary as <UNK>, each caption cut to max_words."""
-    out = np.full((len(token_lists), max_words + 2), word_to_idx["<NULL>"], dtype=np.int32)
-    unk = word_to_idx["<UNK>"]
-    for r, words in enumerate(token_lists):
-        ids = [word_to_idx.get(w, unk) for w in words[:max_words]]
-        out[r, : len(ids) + 2] = [word_to_idx["<START>"], *ids, word_to_idx["<END>"]]
-    return out
-
-
 # ----------------------------------------------------------------------------- picture names
-
-# Everything str.splitlines() breaks at: a name holding one would shift every later
-# line of the one-name-a-line {split}2014_images.txt / _urls.txt.
-LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
-
-
-def unsafe_text(text, what="file name"):
-    """Why `text` cannot be a picture name or URL in the dataset, or None."""
-    if "\x00" in text:
-        return f"{what} contains a NUL byte"
-    if any(c in LINE_BREAKS for c in text):
-        return f"{what} contains a line break (it would break the one-name-a-line *_images.txt)"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return f"{what} is not valid Unicode (a lone surrogate)"
-    return None
-
-
-def unsafe_name(name, root=None):
-    """Why picture `name` must not be read (None if it may): unrepresentable, absolute,
-    '..', or (root given) resolving outside root through a symbolic link."""
-    why = unsafe_text(name)
-    if why:
-        return why
-    if os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return "absolute path; file names must be relative to the pictures folder"
-    if ".." in re.split(r"[/\\]", name):
-        return "'..' in the file name leads outside the pictures folder"
-    if root is not None:
-        real = os.path.realpath(os.path.join(root, name))
-        if os.path.commonpath([real, os.path.realpath(root)]) != os.path.realpath(root):
-            return "resolves outside the pictures folder (a symbolic link)"
-    return None
 
 
 def _file_identity(path):
@@ -495,14 +374,11 @@ def prepare_coco(coco_dir, out_dir, split="karpathy", progress=True, **options):
     min_count, max_words, batch_size, workers, executor, on_shard, force (as
     prepare_dataset). Returns the summary of prepare_dataset (with a 'test' entry for
     karpathy). The files keep the CS231n release's names (coco2014_captions.h5, ...)."""
-    from captioner import coco
+    from captioner.sources import coco
 
     def read():
         if progress:  # Karpathy's file is 160 MB of JSON: say what the first minute is spent on
-            print(
-                f"{coco_dir}: reading the {split} split's captions and the zips' directories",
-                file=sys.stderr,
-            )
+            LOG.info(f"{coco_dir}: reading the {split} split's captions and the zips' directories")
         return coco.read_split(str(coco_dir), split) + ([],)
 
     what = dict(

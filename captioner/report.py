@@ -33,13 +33,13 @@ from collections import Counter
 
 import numpy as np
 
-from . import atomic
+from . import atomic, config
 from .errors import CaptionerError
 from .picture_files import check_writable
+from .vocab import SPECIALS
 
 THUMB_SIZE = 160  # px, longest side of a gallery thumbnail
 REPEATED_SHOWN = 10  # most repeated captions listed
-SPECIALS = ("<NULL>", "<START>", "<END>", "<UNK>")
 MAX_EMBEDDED_BYTES = 20 * 2**20  # a gradients*.png / compare*.png / gradients.json
 
 
@@ -65,40 +65,6 @@ def _run_checkpoints(run_dir):
     return have[0], have[-1]
 
 
-def train_command(settings, model_cfg, run_dir):
-    """The `captioner train` command line equivalent to a run's settings."""
-    args = [
-        f"--data {settings.get('data_dir', '?')}",
-        f"--features {settings.get('features', '?')}",
-        f"--cell {model_cfg['cell_type']}",
-        f"--hidden-dim {model_cfg['hidden_dim']}",
-        f"--wordvec-dim {model_cfg['wordvec_dim']}",
-    ]
-    for key in (
-        "epochs",
-        "batch_size",
-        "optimizer",
-        "lr",
-        "lr_decay",
-        "weight_decay",
-        "forget_bias",
-        "clip_norm",
-        "softmax",
-        "softmax_cutoffs",
-        "max_train",
-        "val_size",
-        "eval_every",
-        "keep_best",
-        "seed",
-    ):
-        value = settings.get(key)
-        if isinstance(value, list):  # --softmax-cutoffs
-            value = ",".join(map(str, value))
-        if value is not None:
-            args.append(f"--{key.replace('_', '-')} {value}")
-    return "captioner train " + " ".join(args) + f" --out {run_dir}"
-
-
 def gather_run(run_dir):
     """Everything a run directory says about its training: -> dict with the run card
     ('card'), per-step 'loss', 'grad_norm', 'clipped' (float arrays), per-epoch 'epochs'
@@ -119,7 +85,7 @@ def gather_run(run_dir):
     card = {
         "name": os.path.basename(os.path.abspath(run_dir)),
         "dir": run_dir,
-        "command": train_command(settings, meta["model"], run_dir),
+        "command": config.train_command(settings, meta["model"], run_dir),
         "settings": settings,
         "cell": model.cell_type,
         "hidden": model.hidden_dim,

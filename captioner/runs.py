@@ -181,3 +181,48 @@ class SignalFlag:
 
 def in_main_thread():
     return threading.current_thread() is threading.main_thread()
+
+
+def newest_best(root="runs"):
+    """The newest root/*/best.npz: what sample and evaluate use without --checkpoint."""
+    import glob
+
+    def mtime(path):  # a dangling symbolic link or a vanished run is no candidate
+        try:
+            return os.stat(path).st_mtime if os.path.isfile(path) else None
+        except OSError:
+            return None
+
+    found = sorted(
+        (t, p)
+        for p in glob.glob(os.path.join(root, "*", "best.npz"))
+        if (t := mtime(p)) is not None
+    )
+    if not found:
+        raise CaptionerError(
+            f"{root}/: no trained model found ({root}/*/best.npz); train one with "
+            "`captioner train` or pass --checkpoint"
+        )
+    return found[-1][1]
+
+
+def checkpoint_data(ckpt, meta, data, split, default=None):
+    """The split a checkpoint captions: from the folder data, or when that is the
+    default, from the folder the checkpoint was trained on."""
+    from .checkpoint import check_compatible
+    from .config import DATA_DEFAULT
+    from .data import available_splits, captions_file, open_dataset
+
+    saved = meta.get("training", {}).get("settings", {}).get("data_dir")
+    folder = saved if data == (default or DATA_DEFAULT) and saved else data
+    captions = captions_file(folder)
+    if os.path.isfile(captions) and split not in available_splits(folder):
+        raise CaptionerError(
+            f"{captions}: no {split} split (it has "
+            f"{', '.join(available_splits(folder))}); the test split comes from "
+            f"`captioner prepare --flickr8k DIR`, `--karpathy FILE` or `--coco DIR "
+            f"--split karpathy`, or pass another --split"
+        )
+    d = open_dataset(folder, meta["features"]["kind"], splits=(split,))
+    check_compatible(ckpt, meta, d)
+    return d

@@ -26,36 +26,14 @@ import subprocess
 import sys
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 
-from . import adaptive, atomic, checkpoint, runs, training
+from . import atomic, checkpoint, config, runs, training
 from .errors import CaptionerError
 
-# The settings of one run: `captioner train`'s options (cli.TRAIN_OPTIONS) plus the data.
-RUN_KEYS = (
-    "data",
-    "features",
-    "cell",
-    "epochs",
-    "batch_size",
-    "lr",
-    "lr_decay",
-    "optimizer",
-    "weight_decay",
-    "forget_bias",
-    "clip_norm",
-    "hidden_dim",
-    "wordvec_dim",
-    "max_train",
-    "val_size",
-    "save_every",
-    "eval_every",
-    "keep_best",
-    "seed",
-    "softmax",  # last: a run.json written before they existed lacks them
-    "softmax_cutoffs",
-)
+# The settings of one run: `captioner train`'s options plus the data (captioner.config).
+RUN_KEYS = config.RUN_KEYS
+NOT_GRIDDED = tuple(k for k in RUN_KEYS if k not in config.GRIDDABLE)  # one dataset per sweep
 # what a run.json written before these settings existed meant
-OLDER_RUNS = {"softmax": "full", "softmax_cutoffs": None}
-NOT_GRIDDED = ("data",)  # one dataset per sweep, so val losses compare
+OLDER_RUNS = {k: config.BY_NAME[k].default for k in ("softmax", "softmax_cutoffs")}
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SORT_KEYS = ("val_loss", "cider", "time")
 
@@ -251,7 +229,7 @@ def finished(run_dir, epochs=None):
 # ---------------------------------------------------------------- one run
 
 
-def run_one(run_dir, score=None, echo=None, progress=False):
+def run_one(run_dir, score=None, echo=None, progress=None):
     """Train (or resume) the run in run_dir to its epochs, then score it (score(run_dir,
     state, data) -> dict; by default _score, its best.npz): -> result dict (also written to
     run_dir/result.json). The Dask task of a sweep. echo: also gets train.log's lines."""
@@ -303,14 +281,12 @@ def _load(data_dir, features, max_train):
     return load_coco_data(data_dir, features=features, max_train=max_train)
 
 
-def _train(run_dir, spec, log, progress=False):
+def _train(run_dir, spec, log, progress=None):
     """What `captioner train --out run_dir` (or `--resume run_dir --epochs E`) does."""
-    from .model import CaptioningRNN
 
     if any(os.path.exists(os.path.join(run_dir, n)) for n in ("last.npz", "best.npz")):
         last = runs.find_checkpoint(run_dir)  # last.npz, or best.npz if killed in between
-        model, meta, optim, history = checkpoint.load_model(last)
-        state = training.resume_state(meta, optim, history, path=last)
+        model, meta, state = training.resume_run(last)
         settings = dict(state["settings"], epochs=spec["epochs"])
         data_dir = spec.get("data", settings["data_dir"])  # the spec's: the data may have moved
         data = _load(data_dir, meta["features"]["kind"], settings.get("max_train"))
@@ -318,22 +294,17 @@ def _train(run_dir, spec, log, progress=False):
         log(f"resuming {last} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
         data = _load(spec["data"], spec["features"], spec["max_train"])
-        model = CaptioningRNN(
-            data["word_to_idx"],
-            input_dim=data["feature_dim"],
-            wordvec_dim=spec["wordvec_dim"],
-            hidden_dim=spec["hidden_dim"],
-            cell_type=spec["cell"],
-            seed=spec["seed"],
-            forget_bias=spec.get("forget_bias", 0.0),
-            **adaptive.model_args(spec.get("softmax", "full"), spec.get("softmax_cutoffs"), data),
+        model = training.new_model(
+            data,
+            spec["cell"],
+            spec["hidden_dim"],
+            spec["wordvec_dim"],
+            spec["seed"],
+            spec.get("forget_bias", 0.0),
+            spec.get("softmax", "full"),
+            spec.get("softmax_cutoffs"),
         )
-        settings = {k: spec[k] for k in training.DEFAULTS if k in spec and k != "eval_images"}
-        settings.update(
-            data_dir=os.path.abspath(spec["data"]),
-            features=data["feature_kind"],
-            max_train=spec["max_train"],
-        )
+        settings = config.settings_of(spec, os.path.abspath(spec["data"]), data["feature_kind"])
         state = None
     log(
         f"{len(data['train_captions']):,} training captions, {model.cell_type} hidden "
@@ -348,12 +319,10 @@ def _train(run_dir, spec, log, progress=False):
 def _score(run_dir, state, data):
     """Best val loss of the run, and CIDEr-D / BLEU-4 of greedy captions of its best.npz
     on every val image."""
-    from .evaluation import evaluate_model
+    from .evaluation import greedy_scores
 
     model, _, _, _ = checkpoint.load_model(os.path.join(run_dir, "best.npz"))
-    scores, _, _ = evaluate_model(
-        model, data, "val", meteor=False, beam_size=1, max_length=data["val_captions"].shape[1] - 1
-    )
+    scores, _ = greedy_scores(model, data)
     losses = [r["val_loss"] for r in state["epochs"] if "val_loss" in r]
     return {
         "epochs": state["epoch"],

@@ -15,30 +15,49 @@ import time
 
 import numpy as np
 
-from . import atomic, checkpoint
+from . import adaptive, atomic, cells, checkpoint, config
 from .errors import CaptionerError
 from .model import CaptioningRNN
 from .optim import OPTIMIZERS
 from .runs import Interrupted, SignalFlag
 
-DEFAULTS = dict(
-    epochs=10,
-    batch_size=100,
-    optimizer="adam",
-    lr=1e-3,
-    lr_decay=0.95,
-    weight_decay=0.0,
-    forget_bias=0.0,  # used when the model is made (CaptioningRNN); kept with the settings
-    clip_norm=0.0,
-    softmax="full",  # the model's output layer (captioner.adaptive); read when it is built
-    softmax_cutoffs=None,
-    seed=0,
-    val_size=1000,
-    save_every=1000,
-    eval_every=0,
-    eval_images=200,
-    keep_best="loss",
+DEFAULTS = config.DEFAULTS  # the settings of a run, from captioner.config
+# the options new_model reads
+MODEL_OPTIONS = (
+    "cell",
+    "hidden_dim",
+    "wordvec_dim",
+    "seed",
+    "forget_bias",
+    "softmax",
+    "softmax_cutoffs",
 )
+
+
+def new_model(
+    data,
+    cell="lstm",
+    hidden_dim=512,
+    wordvec_dim=256,
+    seed=0,
+    forget_bias=0.0,
+    softmax="full",
+    softmax_cutoffs=None,
+):
+    """A fresh model for a dataset: its vocabulary and feature size, the given cell,
+    sizes and output layer (the adaptive softmax's word order from its training
+    captions), initialised from seed (what train, compare, sweep, gradients, overfit and
+    the demo start from)."""
+    return CaptioningRNN(
+        data["word_to_idx"],
+        input_dim=data["feature_dim"],
+        wordvec_dim=wordvec_dim,
+        hidden_dim=hidden_dim,
+        cell_type=cell,
+        seed=seed,
+        forget_bias=forget_bias,
+        **adaptive.model_args(softmax, softmax_cutoffs, data),
+    )
 
 
 # ---------------------------------------------------------------- the loop
@@ -96,6 +115,15 @@ def resume_state(meta, optim_arrays, history, dtype=np.float32, path="checkpoint
     return state
 
 
+def resume_run(path, data=None):
+    """Continue the run whose checkpoint is path (what train --resume, compare and sweep
+    do): -> (model, meta, state). data given: checked to fit the model first."""
+    model, meta, optim, history = checkpoint.load_model(path)
+    if data is not None:
+        checkpoint.check_compatible(path, meta, data)
+    return model, meta, resume_state(meta, optim, history, path=path)
+
+
 def _val_subset(data, n, seed):
     if n <= 0 or "val_captions" not in data or len(data["val_captions"]) == 0:
         return None
@@ -120,15 +148,16 @@ def evaluate_loss(model, data, rows, batch_size=100):
     return total / len(rows)
 
 
-def train(data, model, run_dir=None, state=None, progress=True, log=print, **settings):
+def train(data, model, run_dir=None, state=None, progress=None, log=print, **settings):
     """Train `model` on data['train_*'] and return the final state dict.
 
     settings: see DEFAULTS; other keys (the data path, ...) are kept in the
     checkpoint for --resume. state: from resume_state() to continue a run.
     run_dir None trains without writing anything (the overfit check).
+    progress: None, or progress(epoch, epochs, step, steps, loss) called at the start of
+    every epoch (loss None) and after each step (step of steps done in this epoch, loss
+    a running mean): the CLI draws its progress bar from it. log(line): epoch records.
     """
-    from tqdm import tqdm
-
     s = dict(DEFAULTS, **settings)
     if (
         state is None
@@ -193,18 +222,10 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
             order = np.random.default_rng([s["seed"], epoch]).permutation(n)
             start = state["step_in_epoch"]
             t0 = time.perf_counter()
-            bar = tqdm(
-                range(start, steps_per_epoch),
-                initial=start,
-                total=steps_per_epoch,
-                desc=f"epoch {epoch + 1}/{s['epochs']}",
-                disable=None if progress else True,  # None: only on a terminal, never in logs
-                leave=False,
-                unit="batch",
-                dynamic_ncols=True,
-            )
+            if progress:
+                progress(epoch, s["epochs"], start, steps_per_epoch, None)
             running = None
-            for it in bar:
+            for it in range(start, steps_per_epoch):
                 idx = order[it * B : (it + 1) * B]
                 loss, grads = model.loss(*batch(data, "train", idx))
                 loss = float(loss)
@@ -231,14 +252,13 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
                 state["step"] += 1
                 state["step_in_epoch"] = it + 1
                 running = loss if running is None else 0.9 * running + 0.1 * loss
-                bar.set_postfix(loss=f"{running:.3f}", refresh=False)
+                if progress:
+                    progress(epoch, s["epochs"], it + 1, steps_per_epoch, running)
                 if flag.signum is not None:
-                    bar.close()
                     path = save("last")
                     raise Interrupted(flag.signum, path)
                 if run_dir and s["save_every"] and state["step"] % s["save_every"] == 0:
                     save("last")
-            bar.close()
             record = {
                 "epoch": epoch + 1,
                 "step": state["step"],
@@ -301,24 +321,15 @@ def format_record(r, epochs):
 
 def eval_metrics(model, data, n_images):
     """BLEU-4 and CIDEr-D of greedy captions on the first n_images val images (a fixed subset)."""
-    from .evaluation import caption_split
-    from .metrics import score
+    from .evaluation import greedy_scores
 
-    ids, generated, refs = caption_split(
-        model,
-        data,
-        "val",
-        max_images=n_images,
-        beam_size=1,
-        max_length=data["val_captions"].shape[1] - 1,
-    )
-    scores, _ = score(dict(zip(ids, refs)), dict(zip(ids, generated)), meteor=False)
+    scores, _ = greedy_scores(model, data, n_images)
     return {"Bleu_4": scores["Bleu_4"], "CIDEr": scores["CIDEr"]}
 
 
 # ---------------------------------------------------------------- overfit
 
-OVERFIT_LIMITS = {"rnn": 0.1, "lstm": 0.5}  # CS231n's bars for the final loss
+OVERFIT_LIMITS = {c.name: c.overfit_limit for c in cells.CELLS.values()}  # CS231n's bars
 
 
 def overfit(
@@ -332,7 +343,7 @@ def overfit(
     hidden_dim=512,
     wordvec_dim=256,
     seed=231,
-    progress=False,
+    progress=None,
 ):
     """CS231n's sanity check: memorise n training captions, one per image, and judge it.
 
@@ -345,7 +356,7 @@ def overfit(
     limit), truth and sampled (the captions as text, greedy), exact (how many of the
     sampled captions equal their ground truth).
     """
-    from .data import decode_captions
+    from .vocab import decode_captions
 
     _, first = np.unique(data["train_image_idxs"], return_index=True)
     rows = np.sort(first)[:n]
@@ -354,14 +365,7 @@ def overfit(
         train_captions=data["train_captions"][rows],
         train_image_idxs=data["train_image_idxs"][rows],
     )
-    model = CaptioningRNN(
-        data["word_to_idx"],
-        input_dim=data["feature_dim"],
-        wordvec_dim=wordvec_dim,
-        hidden_dim=hidden_dim,
-        cell_type=cell,
-        seed=seed,
-    )
+    model = new_model(data, cell, hidden_dim, wordvec_dim, seed)
     # CS231n's RNN decays its rate by 0.95 an epoch: after 50 epochs at 8% of it, the RNN
     # stopped at a loss of 0.08-0.13 on the synthetic data, astride the 0.1 bar; 0.995 (the
     # LSTM's) lets both cells converge

@@ -296,7 +296,7 @@ def test_gradient_flow_through_the_adaptive_softmax():
 
 
 def test_report_command_and_compare_with_adaptive(tmp_path):
-    from captioner.report import train_command
+    from captioner.config import train_command
     from fixtures import build_dataset
 
     cmd = train_command(

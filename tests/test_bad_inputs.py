@@ -405,7 +405,11 @@ CKPT_CASES = [  # (id, make(good_last, out_path), words in the message)
     ("newer version", lambda g, o: _with(g, o, meta=_set("version", 99)), "newer"),
     ("version string", lambda g, o: _with(g, o, meta=_set("version", "2.0")), "version"),
     ("no model", lambda g, o: _with(g, o, meta=_set("model", KeyError)), "metadata"),
-    ("unknown cell", lambda g, o: _with(g, o, meta=_set("model.cell_type", "gru")), "gru"),
+    (
+        "unknown cell",
+        lambda g, o: _with(g, o, meta=_set("model.cell_type", "transformer")),
+        "transformer",
+    ),
     ("negative size", lambda g, o: _with(g, o, meta=_set("model.hidden_dim", -8)), "metadata"),
     ("absurd size", lambda g, o: _with(g, o, meta=_set("model.hidden_dim", 10**12)), "W_proj"),
     ("size a string", lambda g, o: _with(g, o, meta=_set("model.wordvec_dim", "8")), "metadata"),
@@ -957,8 +961,11 @@ def test_interrupted_download_resumes(tmp_path, server, coco_zip):
     assert sorted(os.listdir(tmp_path)) == ["coco_captioning"]
     # Already installed: untouched, nothing fetched.
     before = snapshot(tmp_path)
-    assert run("download", "--url", server.url, "--dest", tmp_path).exit_code == 0
+    again = run("download", "--url", server.url, "--dest", tmp_path)
+    assert again.exit_code == 0
     assert gets(server) == [f"bytes={len(part)}-"] and snapshot(tmp_path) == before
+    # the library logs, the CLI shows it: one line
+    assert "coco_captioning already present (pass force=True" in again.output
 
 
 def _evil_zip(payload, extra=None, skip=None):
@@ -1006,7 +1013,7 @@ ARG_CASES = [
     ["train", "--batch-size", "0"],
     ["train", "--hidden-dim", "-5"],
     ["train", "--wordvec-dim", "0"],
-    ["train", "--cell", "gru"],
+    ["train", "--cell", "transformer"],
     ["train", "--lr", "0"],
     ["train", "--lr", "nan"],
     ["train", "--lr", "inf"],
@@ -1025,7 +1032,7 @@ ARG_CASES = [
     ["train", "--out", "/etc/hostname"],
     ["overfit", "--n", "0"],
     ["overfit", "--epochs", "0"],
-    ["overfit", "--cell", "gru"],
+    ["overfit", "--cell", "transformer"],
     ["sample"],
     ["sample", "--beam-size", "0", "--split", "val"],
     ["sample", "--count", "0", "--split", "val"],

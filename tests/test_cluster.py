@@ -321,31 +321,29 @@ def test_sweep_on_the_cluster_survives_a_killed_worker(dask_cluster, dataset, tm
     _ready(client)
     out = tmp_path / "sw"
     base = dict(
-        zip(
-            sweep.RUN_KEYS,
-            [
-                dataset,
-                "auto",
-                "lstm",
-                4,
-                20,
-                5e-3,
-                0.95,
-                "adam",
-                0.0,
-                0.0,  # forget_bias
-                0.0,
-                16,
-                8,
-                None,
-                20,
-                1,
-                0,
-                "loss",
-                0,
-            ],
-        )
+        data=dataset,
+        features="auto",
+        cell="lstm",
+        epochs=4,
+        batch_size=20,
+        lr=5e-3,
+        lr_decay=0.95,
+        optimizer="adam",
+        weight_decay=0.0,
+        forget_bias=0.0,
+        clip_norm=0.0,
+        hidden_dim=16,
+        wordvec_dim=8,
+        softmax="full",
+        softmax_cutoffs=None,
+        max_train=None,
+        val_size=20,
+        save_every=1,
+        eval_every=0,
+        keep_best="loss",
+        seed=0,
     )
+    assert set(base) == set(sweep.RUN_KEYS)
     grid = [("hidden_dim", [("16", 16), ("64", 64)])]
     done = {}
     thread = threading.Thread(

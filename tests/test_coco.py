@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner import coco, download
+from captioner import download
 from captioner import prepare as P
 from captioner import shards as S
 from captioner.data import load_coco_data, split_file
 from captioner.errors import CaptionerError
+from captioner.sources import coco
 from fileserver import serving
 from helpers import assert_same_dataset, run, zipped
 

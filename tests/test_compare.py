@@ -200,6 +200,26 @@ def test_weight_decays_and_refusals(data, reference, tmp_path, monkeypatch):
         assert sorted(os.listdir(tmp_path)) == before
 
 
+def test_plan_takes_every_cell(tmp_path):
+    """A comparison of all three cells is a plan compare can write and resume; only the
+    cell with a forget gate gets one run per forget-gate bias."""
+    from captioner import compare as cmp
+
+    plan = cmp.new_plan(
+        tmp_path / "c",
+        ("rnn", "lstm", "gru"),
+        (0.0,),
+        (0.0, 1.0),
+        (0,),
+        {"epochs": 1},
+        {"hidden_dim": 6, "wordvec_dim": 5},
+        20,
+    )
+    assert cmp.load_plan(tmp_path / "c")["cells"] == plan["cells"] == ["rnn", "lstm", "gru"]
+    names = [n for n, _, _ in cmp.run_names(plan)]
+    assert names == ["rnn", "lstm-fb0", "lstm-fb1", "gru"]
+
+
 def untimed(res):
     """compare.json's results without wall-clock figures."""
     timing = {"seconds", "seconds_per_step", "ms_per_step"}

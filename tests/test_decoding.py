@@ -147,8 +147,11 @@ def test_bad_arguments(trained):
         sample_temperature(m, feats, temperature=0)
 
 
-def test_rnn_cell_beam_and_sampling():
-    m = CaptioningRNN(W2I, input_dim=6, wordvec_dim=4, hidden_dim=10, cell_type="rnn", seed=2)
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_other_cells_beam_and_sampling(cell):
+    """The cells besides the LSTM (the `trained` fixture): beam 1 is greedy, and every
+    hypothesis' log-probability is what the training loss scores."""
+    m = CaptioningRNN(W2I, input_dim=6, wordvec_dim=4, hidden_dim=10, cell_type=cell, seed=2)
     m.params["W_vocab"] *= 10
     feats = np.random.default_rng(0).standard_normal((7, 6))
     greedy = m.sample(feats, max_length=9)

@@ -313,7 +313,8 @@ def _coco_zips():
 
 @pytest.mark.parametrize("name", ["annotations_trainval2014.zip", "caption_datasets.zip"])
 def test_a_small_coco_zip_with_a_flipped_byte_is_refused_deleted_not_installed(tmp_path, name):
-    from captioner import coco, download
+    from captioner import download
+    from captioner.sources import coco
 
     files = _coco_zips()
     blob = bytearray(files[name])

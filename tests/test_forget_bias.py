@@ -35,10 +35,11 @@ def test_the_bias_is_the_forget_gates_and_nothing_else():
     np.testing.assert_allclose(next_c, 1 / (1 + np.exp(-1.5)), rtol=1e-6)
 
 
-def test_a_cell_without_a_forget_gate_refuses_a_bias():
-    with pytest.raises(CaptionerError, match="no forget gate"):
-        CaptioningRNN(W2I, input_dim=3, cell_type="rnn", forget_bias=1.0)
-    CaptioningRNN(W2I, input_dim=3, cell_type="rnn", forget_bias=0.0)  # the default: fine
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_a_cell_without_a_forget_gate_refuses_a_bias(cell):
+    with pytest.raises(CaptionerError, match=f"a {cell} has no forget gate; .* only for lstm"):
+        CaptioningRNN(W2I, input_dim=3, cell_type=cell, forget_bias=1.0)
+    CaptioningRNN(W2I, input_dim=3, cell_type=cell, forget_bias=0.0)  # the default: fine
 
 
 @pytest.fixture(scope="module")

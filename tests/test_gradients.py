@@ -62,6 +62,11 @@ def word_loss(p, cell, feat, caption, t_loss, where=None, delta=None):
         a = x @ p["Wx"] + h @ p["Wh"] + p["b"]
         if cell == "rnn":
             h = np.tanh(a)
+        elif cell == "gru":  # the reset gate scales h @ Wh_n only
+            ah = h @ p["Wh"]
+            r, z = sigmoid(a[:H]), sigmoid(a[H : 2 * H])
+            n = np.tanh(a[2 * H :] - ah[2 * H :] + r * ah[2 * H :])
+            h = (1 - z) * n + z * h
         else:
             i, f, o, g = (
                 sigmoid(a[:H]),
@@ -93,7 +98,7 @@ def fd_norm(p, cell, feat, caption, t_loss, where, eps=1e-6):
     return np.linalg.norm(g)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_norms_equal_finite_differences(cell):
     model = tiny_model(cell)
     p = model.params
@@ -121,7 +126,7 @@ def test_norms_equal_finite_differences(cell):
             want = fd_norm(p, cell, feat, cap, t, ("h0",))
             assert norms["image"][n, t] == pytest.approx(want, rel=1e-6, abs=1e-10), (n, t)
     assert checked == sum(t + 1 for t in last)
-    if cell == "rnn":
+    if cell != "lstm":
         assert norms["c"] is None and norms["forget"] is None
     else:
         # forget gate: mean over units of sigmoid(pre-activation), only where the caption runs
@@ -244,6 +249,8 @@ def test_command_json_plot_and_table(tiny_data, tmp_path):
         "rnn",
         "--cell",
         "lstm",
+        "--cell",
+        "gru",
         *common,
         "--length",
         4,
@@ -256,7 +263,9 @@ def test_command_json_plot_and_table(tiny_data, tmp_path):
     assert [(r["cell"], r["label"]) for r in runs] == [
         ("rnn", "rnn (fresh, seed 0)"),
         ("lstm", "lstm (fresh, seed 0)"),
+        ("gru", "gru (fresh, seed 0)"),
     ]
+    assert runs[2]["forget_gate_mean"] is None and runs[2]["by_distance"][0]["c"] is None
     for r in runs:
         assert set(r) >= {
             "label",

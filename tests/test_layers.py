@@ -6,6 +6,7 @@ import pytest
 
 from captioner import layers as L
 from captioner import packed as P
+from captioner.cells import CELLS
 from gradcheck import numeric_grad, numeric_grad_array, rel_error
 
 TOL = 1e-6
@@ -96,6 +97,51 @@ def test_lstm_step(rng):
         assert rel_error(numeric_grad(f, inp), g) < TOL
 
 
+def _ref_gru_step(x, h, Wx, Wh, b):
+    """PyTorch's GRUCell equations with b_hh = 0, written from its documentation."""
+    H = h.shape[1]
+    sig = lambda z: 1 / (1 + np.exp(-z))
+    gi, gh = x @ Wx + b, h @ Wh
+    r = sig(gi[:, :H] + gh[:, :H])
+    z = sig(gi[:, H : 2 * H] + gh[:, H : 2 * H])
+    n = np.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
+    return (1 - z) * n + z * h
+
+
+def test_gru_step(rng):
+    N, D, H = 3, 4, 5
+    x, h = rng.standard_normal((N, D)), rng.standard_normal((N, H))
+    Wx, Wh = rng.standard_normal((D, 3 * H)), rng.standard_normal((H, 3 * H))
+    b = rng.standard_normal(3 * H)
+    out, cache = L.gru_step_forward(x, h, Wx, Wh, b)
+    np.testing.assert_allclose(out, _ref_gru_step(x, h, Wx, Wh, b), rtol=1e-12)  # gates r, z, n
+    dout = rng.standard_normal(out.shape)
+    check(
+        lambda: L.gru_step_forward(x, h, Wx, Wh, b)[0],
+        [x, h, Wx, Wh, b],
+        dout,
+        L.gru_step_backward(dout, cache),
+    )
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_decode_step_equals_step(rng, cell):
+    """Each cell's decode step (the decoders' fast path) against its readable step."""
+    c = CELLS[cell]
+    N, D, H = 3, 4, 5
+    x, h, prev_c = (rng.standard_normal(s) for s in ((N, D), (N, H), (N, H)))
+    Wx, Wh = rng.standard_normal((D, c.gates * H)), rng.standard_normal((H, c.gates * H))
+    b = rng.standard_normal(c.gates * H)
+    memory = "c" in c.states
+    out_h, out_c = c.decode_step(x @ Wx + b, h @ Wh, h, prev_c if memory else None)
+    ref = c.step_forward(x, h, prev_c, Wx, Wh, b) if memory else c.step_forward(x, h, Wx, Wh, b)
+    np.testing.assert_allclose(out_h, ref[0], rtol=1e-12, atol=1e-14)
+    if memory:
+        np.testing.assert_allclose(out_c, ref[1], rtol=1e-12, atol=1e-14)
+    else:
+        assert out_c is None
+
+
 def test_lstm_sigmoid_saturates_without_nan(rng):
     x = np.full((1, 1), 1.0)
     Wx = np.array([[-1e4, 1e4, 1e4, 1.0]])  # exp overflows on the i gate
@@ -107,7 +153,7 @@ def test_lstm_sigmoid_saturates_without_nan(rng):
 
 
 @pytest.mark.parametrize(
-    "fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1), (L.lstm_forward, L.lstm_backward, 4)]
+    "fwd, bwd, k", [(c.forward, c.backward, c.gates) for c in CELLS.values()], ids=list(CELLS)
 )
 @pytest.mark.parametrize("T", [1, 3])  # one step too: CS231n's layers take it
 def test_sequence_layers(rng, fwd, bwd, k, T):
@@ -119,8 +165,10 @@ def test_sequence_layers(rng, fwd, bwd, k, T):
     # against a loop of step functions
     prev, c = h0, np.zeros((N, H))
     for t in range(T):
-        if k == 1:
+        if fwd is L.rnn_forward:
             prev, _ = L.rnn_step_forward(x[:, t], prev, Wx, Wh, b)
+        elif fwd is L.gru_forward:
+            prev, _ = L.gru_step_forward(x[:, t], prev, Wx, Wh, b)
         else:
             prev, c, _ = L.lstm_step_forward(x[:, t], prev, c, Wx, Wh, b)
         np.testing.assert_allclose(h[:, t], prev, rtol=1e-12, atol=1e-14)
@@ -129,7 +177,7 @@ def test_sequence_layers(rng, fwd, bwd, k, T):
 
 
 @pytest.mark.parametrize(
-    "fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1), (L.lstm_forward, L.lstm_backward, 4)]
+    "fwd, bwd, k", [(c.forward, c.backward, c.gates) for c in CELLS.values()], ids=list(CELLS)
 )
 def test_lengths_equal_padded_run(rng, fwd, bwd, k):
     """Packed computation with lengths == the unpacked one on the valid steps."""
@@ -149,7 +197,7 @@ def test_lengths_equal_padded_run(rng, fwd, bwd, k):
 
 
 @pytest.mark.parametrize(
-    "fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1), (L.lstm_forward, L.lstm_backward, 4)]
+    "fwd, bwd, k", [(c.forward, c.backward, c.gates) for c in CELLS.values()], ids=list(CELLS)
 )
 def test_float32_follows_inputs(rng, fwd, bwd, k):
     N, T, D, H = 3, 4, 6, 8
@@ -243,10 +291,8 @@ def test_buffer_reuses_and_grows():
 
 @pytest.mark.parametrize(
     "fwd, bwd, k",
-    [
-        (P.rnn_packed_forward, P.rnn_packed_backward, 1),
-        (P.lstm_packed_forward, P.lstm_packed_backward, 4),
-    ],
+    [(c.packed_forward, c.packed_backward, c.gates) for c in CELLS.values()],
+    ids=list(CELLS),
 )
 def test_packed_work_buffers_change_nothing(rng, fwd, bwd, k):
     """Reused buffers give bit-identical results, also after a bigger and a
@@ -280,18 +326,13 @@ def test_lstm_cell_forward_equals_step(rng):
     np.testing.assert_allclose(out_c, ref_c, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-11), (np.float32, 2e-5)])
 def test_packed_equals_readable_loop(rng, cell, dtype, tol):
-    """The packed cores against layers.rnn_forward / lstm_forward (loops over the step
-    functions, written separately): outputs, dx, dh0, dWx, dWh, db on ragged lengths."""
-    k = 4 if cell == "lstm" else 1
-    fwd, bwd = (L.lstm_forward, L.lstm_backward) if k == 4 else (L.rnn_forward, L.rnn_backward)
-    pfwd, pbwd = (
-        (P.lstm_packed_forward, P.lstm_packed_backward)
-        if k == 4
-        else (P.rnn_packed_forward, P.rnn_packed_backward)
-    )
+    """The packed cores against layers.X_forward (loops over the step functions,
+    written separately): outputs, dx, dh0, dWx, dWh, db on ragged lengths."""
+    c = CELLS[cell]
+    k, fwd, bwd, pfwd, pbwd = c.gates, c.forward, c.backward, c.packed_forward, c.packed_backward
     N, T, D, H = 6, 5, 3, 4
     lengths = np.array([2, 5, 1, 5, 3, 4])
     x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import textbook
+from captioner.cells import CELLS
 from captioner.errors import CaptionerError
 from captioner.model import PARAM_NAMES, CaptioningRNN
 from gradcheck import numeric_grad, rel_error
@@ -64,7 +65,7 @@ def small_model(cell, rng, dtype=np.float64, seed=0, **kw):
 
 
 @pytest.mark.parametrize("readable", [False, True], ids=["fast", "readable"])
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_loss_gradcheck_float64(cell, readable):
     """Both paths against centred differences, on captions of several lengths with a
     <NULL> target mid-caption (the masked-target branch) and a row with no target."""
@@ -97,7 +98,7 @@ def assert_same(loss, grads, ref_loss, ref, rtol):
         )
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 2e-4)])
 def test_fast_loss_equals_readable_layers(cell, dtype, rtol):
     """The packed fast path against captioner.layers composed CS231n's way (padded,
@@ -178,7 +179,7 @@ def test_cs231n_vocabulary_without_start_end():
         CaptioningRNN({"cat": 0, "<START>": 1, "<END>": 2})
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_float32_matches_float64(cell):
     rng = np.random.default_rng(4)
     kw = dict(input_dim=16, wordvec_dim=8, hidden_dim=12, cell_type=cell, seed=5)
@@ -220,8 +221,9 @@ def test_init_conventions():
     assert np.array_equal(m.params["Wh"], same.params["Wh"])
     assert not np.array_equal(m.params["Wh"], other.params["Wh"])
     assert CaptioningRNN(W2I, hidden_dim=6, cell_type="rnn").params["Wh"].shape == (6, 6)
+    assert CaptioningRNN(W2I, hidden_dim=6, cell_type="gru").params["Wh"].shape == (6, 18)
     with pytest.raises(CaptionerError, match="cell_type"):
-        CaptioningRNN(W2I, cell_type="gru")
+        CaptioningRNN(W2I, cell_type="transformer")
 
 
 def naive_greedy(m, features, max_length):
@@ -241,7 +243,7 @@ def naive_greedy(m, features, max_length):
     return out
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_sample_greedy_stops_at_end_and_skips_specials(cell):
     rng = np.random.default_rng(6)
     m = CaptioningRNN(W2I, input_dim=10, wordvec_dim=6, hidden_dim=8, cell_type=cell, seed=7)
@@ -281,7 +283,7 @@ def test_batch_without_targets_has_zero_loss_and_grads():
     assert all(not g.any() and g.shape == m.params[k].shape for k, g in grads.items())
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_loss_workspace_reuse_changes_nothing(cell):
     """loss() keeps its temporaries between calls: batches of other sizes in
     between must not leak into a result, nor overwrite grads handed out before."""
@@ -305,7 +307,7 @@ def test_loss_workspace_reuse_changes_nothing(cell):
     assert fresh.loss(*batches[0])[0] == first[0]
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_step_with_word_projections(cell):
     rng = np.random.default_rng(10)
     m = CaptioningRNN(
@@ -329,3 +331,21 @@ def test_step_with_word_projections(cell):
     for x, y in zip(shared, gathered):
         if x is not None:
             np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_every_cell_entry_is_complete(cell):
+    """A cell is one table entry plus its layers: each entry finds all seven functions and
+    gives the model its parameter shapes."""
+    from captioner import cells
+
+    c = cells.get(cell)
+    for kind in ("step_forward", "step_backward", "forward", "backward"):
+        assert callable(getattr(c, kind))
+    for kind in ("packed_forward", "packed_backward", "decode_step"):
+        assert callable(getattr(c, kind))
+    m = CaptioningRNN(W2I, hidden_dim=6, wordvec_dim=4, cell_type=cell)
+    assert m.params["Wx"].shape == (4, 6 * c.gates) and m.params["b"].shape == (6 * c.gates,)
+    assert c.states[0] == "h" and set(c.states) <= {"h", "c"}
+    with pytest.raises(ValueError, match="rnn, lstm, gru"):
+        cells.get("transformer")

@@ -78,7 +78,7 @@ def test_cli_refuses_bad_grids_in_one_line(dataset, tmp_path):
     for args, why in [
         ([], "--grid NAME=V1"),
         (["--grid", "lr=0,1e-3"], "lr=0"),
-        (["--grid", "cell=rnn,gru"], "cell=gru"),
+        (["--grid", "cell=rnn,transformer"], "cell=transformer"),
         (["--grid", "cell=rnn,lstm", "--cell", "rnn"], "both an option and in --grid"),
         (["--grid", "keep-best=loss,cider"], "--eval-every"),
     ]:

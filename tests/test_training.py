@@ -46,7 +46,8 @@ SMALL = dict(batch_size=16, lr=5e-3, val_size=20, save_every=0)
 
 
 @pytest.mark.parametrize(
-    ("cell", "optimizer"), [("rnn", "adam"), ("lstm", "adam"), ("rnn", "sgd")]
+    ("cell", "optimizer"),
+    [("rnn", "adam"), ("lstm", "adam"), ("gru", "adam"), ("rnn", "sgd")],
 )
 def test_resume_is_bit_identical(dataset, tmp_path, cell, optimizer):
     """Also with SGD, whose optimizer state holds no arrays at all."""
@@ -372,7 +373,7 @@ def test_cli_user_errors(tmp_path, dataset):
         ["--lr", "0"],
         ["--lr", "nan"],
         ["--batch-size", "0"],
-        ["--cell", "gru"],
+        ["--cell", "transformer"],
         ["--epochs", "-1"],
     ):
         result = run("train", "--data", dataset, *bad)
@@ -440,6 +441,27 @@ def test_overfit_gives_the_verdict_to_library_callers(dataset):
     assert short["exact"] == sum(a == b for a, b in zip(short["sampled"], short["truth"]))
     lstm = training.overfit(data, "lstm", n=8, epochs=2, hidden_dim=16, wordvec_dim=8)
     assert lstm["limit"] == 0.5 and lstm["passed"] == (lstm["final_loss"] < 0.5)
+
+
+def test_progress_is_a_callback(dataset):
+    """The loop reports progress through a callback (the CLI draws the bar): one call
+    at the start of every epoch, then one per step with the running loss."""
+    data = load_coco_data(dataset)
+    calls = []
+    training.train(
+        data,
+        small_model(data),
+        None,
+        progress=lambda *a: calls.append(a),
+        log=lambda *_: None,
+        epochs=2,
+        **SMALL,
+    )
+    steps = -(-len(data["train_captions"]) // SMALL["batch_size"])
+    assert len(calls) == 2 * (steps + 1)
+    assert calls[0] == (0, 2, 0, steps, None) and calls[steps + 1] == (1, 2, 0, steps, None)
+    assert [c[2] for c in calls[1 : steps + 1]] == list(range(1, steps + 1))
+    assert all(c[4] > 0 for c in calls[1 : steps + 1])
 
 
 # ---------------------------------------------------------------- one step, by hand

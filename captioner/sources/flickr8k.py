@@ -37,7 +37,7 @@ _TOKEN_LINE = re.compile(r"([^\t#]+)#(\d+)\t(.*)")
 
 def _bad_name(name):
     """Why a name of the token file or a list cannot be one of the release's picture files."""
-    from captioner.prepare import unsafe_text
+    from captioner.sources.paths import unsafe_text
 
     if "/" in name or "\\" in name or name in (".", ".."):
         return "not a plain file name"
@@ -48,7 +48,7 @@ def check_zip(path, name=None, test=False):
     """Check one of FILES -> for the pictures, {file name: ZipInfo} of the pictures (each
     bounded in size: coco.check_zip); for the text, {file name: member} of the files read
     (found in whatever folder they sit)."""
-    from captioner import coco
+    from captioner.sources import coco
 
     name = name or os.path.basename(path)
     pictures = name == FILES[0]

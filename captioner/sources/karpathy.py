@@ -117,7 +117,7 @@ def _zip_pictures(zip_path):
     """{member name: ZipInfo} of a zip of pictures, and the one top folder all its files sit
     in ('' when there is none): Flickr8k_Dataset.zip keeps its pictures in Flicker8k_Dataset/,
     flickr30k-images.zip in flickr30k-images/, while Karpathy's names lack that folder."""
-    from captioner import coco
+    from captioner.sources import coco
 
     members = coco.check_zip(
         zip_path,
@@ -139,7 +139,8 @@ def read(karpathy, images, member=None):
     the whole file an error; a picture whose zip member is too big to be a photograph is
     skipped with the reason."""
     from captioner.encoder import MAX_DECODE_BYTES
-    from captioner.prepare import _file_identity, unsafe_name
+    from captioner.prepare import _file_identity
+    from captioner.sources.paths import unsafe_name
 
     karpathy, images = str(karpathy), os.path.abspath(str(images))
     doc, label = load(karpathy, member)

@@ -1,4 +1,5 @@
-"""The COCO 2014 release as `captioner download --images` keeps it: four zips, read in place.
+"""COCO: its annotation format (read_annotations, for any captions json in it), and the
+COCO 2014 release as `captioner download --images` keeps it: four zips, read in place.
 
     train2014.zip                 train2014/COCO_train2014_000000xxxxxx.jpg  82,783 pictures
     val2014.zip                   val2014/COCO_val2014_000000xxxxxx.jpg      40,504 pictures
@@ -15,11 +16,17 @@ skipped with the reason, and pictures the captions name but the zips lack are an
 
 import json
 import os
-import re
 import zipfile
 
+from captioner import data
 from captioner.errors import CaptionerError
-from captioner.sources.paths import check_member, read_zip_member
+from captioner.sources.paths import (
+    check_member,
+    read_zip_member,
+    unsafe_member,
+    unsafe_name,
+    unsafe_text,
+)
 
 FILES = ("train2014.zip", "val2014.zip", "annotations_trainval2014.zip", "caption_datasets.zip")
 URLS = {
@@ -55,14 +62,77 @@ JSON_BYTES = {
 }
 PICTURE_URL = "http://images.cocodataset.org/{}"
 FIX = "delete it and rerun `captioner download --images`"
+FIX_ANN = (
+    'fix the file (COCO format: {"images": [{"id", "file_name"}], '
+    '"annotations": [{"image_id", "caption"}]})'
+)
 
 
-def _unsafe_member(name):
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return "absolute path"
-    if ".." in re.split(r"[/\\]", name):
-        return "'..' in path"
-    return None
+# ----------------------------------------------------------------------------- annotations
+
+
+def _show(entry):
+    text = json.dumps(entry, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def read_annotations(path):
+    """COCO captions json -> (images [(id, file_name, url or None)] in file order,
+    captions {id: [caption, ...]} in file order). Every problem is a CaptionerError
+    naming the file and the offending entry."""
+    return parse_annotations(data.read_json(path, "annotations", "pass the captions json"), path)
+
+
+def parse_annotations(ann, path):
+    """read_annotations of an already parsed json object; `path` names it in errors."""
+    if not isinstance(ann, dict):
+        raise CaptionerError(
+            f"{path}: top level is a {type(ann).__name__}, expected an object; {FIX_ANN}"
+        )
+    for key in ("images", "annotations"):
+        if not isinstance(ann.get(key), list):
+            raise CaptionerError(f"{path}: no '{key}' list; {FIX_ANN}")
+
+    images, by_id, by_name = [], {}, {}
+    for k, e in enumerate(ann["images"]):
+        where = f"{path}: images[{k}] {_show(e)}"
+        if not isinstance(e, dict):
+            raise CaptionerError(f"{where} is not an object; {FIX_ANN}")
+        i, name = e.get("id"), e.get("file_name")
+        if isinstance(i, bool) or not isinstance(i, (int, str)):
+            raise CaptionerError(f"{where}: 'id' must be an integer; {FIX_ANN}")
+        if not isinstance(name, str) or not name.strip():
+            raise CaptionerError(f"{where}: 'file_name' must be a non-empty string; {FIX_ANN}")
+        if i in by_id:
+            raise CaptionerError(
+                f"{where}: id {i!r} repeats images[{by_id[i]}]; image ids must be unique"
+            )
+        if name in by_name:
+            raise CaptionerError(
+                f"{where}: file_name repeats images[{by_name[name]}]; list each picture once"
+            )
+        by_id[i], by_name[name] = k, k
+        url = next(
+            (e[u] for u in ("coco_url", "flickr_url") if isinstance(e.get(u), str) and e[u]), None
+        )
+        images.append((i, name, url))
+
+    captions = {}
+    for k, e in enumerate(ann["annotations"]):
+        where = f"{path}: annotations[{k}] {_show(e)}"
+        if not isinstance(e, dict):
+            raise CaptionerError(f"{where} is not an object; {FIX_ANN}")
+        i, cap = e.get("image_id"), e.get("caption")
+        if isinstance(i, bool) or not isinstance(i, (int, str)):
+            raise CaptionerError(f"{where}: 'image_id' must be an integer; {FIX_ANN}")
+        if i not in by_id:
+            raise CaptionerError(
+                f"{where}: image_id {i!r} is not in 'images'; add the image or drop the caption"
+            )
+        if not isinstance(cap, str):
+            raise CaptionerError(f"{where}: 'caption' must be a string; {FIX_ANN}")
+        captions.setdefault(i, []).append(cap)
+    return images, captions
 
 
 def check_zip(path, name=None, test=False, layout=None, fix=FIX, what=None):
@@ -104,7 +174,7 @@ def _members(path, infos, layout, fix, what):
     folders = tuple(n for n in layout if n.endswith("/"))
     members = {}
     for info in infos:
-        why = _unsafe_member(info.filename)
+        why = unsafe_member(info.filename)
         if why:
             raise CaptionerError(
                 f"{path}: refusing unsafe member {info.filename!r} ({why}); this "
@@ -175,8 +245,6 @@ def _karpathy(coco_dir):
 
 
 def _official(coco_dir):
-    from captioner.prepare import parse_annotations
-
     path = os.path.join(coco_dir, "annotations_trainval2014.zip")
     check_zip(path)
     out = []
@@ -189,8 +257,6 @@ def _official(coco_dir):
 
 def read_split(coco_dir, split="karpathy"):
     """-> ({split: [item]} for train, val (and test for karpathy), skipped [(name, why)])."""
-    from captioner.prepare import unsafe_name, unsafe_text
-
     if split not in ("karpathy", "official"):
         raise CaptionerError(f"split must be karpathy or official, got {split!r}")
     coco_dir = os.path.abspath(coco_dir)
