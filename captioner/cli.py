@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from . import __version__, limits
+from . import __version__, encoders, limits
 from .errors import CaptionerError
 
 DATA_DEFAULT = "data/coco_captioning"
@@ -74,6 +74,17 @@ def data_option(f):
         show_default=True,
         help="Dataset directory in the CS231n coco_captioning layout (env CAPTIONER_DATA).",
     )(f)
+
+
+def encoder_option(default, what):
+    """--encoder NAME (captioner.encoders), for the commands that encode pictures."""
+    return click.option(
+        "--encoder",
+        type=click.Choice(list(encoders.ENCODERS)),
+        default=default,
+        show_default=True,
+        help=f"The picture encoder {what}.",
+    )
 
 
 def _load_data(data, features, splits=("train", "val"), max_train=None):
@@ -924,12 +935,13 @@ def sample(
             click.echo(f"  truth: {t}")
 
     if images:
-        from . import encoder, picture_files
+        from . import picture_files
 
         for out in (json_out, html_out):
             if out:
                 picture_files.check_writable(out)
-        if meta["features"].get("encoder") != encoder.ENCODER_NAME:
+        enc = encoders.by_feature_id(meta["features"].get("encoder"))
+        if enc is None:
             raise CaptionerError(
                 f"{ckpt}: trained on {meta['features'].get('encoder')} features, which cannot be "
                 f"computed from a picture (the CS231n VGG-16 PCA basis is not published); caption "
@@ -940,7 +952,11 @@ def sample(
         files, bad = picture_files.find_pictures(images)
         # a progress bar for more than a few pictures, on a terminal (not in pipes and logs)
         results = caption_images(
-            model, files, progress=len(files) > 8 and sys.stderr.isatty(), **decoding
+            model,
+            files,
+            progress=len(files) > 8 and sys.stderr.isatty(),
+            encoder=enc.name,
+            **decoding,
         )
         for path, caps, _ in results:
             if caps is not None:
@@ -1063,22 +1079,39 @@ def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_me
     show_default=True,
     help="Classes to list (of the 1000).",
 )
-def encode(images, top):
-    """Run the NumPy SqueezeNet 1.1 encoder: top ImageNet classes of each picture.
+@encoder_option(encoders.DEFAULT, "to run")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array, a picture an entry.")
+def encode(images, top, encoder, as_json):
+    """Run a NumPy image encoder (EfficientNet-Lite0 or SqueezeNet 1.1): top ImageNet
+    classes of each picture.
 
     \b
     Example:
       captioner encode photo.jpg --top 5
+      captioner encode photo.jpg --encoder squeezenet --json
     """
-    from . import encoder
+    from .encoder import top_k
 
-    _, logits, ok, errors = encoder.encode_files(images)
-    tops = dict(zip(ok, encoder.top_k(logits, top)))
-    for path in images:
-        if path in tops:
-            click.echo(path)
-            for idx, name, prob in tops[path]:
-                click.echo(f"  {prob:6.1%}  {idx:3d}  {name}")
+    _, logits, ok, errors = encoders.encode_files(images, encoder)
+    tops = dict(zip(ok, top_k(logits, top)))
+    if as_json:
+        import json
+
+        records = [
+            {
+                "file": path,
+                "top": [{"index": i, "label": n, "probability": p} for i, n, p in tops[path]],
+            }
+            for path in images
+            if path in tops
+        ]
+        click.echo(json.dumps(records))
+    else:
+        for path in images:
+            if path in tops:
+                click.echo(path)
+                for idx, name, prob in tops[path]:
+                    click.echo(f"  {prob:6.1%}  {idx:3d}  {name}")
     for _path, message in errors:
         click.echo(f"captioner: error: {message}", err=True)
     if errors:
@@ -1354,8 +1387,9 @@ def evaluate(
     type=click.IntRange(1, limits.MAX_PREPARE_BATCH),
     default=32,
     show_default=True,
-    help=f"Pictures per shard and per SqueezeNet batch (at most {limits.MAX_PREPARE_BATCH}).",
+    help=f"Pictures per shard and per encoder batch (at most {limits.MAX_PREPARE_BATCH}).",
 )
+@encoder_option(encoders.DEFAULT, "that computes the features")
 @click.option(
     "--workers",
     type=click.IntRange(1, 1024),
@@ -1394,8 +1428,10 @@ def prepare(
     seed,
     force,
     scheduler,
+    encoder,
 ):
-    """Build a dataset in the CS231n layout from pictures, with NumPy SqueezeNet features.
+    """Build a dataset in the CS231n layout from pictures, with NumPy EfficientNet-Lite0 (or
+    SqueezeNet) features.
 
     \b
     Interrupted? Run the same command again: it resumes where it stopped.
@@ -1433,6 +1469,7 @@ def prepare(
                     max_words=max_words,
                     batch_size=batch_size,
                     force=force,
+                    encoder=encoder,
                     **shards,
                 )
             else:
@@ -1448,6 +1485,7 @@ def prepare(
                     batch_size=batch_size,
                     seed=seed,
                     force=force,
+                    encoder=encoder,
                     **shards,
                 )
     except KeyboardInterrupt:
@@ -1521,7 +1559,8 @@ def _shard_executor(scheduler, workers):
 )
 @click.option("--epochs", type=COUNT, default=20, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-def demo(out, train_images, val_images, epochs, seed):
+@encoder_option(encoders.DEMO, "for the rendered scenes")
+def demo(out, train_images, val_images, epochs, seed, encoder):
     """The whole pipeline offline, in a few minutes: rendered scenes -> prepare -> train ->
     evaluate -> caption a new picture.
 
@@ -1534,7 +1573,13 @@ def demo(out, train_images, val_images, epochs, seed):
     from .demo import run_demo
 
     summary = run_demo(
-        out, n_train=train_images, n_val=val_images, epochs=epochs, seed=seed, log=click.echo
+        out,
+        n_train=train_images,
+        n_val=val_images,
+        epochs=epochs,
+        seed=seed,
+        log=click.echo,
+        encoder=encoder,
     )
     if not summary["grounded"]:
         sys.exit(1)
@@ -1592,6 +1637,13 @@ def info(data, features, ckpt):
         f"dataset {d['base_dir']}: vocabulary {len(d['idx_to_word'])} words, "
         f"{d['encoder']} features ({d['feature_dim']}-d)"
     )
+    from .data import feature_attrs
+
+    attrs = feature_attrs(d["base_dir"], d["feature_kind"])
+    if "feature_layout" in attrs:
+        click.echo(f"  layout: {attrs['feature_layout']}")
+    if "encoder_weights_sha256" in attrs:
+        click.echo(f"  encoder weights: sha256 {attrs['encoder_weights_sha256']}")
     for split in SPLITS:
         if f"{split}_captions" in d:
             caps = d[f"{split}_captions"]

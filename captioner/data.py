@@ -497,6 +497,14 @@ def available_splits(base_dir):
 DEMO_SOURCE = "captioner demo: rendered coloured shapes on plain backgrounds"
 
 
+def feature_attrs(base_dir, kind, split="train"):
+    """The attributes of a split's 'features' (encoder, source, encoder_weights_sha256,
+    feature_layout: what `prepare` records) as str; {} when there are none."""
+    with _open_h5(feature_file(base_dir, split, kind)) as f:
+        attrs = dict(f["features"].attrs) if "features" in f else {}
+    return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in attrs.items()}
+
+
 def dataset_source(base_dir):
     """attrs['source'] of base_dir's feature files (what write_dataset was told the
     pictures were), or None; never raises."""
@@ -568,7 +576,7 @@ def image_groups(data, split):
 # ----------------------------------------------------------------------------- writing
 
 
-def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source=None):
+def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source=None, attrs=None):
     """Write a complete coco_captioning folder; returns out_dir.
 
     splits: {split: dict(captions (N, T) int, image_idxs (N,) int, features (M, D) float
@@ -577,6 +585,7 @@ def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source
     {split}2014_{suffix}.h5 with attrs['encoder'] when encoder is given. Each file is
     written under a temp name and renamed, so a crash never leaves a half file in place.
     source: what the pictures were (attrs['source'], e.g. the demo's rendered shapes).
+    attrs: more attributes of 'features' (prepare: the encoder's weights sha256 and layout).
     """
     out_dir = str(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -609,6 +618,8 @@ def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source
                     ds.attrs["encoder"] = str(encoder)
                 if source is not None:
                     ds.attrs["source"] = str(source)
+                for key, value in (attrs or {}).items():
+                    ds.attrs[key] = str(value)
         for name in ("images", "urls"):
             lines = d.get(name)
             if lines is not None:

@@ -310,16 +310,20 @@ def write_demo_images(out_dir, n_images, seed=0, start_id=1, captions_per_image=
 # ---------------------------------------------------------------- the whole pipeline, offline
 
 
-def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, log=print):
+def run_demo(
+    out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, log=print, encoder=None
+):
     """Render scenes -> prepare -> train -> evaluate on held-out scenes -> caption a new picture.
 
+    encoder: a captioner.encoders name (None: encoders.DEMO).
     Each stage is the library call behind the CLI command it prints. Returns a summary dict;
     'grounded' is True when the model's CIDEr-D is at least twice what it gets from the mean
     feature (i.e. the captions come from the pixels, not from the caption statistics).
     """
     import time
 
-    from .data import load_coco_data
+    from . import encoders
+    from .data import feature_file, load_coco_data
     from .evaluation import evaluate_model
     from .model import CaptioningRNN
     from .pictures import caption_images
@@ -338,7 +342,8 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, lo
     t0 = time.perf_counter()
     images_dir = os.path.join(out_dir, "images")
     dataset = os.path.join(out_dir, "dataset")
-    if os.path.exists(os.path.join(dataset, "coco2014_captions.h5")):
+    enc = encoders.get(encoders.DEMO if encoder is None else encoder)
+    if os.path.exists(feature_file(dataset, "train", enc.kind)):
         log(
             f"[1-2/5] using the scenes already prepared in {dataset} (delete {out_dir} to rebuild)"
         )
@@ -352,10 +357,17 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, lo
         )
         log(
             f"[2/5] captioner prepare --images {images_dir} --captions {annotations} "
-            f"--split-by {val_list} --min-count 1 --out {dataset}"
+            f"--split-by {val_list} --min-count 1 --encoder {enc.name} --out {dataset}"
         )
         prepare_dataset(
-            images_dir, annotations, dataset, split_by=val_list, min_count=1, source=DEMO_SOURCE
+            images_dir,
+            annotations,
+            dataset,
+            split_by=val_list,
+            min_count=1,
+            source=DEMO_SOURCE,
+            encoder=enc.name,
+            force=True,  # only ever the demo's own dataset (of another encoder): checked above
         )
     data = load_coco_data(dataset)
 
@@ -408,7 +420,7 @@ def run_demo(out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, lo
     picture = os.path.join(out_dir, "new_picture.jpg")
     render_scene(scene).save(picture, quality=92)
     log(f"[5/5] captioner sample {picture} --checkpoint {run_dir}/last.npz")
-    ((_, beams, _),) = caption_images(model, [picture])
+    ((_, beams, _),) = caption_images(model, [picture], encoder=enc.name)
     log(f"      generated: {beams[0][0]}")
     for truth in scene_captions(scene, rng, 3):
         log(f"      a human-style caption: {truth}")

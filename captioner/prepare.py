@@ -5,7 +5,7 @@ zips (captioner.coco reads them, pictures stay inside the zips). Both go through
 the pictures are cut into shards of `batch_size` (captioner.shards: encoded by worker
 processes or any concurrent.futures executor), each shard's result goes to its own file
 in out_dir/.prepare/, and the dataset is written in the CS231n layout (captioner.data)
-with SqueezeNet features ({split}2014_squeezenet.h5).
+with the features of one of captioner.encoders ({split}2014_{kind}.h5, e.g. _lite0.h5).
 
     manifest.json        what is being built (encoder, number of chunks and images)
     chunk_00000.npz      names (n,), ok (n,) bool, errors (n,) str ('' when ok),
@@ -33,10 +33,9 @@ from collections import Counter
 
 import numpy as np
 
-from captioner import atomic, data, encoder, shards
+from captioner import atomic, data, encoders, shards
 from captioner.errors import CaptionerError
 
-KIND = "squeezenet"  # -> {split}2014_squeezenet.h5
 WORK_DIR = ".prepare"
 SPECIALS = ("<NULL>", "<START>", "<END>", "<UNK>")
 FIX_ANN = (
@@ -223,13 +222,21 @@ def _file_identity(path):
 
 def _chunk_key(spec, identities):
     """A chunk's features depend on the encoder, the batch size and these exact pictures."""
+    net = encoders.module(spec["encoder"])
     blob = json.dumps(
-        [encoder.ENCODER_NAME, spec["batch_size"], spec["names"], spec["refs"], identities]
+        [
+            net.ENCODER_NAME,
+            net.WEIGHTS_SHA256,
+            spec["batch_size"],
+            spec["names"],
+            spec["refs"],
+            identities,
+        ]
     )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _read_chunk(path, names, key):
+def _read_chunk(path, names, key, dim):
     """A finished chunk file -> dict, or None when absent, unreadable, or not made from
     the same pictures (their names, places and sizes/mtimes: `key`)."""
     try:
@@ -240,7 +247,7 @@ def _read_chunk(path, names, key):
             c["features"] = z["features"] if "features" in z.files else None
     except Exception:  # half-written by another tool, or garbage: just encode it again
         return None
-    if c["features"] is None or c["features"].shape != (int(c["ok"].sum()), encoder.FEATURE_DIM):
+    if c["features"] is None or c["features"].shape != (int(c["ok"].sum()), dim):
         return None
     return c
 
@@ -249,9 +256,9 @@ class _ChunkRows:
     """The ok feature rows of a list of chunk files, read slice by slice (what
     data.write_dataset asks for), so a big dataset never sits in RAM whole."""
 
-    def __init__(self, paths, counts):
+    def __init__(self, paths, counts, dim):
         self.paths, self.starts = paths, np.concatenate([[0], np.cumsum(counts)]).astype(int)
-        self.shape = (int(self.starts[-1]), encoder.FEATURE_DIM)
+        self.shape = (int(self.starts[-1]), dim)
 
     def __getitem__(self, rows):
         start, stop, _ = rows.indices(self.shape[0])
@@ -281,7 +288,7 @@ def default_workers():
         return os.cpu_count() or 1
 
 
-def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard):
+def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard, enc):
     """Encode every shard whose chunk file is not already done, through `executor`
     (None: shards.default_executor(workers)). -> (chunk paths, images found done)."""
     for name in os.listdir(work):  # chunks of a longer image list, or a killed writer's temp files
@@ -291,14 +298,17 @@ def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard):
     atomic.write_json(
         os.path.join(work, "manifest.json"),
         {
-            "encoder": encoder.ENCODER_NAME,
+            "encoder": encoders.module(enc).ENCODER_NAME,
             "chunks": len(specs),
             "images": sum(len(s["names"]) for s in specs),
         },
     )
     paths = [os.path.join(work, f"chunk_{k:05d}.npz") for k in range(len(specs))]
+    dim = encoders.module(enc).FEATURE_DIM
     todo = [
-        s for s in specs if _read_chunk(paths[s["index"]], s["names"], keys[s["index"]]) is None
+        s
+        for s in specs
+        if _read_chunk(paths[s["index"]], s["names"], keys[s["index"]], dim) is None
     ]
     total = sum(len(s["names"]) for s in specs)
     done = total - sum(len(s["names"]) for s in todo)
@@ -370,6 +380,7 @@ def prepare_dataset(
     on_shard=None,
     source=None,
     force=False,
+    encoder=None,
 ):
     """Pictures + COCO captions json -> a coco_captioning folder in out_dir. Returns a summary:
 
@@ -384,6 +395,7 @@ def prepare_dataset(
     concurrent.futures.Executor to run the shards instead (captioner.shards); workers
     then only sets how many shards are in flight. on_shard(k): called after chunk k is
     written. source: what the pictures are (data.write_dataset; the demo marks its own).
+    encoder: a captioner.encoders name (None: encoders.DEFAULT).
     File names outside images_dir, or that cannot be written one a line, are skipped
     with the reason.
     """
@@ -464,6 +476,7 @@ def prepare_dataset(
         images_dir,
         t0,
         source,
+        encoder=encoder,
     )
 
 
@@ -480,6 +493,7 @@ def prepare_coco(
     executor=None,
     on_shard=None,
     force=False,
+    encoder=None,
 ):
     """The COCO 2014 zips of `captioner download --images` (in coco_dir) -> a dataset in
     out_dir, reading the pictures out of the zips. split 'karpathy': train (train +
@@ -524,6 +538,7 @@ def prepare_coco(
         str(coco_dir),
         t0,
         "COCO 2014 photographs",
+        encoder=encoder,
     )
 
 
@@ -567,8 +582,12 @@ def _build(
     where,
     t0,
     source=None,
+    encoder=None,
 ):
-    """Encode split_items ({split: [item]}) in shards and write the dataset."""
+    """Encode split_items ({split: [item]}) in shards and write the dataset with the
+    features of `encoder` (a captioner.encoders name; None: the default for photographs)."""
+    enc = encoders.get(encoders.DEFAULT if encoder is None else encoder)
+    about = encoders.describe(enc)
     # Shards never straddle the splits, so each split's rows are a run of whole chunks.
     specs, keys, shard_split, shard_items = [], [], [], []
     for s, its in split_items.items():
@@ -579,6 +598,7 @@ def _build(
                 names=[it["name"] for it in part],
                 refs=[it["ref"] for it in part],
                 batch_size=batch_size,
+                encoder=enc.name,
             )
             keys.append(_chunk_key(spec, [it["ident"] for it in part]))
             specs.append(spec)
@@ -595,12 +615,12 @@ def _build(
     lock = _lock(work)
     try:
         chunk_paths, resumed = _encode_chunks(
-            work, specs, keys, executor, workers, progress, on_shard
+            work, specs, keys, executor, workers, progress, on_shard, enc
         )
         split_chunks = {s: [] for s in split_items}
         ok_items = {s: [] for s in split_items}
         for k, s in enumerate(shard_split):
-            c = _read_chunk(chunk_paths[k], specs[k]["names"], keys[k])
+            c = _read_chunk(chunk_paths[k], specs[k]["names"], keys[k], about["dim"])
             if c is None:
                 raise CaptionerError(
                     f"{chunk_paths[k]}: changed while prepare was running; rerun it"
@@ -649,7 +669,7 @@ def _build(
             splits[s] = dict(
                 captions=caps,
                 image_idxs=np.array(split_rows[s], dtype=np.int32),
-                features=_ChunkRows(*zip(*split_chunks[s])),
+                features=_ChunkRows(*zip(*split_chunks[s]), about["dim"]),
                 images=[it["name"] for it in ok_items[s]],
                 urls=[it["url"] for it in ok_items[s]],
             )
@@ -660,7 +680,16 @@ def _build(
             )
         with atomic.fresh_dir(out_dir, "dataset") as new:  # replaces out_dir (and work) whole
             data.write_dataset(
-                new, splits, idx_to_word, kind=KIND, encoder=encoder.ENCODER_NAME, source=source
+                new,
+                splits,
+                idx_to_word,
+                kind=enc.kind,
+                encoder=about["feature_id"],
+                source=source,
+                attrs={
+                    "encoder_weights_sha256": about["weights_sha256"],
+                    "feature_layout": about["layout"],
+                },
             )
     finally:
         os.close(lock)
@@ -669,8 +698,8 @@ def _build(
     seconds = time.perf_counter() - t0
     return dict(
         out_dir=out_dir,
-        encoder=encoder.ENCODER_NAME,
-        feature_kind=KIND,
+        encoder=about["feature_id"],
+        feature_kind=enc.kind,
         vocab_size=len(idx_to_word),
         **summary_splits,
         skipped=skipped,
