@@ -1136,7 +1136,7 @@ def _checkpoint_data(ckpt, meta, data, split):
     """The split a checkpoint captions: from --data, or when that is left at its
     default, from the folder the checkpoint was trained on."""
     from .checkpoint import check_compatible
-    from .data import CAPTIONS_FILE, available_splits
+    from .data import CAPTIONS_FILE, _available_kinds, available_splits, feature_file
 
     saved = meta.get("training", {}).get("settings", {}).get("data_dir")
     folder = saved if data == DATA_DEFAULT and saved else data
@@ -1148,7 +1148,16 @@ def _checkpoint_data(ckpt, meta, data, split):
             f"`captioner prepare --coco DIR --split karpathy`, or pass another "
             f"--split"
         )
-    d = _load_data(folder, meta["features"]["kind"], splits=(split,))
+    f = meta["features"]
+    others = _available_kinds(folder, split) - {f["kind"]}
+    if others and not os.path.isfile(feature_file(folder, split, f["kind"])):
+        enc = encoders.by_feature_id(f.get("encoder"))
+        raise CaptionerError(
+            f"{folder}: has {', '.join(sorted(others))} features, but {ckpt} was trained on "
+            f"{f.get('encoder')} ({f['kind']}) features; pass the --data it was trained on"
+            + (f", or build one with `captioner prepare --encoder {enc.name}`" if enc else "")
+        )
+    d = _load_data(folder, f["kind"], splits=(split,))
     check_compatible(ckpt, meta, d)
     return d
 
