@@ -2,19 +2,28 @@
 
 EfficientNet-Lite0 and SqueezeNet 1.1, each through encode_images (preprocessing + network)
 and through forward alone on preprocessed pictures; Lite0's forward against PyTorch's own
-conv2d on the same folded weights (channels-last, one thread, as our BLAS in prepare's
-workers) when torch is installed. The timed calls alternate, so a busy spell hits all alike.
+conv2d on the same folded weights (channels-last) when torch is installed. Everything runs on
+one thread, as in prepare's workers: in a fresh process with the BLAS thread variables at 1
+(and torch.set_num_threads(1)). The timed calls alternate round by round, so a busy spell
+hits all alike; the fastest round of each is kept.
 """
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import SHARED, log, missing
+SCRIPTS = Path(__file__).resolve().parents[1]
+SHARED = SCRIPTS.parents[1] / "shared"
 
 BATCH = 32
 TARGET_VS_SQUEEZENET = 0.5  # Lite0 images/s over SqueezeNet's
 TARGET_VS_TORCH = 1.5  # Lite0 time over PyTorch's on the same folded weights
+LITE, TORCH = "efficientnet-lite0", "PyTorch conv2d, same folded weights"
 
 
 def torch_forward(params):
@@ -81,11 +90,8 @@ def torch_forward(params):
     return run
 
 
-def run(rep, args):
-    sec = "encoder"
-    reason = missing("encoders", "encode_images") or missing("efficientnet", "forward")
-    if reason:
-        return rep.skip(sec, reason)
+def measure(rounds):
+    """-> {'source', 'images_per_s': {call: rate}, 'torch_ok': None|bool} (run in the child)."""
     from PIL import Image
 
     from captioner import encoders
@@ -105,40 +111,57 @@ def run(rep, args):
         ]
         source = "8 random 640x480 images (shared/photos absent)"
     images = [base[i % len(base)] for i in range(BATCH)]
-    names = ("squeezenet", "efficientnet-lite0")
-    nets = {n: encoders.module(n) for n in names}
+    nets = {n: encoders.module(n) for n in ("squeezenet", LITE)}
     params = {n: m.default_params() for n, m in nets.items()}
     batches = {n: np.stack([m.preprocess(im) for im in images]) for n, m in nets.items()}
     calls = {}
-    for n in names:
+    for n in nets:
         calls[f"{n} encode_images"] = lambda n=n: encoders.encode_images(images, n, BATCH)
         calls[f"{n} forward"] = lambda n=n: nets[n].forward(params[n], batches[n])
-    lite = "efficientnet-lite0"
+    torch_ok = None
     try:
         import torch
-
-        torch.set_num_threads(1)
-        reference = torch_forward(params[lite])
-        got, want = nets[lite].forward(params[lite], batches[lite])[0], reference(batches[lite])
-        torch_ok = np.abs(got - want).max() < 1e-2
-        calls["PyTorch conv2d, same folded weights"] = lambda: reference(batches[lite])
     except ImportError:
-        torch_ok = None
-    rounds = 1 if args.quick else 3
-    times = {k: [] for k in calls}
-    log(f"[{sec}] {len(calls)} encoders x {rounds} rounds of {BATCH} pictures ...")
+        pass
+    else:
+        torch.set_num_threads(1)
+        reference = torch_forward(params[LITE])
+        got, want = nets[LITE].forward(params[LITE], batches[LITE])[0], reference(batches[LITE])
+        torch_ok = bool(np.abs(got - want).max() < 1e-2)
+        calls[TORCH] = lambda: reference(batches[LITE])
     for fn in calls.values():  # warm-up: weights loaded, buffers touched
         fn()
+    times = {k: [] for k in calls}
     for _ in range(rounds):
         for k, fn in calls.items():
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    rate = {k: BATCH / min(v) for k, v in times.items()}  # the least disturbed round
-    rep.row(sec, "source", source)
-    for k, r in rate.items():
-        rep.row(sec, f"{k}, batches of {BATCH}", f"{r:.1f} images/s")
-    ratio = rate[f"{lite} encode_images"] / rate["squeezenet encode_images"]
+    rates = {k: BATCH / min(v) for k, v in times.items()}
+    return {"source": source, "images_per_s": rates, "torch_ok": torch_ok}
+
+
+def run(rep, args):
+    from benchmarks.common import log, missing
+
+    sec = "encoder"
+    reason = missing("encoders", "encode_images") or missing("efficientnet", "forward")
+    if reason:
+        return rep.skip(sec, reason)
+    rounds = 1 if args.quick else 3
+    log(f"[{sec}] one thread, {rounds} round(s) of {BATCH} pictures per encoder ...")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, __file__, str(rounds)], capture_output=True, text=True, env=env
+    )
+    if r.returncode != 0:
+        return rep.skip(sec, f"encoders failed: {r.stderr.strip()[-300:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    rate = out["images_per_s"]
+    rep.row(sec, "source", out["source"])
+    for k, v in rate.items():
+        rep.row(sec, f"{k}, batches of {BATCH}, 1 thread", f"{v:.1f} images/s")
+    ratio = rate[f"{LITE} encode_images"] / rate["squeezenet encode_images"]
     rep.row(
         sec,
         "Lite0 / SqueezeNet images/s (encode_images)",
@@ -146,17 +169,22 @@ def run(rep, args):
         f">= {TARGET_VS_SQUEEZENET}x",
         ratio >= TARGET_VS_SQUEEZENET,
     )
-    out = {"images": BATCH, "source": source, "images_per_s": rate, "lite0_vs_squeezenet": ratio}
-    if torch_ok is not None:
-        vs = rate["PyTorch conv2d, same folded weights"] / rate[f"{lite} forward"]
+    out["lite0_vs_squeezenet"] = ratio
+    if out["torch_ok"] is None:
+        rep.row(sec, "vs PyTorch", "torch not installed (pip install torch==2.13.0)")
+    else:
+        vs = rate[TORCH] / rate[f"{LITE} forward"]
         rep.row(
             sec,
-            "Lite0 forward time / PyTorch's (1 thread each)",
-            f"{vs:.2f}x" + ("" if torch_ok else " (LOGITS DIFFER)"),
+            "Lite0 forward time / PyTorch's",
+            f"{vs:.2f}x" + ("" if out["torch_ok"] else " (LOGITS DIFFER)"),
             f"<= {TARGET_VS_TORCH}x",
-            vs <= TARGET_VS_TORCH and torch_ok,
+            vs <= TARGET_VS_TORCH and out["torch_ok"],
         )
         out["lite0_time_vs_torch"] = vs
-    else:
-        rep.row(sec, "vs PyTorch", "torch not installed (pip install torch==2.13.0)")
     rep.data[sec] = out
+
+
+if __name__ == "__main__":  # the measuring child of run()
+    sys.path.insert(0, str(SCRIPTS.parent))
+    print(json.dumps(measure(int(sys.argv[1]))))
