@@ -44,10 +44,11 @@ def module(enc):
 
 
 def by_feature_id(feature_id):
-    """The entry whose features a dataset or checkpoint names (attrs['encoder']), or None
-    (e.g. CS231n's VGG-16 PCA features, which no picture encoder here computes)."""
+    """The entry whose features a dataset or checkpoint names (attrs['encoder'], or for a
+    feature file without it its kind, e.g. 'squeezenet'), or None (e.g. CS231n's VGG-16 PCA
+    features, which no picture encoder here computes)."""
     for enc in ENCODERS.values():
-        if feature_id == module(enc).ENCODER_NAME:
+        if feature_id in (module(enc).ENCODER_NAME, enc.kind):
             return enc
     return None
 
