@@ -244,15 +244,14 @@ def weights_path():
         p = Path(root) / WEIGHTS_PTH
         if p.is_file():
             return p
-    return Path(spec.submodule_search_locations[0]) / WEIGHTS_PTH  # read_weights names it
+    return Path(spec.submodule_search_locations[0]) / WEIGHTS_PTH  # load_weights says it is gone
 
 
 def fold_bn(w, bn):
     """Conv weight (..., C_out) and BN arrays -> (weight, bias) of the one affine conv."""
     scale = bn["weight"] / np.sqrt(bn["running_var"] + BN_EPS)
-    return (w * scale).astype(np.float32), (bn["bias"] - bn["running_mean"] * scale).astype(
-        np.float32
-    )
+    bias = bn["bias"] - bn["running_mean"] * scale
+    return (w * scale).astype(np.float32), bias.astype(np.float32)
 
 
 def load_weights(path=None):
@@ -296,10 +295,7 @@ def load_weights(path=None):
         blk["project"] = fold_bn(hwio(p + "_project_conv.weight")[0, 0], bn(p + "_bn2"))
         params["blocks"].append(blk)
     params["head"] = fold_bn(hwio("_conv_head.weight")[0, 0], bn("_bn1"))
-    params["fc"] = (
-        np.ascontiguousarray(sd["_fc.weight"].T),
-        sd["_fc.bias"].astype(np.float32),
-    )
+    params["fc"] = (np.ascontiguousarray(sd["_fc.weight"].T), sd["_fc.bias"])
     return params
 
 

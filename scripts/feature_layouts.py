@@ -1,6 +1,6 @@
 """Which EfficientNet-Lite0 features to caption from: layouts measured on the demo's scenes.
 
-    .venv/bin/python scripts/feature_layouts.py [--seeds 0 1] [--out /tmp/layouts]
+    .venv/bin/python scripts/feature_layouts.py [--seeds 0 1] [--out /tmp/layouts] [--layouts ...]
 
 Renders the demo's scenes (1,500 train + 200 val, as `captioner demo`), encodes them once with
 each network, builds one dataset per layout, and trains and scores the demo's model on each
@@ -87,6 +87,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--layouts", nargs="+", default=None, help="only these (default: all)")
     args = ap.parse_args()
     from captioner.data import DEMO_SOURCE, write_dataset
     from captioner.demo import write_demo_images
@@ -115,6 +116,8 @@ def main():
         f"{'layout':20s} {'dim':>5s}  " + "  ".join(f"seed {s}: CIDEr-D ratio" for s in args.seeds)
     )
     for layout, f in feats.items():
+        if args.layouts and layout not in args.layouts:
+            continue
         splits = {}
         for split, rows in (("train", range(n_train)), ("val", range(n_train, n_train + n_val))):
             caps = [(r - rows[0], t) for r in rows for t in tokens[r]]
@@ -129,7 +132,9 @@ def main():
         write_dataset(dataset, splits, idx_to_word, kind="x", encoder=layout, source=DEMO_SOURCE)
         print(f"{layout:20s} {f.shape[1]:5d}", end="", flush=True)
         for seed in args.seeds:
-            cider, ratio = score(str(dataset), seed, work / f"run-{layout}-{seed}")
+            run_dir = work / f"run-{layout}-{seed}"
+            run_dir.mkdir(exist_ok=True)
+            cider, ratio = score(str(dataset), seed, run_dir)
             print(f"  {cider:13.3f} {ratio:5.1f}x", end="", flush=True)
         print()
     print(f"{time.perf_counter() - t0:.0f} s in all; work folder {work}", file=sys.stderr)
