@@ -8,10 +8,10 @@ each network, builds one dataset per layout, and trains and scores the demo's mo
 the grounding ratio (CIDEr-D over the same model's score when every picture is replaced by the
 mean feature; the demo passes at 2x). Layouts:
 
-  squeezenet      fire9 13x13x512, 2x2 grid                       2048-d (today's default)
-  head-2x2        Lite0 head 7x7x1280, 2x2 grid                   5120-d
-  head-mean+320-2x2   Lite0 head global mean + 7x7x320 2x2 grid   2560-d
-  head-mean       Lite0 head global mean (no "where")             1280-d
+  squeezenet          fire9 13x13x512, 2x2 grid                       2048-d
+  head-2x2            Lite0 head 7x7x1280, 2x2 grid                   5120-d
+  head-mean+320-2x2   Lite0 head global mean + 7x7x320 2x2 grid       2560-d (chosen)
+  head-mean           Lite0 head global mean (no "where")             1280-d
 
 Every vector is scaled to norm sqrt(D), as captioner.encoder.normalize does.
 """

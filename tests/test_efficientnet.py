@@ -236,6 +236,27 @@ def test_fast_network_equals_readable_one_and_batches_do_not_mix(params):
     np.testing.assert_allclose(one[0], fast[1], atol=1e-4)
 
 
+def test_features_keep_where_things_are(params):
+    """The grid part tells a red disc on the left from one on the right; the mean part alone
+    does not (the same test as the SqueezeNet's, tests/test_encoder.py)."""
+
+    def scene(cx, bg):
+        im = Image.new("RGB", (200, 200), bg)
+        ImageDraw.Draw(im).ellipse([cx - 36, 64, cx + 36, 136], fill=(220, 30, 30))
+        return L.preprocess(im)
+
+    bgs = [(255, 255, 255), (90, 160, 220)]
+    x = np.stack([scene(cx, bg) for bg in bgs for cx in (50, 150)] + [scene(52, bg) for bg in bgs])
+    _, f = L.forward(params, x)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    grid = f[:, 1280:] / np.linalg.norm(f[:, 1280:], axis=1, keepdims=True)
+    mean = f[:, :1280] / np.linalg.norm(f[:, :1280], axis=1, keepdims=True)
+    for k in range(2):
+        left, right, again = 2 * k, 2 * k + 1, 4 + k
+        assert grid[left] @ grid[right] < 0.8 and grid[left] @ grid[again] > 0.95
+        assert mean[left] @ mean[right] > 0.9  # mirror images look alike to the classifier
+
+
 # ---------------------------------------------------------------- preprocessing
 
 
@@ -304,7 +325,7 @@ def test_table_names_each_encoders_features():
     assert encoders.by_feature_id("vgg16_fc7_pca") is None
     # a feature file without attrs['encoder'] is named by its kind
     assert encoders.by_feature_id("squeezenet") == encoders.ENCODERS["squeezenet"]
-    assert encoders.describe("efficientnet-lite0")["dim"] == 5120
+    assert encoders.describe("efficientnet-lite0")["dim"] == 2560
     with pytest.raises(CaptionerError, match="unknown encoder 'vgg'"):
         encoders.get("vgg")
 
@@ -356,8 +377,10 @@ def test_prepare_info_and_sample_follow_the_encoder(tmp_path):
             "--batch-size", 5, "--out", tmp_path / "run", "--quiet")  # fmt: skip
     assert r.exit_code == 0, r.output
     ckpt = tmp_path / "run" / "last.npz"
-    assert "efficientnet-lite0-head-2x2-l2 (5120-d)" in run("info", "--checkpoint", ckpt).output
-    # new pictures go through the checkpoint's own encoder (5120-d, or the model would refuse)
+    assert (
+        "efficientnet-lite0-mean-320grid-l2 (2560-d)" in run("info", "--checkpoint", ckpt).output
+    )
+    # new pictures go through the checkpoint's own encoder (2560-d, or the model would refuse)
     r = run("sample", tmp_path / "pics" / "p0.png", "--checkpoint", ckpt)
     assert r.exit_code == 0 and r.output.startswith(str(tmp_path / "pics" / "p0.png")), r.output
     # a Lite0 checkpoint on a dataset of SqueezeNet features: one line saying so
@@ -367,7 +390,7 @@ def test_prepare_info_and_sample_follow_the_encoder(tmp_path):
         assert r.exit_code == 2
         assert r.output == (
             f"captioner: error: {squeeze}: has squeezenet features, but {ckpt} was trained on "
-            "efficientnet-lite0-head-2x2-l2 (lite0) features; pass the --data it was trained "
+            "efficientnet-lite0-mean-320grid-l2 (lite0) features; pass the --data it was trained "
             "on, or build one with `captioner prepare --encoder efficientnet-lite0`\n"
         )
 
