@@ -2,7 +2,9 @@
 
 Every write goes to a fresh temp file beside the target (created O_EXCL, so a symbolic link
 planted under the temp name is never followed), is fsynced, then renamed over the target,
-and the directory is fsynced so the rename itself survives a power cut.
+and the directory is fsynced so the rename itself survives a power cut. With replace=False
+the target must be new: the temp file is hard-linked to its name, which fails if anything
+appeared there meanwhile (another command writing the same new output), and that is kept.
 """
 
 import errno
@@ -18,10 +20,11 @@ from .errors import CaptionerError
 
 
 @contextmanager
-def atomic_path(path, what="file"):
+def atomic_path(path, what="file", replace=True):
     """Yield a temp path beside `path`; the block writes it (e.g. with h5py), and on success
-    it is fsynced and renamed into place. On any error the temp file is removed and the
-    previous `path` is untouched; an OSError becomes one CaptionerError naming `path`."""
+    it is fsynced and renamed into place (replace=False: only if `path` still does not
+    exist). On any error the temp file is removed and the previous `path` is untouched; an
+    OSError becomes one CaptionerError naming `path`."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
@@ -35,8 +38,11 @@ def atomic_path(path, what="file"):
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-        tmp = None
+        if replace:
+            os.replace(tmp, path)
+            tmp = None
+        else:
+            _create(tmp, path, what)  # the temp name is removed below
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -53,20 +59,41 @@ def atomic_path(path, what="file"):
                 os.unlink(tmp)
 
 
-def write_bytes(path, write, what="file"):
+def _create(tmp, path, what):
+    """Give the finished temp file the name `path` only if nothing has it: a hard link is
+    atomic and never replaces; where links are not supported, an O_EXCL placeholder
+    claims the name first."""
+    try:
+        try:
+            os.link(tmp, path, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+                raise
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            os.replace(tmp, path)
+    except FileExistsError:
+        raise CaptionerError(
+            f"{path}: appeared while this command ran (another command writing the same "
+            f"file?) and is kept as it is; this {what} was not written: rerun with another "
+            f"file name, or --force to replace it"
+        ) from None
+
+
+def write_bytes(path, write, what="file", replace=True):
     """Atomically write `path` with write(f), f a binary file object."""
-    with atomic_path(path, what) as tmp:
+    with atomic_path(path, what, replace) as tmp:
         with open(tmp, "wb") as f:
             write(f)
 
 
-def write_text(path, text, what="file"):
-    write_bytes(path, lambda f: f.write(text.encode("utf-8")), what)
+def write_text(path, text, what="file", replace=True):
+    write_bytes(path, lambda f: f.write(text.encode("utf-8")), what, replace)
 
 
-def write_json(path, obj, what="file"):
+def write_json(path, obj, what="file", replace=True):
     """Atomically write human-readable JSON."""
-    write_text(path, json.dumps(obj, indent=1) + "\n", what)
+    text = json.dumps(obj, indent=1) + "\n"
+    write_bytes(path, lambda f: f.write(text.encode("utf-8")), what, replace)
 
 
 def open_lock(path, what):

@@ -428,6 +428,20 @@ def _problem(meta, shapes):
     return None
 
 
+def settings_problem(settings, where):
+    """How training settings (a dict of SETTINGS) break the schema, or None; where: their
+    place in the file, for the message."""
+    if not isinstance(settings, dict):
+        return f"{where} is missing or not an object"
+    for key, v in settings.items():
+        if key not in SETTINGS:
+            return f"{where} has an unknown setting {key!r}"
+        ok, meaning = SETTINGS[key]
+        if not ok(v):
+            return f"{where}.{key} is {v!r}, expected {meaning}"
+    return None
+
+
 def _training_problem(t, shapes, want):
     if not isinstance(t, dict):
         return "training is not an object"
@@ -435,14 +449,9 @@ def _training_problem(t, shapes, want):
         if not (_is_int(t.get(key)) and t[key] >= 0):
             return f"training.{key} is {t.get(key)!r}, expected a non-negative integer"
     settings = t.get("settings")
-    if not isinstance(settings, dict):
-        return "training.settings is missing or not an object"
-    for key, v in settings.items():
-        if key not in SETTINGS:
-            return f"training.settings has an unknown setting {key!r}"
-        ok, meaning = SETTINGS[key]
-        if not ok(v):
-            return f"training.settings.{key} is {v!r}, expected {meaning}"
+    why = settings_problem(settings, "training.settings")
+    if why:
+        return why
     records = t.get("epochs")
     if not isinstance(records, list) or len(records) != t["epoch"]:
         return f"training.epochs must list one record per finished epoch ({t['epoch']})"

@@ -7,26 +7,67 @@ starts instantly.
 import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 
 import click
 
 from . import __version__, encoders, limits
-from .errors import CaptionerError
+from .errors import CaptionerError, printable
 
 DATA_DEFAULT = "data/coco_captioning"
 SPLITS = ["train", "val", "test"]
 
 
+def _echo(text="", err=False):
+    """click.echo of one line (after any leading blank lines), with every character a
+    terminal would act on escaped (errors.printable): file, run and picture names and
+    captions come from users, and must not forge lines or send escape sequences."""
+    text = str(text)
+    body = text.lstrip("\n")
+    click.echo(text[: len(text) - len(body)] + printable(body), err=err)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C is, so that what a command cleans up on the way out (temp
+    files, an unpacking folder, child processes) is cleaned up for a kill too."""
+
+    signum = signal.SIGTERM
+
+
+def _terminate(signum, frame):
+    raise _Terminated
+
+
+def _interrupted(e):
+    """The exit status of a command stopped by Ctrl-C (130) or SIGTERM (143)."""
+    return 128 + getattr(e, "signum", signal.SIGINT)
+
+
 class _Group(click.Group):
-    """Turn CaptionerError into one line on stderr and its exit code, never a traceback."""
+    """Turn CaptionerError into one line on stderr and its exit code, never a traceback;
+    and Ctrl-C or SIGTERM that a command does not handle itself into one line and 130/143."""
 
     def invoke(self, ctx):
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGTERM, _terminate) if main else None
         try:
             return super().invoke(ctx)
         except CaptionerError as e:
-            click.echo(f"captioner: error: {e}", err=True)
+            _echo(f"captioner: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt as e:
+            _echo("", err=True)
+            _echo(
+                "captioner: interrupted; files are written whole or not at all: run the same "
+                "command again (download and prepare resume where they stopped)",
+                err=True,
+            )
+            ctx.exit(_interrupted(e))
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
 
 
 class _Positive(click.ParamType):
@@ -296,7 +337,7 @@ def train(
         run_dir = os.path.dirname(os.path.abspath(path))
         if out is not None and os.path.abspath(out) != run_dir:
             run_dir = runs.new_run_dir(out, cell)  # never over another run's checkpoints
-        click.echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
+        _echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
         if keep_best == "cider" and not eval_every:
             raise click.UsageError("--keep-best cider needs --eval-every N")
@@ -328,25 +369,25 @@ def train(
         )
         state = None
         run_dir = runs.new_run_dir(out, cell)
-    click.echo(
+    _echo(
         f"{len(d['train_captions']):,} training captions, {model.cell_type} "
         f"hidden {model.hidden_dim}, {d['encoder']} features ({d['feature_dim']}-d) -> {run_dir}"
     )
     with runs.run_lock(run_dir):
         try:
             state = training.train(
-                d, model, run_dir, state=state, progress=not quiet, log=click.echo, **settings
+                d, model, run_dir, state=state, progress=not quiet, log=_echo, **settings
             )
         except runs.Interrupted as e:
-            click.echo(f"\n{e}; continue with: captioner train --resume {run_dir}", err=True)
+            _echo(f"\n{e}; continue with: captioner train --resume {run_dir}", err=True)
             ctx.exit(128 + e.signum)
         except (
             KeyboardInterrupt
         ):  # a second Ctrl-C: stop now; the last checkpoint on disk is intact
-            click.echo(f"\nstopped; continue with: captioner train --resume {run_dir}", err=True)
+            _echo(f"\nstopped; continue with: captioner train --resume {run_dir}", err=True)
             ctx.exit(130)
     best = state["best"]
-    click.echo(
+    _echo(
         f"done: {run_dir}/last.npz; best ({best['metric']} {best['value']:.4f}, "
         f"epoch {best['epoch']}): {run_dir}/best.npz"
     )
@@ -477,16 +518,19 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
                 the_grid,
                 parallel=parallel,
                 scheduler=scheduler,
-                log=lambda line: click.echo(line, err=as_json),
+                log=lambda line: _echo(line, err=as_json),
             )
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted; run the same command again to resume", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            _echo("\ninterrupted; run the same command again to resume", err=True)
+            sys.exit(_interrupted(e))
     rows = sweeps.sort_rows(rows, sort_by)
     if as_json:
         click.echo(json.dumps(sweeps.as_json(rows), indent=1))
     else:
-        click.echo(("" if summary_dir else "\n") + sweeps.table(rows))
+        if not summary_dir:
+            _echo()
+        for line in sweeps.table(rows).splitlines():
+            _echo(line)
     if failed:
         sys.exit(1)
 
@@ -524,30 +568,28 @@ def overfit(data, features, small, cell, n, epochs):
     cells = [cell] if cell else ["rnn", "lstm"]
     results = {}
     for c in cells:
-        click.echo(
-            f"overfitting {min(n, len(d['train_captions']))} captions with the {c} cell ..."
-        )
+        _echo(f"overfitting {min(n, len(d['train_captions']))} captions with the {c} cell ...")
         results[c] = run(d, c, n=n, epochs=epochs)
-    click.echo("\nloss per epoch (mean over the epoch's batches)")
-    click.echo("epoch " + "".join(f"{c:>10}" for c in cells))
+    _echo("\nloss per epoch (mean over the epoch's batches)")
+    _echo("epoch " + "".join(f"{c:>10}" for c in cells))
     n_epochs = len(results[cells[0]]["state"]["epochs"])
     for e in sorted({0, n_epochs - 1} | set(range(4, n_epochs, 5))):
-        click.echo(
+        _echo(
             f"{e + 1:5d} "
             + "".join(f"{results[c]['state']['epochs'][e]['train_loss']:10.4f}" for c in cells)
         )
 
     truth = results[cells[0]]["truth"]
-    click.echo(f"\n{len(truth)} memorised images: sampled caption vs ground truth")
+    _echo(f"\n{len(truth)} memorised images: sampled caption vs ground truth")
     for j, t in enumerate(truth):
-        click.echo(f"  truth: {t}")
+        _echo(f"  truth: {t}")
         for c in cells:
             s = results[c]["sampled"][j]
-            click.echo(f"  {c:>5}: {s}{'' if s == t else '   [differs]'}")
-    click.echo("")
+            _echo(f"  {c:>5}: {s}{'' if s == t else '   [differs]'}")
+    _echo("")
     for c in cells:
         r = results[c]
-        click.echo(
+        _echo(
             f"{c}: final loss {r['final_loss']:.4f} ({'PASS' if r['passed'] else 'FAIL'}, "
             f"needs < {r['limit']}); {r['exact']}/{len(truth)} sampled captions equal "
             f"their ground truth"
@@ -688,9 +730,9 @@ def gradients(
     bases = sorted({d["base_dir"] for _, _, d in models})
     what = f"the first {len(batches[0][1])} captions of {split} in {', '.join(bases)}"
     for line in flow.format_table(runs, what):
-        click.echo(line)
+        _echo(line)
     if plot:
-        click.echo(f"plot: {plot}")
+        _echo(f"plot: {plot}")
 
 
 # ---------------------------------------------------------------- compare
@@ -767,7 +809,7 @@ def compare(
         d = _load_data(
             data if "data" in given else s["data_dir"], s["features"], max_train=s.get("max_train")
         )
-        click.echo(f"resuming the comparison in {parent}")
+        _echo(f"resuming the comparison in {parent}")
     else:
         if keep_best == "cider" and not eval_every:
             raise click.UsageError("--keep-best cider needs --eval-every N")
@@ -791,24 +833,24 @@ def compare(
         parent = runs.new_run_dir(out, "compare")
         plan = cmp.new_plan(parent, cell, weight_decay, settings, hidden_dim, wordvec_dim)
     try:
-        trained = cmp.train_runs(d, parent, plan, progress=not quiet, log=click.echo)
+        trained = cmp.train_runs(d, parent, plan, progress=not quiet, log=_echo)
     except runs.Interrupted as e:
-        click.echo(f"\n{e}; continue with: captioner compare --resume {parent}", err=True)
+        _echo(f"\n{e}; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(128 + e.signum)
     except KeyboardInterrupt:
-        click.echo(f"\nstopped; continue with: captioner compare --resume {parent}", err=True)
+        _echo(f"\nstopped; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(130)
     res = cmp.results(d, trained, count=count)
     cmp.save_results(parent, plan, res)
-    click.echo("")
+    _echo("")
     for line in cmp.format_results(res):
-        click.echo(line)
+        _echo(line)
     for path in filter(None, [plot, os.path.join(parent, "compare-loss.png")]):
         plots.loss_plot([(r["name"], r["epochs"]) for r in res["runs"]], path)
     plots.gradient_plot(
         [r["gradients"] for r in res["runs"]], os.path.join(parent, "gradients.png")
     )
-    click.echo(
+    _echo(
         f"written: {parent}/compare.json, gradients.json, compare-loss.png, gradients.png"
         + (f"; plot: {plot}" if plot else "")
     )
@@ -926,13 +968,11 @@ def sample(
     )
 
     def show(title, caps, truth=()):
-        click.echo(title)
+        _echo(title)
         for cap, lp in caps:
-            click.echo(
-                f"  {cap}" + (f"   (log p {lp:.2f})" if n_best > 1 and lp is not None else "")
-            )
+            _echo(f"  {cap}" + (f"   (log p {lp:.2f})" if n_best > 1 and lp is not None else ""))
         for t in truth:
-            click.echo(f"  truth: {t}")
+            _echo(f"  truth: {t}")
 
     if images:
         from . import picture_files
@@ -964,15 +1004,20 @@ def sample(
         done = [(path, caps[0]) for path, caps, _ in results if caps is not None]
         records = picture_files.results_of([p for p, _ in done], [c for _, c in done])
         if json_out:
-            picture_files.write_results(json_out, records)
+            picture_files.write_results(json_out, records, replace=force)
         if html_out:
             from .report import write_gallery
 
-            write_gallery(records, html_out, title=f"captioner sample: {len(records)} pictures")
+            write_gallery(
+                records,
+                html_out,
+                title=f"captioner sample: {len(records)} pictures",
+                replace=force,
+            )
         errors = [message for _, message in bad]
         errors += [message for _, caps, message in results if caps is None]
         for message in errors:
-            click.echo(f"captioner: error: {message}", err=True)
+            _echo(f"captioner: error: {message}", err=True)
         if errors:
             sys.exit(1)
         return
@@ -1039,7 +1084,25 @@ def sample(
 @click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="The random gallery sample.")
 @click.option("--force", is_flag=True, help="Let --out replace an existing file.")
-def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_meteor, seed, force):
+@click.option(
+    "--outside-pictures",
+    is_flag=True,
+    help="Also show pictures the dataset names outside its picture folder (each is named "
+    "on stderr; off: the page is made to be shared).",
+)
+def report(
+    run_dirs,
+    out,
+    split,
+    count,
+    beam_size,
+    max_length,
+    max_images,
+    no_meteor,
+    seed,
+    force,
+    outside_pictures,
+):
     """One self-contained HTML page about training runs: settings, curves, scores,
     caption diversity and a gallery of captioned pictures (open it from disk).
 
@@ -1055,6 +1118,7 @@ def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_me
     path = write_report(
         list(run_dirs),
         out,
+        replace=force,
         split=split,
         count=count,
         beam_size=beam_size,
@@ -1062,9 +1126,10 @@ def report(run_dirs, out, split, count, beam_size, max_length, max_images, no_me
         max_images=max_images,
         meteor=not no_meteor,
         seed=seed,
-        log=lambda m: click.echo(m, err=True),
+        log=lambda m: _echo(m, err=True),
+        outside_pictures=outside_pictures,
     )
-    click.echo(f"report: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+    _echo(f"report: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
 
 
 # ---------------------------------------------------------------- encode
@@ -1109,11 +1174,11 @@ def encode(images, top, encoder, as_json):
     else:
         for path in images:
             if path in tops:
-                click.echo(path)
+                _echo(path)
                 for idx, name, prob in tops[path]:
-                    click.echo(f"  {prob:6.1%}  {idx:3d}  {name}")
+                    _echo(f"  {prob:6.1%}  {idx:3d}  {name}")
     for _path, message in errors:
-        click.echo(f"captioner: error: {message}", err=True)
+        _echo(f"captioner: error: {message}", err=True)
     if errors:
         sys.exit(1)
 
@@ -1124,7 +1189,7 @@ def _demo_note(meta):
 
     saved = meta.get("training", {}).get("settings", {}).get("data_dir")
     if saved and dataset_source(saved) == DEMO_SOURCE:
-        click.echo(
+        _echo(
             "note: this model was trained by `captioner demo` on rendered shapes (coloured "
             "circles, squares, stars... on plain backgrounds); it cannot describe "
             "photographs. For photos see README, 'Caption your own photos'.",
@@ -1308,16 +1373,16 @@ def evaluate(
         if save_results:
             from .atomic import write_json
 
-            write_json(save_results, generated)
+            write_json(save_results, generated, replace=force)
     if as_json:
         click.echo(json.dumps({"scores": scores, "notes": notes}))
         return
-    click.echo(what)
+    _echo(what)
     for k in METRIC_KEYS:
         if k in scores:
-            click.echo(f"  {k:8s} {scores[k]:.3f}")
+            _echo(f"  {k:8s} {scores[k]:.3f}")
     for note in notes:
-        click.echo(f"  ({note})")
+        _echo(f"  ({note})")
 
 
 # ---------------------------------------------------------------- prepare
@@ -1497,28 +1562,28 @@ def prepare(
                     encoder=encoder,
                     **shards,
                 )
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted; run the same command again to resume", err=True)
-        sys.exit(130)
-    click.echo(f"{s['out_dir']}: {s['encoder']} features, vocabulary {s['vocab_size']} words")
+    except KeyboardInterrupt as e:
+        _echo("\ninterrupted; run the same command again to resume", err=True)
+        sys.exit(_interrupted(e))
+    _echo(f"{s['out_dir']}: {s['encoder']} features, vocabulary {s['vocab_size']} words")
     for split in SPLITS:
         if split in s:
             t = s[split]
-            click.echo(
+            _echo(
                 f"  {split}: {t['images']:,} images, {t['captions']:,} captions, "
                 f"{t['unk_words']:.1%} of words <UNK>"
             )
-    click.echo(
+    _echo(
         f"  encoded {s['encoded_images']:,} images ({s['resumed_images']:,} resumed) "
         f"at {s['images_per_second']:.1f} images/s with {s['workers']} worker(s)"
     )
     if s["skipped"]:
-        click.echo(f"  skipped {len(s['skipped']):,} picture(s):")
+        _echo(f"  skipped {len(s['skipped']):,} picture(s):")
     for name, reason in s["skipped"][:10]:
         shown = repr(name) if _odd(name) else name
-        click.echo(f"  skipped {shown}: {reason}")
+        _echo(f"  skipped {shown}: {reason}")
     if len(s["skipped"]) > 10:
-        click.echo(f"  ... and {len(s['skipped']) - 10} more skipped")
+        _echo(f"  ... and {len(s['skipped']) - 10} more skipped")
 
 
 def _odd(name):
@@ -1587,7 +1652,7 @@ def demo(out, train_images, val_images, epochs, seed, encoder):
         n_val=val_images,
         epochs=epochs,
         seed=seed,
-        log=click.echo,
+        log=_echo,
         encoder=encoder,
     )
     if not summary["grounded"]:
@@ -1614,16 +1679,14 @@ def info(data, features, ckpt):
         model, meta, _, history = load_model(ckpt)
         t = meta.get("training", {})
         n = sum(p.size for p in model.params.values())
-        click.echo(
-            f"checkpoint {ckpt} (format version {meta['version']}, {meta.get('created', '?')})"
-        )
-        click.echo(
+        _echo(f"checkpoint {ckpt} (format version {meta['version']}, {meta.get('created', '?')})")
+        _echo(
             f"  model: {model.cell_type}, hidden {model.hidden_dim}, word vectors "
             f"{model.wordvec_dim}, {n:,} parameters, vocabulary {len(meta['vocab'])}"
         )
-        click.echo(f"  features: {meta['features']['encoder']} ({meta['features']['dim']}-d)")
+        _echo(f"  features: {meta['features']['encoder']} ({meta['features']['dim']}-d)")
         best = t.get("best") or {}
-        click.echo(
+        _echo(
             f"  trained: {t.get('epoch', 0)} epochs, {t.get('step', 0)} steps"
             + (
                 f"; best {best['metric']} {best['value']:.4f} at epoch {best['epoch']}"
@@ -1634,7 +1697,7 @@ def info(data, features, ckpt):
         from .training import format_record
 
         for r in t.get("epochs", []):
-            click.echo("    " + format_record(r, t.get("settings", {}).get("epochs", "?")))
+            _echo("    " + format_record(r, t.get("settings", {}).get("epochs", "?")))
         return
     from .data import CAPTIONS_FILE, available_splits
 
@@ -1642,7 +1705,7 @@ def info(data, features, ckpt):
         data
     )  # train and val are always there
     d = _load_data(data, features, splits=["train", "val", "test"] if test else ["train", "val"])
-    click.echo(
+    _echo(
         f"dataset {d['base_dir']}: vocabulary {len(d['idx_to_word'])} words, "
         f"{d['encoder']} features ({d['feature_dim']}-d)"
     )
@@ -1650,14 +1713,14 @@ def info(data, features, ckpt):
 
     attrs = feature_attrs(d["base_dir"], d["feature_kind"])
     if "feature_layout" in attrs:
-        click.echo(f"  layout: {attrs['feature_layout']}")
+        _echo(f"  layout: {attrs['feature_layout']}")
     if "encoder_weights_sha256" in attrs:
-        click.echo(f"  encoder weights: sha256 {attrs['encoder_weights_sha256']}")
+        _echo(f"  encoder weights: sha256 {attrs['encoder_weights_sha256']}")
     for split in SPLITS:
         if f"{split}_captions" in d:
             caps = d[f"{split}_captions"]
             lengths = (caps[:, 1:] != 0).sum(1) - 1
-            click.echo(
+            _echo(
                 f"  {split}: {len(caps):,} captions of {len(d[f'{split}_features']):,} images, "
                 f"{caps.shape[1]} columns, mean {lengths.mean():.1f} words"
             )
@@ -1699,7 +1762,7 @@ def download(dest, url, images, mirror):
         from .download import download_coco_images
 
         path = download_coco_images(dest or "data/coco2014", mirror=mirror)
-        click.echo(
+        _echo(
             f"COCO 2014 pictures and captions ready in {path}; next: captioner prepare "
             f"--coco {path} --out {path}-karpathy"
         )
@@ -1709,7 +1772,7 @@ def download(dest, url, images, mirror):
     from .download import COCO_URL, download_coco
 
     path = download_coco(dest or "data", url=url or COCO_URL)
-    click.echo(f"COCO captioning data ready in {path}")
+    _echo(f"COCO captioning data ready in {path}")
 
 
 def main(argv=None):

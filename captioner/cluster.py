@@ -12,6 +12,8 @@ paths that the client and the workers share.
 """
 
 import contextlib
+import logging
+from concurrent.futures import CancelledError
 
 from .errors import CaptionerError
 
@@ -66,6 +68,11 @@ def client(address, n_workers=None, timeout=None):
             f"`dask scheduler` and pass its tcp://HOST:PORT, or use "
             f"--scheduler local"
         ) from None
+    # The client logs its failed reconnections with tracebacks; what they mean for the
+    # command is said below, in one line.
+    log = logging.getLogger("distributed.client")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
     try:
         yield c
     except ModuleNotFoundError as e:
@@ -75,6 +82,12 @@ def client(address, n_workers=None, timeout=None):
             f"{address}: a Dask worker cannot import {e.name}; install "
             f"captioner on every worker machine (pip install "
             f"'captioner[cluster]')"
+        ) from None
+    except CancelledError:  # what a client's futures become when its scheduler goes away
+        raise CaptionerError(
+            f"{address}: lost the Dask scheduler (its tasks were cancelled); restart it "
+            f"and run the same command again to resume",
+            exit_code=1,
         ) from None
     except distributed.KilledWorker:
         raise CaptionerError(
@@ -86,6 +99,7 @@ def client(address, n_workers=None, timeout=None):
         c.close()
         if cluster is not None:
             cluster.close()
+        log.setLevel(level)
 
 
 @contextlib.contextmanager

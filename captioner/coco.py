@@ -19,6 +19,7 @@ import re
 import zipfile
 
 from captioner.errors import CaptionerError
+from captioner.sources.paths import check_member, read_member
 
 FILES = ("train2014.zip", "val2014.zip", "annotations_trainval2014.zip", "caption_datasets.zip")
 URLS = {
@@ -45,6 +46,13 @@ LAYOUT = {
     ),
     "caption_datasets.zip": ("dataset_coco.json",),
 }
+# The most each JSON member may declare uncompressed (the real ones: 160 MB, 66 MB and 32 MB):
+# parsing takes several times a file's size in memory, so a bomb is refused by its header.
+JSON_BYTES = {
+    "dataset_coco.json": 400 * 2**20,
+    "annotations/captions_train2014.json": 200 * 2**20,
+    "annotations/captions_val2014.json": 200 * 2**20,
+}
 KARPATHY = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 PICTURE_URL = "http://images.cocodataset.org/{}"
 FIX = "delete it and rerun `captioner download --images`"
@@ -60,12 +68,11 @@ def _unsafe_member(name):
 
 def check_zip(path, name=None, test=False):
     """Open and check one of FILES -> {member name: ZipInfo}. name: which of FILES it is
-    (default: its base name). test: also check every member's CRC (reads it all)."""
+    (default: its base name). test: also check every member's CRC (reads it all), after
+    the directory's checks (sizes included), so a bomb is refused before it is inflated."""
     name = name or os.path.basename(path)
     try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            bad = zf.testzip() if test else None
+        zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise CaptionerError(
             f"{path}: not found; run `captioner download --images --dest "
@@ -73,10 +80,22 @@ def check_zip(path, name=None, test=False):
         ) from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise CaptionerError(f"{path}: not a valid zip file, or truncated ({e}); {FIX}") from None
-    except Exception as e:  # zlib errors and the like from testzip
-        raise CaptionerError(f"{path}: corrupt zip ({e}); {FIX}") from None
+    with zf:
+        members = _members(path, name, zf.infolist())
+        try:
+            bad = zf.testzip() if test else None
+        except Exception as e:  # zlib errors, truncated data, I/O
+            raise CaptionerError(f"{path}: corrupt zip ({e}); {FIX}") from None
     if bad is not None:
         raise CaptionerError(f"{path}: member {bad!r} is corrupt (bad CRC); {FIX}")
+    return members
+
+
+def _members(path, name, infos):
+    """check_zip's checks of the directory -> {member name: ZipInfo}."""
+    from captioner.encoder import MAX_DECODE_BYTES
+
+    folders = tuple(n for n in LAYOUT.get(name, ()) if n.endswith("/"))
     members = {}
     for info in infos:
         why = _unsafe_member(info.filename)
@@ -85,7 +104,16 @@ def check_zip(path, name=None, test=False):
                 f"{path}: refusing unsafe member {info.filename!r} ({why}); this "
                 f"is not COCO's {name}: {FIX}"
             )
+        if info.filename in members:  # zipfile would read the last one, another tool the first
+            raise CaptionerError(
+                f"{path}: member {info.filename!r} appears twice; this is not COCO's {name}: {FIX}"
+            )
         members[info.filename] = info
+        label = f"{path}:{info.filename}"
+        if info.filename in JSON_BYTES:
+            check_member(info, JSON_BYTES[info.filename], label, "this JSON file", FIX)
+        elif info.filename.startswith(folders) and not info.is_dir():
+            check_member(info, MAX_DECODE_BYTES, label, "a picture", FIX)
     for need in LAYOUT.get(name, ()):
         found = (
             any(m.startswith(need) and not m.endswith("/") for m in members)
@@ -109,7 +137,9 @@ def _read_json(zip_path, member):
     label = f"{zip_path}:{member}"
     try:
         with zipfile.ZipFile(zip_path) as zf:
-            blob = zf.read(member)
+            blob = read_member(zf, member, JSON_BYTES[member], label, "this JSON file", FIX)
+    except CaptionerError:
+        raise
     except Exception as e:  # bad CRC, truncated data, I/O
         raise CaptionerError(f"{label}: cannot read it from the zip ({e}); {FIX}") from None
     try:

@@ -78,11 +78,12 @@ def load_plan(parent, epochs=None):
         )
     except (KeyError, TypeError):
         ok = False
-    if not ok:
-        raise CaptionerError(
-            f"{path}: not a comparison plan this captioner wrote; "
-            f"start a new comparison with another --out"
-        )
+    why = None if ok else "not a comparison plan this captioner wrote"
+    if ok and "epochs" not in plan["settings"]:  # edited since: its settings must still train
+        why = "settings.epochs is missing"
+    why = why or checkpoint.settings_problem(plan["settings"], "settings")
+    if why:
+        raise CaptionerError(f"{path}: {why}; start a new comparison with another --out")
     if epochs is not None and epochs != plan["settings"].get("epochs"):
         plan["settings"]["epochs"] = epochs
         atomic.write_json(path, plan, what="comparison plan")

@@ -505,14 +505,15 @@ def feature_attrs(base_dir, kind, split="train"):
     return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in attrs.items()}
 
 
-def dataset_source(base_dir):
+def dataset_source(base_dir, attr="source"):
     """attrs['source'] of base_dir's feature files (what write_dataset was told the
-    pictures were), or None; never raises."""
+    pictures were), or another of write_dataset's attributes ('pictures'), or None;
+    never raises."""
     try:
         for name in sorted(os.listdir(base_dir)):
             if name.endswith(".h5") and name != CAPTIONS_FILE:
                 with h5py.File(os.path.join(base_dir, name), "r") as f:
-                    source = f["features"].attrs.get("source") if "features" in f else None
+                    source = f["features"].attrs.get(attr) if "features" in f else None
                 if source is not None:
                     return source.decode() if isinstance(source, bytes) else str(source)
     except Exception:  # a note, not a check: a missing or odd folder just means no note
@@ -576,7 +577,9 @@ def image_groups(data, split):
 # ----------------------------------------------------------------------------- writing
 
 
-def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source=None, attrs=None):
+def write_dataset(
+    out_dir, splits, idx_to_word, kind="pca", encoder=None, source=None, pictures=None, attrs=None
+):
     """Write a complete coco_captioning folder; returns out_dir.
 
     splits: {split: dict(captions (N, T) int, image_idxs (N,) int, features (M, D) float
@@ -585,6 +588,8 @@ def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source
     {split}2014_{suffix}.h5 with attrs['encoder'] when encoder is given. Each file is
     written under a temp name and renamed, so a crash never leaves a half file in place.
     source: what the pictures were (attrs['source'], e.g. the demo's rendered shapes).
+    pictures: the folder the picture files are in (attrs['pictures']; `report` shows
+    pictures from there only).
     attrs: more attributes of 'features' (prepare: the encoder's weights sha256 and layout).
     """
     out_dir = str(out_dir)
@@ -618,6 +623,8 @@ def write_dataset(out_dir, splits, idx_to_word, kind="pca", encoder=None, source
                     ds.attrs["encoder"] = str(encoder)
                 if source is not None:
                     ds.attrs["source"] = str(source)
+                if pictures is not None:
+                    ds.attrs["pictures"] = os.path.abspath(pictures)
                 for key, value in (attrs or {}).items():
                     ds.attrs[key] = str(value)
         for name in ("images", "urls"):

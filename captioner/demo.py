@@ -445,8 +445,6 @@ def run_demo(
     summary["report"] = write_report(
         [run_dir], os.path.join(run_dir, "report.html"), meteor=False, log=lambda *_: None
     )
-    log(
-        f"report: captioner report {run_dir} --out {summary['report']} --no-meteor\n"
-        f"      open {summary['report']} in a browser"
-    )
+    log(f"report: captioner report {run_dir} --out {summary['report']} --no-meteor")
+    log(f"      open {summary['report']} in a browser")  # a line per call: the CLI escapes \n
     return summary

@@ -6,6 +6,7 @@ files with load_coco_data and the expected shapes, then renames into place).
 A failure at any step leaves an existing data folder untouched.
 """
 
+import errno
 import http.client
 import os
 import re
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from captioner import atomic
 from captioner.data import CAPTIONS_FILE, FIX_DATA, close_coco_data, load_coco_data
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, printable
 
 COCO_URL = "http://cs231n.stanford.edu/coco_captioning.zip"
 COCO_DIR = "coco_captioning"  # the zip's top folder and the installed folder name
@@ -52,6 +53,10 @@ COCO_SHAPES = {
     ("val2014_vgg16_fc7.h5", "features"): (40504, 4096),
 }
 CHUNK = 1 << 20
+# The most the CS231n zip (~1 GB) may be when a server streams it without a length.
+COCO_ZIP_MAX_BYTES = 2 * 10**9
+# Without an announced length, a COCO 2014 file may exceed its known size by this share.
+SIZE_MARGIN = 0.05
 
 
 def download_coco(
@@ -83,7 +88,14 @@ def download_coco(
     _make_dest(dest_dir)
     zip_path = os.path.join(dest_dir, COCO_DIR + ".zip")
     if not os.path.isfile(zip_path):
-        fetch_resumable(url, zip_path, progress=progress, retries=retries, timeout=timeout)
+        fetch_resumable(
+            url,
+            zip_path,
+            progress=progress,
+            retries=retries,
+            timeout=timeout,
+            max_bytes=COCO_ZIP_MAX_BYTES,
+        )
     install_zip(zip_path, target, shapes=shapes, required=required, progress=progress)
     if not keep_zip:
         os.remove(zip_path)
@@ -102,7 +114,7 @@ def _make_dest(dest_dir):
 
 def _say(progress, msg):
     if progress:
-        print(msg, file=sys.stderr)
+        print(printable(msg), file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -118,9 +130,46 @@ def _content_range(header):
     return start, total
 
 
-def _fetch_once(url, part, progress, timeout):
-    """One request continuing `part`. True when the file is complete."""
-    have = os.path.getsize(part) if os.path.exists(part) else 0
+def _part_size(part):
+    """Bytes already in the part file (0 if none); a symbolic link or anything but a regular
+    file planted under its name is refused: writing through it would overwrite its target."""
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_a_part_file(part, "it is a symbolic link or not a regular file")
+    return st.st_size
+
+
+def _not_a_part_file(part, why):
+    return CaptionerError(
+        f"{part}: captioner never writes a download through this ({why}); remove it and "
+        f"rerun `captioner download`"
+    )
+
+
+def _open_part(part, append):
+    """The part file opened for writing without following a symbolic link (O_NOFOLLOW) or
+    blocking on a FIFO (O_NONBLOCK) planted under its name."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(part, flags | (os.O_APPEND if append else os.O_TRUNC), 0o644)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO):
+            raise _not_a_part_file(part, "it is a symbolic link or a FIFO") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _not_a_part_file(part, "it is not a regular file")
+    return os.fdopen(fd, "ab" if append else "wb")
+
+
+def _fetch_once(url, part, progress, timeout, max_bytes=None):
+    """One request continuing `part`. True when the file is complete. The file may grow to
+    the length the response announces, else to max_bytes; past it the part file is deleted
+    and the download refused (a server streaming without end must not fill the disk)."""
+    have = _part_size(part)
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
         resp = urllib.request.urlopen(
@@ -141,13 +190,15 @@ def _fetch_once(url, part, progress, timeout):
             if start != have:  # not the bytes we asked for: start over
                 os.remove(part)
                 return False
-            mode = "ab"
+            append = True
         else:  # 200: the server ignored Range, so the body is the whole file again
-            have, mode = 0, "wb"
+            have, append = 0, False
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
+        limit = total if total is not None else max_bytes
+        size = have
         with (
-            open(part, mode) as f,
+            _open_part(part, append) as f,
             tqdm(
                 total=total,
                 initial=have,
@@ -161,8 +212,19 @@ def _fetch_once(url, part, progress, timeout):
                 chunk = resp.read(CHUNK)
                 if not chunk:
                     break
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    break
                 f.write(chunk)
                 bar.update(len(chunk))
+    if limit is not None and size > limit:
+        os.remove(part)
+        said = "announced" if total is not None else "expected"
+        raise CaptionerError(
+            f"{url}: the server sent more than the {limit:,} bytes {said} for this "
+            f"file; {part} was deleted: check the mirror (--mirror/--url) or try later",
+            exit_code=1,
+        )
     size = os.path.getsize(part)
     if total is None or size == total:  # without a length, a clean end of stream is all we know
         return True
@@ -171,34 +233,40 @@ def _fetch_once(url, part, progress, timeout):
     return False
 
 
-def _check_url(url):
+def _check_url(url, flag="--url"):
     """An http(s) URL with a host, checked before any request (urllib raises ValueError)."""
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 -- parsing the port is what refuses 'http://host:x/'
     except ValueError as e:
         raise CaptionerError(
-            f"{url}: not a valid URL ({e}); give --url http(s)://host/path"
+            f"{url}: not a valid URL ({e}); give {flag} http(s)://host/path"
         ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise CaptionerError(
-            f"{url}: not an http(s) URL with a host; give --url http(s)://host/path"
+            f"{url}: not an http(s) URL with a host; give {flag} http(s)://host/path"
         )
 
 
-def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None):
+def _one_line(text):
+    """A server's or urllib's message on one line (a redirect loop's spans three)."""
+    return " ".join(str(text).split())
+
+
+def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None, max_bytes=None):
     """Download url to dest via dest.part, continuing a partial file with HTTP Range.
 
     Retries dropped connections up to `retries` times, each resuming where the last
     stopped; dest appears (by rename) only when complete, and, given check(part_path)
     (raising CaptionerError), only when it passes: a failing file is deleted.
+    max_bytes: the most the file may be when a response does not announce its length.
     """
     _check_url(url)
     part = dest + ".part"
     last = "connection closed early"
     for _ in range(retries + 1):
         try:
-            if _fetch_once(url, part, progress, timeout):
+            if _fetch_once(url, part, progress, timeout, max_bytes):
                 if check is not None:
                     try:
                         check(part)
@@ -210,14 +278,14 @@ def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None)
         except urllib.error.HTTPError as e:
             if e.code < 500:
                 raise CaptionerError(
-                    f"{url}: HTTP {e.code} {e.reason}; check the URL or download the zip "
-                    f"by hand to {dest}",
+                    f"{url}: HTTP {e.code} {_one_line(e.reason)}; check the URL or download "
+                    f"the zip by hand to {dest}",
                     exit_code=1,
                 ) from None
-            last = f"HTTP {e.code} {e.reason}"
+            last = f"HTTP {e.code} {_one_line(e.reason)}"
         except (OSError, http.client.HTTPException) as e:  # URLError, resets, timeouts
-            last = getattr(e, "reason", None) or str(e) or type(e).__name__
-    have = os.path.getsize(part) if os.path.exists(part) else 0
+            last = _one_line(getattr(e, "reason", None) or str(e) or type(e).__name__)
+    have = _part_size(part)
     raise CaptionerError(
         f"{url}: download failed after {retries + 1} attempts ({last}); {have} bytes kept "
         f"in {part}: rerun `captioner download` to resume",
@@ -255,6 +323,11 @@ def _members(zf, zip_path):
         rel = info.filename
         if rel.startswith(COCO_DIR + "/"):
             rel = rel[len(COCO_DIR) + 1 :]
+        if rel in members:  # which copy is "the" file would depend on the tool
+            raise CaptionerError(
+                f"{zip_path}: entry '{info.filename}' appears twice; this is not the "
+                f"CS231n zip: delete it and rerun `captioner download`"
+            )
         members[rel] = info
     return members
 
@@ -414,15 +487,19 @@ def download_coco_images(
     """
     from captioner import coco
 
+    if mirror:  # before anything: a file:// mirror naming a FIFO would hang the HEADs
+        _check_url(mirror, flag="--mirror")
     dest_dir = str(dest_dir)
     _make_dest(dest_dir)
     urls = {n: (mirror.rstrip("/") + "/" + n) if mirror else coco.URLS[n] for n in coco.FILES}
     todo = [n for n in coco.FILES if not os.path.isfile(os.path.join(dest_dir, n))]
-    need = 0
+    need, max_bytes = 0, {}
     for n in todo:
         part = os.path.join(dest_dir, n + ".part")
-        size = _remote_size(urls[n], timeout) or coco.SIZES[n]
-        need += max(0, size - (os.path.getsize(part) if os.path.isfile(part) else 0))
+        announced = _remote_size(urls[n], timeout)
+        max_bytes[n] = announced or int(coco.SIZES[n] * (1 + SIZE_MARGIN))
+        size = announced or coco.SIZES[n]
+        need += max(0, size - _part_size(part))
     free = shutil.disk_usage(dest_dir).free
     if need > free:
         raise CaptionerError(
@@ -446,6 +523,7 @@ def download_coco_images(
                 retries=retries,
                 timeout=timeout,
                 check=lambda p, n=n, small=small: _check_fetched(p, n, small, urls[n]),
+                max_bytes=max_bytes[n],
             )
         else:
             coco.check_zip(path, n, test=small)

@@ -79,6 +79,7 @@ def check_writable(path):
         )
 
 
-def write_results(path, results):
-    """Atomically write the records of results_of as JSON."""
-    atomic.write_json(path, results, what="captions")
+def write_results(path, results, replace=True):
+    """Atomically write the records of results_of as JSON (replace=False: only as a new
+    file, see atomic.atomic_path)."""
+    atomic.write_json(path, results, what="captions", replace=replace)

@@ -33,7 +33,7 @@ from collections import Counter
 
 import numpy as np
 
-from captioner import atomic, data, encoders, shards
+from captioner import atomic, data, encoders, limits, shards
 from captioner.errors import CaptionerError
 
 WORK_DIR = ".prepare"
@@ -408,6 +408,11 @@ def prepare_dataset(
             f"{images_dir}: pictures folder not found; pass the folder the "
             f"annotations' file_names are relative to"
         )
+    if unsafe_text(images_dir):  # its path goes into *_urls.txt, UTF-8 text, one a line
+        raise CaptionerError(
+            f"{images_dir}: the pictures folder's path cannot be a line of the dataset's "
+            f"UTF-8 *_urls.txt ({unsafe_text(images_dir, 'it')}); rename or move the folder"
+        )
     workers = default_workers() if workers is None else workers
     _check_sizes(batch_size, max_words, workers)
     if split_by is None and not 0 < val_fraction < 1:
@@ -476,6 +481,7 @@ def prepare_dataset(
         images_dir,
         t0,
         source,
+        pictures=images_dir,
         encoder=encoder,
     )
 
@@ -544,7 +550,9 @@ def prepare_coco(
 
 def _tokenize(items, skipped, progress=False):
     """Tokenise each item's captions (-> item['tokens']); items left without a caption go to
-    skipped. -> (items with captions, number of empty captions)."""
+    skipped. -> (items with captions, number of empty captions). A caption is read up to
+    limits.MAX_CAPTION_CHARS characters (COCO's longest has ~250; at most 100 words are
+    kept): a crafted caption of megabytes costs no more than that."""
     from tqdm import tqdm
 
     empty, out = 0, []
@@ -556,7 +564,8 @@ def _tokenize(items, skipped, progress=False):
         mininterval=1.0,
     ):
         # interned: COCO's ~7 million caption words are ~30,000 distinct strings
-        toks = [[sys.intern(w) for w in tokenize(c)] for c in it.pop("captions")]
+        caps = [c[: limits.MAX_CAPTION_CHARS] for c in it.pop("captions")]
+        toks = [[sys.intern(w) for w in tokenize(c)] for c in caps]
         empty += sum(not t for t in toks)
         it["tokens"] = [t for t in toks if t]
         if it["tokens"]:
@@ -582,10 +591,12 @@ def _build(
     where,
     t0,
     source=None,
+    pictures=None,
     encoder=None,
 ):
-    """Encode split_items ({split: [item]}) in shards and write the dataset with the
-    features of `encoder` (a captioner.encoders name; None: the default for photographs)."""
+    """Encode split_items ({split: [item]}) in shards and write the dataset (pictures: the
+    folder of the picture files, recorded in it for `report`) with the features of `encoder`
+    (a captioner.encoders name; None: the default for photographs)."""
     enc = encoders.get(encoders.DEFAULT if encoder is None else encoder)
     about = encoders.describe(enc)
     # Shards never straddle the splits, so each split's rows are a run of whole chunks.
@@ -686,6 +697,7 @@ def _build(
                 kind=enc.kind,
                 encoder=about["feature_id"],
                 source=source,
+                pictures=pictures,
                 attrs={
                     "encoder_weights_sha256": about["weights_sha256"],
                     "feature_layout": about["layout"],

@@ -13,6 +13,12 @@ Output of `captioner gradients` / `compare` is picked up by file name: any gradi
 compare*.png in a run directory or its parent (compare's directory of runs) is embedded, and
 gradients.json there (compare writes {"runs": [...]}) is shown as a table of each run's
 scalar measures.
+
+The page is made to be shared, so it takes in only what belongs to the runs: regular files
+inside the run folder or its parent once links are resolved, gradients.json only in the
+layout `gradients --json` writes, and gallery pictures only from the picture folder the
+dataset records (`prepare` writes it); a picture named elsewhere is a placeholder unless
+outside_pictures, and then each one is named on stderr.
 """
 
 import base64
@@ -33,6 +39,7 @@ from .picture_files import check_writable
 THUMB_SIZE = 160  # px, longest side of a gallery thumbnail
 REPEATED_SHOWN = 10  # most repeated captions listed
 SPECIALS = ("<NULL>", "<START>", "<END>", "<UNK>")
+MAX_EMBEDDED_BYTES = 20 * 2**20  # a gradients*.png / compare*.png / gradients.json
 
 
 # ---------------------------------------------------------------- runs on disk
@@ -246,34 +253,51 @@ def _load_split(run, split, log):
     return d, train or d, None
 
 
-def _picture(data, split, idx, base_dir):
-    """How the gallery shows image idx: ('img', data URI) | ('link', url) | ('missing', text)."""
+def _picture(data, split, idx, folder, outside_pictures=False, log=print):
+    """How the gallery shows image idx: ('img', data URI) | ('link', url) | ('missing', text).
+    folder: the dataset's recorded picture folder (None: it records none)."""
     urls, names = data.get(f"{split}_urls"), data.get(f"{split}_images")
     where = (urls[idx] if urls else None) or (names[idx] if names else None)
     if not where:
         return "missing", f"{split} image {idx}: the dataset names no file or URL"
     if where.startswith(("http://", "https://")):
         return "link", where
-    path = locate(where, base_dir)
+    path, why = locate(where, folder)
+    if path is None and outside_pictures:
+        path = inside(os.path.join(data["base_dir"], where), "/")
+        if path is not None:
+            log(f"captioner: warning: {path}: shown from outside the dataset's picture folder")
     if path is None:
-        return "missing", f"{where}: picture not found (moved or deleted since `prepare`)"
+        return "missing", f"{where}: {why}"
     uri = thumbnail(path)
     return ("img", uri) if uri else ("missing", f"{where}: picture cannot be read")
 
 
-def locate(path, base_dir):
-    """A picture path as `prepare` recorded it (absolute, or relative to the directory it was
-    run from): tried as given, then relative to the dataset folder and each of its parents."""
-    if os.path.isabs(path) or os.path.exists(path):
-        return path if os.path.isfile(path) else None
-    d = os.path.abspath(base_dir)
-    while True:
-        p = os.path.join(d, path)
-        if os.path.isfile(p):
-            return p
-        if os.path.dirname(d) == d:
-            return None
-        d = os.path.dirname(d)
+def inside(path, folder):
+    """The real path of `path` if it is a regular file inside `folder` once symbolic links
+    are resolved, else None."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    if os.path.commonpath([real, root]) != root or not os.path.isfile(real):
+        return None
+    return real
+
+
+def locate(path, folder):
+    """A picture as the dataset names it (absolute, or relative to its picture folder) ->
+    (its real path, None) when it is a file in the picture folder, else (None, why)."""
+    if folder is None:
+        return None, (
+            "the dataset records no picture folder (made by an older captioner: rerun "
+            "`captioner prepare`, or pass --outside-pictures)"
+        )
+    candidate = os.path.join(folder, path)
+    real = inside(candidate, folder)
+    if real is not None:
+        return real, None
+    root = os.path.realpath(folder)
+    if os.path.commonpath([os.path.realpath(candidate), root]) != root:
+        return None, f"outside the dataset's picture folder {folder}; not shown"
+    return None, "picture not found (moved or deleted since `prepare`)"
 
 
 def thumbnail(path, size=THUMB_SIZE):
@@ -300,9 +324,11 @@ def caption_run(
     meteor=True,
     seed=0,
     log=print,
+    outside_pictures=False,
 ):
     """Caption `split` with the run's checkpoint; scores, per-image CIDEr-D, gallery, diversity.
     -> dict (see the keys below); 'missing' holds a reason when the dataset is gone."""
+    from .data import dataset_source
     from .evaluation import decode_split
     from .metrics import score
 
@@ -344,11 +370,13 @@ def caption_run(
         picked["random"] = sorted(
             np.random.default_rng(seed).choice(pool, min(k, len(pool)), replace=False)
         )
-        gallery = {}
+        gallery, folder = {}, dataset_source(d["base_dir"], "pictures")
+        if folder:  # a dataset from elsewhere could name any folder: say which is read
+            log(f"gallery pictures from {folder}, the dataset's picture folder")
         for section, items in picked.items():
             gallery[section] = []
             for j in items:
-                kind, value = _picture(d, split, rows[j], d["base_dir"])
+                kind, value = _picture(d, split, rows[j], folder, outside_pictures, log)
                 gallery[section].append(
                     {
                         "title": names[rows[j]] if names else f"{split} image {rows[j]}",
@@ -524,9 +552,26 @@ def plot_lengths(div, name=None):
 # ---------------------------------------------------------------- gradients / compare output
 
 
-def gradient_outputs(run_dir, seen=None):
+def _read_own(path, folder, log):
+    """The bytes of `path` if it is a regular file inside `folder` (links resolved) of at
+    most MAX_EMBEDDED_BYTES, else None (and a warning naming it)."""
+    real = inside(path, folder)
+    try:
+        if real is not None and os.path.getsize(real) <= MAX_EMBEDDED_BYTES:
+            with open(real, "rb") as f:
+                return f.read(MAX_EMBEDDED_BYTES + 1)
+    except OSError:
+        pass
+    log(
+        f"captioner: warning: {path}: not shown in the report (not a readable file of at most "
+        f"{MAX_EMBEDDED_BYTES >> 20} MB inside {folder} once links are resolved)"
+    )
+    return None
+
+
+def gradient_outputs(run_dir, seen=None, log=print):
     """Plots and summary written by `captioner gradients` / `compare` in run_dir or its parent:
-    -> [{'title', 'src' (data URI) | 'table' | 'summary' (JSON text)}], in name order.
+    -> [{'title', 'src' (data URI) | 'table' | 'summary' (a note)}], in name order.
     seen: real paths already shown (runs of one comparison share their parent's files)."""
     found, seen = [], set() if seen is None else seen
     for d in (run_dir, os.path.dirname(os.path.abspath(run_dir))):
@@ -536,12 +581,8 @@ def gradient_outputs(run_dir, seen=None):
                 if real in seen:
                     continue
                 seen.add(real)
-                try:
-                    with open(path, "rb") as f:
-                        raw = f.read()
-                except OSError:
-                    continue
-                if raw.startswith(b"\x89PNG"):
+                raw = _read_own(path, d, log)
+                if raw is not None and raw.startswith(b"\x89PNG"):
                     found.append(
                         {
                             "title": path,
@@ -550,39 +591,51 @@ def gradient_outputs(run_dir, seen=None):
                         }
                     )
         summary = os.path.join(d, "gradients.json")
-        if os.path.isfile(summary) and os.path.realpath(summary) not in seen:
+        if os.path.lexists(summary) and os.path.realpath(summary) not in seen:
             seen.add(os.path.realpath(summary))
-            try:
-                with open(summary, encoding="utf-8") as f:
-                    obj = json.load(f)
-            except (OSError, ValueError):
-                found.append({"title": summary, "summary": "(unreadable JSON)"})
+            raw = _read_own(summary, d, log)
+            if raw is None:
                 continue
+            try:
+                obj = json.loads(raw)
+            except (ValueError, RecursionError):
+                obj = None
             found.append(dict({"title": summary}, **_gradient_summary(obj)))
     return found
 
 
+TEXT_COLUMNS = ("label", "cell")  # the only text gradients.json holds; the rest are numbers
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _gradient_summary(obj):
     """gradients.json ({"runs": [{"label", "cell", "gain_per_step", ...}]}, as `captioner
-    gradients --json` writes it) -> {'table': (columns, rows)} of each run's scalar fields,
-    or {'summary': JSON text} for any other layout."""
+    gradients --json` writes it) -> {'table': (columns, rows)} of each run's label, cell and
+    numbers; any other layout -> {'summary': a note}, its content left out."""
     runs = obj.get("runs") if isinstance(obj, dict) else None
-    if isinstance(runs, list) and runs and all(isinstance(r, dict) for r in runs):
-        columns = [k for k, v in runs[0].items() if isinstance(v, (str, int, float, type(None)))]
-        rows = [
-            [
-                "-"
-                if r.get(k) is None
-                else f"{r[k]:.4g}"
-                if isinstance(r.get(k), float)
-                else str(r[k])
-                for k in columns
-            ]
-            for r in runs
+    if not (isinstance(runs, list) and runs and all(isinstance(r, dict) for r in runs)):
+        return {"summary": "(not the layout `captioner gradients --json` writes; not shown)"}
+    columns = [k for k in TEXT_COLUMNS if k in runs[0]]
+    columns += [k for k, v in runs[0].items() if k not in TEXT_COLUMNS and _number(v)]
+    for r in runs:
+        for k in columns:
+            v = r.get(k)
+            if not (v is None or _number(v) or (k in TEXT_COLUMNS and isinstance(v, str))):
+                return {
+                    "summary": f"(not the layout `captioner gradients --json` writes: "
+                    f"{k!r} is not {'text' if k in TEXT_COLUMNS else 'a number'}; not shown)"
+                }
+    rows = [
+        [
+            "-" if r.get(k) is None else f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k])
+            for k in columns
         ]
-        return {"table": (columns, rows)}
-    obj = obj.get("summary", obj) if isinstance(obj, dict) else obj
-    return {"summary": json.dumps(obj, indent=1)[:4000]}
+        for r in runs
+    ]
+    return {"table": (columns, rows)}
 
 
 # ---------------------------------------------------------------- the page
@@ -621,6 +674,7 @@ def build_report(
     meteor=True,
     seed=0,
     log=print,
+    outside_pictures=False,
 ):
     """-> the HTML text of the report on run_dirs (see the module docstring)."""
     if not run_dirs:
@@ -640,11 +694,12 @@ def build_report(
             meteor=meteor,
             seed=seed,
             log=log,
+            outside_pictures=outside_pictures,
         )
         if r["result"].get("diversity"):
             name = r["card"]["name"] if len(runs) > 1 else None
             r["result"]["lengths_plot"] = plot_lengths(r["result"]["diversity"], name)
-        r["gradients"] = gradient_outputs(r["card"]["dir"], seen)
+        r["gradients"] = gradient_outputs(r["card"]["dir"], seen, log)
     context = {
         "title": "captioner report: " + ", ".join(r["card"]["name"] for r in runs),
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -657,18 +712,19 @@ def build_report(
     return render(context)
 
 
-def write_report(run_dirs, out="report.html", **options):
-    """Build the report and write it atomically to out; -> out."""
+def write_report(run_dirs, out="report.html", replace=True, **options):
+    """Build the report and write it atomically to out (replace=False: only as a new file,
+    see atomic.atomic_path); -> out."""
     check_writable(out)
     html = build_report(run_dirs, **options)
-    atomic.write_text(out, html, what="report")
+    atomic.write_text(out, html, what="report", replace=replace)
     return out
 
 
 # ---------------------------------------------------------------- a gallery of picture files
 
 
-def write_gallery(results, out, title="captioner sample"):
+def write_gallery(results, out, title="captioner sample", replace=True):
     """An HTML page of captioned picture files.
 
     results: [{"file_name", "caption", "log_prob", ...}] (what `sample --json` writes);
@@ -701,5 +757,5 @@ def write_gallery(results, out, title="captioner sample"):
             "metric_keys": [],
         }
     )
-    atomic.write_text(out, html, what="gallery")
+    atomic.write_text(out, html, what="gallery", replace=replace)
     return out

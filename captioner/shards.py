@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from captioner.errors import CaptionerError
+from captioner.sources.paths import read_member
 
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # The variables OpenBLAS (then MKL) reads for its thread count, first set wins.
@@ -74,6 +75,35 @@ def encode_shard(spec):
     }
 
 
+def check_result(result, spec):
+    """Refuse (one line) a shard result that is not what encode_shard returns for `spec`:
+    a worker running another captioner, or returning garbage, must not reach a chunk file."""
+    import numpy as np
+
+    n = len(spec["names"])
+    try:
+        ok = result["ok"]
+        good = (
+            int(result["index"]) == spec["index"]
+            and list(result["names"]) == list(spec["names"])
+            and ok.dtype == bool
+            and ok.shape == (n,)
+            and result["errors"].shape == (n,)
+            and result["features"].dtype == np.float32
+            and result["features"].shape[0] == int(ok.sum())
+            and bool(np.isfinite(result["features"]).all())
+        )
+    except Exception:  # noqa: BLE001 -- any shape of garbage: not a shard result
+        good = False
+    if not good:
+        raise CaptionerError(
+            f"shard {spec['index']} ({spec['names'][0]}, ...): the worker returned something "
+            f"that is not its encoded pictures; run the same captioner version on every "
+            f"worker, then run the same command again to resume",
+            exit_code=1,
+        )
+
+
 def open_picture(ref):
     """A file path, or (zip path, member) -> PIL RGB image; CaptionerError (one line) if bad."""
     from captioner import encoder
@@ -83,7 +113,10 @@ def open_picture(ref):
     zip_path, member = ref
     label = f"{zip_path}:{member}"
     try:
-        blob = _zip(zip_path, *_identity(zip_path)).read(member)
+        zf = _zip(zip_path, *_identity(zip_path))
+        blob = read_member(zf, member, encoder.MAX_DECODE_BYTES, label, "a picture", "skipped")
+    except CaptionerError:
+        raise
     except KeyError:
         raise CaptionerError(f"{label}: no such member in the zip", exit_code=1) from None
     except Exception as e:  # bad CRC, truncated data, zlib errors, I/O errors
@@ -189,12 +222,12 @@ def run_shards(executor, specs, on_result, max_pending):
     from concurrent.futures import FIRST_COMPLETED, wait
 
     specs = iter(specs)
-    pending, order = set(), {}
+    pending, order, spec_of = set(), {}, {}
     try:
         while True:
             for spec in specs:
                 future = executor.submit(encode_shard, spec)
-                order[future] = len(order)
+                order[future], spec_of[future] = len(order), spec
                 pending.add(future)
                 if len(pending) >= max_pending:
                     break
@@ -207,6 +240,7 @@ def run_shards(executor, specs, on_result, max_pending):
             failed = [f for f in done if f.exception() is not None]
             for future in done:
                 if future.exception() is None:
+                    check_result(future.result(), spec_of.pop(future))
                     on_result(future.result())
             if failed:
                 raise failed[0].exception()

@@ -24,7 +24,7 @@ import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 
 from . import atomic, checkpoint, runs, training
 from .errors import CaptionerError
@@ -158,11 +158,72 @@ def setup(out, base, grid, planned):
 
 
 def _read(path):
+    """A state file of the sweep, checked against the shape its writer gives it: a file
+    edited or damaged since is one line naming it, never a traceback deep in a run."""
     from .data import read_json
 
-    return read_json(
-        path, os.path.basename(path), "delete it to start this part of the sweep again"
-    )
+    fix = "delete it to redo that part of the sweep"
+    obj = read_json(path, os.path.basename(path), fix)
+    why = STATE_CHECKS.get(os.path.basename(path), lambda _: None)(obj)
+    if why:
+        raise CaptionerError(f"{path}: {why}; it was edited or damaged: {fix}")
+    return obj
+
+
+def _number(v, none_ok=False):
+    return (v is None and none_ok) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _object(obj):
+    return None if isinstance(obj, dict) else f"holds a JSON {type(obj).__name__}, not an object"
+
+
+def _run_problem(spec):
+    """run.json: the run's settings (RUN_KEYS), JSON scalars, epochs a positive integer."""
+    unknown = sorted(set(spec) - set(RUN_KEYS)) if isinstance(spec, dict) else []
+    if _object(spec) or unknown:
+        return _object(spec) or f"{unknown[0]!r} is not a setting of a run"
+    if not _count(spec.get("epochs")) or spec["epochs"] < 1:
+        return f"'epochs' is {spec.get('epochs')!r}, not a positive integer"
+    odd = [k for k, v in spec.items() if not isinstance(v, (str, int, float, type(None)))]
+    return f"{odd[0]!r} is not a number or text" if odd else None
+
+
+def _result_problem(result):
+    """result.json: what _score writes."""
+    if _object(result):
+        return _object(result)
+    if not _count(result.get("epochs")):
+        return f"'epochs' is {result.get('epochs')!r}, not a whole number"
+    for key in ("best_val_loss", "CIDEr", "Bleu_4", "seconds"):
+        if not _number(result.get(key), none_ok=key == "best_val_loss"):
+            return f"{key!r} is {result.get(key)!r}, not a number"
+    return None
+
+
+def _history_problem(history):
+    """history.json, as far as the summary reads it: per-epoch records with their seconds
+    and val_loss."""
+    records = history.get("epochs", []) if isinstance(history, dict) else None
+    if not isinstance(records, list):
+        return _object(history) or "'epochs' is not a list"
+    for k, r in enumerate(records):
+        if not isinstance(r, dict) or not _number(r.get("seconds")):
+            return f"epochs[{k}] has no 'seconds' number"
+        if not _number(r.get("val_loss", 0.0)):
+            return f"epochs[{k}] has a 'val_loss' that is not a number"
+    return None
+
+
+STATE_CHECKS = {
+    "run.json": _run_problem,
+    "result.json": _result_problem,
+    "history.json": _history_problem,
+}
 
 
 def finished(run_dir, epochs=None):
@@ -188,7 +249,11 @@ def run_one(run_dir):
         return result
     spec = _read(os.path.join(run_dir, "run.json"))
     _wait_for_writer(run_dir)
-    with runs.run_lock(run_dir), open(os.path.join(run_dir, "train.log"), "a") as f:
+    # surrogateescape: a run directory whose name is not UTF-8 is logged as its own bytes
+    log_file = open(  # noqa: SIM115 -- closed by the with
+        os.path.join(run_dir, "train.log"), "a", encoding="utf-8", errors="surrogateescape"
+    )
+    with runs.run_lock(run_dir), log_file as f:
 
         def log(line):
             f.write(f"{line}\n")
@@ -313,6 +378,8 @@ def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
                         f"[{n}/{len(todo)}] {run_dir}: best val loss {_fmt(r['best_val_loss'])}, "
                         f"CIDEr-D {r['CIDEr']:.3f}, {r['seconds']:.1f}s"
                     )
+                except CancelledError:  # the cluster is gone (cluster.client says so)
+                    raise
                 except Exception as e:  # noqa: BLE001 -- one failed run must not stop the others
                     failed[run_dir] = (
                         str(e) if isinstance(e, CaptionerError) else f"{type(e).__name__}: {e}"

@@ -512,3 +512,64 @@ def test_prepare_workers_go_with_a_local_scheduler(pictures, tmp_path):
     )
     assert r.exit_code == 2 and "--workers goes with --scheduler local" in r.output
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_a_scheduler_that_vanishes_mid_prepare_is_one_line_and_resumes(tmp_path, cache):
+    """Issue 23: the scheduler killed while shards run: prepare stops with one line (not a
+    CancelledError traceback), keeps the finished chunks, and the same command resumes."""
+    from captioner import demo
+
+    ann = demo.write_demo_images(tmp_path / "img", 120, seed=3)
+    env = _env(cache)
+    dask = [sys.executable, "-m", "dask"]
+    info = tmp_path / "scheduler.json"
+    common = ["--host", "127.0.0.1", "--no-dashboard"]
+    with open(tmp_path / "dask.log", "w") as log:
+        sched = subprocess.Popen(
+            dask + ["scheduler", "--port", "0", "--scheduler-file", str(info), *common],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        worker = subprocess.Popen(
+            dask + ["worker", "--scheduler-file", str(info), "--nthreads", "1", *common],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    out = tmp_path / "ds"
+    args = ["prepare", "--images", tmp_path / "img", "--captions", ann, "--out", out]
+    args += ["--min-count", 1, "--batch-size", 4]
+    try:
+        deadline = time.monotonic() + 120
+        while not (info.exists() and info.stat().st_size):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        address = json.loads(info.read_text())["address"]
+        proc = subprocess.Popen(
+            CLI + [str(a) for a in args + ["--scheduler", address]],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        while len(list((out / P.WORK_DIR).glob("chunk_*.npz"))) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        sched.kill()
+        _, err = proc.communicate(timeout=120)
+    finally:
+        for p in (sched, worker):
+            p.kill()
+            p.wait()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("captioner: error:")]
+    assert lines == [
+        f"captioner: error: {address}: lost the Dask scheduler (its tasks were cancelled); "
+        f"restart it and run the same command again to resume"
+    ], err
+    done = len(list((out / P.WORK_DIR).glob("chunk_*.npz")))
+    assert done >= 2
+    result = run(*args, "--workers", 1)  # resumed here, without the cluster
+    assert result.exit_code == 0 and f"({done * 4:,} resumed)" in result.output, result.output

@@ -798,3 +798,68 @@ def _alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# ----------------------------------------------------------------------------- issue 23: zip bombs
+
+
+def _zip(path, members, **kw):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, **kw) as zf:
+        for name, blob in members.items():
+            zf.writestr(name, blob)
+    return str(path)
+
+
+def test_zip_members_are_bounded_by_their_declared_size(tmp_path, monkeypatch):
+    """Class 2: a member declaring more than its kind's limit is refused from the zip's
+    directory, before a byte of it is inflated, in one line naming the member: JSON files by
+    coco.JSON_BYTES, pictures by the picture byte budget (encoder.MAX_DECODE_BYTES)."""
+    from captioner import encoder, shards
+
+    limits = {**getattr(coco, "JSON_BYTES", {}), "dataset_coco.json": 1000}
+    monkeypatch.setattr(coco, "JSON_BYTES", limits, raising=False)
+    doc = json.dumps({"images": [], "pad": " " * 5000})
+    path = _zip(tmp_path / "caption_datasets.zip", {"dataset_coco.json": doc})
+    message = (
+        f"{path}:dataset_coco.json: declares {len(doc):,} bytes uncompressed, over the "
+        f"1,000-byte limit for this JSON file; {coco.FIX}"
+    )
+    for read in (coco.check_zip, lambda p: coco._read_json(p, "dataset_coco.json")):
+        with pytest.raises(CaptionerError) as err:
+            read(path)
+        assert str(err.value) == message
+    monkeypatch.setattr(encoder, "MAX_DECODE_BYTES", 1000)
+    member = "train2014/COCO_train2014_000000000001.jpg"
+    path = _zip(tmp_path / "train2014.zip", {"train2014/": b"", member: b"\xff" * 5000})
+    with pytest.raises(CaptionerError, match=rf"{member}: declares 5,000 bytes .* for a picture"):
+        coco.check_zip(path)
+    with pytest.raises(CaptionerError, match=rf"{member}: declares 5,000 bytes .* for a picture"):
+        shards.open_picture([path, member])  # a worker reading a zip replaced since
+
+
+def test_zip_with_a_member_twice_is_refused(tmp_path):
+    member = "train2014/COCO_train2014_000000000001.jpg"
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        path = _zip(tmp_path / "train2014.zip", {"train2014/": b"", member: b"a"})
+        with zipfile.ZipFile(path, "a") as zf:
+            zf.writestr(member, b"b")
+    with pytest.raises(CaptionerError, match=rf"member '{member}' appears twice; this is not"):
+        coco.check_zip(path)
+
+
+@pytest.mark.slow
+def test_prepare_refuses_a_real_zip_bomb_at_once(tmp_path):
+    """A 2 MB caption_datasets.zip whose dataset_coco.json inflates to 416 MiB (over the
+    400 MiB allowed): refused from its header, nothing inflated, nothing written."""
+    pic = "train2014/COCO_train2014_000000000001.jpg"
+    _zip(tmp_path / "train2014.zip", {"train2014/": b"", pic: b"x"})
+    _zip(tmp_path / "val2014.zip", {"val2014/": b"", pic.replace("train", "val"): b"x"})
+    with zipfile.ZipFile(tmp_path / "caption_datasets.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("dataset_coco.json", "w", force_zip64=True) as f:
+            for _ in range(26):
+                f.write(b" " * (1 << 24))
+    assert os.path.getsize(tmp_path / "caption_datasets.zip") < 3e6
+    result = run("prepare", "--coco", tmp_path, "--out", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    assert "caption_datasets.zip:dataset_coco.json: declares 436,207,616 bytes" in result.output
+    assert not (tmp_path / "out").exists()

@@ -185,3 +185,25 @@ def test_weight_decays_and_refusals(data, reference, tmp_path, monkeypatch):
         lines = [ln for ln in result.output.splitlines() if ln.startswith("captioner: error:")]
         assert len(lines) == 1 and name in lines[0] and why in lines[0], result.output
         assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_tampered_plan_is_one_line(reference, tmp_path):
+    """Issue 23: compare.json's settings are checked as a checkpoint's are before a resume
+    trains with them ("epochs": "1" was a traceback deep in the training loop)."""
+    import shutil
+
+    ref, _ = reference
+    for change, why in [
+        ({"epochs": "1"}, "settings.epochs is '1', expected"),
+        ({"lr": [1]}, "settings.lr is [1], expected"),
+        ({"secret": 1}, "settings has an unknown setting 'secret'"),
+    ]:
+        parent = tmp_path / f"c{len(why)}"
+        shutil.copytree(ref, parent)
+        plan = json.loads((parent / "compare.json").read_text())
+        plan["settings"].update(change)
+        (parent / "compare.json").write_text(json.dumps(plan))
+        result = run("compare", "--resume", parent, "--epochs", 3)
+        lines = [ln for ln in result.output.splitlines() if ln.startswith("captioner: error:")]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert f"{parent / 'compare.json'}: {why}" in lines[0] and "another --out" in lines[0]

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from captioner.data import load_coco_data
-from captioner.download import COCO_FILES, download_coco, install_zip
+from captioner.download import (
+    COCO_FILES,
+    download_coco,
+    download_coco_images,
+    fetch_resumable,
+    install_zip,
+)
 from captioner.errors import CaptionerError
 from fileserver import gets, reset, serving
 from fixtures import build_dataset
@@ -282,3 +288,83 @@ def test_custom_shapes_and_replacing_existing_data(tmp_path, dataset_dir, existi
     ):
         install_zip(zpath, existing, shapes=shapes, progress=False)
     assert sorted(os.listdir(existing)) == sorted(COCO_FILES)
+
+
+# ----------------------------------------------------------------------------- hostile servers
+
+
+def test_a_stream_longer_than_expected_is_cut_and_deleted(tmp_path, server, good_zip):
+    """No length in the response: the file may grow to the size expected of it, no more."""
+    server.endless[ZIP] = 64 << 20
+    with pytest.raises(CaptionerError) as err:
+        fetch_resumable(server.url, str(tmp_path / ZIP), progress=False, max_bytes=1000)
+    assert str(err.value) == (
+        f"{server.url}: the server sent more than the 1,000 bytes expected for this file; "
+        f"{tmp_path / ZIP}.part was deleted: check the mirror (--mirror/--url) or try later"
+    )
+    assert os.listdir(tmp_path) == [] and server.sent < 32 << 20  # stopped, not drained
+
+
+def test_coco_images_mirror_held_to_the_announced_length(tmp_path, server, monkeypatch):
+    """HEAD announces 1,000 bytes, the GET streams on without a length: the download stops
+    past the announced 1,000 (not at the 13.5 GB known for train2014.zip)."""
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10**12))
+    reset(server, {"m/train2014.zip": b"x" * 1000})
+    server.endless["m/train2014.zip"] = 8 << 20
+    with pytest.raises(CaptionerError, match=r"more than the 1,000 bytes expected") as err:
+        download_coco_images(tmp_path / "d", mirror=f"{server.base}/m", progress=False)
+    assert str(err.value).startswith(f"{server.base}/m/train2014.zip: ")
+    assert os.listdir(tmp_path / "d") == []
+
+
+def test_a_part_file_planted_as_a_link_is_never_followed(tmp_path, server):
+    victim = tmp_path / "victim" / "notes.txt"
+    victim.parent.mkdir()
+    victim.write_text("my notes")
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / f"{ZIP}.part").symlink_to(victim)
+    with pytest.raises(CaptionerError) as err:
+        get(dest, server)
+    assert str(err.value).startswith(f"{dest / ZIP}.part: captioner never writes a download ")
+    assert "symbolic link" in str(err.value) and "\n" not in str(err.value)
+    assert victim.read_text() == "my notes" and gets(server) == []
+    os.remove(dest / f"{ZIP}.part")  # a dangling link, then: created, not followed
+    (dest / f"{ZIP}.part").symlink_to(tmp_path / "victim" / "new.txt")
+    with pytest.raises(CaptionerError, match="symbolic link"):
+        get(dest, server)
+    assert os.listdir(victim.parent) == ["notes.txt"]
+
+
+def test_the_mirror_is_checked_before_any_request(tmp_path, monkeypatch):
+    def no_request(*args, **kwargs):
+        raise AssertionError("a request was made")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_request)
+    for mirror in ("file:///tmp/fifo", "ftp://host/coco", "http://"):
+        with pytest.raises(CaptionerError, match="give --mirror http") as err:
+            download_coco_images(tmp_path / "d", mirror=mirror, progress=False)
+        assert str(err.value).startswith(f"{mirror}: not ")
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_redirect_loop_is_one_line(tmp_path, server):
+    server.redirects[ZIP] = ZIP
+    with pytest.raises(CaptionerError, match="HTTP 302") as err:
+        get(tmp_path, server)
+    assert "\n" not in str(err.value) and "infinite loop" in str(err.value)
+
+
+def test_a_zip_naming_one_file_twice_is_refused(tmp_path, dataset_dir, existing):
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        zpath = make_zip(
+            tmp_path / ZIP,
+            dataset_dir,
+            extra=[("coco_captioning/coco2014_vocab.json", b'{"idx_to_word": []}')],
+        )
+    with pytest.raises(
+        CaptionerError, match="entry 'coco_captioning/coco2014_vocab.json' appears twice"
+    ):
+        install_zip(zpath, existing, shapes=None, progress=False)
+    assert_untouched(existing)

@@ -180,7 +180,8 @@ def test_real_coco_pictures_make_a_loadable_dataset(shared, tmp_path):
     d = load_coco_data(tmp_path / "ds")
     # photographs get EfficientNet-Lite0 features by default, and the dataset says so
     assert d["feature_kind"] == "lite0" and d["encoder"] == L.ENCODER_NAME
-    assert feature_attrs(tmp_path / "ds", "lite0", "val") == {
+    attrs = feature_attrs(tmp_path / "ds", "lite0", "val")
+    assert {k: attrs[k] for k in ("encoder", "encoder_weights_sha256", "feature_layout")} == {
         "encoder": L.ENCODER_NAME,
         "encoder_weights_sha256": L.WEIGHTS_SHA256,
         "feature_layout": L.LAYOUT,
@@ -325,3 +326,59 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
             P.prepare_dataset(tmp_path / "img", ann, tmp_path / "out", progress=False)
     finally:
         os.close(fd)
+
+
+def test_a_caption_of_megabytes_costs_what_its_kept_words_cost():
+    """Issue 23 (hostile Karpathy/COCO values): a 6 MB caption is read up to 2,000
+    characters, so tokenising it takes what a long caption takes, not seconds and a
+    million-word list; ordinary captions are tokenised whole."""
+    items = [
+        {"name": "a.jpg", "captions": ["a dog " * 1_000_000, "A cat on a mat."]},
+        {"name": "b.jpg", "captions": [42 * " "]},
+    ]
+    skipped = []
+    kept, empty = P._tokenize(items, skipped)
+    assert kept[0]["tokens"][0] == ["a", "dog"] * (2000 // 6) + ["a"]
+    assert kept[0]["tokens"][1] == ["a", "cat", "on", "a", "mat"]
+    assert empty == 1 and skipped == [("b.jpg", "no captions in the annotations")]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        lambda _: None,
+        lambda r: dict(r, names=r["names"][::-1]),
+        lambda r: dict(r, features=r["features"][:1]),
+        lambda r: dict(r, features=r["features"] * np.nan),
+        lambda r: dict(r, ok=r["ok"].astype(int)),
+    ],
+)
+def test_a_worker_returning_garbage_is_one_line_and_nothing_written(tmp_path, garbage):
+    """Issue 23 (Dask paths): a shard result that is not the encoded pictures of its shard
+    (another captioner on a worker, a broken executor) never reaches a chunk file."""
+    from concurrent.futures import Future
+
+    class Garbling(S.InlineExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            future = Future()
+            future.set_result(garbage(fn(*args, **kwargs)))
+            return future
+
+    ann = _pictures(tmp_path / "img", 4)
+    with pytest.raises(CaptionerError, match=r"shard 0 \(pic\d.png, ...\): the worker returned"):
+        P.prepare_dataset(
+            tmp_path / "img", ann, tmp_path / "out", executor=Garbling(), progress=False
+        )
+    assert list((tmp_path / "out" / P.WORK_DIR).glob("chunk_*")) == []
+
+
+def test_a_pictures_folder_whose_path_is_not_utf8_is_refused_at_the_start(tmp_path):
+    """Issue 23, class 9 for prepare: the folder's path is written into *_urls.txt (UTF-8,
+    one a line), so a name in another encoding is one line before any work, not a
+    UnicodeEncodeError at the end."""
+    folder = tmp_path / os.fsdecode(b"img\xff")
+    ann = _pictures(folder, 3)
+    with pytest.raises(CaptionerError) as err:
+        P.prepare_dataset(folder, ann, tmp_path / "out", progress=False)
+    assert str(err.value).startswith(f"{folder}: the pictures folder's path cannot be a line")
+    assert "lone surrogate" in str(err.value) and not (tmp_path / "out").exists()

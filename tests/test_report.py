@@ -276,8 +276,8 @@ def test_missing_pictures_become_placeholders(trained, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(trained / "data", data)
     lines = (data / "val2014_urls.txt").read_text().splitlines()
-    (data / "val2014_urls.txt").write_text(
-        "".join(f"{tmp_path}/gone/{os.path.basename(u)}\n" for u in lines)
+    (data / "val2014_urls.txt").write_text(  # in the dataset's picture folder, but gone
+        "".join(f"{trained}/images/gone/{os.path.basename(u)}\n" for u in lines)
     )
     run_dir = tmp_path / "run"
     shutil.copytree(trained / "run", run_dir)
@@ -573,3 +573,173 @@ def test_help_does_not_import_the_report_libraries():
         check=True,
     ).stdout
     assert out.splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------- issue 23: hostile folders
+
+
+def test_report_reads_only_its_run_and_its_dataset_pictures(trained, tmp_path):
+    """Class 1: links in the run folder (or its parent) to files elsewhere, a gradients.json
+    of another shape, a dataset naming pictures outside its picture folder: nothing of it
+    reaches the page, which is made to be shared; each refusal is named on stderr."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "credentials.json").write_text(json.dumps({"runs": [{"label": "s3cr3t-1"}]}))
+    Image.new("RGB", (30, 30), (1, 2, 3)).save(secret / "private.png")
+    private = base64.b64encode((secret / "private.png").read_bytes()).decode()
+    run_dir = tmp_path / "runs" / "a"
+    shutil.copytree(trained / "run", run_dir)
+    (run_dir / "gradients.json").symlink_to(secret / "credentials.json")
+    (run_dir / "gradients-x.png").symlink_to(secret / "private.png")
+    shutil.copy(secret / "private.png", secret / "private2.png")
+    (run_dir / "compare-y.png").symlink_to("../../secret/private2.png")
+    (tmp_path / "runs" / "gradients.json").write_text(json.dumps({"summary": "s3cr3t-2"}))
+    data = tmp_path / "data"
+    shutil.copytree(trained / "data", data)
+    n = len((data / "val2014_urls.txt").read_text().splitlines())
+    names = [secret / "private.png", "../secret/private.png", "../secret/../secret/private.png"]
+    (data / "val2014_urls.txt").write_text("".join(f"{names[k % 3]}\n" for k in range(n)))
+    (data / "val2014_images.txt").write_text("".join(f"{names[k % 3]}\n" for k in range(n)))
+    _point_at(run_dir, data)
+    out = tmp_path / "r.html"
+    result = run("report", run_dir, "--out", out, "--count", 3, "--no-meteor")
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    assert "s3cr3t" not in html and private not in html
+    gallery = html[html.index('id="gallery"') :]
+    assert _data_uris(gallery) == [] and gallery.count("picture folder") == 3
+    assert "not the layout `captioner gradients --json` writes" in html
+    for link in ("gradients.json", "gradients-x.png", "compare-y.png"):
+        assert f"captioner: warning: {run_dir / link}: not shown in the report" in result.output
+    assert f"gallery pictures from {trained / 'images'}" in result.output
+    # asked for: pictures from elsewhere are shown, each named
+    out2 = tmp_path / "r2.html"
+    result = run(
+        "report", run_dir, "--out", out2, "--count", 3, "--no-meteor", "--outside-pictures"
+    )
+    assert result.exit_code == 0, result.output
+    assert len(_data_uris(out2.read_text().split('id="gallery"')[1])) == 3
+    assert f"{secret / 'private.png'}: shown from outside the dataset's picture folder" in (
+        result.output
+    )
+    assert "s3cr3t" not in out2.read_text()  # links are never followed out of the run
+
+
+def test_gradients_json_shows_only_labels_and_numbers():
+    ok = {"runs": [{"label": "a", "cell": "lstm", "gain_per_step": 0.5, "note": "x"}]}
+    assert report._gradient_summary(ok) == {
+        "table": (["label", "cell", "gain_per_step"], [["a", "lstm", "0.5"]])
+    }
+    for bad in ([1], {"runs": []}, {"runs": [{"label": {"k": "v"}}]}, {"runs": [1]}, None):
+        assert "not shown" in report._gradient_summary(bad)["summary"]
+    mixed = {"runs": [{"label": "a", "gain_per_step": 0.5}, {"label": "b", "gain_per_step": "k"}]}
+    assert "'gain_per_step' is not a number" in report._gradient_summary(mixed)["summary"]
+
+
+def test_sample_prints_picture_names_and_captions_inert(trained, tmp_path):
+    """Class 6: a picture name with a line break and terminal escape sequences prints as
+    one escaped line, on stdout and (for a picture that cannot be read) on stderr."""
+    from click.testing import CliRunner
+
+    from captioner.cli import cli
+
+    evil = tmp_path / "x\n  a forged caption\x1b]0;pwned\x07\x1b[2J.jpg"
+    shutil.copy(trained / "images" / "demo_000000000001.jpg", evil)
+    bad = tmp_path / "y\x1b[2J\u202e.jpg"
+    bad.write_text("not a picture")
+    result = CliRunner().invoke(
+        cli,
+        ["sample", str(evil), str(bad), "--checkpoint", str(trained / "run" / "best.npz")],
+        color=True,  # keep what click would strip from a pipe: the terminal's view
+    )
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"{tmp_path}/x\\n  a forged caption\\x1b]0;pwned\\x07\\x1b[2J.jpg"
+    assert len(lines) == 3 and not lines[1].startswith("  a forged caption")
+    assert lines[2].startswith(f"captioner: error: {tmp_path}/y\\x1b[2J\\u202e.jpg: ")
+    assert "\x1b" not in result.output and "\x07" not in result.output
+
+
+def _appears_meanwhile(monkeypatch, module, name, path):
+    """Make `path` appear (another command's output) while `module.name` runs."""
+    real = getattr(module, name)
+
+    def racing(*args, **kwargs):
+        out = real(*args, **kwargs)
+        path.write_text("the other command's output")
+        return out
+
+    monkeypatch.setattr(module, name, racing)
+
+
+@pytest.mark.parametrize("command", ["sample --json", "sample --html", "report", "evaluate"])
+def test_an_output_that_appears_meanwhile_is_kept(trained, tmp_path, monkeypatch, command):
+    """Class 7: the "no overwrite without --force" check at the start is kept to the end:
+    the file is created without replacing anything, so of two commands writing one new
+    file, the second fails in one line and the first one's file is intact."""
+    from captioner import evaluation, pictures
+
+    out = tmp_path / "out.file"
+    ckpt = ["--checkpoint", trained / "run" / "best.npz"]
+    picture = trained / "images" / "demo_000000000001.jpg"
+    args = {
+        "sample --json": ["sample", picture, *ckpt, "--json", out],
+        "sample --html": ["sample", picture, *ckpt, "--html", out],
+        "report": ["report", trained / "run", "--out", out, "--count", 3, "--no-meteor"],
+        "evaluate": ["evaluate", *ckpt, "--no-meteor", "--save-results", out],
+    }[command]
+    if command == "report":
+        _appears_meanwhile(monkeypatch, report, "build_report", out)
+    elif command == "evaluate":
+        _appears_meanwhile(monkeypatch, evaluation, "evaluate_model", out)
+    else:
+        _appears_meanwhile(monkeypatch, pictures, "caption_images", out)
+    result = run(*args)
+    one_error_line(result, f"{out}: appeared while this command ran", "--force")
+    assert out.read_text() == "the other command's output"
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")] == []
+    # --force keeps its meaning: replace whatever is there
+    result = run(*args, "--force")
+    assert result.exit_code == 0 and out.read_text() != "the other command's output"
+
+
+def test_sigterm_while_the_report_is_written_leaves_nothing_behind(trained, tmp_path):
+    """SIGTERM arriving as the page is written (here: at its fsync) unwinds like Ctrl-C: the
+    temp file is removed, no half page is left, one line and exit 143."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "real = os.fsync\n"
+        "def fsync(fd):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(fd)\n"
+        "os.fsync = fsync\n"
+        "from captioner.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    out = tmp_path / "r.html"
+    args = [
+        "report",
+        trained / "run",
+        "--out",
+        out,
+        "--count",
+        3,
+        "--no-meteor",
+        "--max-images",
+        4,
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(
+            os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        ),
+    )
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("captioner: interrupted; files are written")
+    assert "Traceback" not in done.stderr and os.listdir(tmp_path) == []

@@ -262,3 +262,54 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(dataset, tmp_pa
         state = training.resume_state(meta, optim, history, path=path)
         assert state["step"] == len(state["loss_history"]) == 4 * 15  # no step done twice
         assert not [n for n in os.listdir(out / name) if n.startswith(".tmp-")]
+
+
+def _one_line_error(r, *words):
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("captioner: error: ")]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def test_tampered_sweep_state_is_one_line_naming_the_file(dataset, tmp_path):
+    """Issue 23, class 5: a run.json holding a list, a result.json with "epochs": "1", a
+    history.json without numbers: resume and --summary name the file and the fix."""
+    out = tmp_path / "sw"
+    command = ["sweep", "--data", dataset, *SMALL, "--epochs", 1, "--grid", "cell=rnn,lstm"]
+    command += ["--out", out]
+    assert run(*command).exit_code == 0
+    result = out / "cell=rnn" / "result.json"
+    good = result.read_text()
+    for name, text, why in [
+        ("result.json", good.replace('"epochs": 1', '"epochs": "1"'), "'epochs' is '1'"),
+        ("result.json", good.replace('"CIDEr": ', '"CIDEr": [], "x": '), "'CIDEr' is []"),
+        ("result.json", "[1, 2]", "holds a JSON list"),
+        ("run.json", json.dumps([1, 2]), "holds a JSON list"),
+        ("run.json", json.dumps({"epochs": 0}), "'epochs' is 0"),
+    ]:
+        path = out / "cell=rnn" / name
+        saved = path.read_text()
+        path.write_text(text)
+        for r in (run("sweep", "--summary", out), run(*command)):
+            _one_line_error(r, f"{path}: {why}", "delete it to redo that part of the sweep")
+        path.write_text(saved)
+    # a history.json of an unfinished run, read by the summary
+    os.remove(result)
+    (out / "cell=rnn" / "history.json").write_text('{"epochs": [{"seconds": "slow"}]}')
+    _one_line_error(run("sweep", "--summary", out), "history.json: epochs[0] has no 'seconds'")
+    # deleting the file redoes that part: the run is scored again
+    os.remove(out / "cell=rnn" / "history.json")
+    r = run(*command)
+    assert r.exit_code == 0 and json.loads(result.read_text()) == json.loads(good), r.output
+
+
+def test_a_sweep_folder_named_in_another_encoding_works(dataset, tmp_path):
+    """Issue 23, class 9: `sweep --out` with a non-UTF-8 name works as `train --out` does;
+    train.log keeps the name's own bytes and the terminal shows them escaped."""
+    out = tmp_path / os.fsdecode(b"sw\xff")
+    r = run("sweep", "--data", dataset, *SMALL, "--epochs", 1, "--grid", "cell=rnn", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "finished" in r.output and f"{tmp_path}/sw\\xff/cell=rnn" in r.output
+    log = os.path.join(os.fsencode(out), b"cell=rnn", b"train.log")
+    with open(log, "rb") as f:
+        assert os.fsencode(out) + b"/cell=rnn" in f.read()

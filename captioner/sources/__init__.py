@@ -1,0 +1,1 @@
+"""Data sources: where datasets come from and how their files are read safely."""
