@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from . import atomic, limits
+from . import adaptive, atomic, limits
 from .errors import CaptionerError
 from .model import CaptioningRNN
 
@@ -251,13 +251,17 @@ def check_params(path, params, model):
 
 
 def model_meta(model, data):
+    cfg = {
+        "cell_type": model.cell_type,
+        "input_dim": model.input_dim,
+        "wordvec_dim": model.wordvec_dim,
+        "hidden_dim": model.hidden_dim,
+        "softmax": model.softmax,
+    }
+    if model.softmax == "adaptive":
+        cfg.update(cutoffs=model.cutoffs, softmax_order=model.softmax_order.tolist())
     return {
-        "model": {
-            "cell_type": model.cell_type,
-            "input_dim": model.input_dim,
-            "wordvec_dim": model.wordvec_dim,
-            "hidden_dim": model.hidden_dim,
-        },
+        "model": cfg,
         "vocab": [model.idx_to_word[i] for i in range(len(model.idx_to_word))],
         "features": {
             "kind": data["feature_kind"],
@@ -279,11 +283,24 @@ def load_model(path, dtype=np.float32):
         cell_type=cfg["cell_type"],
         dtype=dtype,
         seed=0,
+        **softmax_config(cfg),
     )
     check_params(path, params, model)
     for k, v in params.items():
         model.params[k] = np.ascontiguousarray(v, dtype=dtype)
     return model, meta, optim, history
+
+
+def softmax_config(cfg):
+    """The CaptioningRNN softmax keywords of a checkpoint's model config; a checkpoint
+    written before the adaptive softmax existed is a full-softmax one."""
+    if cfg.get("softmax", "full") == "full":
+        return {"softmax": "full"}
+    return {
+        "softmax": "adaptive",
+        "cutoffs": cfg["cutoffs"],
+        "softmax_order": np.asarray(cfg["softmax_order"], dtype=np.int64),
+    }
 
 
 def check_compatible(path, meta, data):
@@ -324,7 +341,13 @@ SETTINGS = {
     "lr": _NUMBER,
     "lr_decay": _NUMBER,
     "weight_decay": _NUMBER,
+    "forget_bias": _NUMBER,
     "clip_norm": _NUMBER,
+    "softmax": (lambda v: v in adaptive.SOFTMAXES, "full or adaptive"),
+    "softmax_cutoffs": (
+        lambda v: v is None or (isinstance(v, list) and all(_is_int(c) for c in v)),
+        "null or a list of integers",
+    ),
     "optimizer": (
         lambda v: isinstance(v, str) and v in OPTIM_STATE,  # a list would not hash
         "adam, sgd, sgd_momentum or rmsprop",
@@ -364,16 +387,22 @@ def param_shapes(cfg, vocab_size):
     """The parameter shapes a model config implies: {name: shape}."""
     k = 4 if cfg["cell_type"] == "lstm" else 1
     V, D, W, H = vocab_size, cfg["input_dim"], cfg["wordvec_dim"], cfg["hidden_dim"]
-    return {
+    shapes = {
         "W_embed": (V, W),
         "W_proj": (D, H),
         "b_proj": (H,),
         "Wx": (W, k * H),
         "Wh": (H, k * H),
         "b": (k * H,),
-        "W_vocab": (H, V),
-        "b_vocab": (V,),
     }
+    if cfg.get("softmax", "full") == "full":
+        return shapes | {"W_vocab": (H, V), "b_vocab": (V,)}
+    cutoffs = cfg["cutoffs"]
+    shapes |= {"W_head": (H, cutoffs[0] + len(cutoffs)), "b_head": (cutoffs[0] + len(cutoffs),)}
+    sizes = np.diff(cutoffs + [V]).tolist()
+    for i, (d, size) in enumerate(zip(adaptive.tail_dims(H, len(cutoffs)), sizes), 1):
+        shapes |= {f"W_tail{i}_proj": (H, d), f"W_tail{i}": (d, size), f"b_tail{i}": (size,)}
+    return shapes
 
 
 def _problem(meta, shapes):
@@ -398,6 +427,20 @@ def _problem(meta, shapes):
         return f"vocab lacks {', '.join(missing)}"
     if not set(vocab) - set(NON_WORDS):
         return f"vocab has no words besides {', '.join(NON_WORDS)}"
+    softmax = cfg.get("softmax", "full")
+    if softmax not in adaptive.SOFTMAXES:
+        return f"model.softmax is {softmax!r}, expected full or adaptive"
+    if softmax == "adaptive":
+        why = adaptive.check_cutoffs(cfg.get("cutoffs"), len(vocab))
+        if why:
+            return f"model.{why}"
+        order = cfg.get("softmax_order")
+        if not (
+            isinstance(order, list)
+            and all(_is_int(i) for i in order)
+            and sorted(order) == list(range(len(vocab)))
+        ):
+            return f"model.softmax_order is not a permutation of the {len(vocab)} word ids"
     if not isinstance(feats, dict):
         return "features is missing or not an object"
     for key in ("kind", "encoder"):

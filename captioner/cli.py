@@ -92,6 +92,23 @@ class _Positive(click.ParamType):
         return v
 
 
+class _Cutoffs(click.ParamType):
+    """Increasing word counts such as 2000,6000 -> [2000, 6000] (a list passes through)."""
+
+    name = "c1,c2,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            cutoffs = [int(t) for t in str(value).split(",")]
+        except ValueError:
+            cutoffs = None
+        if not cutoffs or any(c < 1 for c in cutoffs) or cutoffs != sorted(set(cutoffs)):
+            self.fail(f"{value!r}: expected increasing word counts such as 2000,6000", param, ctx)
+        return cutoffs
+
+
 POSITIVE = _Positive()
 NON_NEGATIVE = _Positive(allow_zero=True)
 COUNT = click.IntRange(min=1)
@@ -196,6 +213,15 @@ def train_options(many=False, run_dir_options=True):
             + (" (repeat: one run per cell and value)." if many else "."),
         ),
         click.option(
+            "--forget-bias",
+            type=NON_NEGATIVE,
+            multiple=many,
+            default=(0.0,) if many else 0.0,
+            show_default=True,
+            help="The LSTM's initial forget-gate bias (CS231n: 0; 1 after Jozefowicz et al. 2015)"
+            + (" (repeat: one LSTM run per value)." if many else "."),
+        ),
+        click.option(
             "--clip-norm",
             type=NON_NEGATIVE,
             default=0.0,
@@ -215,6 +241,21 @@ def train_options(many=False, run_dir_options=True):
             default=256,
             show_default=True,
             help=f"Word vector size (at most {limits.MAX_DIM}).",
+        ),
+        click.option(
+            "--softmax",
+            type=click.Choice(["full", "adaptive"]),
+            default="full",
+            show_default=True,
+            help="Output layer: full softmax, or adaptive (frequent words in a head, "
+            "rare ones in cheaper clusters; faster on big vocabularies).",
+        ),
+        click.option(
+            "--softmax-cutoffs",
+            type=_Cutoffs(),
+            default=None,
+            help="Adaptive softmax cluster starts by word frequency rank, e.g. 2000,6000 "
+            "(default: the head covers 90% of training words, clusters grow 4x).",
         ),
         click.option(
             "--max-train",
@@ -251,7 +292,15 @@ def train_options(many=False, run_dir_options=True):
             help="What `best.npz` means: lowest val loss, or highest "
             "CIDEr-D (needs --eval-every).",
         ),
-        click.option("--seed", type=SEED, default=0, show_default=True),
+        click.option(
+            "--seed",
+            type=SEED,
+            multiple=many,
+            default=(0,) if many else 0,
+            show_default=True,
+            help="Initialisation, data order and val subset"
+            + (" (repeat: one run each)." if many else "."),
+        ),
         click.option(
             "--out",
             type=click.Path(file_okay=False),
@@ -295,9 +344,12 @@ def train(
     lr_decay,
     optimizer,
     weight_decay,
+    forget_bias,
     clip_norm,
     hidden_dim,
     wordvec_dim,
+    softmax,
+    softmax_cutoffs,
     max_train,
     val_size,
     save_every,
@@ -315,7 +367,7 @@ def train(
       captioner train --cell lstm --epochs 10 --out runs/lstm
       captioner train --resume runs/lstm --epochs 20
     """
-    from . import checkpoint, runs, training
+    from . import adaptive, checkpoint, runs, training
     from .model import CaptioningRNN
 
     given = {
@@ -349,6 +401,8 @@ def train(
             hidden_dim=hidden_dim,
             cell_type=cell,
             seed=seed,
+            forget_bias=forget_bias,
+            **adaptive.model_args(softmax, softmax_cutoffs, d),
         )
         settings = dict(
             epochs=epochs,
@@ -357,7 +411,10 @@ def train(
             lr=lr,
             lr_decay=lr_decay,
             weight_decay=weight_decay,
+            forget_bias=forget_bias,
             clip_norm=clip_norm,
+            softmax=softmax,
+            softmax_cutoffs=softmax_cutoffs,
             seed=seed,
             val_size=val_size,
             save_every=save_every,
@@ -420,6 +477,24 @@ def _check_resume_flags(ctx, given, meta, settings, path):
 # ---------------------------------------------------------------- sweep
 
 
+def executor_options(f):
+    """--parallel and --scheduler: where independent training runs go (sweep, compare)."""
+    f = click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="Run on a Dask cluster: tcp://HOST:8786, or local (needs captioner[cluster]).",
+    )(f)
+    return click.option(
+        "--parallel",
+        type=COUNT,
+        default=1,
+        show_default=True,
+        help="Runs at a time on this machine, BLAS threads split between them "
+        "(with --scheduler local: its worker processes).",
+    )(f)
+
+
 @cli.command()
 @train_options(run_dir_options=False)
 @click.option(
@@ -436,20 +511,7 @@ def _check_resume_flags(ctx, given, meta, settings, path):
     show_default=True,
     help="Sweep folder, one run directory per combination.",
 )
-@click.option(
-    "--parallel",
-    type=COUNT,
-    default=1,
-    show_default=True,
-    help="Runs at a time on this machine, BLAS threads split between them "
-    "(with --scheduler local: its worker processes).",
-)
-@click.option(
-    "--scheduler",
-    metavar="ADDRESS",
-    default=None,
-    help="Run on a Dask cluster: tcp://HOST:8786, or local (needs captioner[cluster]).",
-)
+@executor_options
 @click.option(
     "--summary",
     "summary_dir",
@@ -607,7 +669,16 @@ def overfit(data, features, small, cell, n, epochs):
     "ckpts",
     type=click.Path(exists=True, dir_okay=False),
     multiple=True,
-    help="A trained model (repeat to compare several).",
+    help="A trained model (repeat to compare several; those of one setting, differing only "
+    "in --seed, are also summarised over seeds).",
+)
+@click.option(
+    "--runs",
+    "compare_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Every run of a `captioner compare` folder (its last.npz), summarised per setting "
+    "over seeds.",
 )
 @click.option(
     "--cell",
@@ -639,6 +710,13 @@ def overfit(data, features, small, cell, n, epochs):
     help="Seed of the fresh models and of the random words.",
 )
 @click.option(
+    "--forget-bias",
+    type=NON_NEGATIVE,
+    default=0.0,
+    show_default=True,
+    help="Fresh LSTMs only: the initial forget-gate bias, as `train --forget-bias`.",
+)
+@click.option(
     "--hidden-dim",
     type=click.IntRange(1, limits.MAX_DIM),
     default=512,
@@ -662,6 +740,7 @@ def overfit(data, features, small, cell, n, epochs):
 @click.option("--force", is_flag=True, help="Let --plot replace an existing file.")
 def gradients(
     ckpts,
+    compare_dir,
     cells,
     data,
     features,
@@ -669,6 +748,7 @@ def gradients(
     count,
     length,
     seed,
+    forget_bias,
     hidden_dim,
     wordvec_dim,
     as_json,
@@ -685,23 +765,37 @@ def gradients(
     Example:
       captioner gradients --cell rnn --cell lstm --data data/demo/dataset --plot flow.png
       captioner gradients --checkpoint runs/rnn/last.npz --checkpoint runs/lstm/last.npz
+      captioner gradients --runs runs/cmp
     """
     import json
 
+    from . import compare as cmp
     from . import gradients as flow
     from . import plots
     from .checkpoint import load_model
-    from .model import CaptioningRNN
+    from .model import FORGET_GATE, CaptioningRNN
 
-    if not ckpts and not cells:
-        raise click.UsageError("give --checkpoint FILE or --cell rnn|lstm (each may repeat)")
+    if not ckpts and not cells and not compare_dir:
+        raise click.UsageError(
+            "give --checkpoint FILE, --runs DIR or --cell rnn|lstm (each may repeat)"
+        )
     if plot:
         plots.check_writable(plot, force)
     # Load and check everything first: a bad input stops before any work.
     models, loaded = [], {}
-    for ckpt in ckpts:
+    groups = {}  # a setting's key -> (its name or None, [its models' indices])
+    paths = [(ckpt, None) for ckpt in ckpts]
+    if compare_dir:
+        plan = cmp.load_plan(compare_dir, flag="--runs")
+        paths += [
+            (os.path.join(compare_dir, name, "last.npz"), setting["name"])
+            for name, setting, _ in cmp.run_names(plan)
+        ]
+    for ckpt, setting in paths:
         model, meta, _, _ = load_model(ckpt)
         d = _checkpoint_data(ckpt, meta, data, split)
+        key = setting or flow.setting_key(meta)
+        groups.setdefault(key, (setting, []))[1].append(len(models))
         models.append((ckpt, model, d))
     for cell in cells:
         key = (data, features)
@@ -715,22 +809,38 @@ def gradients(
             hidden_dim=hidden_dim,
             cell_type=cell,
             seed=seed,
+            forget_bias=forget_bias if cell in FORGET_GATE else 0.0,
         )
-        models.append((f"{cell} (fresh, seed {seed})", model, d))
+        bias = f", forget bias {forget_bias:g}" if forget_bias and cell in FORGET_GATE else ""
+        groups[len(models)] = (None, [len(models)])
+        models.append((f"{cell} (fresh, seed {seed}{bias})", model, d))
     batches = [flow.first_captions(d, split, count) for _, _, d in models]
     runs = [
         flow.measure(model, feats, caps, label, length=length, seed=seed)
         for (label, model, _), (feats, caps) in zip(models, batches)
     ]
+    spreads = [flow.spread([runs[i] for i in idx], name) for name, idx in groups.values()]
     if plot:
-        plots.gradient_plot(runs, plot)
+        plots.gradient_plot(
+            [
+                (g["label"], [runs[i] for i in idx])
+                for g, (_, idx) in zip(spreads, groups.values())
+            ],
+            plot,
+        )
     if as_json:
-        click.echo(json.dumps({"runs": runs}))
+        click.echo(json.dumps({"runs": runs, "settings": [g for g in spreads if g["n"] > 1]}))
         return
     bases = sorted({d["base_dir"] for _, _, d in models})
     what = f"the first {len(batches[0][1])} captions of {split} in {', '.join(bases)}"
     for line in flow.format_table(runs, what):
         _echo(line)
+    several = [g for g in spreads if g["n"] > 1]
+    if several:
+        _echo("")
+        _echo("over the checkpoints of one setting: mean +- std [min .. max]")
+        for g in several:
+            _echo(flow.spread_line(g))
     if plot:
         _echo(f"plot: {plot}")
 
@@ -741,115 +851,94 @@ def gradients(
 @cli.command()
 @train_options(many=True)
 @click.option(
+    "--seeds",
+    "n_seeds",
+    type=COUNT,
+    default=None,
+    help="Train every setting with seeds 0 .. N-1 (instead of repeating --seed).",
+)
+@click.option(
     "--count",
     type=COUNT,
     default=500,
     show_default=True,
     help="Val captions for the gradient-flow summary.",
 )
+@executor_options
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Draw the loss curves of all runs on one chart (PNG).",
+    help="Also draw the loss curves of all settings on this chart (PNG).",
 )
 @click.option("--force", is_flag=True, help="Let --plot replace an existing file.")
 @click.pass_context
-def compare(
-    ctx,
-    data,
-    features,
-    cell,
-    epochs,
-    batch_size,
-    lr,
-    lr_decay,
-    optimizer,
-    weight_decay,
-    clip_norm,
-    hidden_dim,
-    wordvec_dim,
-    max_train,
-    val_size,
-    save_every,
-    eval_every,
-    keep_best,
-    seed,
-    out,
-    resume,
-    quiet,
-    count,
-    plot,
-    force,
-):
-    """Train the RNN and the LSTM alike and compare them in one table.
+def compare(ctx, cell, weight_decay, forget_bias, seed, n_seeds, count, out, resume, **opts):
+    """Train the cells alike over several seeds and compare them in one table.
 
     \b
-    Same data, order, seed and settings for every run (every `train` option
-    works); one run directory each under --out. Repeat --weight-decay to
-    compare L2 strengths. Interrupted? `--resume DIR` continues where it stopped.
+    Same data and settings for every run (every `train` option works); one run per
+    cell, --weight-decay, LSTM --forget-bias (each repeatable) and seed, each in a run
+    directory under --out. Prints each figure's mean, spread and per-seed values, and per
+    claim in how many seeds it holds. Interrupted? `--resume DIR` continues where it stopped
+    (with --seeds N or --seed: adds seeds).
     Example:
-      captioner compare --data data/demo/dataset --epochs 10 --out runs/cmp --plot loss.png
+      captioner compare --data data/demo/dataset --epochs 10 --seeds 3 --parallel 2 \\
+          --out runs/cmp --plot loss.png
       captioner compare --resume runs/cmp
     """
     from . import compare as cmp
-    from . import plots, runs
+    from . import plots, runs, training
 
+    plot, parallel, scheduler = opts["plot"], opts["parallel"], opts["scheduler"]
     if plot:
-        plots.check_writable(plot, force)
+        plots.check_writable(plot, opts["force"])
     given = {
         p
         for p in ctx.params
         if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
     }
+    if n_seeds and "seed" in given:
+        raise click.UsageError("give --seeds N or --seed (repeatable), not both")
     if resume:
         parent = resume
-        plan = cmp.load_plan(parent, epochs if "epochs" in given else None)
-        s = plan["settings"]
-        d = _load_data(
-            data if "data" in given else s["data_dir"], s["features"], max_train=s.get("max_train")
+        plan = cmp.load_plan(
+            parent,
+            opts["epochs"] if "epochs" in given else None,
+            opts["data"] if "data" in given else None,
+            range(n_seeds) if n_seeds else seed if "seed" in given else None,
         )
         _echo(f"resuming the comparison in {parent}")
     else:
-        if keep_best == "cider" and not eval_every:
+        if opts["keep_best"] == "cider" and not opts["eval_every"]:
             raise click.UsageError("--keep-best cider needs --eval-every N")
-        d = _load_data(data, features, max_train=max_train)
-        settings = dict(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            lr_decay=lr_decay,
-            clip_norm=clip_norm,
-            seed=seed,
-            val_size=val_size,
-            save_every=save_every,
-            eval_every=eval_every,
-            keep_best=keep_best,
-            data_dir=os.path.abspath(data),
+        d = _load_data(opts["data"], opts["features"], max_train=opts["max_train"])
+        settings = {k: opts[k] for k in training.DEFAULTS if k in opts}
+        settings.update(
+            data_dir=os.path.abspath(opts["data"]),
             features=d["feature_kind"],
-            max_train=max_train,
+            max_train=opts["max_train"],
         )
+        model = {k: opts[k] for k in ("hidden_dim", "wordvec_dim")}
+        seed_list = range(n_seeds) if n_seeds else seed
         parent = runs.new_run_dir(out, "compare")
-        plan = cmp.new_plan(parent, cell, weight_decay, settings, hidden_dim, wordvec_dim)
+        plan = cmp.new_plan(
+            parent, cell, weight_decay, forget_bias, seed_list, settings, model, count
+        )
     try:
-        trained = cmp.train_runs(d, parent, plan, progress=not quiet, log=_echo)
+        cmp.train_runs(parent, plan, parallel, scheduler, progress=not opts["quiet"], log=_echo)
     except runs.Interrupted as e:
         _echo(f"\n{e}; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(128 + e.signum)
     except KeyboardInterrupt:
         _echo(f"\nstopped; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(130)
-    res = cmp.results(d, trained, count=count)
+    res = cmp.collect(parent, plan)
     cmp.save_results(parent, plan, res)
     _echo("")
     for line in cmp.format_results(res):
         _echo(line)
-    for path in filter(None, [plot, os.path.join(parent, "compare-loss.png")]):
-        plots.loss_plot([(r["name"], r["epochs"]) for r in res["runs"]], path)
-    plots.gradient_plot(
-        [r["gradients"] for r in res["runs"]], os.path.join(parent, "gradients.png")
-    )
+    cmp.draw(parent, res, plot)
     _echo(
         f"written: {parent}/compare.json, gradients.json, compare-loss.png, gradients.png"
         + (f"; plot: {plot}" if plot else "")
@@ -1683,6 +1772,11 @@ def info(data, features, ckpt):
         _echo(
             f"  model: {model.cell_type}, hidden {model.hidden_dim}, word vectors "
             f"{model.wordvec_dim}, {n:,} parameters, vocabulary {len(meta['vocab'])}"
+            + (
+                f", adaptive softmax (cutoffs {','.join(map(str, model.cutoffs))})"
+                if model.softmax == "adaptive"
+                else ""
+            )
         )
         _echo(f"  features: {meta['features']['encoder']} ({meta['features']['dim']}-d)")
         best = t.get("best") or {}

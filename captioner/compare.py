@@ -1,82 +1,126 @@
-"""`captioner compare`: the RNN and the LSTM (and L2 strengths) trained alike, in one table.
+"""`captioner compare`: the cells (and L2 strengths, forget-gate biases) trained alike over
+several seeds, in one table with each figure's spread and verdicts by seed count.
 
-Every run gets the same data, data order, initialisation seed and settings; only the cell
-(and the weight decay) differ. Layout of the parent directory:
+A setting is a cell, a weight decay and, for a cell with a forget gate, its initial bias;
+every setting is trained once per seed (the seed picks initialisation, data order and val
+subset), all with the same data and other settings. Layout of the parent directory:
 
-    compare.json     the plan (cells, weight decays, settings), then the results
+    compare.json     the plan (cells, weight decays, forget biases, seeds, settings), then
+                     the results: per run, per setting (figures over seeds) and verdicts
     gradients.json   the gradient flow of every trained model (`captioner gradients --json`)
     compare-loss.png, gradients.png   their charts (the names `captioner report` looks for)
-    <cell>[-wd<L2>]/ one ordinary run directory each (`captioner train --resume` works on it)
+    <cell>[-wd<L2>][-fb<bias>][-seed<k>]/   one ordinary run directory each (`captioner
+                     train --resume` works on it), laid out as a sweep's run: run.json,
+                     train.log, result.json (this run's figures, written last)
 
-A killed compare resumes run by run: finished runs are kept, the interrupted one continues
-from its last.npz, exactly as `train --resume` would.
+Runs go through captioner.sweep's runner: one after the other in this process, or
+`parallel` subprocesses, or Dask tasks; a run is the run `captioner train` makes with the
+same options, wherever it runs. A killed compare resumes run by run: finished runs are
+kept, the others continue from their last.npz, exactly as `train --resume` would.
 """
 
 import os
 
-import numpy as np
-
-from . import atomic, checkpoint, gradients, runs, training
+from . import atomic, checkpoint, gradients, seeds, sweep, training
 from .errors import CaptionerError
-from .model import CaptioningRNN
+from .model import CELLS, FORGET_GATE
 
 PLAN = "compare.json"
+EVAL_IMAGES = 200  # val images captioned for BLEU-4 / CIDEr-D
 
 
-def run_names(cells, weight_decays):
-    """-> [(run name, cell, weight decay)], cells within each L2 strength."""
-    several = len(weight_decays) > 1
+def settings_of(plan):
+    """-> [{"name", "cell", "weight_decay", "forget_bias"}]: cells within each L2 strength,
+    forget-gate biases within a cell that has a forget gate (others run with none)."""
+    wds, fbs = plan["weight_decays"], plan["forget_biases"]
+    out = []
+    for wd in wds:
+        for cell in plan["cells"]:
+            for fb in fbs if cell in FORGET_GATE else [0.0]:
+                name = cell + (f"-wd{wd:g}" if len(wds) > 1 else "")
+                if cell in FORGET_GATE and (len(fbs) > 1 or fb):
+                    name += f"-fb{fb:g}"
+                out.append({"name": name, "cell": cell, "weight_decay": wd, "forget_bias": fb})
+    return out
+
+
+def run_names(plan):
+    """-> [(run directory name, setting, seed)], seeds within each setting."""
+    several = len(plan["seeds"]) > 1
     return [
-        (f"{cell}-wd{wd:g}" if several else cell, cell, wd)
-        for wd in weight_decays
-        for cell in cells
+        (s["name"] + (f"-seed{seed}" if several else ""), s, seed)
+        for s in settings_of(plan)
+        for seed in plan["seeds"]
     ]
 
 
-def new_plan(parent, cells, weight_decays, settings, hidden_dim, wordvec_dim):
-    """Start a comparison in `parent` (created): write its plan. -> plan dict."""
+def new_plan(parent, cells, weight_decays, forget_biases, seed_list, settings, model, count):
+    """Start a comparison in `parent` (created): write its plan. model: {"hidden_dim",
+    "wordvec_dim"}; count: val captions for the gradient flow. -> plan dict."""
+    from . import runs
+
     if os.path.exists(os.path.join(parent, PLAN)):
         raise CaptionerError(
             f"{parent}: already holds a comparison; continue it with "
             f"--resume {parent} or choose another --out"
         )
-    if len(set(cells)) != len(cells) or len(set(weight_decays)) != len(weight_decays):
-        raise CaptionerError("--cell and --weight-decay values must not repeat")
+    for flag, values in [
+        ("--cell", cells),
+        ("--weight-decay", weight_decays),
+        ("--forget-bias", forget_biases),
+        ("--seed", seed_list),
+    ]:
+        if len(set(values)) != len(values):
+            raise CaptionerError(f"{flag} values must not repeat")
     runs.make_dir(parent)
     plan = {
         "cells": list(cells),
         "weight_decays": [float(w) for w in weight_decays],
-        "model": {"hidden_dim": hidden_dim, "wordvec_dim": wordvec_dim},
-        "settings": dict(settings),
+        "forget_biases": [float(b) for b in forget_biases],
+        "seeds": [int(s) for s in seed_list],
+        "model": dict(model),
+        "settings": {k: v for k, v in settings.items() if k != "seed"},
+        "gradient_captions": count,
         "results": None,
     }
     atomic.write_json(os.path.join(parent, PLAN), plan, what="comparison plan")
     return plan
 
 
-def load_plan(parent, epochs=None):
-    """The plan of a comparison to resume; epochs (optional) extends it and is saved.
-    -> plan dict."""
+def load_plan(parent, epochs=None, data_dir=None, seed_list=None, flag="--resume"):
+    """The plan of a comparison to resume; epochs, data_dir (the dataset moved) and seed_list
+    (more seeds: those of the plan and new ones), all optional, change it and are saved.
+    Plans of one seed and no forget-gate bias (written before those existed) read as such.
+    flag: the option that named parent. -> plan dict."""
     from .data import read_json
 
     path = os.path.join(parent, PLAN)
     if not os.path.exists(path):
         raise CaptionerError(
-            f"{path}: not found; --resume takes the directory a "
+            f"{path}: not found; {flag} takes the directory a "
             f"`captioner compare` wrote (its --out)"
         )
     plan = read_json(path, "comparison plan")
     try:
+        plan.setdefault("forget_biases", [0.0])
+        plan.setdefault("seeds", [plan["settings"].pop("seed", 0)])
+        plan.setdefault("gradient_captions", 500)
         ok = (
-            all(c in ("rnn", "lstm") for c in plan["cells"])
-            and all(isinstance(w, (int, float)) and w >= 0 for w in plan["weight_decays"])
+            plan["cells"]
+            and all(c in CELLS for c in plan["cells"])
+            and all(
+                isinstance(w, (int, float)) and w >= 0
+                for w in plan["weight_decays"] + plan["forget_biases"]
+            )
+            and all(type(s) is int and s >= 0 for s in plan["seeds"])
             and isinstance(plan["settings"], dict)
             and plan["model"]["hidden_dim"] > 0
             and plan["model"]["wordvec_dim"] > 0
-            and plan["cells"]
             and plan["weight_decays"]
+            and plan["forget_biases"]
+            and plan["seeds"]
         )
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, AttributeError):
         ok = False
     why = None if ok else "not a comparison plan this captioner wrote"
     if ok and "epochs" not in plan["settings"]:  # edited since: its settings must still train
@@ -84,96 +128,170 @@ def load_plan(parent, epochs=None):
     why = why or checkpoint.settings_problem(plan["settings"], "settings")
     if why:
         raise CaptionerError(f"{path}: {why}; start a new comparison with another --out")
+    if seed_list is not None and list(seed_list) != plan["seeds"]:
+        if len(plan["seeds"]) == 1 or not set(plan["seeds"]) <= set(seed_list):
+            raise CaptionerError(
+                f"{path}: seeds {_list(plan['seeds'])}; --resume can add seeds to a comparison of "
+                f"several, not drop any; start a new comparison with another --out"
+            )
+        plan["seeds"] += [s for s in seed_list if s not in plan["seeds"]]
+        plan["results"] = None
+        atomic.write_json(path, plan, what="comparison plan")
+    changed = {}
     if epochs is not None and epochs != plan["settings"].get("epochs"):
-        plan["settings"]["epochs"] = epochs
+        changed["epochs"] = epochs
+    if data_dir is not None and os.path.abspath(data_dir) != plan["settings"].get("data_dir"):
+        changed["data_dir"] = os.path.abspath(data_dir)
+    if changed:
+        plan["settings"].update(changed)
         atomic.write_json(path, plan, what="comparison plan")
     return plan
 
 
-def train_runs(data, parent, plan, progress=True, log=print):
-    """Train (or finish) every run of the plan. -> [(name, model, state)].
-
-    Raises runs.Interrupted on Ctrl-C / SIGTERM after saving the current run."""
-    out = []
-    for name, cell, wd in run_names(plan["cells"], plan["weight_decays"]):
-        run_dir = os.path.join(parent, name)
-        settings = dict(plan["settings"], weight_decay=wd)
-        state = None
-        if any(os.path.exists(os.path.join(run_dir, n)) for n in ("last.npz", "best.npz")):
-            last = runs.find_checkpoint(run_dir)  # last.npz, or best.npz if killed in between
-            model, meta, optim, history = checkpoint.load_model(last)
-            checkpoint.check_compatible(last, meta, data)
-            state = training.resume_state(meta, optim, history, path=last)
-            if state["epoch"] >= settings["epochs"]:
-                log(f"{name}: done earlier ({state['epoch']} epochs), {run_dir}")
-                out.append((name, model, state))
-                continue
-            settings = dict(state["settings"], epochs=settings["epochs"])
-            log(f"{name}: resuming {last} at epoch {state['epoch'] + 1}, step {state['step']}")
-        else:
-            model = CaptioningRNN(
-                data["word_to_idx"],
-                input_dim=data["feature_dim"],
-                wordvec_dim=plan["model"]["wordvec_dim"],
-                hidden_dim=plan["model"]["hidden_dim"],
-                cell_type=cell,
-                seed=settings["seed"],
-            )
-            runs.make_dir(run_dir)
-            log(f"{name}: {cell}, weight decay {wd:g} -> {run_dir}")
-        with runs.run_lock(run_dir):
-            state = training.train(
-                data,
-                model,
-                run_dir,
-                state=state,
-                progress=progress,
-                log=lambda line, name=name: log(f"{name}: {line}"),
-                **settings,
-            )
-        out.append((name, model, state))
-    return out
+def run_spec(plan, setting, seed):
+    """A run's run.json: the settings of a `captioner sweep` run."""
+    s = plan["settings"]
+    spec = {k: s[k] for k in sweep.RUN_KEYS if k in s}
+    spec.update(
+        data=s["data_dir"],
+        features=s["features"],
+        max_train=s.get("max_train"),
+        cell=setting["cell"],
+        weight_decay=setting["weight_decay"],
+        forget_bias=setting["forget_bias"],
+        seed=seed,
+        hidden_dim=plan["model"]["hidden_dim"],
+        wordvec_dim=plan["model"]["wordvec_dim"],
+    )
+    return spec
 
 
-def _seconds_per_step(epochs):
-    steps = np.diff([0] + [r["step"] for r in epochs])
-    return sum(r["seconds"] for r in epochs) / max(1, int(steps.sum()))
+# ---------------------------------------------------------------- one run
 
 
-def results(data, trained, count=500, eval_images=200):
-    """Final figures of trained runs: [(name, model, state)] -> {"runs": [...]} with per run
-    its epochs, greedy BLEU-4 / CIDEr-D on the first eval_images val images, seconds per
-    training step, parameter count and the gradient flow on the first `count` val captions."""
-    from .evaluation import caption_split
-    from .metrics import score
+def run_one(run_dir):
+    """Train (or finish) one run of a comparison, then score_run it: the task of
+    `compare --parallel` subprocesses and Dask workers. -> its result."""
+    return sweep.run_one(run_dir, score=score_run)
 
+
+def score_run(run_dir, state, data):
+    """The figures of a trained run (its last.npz), also those `captioner sweep` reports:
+    per-epoch records ("history"), greedy BLEU-4 / CIDEr-D on the first EVAL_IMAGES val images,
+    seconds per training step, parameter count and the gradient flow on the first
+    gradient_captions val captions (of the comparison's plan, in run_dir's parent)."""
+    count = load_plan(os.path.dirname(os.path.abspath(run_dir)))["gradient_captions"]
+    model, _, _, _ = checkpoint.load_model(os.path.join(run_dir, "last.npz"))
+    scores = training.eval_metrics(model, data, EVAL_IMAGES)
     feats, caps = gradients.first_captions(data, "val", count)
+    records = state["epochs"]
+    steps = records[-1]["step"] if records else 0
+    seconds = sum(r["seconds"] for r in records)
+    losses = [r["val_loss"] for r in records if "val_loss" in r]
+    return {
+        "epochs": state["epoch"],
+        "history": records,
+        "Bleu_4": scores["Bleu_4"],
+        "CIDEr": scores["CIDEr"],
+        "best_val_loss": min(losses) if losses else None,
+        "seconds": round(seconds, 2),
+        "seconds_per_step": seconds / max(1, steps),
+        "parameters": int(sum(p.size for p in model.params.values())),
+        "gradient_captions": len(caps),
+        "gradients": gradients.measure(model, feats, caps, label=os.path.basename(run_dir)),
+    }
+
+
+# ---------------------------------------------------------------- all runs
+
+
+def train_runs(parent, plan, parallel=1, scheduler=None, progress=True, log=print):
+    """Train (or finish) every run of the plan; parallel 1 without a scheduler trains in
+    this process (with progress bars), else through sweep.run_all. Raises CaptionerError
+    naming a failed run, runs.Interrupted on Ctrl-C / SIGTERM after saving the current run."""
+    planned = run_names(plan)
+    todo = []
+    for name, _, _ in planned:
+        run_dir = os.path.join(parent, name)
+        if sweep.finished(run_dir, plan["settings"]["epochs"]) is not None:
+            log(f"{name}: done earlier, {run_dir}")
+        else:
+            todo.append(run_dir)
+
+    def setup():
+        from . import runs
+
+        for name, setting, seed in planned:
+            run_dir = os.path.join(parent, name)
+            runs.make_dir(run_dir)
+            spec, path = run_spec(plan, setting, seed), os.path.join(run_dir, "run.json")
+            if not os.path.exists(path) or sweep._read(path) != spec:
+                atomic.write_json(path, spec)
+
+    if parallel == 1 and scheduler is None:
+        setup()
+        for run_dir in todo:
+            name = os.path.basename(run_dir)
+            log(f"{name} -> {run_dir}")
+            sweep.run_one(
+                run_dir,
+                score=score_run,
+                echo=lambda line, name=name: log(f"{name}: {line}"),
+                progress=progress,
+            )
+        return
+    failed = sweep.run_all(todo, setup, parallel, scheduler, task=run_one, log=log)
+    if failed:
+        run_dir, why = next(iter(failed.items()))
+        raise CaptionerError(
+            f"{run_dir}: failed ({why}); see its train.log, then continue with --resume {parent}",
+            exit_code=1,
+        )
+
+
+def collect(parent, plan):
+    """The finished runs' results -> {"runs": [...], "settings": [...], "verdicts": [...]}:
+    per run its result (score_run) with name, setting and seed; per setting its runs, the
+    spread of every figure (seeds.figures) and of each epoch's losses; the verdicts."""
     runs = []
-    for name, model, state in trained:
-        ids, generated, refs = caption_split(
-            model,
-            data,
-            "val",
-            max_images=eval_images,
-            beam_size=1,
-            max_length=data["val_captions"].shape[1] - 1,
+    for name, setting, seed in run_names(plan):
+        result = sweep.finished(os.path.join(parent, name), plan["settings"]["epochs"])
+        if result is None:
+            raise CaptionerError(
+                f"{os.path.join(parent, name)}: not finished; continue with --resume {parent}"
+            )
+        runs.append(dict(result, name=name, setting=setting["name"], seed=seed))
+    groups, settings = [], []
+    for s in settings_of(plan):
+        mine = [r for r in runs if r["setting"] == s["name"]]
+        groups.append(dict(s, seeds=[r["seed"] for r in mine], results=mine))
+        epochs = min(len(r["history"]) for r in mine)
+        settings.append(
+            dict(
+                s,
+                runs=[r["name"] for r in mine],
+                seeds=[r["seed"] for r in mine],
+                parameters=mine[0]["parameters"],
+                figures=seeds.figures(mine),
+                epochs=[
+                    {
+                        "epoch": e + 1,
+                        **{
+                            k: seeds.spread([r["history"][e].get(k) for r in mine])
+                            for k in ("train_loss", "val_loss")
+                        },
+                    }
+                    for e in range(epochs)
+                ],
+            )
         )
-        scores, _ = score(dict(zip(ids, refs)), dict(zip(ids, generated)), meteor=False)
-        runs.append(
-            {
-                "name": name,
-                "cell": model.cell_type,
-                "weight_decay": state["settings"].get("weight_decay", 0.0),
-                "epochs": state["epochs"],
-                "Bleu_4": scores["Bleu_4"],
-                "CIDEr": scores["CIDEr"],
-                "images": len(ids),
-                "seconds_per_step": _seconds_per_step(state["epochs"]),
-                "parameters": int(sum(p.size for p in model.params.values())),
-                "gradients": gradients.measure(model, feats, caps, label=name),
-            }
-        )
-    return {"runs": runs, "gradient_captions": len(caps)}
+    return {
+        "runs": runs,
+        "settings": settings,
+        "verdicts": seeds.verdicts(groups),
+        "seeds": plan["seeds"],
+        "gradient_captions": runs[0]["gradient_captions"],
+    }
 
 
 def save_results(parent, plan, res):
@@ -186,56 +304,75 @@ def save_results(parent, plan, res):
     )
 
 
+def draw(parent, res, plot=None):
+    """compare-loss.png (and plot, if given) and gradients.png: each setting's mean over
+    seeds with its min-max band."""
+    from . import plots
+
+    for path in filter(None, [plot, os.path.join(parent, "compare-loss.png")]):
+        plots.loss_plot([(s["name"], s["epochs"]) for s in res["settings"]], path)
+    by_name = {r["name"]: r["gradients"] for r in res["runs"]}
+    plots.gradient_plot(
+        [(s["name"], [by_name[n] for n in s["runs"]]) for s in res["settings"]],
+        os.path.join(parent, "gradients.png"),
+    )
+
+
 def format_results(res):
-    """The comparison table. -> list of lines."""
-    runs = res["runs"]
-    W = max(12, *(len(r["name"]) + 8 for r in runs))
+    """The comparison table: per-epoch losses, every figure's spread, the verdicts. -> lines."""
+    settings = res["settings"]
+    n_seeds = len(res["seeds"])
+    over = (
+        f"seed {res['seeds'][0]}" if n_seeds == 1 else f"{n_seeds} seeds ({_list(res['seeds'])})"
+    )
+    W = max(17, *(len(s["name"]) + 8 for s in settings))
     lines = [
-        "loss per epoch (train = mean over the epoch's batches, val = fixed val subset)",
-        "epoch" + "".join(f"{r['name'] + ' train':>{W}}{r['name'] + ' val':>{W}}" for r in runs),
+        f"loss per epoch, mean +- std over {over} (train = mean over the epoch's batches, "
+        f"val = fixed val subset)",
+        "epoch"
+        + "".join(f"{s['name'] + ' train':>{W}}{s['name'] + ' val':>{W}}" for s in settings),
     ]
-    for e in range(max(len(r["epochs"]) for r in runs)):
+    for e in range(max(len(s["epochs"]) for s in settings)):
         row = f"{e + 1:5d}"
-        for r in runs:
-            rec = r["epochs"][e] if e < len(r["epochs"]) else {}
+        for s in settings:
+            rec = s["epochs"][e] if e < len(s["epochs"]) else {}
             row += "".join(
-                f"{rec[k]:{W}.4f}" if k in rec else f"{'-':>{W}}"
-                for k in ("train_loss", "val_loss")
+                f"{seeds.fmt(rec.get(k), '.3f'):>{W}}" for k in ("train_loss", "val_loss")
             )
         lines.append(row)
-
-    def fmt(v, spec):
-        return "-" if v is None else format(v, spec)
-
-    n = runs[0]["images"]
-    table = [
-        (f"BLEU-4 (val, greedy, {n} images)", lambda r: fmt(r["Bleu_4"], ".3f")),
-        (f"CIDEr-D (val, greedy, {n} images)", lambda r: fmt(r["CIDEr"], ".3f")),
-        ("time per training step (ms)", lambda r: fmt(1000 * r["seconds_per_step"], ".1f")),
-        ("parameters", lambda r: f"{r['parameters']:,}"),
-        ("weight decay (L2)", lambda r: f"{r['weight_decay']:g}"),
-        ("gradient gain per step", lambda r: fmt(r["gradients"]["gain_per_step"], ".3f")),
-        ("signal halves every (steps)", lambda r: fmt(r["gradients"]["halving_steps"], ".1f")),
-        ("||dl/dh|| at d = 0", lambda r: fmt(_at(r, 0), ".2e")),
-        (f"||dl/dh|| at d = {_far(runs)}", lambda r: fmt(_at(r, _far(runs)), ".2e")),
-        ("sigma_max(Wh)", lambda r: fmt(r["gradients"]["sigma_max_Wh"], ".2f")),
-        ("forget gate mean", lambda r: fmt(_forget(r), ".3f")),
+    lines += ["", "settings"]
+    lines += [
+        f"  {s['name']}: {s['cell']}, weight decay {s['weight_decay']:g}"
+        + (f", forget-gate bias {s['forget_bias']:g}" if s["cell"] in FORGET_GATE else "")
+        + f", {s['parameters']:,} parameters"
+        for s in settings
     ]
-    lines += ["", f"{'final':34}" + "".join(f"{r['name']:>{W}}" for r in runs)]
-    lines += [f"{label:34}" + "".join(f"{get(r):>{W}}" for r in runs) for label, get in table]
-    lines.append(f"(gradient flow: mean over the first {res['gradient_captions']} val captions)")
+    N = max(len(s["name"]) for s in settings) + 2
+    head = f"{'':{N}}" + "".join(f"{k:>9}" for k in ("mean", "std", "min", "max"))
+    head += f"{'n':>3}   per seed ({_list(res['seeds'])})"
+    lines += ["", f"final figures over {over}"]
+    labels = {
+        "Bleu_4": f"BLEU-4 (val, greedy, first {EVAL_IMAGES} images)",
+        "CIDEr": f"CIDEr-D (val, greedy, first {EVAL_IMAGES} images)",
+        "gain_per_step": f"gradient gain per step (first {res['gradient_captions']} val captions)",
+    }
+    for key, (label, _, spec) in seeds.FIGURES.items():
+        rows = [(s["name"], s["figures"][key]) for s in settings if key in s["figures"]]
+        if not rows:
+            continue
+        lines += [labels.get(key, label), head]
+        for name, f in rows:
+            stats = "".join(
+                f"{'-' if f[k] is None else format(f[k], spec):>9}"
+                for k in ("mean", "std", "min", "max")
+            )
+            each = " ".join("-" if v is None else format(v, spec) for v in f["values"])
+            lines.append(f"  {name:{N - 2}}{stats}{f['n']:3d}   {each}")
+    if res["verdicts"]:
+        lines += ["", f"verdicts over {over} (a claim holds when it holds in every seed)"]
+        lines += seeds.format_verdicts(res["verdicts"])
     return lines
 
 
-def _far(runs):
-    """The largest distance every run reports."""
-    return min((r["gradients"]["by_distance"] or [{"d": 0}])[-1]["d"] for r in runs)
-
-
-def _at(run, d):
-    return next((x["h"] for x in run["gradients"]["by_distance"] if x["d"] == d), None)
-
-
-def _forget(run):
-    fg = run["gradients"]["forget_gate_mean"]
-    return float(np.mean([x["mean"] for x in fg])) if fg else None
+def _list(values):
+    return ", ".join(str(v) for v in values)

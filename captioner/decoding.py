@@ -66,7 +66,7 @@ def beam_search(model, features, beam_size=3, max_length=16, length_norm=0.0, n_
     N, K = len(features), int(beam_size)
     model.check_can_sample()
     null, end = model.null, model.end
-    V = model.params["W_vocab"].shape[1]
+    V = len(model.word_to_idx)
     score = np.full((N, K), -np.inf)
     score[:, 0] = 0.0  # all beams start identical: keep one, or they duplicate
     tokens = np.full((N, K, max_length), null, dtype=np.int64)

@@ -14,11 +14,12 @@ The reach to the image, ||dl_{n,t} / dh0_n||, needs one backward pass per
 target position t.
 """
 
+import json
 import math
 
 import numpy as np
 
-from . import layers
+from . import layers, seeds
 from .errors import CaptionerError
 
 MIN_CAPTIONS = 20  # a distance or position is reported when at least this many captions reach it
@@ -94,11 +95,27 @@ def _forward(p, lstm, features, words_in):
     return h0, caches, o, f, tc
 
 
-def _word_loss_grad(p, h, targets, rows):
+def _word_loss_grad(p, h, targets, rows, adaptive=None):
     """d l_{n,t} / d h_t (N, H) for the rows `rows` (bool (N,)) with targets (N,), zero elsewhere:
     the vocabulary affine and the softmax loss of one position, times N to undo the loss's
-    division by the batch size."""
+    division by the batch size. adaptive: (cutoffs, rank) of an adaptive-softmax model."""
     N = len(h)
+    if adaptive is not None:
+        cutoffs, rank = adaptive
+        tails = [
+            (p[f"W_tail{k}_proj"], p[f"W_tail{k}"], p[f"b_tail{k}"])
+            for k in range(1, len(cutoffs) + 1)
+        ]
+        _, cache = layers.adaptive_softmax_loss(
+            h[:, None],
+            rank[targets][:, None],
+            rows[:, None],
+            p["W_head"],
+            p["b_head"],
+            tails,
+            cutoffs,
+        )
+        return layers.adaptive_softmax_loss_backward(cache)[0][:, 0] * N
     scores, cache = layers.affine_forward(h, p["W_vocab"], p["b_vocab"])
     _, dscores = layers.temporal_softmax_loss(scores[:, None, :], targets[:, None], rows[:, None])
     dh, _, _ = layers.affine_backward(dscores[:, 0] * N, cache)
@@ -133,7 +150,7 @@ def _backward(lstm, caches, o, tc, inject, t_top, on_step=None):
     return dh_next
 
 
-def caption_norms(params, cell, features, captions, null, to_image=True):
+def caption_norms(params, cell, features, captions, null, to_image=True, adaptive=None):
     """Per-caption gradient norms for one batch (float64).
 
     params: the model's parameters; features (N, D); captions (N, T+1), inputs
@@ -142,15 +159,19 @@ def caption_norms(params, cell, features, captions, null, to_image=True):
        last (N,) T_n; h, c (N, T) g_n(d) for h and c (c None for the RNN);
        image (N, T) ||dl_{n,t} / dh0_n|| (None unless to_image);
        forget (N, T) mean forget-gate activation over units at step t <= T_n (None for the RNN).
+    adaptive: (cutoffs, rank) of a model with the adaptive softmax, None for the full one.
     """
     p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
     lstm = cell == "lstm"
     N, T = captions.shape[0], captions.shape[1] - 1
     H = p["Wh"].shape[0]
-    per_row = T * (H * (14 if lstm else 3) + p["Wx"].shape[0] + p["W_vocab"].shape[1]) * 8
+    V = len(adaptive[1]) if adaptive else p["W_vocab"].shape[1]
+    per_row = T * (H * (14 if lstm else 3) + p["Wx"].shape[0] + V) * 8
     chunk = max(1, CHUNK_BYTES // per_row)
     parts = [
-        _chunk_norms(p, lstm, features[i : i + chunk], captions[i : i + chunk], null, to_image)
+        _chunk_norms(
+            p, lstm, features[i : i + chunk], captions[i : i + chunk], null, to_image, adaptive
+        )
         for i in range(0, N, chunk)
     ]
     return {
@@ -158,7 +179,7 @@ def caption_norms(params, cell, features, captions, null, to_image=True):
     }
 
 
-def _chunk_norms(p, lstm, features, captions, null, to_image):
+def _chunk_norms(p, lstm, features, captions, null, to_image, adaptive):
     words_in, targets = captions[:, :-1], captions[:, 1:]
     N, T = targets.shape
     real = targets != null
@@ -178,7 +199,7 @@ def _chunk_norms(p, lstm, features, captions, null, to_image):
 
     def inject_last(t):
         rows = last == t
-        return _word_loss_grad(p, hs[t], targets[:, t], rows) if rows.any() else None
+        return _word_loss_grad(p, hs[t], targets[:, t], rows, adaptive) if rows.any() else None
 
     def record(t, dh, dc):
         rows = np.flatnonzero(last >= t)
@@ -195,7 +216,7 @@ def _chunk_norms(p, lstm, features, captions, null, to_image):
             rows = real[:, t]
             if not rows.any():
                 continue
-            dl = _word_loss_grad(p, hs[t], targets[:, t], rows)
+            dl = _word_loss_grad(p, hs[t], targets[:, t], rows, adaptive)
             dh0 = _backward(lstm, caches, o, tc, lambda s, t=t, dl=dl: dl if s == t else None, t)
             out["image"][rows, t] = np.linalg.norm(dh0[rows], axis=1)
     return out
@@ -272,13 +293,14 @@ def measure(model, features, captions, label, length=None, seed=0, min_captions=
     """
     null = model.word_to_idx["<NULL>"]
     min_captions = min(min_captions, len(captions))  # fewer captions than that: all of them
-    norms = caption_norms(model.params, model.cell_type, features, captions, null)
+    adaptive = (model.cutoffs, model.rank) if model.softmax == "adaptive" else None
+    norms = caption_norms(model.params, model.cell_type, features, captions, null, True, adaptive)
     run = summarise(norms, model.params, model.cell_type, label, min_captions)
     run["synthetic"] = None
     if length:
         vocab = [model.idx_to_word[i] for i in range(len(model.idx_to_word))]
         seqs = random_sequences(vocab, features, length, seed)
-        syn = caption_norms(model.params, model.cell_type, features, seqs, null, to_image=False)
+        syn = caption_norms(model.params, model.cell_type, features, seqs, null, False, adaptive)
         rows, gain, halving = by_distance(syn, min_captions)
         run["synthetic"] = {
             "length": length,
@@ -364,3 +386,40 @@ def summary_line(run):
         fg = [r["mean"] for r in run["forget_gate_mean"]]
         parts.append(f"forget gate mean {np.mean(fg):.3f} (per step {min(fg):.3f}..{max(fg):.3f})")
     return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- over seeds
+
+
+def setting_key(meta):
+    """Checkpoints of one setting (the same model and training settings but the seed) share
+    this key: their figures are summarised over seeds."""
+    settings = dict(meta.get("training", {}).get("settings", {}))
+    settings.pop("seed", None)
+    return json.dumps([meta["model"], settings], sort_keys=True)
+
+
+def spread(runs, label=None):
+    """measure() runs of one setting -> {"label", "runs", "seeds", "n", "figures"}, figures:
+    seeds.spread() of gain per step, halving distance, sigma_max(Wh), forget gate mean.
+    label: the setting's name (default: the first run's label, and how many more)."""
+    more = f" and {len(runs) - 1} more" if len(runs) > 1 else ""
+    return {
+        "label": label or runs[0]["label"] + more,
+        "runs": [r["label"] for r in runs],
+        "n": len(runs),
+        "figures": seeds.figures(runs, seeds.GRADIENT_FIGURES),
+    }
+
+
+def spread_line(group):
+    """One line: every figure of spread() as mean +- std [min .. max] (n)."""
+    parts = []
+    for key, (label, _, spec) in seeds.GRADIENT_FIGURES.items():
+        f = group["figures"].get(key)
+        if f:
+            parts.append(
+                f"{label} {seeds.fmt(f, spec)} [{f['min']:{spec}} .. {f['max']:{spec}}]"
+                + (f" (n {f['n']})" if f["n"] != group["n"] else "")
+            )
+    return f"{group['label']} ({group['n']} checkpoints): " + "; ".join(parts)

@@ -250,3 +250,90 @@ def temporal_softmax_loss(x, y, mask, verbose=False):
     if verbose:
         print("dx_flat: ", dx_flat.shape)
     return float(loss), dx_flat.reshape(N, T, V)
+
+
+# ---------------------------------------------------------------- adaptive softmax
+# Grave et al. 2017, "Efficient softmax approximation for GPUs" (PyTorch's
+# AdaptiveLogSoftmaxWithLoss). Words are numbered by frequency rank r in [0, V):
+# the caller maps word ids to ranks (the model keeps that permutation). With
+# cutoffs c_1 < ... < c_n, the head scores the c_1 most frequent words plus one
+# logit per tail cluster k = [c_k, c_{k+1}) (c_{n+1} = V); a tail word's
+# probability is p_head(cluster) * p_cluster(word). Cluster k first projects h to
+# a smaller size d_k (H / 4**k), so rare words cost little. It is a proper
+# distribution over all V words. tails = [(P_k (H, d_k), W_k (d_k, size_k),
+# b_k (size_k,)), ...] in cluster order.
+
+
+def log_softmax(x):
+    """Row-wise log softmax of x (M, C), shifted so exp cannot overflow."""
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def adaptive_softmax_loss(h, y, mask, W_head, b_head, tails, cutoffs):
+    """Adaptive softmax loss summed over time, divided by N, on masked positions only.
+
+    h (N, T, H) hidden states, y (N, T) frequency ranks in [0, V), mask (N, T) bool,
+    W_head (H, c_1 + n), b_head (c_1 + n,), tails and cutoffs (c_1, ..., c_n) as above
+    -> loss (float), cache for adaptive_softmax_loss_backward.
+    What temporal_affine_forward + temporal_softmax_loss compute for a full softmax.
+    """
+    N, T, H = h.shape
+    x, y, m = h.reshape(N * T, H), y.reshape(N * T), mask.reshape(N * T)
+    head_size = cutoffs[0]
+    bounds = list(cutoffs) + [cutoffs[-1] + tails[-1][1].shape[1]]
+    rows = np.arange(N * T)
+    # the head's target: the word itself if frequent, else the logit of its cluster
+    cluster = np.searchsorted(bounds, y, side="right") - 1  # -1 in the head, k - 1 in cluster k
+    head_y = np.where(y < head_size, y, head_size + cluster)
+    head_logp = log_softmax(x @ W_head + b_head)
+    loss = -np.sum(m * head_logp[rows, head_y])
+    tail_caches = []
+    for k, (P, W, b) in enumerate(tails):
+        # only the positions whose target lies in cluster k pay for it
+        sel = np.flatnonzero(m & (cluster == k))
+        z = x[sel] @ P  # (m_k, d_k) the smaller projection
+        logp = log_softmax(z @ W + b)  # (m_k, size_k)
+        within = y[sel] - bounds[k]
+        loss -= np.sum(logp[np.arange(len(sel)), within])
+        tail_caches.append((sel, z, logp, within))
+    cache = (x, m, head_y, head_logp, tail_caches, W_head, tails, h.shape)
+    return float(loss / N), cache
+
+
+def adaptive_softmax_loss_backward(cache):
+    """-> dh (N, T, H), dW_head, db_head, dtails [(dP_k, dW_k, db_k), ...]."""
+    x, m, head_y, head_logp, tail_caches, W_head, tails, shape = cache
+    N = shape[0]
+    rows = np.arange(len(x))
+    # d(-log softmax_y)/dscores = softmax - onehot(y), on masked rows, / N
+    dhead = np.exp(head_logp)
+    dhead[rows, head_y] -= 1
+    dhead *= m[:, None] / N
+    dx = dhead @ W_head.T  # through the head's scores = x @ W_head + b_head
+    dW_head = x.T @ dhead
+    db_head = dhead.sum(axis=0)
+    dtails = []
+    for (P, W, _), (sel, z, logp, within) in zip(tails, tail_caches):
+        ds = np.exp(logp)  # the cluster's own softmax loss, as for the head
+        ds[np.arange(len(sel)), within] -= 1
+        ds /= N
+        dW = z.T @ ds  # through scores = z @ W + b
+        db = ds.sum(axis=0)
+        dz = ds @ W.T
+        dP = x[sel].T @ dz  # through z = x[sel] @ P
+        dx[sel] += dz @ P.T  # a position is in one cluster at most: sel never repeats
+        dtails.append((dP, dW, db))
+    return dx.reshape(shape), dW_head, db_head, dtails
+
+
+def adaptive_log_probs(h, W_head, b_head, tails, cutoffs):
+    """log p(word) of every word: h (B, H) -> (B, V) in frequency-rank order, exact
+    (what adaptive_softmax_loss scores): head words directly, a tail word as
+    log p_head(its cluster) + log p_cluster(word)."""
+    head_size = cutoffs[0]
+    head_logp = log_softmax(h @ W_head + b_head)
+    parts = [head_logp[:, :head_size]]
+    for k, (P, W, b) in enumerate(tails):
+        parts.append(head_logp[:, head_size + k, None] + log_softmax((h @ P) @ W + b))
+    return np.concatenate(parts, axis=1)

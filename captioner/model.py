@@ -19,16 +19,27 @@ import numpy as np
 from captioner import layers, packed
 from captioner.errors import CaptionerError
 
+# a full-softmax model's; the adaptive softmax has W_head, b_head, W_tail{k}... instead of
+# W_vocab, b_vocab (CaptioningRNN._adaptive_init)
 PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "W_vocab", "b_vocab")
+CELLS = ("rnn", "lstm")
+# The H-block of b that is the forget gate's bias, for the cells that have one
+# (CS231n's LSTM stacks its gates i, f, o, g).
+FORGET_GATE = {"lstm": 1}
 
 
 class CaptioningRNN:
     """Decoder: W_embed (V, W), W_proj (D, H), b_proj (H,), Wx (W, kH), Wh (H, kH),
     b (kH,), W_vocab (H, V), b_vocab (V,) with k = 1 (rnn) or 4 (lstm, gates i, f, o, g).
+    forget_bias: the LSTM's initial forget-gate bias (b's second H-block; CS231n: 0).
 
     word_to_idx needs <NULL> (the padding, never a target); <START> and <END> are needed
     only to sample, <UNK> is optional. Their ids are the attributes null, start, end and
     unk (None when the vocabulary lacks the token).
+
+    softmax "adaptive" (captioner.adaptive) replaces W_vocab, b_vocab by a head over the
+    cutoffs[0] most frequent words and smaller tail clusters; softmax_order (V,) gives
+    the word id of each frequency rank (None: the word ids already are).
     """
 
     def __init__(
@@ -40,9 +51,18 @@ class CaptioningRNN:
         cell_type="rnn",
         dtype=np.float32,
         seed=None,
+        forget_bias=0.0,
+        softmax="full",
+        cutoffs=None,
+        softmax_order=None,
     ):
-        if cell_type not in ("rnn", "lstm"):
-            raise CaptionerError(f"cell_type must be 'rnn' or 'lstm', got {cell_type!r}")
+        if cell_type not in CELLS:
+            raise CaptionerError(f"cell_type must be one of {', '.join(CELLS)}, got {cell_type!r}")
+        if forget_bias and cell_type not in FORGET_GATE:
+            raise CaptionerError(
+                f"a {cell_type} has no forget gate; set a forget-gate bias only for "
+                f"{', '.join(FORGET_GATE)}"
+            )
         if "<NULL>" not in word_to_idx:
             raise CaptionerError(
                 "vocabulary has no <NULL> token (the padding); use the CS231n vocabulary layout"
@@ -73,8 +93,57 @@ class CaptioningRNN:
             "W_vocab": rng.standard_normal((H, V)) / np.sqrt(H),
             "b_vocab": np.zeros(V),
         }
+        if cell_type in FORGET_GATE:  # CS231n: 0; 1 after Gers et al. 2000, Jozefowicz et al. 2015
+            f = FORGET_GATE[cell_type]
+            p["b"][f * H : (f + 1) * H] = forget_bias
+        if softmax == "adaptive":
+            del p["W_vocab"], p["b_vocab"]
+            p.update(self._adaptive_init(rng, H, V, cutoffs, softmax_order))
+        elif softmax != "full":
+            raise CaptionerError(f"softmax must be 'full' or 'adaptive', got {softmax!r}")
+        self.softmax = softmax
         self.params = {n: np.ascontiguousarray(v, dtype=self.dtype) for n, v in p.items()}
         self._work = {}  # loss() temporaries, reused across calls (packed.buffer)
+
+    def _adaptive_init(self, rng, H, V, cutoffs, order):
+        """The adaptive softmax's parameters (layers.adaptive_softmax_loss) instead of
+        W_vocab, b_vocab: W_head (H, c_1 + n), b_head, and per tail cluster k = 1..n
+        W_tail{k}_proj (H, d_k), W_tail{k} (d_k, size_k), b_tail{k} (size_k,).
+        order (V,): word id of each frequency rank (captioner.adaptive)."""
+        from captioner.adaptive import check_cutoffs, tail_dims
+
+        cutoffs = list(cutoffs) if cutoffs is not None else None
+        why = check_cutoffs(cutoffs, V)
+        if why:
+            raise CaptionerError(f"adaptive softmax: {why}")
+        order = np.asarray(order if order is not None else np.arange(V), dtype=np.int64)
+        if sorted(order.tolist()) != list(range(V)):
+            raise CaptionerError(f"softmax_order must be a permutation of the {V} word ids")
+        self.cutoffs, self.softmax_order = cutoffs, order
+        self.rank = np.argsort(order)  # word id -> frequency rank
+        n = len(cutoffs)
+        p = {
+            "W_head": rng.standard_normal((H, cutoffs[0] + n)) / np.sqrt(H),
+            "b_head": np.zeros(cutoffs[0] + n),
+        }
+        sizes = np.diff(cutoffs + [V])
+        for k, (d, size) in enumerate(zip(tail_dims(H, n), sizes), 1):
+            p[f"W_tail{k}_proj"] = rng.standard_normal((H, d)) / np.sqrt(H)
+            p[f"W_tail{k}"] = rng.standard_normal((d, size)) / np.sqrt(d)
+            p[f"b_tail{k}"] = np.zeros(size)
+        return p
+
+    def _tails(self):
+        """[(P_k, W_k, b_k), ...] of the adaptive softmax, in cluster order."""
+        p = self.params
+        return [
+            (p[f"W_tail{k}_proj"], p[f"W_tail{k}"], p[f"b_tail{k}"])
+            for k in range(1, len(self.cutoffs) + 1)
+        ]
+
+    def _tail_grads(self, g, dtails):
+        for k, (dP, dW, db) in enumerate(dtails, 1):
+            g[f"W_tail{k}_proj"], g[f"W_tail{k}"], g[f"b_tail{k}"] = dP, dW, db
 
     # ------------------------------------------------------------ training
 
@@ -101,18 +170,32 @@ class CaptioningRNN:
         x, embed_cache = layers.word_embedding_forward(captions_in, p["W_embed"])
         # (3) the recurrence -> hidden states (N, T, H)
         h, rnn_cache = forward(x, h0, p["Wx"], p["Wh"], p["b"])
-        # (4) hidden states -> vocabulary scores (N, T, V)
-        scores, vocab_cache = layers.temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
-        # (5) softmax loss against the next word, <NULL> targets masked
-        loss, dscores = layers.temporal_softmax_loss(scores, captions_out, mask)
-
         g = {}
-        # backward (4) .. (1)
-        dh, g["W_vocab"], g["b_vocab"] = layers.temporal_affine_backward(dscores, vocab_cache)
+        if self.softmax == "adaptive":
+            # (4)+(5) the adaptive softmax loss (targets as frequency ranks), and back
+            loss, out_cache = layers.adaptive_softmax_loss(
+                h,
+                self.rank[captions_out],
+                mask,
+                p["W_head"],
+                p["b_head"],
+                self._tails(),
+                self.cutoffs,
+            )
+            dh, g["W_head"], g["b_head"], dtails = layers.adaptive_softmax_loss_backward(out_cache)
+            self._tail_grads(g, dtails)
+        else:
+            # (4) hidden states -> vocabulary scores (N, T, V)
+            scores, vocab_cache = layers.temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
+            # (5) softmax loss against the next word, <NULL> targets masked
+            loss, dscores = layers.temporal_softmax_loss(scores, captions_out, mask)
+            # backward (5), (4)
+            dh, g["W_vocab"], g["b_vocab"] = layers.temporal_affine_backward(dscores, vocab_cache)
+        # backward (3) .. (1)
         dx, dh0, g["Wx"], g["Wh"], g["b"] = backward(dh, rnn_cache)
         g["W_embed"] = layers.word_embedding_backward(dx, embed_cache)
         _, g["W_proj"], g["b_proj"] = layers.affine_backward(dh0, proj_cache)  # features fixed
-        return loss, {n: g[n] for n in PARAM_NAMES}
+        return loss, {n: g[n] for n in p}
 
     def loss(self, features, captions):
         """loss_readable() on the fast path (captioner.packed): same arguments, same result
@@ -135,22 +218,39 @@ class CaptioningRNN:
         # (3) the recurrence over the packed steps (a is overwritten)
         forward = packed.lstm_packed_forward if lstm else packed.rnn_packed_forward
         h, rnn_cache = forward(a, h0, p["Wh"], batch_sizes, work=work)
-        # (4) hidden states -> vocabulary scores, only where the target is a word
-        scores, vocab_cache = packed.vocab_scores_forward(
-            h, keep, p["W_vocab"], p["b_vocab"], work
-        )
-        # (5) softmax loss (dscores overwrites scores)
-        loss, dscores = packed.softmax_loss_rows(scores, ids_out[keep], 1.0 / N)
-
         g = {}
-        # backward (4) .. (1)
-        dh, g["W_vocab"], g["b_vocab"] = packed.vocab_scores_backward(dscores, vocab_cache, work)
+        if self.softmax == "adaptive":
+            # (4)+(5) the adaptive softmax loss on the rows with a word target, and back
+            loss, dh, g["W_head"], g["b_head"], dtails = packed.adaptive_softmax_rows(
+                h,
+                keep,
+                self.rank[ids_out[keep]],
+                1.0 / N,
+                p["W_head"],
+                p["b_head"],
+                self._tails(),
+                self.cutoffs,
+                work,
+            )
+            self._tail_grads(g, dtails)
+        else:
+            # (4) hidden states -> vocabulary scores, only where the target is a word
+            scores, vocab_cache = packed.vocab_scores_forward(
+                h, keep, p["W_vocab"], p["b_vocab"], work
+            )
+            # (5) softmax loss (dscores overwrites scores)
+            loss, dscores = packed.softmax_loss_rows(scores, ids_out[keep], 1.0 / N)
+            # backward (5), (4)
+            dh, g["W_vocab"], g["b_vocab"] = packed.vocab_scores_backward(
+                dscores, vocab_cache, work
+            )
+        # backward (3) .. (1)
         backward = packed.lstm_packed_backward if lstm else packed.rnn_packed_backward
         da, dh0, g["Wh"] = backward(dh, rnn_cache, work=work)
         g["W_embed"], g["Wx"], g["b"] = packed.project_words_backward(da, words_cache, work)
         g["W_proj"] = feats.T @ dh0  # (1) as affine_backward; features fixed
         g["b_proj"] = dh0.sum(axis=0)
-        return loss, {n: g[n] for n in PARAM_NAMES}
+        return loss, {n: g[n] for n in p}
 
     # ------------------------------------------------------------ decoding
 
@@ -184,6 +284,7 @@ class CaptioningRNN:
     def step(self, words, h, c=None, proj=None, rows=None):
         """One decoder step for any batch: words (B,) ids, h (B, H), c (B, H) or None
         -> (logits (B, V), next_h, next_c). Used by sample() and captioner.decoding.
+        With the adaptive softmax the logits are the exact log-probabilities.
 
         proj: word_proj(), optional (same result). rows (B,) optional: row b
         continues from state rows[b] of h and c, which may then have any number
@@ -208,6 +309,13 @@ class CaptioningRNN:
         else:
             with np.errstate(over="ignore"):
                 h = packed.tanh(a, out=a)  # what training computes
+        if self.softmax == "adaptive":
+            # exact log-probabilities of every word, back in word-id order: what
+            # decoders rank, sample from and (beam search) add up
+            logp = layers.adaptive_log_probs(
+                h, p["W_head"], p["b_head"], self._tails(), self.cutoffs
+            )
+            return logp[:, self.rank], h, c
         logits = h @ p["W_vocab"]
         logits += p["b_vocab"]
         return logits, h, c

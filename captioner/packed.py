@@ -419,3 +419,39 @@ def softmax_loss_rows(x, y, scale):
     x *= (scale / z)[:, None]  # softmax times scale in one pass
     x[rows, y] -= scale
     return loss, x
+
+
+def adaptive_softmax_rows(h, keep, y, scale, W_head, b_head, tails, cutoffs, work=None):
+    """The adaptive softmax loss (layers.adaptive_softmax_loss, its backward included)
+    of the packed rows with a real target.
+
+    h (S, H) packed hidden states, keep (S,) bool, y (K,) frequency ranks of the kept
+    rows' targets, scale 1/N; W_head, b_head, tails, cutoffs as in layers.
+    -> loss, dh (S, H) (zero on rows without a target), dW_head, db_head,
+    dtails [(dP_k, dW_k, db_k), ...]. The head runs as the full softmax does
+    (vocab_scores_*, softmax_loss_rows); cluster k only on its own rows.
+    """
+    head_size = cutoffs[0]
+    bounds = list(cutoffs) + [cutoffs[-1] + tails[-1][1].shape[1]]
+    cluster = np.searchsorted(bounds, y, side="right") - 1  # -1: a head word
+    head_y = np.where(cluster < 0, y, head_size + cluster)
+    scores, cache = vocab_scores_forward(h, keep, W_head, b_head, work)
+    hk = cache[0]
+    loss, dscores = softmax_loss_rows(scores, head_y, scale)
+    dtails, dx_tails = [], []
+    for k, (P, W, b) in enumerate(tails):
+        sel = np.flatnonzero(cluster == k)
+        xs = hk[sel]
+        z = xs @ P
+        s = z @ W
+        s += b
+        loss_k, ds = softmax_loss_rows(s, y[sel] - bounds[k], scale)
+        loss += loss_k
+        dz = ds @ W.T
+        dtails.append((xs.T @ dz, z.T @ ds, ds.sum(axis=0)))
+        dx_tails.append((sel, dz @ P.T))
+    dh, dW_head, db_head = vocab_scores_backward(dscores, cache, work)
+    kept = np.flatnonzero(keep)
+    for sel, dx in dx_tails:
+        dh[kept[sel]] += dx  # a row's target is in one cluster: sel never repeats
+    return loss, dh, dW_head, db_head, dtails

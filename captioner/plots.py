@@ -47,47 +47,46 @@ def _save(fig, path):
     atomic.write_bytes(path, lambda f: fig.savefig(f, format="png"), what="plot")
 
 
-def gradient_plot(runs, path):
-    """Mean gradient norm against distance (log scale), every run on one chart; the reach to
-    the image by position beside it. runs: entries of `captioner gradients --json`."""
+def _band(ax, x, runs, colour, style, label, **kw):
+    """The mean over runs of per-x values (lists aligned with x), a line; with several
+    runs their min-max as a band behind it."""
+    import numpy as np
+
+    y = np.array(runs, dtype=float)
+    ax.plot(x, y.mean(axis=0), style, color=colour, label=label, **kw)
+    if len(y) > 1:
+        ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=colour, alpha=0.2, lw=0)
+
+
+def _common(rows_of_runs, key, fields):
+    """rows_of_runs: per run its rows (dicts keyed by `key`) -> (the keys every run has,
+    per field: per run the values at those keys)."""
+    keys = sorted(set.intersection(*({r[key] for r in rows} for rows in rows_of_runs)))
+    by = [{r[key]: r for r in rows} for rows in rows_of_runs]
+    return keys, {f: [[b[k][f] for k in keys] for b in by] for f in fields}
+
+
+def gradient_plot(groups, path):
+    """Mean gradient norm against distance (log scale), every setting on one chart; the
+    reach to the image by position beside it. groups: [(label, [runs])], runs being
+    entries of `captioner gradients --json` (seeds of one setting: their mean, and their
+    min-max as a band)."""
     fig, (left, right) = _figure(2, "How far one word's loss reaches back (mean over captions)")
-    for k, run in enumerate(runs):
+    for k, (label, runs) in enumerate(groups):
         colour = COLOURS[k % len(COLOURS)]
-        d = [r["d"] for r in run["by_distance"]]
-        left.plot(
-            d,
-            [r["h"] for r in run["by_distance"]],
-            "-o",
-            ms=3,
-            color=colour,
-            label=f"{run['label']}: dl/dh",
-        )
-        if run["cell"] == "lstm":
-            left.plot(
-                d,
-                [r["c"] for r in run["by_distance"]],
-                "--",
-                color=colour,
-                label=f"{run['label']}: dl/dc",
+        many = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
+        d, y = _common([r["by_distance"] for r in runs], "d", ("h", "c"))
+        _band(left, d, y["h"], colour, "-o", f"{label}{many}: dl/dh", ms=3)
+        if d and runs[0]["by_distance"][0]["c"] is not None:  # cells with a cell state
+            _band(left, d, y["c"], colour, "--", f"{label}: dl/dc")
+        if all(r.get("synthetic") for r in runs):
+            d, y = _common([r["synthetic"]["by_distance"] for r in runs], "d", ("h",))
+            length = runs[0]["synthetic"]["length"]
+            _band(
+                left, d, y["h"], colour, ":", f"{label}: dl/dh, {length} random words", alpha=0.7
             )
-        syn = run.get("synthetic")
-        if syn:
-            left.plot(
-                [r["d"] for r in syn["by_distance"]],
-                [r["h"] for r in syn["by_distance"]],
-                ":",
-                color=colour,
-                alpha=0.7,
-                label=f"{run['label']}: dl/dh, {syn['length']} random words",
-            )
-        right.plot(
-            [r["t"] for r in run["to_image"]],
-            [r["norm"] for r in run["to_image"]],
-            "-o",
-            ms=3,
-            color=colour,
-            label=run["label"],
-        )
+        t, y = _common([r["to_image"] for r in runs], "t", ("norm",))
+        _band(right, t, y["norm"], colour, "-o", f"{label}{many}", ms=3)
     left.set(
         yscale="log",
         xlabel="distance d back from the caption's last word (steps)",
@@ -100,7 +99,7 @@ def gradient_plot(runs, path):
         ylabel="||dl_t / dh0|| (log scale)",
         title="to the image (h0)",
     )
-    fig.set_size_inches(9.2, 4.4 + 0.16 * len(runs) * 3)
+    fig.set_size_inches(9.2, 4.4 + 0.16 * len(groups) * 3)
     for ax in (left, right):
         ax.grid(True, which="major", alpha=0.3)
         # below the axes: the curves fill the plot area, a legend inside would hide them
@@ -108,19 +107,26 @@ def gradient_plot(runs, path):
     _save(fig, path)
 
 
-def loss_plot(runs, path):
-    """Per-epoch train (solid) and val (dashed) loss of every run on one chart.
-    runs: [(label, epoch records of history.json)]."""
-    fig, (ax,) = _figure(1, "RNN vs LSTM: loss per epoch")
+def loss_plot(groups, path):
+    """Per-epoch train (solid) and val (dashed) loss of every setting on one chart: the mean
+    over seeds, their min-max as a band. groups: [(label, [{"epoch", "train_loss",
+    "val_loss"}])], the losses being seeds.spread() dicts."""
+    fig, (ax,) = _figure(1, "Loss per epoch (mean over seeds, band: min to max)")
     fig.set_size_inches(6.4, 4.2)
-    for k, (label, epochs) in enumerate(runs):
+    for k, (label, epochs) in enumerate(groups):
         colour = COLOURS[k % len(COLOURS)]
         e = [r["epoch"] for r in epochs]
-        ax.plot(
-            e, [r["train_loss"] for r in epochs], "-o", ms=3, color=colour, label=f"{label} train"
-        )
-        if all("val_loss" in r for r in epochs):
-            ax.plot(e, [r["val_loss"] for r in epochs], "--", color=colour, label=f"{label} val")
+        for key, style, what in (("train_loss", "-o", "train"), ("val_loss", "--", "val")):
+            if all(r[key]["n"] for r in epochs):
+                _band(
+                    ax,
+                    e,
+                    list(zip(*(r[key]["values"] for r in epochs))),
+                    colour,
+                    style,
+                    f"{label} {what}",
+                    ms=3 if what == "train" else None,
+                )
     ax.set(xlabel="epoch", ylabel="loss per caption (nats, summed over words)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

@@ -80,15 +80,21 @@ def train_command(settings, model_cfg, run_dir):
         "lr",
         "lr_decay",
         "weight_decay",
+        "forget_bias",
         "clip_norm",
+        "softmax",
+        "softmax_cutoffs",
         "max_train",
         "val_size",
         "eval_every",
         "keep_best",
         "seed",
     ):
-        if settings.get(key) is not None:
-            args.append(f"--{key.replace('_', '-')} {settings[key]}")
+        value = settings.get(key)
+        if isinstance(value, list):  # --softmax-cutoffs
+            value = ",".join(map(str, value))
+        if value is not None:
+            args.append(f"--{key.replace('_', '-')} {value}")
     return "captioner train " + " ".join(args) + f" --out {run_dir}"
 
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 
-from . import atomic, checkpoint, runs, training
+from . import adaptive, atomic, checkpoint, runs, training
 from .errors import CaptionerError
 
 # The settings of one run: `captioner train`'s options (cli.TRAIN_OPTIONS) plus the data.
@@ -40,6 +40,7 @@ RUN_KEYS = (
     "lr_decay",
     "optimizer",
     "weight_decay",
+    "forget_bias",
     "clip_norm",
     "hidden_dim",
     "wordvec_dim",
@@ -49,7 +50,11 @@ RUN_KEYS = (
     "eval_every",
     "keep_best",
     "seed",
+    "softmax",  # last: a run.json written before they existed lacks them
+    "softmax_cutoffs",
 )
+# what a run.json written before these settings existed meant
+OLDER_RUNS = {"softmax": "full", "softmax_cutoffs": None}
 NOT_GRIDDED = ("data",)  # one dataset per sweep, so val losses compare
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SORT_KEYS = ("val_loss", "cider", "time")
@@ -124,7 +129,7 @@ def check(out, base, grid):
     planned = plan(base, grid)
     for name, settings in planned:
         path = os.path.join(out, name, "run.json")
-        old = _read(path) if os.path.exists(path) else settings
+        old = dict(OLDER_RUNS, **_read(path)) if os.path.exists(path) else settings
         if not _same_run(old, settings):
             diff = sorted(
                 k
@@ -189,7 +194,12 @@ def _run_problem(spec):
         return _object(spec) or f"{unknown[0]!r} is not a setting of a run"
     if not _count(spec.get("epochs")) or spec["epochs"] < 1:
         return f"'epochs' is {spec.get('epochs')!r}, not a positive integer"
-    odd = [k for k, v in spec.items() if not isinstance(v, (str, int, float, type(None)))]
+    odd = [
+        k
+        for k, v in spec.items()
+        if not isinstance(v, (str, int, float, type(None)))
+        and not (k == "softmax_cutoffs" and isinstance(v, list) and all(_count(c) for c in v))
+    ]
     return f"{odd[0]!r} is not a number or text" if odd else None
 
 
@@ -241,9 +251,10 @@ def finished(run_dir, epochs=None):
 # ---------------------------------------------------------------- one run
 
 
-def run_one(run_dir):
-    """Train (or resume) the run in run_dir to its epochs, then score its best.npz:
-    -> result dict (also written to run_dir/result.json). The Dask task of a sweep."""
+def run_one(run_dir, score=None, echo=None, progress=False):
+    """Train (or resume) the run in run_dir to its epochs, then score it (score(run_dir,
+    state, data) -> dict; by default _score, its best.npz): -> result dict (also written to
+    run_dir/result.json). The Dask task of a sweep. echo: also gets train.log's lines."""
     result = finished(run_dir)
     if result is not None:
         return result
@@ -258,12 +269,14 @@ def run_one(run_dir):
         def log(line):
             f.write(f"{line}\n")
             f.flush()
+            if echo:
+                echo(line)
 
         result = finished(run_dir)  # a writer we waited for may have finished it
         if result is not None:
             return result
-        state, data = _train(run_dir, spec, log)
-        result = _score(run_dir, state, data)
+        state, data = _train(run_dir, spec, log, progress)
+        result = (score or _score)(run_dir, state, data)
         atomic.write_json(os.path.join(run_dir, "result.json"), result)
         log(f"result: {json.dumps(result)}")
     return result
@@ -290,16 +303,17 @@ def _load(data_dir, features, max_train):
     return load_coco_data(data_dir, features=features, max_train=max_train)
 
 
-def _train(run_dir, spec, log):
+def _train(run_dir, spec, log, progress=False):
     """What `captioner train --out run_dir` (or `--resume run_dir --epochs E`) does."""
     from .model import CaptioningRNN
 
-    last = os.path.join(run_dir, "last.npz")
-    if os.path.exists(last):
+    if any(os.path.exists(os.path.join(run_dir, n)) for n in ("last.npz", "best.npz")):
+        last = runs.find_checkpoint(run_dir)  # last.npz, or best.npz if killed in between
         model, meta, optim, history = checkpoint.load_model(last)
         state = training.resume_state(meta, optim, history, path=last)
         settings = dict(state["settings"], epochs=spec["epochs"])
-        data = _load(settings["data_dir"], meta["features"]["kind"], settings.get("max_train"))
+        data_dir = spec.get("data", settings["data_dir"])  # the spec's: the data may have moved
+        data = _load(data_dir, meta["features"]["kind"], settings.get("max_train"))
         checkpoint.check_compatible(last, meta, data)
         log(f"resuming {last} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
@@ -311,6 +325,8 @@ def _train(run_dir, spec, log):
             hidden_dim=spec["hidden_dim"],
             cell_type=spec["cell"],
             seed=spec["seed"],
+            forget_bias=spec.get("forget_bias", 0.0),
+            **adaptive.model_args(spec.get("softmax", "full"), spec.get("softmax_cutoffs"), data),
         )
         settings = {k: spec[k] for k in training.DEFAULTS if k in spec and k != "eval_images"}
         settings.update(
@@ -323,7 +339,9 @@ def _train(run_dir, spec, log):
         f"{len(data['train_captions']):,} training captions, {model.cell_type} hidden "
         f"{model.hidden_dim}, {data['encoder']} features ({data['feature_dim']}-d) -> {run_dir}"
     )
-    state = training.train(data, model, run_dir, state=state, progress=False, log=log, **settings)
+    state = training.train(
+        data, model, run_dir, state=state, progress=progress, log=log, **settings
+    )
     return state, data
 
 
@@ -363,45 +381,53 @@ def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
             log(f"{run_dir}: finished, skipped")
         else:
             todo.append(run_dir)
-    failed = {}
-    if not todo:
-        setup(out, base, grid, planned)
-    else:  # reach the scheduler before writing anything
-        with _executor(scheduler, parallel) as (pool, task):
-            setup(out, base, grid, planned)
-            futures = {pool.submit(task, run_dir): run_dir for run_dir in todo}
-            for n, future in enumerate(as_completed(futures), 1):
-                run_dir = futures[future]
-                try:
-                    r = future.result()
-                    log(
-                        f"[{n}/{len(todo)}] {run_dir}: best val loss {_fmt(r['best_val_loss'])}, "
-                        f"CIDEr-D {r['CIDEr']:.3f}, {r['seconds']:.1f}s"
-                    )
-                except CancelledError:  # the cluster is gone (cluster.client says so)
-                    raise
-                except Exception as e:  # noqa: BLE001 -- one failed run must not stop the others
-                    failed[run_dir] = (
-                        str(e) if isinstance(e, CaptionerError) else f"{type(e).__name__}: {e}"
-                    )
-                    log(f"[{n}/{len(todo)}] {run_dir}: failed: {failed[run_dir]}")
+    failed = run_all(todo, lambda: setup(out, base, grid, planned), parallel, scheduler, log=log)
     return summarize(out), failed
 
 
+def run_all(todo, setup, parallel=1, scheduler=None, task=run_one, log=print):
+    """Run task (a top-level function of captioner taking a run directory, run_one or
+    alike) on every run directory of todo, after setup() (called once the scheduler is
+    reached, so a bad address writes nothing). -> {run_dir: error line} of the failed."""
+    failed = {}
+    if not todo:
+        setup()
+        return failed
+    with _executor(scheduler, parallel, task) as (pool, call):
+        setup()
+        futures = {pool.submit(call, run_dir): run_dir for run_dir in todo}
+        for n, future in enumerate(as_completed(futures), 1):
+            run_dir = futures[future]
+            try:
+                r = future.result()
+                log(
+                    f"[{n}/{len(todo)}] {run_dir}: best val loss {_fmt(r['best_val_loss'])}, "
+                    f"CIDEr-D {r['CIDEr']:.3f}, {r['seconds']:.1f}s"
+                )
+            except CancelledError:  # the cluster is gone (cluster.client says so)
+                raise
+            except Exception as e:  # noqa: BLE001 -- one failed run must not stop the others
+                failed[run_dir] = (
+                    str(e) if isinstance(e, CaptionerError) else f"{type(e).__name__}: {e}"
+                )
+                log(f"[{n}/{len(todo)}] {run_dir}: failed: {failed[run_dir]}")
+    return failed
+
+
 @contextlib.contextmanager
-def _executor(scheduler, parallel):
-    """-> (Executor, task taking a run directory)."""
+def _executor(scheduler, parallel, task=run_one):
+    """-> (Executor, function taking a run directory that runs task on it)."""
     if scheduler is not None:
         from . import cluster
 
         with cluster.executor(scheduler, parallel if scheduler == "local" else None) as (ex, _):
-            yield ex, run_one
+            yield ex, task
         return
     threads = max(1, len(os.sched_getaffinity(0)) // parallel)
     children = set()
     with ThreadPoolExecutor(parallel) as pool:
         try:
-            yield pool, lambda run_dir: _run_subprocess(run_dir, threads, children)
+            yield pool, lambda run_dir: _run_subprocess(run_dir, threads, children, task)
         except BaseException:  # Ctrl-C or an error: children save their last.npz and stop
             pool.shutdown(wait=False, cancel_futures=True)
             for p in list(children):
@@ -411,14 +437,21 @@ def _executor(scheduler, parallel):
             raise
 
 
-def _run_subprocess(run_dir, blas_threads, children):
-    """run_one in a fresh interpreter whose BLAS uses blas_threads (read when numpy
-    loads, so it must be in the environment before the process starts)."""
+def _run_subprocess(run_dir, blas_threads, children, task=run_one):
+    """task (run_one or alike) in a fresh interpreter whose BLAS uses blas_threads (read
+    when numpy loads, so it must be in the environment before the process starts)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, **{v: str(blas_threads) for v in BLAS_VARS})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     p = subprocess.Popen(
-        [sys.executable, "-m", "captioner.sweep", run_dir, str(os.getpid())],
+        [
+            sys.executable,
+            "-m",
+            "captioner.sweep",
+            run_dir,
+            str(os.getpid()),
+            f"{task.__module__}:{task.__name__}",
+        ],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -451,10 +484,17 @@ def _die_with_parent(parent):
 
 
 def _main(argv):
-    """python -m captioner.sweep RUN_DIR PARENT_PID: one run of a local sweep."""
+    """python -m captioner.sweep RUN_DIR PARENT_PID [MODULE:TASK]: one run of a local sweep
+    (or of another caller of run_all, whose task it names)."""
+    import importlib
+
     _die_with_parent(int(argv[1]))
+    task = run_one
+    if len(argv) > 2:
+        module, _, name = argv[2].partition(":")
+        task = getattr(importlib.import_module(module), name)
     try:
-        run_one(argv[0])
+        task(argv[0])
     except CaptionerError as e:
         print(f"captioner: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

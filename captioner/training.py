@@ -28,7 +28,10 @@ DEFAULTS = dict(
     lr=1e-3,
     lr_decay=0.95,
     weight_decay=0.0,
+    forget_bias=0.0,  # used when the model is made (CaptioningRNN); kept with the settings
     clip_norm=0.0,
+    softmax="full",  # the model's output layer (captioner.adaptive); read when it is built
+    softmax_cutoffs=None,
     seed=0,
     val_size=1000,
     save_every=1000,
@@ -247,7 +250,7 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
             if val_rows is not None:
                 record["val_loss"] = evaluate_loss(model, data, val_rows, B)
             if s["eval_every"] and (epoch + 1) % s["eval_every"] == 0:
-                record.update(_eval_metrics(model, data, s["eval_images"]))
+                record.update(eval_metrics(model, data, s["eval_images"]))
             for cfg in state["optim"].values():
                 cfg["learning_rate"] *= s["lr_decay"]
             state["epochs"].append(record)
@@ -296,7 +299,7 @@ def format_record(r, epochs):
     return "  ".join(parts)
 
 
-def _eval_metrics(model, data, n_images):
+def eval_metrics(model, data, n_images):
     """BLEU-4 and CIDEr-D of greedy captions on the first n_images val images (a fixed subset)."""
     from .evaluation import caption_split
     from .metrics import score

@@ -13,6 +13,11 @@ Sections (each is skipped, with the reason printed, when what it needs is missin
            CS231n vocabulary) when present, checked against the targets; then 100 captions of
            random words with COCO's length distribution, for information (the only set, and
            checked, when ../shared/coco is absent).
+  softmax  the LSTM training step with the full and the adaptive softmax at V = 1,004 and at
+           V ~ 9,500 (real COCO val captions), interleaved: adaptive <= 0.4x full at ~9,500,
+           and <= 1.3x the full step at 1,004.
+  batch    LSTM and RNN training steps vs PyTorch at batch 25, 50, 100 and 500 (real COCO
+           captions, CS231n sizes), each with its fraction of the GEMM floor.
   decode   greedy (model.sample) and beam-3 search over 1,000 images; beam 3 over 5,000.
   metrics  captioner.metrics.score vs pycocoevalcap's Bleu + Rouge + Cider, 5,000 images.
   encoder  EfficientNet-Lite0 vs SqueezeNet images/s in batches of 32 (encode_images, and
@@ -59,7 +64,18 @@ from benchmarks.common import (  # noqa: E402
     others_share,
 )
 
-SECTIONS = ("train", "decode", "metrics", "encoder", "memory", "startup", "prepare", "cluster")
+SECTIONS = (
+    "train",
+    "softmax",
+    "batch",
+    "decode",
+    "metrics",
+    "encoder",
+    "memory",
+    "startup",
+    "prepare",
+    "cluster",
+)
 
 
 # Above this share of the CPU taken by other processes a section's figures are flagged: with

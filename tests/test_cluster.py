@@ -345,6 +345,7 @@ def test_sweep_on_the_cluster_survives_a_killed_worker(dask_cluster, dataset, tm
                 0.95,
                 "adam",
                 0.0,
+                0.0,  # forget_bias
                 0.0,
                 16,
                 8,
@@ -400,6 +401,25 @@ def test_sweep_on_the_cluster_survives_a_killed_worker(dask_cluster, dataset, tm
         for k in a.files:
             if k.startswith("param/"):
                 np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_compare_on_the_cluster_equals_a_serial_compare(dask_cluster, dataset, tmp_path):
+    """compare --scheduler: one Dask task per run, the same checkpoints as in one process."""
+    address, client = dask_cluster
+    _ready(client)
+    args = [*TRAIN, "--epochs", 1, "--seeds", 2, "--cell", "lstm", "--quiet", "--count", 20]
+    for out, extra in [("serial", []), ("dask", ["--scheduler", address])]:
+        r = run("compare", "--data", dataset, *args, *extra, "--out", tmp_path / out)
+        assert r.exit_code == 0, r.output
+    for name in ("lstm-seed0", "lstm-seed1"):
+        with (
+            np.load(tmp_path / "serial" / name / "last.npz") as a,
+            np.load(tmp_path / "dask" / name / "last.npz") as b,
+        ):
+            assert a.files == b.files
+            for k in a.files:
+                if k != "meta":
+                    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_unreachable_scheduler_is_one_line_within_the_timeout(tmp_path, monkeypatch):

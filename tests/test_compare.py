@@ -71,6 +71,7 @@ def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
         "lstm",
         "rnn",
     ]
+    assert {"run.json", "train.log", "result.json"} <= set(os.listdir(out / "rnn"))
     # each run is the run `captioner train` makes with the same options
     for cell in ("rnn", "lstm"):
         alone = tmp_path / cell
@@ -96,7 +97,7 @@ def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
     assert [r["name"] for r in res] == ["rnn", "lstm"]
     for r in res:
         hist = json.loads((out / r["name"] / "history.json").read_text())
-        assert [e["train_loss"] for e in r["epochs"]] == [e["train_loss"] for e in hist["epochs"]]
+        assert r["history"] == hist["epochs"]
         assert 0 <= r["Bleu_4"] <= 1 and r["CIDEr"] >= 0 and r["seconds_per_step"] >= 0
         saved = params(out / r["name"] / "last.npz")
         assert r["parameters"] == sum(v.size for v in saved.values())
@@ -106,7 +107,7 @@ def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
     # the table: per-epoch losses side by side and the final figures
     assert "rnn train" in output and "lstm val" in output
     for r in res:
-        assert f"{r['epochs'][1]['val_loss']:.4f}" in output
+        assert f"{r['history'][1]['val_loss']:.3f}" in output
     for label in (
         "BLEU-4",
         "CIDEr-D",
@@ -185,6 +186,148 @@ def test_weight_decays_and_refusals(data, reference, tmp_path, monkeypatch):
         lines = [ln for ln in result.output.splitlines() if ln.startswith("captioner: error:")]
         assert len(lines) == 1 and name in lines[0] and why in lines[0], result.output
         assert sorted(os.listdir(tmp_path)) == before
+
+
+def checkpoint_contents(path):
+    """Everything in a checkpoint but the wall-clock fields: parameters, optimizer state,
+    per-step history, and the metadata (settings, epoch records without their seconds)."""
+    params_, meta, optim, history = checkpoint.load(str(path))
+    meta = dict(meta)
+    meta.pop("created")
+    t = dict(meta["training"])
+    t["epochs"] = [{k: v for k, v in r.items() if k != "seconds"} for r in t["epochs"]]
+    meta["training"] = t
+    return params_, meta, optim, history
+
+
+def assert_same_checkpoint(a, b):
+    ca, cb = checkpoint_contents(a), checkpoint_contents(b)
+    assert ca[1] == cb[1], (a, b)
+    for x, y in [(ca[0], cb[0]), (ca[3], cb[3])] + [(ca[2][k], cb[2][k]) for k in ca[2]]:
+        assert sorted(x) == sorted(y)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=f"{a} {k}")
+
+
+def untimed(res):
+    """compare.json's results without wall-clock figures."""
+    timing = {"seconds", "seconds_per_step", "ms_per_step"}
+    if isinstance(res, dict):
+        return {k: untimed(v) for k, v in res.items() if k not in timing}
+    if isinstance(res, list):
+        return [untimed(v) for v in res]
+    return res
+
+
+SEEDED = ["--seeds", 2, "--forget-bias", 0, "--forget-bias", 1, "--epochs", 2]
+SEEDED_RUNS = [f"{s}-seed{k}" for s in ("rnn", "lstm-fb0", "lstm-fb1") for k in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def seeded(data, tmp_path_factory):
+    """A finished comparison over 2 seeds with forget-gate biases 0 and 1, run serially."""
+    out = tmp_path_factory.mktemp("seeded") / "serial"
+    result = run("compare", "--data", data, *TINY, *SEEDED, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_seeds_and_forget_biases_in_parallel_equal_serial_and_train(data, seeded, tmp_path):
+    serial, parallel = seeded, tmp_path / "parallel"
+    out = run("compare", "--data", data, *TINY, *SEEDED, "--parallel", 2, "--out", parallel)
+    assert out.exit_code == 0, out.output
+    plan = json.loads((serial / "compare.json").read_text())
+    assert sorted(d for d in os.listdir(serial) if (serial / d).is_dir()) == sorted(SEEDED_RUNS)
+    for name in SEEDED_RUNS:
+        for ckpt in ("last.npz", "best.npz"):
+            assert_same_checkpoint(serial / name / ckpt, parallel / name / ckpt)
+        settings = checkpoint.load(str(serial / name / "last.npz"))[1]["training"]["settings"]
+        assert settings["seed"] == int(name[-1])
+        assert settings["forget_bias"] == (1.0 if "fb1" in name else 0.0)
+    res = plan["results"]
+    assert untimed(res) == untimed(json.loads((parallel / "compare.json").read_text())["results"])
+    # one of them is the run `captioner train` makes with the same options
+    alone = tmp_path / "alone"
+    args = ["--cell", "lstm", "--seed", 1, "--forget-bias", 1, "--epochs", 2]
+    result = run("train", "--data", data, *TINY[:-4], "--lr", 5e-3, *args, "--out", alone)
+    assert result.exit_code == 0, result.output
+    assert_same_checkpoint(serial / "lstm-fb1-seed1" / "last.npz", alone / "last.npz")
+    # per setting: every per-seed figure, and aggregates that are those of the per-seed values
+    by_run = {r["name"]: r for r in res["runs"]}
+    assert [s["name"] for s in res["settings"]] == ["rnn", "lstm-fb0", "lstm-fb1"]
+    for s in res["settings"]:
+        assert s["seeds"] == [0, 1] and s["runs"] == [f"{s['name']}-seed{k}" for k in (0, 1)]
+        val = [by_run[n]["history"][-1]["val_loss"] for n in s["runs"]]
+        f = s["figures"]["val_loss"]
+        assert f["values"] == val and f["n"] == 2
+        assert f["mean"] == pytest.approx(np.mean(val)) and f["min"] == min(val)
+        assert f["std"] == pytest.approx(np.std(val, ddof=1))
+        gains = [by_run[n]["gradients"]["gain_per_step"] for n in s["runs"]]
+        assert s["figures"]["gain_per_step"]["values"] == gains
+        e1 = [by_run[n]["history"][0]["train_loss"] for n in s["runs"]]
+        assert s["epochs"][0]["train_loss"]["values"] == e1
+        assert ("forget_gate_mean" in s["figures"]) == (s["cell"] == "lstm")
+        assert f"{f['mean']:.3f} +- {f['std']:.3f}" in out.output
+    claims = {(v["claim"], v["a"], v["b"], v["figure"]) for v in res["verdicts"]}
+    assert (3, "lstm-fb0", "rnn", "gain_per_step") in claims
+    assert ("forget bias", "lstm-fb1", "lstm-fb0", "gain_per_step") in claims
+    assert (
+        "of 2 seeds" in out.output and "claim 3, the gradient reaches further back:" in out.output
+    )
+
+
+def test_seeded_compare_resumes_in_parallel_to_the_serial_result(data, tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "cmp"
+    result = run("compare", "--data", data, *TINY, *SEEDED, "--cell", "lstm", "--out", ref)
+    assert result.exit_code == 0, result.output
+    first = [*SEEDED[:-1], 1]  # --epochs 1
+    result = run("compare", "--data", data, *TINY, *first, "--cell", "lstm", "--out", out)
+    assert result.exit_code == 0, result.output
+    shutil.rmtree(out / "lstm-fb1-seed0")  # killed before this run started
+    result = run("compare", "--resume", out, "--epochs", 2, "--parallel", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    for name in SEEDED_RUNS[2:]:
+        assert_same_checkpoint(ref / name / "last.npz", out / name / "last.npz")
+    # more seeds later: the runs of the first two are kept, the third trained as a 3-seed run
+    result = run("compare", "--resume", ref, "--seed", 2, "--seed", 0, "--seed", 1, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "lstm-fb0-seed0: done earlier" in result.output
+    res = json.loads((ref / "compare.json").read_text())["results"]
+    assert res["seeds"] == [0, 1, 2] and res["settings"][0]["seeds"] == [0, 1, 2]
+    alone = tmp_path / "alone"
+    args = ["--cell", "lstm", "--seed", 2, "--forget-bias", 1, "--epochs", 2, "--out", alone]
+    assert run("train", "--data", data, *TINY[:-4], "--lr", 5e-3, *args).exit_code == 0
+    assert_same_checkpoint(ref / "lstm-fb1-seed2" / "last.npz", alone / "last.npz")
+    result = run("compare", "--resume", ref, "--seed", 2)  # dropping seeds 0 and 1: refused
+    assert result.exit_code == 2 and "can add seeds" in result.output
+    result = run(
+        "compare", "--data", data, *TINY, "--seeds", 2, "--seed", 1, "--out", tmp_path / "x"
+    )
+    assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_gradients_over_the_seeds_of_a_setting(data, seeded):
+    res = json.loads((seeded / "compare.json").read_text())["results"]
+    result = run("gradients", "--runs", seeded, "--count", 25, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert [g["label"] for g in out["settings"]] == ["rnn", "lstm-fb0", "lstm-fb1"]
+    for g, s in zip(out["settings"], res["settings"]):
+        assert g["n"] == 2 and g["runs"] == [str(seeded / n / "last.npz") for n in s["runs"]]
+        for key in ("gain_per_step", "sigma_max_Wh", "forget_gate_mean"):
+            assert g["figures"].get(key) == s["figures"].get(key)
+    # checkpoints given one by one: those differing only in the seed are one setting
+    ckpts = [seeded / n / "last.npz" for n in ("lstm-fb1-seed0", "rnn-seed0", "lstm-fb1-seed1")]
+    args = [a for c in ckpts for a in ("--checkpoint", c)]
+    result = run("gradients", *args, "--count", 25)
+    assert result.exit_code == 0, result.output
+    fb1 = res["settings"][2]["figures"]["gain_per_step"]
+    line = next(ln for ln in result.output.splitlines() if "(2 checkpoints)" in ln)
+    assert line.startswith(f"{ckpts[0]} and 1 more (2 checkpoints): gradient gain per step")
+    assert f"{fb1['mean']:.3f} +- {fb1['std']:.3f} [{fb1['min']:.3f} .. {fb1['max']:.3f}]" in line
+    assert "rnn-seed0/last.npz and" not in result.output
+    result = run("gradients", "--runs", data)
+    assert result.exit_code == 2 and "compare.json: not found; --runs takes" in result.output
 
 
 def test_a_tampered_plan_is_one_line(reference, tmp_path):

@@ -383,3 +383,29 @@ def test_help_does_not_load_numpy_or_matplotlib():
         check=True,
     )
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_fresh_lstm_with_a_forget_bias(tiny_data):
+    """--forget-bias opens a fresh LSTM's forget gate (the same draw otherwise), and leaves a
+    fresh RNN, which has none, alone."""
+    common = ["--data", tiny_data / "data", "--count", 25, "--hidden-dim", 6, "--wordvec-dim", 5]
+    runs = {}
+    for bias in (0, 2):
+        result = run(
+            "gradients",
+            "--cell",
+            "rnn",
+            "--cell",
+            "lstm",
+            *common,
+            "--forget-bias",
+            bias,
+            "--json",
+        )
+        assert result.exit_code == 0, result.output
+        runs[bias] = json.loads(result.output)["runs"]
+    rnn, lstm = runs[2]
+    assert rnn == runs[0][0] and rnn["forget_gate_mean"] is None
+    assert lstm["label"] == "lstm (fresh, seed 0, forget bias 2)"
+    for opened, plain in zip(lstm["forget_gate_mean"], runs[0][1]["forget_gate_mean"]):
+        assert opened["mean"] > plain["mean"] + 0.2

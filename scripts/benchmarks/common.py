@@ -68,6 +68,21 @@ def synthetic_vocab(V=1004):
     return {w: i for i, w in enumerate(words)}
 
 
+def adam_step(model, features, captions):
+    """-> step(): one training step of model (loss, then Adam on every parameter, as
+    captioner.training does), its optimizer state kept between calls."""
+    from captioner.optim import adam
+
+    configs = {k: {"learning_rate": 1e-3} for k in model.params}
+
+    def step():
+        _, grads = model.loss(features, captions)
+        for k, w in model.params.items():
+            model.params[k], configs[k] = adam(w, grads[k], configs[k])
+
+    return step
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 

@@ -26,6 +26,7 @@ from benchmarks.common import (
     SCRIPTS,
     SHARED,
     START,
+    adam_step,
     coco_like_captions,
     interleaved,
     log,
@@ -232,11 +233,26 @@ def _train_sec(cell, checked):
     return f"train/{cell}" if checked else f"train/{cell}, random words"
 
 
-def _train_cell(rep, sec, cell, features, captions, n_tokens, reason, have_torch, reps, npz, out):
-    """Interleaved timing of one training step of one cell: ours, PyTorch, textbook, GEMM."""
+def _train_cell(
+    rep,
+    sec,
+    cell,
+    features,
+    captions,
+    n_tokens,
+    reason,
+    have_torch,
+    reps,
+    npz,
+    out,
+    c=REF,
+    textbook_baseline=True,
+    torch_packed=True,
+):
+    """Interleaved timing of one training step of one cell: ours, PyTorch, textbook, GEMM.
+    c: the sizes (REF, or another batch size N)."""
     import textbook
 
-    c = REF
     sizes = {k: c[k] for k in ("N", "T", "V", "D", "W", "H")}
     res = {
         "gflop": step_flops(cell, **sizes) / 1e9,
@@ -250,7 +266,6 @@ def _train_cell(rep, sec, cell, features, captions, n_tokens, reason, have_torch
     if not reason:
         try:
             from captioner.model import CaptioningRNN
-            from captioner.optim import adam
 
             model = CaptioningRNN(
                 synthetic_vocab(c["V"]),
@@ -263,13 +278,7 @@ def _train_cell(rep, sec, cell, features, captions, n_tokens, reason, have_torch
             )
             params0 = {k: np.array(v) for k, v in model.params.items()}
             res["loss0_ours"] = float(model.loss(features, captions)[0])
-            configs = {k: {"learning_rate": 1e-3} for k in model.params}
-
-            def ours_step(model=model, configs=configs, adam=adam):
-                _, grads = model.loss(features, captions)
-                for k, w in model.params.items():
-                    model.params[k], configs[k] = adam(w, grads[k], configs[k])
-
+            ours_step = adam_step(model, features, captions)
             ours_step()
             ours_step()
             contenders["ours"] = ours_step
@@ -286,10 +295,11 @@ def _train_cell(rep, sec, cell, features, captions, n_tokens, reason, have_torch
     res["loss0_textbook"] = textbook.textbook_loss(params0, features, captions, cell)[0]
     tparams = {k: v.astype(np.float64) for k, v in params0.items()}
     tconfigs = {}
-    contenders["textbook"] = lambda: textbook.train_step(
-        tparams, tconfigs, features, captions, cell
-    )
-    contenders["textbook"]()
+    if textbook_baseline:
+        contenders["textbook"] = lambda: textbook.train_step(
+            tparams, tconfigs, features, captions, cell
+        )
+        contenders["textbook"]()
 
     workers = []
     if have_torch:
@@ -299,7 +309,7 @@ def _train_cell(rep, sec, cell, features, captions, n_tokens, reason, have_torch
             captions=captions,
             **{f"{cell}_{k}": v for k, v in params0.items()},
         )
-        for name, packed in (("torch", False), ("torch_packed", True)):
+        for name, packed in (("torch", False), ("torch_packed", True))[: 1 + torch_packed]:
             try:
                 workers.append(TorchWorker(npz, cell, packed=packed))
                 res[f"loss0_{name}"] = workers[-1].info["loss0"]
