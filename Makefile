@@ -2,7 +2,7 @@ PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install test test-all lint demo coco bench clean
+.PHONY: install test test-all lint demo coco bench clean mutate
 
 $(BIN)/captioner: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,3 +33,8 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Mutation testing of the core (slow: not part of CI; see the README's "Tests" section).
+mutate: install
+	$(BIN)/pip install -q -e '.[mutate]'
+	$(BIN)/python scripts/mutate.py

@@ -145,14 +145,32 @@ def encoder_option(default, what):
     )
 
 
-def _load_data(data, features, splits=("train", "val"), max_train=None):
-    from .data import load_coco_data
+# offline stand-ins for the default --data: what `make demo` builds; what
+# `python scripts/make_synthetic_coco.py data/synthetic` writes (CS231n's layout and sizes)
+DEMO_DATA = os.path.join("data", "demo", "dataset")
+SYNTHETIC_DATA = os.path.join("data", "synthetic")
+
+
+def _load_data(data, features, splits=("train", "val"), max_train=None, fallback=DEMO_DATA):
+    """The dataset of --data; left at its default and not downloaded, `fallback` when it is
+    there, with a note (d['base_dir'] says which was read)."""
+    from .data import captions_file, load_coco_data
 
     if not os.path.isdir(data):
-        raise CaptionerError(
-            f"{data}: no such dataset directory; run `captioner download` (or "
-            f"`make coco`), or point --data / CAPTIONER_DATA at one"
-        )
+        if data == DATA_DEFAULT and os.path.isfile(captions_file(fallback)):
+            _echo(
+                f"note: {data} is not downloaded (`captioner download`); using {fallback} "
+                f"(--data chooses)",
+                err=True,
+            )
+            data = fallback
+        else:
+            raise CaptionerError(
+                f"{data}: no such dataset directory; run `captioner download` (or "
+                f"`make coco`), or point --data / CAPTIONER_DATA at one (offline: `make demo` "
+                f"builds {DEMO_DATA}; `python scripts/make_synthetic_coco.py data/synthetic` "
+                f"makes a synthetic one in seconds)"
+            )
     return load_coco_data(data, features=features, splits=splits, max_train=max_train)
 
 
@@ -386,8 +404,8 @@ def train(
         data_dir = data if "data" in given else settings.get("data_dir", data)
         d = _load_data(data_dir, meta["features"]["kind"], max_train=settings.get("max_train"))
         checkpoint.check_compatible(path, meta, d)
-        run_dir = os.path.dirname(os.path.abspath(path))
-        if out is not None and os.path.abspath(out) != run_dir:
+        run_dir = os.path.dirname(path) or os.curdir  # as the user wrote it, not absolute
+        if out is not None and os.path.abspath(out) != os.path.abspath(run_dir):
             run_dir = runs.new_run_dir(out, cell)  # never over another run's checkpoints
         _echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
@@ -420,7 +438,7 @@ def train(
             save_every=save_every,
             eval_every=eval_every,
             keep_best=keep_best,
-            data_dir=os.path.abspath(data),
+            data_dir=os.path.abspath(d["base_dir"]),
             features=d["feature_kind"],
             max_train=max_train,
         )
@@ -615,22 +633,34 @@ def sweep(ctx, grid, out, parallel, scheduler, summary_dir, sort_by, as_json, **
     "--n", type=COUNT, default=50, show_default=True, help="How many captions to memorise."
 )
 @click.option("--epochs", type=COUNT, default=50, show_default=True)
-def overfit(data, features, small, cell, n, epochs):
+@click.option(
+    "--captions",
+    "show_captions",
+    is_flag=True,
+    help="Also print each memorised caption beside its ground truth.",
+)
+def overfit(data, features, small, cell, n, epochs, show_captions):
     """Memorise a tiny subset to near-zero loss: the first check to run.
 
     \b
     Passes (exit 0) when the final loss is below 0.1 (rnn) / 0.5 (lstm).
     Example:
       captioner overfit --small
+      captioner overfit --small --data data/synthetic --captions
       captioner overfit --cell rnn --n 100
     """
     from .training import overfit as run
 
-    d = _load_data(data, features, splits=("train",))
+    # CS231n's settings memorise its PCA features (and the synthetic ones); the demo's
+    # L2-normalised features barely tell 50 images apart at that learning rate
+    d = _load_data(data, features, splits=("train",), fallback=SYNTHETIC_DATA)
     cells = [cell] if cell else ["rnn", "lstm"]
     results = {}
     for c in cells:
-        _echo(f"overfitting {min(n, len(d['train_captions']))} captions with the {c} cell ...")
+        _echo(
+            f"overfitting {min(n, len(d['train_captions']))} captions of {d['base_dir']} "
+            f"with the {c} cell ..."
+        )
         results[c] = run(d, c, n=n, epochs=epochs)
     _echo("\nloss per epoch (mean over the epoch's batches)")
     _echo("epoch " + "".join(f"{c:>10}" for c in cells))
@@ -642,12 +672,13 @@ def overfit(data, features, small, cell, n, epochs):
         )
 
     truth = results[cells[0]]["truth"]
-    _echo(f"\n{len(truth)} memorised images: sampled caption vs ground truth")
-    for j, t in enumerate(truth):
-        _echo(f"  truth: {t}")
-        for c in cells:
-            s = results[c]["sampled"][j]
-            _echo(f"  {c:>5}: {s}{'' if s == t else '   [differs]'}")
+    if show_captions:
+        _echo(f"\n{_plural(len(truth), 'memorised image')}: sampled caption vs ground truth")
+        for j, t in enumerate(truth):
+            _echo(f"  truth: {t}")
+            for c in cells:
+                s = results[c]["sampled"][j]
+                _echo(f"  {c:>5}: {s}{'' if s == t else '   [differs]'}")
     _echo("")
     for c in cells:
         r = results[c]
@@ -915,7 +946,7 @@ def compare(ctx, cell, weight_decay, forget_bias, seed, n_seeds, count, out, res
         d = _load_data(opts["data"], opts["features"], max_train=opts["max_train"])
         settings = {k: opts[k] for k in training.DEFAULTS if k in opts}
         settings.update(
-            data_dir=os.path.abspath(opts["data"]),
+            data_dir=os.path.abspath(d["base_dir"]),
             features=d["feature_kind"],
             max_train=opts["max_train"],
         )
@@ -1077,7 +1108,7 @@ def sample(
                 f"dataset images with --split val, or build a dataset with `captioner prepare` "
                 f"and train on it"
             )
-        _demo_note(meta)
+        note = _demo_note(meta)
         files, bad = picture_files.find_pictures(images)
         # a progress bar for more than a few pictures, on a terminal (not in pipes and logs)
         results = caption_images(
@@ -1091,7 +1122,9 @@ def sample(
             if caps is not None:
                 show(path, caps)
         done = [(path, caps[0]) for path, caps, _ in results if caps is not None]
-        records = picture_files.results_of([p for p, _ in done], [c for _, c in done])
+        records = picture_files.results_of(
+            [p for p, _ in done], [c for _, c in done], checkpoint=ckpt, note=note
+        )
         if json_out:
             picture_files.write_results(json_out, records, replace=force)
         if html_out:
@@ -1100,8 +1133,10 @@ def sample(
             write_gallery(
                 records,
                 html_out,
-                title=f"captioner sample: {len(records)} pictures",
+                title=f"captioner sample: {_plural(len(records), 'picture')}",
                 replace=force,
+                checkpoint=ckpt,
+                note=note,
             )
         errors = [message for _, message in bad]
         errors += [message for _, caps, message in results if caps is None]
@@ -1237,16 +1272,19 @@ def report(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array, a picture an entry.")
 def encode(images, top, encoder, as_json):
     """Run a NumPy image encoder (EfficientNet-Lite0 or SqueezeNet 1.1): top ImageNet
-    classes of each picture.
+    classes of each picture (folders: every picture in them, as `sample` reads them).
 
     \b
     Example:
       captioner encode photo.jpg --top 5
+      captioner encode photos/
       captioner encode photo.jpg --encoder squeezenet --json
     """
+    from . import picture_files
     from .encoder import top_k
 
-    _, logits, ok, errors = encoders.encode_files(images, encoder)
+    files, bad = picture_files.find_pictures(images)
+    _, logits, ok, errors = encoders.encode_files(files, encoder)
     tops = dict(zip(ok, top_k(logits, top)))
     if as_json:
         import json
@@ -1256,16 +1294,17 @@ def encode(images, top, encoder, as_json):
                 "file": path,
                 "top": [{"index": i, "label": n, "probability": p} for i, n, p in tops[path]],
             }
-            for path in images
+            for path in files
             if path in tops
         ]
         click.echo(json.dumps(records))
     else:
-        for path in images:
+        for path in files:
             if path in tops:
                 _echo(path)
                 for idx, name, prob in tops[path]:
                     _echo(f"  {prob:6.1%}  {idx:3d}  {name}")
+    errors = bad + errors
     for _path, message in errors:
         _echo(f"captioner: error: {message}", err=True)
     if errors:
@@ -1273,34 +1312,31 @@ def encode(images, top, encoder, as_json):
 
 
 def _demo_note(meta):
-    """Say once, before captioning picture files, that a demo model knows only shapes."""
-    from .data import DEMO_SOURCE, dataset_source
+    """Say once, before captioning picture files, that a demo model knows only shapes;
+    -> that note (it also goes into --json and --html), or None."""
+    from .picture_files import demo_note
 
-    saved = meta.get("training", {}).get("settings", {}).get("data_dir")
-    if saved and dataset_source(saved) == DEMO_SOURCE:
-        _echo(
-            "note: this model was trained by `captioner demo` on rendered shapes (coloured "
-            "circles, squares, stars... on plain backgrounds); it cannot describe "
-            "photographs. For photos see README, 'Caption your own photos'.",
-            err=True,
-        )
+    note = demo_note(meta)
+    if note:
+        _echo(f"note: {note}", err=True)
+    return note
 
 
 def _checkpoint_data(ckpt, meta, data, split):
     """The split a checkpoint captions: from --data, or when that is left at its
     default, from the folder the checkpoint was trained on."""
     from .checkpoint import check_compatible
-    from .data import CAPTIONS_FILE, _available_kinds, available_splits, feature_file
+    from .data import _available_kinds, available_splits, captions_file, feature_file
 
     saved = meta.get("training", {}).get("settings", {}).get("data_dir")
     folder = saved if data == DATA_DEFAULT and saved else data
-    captions = os.path.join(folder, CAPTIONS_FILE)
+    captions = captions_file(folder)
     if os.path.isfile(captions) and split not in available_splits(folder):
         raise CaptionerError(
             f"{captions}: no {split} split (it has "
             f"{', '.join(available_splits(folder))}); the test split comes from "
-            f"`captioner prepare --coco DIR --split karpathy`, or pass another "
-            f"--split"
+            f"`captioner prepare --flickr8k DIR`, `--karpathy FILE` or `--coco DIR "
+            f"--split karpathy`, or pass another --split"
         )
     f = meta["features"]
     others = _available_kinds(folder, split) - {f["kind"]}
@@ -1336,7 +1372,13 @@ def _newest_best():
             "runs/: no trained model found (runs/*/best.npz); train one with "
             "`captioner train` or pass --checkpoint"
         )
+    _echo(f"using {found[-1]}, the newest runs/*/best.npz (--checkpoint to choose)", err=True)
     return found[-1]
+
+
+def _plural(n, word):
+    """3, 'image' -> '3 images'; 1 -> '1 image'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 # ---------------------------------------------------------------- evaluate
@@ -1358,7 +1400,8 @@ METRIC_KEYS = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CID
     type=click.Choice(SPLITS),
     default="val",
     show_default=True,
-    help="test: Karpathy's test split of `prepare --coco`, the one papers report on.",
+    help="test: the test split of `prepare --flickr8k`, `--karpathy` or `--coco` "
+    "(Karpathy's), the one papers report on.",
 )
 @click.option(
     "--max-images", type=COUNT, default=None, help="Only the first N images of the split."
@@ -1440,7 +1483,8 @@ def evaluate(
         refs = metrics.load_annotations(references)
         res = metrics.load_results(results, known_ids=set(refs))
         scores, notes = metrics.score({i: refs[i] for i in res}, res, meteor=not no_meteor)
-        what = f"{len(res):,} captions of {results}"
+        what = f"{_plural(len(res), 'caption')} of {results}"
+        where = {}
     else:
         from .checkpoint import load_model
         from .evaluation import evaluate_model
@@ -1458,13 +1502,15 @@ def evaluate(
             max_length=max_length,
             length_norm=length_norm,
         )
-        what = f"{ckpt} on {len(generated):,} {split} images, beam {beam_size}"
+        name = d["dataset"] or os.path.basename(os.path.normpath(d["base_dir"]))
+        what = f"{ckpt} on {_plural(len(generated), split + ' image')} of {name}, beam {beam_size}"
+        where = {"split": split, "dataset": name, "data": d["base_dir"]}
         if save_results:
             from .atomic import write_json
 
             write_json(save_results, generated, replace=force)
     if as_json:
-        click.echo(json.dumps({"scores": scores, "notes": notes}))
+        click.echo(json.dumps({"scores": scores, "notes": notes, **where}))
         return
     _echo(what)
     for k in METRIC_KEYS:
@@ -1481,9 +1527,10 @@ def evaluate(
 @click.option(
     "--images",
     "images_dir",
-    type=click.Path(exists=True, file_okay=False),
+    type=click.Path(exists=True),
     default=None,
-    help="Folder of pictures (the annotations' file_name are relative to it).",
+    help="Folder of pictures (the annotations' file_name are relative to it); with "
+    "--karpathy, a folder or a zip of the pictures.",
 )
 @click.option(
     "--captions",
@@ -1499,6 +1546,28 @@ def evaluate(
     default=None,
     help="Instead of --images/--captions: the folder of `captioner download --images` "
     "(the COCO 2014 zips, read without unpacking).",
+)
+@click.option(
+    "--flickr8k",
+    "flickr_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Instead of --images/--captions: the folder of `captioner download --flickr8k` "
+    "(its two zips): train / dev (as val) / test, 6,000 / 1,000 / 1,000 images.",
+)
+@click.option(
+    "--karpathy",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Instead of --captions: a dataset in Karpathy's format (dataset_flickr30k.json, "
+    "...; splits train + restval / val / test), its pictures in --images; or "
+    "caption_datasets.zip with --karpathy-name.",
+)
+@click.option(
+    "--karpathy-name",
+    metavar="NAME",
+    default=None,
+    help="With --karpathy ZIP: the JSON inside it, e.g. dataset_flickr30k.json.",
 )
 @click.option(
     "--split",
@@ -1579,6 +1648,9 @@ def prepare(
     images_dir,
     annotations,
     coco_dir,
+    flickr_dir,
+    karpathy,
+    karpathy_name,
     coco_split,
     out,
     val_fraction,
@@ -1600,41 +1672,71 @@ def prepare(
     Interrupted? Run the same command again: it resumes where it stopped.
     Example:
       captioner prepare --images photos/ --captions captions.json --out data/mine
+      captioner prepare --flickr8k data/flickr8k --out data/flickr8k-ds
+      captioner prepare --karpathy dataset_flickr30k.json --images flickr30k-images.zip \\
+          --out data/flickr30k-ds
+      captioner prepare --karpathy data/coco2014/caption_datasets.zip \\
+          --karpathy-name dataset_flickr30k.json --images flickr30k-images/ --out data/f30k
       captioner prepare --coco data/coco2014 --out data/coco2014-karpathy
     """
-    from .prepare import prepare_coco, prepare_dataset
+    from .prepare import prepare_coco, prepare_dataset, prepare_flickr8k, prepare_karpathy
 
     given = {
         p
         for p in ctx.params
         if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT
     }
-    if coco_dir:
-        extra = sorted(given & {"images_dir", "annotations", "val_fraction", "split_by", "seed"})
-        if extra:
+    flags = {
+        "images_dir": "--images",
+        "annotations": "--captions",
+        "val_fraction": "--val-fraction",
+        "split_by": "--split-by",
+        "seed": "--seed",
+        "coco_split": "--split",
+        "karpathy_name": "--karpathy-name",
+    }
+    modes = {"coco_dir": "--coco", "flickr_dir": "--flickr8k", "karpathy": "--karpathy"}
+    chosen = [m for m in modes if m in given]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{modes[chosen[0]]} and {modes[chosen[1]]} do not go together")
+    mode = chosen[0] if chosen else None
+    takes = {"coco_dir": {"coco_split"}, "karpathy": {"images_dir", "karpathy_name"}}
+    extra = sorted(given & set(flags) - takes.get(mode, set()), key=list(flags).index)
+    if mode and extra:
+        raise click.UsageError(
+            f"{modes[mode]} takes its splits from its own files; drop {flags[extra[0]]}"
+        )
+    if mode == "karpathy" and not images_dir:
+        raise click.UsageError("--karpathy needs --images: the folder or zip of its pictures")
+    if mode is None:
+        if "karpathy_name" in given:
+            raise click.UsageError("--karpathy-name goes with --karpathy ZIP")
+        if not (images_dir and annotations):
             raise click.UsageError(
-                f"--coco takes its splits from the COCO files; drop "
-                f"--{extra[0].replace('_dir', '').replace('_', '-')}"
+                "give --images and --captions, or --flickr8k DIR, --karpathy FILE or --coco DIR"
             )
-    elif not (images_dir and annotations):
-        raise click.UsageError("give --images and --captions, or --coco DIR")
-    elif "coco_split" in given:
-        raise click.UsageError("--split karpathy|official goes with --coco (use --split-by here)")
+        if "coco_split" in given:
+            raise click.UsageError(
+                "--split karpathy|official goes with --coco (use --split-by here)"
+            )
+    options = dict(
+        vocab=vocab,
+        min_count=min_count,
+        max_words=max_words,
+        batch_size=batch_size,
+        force=force,
+        encoder=encoder,
+    )
     try:
         with _shard_executor(scheduler, workers) as shards:
-            if coco_dir:
-                s = prepare_coco(
-                    coco_dir,
-                    out,
-                    split=coco_split,
-                    vocab=vocab,
-                    min_count=min_count,
-                    max_words=max_words,
-                    batch_size=batch_size,
-                    force=force,
-                    encoder=encoder,
-                    **shards,
+            if flickr_dir:
+                s = prepare_flickr8k(flickr_dir, out, **options, **shards)
+            elif karpathy:
+                s = prepare_karpathy(
+                    karpathy, images_dir, out, member=karpathy_name, **options, **shards
                 )
+            elif coco_dir:
+                s = prepare_coco(coco_dir, out, split=coco_split, **options, **shards)
             else:
                 s = prepare_dataset(
                     images_dir,
@@ -1654,18 +1756,28 @@ def prepare(
     except KeyboardInterrupt as e:
         _echo("\ninterrupted; run the same command again to resume", err=True)
         sys.exit(_interrupted(e))
-    _echo(f"{s['out_dir']}: {s['encoder']} features, vocabulary {s['vocab_size']} words")
+    if s["done_before"]:
+        _echo(
+            f"{s['out_dir']}: already built by this command (same pictures, captions and "
+            f"settings); nothing to do"
+        )
+    name = f"{s['dataset']}, " if s.get("dataset") else ""
+    _echo(
+        f"{s['out_dir']}: {name}{s['encoder']} features, "
+        f"vocabulary {_plural(s['vocab_size'], 'word')}"
+    )
     for split in SPLITS:
         if split in s:
             t = s[split]
             _echo(
-                f"  {split}: {t['images']:,} images, {t['captions']:,} captions, "
-                f"{t['unk_words']:.1%} of words <UNK>"
+                f"  {split}: {_plural(t['images'], 'image')}, "
+                f"{_plural(t['captions'], 'caption')}, {t['unk_words']:.1%} of words <UNK>"
             )
-    _echo(
-        f"  encoded {s['encoded_images']:,} images ({s['resumed_images']:,} resumed) "
-        f"at {s['images_per_second']:.1f} images/s with {s['workers']} worker(s)"
-    )
+    if not s["done_before"]:
+        _echo(
+            f"  encoded {_plural(s['encoded_images'], 'image')} ({s['resumed_images']:,} "
+            f"resumed) at {s['images_per_second']:.1f} images/s with {s['workers']} worker(s)"
+        )
     if s["skipped"]:
         _echo(f"  skipped {len(s['skipped']):,} picture(s):")
     for name, reason in s["skipped"][:10]:
@@ -1673,6 +1785,10 @@ def prepare(
         _echo(f"  skipped {shown}: {reason}")
     if len(s["skipped"]) > 10:
         _echo(f"  ... and {len(s['skipped']) - 10} more skipped")
+    for note in s.get("notes", []):
+        _echo(f"  note: {note}")
+    for warning in s["warnings"]:
+        _echo(f"captioner: warning: {warning}", err=True)
 
 
 def _odd(name):
@@ -1734,16 +1850,25 @@ def demo(out, train_images, val_images, epochs, seed, encoder):
       captioner demo --out data/demo
     """
     from .demo import run_demo
+    from .runs import Interrupted
 
-    summary = run_demo(
-        out,
-        n_train=train_images,
-        n_val=val_images,
-        epochs=epochs,
-        seed=seed,
-        log=_echo,
-        encoder=encoder,
-    )
+    again = _same_command()  # `captioner demo` = `make demo` when no option was given
+    try:
+        summary = run_demo(
+            out,
+            n_train=train_images,
+            n_val=val_images,
+            epochs=epochs,
+            seed=seed,
+            log=_echo,
+            encoder=encoder,
+        )
+    except Interrupted as e:
+        _echo(f"\n{e}; continue with: {again}", err=True)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt as e:  # outside training, a second Ctrl-C, SIGTERM: saved stays
+        _echo(f"\nstopped; continue with: {again}", err=True)
+        sys.exit(_interrupted(e))
     if not summary["grounded"]:
         sys.exit(1)
 
@@ -1753,7 +1878,13 @@ def demo(out, train_images, val_images, epochs, seed, encoder):
 
 @cli.command()
 @data_option
-@click.option("--checkpoint", "ckpt", type=click.Path(exists=True), default=None)
+@click.option(
+    "--checkpoint",
+    "ckpt",
+    type=click.Path(exists=True),
+    default=None,
+    help="Show this checkpoint (model, features, training epochs) instead of a dataset.",
+)
 def info(data, features, ckpt):
     """Show what a dataset or a checkpoint holds.
 
@@ -1793,15 +1924,17 @@ def info(data, features, ckpt):
         for r in t.get("epochs", []):
             _echo("    " + format_record(r, t.get("settings", {}).get("epochs", "?")))
         return
-    from .data import CAPTIONS_FILE, available_splits
+    from .data import available_splits, captions_file
 
-    test = os.path.isfile(os.path.join(data, CAPTIONS_FILE)) and "test" in available_splits(
+    test = os.path.isfile(captions_file(data)) and "test" in available_splits(
         data
     )  # train and val are always there
     d = _load_data(data, features, splits=["train", "val", "test"] if test else ["train", "val"])
+    sizes = "/".join(f"{len(d[f'{s}_features']):,}" for s in SPLITS if f"{s}_features" in d)
     _echo(
-        f"dataset {d['base_dir']}: vocabulary {len(d['idx_to_word'])} words, "
-        f"{d['encoder']} features ({d['feature_dim']}-d)"
+        f"dataset {d['base_dir']}: {d['dataset'] + ', ' if d['dataset'] else ''}{sizes} "
+        f"images, vocabulary {_plural(len(d['idx_to_word']), 'word')}, {d['encoder']} features "
+        f"({d['feature_dim']}-d)"
     )
     from .data import feature_attrs
 
@@ -1815,7 +1948,8 @@ def info(data, features, ckpt):
             caps = d[f"{split}_captions"]
             lengths = (caps[:, 1:] != 0).sum(1) - 1
             _echo(
-                f"  {split}: {len(caps):,} captions of {len(d[f'{split}_features']):,} images, "
+                f"  {split}: {_plural(len(caps), 'caption')} of "
+                f"{_plural(len(d[f'{split}_features']), 'image')}, "
                 f"{caps.shape[1]} columns, mean {lengths.mean():.1f} words"
             )
 
@@ -1828,7 +1962,8 @@ def info(data, features, ckpt):
     "--dest",
     type=click.Path(file_okay=False),
     default=None,
-    help="Where to put the files [default: data, or data/coco2014 with --images].",
+    help="Where to put the files [default: data, data/coco2014 with --images, "
+    "data/flickr8k with --flickr8k].",
 )
 @click.option("--url", default=None, help="Mirror of coco_captioning.zip.")
 @click.option(
@@ -1838,35 +1973,71 @@ def info(data, features, ckpt):
     help="The COCO 2014 pictures and captions instead (20.4 GB of zips, kept as they are).",
 )
 @click.option(
-    "--mirror", default=None, help="With --images: a base URL serving the same four file names."
+    "--flickr8k",
+    is_flag=True,
+    help="The Flickr8k pictures and captions instead (2 zips, ~1.1 GB, kept as they are).",
 )
-def download(dest, url, images, mirror):
-    """Download the CS231n COCO features (~1 GB), or with --images the COCO 2014 pictures.
+@click.option(
+    "--mirror",
+    default=None,
+    help="With --images or --flickr8k: a base URL serving the same file names.",
+)
+def download(dest, url, images, flickr8k, mirror):
+    """Download the CS231n COCO features (~1 GB), or with --images the COCO 2014 pictures,
+    or with --flickr8k the Flickr8k pictures.
 
     Resumable: rerun the same command after an interruption.
 
     \b
     Example:
       captioner download --dest data
+      captioner download --flickr8k --dest data/flickr8k
       captioner download --images --dest data/coco2014
     """
+    if flickr8k:
+        if images or url:
+            raise click.UsageError("--flickr8k goes alone (a mirror of it: --mirror URL)")
+        from .download import download_flickr8k
+
+        path = download_flickr8k(dest or "data/flickr8k", mirror=mirror, again=_same_command())
+        _echo(
+            f"Flickr8k pictures and captions ready in {path}; next: captioner prepare "
+            f"--flickr8k {path} --out {path}-ds"
+        )
+        return
     if images:
         if url:
             raise click.UsageError("--url is for the CS231n zip; with --images use --mirror")
         from .download import download_coco_images
 
-        path = download_coco_images(dest or "data/coco2014", mirror=mirror)
+        path = download_coco_images(dest or "data/coco2014", mirror=mirror, again=_same_command())
         _echo(
             f"COCO 2014 pictures and captions ready in {path}; next: captioner prepare "
             f"--coco {path} --out {path}-karpathy"
         )
         return
     if mirror:
-        raise click.UsageError("--mirror goes with --images (for the CS231n zip use --url)")
+        raise click.UsageError(
+            "--mirror goes with --images or --flickr8k (for the CS231n zip use --url)"
+        )
     from .download import COCO_URL, download_coco
 
-    path = download_coco(dest or "data", url=url or COCO_URL)
+    path = download_coco(dest or "data", url=url or COCO_URL, again=_same_command())
     _echo(f"COCO captioning data ready in {path}")
+
+
+def _same_command():
+    """The running command as the user gave it (the options not left at their default):
+    what to rerun to continue after an interruption."""
+    ctx = click.get_current_context()
+    words = ["captioner", ctx.info_name]
+    for p in ctx.command.params:
+        if ctx.get_parameter_source(p.name) is click.core.ParameterSource.DEFAULT:
+            continue
+        value = ctx.params[p.name]
+        flag = max(p.opts, key=len)
+        words += [flag] if getattr(p, "is_flag", False) else [flag, str(value)]
+    return " ".join(words)
 
 
 def main(argv=None):

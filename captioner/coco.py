@@ -19,7 +19,7 @@ import re
 import zipfile
 
 from captioner.errors import CaptionerError
-from captioner.sources.paths import check_member, read_member
+from captioner.sources.paths import check_member, read_zip_member
 
 FILES = ("train2014.zip", "val2014.zip", "annotations_trainval2014.zip", "caption_datasets.zip")
 URLS = {
@@ -53,7 +53,6 @@ JSON_BYTES = {
     "annotations/captions_train2014.json": 200 * 2**20,
     "annotations/captions_val2014.json": 200 * 2**20,
 }
-KARPATHY = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 PICTURE_URL = "http://images.cocodataset.org/{}"
 FIX = "delete it and rerun `captioner download --images`"
 
@@ -66,84 +65,80 @@ def _unsafe_member(name):
     return None
 
 
-def check_zip(path, name=None, test=False):
+def check_zip(path, name=None, test=False, layout=None, fix=FIX, what=None):
     """Open and check one of FILES -> {member name: ZipInfo}. name: which of FILES it is
     (default: its base name). test: also check every member's CRC (reads it all), after
-    the directory's checks (sizes included), so a bomb is refused before it is inflated."""
+    the directory's checks (sizes included), so a bomb is refused before it is inflated.
+    Other releases' zips: layout (what it must hold, default LAYOUT[name]; pictures in its
+    folders are size-checked), fix (the advice in errors) and what (whose file it is,
+    default "COCO's NAME")."""
     name = name or os.path.basename(path)
+    layout = LAYOUT.get(name, ()) if layout is None else layout
+    what = what or f"COCO's {name}"
     try:
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
-        raise CaptionerError(
-            f"{path}: not found; run `captioner download --images --dest "
-            f"{os.path.dirname(path) or '.'}`"
-        ) from None
+        hint = (
+            f"run `captioner download --images --dest {os.path.dirname(path) or '.'}`"
+            if fix == FIX
+            else fix
+        )
+        raise CaptionerError(f"{path}: not found; {hint}") from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise CaptionerError(f"{path}: not a valid zip file, or truncated ({e}); {FIX}") from None
+        raise CaptionerError(f"{path}: not a valid zip file, or truncated ({e}); {fix}") from None
     with zf:
-        members = _members(path, name, zf.infolist())
+        members = _members(path, zf.infolist(), layout, fix, what)
         try:
             bad = zf.testzip() if test else None
         except Exception as e:  # zlib errors, truncated data, I/O
-            raise CaptionerError(f"{path}: corrupt zip ({e}); {FIX}") from None
+            raise CaptionerError(f"{path}: corrupt zip ({e}); {fix}") from None
     if bad is not None:
-        raise CaptionerError(f"{path}: member {bad!r} is corrupt (bad CRC); {FIX}")
+        raise CaptionerError(f"{path}: member {bad!r} is corrupt (bad CRC); {fix}")
     return members
 
 
-def _members(path, name, infos):
+def _members(path, infos, layout, fix, what):
     """check_zip's checks of the directory -> {member name: ZipInfo}."""
     from captioner.encoder import MAX_DECODE_BYTES
 
-    folders = tuple(n for n in LAYOUT.get(name, ()) if n.endswith("/"))
+    folders = tuple(n for n in layout if n.endswith("/"))
     members = {}
     for info in infos:
         why = _unsafe_member(info.filename)
         if why:
             raise CaptionerError(
                 f"{path}: refusing unsafe member {info.filename!r} ({why}); this "
-                f"is not COCO's {name}: {FIX}"
+                f"is not {what}: {fix}"
             )
         if info.filename in members:  # zipfile would read the last one, another tool the first
             raise CaptionerError(
-                f"{path}: member {info.filename!r} appears twice; this is not COCO's {name}: {FIX}"
+                f"{path}: member {info.filename!r} appears twice; this is not {what}: {fix}"
             )
         members[info.filename] = info
         label = f"{path}:{info.filename}"
         if info.filename in JSON_BYTES:
-            check_member(info, JSON_BYTES[info.filename], label, "this JSON file", FIX)
+            check_member(info, JSON_BYTES[info.filename], label, "this JSON file", fix)
         elif info.filename.startswith(folders) and not info.is_dir():
-            check_member(info, MAX_DECODE_BYTES, label, "a picture", FIX)
-    for need in LAYOUT.get(name, ()):
+            check_member(info, MAX_DECODE_BYTES, label, "a picture", fix)
+    for need in layout:
         found = (
             any(m.startswith(need) and not m.endswith("/") for m in members)
             if need.endswith("/")
             else need in members
         )
         if not found:
-            what = f"no pictures in a {need} folder" if need.endswith("/") else f"no {need}"
-            raise CaptionerError(f"{path}: {what}; this is not COCO's {name}: {FIX}")
+            lacks = f"no pictures in a {need} folder" if need.endswith("/") else f"no {need}"
+            raise CaptionerError(f"{path}: {lacks}; this is not {what}: {fix}")
     return members
 
 
-def _drop_tokens(obj):
-    """json object_hook: Karpathy's pre-made 'tokens' (we tokenise 'raw' ourselves) are
-    dropped as each sentence is parsed; they would be ~7 million strings held at once."""
-    obj.pop("tokens", None)
-    return obj
-
-
 def _read_json(zip_path, member):
+    from captioner.sources.karpathy import drop_tokens
+
     label = f"{zip_path}:{member}"
+    blob = read_zip_member(zip_path, member, JSON_BYTES[member], "this JSON file", FIX)
     try:
-        with zipfile.ZipFile(zip_path) as zf:
-            blob = read_member(zf, member, JSON_BYTES[member], label, "this JSON file", FIX)
-    except CaptionerError:
-        raise
-    except Exception as e:  # bad CRC, truncated data, I/O
-        raise CaptionerError(f"{label}: cannot read it from the zip ({e}); {FIX}") from None
-    try:
-        return json.loads(blob, object_hook=_drop_tokens), label
+        return json.loads(blob, object_hook=drop_tokens), label
     except (ValueError, RecursionError) as e:
         raise CaptionerError(f"{label}: not valid JSON ({str(e)[:80]}); {FIX}") from None
 
@@ -160,6 +155,8 @@ def _item(zip_path, info, name, url, captions):
 
 def _karpathy(coco_dir):
     """-> [(split, name, url, captions)] from dataset_coco.json, in file order."""
+    from captioner.sources import karpathy
+
     path = os.path.join(coco_dir, "caption_datasets.zip")
     check_zip(path, test=True)
     doc, label = _read_json(path, "dataset_coco.json")
@@ -167,35 +164,13 @@ def _karpathy(coco_dir):
         'not Karpathy\'s dataset_coco.json ({"images": [{"filepath", "filename", '
         '"split", "sentences": [{"raw"}]}]}); ' + FIX
     )
-    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-        raise CaptionerError(f"{label}: no 'images' list; {fix}")
-    out, seen = [], set()
-    for k, e in enumerate(doc["images"]):
-        where = f"{label}: images[{k}]"
-        if not isinstance(e, dict):
-            raise CaptionerError(f"{where} is not an object; {fix}")
-        folder, file, split = e.get("filepath"), e.get("filename"), e.get("split")
-        if folder not in ("train2014", "val2014") or not isinstance(file, str) or not file:
+    out = []
+    for k, (split, folder, file, captions) in enumerate(karpathy.parse(doc, label, fix)):
+        if folder not in ("train2014", "val2014"):
             raise CaptionerError(
-                f"{where}: 'filepath' must be train2014 or val2014 and "
-                f"'filename' a file name; {fix}"
+                f"{label}: images[{k}]: 'filepath' must be train2014 or val2014; {fix}"
             )
-        if split not in KARPATHY:
-            raise CaptionerError(
-                f"{where}: 'split' {split!r} is not one of {', '.join(KARPATHY)}; {fix}"
-            )
-        sents = e.get("sentences")
-        if not isinstance(sents, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("raw"), str) for s in sents
-        ):
-            raise CaptionerError(
-                f"{where}: 'sentences' must be a list of {{\"raw\": text}}; {fix}"
-            )
-        name = f"{folder}/{file}"
-        if name in seen:
-            raise CaptionerError(f"{where}: {name} is listed twice; {fix}")
-        seen.add(name)
-        out.append((KARPATHY[split], name, None, [s["raw"] for s in sents]))
+        out.append((split, f"{folder}/{file}", None, captions))
     return out, path
 
 

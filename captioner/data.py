@@ -2,11 +2,17 @@
 
 The layout (one folder, what `captioner download` unpacks and `captioner prepare` writes):
 
-    coco2014_captions.h5        {split}_captions (N, 17) int, {split}_image_idxs (N,) int
+    coco2014_captions.h5        {split}_captions (N, 17) int, {split}_image_idxs (N,) int;
+                                attrs['dataset'] names the dataset (ours only, e.g. flickr8k)
     coco2014_vocab.json         {"idx_to_word": [...], "word_to_idx": {...}}
     {split}2014_{suffix}.h5     'features' (M, D) float; attrs['encoder'] names the CNN (ours only)
     {split}2014_images.txt      one image file name per feature row (optional)
     {split}2014_urls.txt        one image URL per feature row (optional)
+
+Those are the CS231n release's names, kept by COCO 2014 datasets. Any other dataset has the
+same files without the claim (NAMINGS['plain']: captions.h5, vocab.json, {split}_{suffix}.h5,
+{split}_images.txt, ...); a folder's naming is told by which captions file it holds, so
+folders written before plain names existed load as they always did.
 
 Captions are <START> w1 .. wk <END> padded with <NULL> to 17 columns; row i of
 {split}_captions describes feature row {split}_image_idxs[i].
@@ -26,8 +32,12 @@ from captioner import atomic, limits
 from captioner.errors import CaptionerError
 
 FEATURE_KINDS = {"pca": "vgg16_fc7_pca", "fc7": "vgg16_fc7"}  # kind -> file suffix
-CAPTIONS_FILE = "coco2014_captions.h5"
-VOCAB_FILE = "coco2014_vocab.json"
+# naming -> (captions file, vocabulary file, prefix of a split's files)
+NAMINGS = {
+    "coco2014": ("coco2014_captions.h5", "coco2014_vocab.json", "{}2014_"),
+    "plain": ("captions.h5", "vocab.json", "{}_"),
+}
+CAPTIONS_FILE, VOCAB_FILE, _ = NAMINGS["coco2014"]  # the CS231n zip's names
 SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>")
 NON_WORDS = SPECIAL_TOKENS + ("<UNK>",)  # tokens a model never writes as a caption's word
 # Feature matrices up to this size (as float32) are read into RAM: the 512-d PCA
@@ -39,9 +49,30 @@ FIX_DATA = "re-download with `captioner download` (or rebuild with `captioner pr
 FIX_MISSING = "run `captioner download`, or pass --data DIR pointing at a coco_captioning folder"
 
 
-def feature_file(base_dir, split, kind):
-    """Path of the features file of one split: {split}2014_{suffix}.h5."""
-    return os.path.join(base_dir, f"{split}2014_{FEATURE_KINDS.get(kind, kind)}.h5")
+def naming(base_dir):
+    """'plain' when base_dir holds captions.h5, else 'coco2014' (the CS231n layout)."""
+    plain = os.path.join(str(base_dir), NAMINGS["plain"][0])
+    return "plain" if os.path.isfile(plain) else "coco2014"
+
+
+def captions_file(base_dir, names=None):
+    """Path of base_dir's captions file (names: a key of NAMINGS; default: what is there)."""
+    return os.path.join(str(base_dir), NAMINGS[names or naming(base_dir)][0])
+
+
+def vocab_file(base_dir, names=None):
+    return os.path.join(str(base_dir), NAMINGS[names or naming(base_dir)][1])
+
+
+def split_file(base_dir, split, name, names=None):
+    """Path of a split's file: 'images.txt' -> {split}2014_images.txt (or {split}_images.txt)."""
+    prefix = NAMINGS[names or naming(base_dir)][2].format(split)
+    return os.path.join(str(base_dir), prefix + name)
+
+
+def feature_file(base_dir, split, kind, names=None):
+    """Path of the features file of one split: {split}2014_{suffix}.h5 (or {split}_{suffix}.h5)."""
+    return split_file(base_dir, split, f"{FEATURE_KINDS.get(kind, kind)}.h5", names)
 
 
 class H5Rows:
@@ -187,7 +218,7 @@ def _read(ds, path, sel=()):
 
 
 def load_vocab(path):
-    """Read and check coco2014_vocab.json -> (word_to_idx, idx_to_word)."""
+    """Read and check a vocabulary file (coco2014_vocab.json) -> (word_to_idx, idx_to_word)."""
     _need_file(path)
     vocab = read_json(path, "vocabulary", FIX_DATA)
     if not isinstance(vocab, dict):
@@ -300,7 +331,7 @@ def _load_captions(path, splits, word_to_idx, vocab_path):
 
 
 def _available_kinds(base_dir, split):
-    prefix = f"{split}2014_"
+    prefix = os.path.basename(split_file(base_dir, split, ""))
     suffix_to_kind = {v: k for k, v in FEATURE_KINDS.items()}
     try:
         names = os.listdir(base_dir)
@@ -336,7 +367,8 @@ def _pick_kind(base_dir, splits, features):
                     f"{feature_file(base_dir, s, kind)}: file not found; {FIX_MISSING}"
                 )
     raise CaptionerError(
-        f"{base_dir}: no feature files ({'/'.join(splits)}2014_<kind>.h5) found; {FIX_MISSING}"
+        f"{base_dir}: no feature files "
+        f"({split_file('', '/'.join(splits), '<kind>.h5', naming(base_dir))}) found; {FIX_MISSING}"
     )
 
 
@@ -419,7 +451,7 @@ def load_coco_data(
     {split}_image_idxs int64 (N,), {split}_features float32 (M, D) ndarray (or an
     H5Rows when bigger than MAX_IN_MEMORY_BYTES; lazy=True/False forces it),
     {split}_urls and {split}_images (lists of M str, or None when the txt file is
-    absent); feature_kind, feature_dim, encoder, base_dir.
+    absent); feature_kind, feature_dim, encoder, base_dir, dataset (its name or None).
     features: 'auto' (pca if present, else the one kind present), 'pca', 'fc7' or
     any other file suffix. max_train keeps the first N training captions.
     """
@@ -431,17 +463,15 @@ def load_coco_data(
         raise CaptionerError(f"{base_dir}: no splits requested")
     if max_train is not None and max_train < 1:
         raise CaptionerError(f"--max-train must be at least 1, got {max_train}")
-    vocab_path = os.path.join(base_dir, VOCAB_FILE)
+    vocab_path = vocab_file(base_dir)
     word_to_idx, idx_to_word = load_vocab(vocab_path)
     data = {"word_to_idx": word_to_idx, "idx_to_word": idx_to_word, "base_dir": base_dir}
     # Check every file exists before the (possibly slow) reads, so one message names all we need.
     kind = _pick_kind(base_dir, splits, features)
     feat_paths = {s: feature_file(base_dir, s, kind) for s in splits}
-    for path in [os.path.join(base_dir, CAPTIONS_FILE), *feat_paths.values()]:
+    for path in [captions_file(base_dir), *feat_paths.values()]:
         _need_file(path)
-    data.update(
-        _load_captions(os.path.join(base_dir, CAPTIONS_FILE), splits, word_to_idx, vocab_path)
-    )
+    data.update(_load_captions(captions_file(base_dir), splits, word_to_idx, vocab_path))
 
     dims, encoders = {}, {}
     try:
@@ -454,13 +484,13 @@ def load_coco_data(
             lo, hi = int(idxs.min()), int(idxs.max())
             if lo < 0 or hi >= n_rows:
                 raise CaptionerError(
-                    f"{os.path.join(base_dir, CAPTIONS_FILE)}: '{split}_image_idxs' "
+                    f"{captions_file(base_dir)}: '{split}_image_idxs' "
                     f"points at feature row {hi if hi >= n_rows else lo} but {path} has "
                     f"{n_rows} rows; captions and features do not belong together: {FIX_DATA}"
                 )
             for name in ("images", "urls"):
                 data[f"{split}_{name}"] = _read_lines(
-                    os.path.join(base_dir, f"{split}2014_{name}.txt"), n_rows, path
+                    split_file(base_dir, split, f"{name}.txt"), n_rows, path
                 )
         first = splits[0]
         for split in splits[1:]:
@@ -482,15 +512,29 @@ def load_coco_data(
     if max_train is not None and "train" in splits:
         data["train_captions"] = data["train_captions"][:max_train]
         data["train_image_idxs"] = data["train_image_idxs"][:max_train]
-    data.update(feature_kind=kind, feature_dim=dims[splits[0]], encoder=encoders[splits[0]])
+    data.update(
+        feature_kind=kind,
+        feature_dim=dims[splits[0]],
+        encoder=encoders[splits[0]],
+        dataset=dataset_name(base_dir),
+    )
     return data
 
 
 def available_splits(base_dir):
-    """The splits ('train', 'val', 'test', ...) coco2014_captions.h5 in base_dir holds."""
-    path = os.path.join(str(base_dir), CAPTIONS_FILE)
-    with _open_h5(path) as f:
+    """The splits ('train', 'val', 'test', ...) base_dir's captions file holds."""
+    with _open_h5(captions_file(base_dir)) as f:
         return [k[: -len("_captions")] for k in f if k.endswith("_captions")]
+
+
+def dataset_name(base_dir):
+    """attrs['dataset'] of base_dir's captions file (e.g. 'flickr8k'), or None; never raises."""
+    try:
+        with h5py.File(captions_file(base_dir), "r") as f:
+            name = f.attrs.get("dataset")
+    except Exception:  # a note, not a check: load_coco_data reports a broken file
+        return None
+    return None if name is None else name.decode() if isinstance(name, bytes) else str(name)
 
 
 # attrs['source'] of the demo's datasets: `sample` warns that such a model knows only shapes
@@ -511,7 +555,7 @@ def dataset_source(base_dir, attr="source"):
     never raises."""
     try:
         for name in sorted(os.listdir(base_dir)):
-            if name.endswith(".h5") and name != CAPTIONS_FILE:
+            if name.endswith(".h5") and name not in (n[0] for n in NAMINGS.values()):
                 with h5py.File(os.path.join(base_dir, name), "r") as f:
                     source = f["features"].attrs.get(attr) if "features" in f else None
                 if source is not None:
@@ -578,7 +622,17 @@ def image_groups(data, split):
 
 
 def write_dataset(
-    out_dir, splits, idx_to_word, kind="pca", encoder=None, source=None, pictures=None, attrs=None
+    out_dir,
+    splits,
+    idx_to_word,
+    kind="pca",
+    encoder=None,
+    source=None,
+    pictures=None,
+    name=None,
+    names="coco2014",
+    attrs=None,
+    feature_attrs=None,
 ):
     """Write a complete coco_captioning folder; returns out_dir.
 
@@ -589,17 +643,23 @@ def write_dataset(
     written under a temp name and renamed, so a crash never leaves a half file in place.
     source: what the pictures were (attrs['source'], e.g. the demo's rendered shapes).
     pictures: the folder the picture files are in (attrs['pictures']; `report` shows
-    pictures from there only).
-    attrs: more attributes of 'features' (prepare: the encoder's weights sha256 and layout).
+    pictures from there only). name: the dataset's short name (the captions file's
+    attrs['dataset'], e.g. flickr8k); names: the file names, a key of NAMINGS ('plain'
+    for anything but COCO 2014). attrs: {name: str} also stored on the captions file
+    (prepare's record of its inputs). feature_attrs: {name: value} stored on each features
+    dataset as str (prepare: the encoder's weights sha256 and layout).
     """
     out_dir = str(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     idx_to_word = list(idx_to_word)
     vocab = {"idx_to_word": idx_to_word, "word_to_idx": {w: i for i, w in enumerate(idx_to_word)}}
-    atomic.write_text(os.path.join(out_dir, VOCAB_FILE), json.dumps(vocab))
+    atomic.write_text(vocab_file(out_dir, names), json.dumps(vocab))
 
-    with atomic.atomic_path(os.path.join(out_dir, CAPTIONS_FILE)) as tmp:
+    with atomic.atomic_path(captions_file(out_dir, names)) as tmp:
         with h5py.File(tmp, "w") as f:
+            if name is not None:
+                f.attrs["dataset"] = str(name)
+            f.attrs.update(attrs or {})
             for split, d in splits.items():
                 f.create_dataset(
                     f"{split}_captions", data=np.asarray(d["captions"], dtype=np.int32)
@@ -611,7 +671,7 @@ def write_dataset(
     for split, d in splits.items():
         feats = d["features"]
         n, dim = feats.shape
-        with atomic.atomic_path(feature_file(out_dir, split, kind)) as tmp:
+        with atomic.atomic_path(feature_file(out_dir, split, kind, names)) as tmp:
             with h5py.File(tmp, "w") as f:
                 ds = f.create_dataset("features", shape=(n, dim), dtype=np.float32)
                 step = max(1, CHECK_CHUNK_BYTES // (4 * dim))
@@ -625,15 +685,15 @@ def write_dataset(
                     ds.attrs["source"] = str(source)
                 if pictures is not None:
                     ds.attrs["pictures"] = os.path.abspath(pictures)
-                for key, value in (attrs or {}).items():
+                for key, value in (feature_attrs or {}).items():
                     ds.attrs[key] = str(value)
-        for name in ("images", "urls"):
-            lines = d.get(name)
+        for what in ("images", "urls"):
+            lines = d.get(what)
             if lines is not None:
                 if len(lines) != n:
-                    raise ValueError(f"{split} {name}: {len(lines)} lines for {n} feature rows")
+                    raise ValueError(f"{split} {what}: {len(lines)} lines for {n} feature rows")
                 atomic.write_text(
-                    os.path.join(out_dir, f"{split}2014_{name}.txt"),
+                    split_file(out_dir, split, f"{what}.txt", names),
                     "".join(f"{line}\n" for line in lines),
                 )
     return out_dir

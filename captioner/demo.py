@@ -310,26 +310,41 @@ def write_demo_images(out_dir, n_images, seed=0, start_id=1, captions_per_image=
 # ---------------------------------------------------------------- the whole pipeline, offline
 
 
+RUN_DIR = os.path.join("runs", "demo")  # one stable place: rerun = continue, README paths hold
+
+
 def run_demo(
-    out_dir="data/demo", n_train=1500, n_val=200, epochs=20, seed=0, log=print, encoder=None
+    out_dir="data/demo",
+    n_train=1500,
+    n_val=200,
+    epochs=20,
+    seed=0,
+    log=print,
+    run_dir=None,
+    encoder=None,
 ):
     """Render scenes -> prepare -> train -> evaluate on held-out scenes -> caption a new picture.
 
-    encoder: a captioner.encoders name (None: encoders.DEMO).
-    Each stage is the library call behind the CLI command it prints. Returns a summary dict;
-    'grounded' is True when the model's CIDEr-D is at least twice what it gets from the mean
-    feature (i.e. the captions come from the pixels, not from the caption statistics).
+    encoder: a captioner.encoders name (None: encoders.DEMO); a dataset of another encoder's
+    features in out_dir is rebuilt.
+    Each stage is the library call behind the CLI command it prints. The model is trained in
+    run_dir (None: runs/demo, or runs/demo-{kind} for an encoder other than the demo's, so
+    each encoder's run is kept): a run found there, interrupted or finished, is continued
+    rather than started again. Steps 4-5 and the report use best.npz, the model the run
+    kept. Ctrl-C while training raises runs.Interrupted after saving last.npz. Returns a
+    summary dict; 'grounded' is True when the model's CIDEr-D is at least twice what it gets
+    from the mean feature (i.e. the captions come from the pixels, not from the caption
+    statistics).
     """
     import time
 
-    from . import encoders
+    from . import checkpoint, encoders, training
     from .data import feature_file, load_coco_data
     from .evaluation import evaluate_model
     from .model import CaptioningRNN
     from .pictures import caption_images
     from .prepare import prepare_dataset
     from .runs import new_run_dir, run_lock
-    from .training import train
 
     # a folder of the user's own (e.g. ~/Pictures) is refused: the demo writes only its own
     atomic.check_fresh_dir(
@@ -343,6 +358,8 @@ def run_demo(
     images_dir = os.path.join(out_dir, "images")
     dataset = os.path.join(out_dir, "dataset")
     enc = encoders.get(encoders.DEMO if encoder is None else encoder)
+    if run_dir is None:
+        run_dir = RUN_DIR if enc.name == encoders.DEMO else f"{RUN_DIR}-{enc.kind}"
     if os.path.exists(feature_file(dataset, "train", enc.kind)):
         log(
             f"[1-2/5] using the scenes already prepared in {dataset} (delete {out_dir} to rebuild)"
@@ -371,26 +388,22 @@ def run_demo(
         )
     data = load_coco_data(dataset)
 
-    run_dir = new_run_dir(None, "demo")
-    log(
-        f"[3/5] captioner train --data {dataset} --cell lstm --hidden-dim 256 --wordvec-dim 128 "
-        f"--epochs {epochs} --lr 2e-3 --lr-decay 0.97 --out {run_dir}"
-    )
-    model = CaptioningRNN(
-        data["word_to_idx"],
-        input_dim=data["feature_dim"],
-        wordvec_dim=128,
-        hidden_dim=256,
-        cell_type="lstm",
-        seed=seed,
-    )
-    with run_lock(run_dir):
-        train(
-            data,
-            model,
-            run_dir,
-            progress=True,
-            log=log,
+    state = _demo_run(run_dir, dataset, data)
+    if state is None:
+        run_dir = new_run_dir(run_dir, "demo")
+        log(
+            f"[3/5] captioner train --data {dataset} --cell lstm --hidden-dim 256 "
+            f"--wordvec-dim 128 --epochs {epochs} --lr 2e-3 --lr-decay 0.97 --out {run_dir}"
+        )
+        model = CaptioningRNN(
+            data["word_to_idx"],
+            input_dim=data["feature_dim"],
+            wordvec_dim=128,
+            hidden_dim=256,
+            cell_type="lstm",
+            seed=seed,
+        )
+        settings = dict(
             epochs=epochs,
             batch_size=100,
             lr=2e-3,
@@ -400,14 +413,37 @@ def run_demo(
             data_dir=os.path.abspath(dataset),
             features=data["feature_kind"],
         )
+    else:
+        model, state = state
+        settings = dict(state["settings"])
+        settings["epochs"] = max(settings["epochs"], epochs)  # --epochs may extend, never cut
+        if state["epoch"] < settings["epochs"]:
+            log(
+                f"[3/5] captioner train --resume {run_dir}: continuing the demo's run at "
+                f"epoch {state['epoch'] + 1}/{settings['epochs']} (delete {run_dir} to start over)"
+            )
+        else:
+            log(
+                f"[3/5] {run_dir}: already trained, {state['epoch']} epochs (delete it to retrain)"
+            )
+    with run_lock(run_dir):
+        state = training.train(data, model, run_dir, state=state, log=log, **settings)
 
-    log(f"[4/5] captioner evaluate --checkpoint {run_dir}/last.npz --data {dataset} --no-meteor")
+    # the model the run kept (lowest val loss), as `captioner report` and `sample` use
+    best_path = os.path.join(run_dir, "best.npz")
+    model, _, _, _ = checkpoint.load_model(best_path)
+    best = state["best"]
+    log(
+        f"[4/5] captioner evaluate --checkpoint {best_path} --data {dataset} --no-meteor"
+        f"   (best.npz: epoch {best['epoch']} of {state['epoch']}, the lowest val loss)"
+    )
     scores, _, _ = evaluate_model(model, data, "val", meteor=False)
     mean = data["train_features"][:].mean(0)
     blind = dict(data, val_features=np.broadcast_to(mean, data["val_features"].shape))
     blind_scores, _, _ = evaluate_model(model, blind, "val", meteor=False)
     log(
-        f"      held-out scenes ({len(data['val_features'])} images):  "
+        f"      held-out scenes ({len(data['val_features'])} image"
+        f"{'' if len(data['val_features']) == 1 else 's'}):  "
         f"BLEU-4 {scores['Bleu_4']:.3f}  CIDEr-D {scores['CIDEr']:.3f}"
     )
     log(
@@ -419,7 +455,7 @@ def run_demo(
     scene = random_scene(rng)
     picture = os.path.join(out_dir, "new_picture.jpg")
     render_scene(scene).save(picture, quality=92)
-    log(f"[5/5] captioner sample {picture} --checkpoint {run_dir}/last.npz")
+    log(f"[5/5] captioner sample {picture} --checkpoint {best_path}")
     ((_, beams, _),) = caption_images(model, [picture], encoder=enc.name)
     log(f"      generated: {beams[0][0]}")
     for truth in scene_captions(scene, rng, 3):
@@ -431,6 +467,7 @@ def run_demo(
         "ratio": ratio,
         "grounded": ratio >= 2,
         "run_dir": run_dir,
+        "checkpoint": best_path,
         "picture": picture,
         "caption": beams[0][0],
         "seconds": time.perf_counter() - t0,
@@ -445,6 +482,35 @@ def run_demo(
     summary["report"] = write_report(
         [run_dir], os.path.join(run_dir, "report.html"), meteor=False, log=lambda *_: None
     )
-    log(f"report: captioner report {run_dir} --out {summary['report']} --no-meteor")
-    log(f"      open {summary['report']} in a browser")  # a line per call: the CLI escapes \n
+    log(
+        f"report written to {summary['report']} (the scores above, with curves and a gallery): "
+        f"open it in a browser"
+    )
     return summary
+
+
+def _demo_run(run_dir, dataset, data):
+    """(model, training state) of the demo run already in run_dir, to continue; None when
+    run_dir holds no checkpoint (new_run_dir then refuses anything else found there)."""
+    from . import checkpoint, training
+    from .runs import find_checkpoint
+
+    if not any(os.path.isfile(os.path.join(run_dir, f"{n}.npz")) for n in ("last", "best")):
+        return None
+    path = find_checkpoint(run_dir)
+    model, meta, optim, history = checkpoint.load_model(path)
+    state = training.resume_state(meta, optim, history, path=path)
+    saved = state["settings"].get("data_dir")
+    if saved != os.path.abspath(dataset):
+        raise CaptionerError(
+            f"{run_dir}: holds a run trained on {saved}, not on the demo's {dataset}; "
+            f"delete {run_dir} (or move it away) and run the demo again"
+        )
+    trained_on = meta["features"].get("encoder")
+    if trained_on != data["encoder"]:  # the demo was run before with another --encoder
+        raise CaptionerError(
+            f"{run_dir}: holds a demo run trained on {trained_on} features, not on "
+            f"{data['encoder']}; delete {run_dir} (or move it away) and run the demo again"
+        )
+    checkpoint.check_compatible(path, meta, data)
+    return model, state

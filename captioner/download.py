@@ -4,6 +4,10 @@ download_coco() = fetch_resumable() (HTTP Range, continues a .part file) +
 install_zip() (refuses unsafe entries, extracts beside the target, checks the
 files with load_coco_data and the expected shapes, then renames into place).
 A failure at any step leaves an existing data folder untouched.
+
+download_files() fetches the zips of a picture release as they are (never unpacked), each
+resumed, checked and only then renamed into place: download_coco_images() (COCO 2014) and
+download_flickr8k() (Flickr8k) are it with their release's names, URLs and checks.
 """
 
 import errno
@@ -55,7 +59,7 @@ COCO_SHAPES = {
 CHUNK = 1 << 20
 # The most the CS231n zip (~1 GB) may be when a server streams it without a length.
 COCO_ZIP_MAX_BYTES = 2 * 10**9
-# Without an announced length, a COCO 2014 file may exceed its known size by this share.
+# Without an announced length, a picture release's file may exceed its known size by this share.
 SIZE_MARGIN = 0.05
 
 
@@ -69,6 +73,7 @@ def download_coco(
     keep_zip=False,
     retries=3,
     timeout=60,
+    again="captioner download",
 ):
     """Download and install the dataset; returns dest_dir/coco_captioning.
 
@@ -76,7 +81,7 @@ def download_coco(
     re-installs). A finished dest_dir/coco_captioning.zip is reused, a .part one is
     resumed. shapes: expected {(file, dataset): shape} (None to skip, e.g. for a small
     test zip); required: file names the zip must contain. The zip is deleted after a
-    successful install unless keep_zip.
+    successful install unless keep_zip. again: the command that resumes (in error messages).
     """
     dest_dir = str(dest_dir)
     target = os.path.join(dest_dir, COCO_DIR)
@@ -95,6 +100,7 @@ def download_coco(
             retries=retries,
             timeout=timeout,
             max_bytes=COCO_ZIP_MAX_BYTES,
+            again=again,
         )
     install_zip(zip_path, target, shapes=shapes, required=required, progress=progress)
     if not keep_zip:
@@ -205,7 +211,7 @@ def _fetch_once(url, part, progress, timeout, max_bytes=None):
                 unit="B",
                 unit_scale=True,
                 desc=os.path.basename(part),
-                disable=not progress,
+                disable=None if progress else True,  # None: only on a terminal
             ) as bar,
         ):
             while True:
@@ -253,13 +259,23 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
-def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None, max_bytes=None):
+def fetch_resumable(
+    url,
+    dest,
+    progress=True,
+    retries=3,
+    timeout=60,
+    check=None,
+    max_bytes=None,
+    again="captioner download",
+):
     """Download url to dest via dest.part, continuing a partial file with HTTP Range.
 
     Retries dropped connections up to `retries` times, each resuming where the last
     stopped; dest appears (by rename) only when complete, and, given check(part_path)
     (raising CaptionerError), only when it passes: a failing file is deleted.
     max_bytes: the most the file may be when a response does not announce its length.
+    again: the command the user reruns to resume, named in the error.
     """
     _check_url(url)
     part = dest + ".part"
@@ -286,9 +302,10 @@ def fetch_resumable(url, dest, progress=True, retries=3, timeout=60, check=None,
         except (OSError, http.client.HTTPException) as e:  # URLError, resets, timeouts
             last = _one_line(getattr(e, "reason", None) or str(e) or type(e).__name__)
     have = _part_size(part)
+    kept = f"{have:,} bytes kept in {part}" if have else "nothing received yet"
     raise CaptionerError(
-        f"{url}: download failed after {retries + 1} attempts ({last}); {have} bytes kept "
-        f"in {part}: rerun `captioner download` to resume",
+        f"{url}: download failed after {retries + 1} attempts ({last}); {kept}: "
+        f"rerun `{again}` to resume",
         exit_code=1,
     )
 
@@ -460,50 +477,43 @@ def _remote_size(url, timeout):
     return int(length) if length and length.isdigit() else None
 
 
-def _check_fetched(part, name, small, url):
-    """coco.check_zip on a file just fetched; its error says the file was deleted."""
-    from captioner import coco
-
+def _check_fetched(check, name, part, url, again):
+    """check(part, name) on a file just fetched; its error says the file was deleted."""
     try:
-        coco.check_zip(part, name, test=small)
+        check(part, name)
     except CaptionerError as e:
         why = str(e).split(": ", 1)[1].split("; ")[0]
         raise CaptionerError(
-            f"{part}: {why}; deleted. It came from {url}: rerun "
-            f"`captioner download --images` (or check the --mirror)"
+            f"{part}: {why}; deleted. It came from {url}: rerun `{again}` (or check the --mirror)"
         ) from None
 
 
-def download_coco_images(
-    dest_dir="data/coco2014", mirror=None, progress=True, retries=3, timeout=60
+def download_files(
+    dest_dir, urls, sizes, check, what, again, progress=True, retries=3, timeout=60
 ):
-    """Fetch the COCO 2014 pictures and captions (captioner.coco.FILES) into dest_dir.
+    """Fetch the files of a release into dest_dir, each kept as it is (never unpacked).
 
-    Each file comes from its official host, or from mirror + '/' + its name; it is
-    resumed if a .part is there, checked (whole per the announced length, a zip with
-    COCO's layout; the two small ones also by CRC) and only then renamed into place.
-    Files already in place are checked, not fetched again. The free disk space is
-    checked first. -> dest_dir.
+    urls: {file name: URL}, in order; sizes: {file name: bytes} when the server does not
+    say (a file may then be at most SIZE_MARGIN longer); check(path, name): raises
+    CaptionerError when the file is not what it should be. Each file is resumed if a .part
+    is there, checked and only then renamed into place; files already in place are
+    checked, not fetched again. The free disk space is checked first. what: the release's
+    name in messages; again: the command that resumes (in error messages). -> dest_dir.
     """
-    from captioner import coco
-
-    if mirror:  # before anything: a file:// mirror naming a FIFO would hang the HEADs
-        _check_url(mirror, flag="--mirror")
     dest_dir = str(dest_dir)
     _make_dest(dest_dir)
-    urls = {n: (mirror.rstrip("/") + "/" + n) if mirror else coco.URLS[n] for n in coco.FILES}
-    todo = [n for n in coco.FILES if not os.path.isfile(os.path.join(dest_dir, n))]
+    todo = [n for n in urls if not os.path.isfile(os.path.join(dest_dir, n))]
     need, max_bytes = 0, {}
     for n in todo:
         part = os.path.join(dest_dir, n + ".part")
         announced = _remote_size(urls[n], timeout)
-        max_bytes[n] = announced or int(coco.SIZES[n] * (1 + SIZE_MARGIN))
-        size = announced or coco.SIZES[n]
+        max_bytes[n] = announced or int(sizes[n] * (1 + SIZE_MARGIN))
+        size = announced or sizes[n]
         need += max(0, size - _part_size(part))
     free = shutil.disk_usage(dest_dir).free
     if need > free:
         raise CaptionerError(
-            f"{dest_dir}: the COCO 2014 zips need {need / 1e9:.1f} GB more and "
+            f"{dest_dir}: the {what} zips need {need / 1e9:.1f} GB more and "
             f"only {free / 1e9:.1f} GB are free; free some space or choose "
             f"another --dest"
         )
@@ -512,19 +522,71 @@ def download_coco_images(
         f"{dest_dir}: {len(todo)} file(s) to fetch, {need / 1e9:.2f} GB "
         f"({free / 1e9:.1f} GB free); the zips are kept as they are (never unpacked)",
     )
-    for n in coco.FILES:
+    for n, url in urls.items():
         path = os.path.join(dest_dir, n)
-        small = n not in ("train2014.zip", "val2014.zip")  # CRC-check what is cheap to read
         if n in todo:
             fetch_resumable(
-                urls[n],
+                url,
                 path,
                 progress=progress,
                 retries=retries,
                 timeout=timeout,
-                check=lambda p, n=n, small=small: _check_fetched(p, n, small, urls[n]),
+                check=lambda p, n=n, url=url: _check_fetched(check, n, p, url, again),
                 max_bytes=max_bytes[n],
+                again=again,
             )
         else:
-            coco.check_zip(path, n, test=small)
+            check(path, n)
     return dest_dir
+
+
+def _urls(files, official, mirror):
+    """{name: URL}: each file from its official place, or mirror + '/' + its name; the
+    mirror is checked before anything (a file:// mirror naming a FIFO would hang the HEADs)."""
+    if mirror:
+        _check_url(mirror, flag="--mirror")
+    return {n: (mirror.rstrip("/") + "/" + n) if mirror else official[n] for n in files}
+
+
+def download_coco_images(
+    dest_dir="data/coco2014",
+    mirror=None,
+    progress=True,
+    retries=3,
+    timeout=60,
+    again="captioner download --images",
+):
+    """Fetch the COCO 2014 pictures and captions (captioner.coco.FILES) into dest_dir
+    (download_files): from their official hosts or `mirror`; each checked to be a zip with
+    COCO's layout, the two small ones also by CRC. -> dest_dir."""
+    from captioner import coco
+
+    def check(path, name):  # CRC-check what is cheap to read
+        coco.check_zip(path, name, test=name not in ("train2014.zip", "val2014.zip"))
+
+    urls = _urls(coco.FILES, coco.URLS, mirror)
+    return download_files(
+        dest_dir, urls, coco.SIZES, check, "COCO 2014", again, progress, retries, timeout
+    )
+
+
+def download_flickr8k(
+    dest_dir="data/flickr8k",
+    mirror=None,
+    progress=True,
+    retries=3,
+    timeout=60,
+    again="captioner download --flickr8k",
+):
+    """Fetch Flickr8k_Dataset.zip and Flickr8k_text.zip (captioner.sources.flickr8k) into
+    dest_dir (download_files): from the public GitHub release or `mirror`; each checked to
+    be a zip with the release's layout, the small text zip also by CRC. -> dest_dir."""
+    from captioner.sources import flickr8k
+
+    def check(path, name):
+        flickr8k.check_zip(path, name, test=name == "Flickr8k_text.zip")
+
+    urls = _urls(flickr8k.FILES, {n: flickr8k.URL + n for n in flickr8k.FILES}, mirror)
+    return download_files(
+        dest_dir, urls, flickr8k.SIZES, check, "Flickr8k", again, progress, retries, timeout
+    )

@@ -20,6 +20,11 @@ MAX_WORDS = 100  # prepare --max-words
 MAX_DIM = 4096  # --hidden-dim, --wordvec-dim (an LSTM of 4096 holds 0.5 GB with Adam)
 MAX_PREPARE_BATCH = 256  # prepare --batch-size: pictures decoded and held at once
 MAX_CAPTION_CHARS = 2000  # one caption in a results/annotations file (COCO's longest: ~250)
+# Files read whole, checked by their (declared) size before a byte is read: Karpathy's biggest
+# JSON (dataset_coco.json) is 160 MB (coco.JSON_BYTES allows it 400 MiB); Flickr8k.token.txt
+# 3 MB. Pictures: encoder.MAX_DECODE_BYTES.
+MAX_JSON_BYTES = 400 * 2**20
+MAX_TEXT_BYTES = 64 * 2**20
 
 
 def available_memory():

@@ -50,9 +50,10 @@ def image_id(file_name):
     return int(m.group(1)) if m else None
 
 
-def results_of(files, captions):
+def results_of(files, captions, checkpoint=None, note=None):
     """files (N,) and their best (caption, log_prob or None) -> the JSON records
-    [{"file_name", "caption", "log_prob"[, "image_id"]}]."""
+    [{"file_name", "caption", "log_prob"[, "image_id"], "checkpoint"[, "note"]}]: each
+    record names the model that wrote it and carries its caveat (demo_note), if any."""
     out = []
     for f, (caption, log_prob) in zip(files, captions):
         r = {
@@ -63,8 +64,27 @@ def results_of(files, captions):
         i = image_id(f)
         if i is not None:
             r["image_id"] = i
+        if checkpoint is not None:
+            r["checkpoint"] = os.fspath(checkpoint)
+        if note:
+            r["note"] = note
         out.append(r)
     return out
+
+
+def demo_note(meta):
+    """The caveat of a checkpoint trained by `captioner demo` (it knows only rendered
+    shapes), or None for any other model."""
+    from .data import DEMO_SOURCE, dataset_source
+
+    saved = meta.get("training", {}).get("settings", {}).get("data_dir")
+    if saved and dataset_source(saved) == DEMO_SOURCE:
+        return (
+            "this model was trained by `captioner demo` on rendered shapes (coloured "
+            "circles, squares, stars... on plain backgrounds); it cannot describe "
+            "photographs. For photos see README, 'Caption your own photos'."
+        )
+    return None
 
 
 def check_writable(path):

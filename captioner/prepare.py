@@ -1,11 +1,14 @@
 """Build a coco_captioning folder from pictures and captions (to caption them: captioner.pictures).
 
 prepare_dataset: a folder of pictures + COCO-format captions; prepare_coco: the COCO 2014
-zips (captioner.coco reads them, pictures stay inside the zips). Both go through _build:
-the pictures are cut into shards of `batch_size` (captioner.shards: encoded by worker
-processes or any concurrent.futures executor), each shard's result goes to its own file
-in out_dir/.prepare/, and the dataset is written in the CS231n layout (captioner.data)
-with the features of one of captioner.encoders ({split}2014_{kind}.h5, e.g. _lite0.h5).
+zips (captioner.coco reads them, pictures stay inside the zips); prepare_flickr8k: the two
+Flickr8k zips; prepare_karpathy: any dataset in Karpathy's format, pictures in a folder or a
+zip (captioner.sources). All go through _build: the pictures are cut into shards of
+`batch_size` (captioner.shards: encoded by worker processes or any concurrent.futures
+executor), each shard's result goes to its own file in out_dir/.prepare/, and the dataset is
+written in the CS231n layout (captioner.data) with the features of one of captioner.encoders
+({split}_{kind}.h5, e.g. val_lite0.h5; a COCO 2014 dataset keeps the CS231n names,
+train2014_lite0.h5).
 
     manifest.json        what is being built (encoder, number of chunks and images)
     chunk_00000.npz      names (n,), ok (n,) bool, errors (n,) str ('' when ok),
@@ -24,6 +27,7 @@ the dataset (data.write_dataset) and removes the work area.
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -315,7 +319,12 @@ def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard, enc
     from tqdm import tqdm
 
     bar = tqdm(
-        total=total, initial=done, unit="img", desc="encoding", disable=not progress, smoothing=0.1
+        total=total,
+        initial=done,
+        unit="img",
+        desc="encoding",
+        disable=None if progress else True,  # None: only on a terminal, never in logs
+        smoothing=0.1,
     )
     failed = [0]
 
@@ -387,7 +396,9 @@ def prepare_dataset(
     out_dir, encoder, feature_kind, vocab_size, per split {images, captions, unk_words
     (fraction of caption words that became <UNK>)}, skipped [(file_name, reason)],
     empty_captions, truncated_captions, resumed_images (found already encoded),
-    encoded_images, seconds, images_per_second, workers.
+    encoded_images, seconds, images_per_second, workers, warnings (sentences, each with its
+    fix: mostly-<UNK> captions, a split of a few images) and done_before (out_dir already
+    held this very dataset: nothing was done).
     split_by: a text file of val file names (one a line); else a seeded random
     val_fraction of the captioned images. vocab: a coco2014_vocab.json to reuse
     (needs <UNK>); else one is built from the train captions (build_vocab).
@@ -397,12 +408,12 @@ def prepare_dataset(
     written. source: what the pictures are (data.write_dataset; the demo marks its own).
     encoder: a captioner.encoders name (None: encoders.DEFAULT).
     File names outside images_dir, or that cannot be written one a line, are skipped
-    with the reason.
+    with the reason. out_dir may hold only prepare's own work: an interrupted run (resumed)
+    or a finished dataset (the same inputs: done_before; others: refused unless force).
     """
     t0 = time.perf_counter()
     images_dir, out_dir = os.path.abspath(str(images_dir)), str(out_dir)
-    # Only our own work area (an interrupted run) may be there; the dataset replaces out_dir whole.
-    atomic.check_fresh_dir(out_dir, force, "dataset folder", keep=(WORK_DIR,))
+    built = _check_out(out_dir, force)
     if not os.path.isdir(images_dir):
         raise CaptionerError(
             f"{images_dir}: pictures folder not found; pass the folder the "
@@ -483,13 +494,72 @@ def prepare_dataset(
         source,
         pictures=images_dir,
         encoder=encoder,
+        built=built,
+        split_fix="list more val pictures in --split-by"
+        if split_by is not None
+        else f"hold out more with --val-fraction {_fraction_for(len(items))}",
     )
 
 
-def prepare_coco(
-    coco_dir,
+def prepare_coco(coco_dir, out_dir, split="karpathy", progress=True, **options):
+    """The COCO 2014 zips of `captioner download --images` (in coco_dir) -> a dataset in
+    out_dir, reading the pictures out of the zips. split 'karpathy': train (train +
+    restval), val and test of Karpathy's dataset_coco.json, its raw sentences as captions;
+    'official': train2014 / val2014 with captions_{train,val}2014.json. options: vocab,
+    min_count, max_words, batch_size, workers, executor, on_shard, force, encoder (as
+    prepare_dataset). Returns the summary of prepare_dataset (with a 'test' entry for
+    karpathy). The files keep the CS231n release's names (coco2014_captions.h5, ...)."""
+    from captioner import coco
+
+    def read():
+        if progress:  # Karpathy's file is 160 MB of JSON: say what the first minute is spent on
+            print(
+                f"{coco_dir}: reading the {split} split's captions and the zips' directories",
+                file=sys.stderr,
+            )
+        return coco.read_split(str(coco_dir), split) + ([],)
+
+    what = dict(
+        source="COCO 2014 photographs",
+        name=f"coco2014-{split}",
+        names="coco2014",
+        split_fix="use the complete zips of `captioner download --images`",
+    )
+    return _prepare_read(read, coco_dir, out_dir, what, progress=progress, **options)
+
+
+def prepare_flickr8k(flickr_dir, out_dir, **options):
+    """The two zips of `captioner download --flickr8k` (in flickr_dir) -> a dataset in out_dir:
+    the standard train / dev (as val) / test lists, pictures read out of the zip. Options and
+    summary as prepare_coco, plus 'notes' (the release's gaps that were worked around)."""
+    from captioner.sources import flickr8k
+
+    what = dict(source="Flickr8k photographs", name="flickr8k", pictures=flickr_dir)
+    return _prepare_read(lambda: flickr8k.read(flickr_dir), flickr_dir, out_dir, what, **options)
+
+
+def prepare_karpathy(karpathy, images, out_dir, member=None, **options):
+    """A dataset in Karpathy's format (the .json `karpathy`, or its `member` when karpathy is
+    a zip such as caption_datasets.zip) with its pictures in `images` (a folder or a zip) ->
+    a dataset in out_dir: train (+ restval), val, test. Options and summary as prepare_coco."""
+    from captioner.sources import karpathy as reader
+
+    def read():
+        splits, skipped, name = reader.read(karpathy, images, member)
+        what["name"] = name
+        what["source"] = f"{name} photographs (Karpathy's format)"
+        what["pictures"] = images if os.path.isdir(images) else os.path.dirname(images) or "."
+        return splits, skipped, []
+
+    what = {}
+    return _prepare_read(read, images, out_dir, what, **options)
+
+
+def _prepare_read(
+    read,
+    where,
     out_dir,
-    split="karpathy",
+    what,
     vocab=None,
     min_count=5,
     max_words=15,
@@ -501,34 +571,29 @@ def prepare_coco(
     force=False,
     encoder=None,
 ):
-    """The COCO 2014 zips of `captioner download --images` (in coco_dir) -> a dataset in
-    out_dir, reading the pictures out of the zips. split 'karpathy': train (train +
-    restval), val and test of Karpathy's dataset_coco.json, its raw sentences as captions;
-    'official': train2014 / val2014 with captions_{train,val}2014.json. Returns the
-    summary of prepare_dataset (with a 'test' entry for karpathy)."""
-    from captioner import coco
-
+    """Check the options, read() -> ({split: [item]}, skipped, notes), tokenise, _build.
+    what: source, name and names of the dataset (data.write_dataset)."""
     t0 = time.perf_counter()
-    atomic.check_fresh_dir(out_dir, force, "dataset folder", keep=(WORK_DIR,))
+    built = _check_out(out_dir, force)
+    why = unsafe_text(os.path.abspath(str(where)), "its path")
+    if why:  # the pictures' places go into *_urls.txt, UTF-8 text, one a line
+        raise CaptionerError(
+            f"{where}: cannot be named in the dataset's *_urls.txt ({why}); rename or move it"
+        )
     workers = default_workers() if workers is None else workers
     _check_sizes(batch_size, max_words, workers)
     vocab = _load_vocab(vocab)
-    if progress:  # Karpathy's file is 160 MB of JSON: say what the first minute is spent on
-        print(
-            f"{coco_dir}: reading the {split} split's captions and the zips' directories",
-            file=sys.stderr,
-        )
-    split_items, skipped = coco.read_split(str(coco_dir), split)
+    split_items, skipped, notes = read()
     items, empty = _tokenize([it for its in split_items.values() for it in its], skipped, progress)
     keep = {id(it) for it in items}
     split_items = {s: [it for it in its if id(it) in keep] for s, its in split_items.items()}
     for s, its in split_items.items():
         if not its:
             raise CaptionerError(
-                f"{coco_dir}: no captioned {s} pictures; download the complete "
-                f"zips with `captioner download --images`"
+                f"{where}: no captioned {s} pictures; check that the files are "
+                f"complete (and the split of the pictures)"
             )
-    return _build(
+    summary = _build(
         str(out_dir),
         split_items,
         skipped,
@@ -541,11 +606,13 @@ def prepare_coco(
         workers,
         executor,
         on_shard,
-        str(coco_dir),
+        str(where),
         t0,
-        "COCO 2014 photographs",
         encoder=encoder,
+        built=built,
+        **what,
     )
+    return dict(summary, notes=notes)
 
 
 def _tokenize(items, skipped, progress=False):
@@ -560,7 +627,7 @@ def _tokenize(items, skipped, progress=False):
         items,
         desc="captions",
         unit="img",
-        disable=not progress or len(items) < 1000,
+        disable=None if progress and len(items) >= 1000 else True,  # None: a terminal only
         mininterval=1.0,
     ):
         # interned: COCO's ~7 million caption words are ~30,000 distinct strings
@@ -592,11 +659,18 @@ def _build(
     t0,
     source=None,
     pictures=None,
+    name=None,
+    names="plain",
+    built=None,
+    split_fix="put more pictures in that split of the dataset's split lists",
     encoder=None,
 ):
     """Encode split_items ({split: [item]}) in shards and write the dataset (pictures: the
-    folder of the picture files, recorded in it for `report`) with the features of `encoder`
-    (a captioner.encoders name; None: the default for photographs)."""
+    folder of the picture files, recorded in it for `report`; source, name and names: see
+    data.write_dataset). built: the record of the dataset already in out_dir (_check_out):
+    the same inputs again mean nothing to do; other inputs are refused (force rebuilds).
+    split_fix: what to do about a split of a few pictures. encoder: a captioner.encoders name
+    (None: the default for photographs)."""
     enc = encoders.get(encoders.DEFAULT if encoder is None else encoder)
     about = encoders.describe(enc)
     # Shards never straddle the splits, so each split's rows are a run of whole chunks.
@@ -615,6 +689,25 @@ def _build(
             specs.append(spec)
             shard_split.append(s)
             shard_items.append(part)
+
+    record = _record(keys, split_items, vocab, min_count, max_words, source, enc.name)
+    if built is not None:
+        if built.get("record") == record:  # this very dataset: nothing to do
+            return dict(
+                built["summary"],
+                out_dir=out_dir,
+                done_before=True,
+                resumed_images=0,
+                encoded_images=0,
+                seconds=time.perf_counter() - t0,
+                images_per_second=0.0,
+                workers=workers,
+            )
+        what = "other pictures, captions or settings" if built else "inputs it did not record"
+        raise CaptionerError(
+            f"{out_dir}: holds a dataset captioner prepare built from {what}; pass --force "
+            f"to rebuild it, or choose another --out"
+        )
 
     work = os.path.join(out_dir, WORK_DIR)
     try:
@@ -689,6 +782,18 @@ def _build(
                 captions=len(caps),
                 unk_words=float((caps[:, 1:][real] == word_to_idx["<UNK>"]).mean()),
             )
+        summary = dict(
+            dataset=name,
+            encoder=about["feature_id"],
+            feature_kind=enc.kind,
+            vocab_size=len(idx_to_word),
+            **summary_splits,
+            skipped=skipped,
+            empty_captions=empty,
+            truncated_captions=sum(len(t) > max_words for s in split_tokens.values() for t in s),
+            warnings=_warnings(summary_splits, vocab, min_count, split_fix),
+        )
+        stamp = {"prepare_record": record, "prepare_summary": json.dumps(summary)}
         with atomic.fresh_dir(out_dir, "dataset") as new:  # replaces out_dir (and work) whole
             data.write_dataset(
                 new,
@@ -698,10 +803,13 @@ def _build(
                 encoder=about["feature_id"],
                 source=source,
                 pictures=pictures,
-                attrs={
+                feature_attrs={
                     "encoder_weights_sha256": about["weights_sha256"],
                     "feature_layout": about["layout"],
                 },
+                name=name,
+                names=names,
+                attrs=stamp,
             )
     finally:
         os.close(lock)
@@ -709,17 +817,114 @@ def _build(
 
     seconds = time.perf_counter() - t0
     return dict(
+        summary,
         out_dir=out_dir,
-        encoder=about["feature_id"],
-        feature_kind=enc.kind,
-        vocab_size=len(idx_to_word),
-        **summary_splits,
-        skipped=skipped,
-        empty_captions=empty,
-        truncated_captions=sum(len(t) > max_words for s in split_tokens.values() for t in s),
+        done_before=False,
         resumed_images=resumed,
         encoded_images=n_images - resumed,
         seconds=seconds,
         images_per_second=(n_images - resumed) / max(seconds, 1e-9),
         workers=workers,
     )
+
+
+# ----------------------------------------------------------------------------- own output
+
+MIN_SPLIT_IMAGES = 5  # fewer and a split's loss and scores say little
+MAX_UNK_SHARE = 0.10  # more unknown train words and captions are mostly <UNK>
+
+
+def _dataset_names(names):
+    """True when every name is one prepare writes into a dataset folder."""
+    pattern = (
+        r"(coco2014_)?(captions\.h5|vocab\.json)"
+        r"|(train|val|test)(2014)?_(\w+\.h5|images\.txt|urls\.txt)"
+    )
+    return all(n == WORK_DIR or re.fullmatch(pattern, n) for n in names)
+
+
+def _check_out(out_dir, force):
+    """Refuse (unless force) an out_dir holding anything but prepare's own work: its work area
+    (an interrupted run) or a dataset it finished. -> that dataset's record
+    {"record", "summary"} (empty for a dataset written before records were kept), or None."""
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
+        names = []
+    built = None
+    captions = data.captions_file(out_dir)
+    if not force and os.path.isfile(captions) and _dataset_names(names):
+        built = _read_record(captions)
+    if built is None:  # anything else there was not made by prepare
+        atomic.check_fresh_dir(out_dir, force, "dataset folder", keep=(WORK_DIR,))
+    return built
+
+
+def _read_record(path):
+    """The record prepare stamped on a captions file: {"record", "summary"}; {} for a
+    dataset prepare wrote before it kept records; None when the folder is not prepare's."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: f.attrs[k] for k in ("prepare_record", "prepare_summary") if k in f.attrs}
+    except (OSError, ValueError):
+        return None
+    if len(attrs) < 2:  # prepare's, from before it kept records, if its features name an encoder
+        folder = os.path.dirname(path)
+        for name in os.listdir(folder):
+            if name.endswith(".h5") and name not in (n[0] for n in data.NAMINGS.values()):
+                try:
+                    with h5py.File(os.path.join(folder, name), "r") as f:
+                        if "encoder" in f["features"].attrs:
+                            return {}
+                except (OSError, KeyError, ValueError):
+                    pass
+        return None
+    text = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in attrs.items()}
+    try:
+        return {"record": text["prepare_record"], "summary": json.loads(text["prepare_summary"])}
+    except ValueError:
+        return {}
+
+
+def _record(keys, split_items, vocab, min_count, max_words, source, encoder):
+    """A hash of everything the dataset is made of: the pictures and their encoder (the chunk
+    keys hold its weights' hash too), the splits, the caption tokens and the vocabulary
+    settings."""
+    h = hashlib.sha256()
+    blob = [keys, vocab[1] if vocab else min_count, max_words, source, encoder]
+    h.update(json.dumps(blob).encode())
+    for s, its in split_items.items():
+        h.update(s.encode())
+        for it in its:
+            h.update(json.dumps([it["name"], it["tokens"]]).encode())
+    return h.hexdigest()
+
+
+def _warnings(splits, vocab, min_count, split_fix):
+    """Sentences on a degenerate dataset (mostly <UNK> captions, a split of a few images),
+    each with its fix."""
+    out = []
+    unk = splits["train"]["unk_words"]
+    if unk > MAX_UNK_SHARE:
+        why = "are not in --vocab" if vocab else f"occur fewer than --min-count {min_count} times"
+        fix = "build the vocabulary from these captions" if vocab else "pass --min-count 1"
+        out.append(
+            f"{unk:.1%} of the train caption words become <UNK> (they {why}): the model would "
+            f"learn mostly <UNK>; with so few captions {fix}"
+        )
+    for s, t in splits.items():
+        if t["images"] < MIN_SPLIT_IMAGES:
+            n = t["images"]
+            out.append(
+                f"the {s} split has only {n} image{'' if n == 1 else 's'}: its loss and "
+                f"scores say little; {split_fix}"
+            )
+    return out
+
+
+def _fraction_for(n_images):
+    """A --val-fraction giving val MIN_SPLIT_IMAGES of n_images (in steps of 0.05, at most
+    0.5)."""
+    return round(min(0.5, math.ceil(MIN_SPLIT_IMAGES / max(n_images, 1) / 0.05) * 0.05), 2)

@@ -25,6 +25,7 @@ import base64
 import datetime
 import glob
 import io
+import itertools
 import json
 import math
 import os
@@ -268,11 +269,14 @@ def _picture(data, split, idx, folder, outside_pictures=False, log=print):
         return "missing", f"{split} image {idx}: the dataset names no file or URL"
     if where.startswith(("http://", "https://")):
         return "link", where
-    path, why = locate(where, folder)
+    zip_path, _, member = where.partition(".zip:")  # a picture prepare read out of a zip
+    path, why = locate(zip_path + ".zip" if member else where, folder)
     if path is None and outside_pictures:
         path = inside(os.path.join(data["base_dir"], where), "/")
         if path is not None:
             log(f"captioner: warning: {path}: shown from outside the dataset's picture folder")
+    if path is not None and member:
+        path = [path, member]
     if path is None:
         return "missing", f"{where}: {why}"
     uri = thumbnail(path)
@@ -307,11 +311,12 @@ def locate(path, folder):
 
 
 def thumbnail(path, size=THUMB_SIZE):
-    """A picture file -> a JPEG data: URI at most size px on its longest side, or None."""
-    from .encoder import open_image
+    """A picture file (or [zip, member]) -> a JPEG data: URI at most size px on its longest
+    side, or None."""
+    from .shards import open_picture
 
     try:
-        img = open_image(path)
+        img = open_picture(path)
         img.thumbnail((size, size))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=82)
@@ -367,15 +372,7 @@ def caption_run(
         )
         cider = np.array([per_image[i] for i in ids])
         names = d.get(f"{split}_images")
-        order = np.argsort(-cider, kind="stable")
-        k = max(1, math.ceil(count / 3))
-        best_k = list(order[:k])
-        picked = {"best": best_k, "worst": [j for j in order[::-1] if j not in best_k][:k]}
-        rest = np.setdiff1d(np.arange(len(ids)), picked["best"] + picked["worst"])
-        pool = rest if len(rest) >= k else np.arange(len(ids))
-        picked["random"] = sorted(
-            np.random.default_rng(seed).choice(pool, min(k, len(pool)), replace=False)
-        )
+        picked = gallery_picks(cider, count, seed)
         gallery, folder = {}, dataset_source(d["base_dir"], "pictures")
         if folder:  # a dataset from elsewhere could name any folder: say which is read
             log(f"gallery pictures from {folder}, the dataset's picture folder")
@@ -414,7 +411,7 @@ def caption_run(
             "sizes": sizes,
             "data_dir": d["base_dir"],
             "n_images": len(ids),
-            "decoding": f"{split} split, {len(ids):,} images, "
+            "decoding": f"{split} split, {len(ids):,} image{'' if len(ids) == 1 else 's'}, "
             f"{'greedy' if beam_size == 1 else f'beam {beam_size}'}, "
             f"max length {max_length}, "
             f"{os.path.basename(run['card']['checkpoint'])}",
@@ -426,6 +423,21 @@ def caption_run(
         close_coco_data(d)
         if train is not d and train is not None:
             close_coco_data(train)
+
+
+def gallery_picks(cider, count, seed=0):
+    """Rows for the gallery's three sections, no picture in two of them: {"best", "worst",
+    "random"}, each ceil(count / 3) rows, or a third of the images each when there are
+    fewer (3 images: one each; 1 image: best only)."""
+    n = len(cider)
+    order = list(np.argsort(-np.asarray(cider), kind="stable"))
+    k = max(1, math.ceil(count / 3))
+    n_best = min(k, math.ceil(n / 3))
+    n_worst = min(k, math.ceil((n - n_best) / 2))
+    best, worst = order[:n_best], order[n - n_worst :][::-1]
+    rest = order[n_best : n - n_worst]
+    random = np.random.default_rng(seed).choice(rest, min(k, len(rest)), replace=False)
+    return {"best": best, "worst": worst, "random": sorted(random)}
 
 
 # ---------------------------------------------------------------- plots
@@ -442,17 +454,57 @@ def _figure(width=5.4, height=3.1):
     return fig, ax
 
 
+def _legend(ax):
+    """A few entries go inside the plot; more go in columns under it, never over the curves
+    (the figure grows by their rows)."""
+    labels = ax.get_legend_handles_labels()[1]
+    n = len(labels)
+    if n <= 3:
+        ax.legend(fontsize=7)
+        return
+    fig = ax.get_figure()
+    # as many columns as fit the figure's width (~0.06 in a character at 7 pt, plus the
+    # line sample): a wider legend would widen the PNG and shrink the plot in the page
+    column = 0.06 * max(map(len, labels)) + 0.45
+    ncol = max(1, min(3, int(fig.get_figwidth() // column)))
+    rows = math.ceil(n / ncol)
+    fig.set_figheight(fig.get_figheight() + 0.16 * rows + 0.1)
+    from matplotlib.transforms import ScaledTranslation
+
+    below = ax.transAxes + ScaledTranslation(0, -0.45, fig.dpi_scale_trans)  # under the x label
+    ax.legend(
+        fontsize=7,
+        ncol=ncol,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0),
+        bbox_transform=below,
+        frameon=False,
+    )
+
+
+def _steps(ax):
+    """Steps are counted: integer ticks only (never 1.0, 1.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _png(fig):
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")  # a legend under the plot included
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+
+
+def _coloured(runs):
+    """(colour, run) for every run: the colours repeat after 7 runs rather than drop runs."""
+    return zip(itertools.cycle(COLOURS), runs)
 
 
 def plot_curves(runs):
@@ -464,7 +516,8 @@ def plot_curves(runs):
         return f"{r['card']['name']}: {what}" if many else what
 
     fig, ax = _figure()
-    for c, r in zip(COLOURS, runs):
+    _steps(ax)
+    for c, r in _coloured(runs):
         steps = np.arange(1, len(r["loss"]) + 1)
         ax.plot(steps, r["loss"], color=c, alpha=0.25, lw=0.8, label=label(r, "train (per step)"))
         ax.plot(steps, smooth(r["loss"]), color=c, lw=1.6, label=label(r, "train (smoothed)"))
@@ -472,11 +525,12 @@ def plot_curves(runs):
         if val:
             ax.plot(*zip(*val), "o--", color=c, ms=3, lw=1.2, label=label(r, "val"))
     ax.set(xlabel="step", ylabel="loss per caption", title="Loss")
-    ax.legend(fontsize=7)
+    _legend(ax)
     plots.append(("Loss", _png(fig)))
 
     fig, ax = _figure()
-    for c, r in zip(COLOURS, runs):
+    _steps(ax)
+    for c, r in _coloured(runs):
         starts = [0] + [e["step"] for e in r["epochs"]]  # an epoch's rate holds from its start
         lr = [(s, e["lr"]) for s, e in zip(starts, r["epochs"]) if "lr" in e]
         if lr:
@@ -485,12 +539,13 @@ def plot_curves(runs):
     ax.set(xlabel="step", ylabel="learning rate", title="Learning rate (per epoch)")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if many:
-        ax.legend(fontsize=7)
+        _legend(ax)
     plots.append(("Learning rate", _png(fig)))
 
     if any(len(r["grad_norm"]) for r in runs):
         fig, ax = _figure()
-        for c, r in zip(COLOURS, runs):
+        _steps(ax)
+        for c, r in _coloured(runs):
             g = r["grad_norm"]
             steps = np.arange(len(r["loss"]) - len(g) + 1, len(r["loss"]) + 1)
             ax.plot(steps, g, color=c, alpha=0.25, lw=0.8)
@@ -500,12 +555,13 @@ def plot_curves(runs):
                 ax.axhline(clip, color=c, ls=":", lw=1, label=label(r, f"--clip-norm {clip}"))
         ax.set(xlabel="step", ylabel="gradient norm (before clipping)", title="Gradient norm")
         ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        _legend(ax)
         plots.append(("Gradient norm", _png(fig)))
 
     if any(r["settings"].get("clip_norm") and len(r["clipped"]) for r in runs):
         fig, ax = _figure()
-        for c, r in zip(COLOURS, runs):
+        _steps(ax)
+        for c, r in _coloured(runs):
             share = clip_share_per_epoch(r)
             if share:
                 ax.plot(*zip(*share), "o-", color=c, ms=3, label=r["card"]["name"])
@@ -516,12 +572,13 @@ def plot_curves(runs):
             title="Gradient clipping (per epoch)",
         )
         if many:
-            ax.legend(fontsize=7)
+            _legend(ax)
         plots.append(("Clipping", _png(fig)))
 
     if any("CIDEr" in e or "Bleu_4" in e for r in runs for e in r["epochs"]):
         fig, ax = _figure()
-        for c, r in zip(COLOURS, runs):
+        _steps(ax)
+        for c, r in _coloured(runs):
             for key, style in (("CIDEr", "o-"), ("Bleu_4", "s--")):
                 pts = [(e["step"], e[key]) for e in r["epochs"] if key in e]
                 if pts:
@@ -530,7 +587,7 @@ def plot_curves(runs):
         ax.set(
             xlabel="step", ylabel="score (greedy, 200 val images)", title="Val BLEU-4 / CIDEr-D"
         )
-        ax.legend(fontsize=7)
+        _legend(ax)
         plots.append(("Val metrics", _png(fig)))
     return plots
 
@@ -667,6 +724,8 @@ def render(context, template="report.html.j2"):
     )
     env.filters["num"] = lambda v, fmt=",": format(v, fmt) if v is not None else "?"
     env.filters["duration"] = duration
+    # 1 -> "1 image", 3 -> "3 images"
+    env.filters["plural"] = lambda n, word: f"{format(n, ',')} {word}{'' if n == 1 else 's'}"
     return env.get_template(template).render(**context)
 
 
@@ -713,6 +772,8 @@ def build_report(
         "curves": plot_curves(runs),
         "split": split,
         "pictures": None,
+        "checkpoint": None,
+        "note": None,
         "metric_keys": ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"],
     }
     return render(context)
@@ -730,11 +791,14 @@ def write_report(run_dirs, out="report.html", replace=True, **options):
 # ---------------------------------------------------------------- a gallery of picture files
 
 
-def write_gallery(results, out, title="captioner sample", replace=True):
+def write_gallery(
+    results, out, title="captioner sample", replace=True, checkpoint=None, note=None
+):
     """An HTML page of captioned picture files.
 
     results: [{"file_name", "caption", "log_prob", ...}] (what `sample --json` writes);
-    a picture that cannot be read any more shows a placeholder.
+    a picture that cannot be read any more shows a placeholder. checkpoint: the model named
+    under the title; note: its caveat (picture_files.demo_note), shown as a banner.
     """
     check_writable(out)
     items = []
@@ -760,6 +824,8 @@ def write_gallery(results, out, title="captioner sample", replace=True):
             "curves": [],
             "split": None,
             "pictures": items,
+            "checkpoint": checkpoint and os.fspath(checkpoint),
+            "note": note,
             "metric_keys": [],
         }
     )

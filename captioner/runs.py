@@ -1,7 +1,8 @@
 """Run directories: where a training run lives on disk, one writer at a time, and how
 Ctrl-C / SIGTERM stop it cleanly.
 
-A run directory holds `last.npz`, `best.npz`, `history.json` and `train.lock`. The loop
+A run directory holds `last.npz`, `best.npz`, `history.json` and, while a process writes
+to it (or after it was stopped), `train.lock`. The loop
 itself is captioner.training; the checkpoint file is captioner.checkpoint.
 """
 
@@ -71,6 +72,10 @@ def run_lock(run_dir):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(run_dir, name))
         yield
+        # finished (no exception): a finished run folder holds only its files. Unlinked while
+        # still held, so no other writer can slip in between.
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(run_dir, "train.lock"))
     finally:
         os.close(fd)
 

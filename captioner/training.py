@@ -198,7 +198,7 @@ def train(data, model, run_dir=None, state=None, progress=True, log=print, **set
                 initial=start,
                 total=steps_per_epoch,
                 desc=f"epoch {epoch + 1}/{s['epochs']}",
-                disable=not progress,
+                disable=None if progress else True,  # None: only on a terminal, never in logs
                 leave=False,
                 unit="batch",
                 dynamic_ncols=True,
@@ -328,7 +328,7 @@ def overfit(
     epochs=50,
     batch_size=25,
     lr=5e-3,
-    lr_decay=None,
+    lr_decay=0.995,
     hidden_dim=512,
     wordvec_dim=256,
     seed=231,
@@ -362,8 +362,9 @@ def overfit(
         cell_type=cell,
         seed=seed,
     )
-    if lr_decay is None:
-        lr_decay = 0.95 if cell == "rnn" else 0.995
+    # CS231n's RNN decays its rate by 0.95 an epoch: after 50 epochs at 8% of it, the RNN
+    # stopped at a loss of 0.08-0.13 on the synthetic data, astride the 0.1 bar; 0.995 (the
+    # LSTM's) lets both cells converge
     state = train(
         small,
         model,

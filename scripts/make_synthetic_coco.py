@@ -17,7 +17,11 @@ from fixtures import build_dataset  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        description=" ".join(__doc__.split("\n\n")[0].split()),  # the first paragraph, whole
+        epilog="Different sizes go to different folders (data/synthetic, data/synthetic-5k): "
+        "the folder's files are replaced.",
+    )
     p.add_argument("out", help="output folder (created; files in it are replaced)")
     p.add_argument(
         "--captions", type=int, default=20000, help="number of training captions (default 20000)"

@@ -220,6 +220,51 @@ DATASET_CASES = [
     ),
 ]
 
+# what each error line must say is wrong (besides naming the file)
+PROBLEMS = {
+    "missing captions": "file not found",
+    "missing vocab": "file not found",
+    "missing train features": "file not found",
+    "missing val features": "file not found",
+    "truncated captions": "not a readable HDF5 file (truncated file",
+    "truncated features": "not a readable HDF5 file (truncated file",
+    "zero-byte features": "not a readable HDF5 file (file signature not found)",
+    "corrupt captions header": "not a readable HDF5 file (file signature not found)",
+    "corrupt features header": "not a readable HDF5 file (file signature not found)",
+    "not hdf5 at all": "not a readable HDF5 file (file signature not found)",
+    "wrong key": "missing dataset 'train_captions' (found: captions, ",
+    "missing image_idxs": "missing dataset 'val_image_idxs'",
+    "features key wrong": "missing dataset 'features' (found: feats)",
+    "float captions": "'train_captions' has dtype float64, expected integer word ids",
+    "float image_idxs": "'train_image_idxs' has dtype float32, expected integer feature rows",
+    "string captions": "'train_captions' has dtype |S1, expected integer word ids",
+    "int features": "'features' has dtype int32, expected float",
+    "1-d captions": "'train_captions' has shape (12,), expected (N, T) with T >= 2",
+    "1-column captions": "'train_captions' has shape (12, 1), expected (N, T) with T >= 2",
+    "idxs length": "'train_image_idxs' has shape (5,) but 'train_captions' has 12 rows",
+    "1-d features": "'features' has shape (6,), expected 2-D (rows, dim)",
+    "3-d features": "'features' has shape (6, 8, 1), expected 2-D (rows, dim)",
+    "split dims differ": "features are 7-d but ",
+    "word id past vocab": "'val_captions' has word id 40 ",
+    "negative word id": "'train_captions' has word id -1 ",
+    "image idx past rows": "'train_image_idxs' points at feature row 6 but ",
+    "negative image idx": "'val_image_idxs' points at feature row -1 but ",
+    "nan features": "features contain NaN or inf (first at row 0)",
+    "inf features": "features contain NaN or inf (first at row 0)",
+    "vocab malformed": "invalid JSON at line 1 column 18",
+    "vocab not utf-8": "not UTF-8 text (byte 0)",
+    "vocab a list": "expected a JSON object with idx_to_word and word_to_idx",
+    "vocab deeply nested": "unusable JSON in the vocabulary file (maximum recursion depth",
+    "vocab huge number": "unusable JSON in the vocabulary file (Exceeds the limit",
+    "vocab lacks <START>": "vocabulary lacks <START>",
+    "vocab tables disagree": "idx_to_word[2] is '<END>' but word_to_idx['<END>'] is 0",
+    "vocab smaller than captions": "has 8 words; the captions and vocabulary do not belong",
+    "empty split": "split 'val' is empty (0 captions)",
+    "empty features": "'features' is empty (shape (0, 8))",
+    "urls lines": "has 1 lines but ",
+    "images not utf-8": "cannot read ('utf-8' codec can't decode byte 0xff",
+}
+
 # cases that only the train split sees (sample --split val does not read it)
 TRAIN_SIDE = {
     "missing train features",
@@ -258,9 +303,13 @@ def test_bad_dataset(good, tmp_path, case, name, make_bad):
         if args[0] == "sample" and case in TRAIN_SIDE:
             continue  # sample --split val reads only the val split
         result = run(*args)
-        assert_refused(result, data / name)
+        assert_refused(result, data / name, 2, PROBLEMS[case])
     assert snapshot(data) == before
     assert not (tmp_path / "run").exists()
+
+
+def test_every_bad_dataset_case_names_its_problem():
+    assert sorted(PROBLEMS) == sorted(c[0] for c in DATASET_CASES)
 
 
 def test_optional_text_files_may_be_missing(good, tmp_path):
@@ -889,7 +938,13 @@ def server(coco_zip, monkeypatch):
 def test_interrupted_download_resumes(tmp_path, server, coco_zip):
     server.drops["x.zip"] = 10
     result = run("download", "--url", server.url, "--dest", tmp_path)
-    assert_refused(result, server.url, 1, "rerun `captioner download` to resume")
+    assert_refused(
+        result,
+        server.url,
+        1,
+        f"bytes kept in {tmp_path / 'coco_captioning.zip.part'}: rerun `captioner download "
+        f"--dest {tmp_path} --url {server.url}` to resume",
+    )
     part = (tmp_path / "coco_captioning.zip.part").read_bytes()
     assert 0 < len(part) < len(server.payload) and server.payload.startswith(part)
     server.drops["x.zip"], server.log = 0, []

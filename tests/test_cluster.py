@@ -3,7 +3,6 @@ processes on 127.0.0.1, as a user would start them on three machines. Everything
 by itself (the workers die with the scheduler, the scheduler when idle)."""
 
 import contextlib
-import inspect
 import json
 import os
 import signal
@@ -19,18 +18,10 @@ import pytest
 
 from captioner import prepare as P
 from captioner.errors import CaptionerError
-from helpers import assert_same_dataset, run
-
-distributed = pytest.importorskip(
-    "distributed", reason="needs the cluster extra: pip install 'captioner[cluster]'"
-)
+from helpers import assert_same_checkpoint, assert_same_dataset, run
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from captioner.cli import main; main()"]
-SHARDS = pytest.mark.skipif(
-    "executor" not in inspect.signature(P.prepare_dataset).parameters,
-    reason="prepare has no shard executor yet (issue 13)",
-)
 TRAIN = [
     "--hidden-dim",
     "16",
@@ -66,8 +57,10 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def dask_cluster(tmp_path_factory, cache):
+def dask_cluster(dask, tmp_path_factory, cache):
     """-> (scheduler address, a Client): `dask scheduler` + 2 `dask worker` processes."""
+    import distributed
+
     work = tmp_path_factory.mktemp("dask")
     info = work / "scheduler.json"
     dask = [sys.executable, "-m", "dask"]
@@ -146,11 +139,9 @@ def _ready(client):
 
 
 @pytest.fixture(scope="module")
-def pictures(tmp_path_factory):
+def pictures(shared, tmp_path_factory):
     """The 13 real COCO pictures (one of them replaced by a broken file) and their captions."""
-    shared = ROOT.parent / "shared" / "coco" / "images"
-    if not shared.is_dir():
-        pytest.skip(f"real data not available: {shared} is absent")
+    shared = shared / "coco" / "images"
     folder = tmp_path_factory.mktemp("pictures")
     names = sorted(n for n in os.listdir(shared) if n.startswith("COCO_"))
     for n in names[1:]:
@@ -190,7 +181,6 @@ class Counting(Executor):
 # ---------------------------------------------------------------- prepare
 
 
-@SHARDS
 def test_prepare_on_the_cluster_equals_a_local_run(dask_cluster, pictures, reference, tmp_path):
     address, _ = dask_cluster
     out = tmp_path / "data"
@@ -215,7 +205,6 @@ def test_prepare_on_the_cluster_equals_a_local_run(dask_cluster, pictures, refer
     assert not (out / ".prepare").exists()
 
 
-@SHARDS
 def test_a_worker_killed_mid_shard_loses_and_repeats_nothing(
     dask_cluster, pictures, reference, tmp_path
 ):
@@ -257,7 +246,6 @@ def test_a_worker_killed_mid_shard_loses_and_repeats_nothing(
     assert_same_dataset(out, reference)
 
 
-@SHARDS
 def test_a_killed_client_resumes_on_the_cluster(
     dask_cluster, pictures, reference, tmp_path, cache
 ):
@@ -397,10 +385,7 @@ def test_sweep_on_the_cluster_survives_a_killed_worker(dask_cluster, dataset, tm
         ref,
     )
     assert r.exit_code == 0, r.output
-    with np.load(victim / "last.npz") as a, np.load(ref / "last.npz") as b:
-        for k in a.files:
-            if k.startswith("param/"):
-                np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_same_checkpoint(victim / "last.npz", ref / "last.npz")
 
 
 def test_compare_on_the_cluster_equals_a_serial_compare(dask_cluster, dataset, tmp_path):
@@ -422,6 +407,7 @@ def test_compare_on_the_cluster_equals_a_serial_compare(dask_cluster, dataset, t
                     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.usefixtures("dask")
 def test_unreachable_scheduler_is_one_line_within_the_timeout(tmp_path, monkeypatch):
     from captioner import cluster
 
@@ -477,6 +463,7 @@ def test_without_scheduler_dask_is_not_imported(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.usefixtures("dask")
 def test_local_cluster_workers_and_their_environment(dataset, tmp_path):
     """--scheduler local: worker processes on 127.0.0.1 with one BLAS thread and without
     Dask's MALLOC_TRIM_THRESHOLD_ (see captioner.cluster); a sweep runs through it."""

@@ -9,7 +9,10 @@ import io
 import json
 import os
 import shutil
+import threading
 import zipfile
+from concurrent.futures import Executor, Future
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +20,11 @@ from PIL import Image
 
 from captioner import coco, download
 from captioner import prepare as P
-from captioner.data import load_coco_data
+from captioner import shards as S
+from captioner.data import load_coco_data, split_file
 from captioner.errors import CaptionerError
 from fileserver import serving
-from helpers import assert_same_dataset, run
+from helpers import assert_same_dataset, run, zipped
 
 # Karpathy split of the 13 pictures (sorted by name): which folder and split each gets.
 PLAN = (
@@ -100,14 +104,6 @@ def build_release(shared, folder, karpathy_extra=(), member_extra=()):
         members[zname][name] = blob
 
     files = {}
-
-    def zipped(entries):
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name, blob in entries.items():
-                zf.writestr(name, blob)
-        return buf.getvalue()
-
     for zfolder in members:
         files[f"{zfolder}.zip"] = zipped({f"{zfolder}/": b"", **members[zfolder]})
     files["annotations_trainval2014.zip"] = zipped(
@@ -251,12 +247,73 @@ def test_karpathy_split_from_the_zips(release, tmp_path):
     assert all(n.startswith(("train2014/COCO_train2014_", "val2014/COCO_val2014_")) for n in names)
     assert d["test_urls"] == [f"http://images.cocodataset.org/{n}" for n in d["test_images"]]
     assert d["test_features"].shape == (3, 2560) and len(d["test_captions"]) == 15  # Lite0
-    # workers 2 through real processes: the same dataset, bit for bit
+    # workers 2 through real processes: the same dataset, bit for bit; and shards run by
+    # spawned processes finishing in the reverse of the order they were handed out
     s2 = P.prepare_coco(
         release[0], tmp_path / "w2", workers=2, batch_size=4, min_count=1, progress=False
     )
     assert s2["workers"] == 2 and s2["skipped"] == s["skipped"]
     assert_same_dataset(tmp_path / "w1", tmp_path / "w2")
+    with S.default_executor(2) as pool, Reversing(pool, hold=4) as backwards:
+        s3 = P.prepare_coco(
+            release[0],
+            tmp_path / "w3",
+            workers=4,
+            batch_size=4,
+            min_count=1,
+            progress=False,
+            executor=backwards,
+        )
+    assert backwards.finished == sorted(backwards.finished, reverse=True)  # 4 shards, backwards
+    assert len(backwards.finished) == 4 and s3["skipped"] == s["skipped"]
+    assert_same_dataset(tmp_path / "w1", tmp_path / "w3")
+
+
+class Reversing(Executor):
+    """Holds the first `hold` submissions, then runs what it holds newest first through
+    `inner`, one at a time: shards finish in the reverse of the order they were handed out
+    (a writer that keyed results by arrival would show). .finished: their indices, in order."""
+
+    def __init__(self, inner, hold):
+        self.inner, self.hold, self.stack, self.finished = inner, hold, [], []
+        self.ready = threading.Condition()
+        self.closed = False
+        self.thread = threading.Thread(target=self._work, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        with self.ready:
+            self.closed = True
+            self.ready.notify()
+        self.thread.join()
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = Future()
+        with self.ready:
+            self.stack.append((future, fn, args, kwargs))
+            self.ready.notify()
+        return future
+
+    def _work(self):
+        while True:
+            with self.ready:
+                while not self.closed and (
+                    not self.stack or len(self.finished) + len(self.stack) < self.hold
+                ):
+                    self.ready.wait()
+                if not self.stack:
+                    return
+                future, fn, args, kwargs = self.stack.pop()
+            try:
+                result = self.inner.submit(fn, *args, **kwargs).result()
+            except BaseException as e:  # noqa: BLE001 -- handed on through the future
+                future.set_exception(e)
+            else:
+                self.finished.append(args[0]["index"])
+                future.set_result(result)
 
 
 def test_official_split_from_the_annotations(release, tmp_path):
@@ -523,7 +580,9 @@ def test_file_names_outside_the_folder_or_unsafe_are_skipped(tmp_path):
     assert sorted(os.path.basename(r) for r in opened) == ["p1.png", "p2.png"]
     for split in ("train", "val"):
         for kind in ("images", "urls"):
-            lines = (tmp_path / "out" / f"{split}2014_{kind}.txt").read_text().splitlines()
+            lines = (
+                Path(split_file(tmp_path / "out", split, f"{kind}.txt")).read_text().splitlines()
+            )
             assert len(lines) == 1
 
 
@@ -643,7 +702,10 @@ def test_an_official_dataset_has_no_test_split(release, tmp_path):
 
 
 def test_prepare_usage_errors():
-    assert "give --images and --captions, or --coco DIR" in run("prepare", "--out", "x").output
+    assert (
+        "give --images and --captions, or --flickr8k DIR, --karpathy FILE or --coco DIR"
+        in run("prepare", "--out", "x").output
+    )
     r = run("prepare", "--coco", ".", "--images", ".", "--out", "x")
     assert r.exit_code == 2 and "drop --images" in r.output
     r = run("download", "--mirror", "http://127.0.0.1:1/")

@@ -9,7 +9,7 @@ import pytest
 
 from captioner import checkpoint
 from fixtures import build_dataset
-from helpers import run
+from helpers import assert_same_checkpoint, run
 
 TINY = [
     "--hidden-dim",
@@ -30,13 +30,6 @@ TINY = [
 
 def params(path):
     return checkpoint.load(str(path))[0]
-
-
-def assert_same_params(a, b):
-    pa, pb = params(a), params(b)
-    assert sorted(pa) == sorted(pb)
-    for k in pa:
-        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +84,7 @@ def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
             alone,
         )
         assert result.exit_code == 0, result.output
-        assert_same_params(out / cell / "last.npz", alone / "last.npz")
+        assert_same_checkpoint(out / cell / "last.npz", alone / "last.npz")
     plan = json.loads((out / "compare.json").read_text())
     res = plan["results"]["runs"]
     assert [r["name"] for r in res] == ["rnn", "lstm"]
@@ -102,6 +95,25 @@ def test_compare_trains_like_train_and_reports(data, reference, tmp_path):
         saved = params(out / r["name"] / "last.npz")
         assert r["parameters"] == sum(v.size for v in saved.values())
     assert res[1]["parameters"] > res[0]["parameters"]
+    # each figure is what `captioner evaluate` says of that run, greedy, on the same images
+    for r in res:
+        result = run(
+            "evaluate",
+            "--checkpoint",
+            out / r["name"] / "last.npz",
+            "--data",
+            data,
+            "--beam-size",
+            1,
+            "--max-images",
+            200,
+            "--no-meteor",
+            "--json",
+        )
+        assert result.exit_code == 0, result.output
+        scores = json.loads(result.output)["scores"]
+        assert (r["Bleu_4"], r["CIDEr"]) == (scores["Bleu_4"], scores["CIDEr"]), r["name"]
+        assert (r["Bleu_4"], r["CIDEr"]) != (scores["Bleu_1"], scores["CIDEr"])
     flow = json.loads((out / "gradients.json").read_text())["runs"]
     assert [f["cell"] for f in flow] == ["rnn", "lstm"] and flow[1]["forget_gate_mean"]
     # the table: per-epoch losses side by side and the final figures
@@ -128,7 +140,7 @@ def test_compare_resumes_to_the_same_result(data, reference, tmp_path):
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output
     for cell in ("rnn", "lstm"):
-        assert_same_params(ref / cell / "last.npz", out / cell / "last.npz")
+        assert_same_checkpoint(ref / cell / "last.npz", out / cell / "last.npz")
     # killed before the second run started: the first is kept, the second trained
     shutil.rmtree(out / "lstm")
     stamp = os.path.getmtime(out / "rnn" / "last.npz")
@@ -136,7 +148,7 @@ def test_compare_resumes_to_the_same_result(data, reference, tmp_path):
     assert result.exit_code == 0, result.output
     assert "rnn: done earlier" in result.output
     assert os.path.getmtime(out / "rnn" / "last.npz") == stamp
-    assert_same_params(ref / "lstm" / "last.npz", out / "lstm" / "last.npz")
+    assert_same_checkpoint(ref / "lstm" / "last.npz", out / "lstm" / "last.npz")
     png = (tmp_path / "loss.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) < 100_000
 
@@ -186,27 +198,6 @@ def test_weight_decays_and_refusals(data, reference, tmp_path, monkeypatch):
         lines = [ln for ln in result.output.splitlines() if ln.startswith("captioner: error:")]
         assert len(lines) == 1 and name in lines[0] and why in lines[0], result.output
         assert sorted(os.listdir(tmp_path)) == before
-
-
-def checkpoint_contents(path):
-    """Everything in a checkpoint but the wall-clock fields: parameters, optimizer state,
-    per-step history, and the metadata (settings, epoch records without their seconds)."""
-    params_, meta, optim, history = checkpoint.load(str(path))
-    meta = dict(meta)
-    meta.pop("created")
-    t = dict(meta["training"])
-    t["epochs"] = [{k: v for k, v in r.items() if k != "seconds"} for r in t["epochs"]]
-    meta["training"] = t
-    return params_, meta, optim, history
-
-
-def assert_same_checkpoint(a, b):
-    ca, cb = checkpoint_contents(a), checkpoint_contents(b)
-    assert ca[1] == cb[1], (a, b)
-    for x, y in [(ca[0], cb[0]), (ca[3], cb[3])] + [(ca[2][k], cb[2][k]) for k in ca[2]]:
-        assert sorted(x) == sorted(y)
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k], err_msg=f"{a} {k}")
 
 
 def untimed(res):

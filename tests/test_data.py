@@ -275,9 +275,9 @@ def test_lazy_reader_matches_in_memory(ds):
     np.testing.assert_array_equal(rows[4], mem[4])
     np.testing.assert_array_equal(rows[2:9], mem[2:9])
     assert rows[np.array([], int)].shape == (0, 8)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"row index out of range 0\.\.11"):
         rows[np.array([0, 12])]
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"row index out of range 0\.\.11"):
         rows[np.array([-1])]
     # minibatches are identical either way
     c1, f1, u1 = sample_coco_minibatch(load_coco_data(ds, lazy=False), batch_size=9, rng=5)
@@ -519,6 +519,6 @@ def test_nan_found_in_late_chunk(ds, monkeypatch, lazy):
 def test_failed_write_leaves_no_temp_file(tmp_path):
     splits = tiny_splits(np.random.default_rng(0))
     splits["val"]["urls"] = ["only one"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="val urls: 1 lines for 3 feature rows"):
         write_dataset(tmp_path, splits, VOCAB10)
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]

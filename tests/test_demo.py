@@ -237,5 +237,46 @@ def test_unwritable_directory_is_a_one_line_user_error(tmp_path):
     with pytest.raises(CaptionerError) as e:
         demo.write_demo_images(blocker / "demo", 2)
     assert "\n" not in str(e.value) and str(blocker) in str(e.value)
-    with pytest.raises(CaptionerError):
+    with pytest.raises(CaptionerError, match="asked for 0 demo images .*use at least 1 image"):
         demo.write_demo_images(tmp_path / "none", 0)
+
+
+# ---------------------------------------------------------------- the grounding verdict
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory):
+    """One folder for the verdict tests: the first renders and prepares, the rest reuse it."""
+    return tmp_path_factory.mktemp("demo-home")
+
+
+@pytest.mark.parametrize(
+    ("cider", "blind", "code"), [(2.0, 1.0, 0), (1.99, 1.0, 1), (0.5, 0.0, 0)]
+)
+def test_demo_exits_non_zero_exactly_when_below_the_grounding_bar(
+    demo_home, monkeypatch, cider, blind, code
+):
+    """The demo's baseline is the same model with every val image given the mean training
+    feature; `captioner demo` exits 1 exactly when CIDEr-D < 2 x the baseline's. The scores
+    come from a stand-in for evaluate_model that answers by the features it is given."""
+    from captioner import evaluation
+    from helpers import run
+
+    seen = []
+
+    def scored(model, data, split, meteor=True, **decode):
+        feats = np.asarray(data[f"{split}_features"][:])
+        mean = np.asarray(data["train_features"][:]).mean(0)
+        same = bool((feats == feats[0]).all())
+        if same:
+            np.testing.assert_allclose(feats[0], mean, rtol=1e-6)
+        seen.append(same)
+        return {"Bleu_4": 0.1, "CIDEr": blind if same else cider}, [], []
+
+    monkeypatch.setattr(evaluation, "evaluate_model", scored)
+    monkeypatch.chdir(demo_home)
+    r = run("demo", "--out", "demo", "--train-images", 12, "--val-images", 4, "--epochs", 1)
+    assert r.exit_code == code, r.output
+    assert seen == [False, True]  # the model on the real features, then on the baseline
+    verdict = [ln for ln in r.output.splitlines() if ln.startswith("grounding: ")]
+    assert len(verdict) == 1 and ("PASS" if code == 0 else "FAIL") in verdict[0], r.output

@@ -1,5 +1,6 @@
 """download_coco against an in-process HTTP server on 127.0.0.1 (no other network)."""
 
+import json
 import os
 import shutil
 import stat
@@ -19,6 +20,7 @@ from captioner.download import (
 from captioner.errors import CaptionerError
 from fileserver import gets, reset, serving
 from fixtures import build_dataset
+from helpers import zipped
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +290,45 @@ def test_custom_shapes_and_replacing_existing_data(tmp_path, dataset_dir, existi
     ):
         install_zip(zpath, existing, shapes=shapes, progress=False)
     assert sorted(os.listdir(existing)) == sorted(COCO_FILES)
+
+
+# ---------------------------------------------------------------- COCO 2014 zips: CRC
+
+
+def _coco_zips():
+    """The four COCO 2014 zips, tiny, their members stored (so a flipped byte still unpacks
+    and only the CRC can tell)."""
+
+    stored = lambda entries: zipped(entries, zipfile.ZIP_STORED)
+    doc = {"images": [], "annotations": []}
+    return {
+        "train2014.zip": stored({"train2014/": b"", "train2014/COCO_train2014_1.jpg": b"x" * 99}),
+        "val2014.zip": stored({"val2014/": b"", "val2014/COCO_val2014_2.jpg": b"y" * 99}),
+        "annotations_trainval2014.zip": stored(
+            {f"annotations/captions_{s}2014.json": json.dumps(doc) for s in ("train", "val")}
+        ),
+        "caption_datasets.zip": stored({"dataset_coco.json": json.dumps({"images": []})}),
+    }
+
+
+@pytest.mark.parametrize("name", ["annotations_trainval2014.zip", "caption_datasets.zip"])
+def test_a_small_coco_zip_with_a_flipped_byte_is_refused_deleted_not_installed(tmp_path, name):
+    from captioner import coco, download
+
+    files = _coco_zips()
+    blob = bytearray(files[name])
+    at = blob.index(b'"images": []')  # inside a member's stored data
+    blob[at + 1] ^= 0x20  # "images" -> "Images": still a zip with COCO's layout
+    files[name] = bytes(blob)
+    with serving({f"coco/{k}": v for k, v in files.items()}) as srv:
+        with pytest.raises(CaptionerError, match=rf"{name}\.part: .*bad CRC.*; deleted"):
+            download.download_coco_images(tmp_path, mirror=f"{srv.base}/coco", progress=False)
+        assert name not in os.listdir(tmp_path) and f"{name}.part" not in os.listdir(tmp_path)
+        # the same byte flipped in a zip already in place is refused too
+        (tmp_path / name).write_bytes(files[name])
+        with pytest.raises(CaptionerError, match=rf"{name}: member .* is corrupt \(bad CRC\)"):
+            download.download_coco_images(tmp_path, mirror=f"{srv.base}/coco", progress=False)
+    assert coco.check_zip(str(tmp_path / "train2014.zip"))  # the intact ones went in
 
 
 # ----------------------------------------------------------------------------- hostile servers

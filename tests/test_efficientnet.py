@@ -372,7 +372,7 @@ def test_prepare_info_and_sample_follow_the_encoder(tmp_path):
                 "--min-count", 1, "--workers", 1, "--encoder", name)  # fmt: skip
         assert r.exit_code == 0, r.output
         net = encoders.module(name)
-        assert (out / f"train2014_{kind}.h5").is_file()
+        assert (out / f"train_{kind}.h5").is_file()  # plain names: not COCO 2014
         info = run("info", "--data", out).output
         assert f"{net.ENCODER_NAME} features ({net.FEATURE_DIM}-d)" in info
         assert f"layout: {net.LAYOUT}" in info and net.WEIGHTS_SHA256 in info
@@ -405,9 +405,12 @@ def test_demo_takes_the_encoder_and_rebuilds_for_another(tmp_path, monkeypatch):
     r = run(*args, "--epochs", 1, "--encoder", "efficientnet-lite0")
     assert r.exit_code in (0, 1) and "generated:" in r.output, r.output  # 1: not grounded yet
     assert "--encoder efficientnet-lite0" in r.output
-    assert (tmp_path / "demo" / "dataset" / "train2014_lite0.h5").is_file()
+    assert (tmp_path / "demo" / "dataset" / "train_lite0.h5").is_file()
+    assert (tmp_path / "runs" / "demo-lite0" / "best.npz").is_file()  # each encoder's own run
     r = run(*args, "--epochs", 1)  # the demo's default encoder: its own features, not reused
     assert "using the scenes already prepared" not in r.output and "generated:" in r.output
-    assert sorted(p.name for p in (tmp_path / "demo" / "dataset").glob("train2014_*.h5")) == [
-        "train2014_squeezenet.h5"
+    assert sorted(p.name for p in (tmp_path / "demo" / "dataset").glob("train*.h5")) == [
+        "train_squeezenet.h5"
     ]
+    assert (tmp_path / "runs" / "demo" / "best.npz").is_file()
+    assert (tmp_path / "runs" / "demo-lite0" / "best.npz").is_file()

@@ -109,8 +109,9 @@ def test_lstm_sigmoid_saturates_without_nan(rng):
 @pytest.mark.parametrize(
     "fwd, bwd, k", [(L.rnn_forward, L.rnn_backward, 1), (L.lstm_forward, L.lstm_backward, 4)]
 )
-def test_sequence_layers(rng, fwd, bwd, k):
-    N, T, D, H = 2, 3, 4, 5
+@pytest.mark.parametrize("T", [1, 3])  # one step too: CS231n's layers take it
+def test_sequence_layers(rng, fwd, bwd, k, T):
+    N, D, H = 2, 4, 5
     x, h0 = rng.standard_normal((N, T, D)), rng.standard_normal((N, H))
     Wx, Wh = rng.standard_normal((D, k * H)), rng.standard_normal((H, k * H)) * 0.4
     b = rng.standard_normal(k * H)
@@ -184,6 +185,7 @@ def test_word_embedding_repeated_ids(rng):
     assert not dW[4].any()
     num = numeric_grad_array(lambda: L.word_embedding_forward(x, W)[0], W, dout)
     assert rel_error(num, dW) < TOL
+    assert L.word_embedding_backward(dout.astype(np.float32), cache).dtype == np.float32
 
 
 def test_embedding_grad_long_and_short_runs(rng):
@@ -219,6 +221,11 @@ def test_softmax_loss_large_logits_stable():
     x = np.array([[[1000.0, 0.0, -1000.0]]])
     loss, dx = L.temporal_softmax_loss(x, np.array([[1]]), np.ones((1, 1), bool))
     assert abs(loss - 1000.0) < 1e-9 and np.isfinite(dx).all()
+    # each row shifted by its own max: a row far below another still has its exact loss
+    x = np.array([[[2000.0, 1000.0, 0.0], [0.0, 1.0, 0.0]]])
+    loss, dx = L.temporal_softmax_loss(x, np.array([[1, 1]]), np.ones((1, 2), bool))
+    assert loss == pytest.approx(1000.0 + np.log(2 + np.e) - 1.0, rel=1e-12)
+    assert np.isfinite(dx).all()
 
 
 def test_buffer_reuses_and_grows():

@@ -482,5 +482,81 @@ def test_missing_oracles_fail_under_ci_and_skip_elsewhere(monkeypatch):
     with pytest.raises(pytest.fail.Exception, match="CI=true but java not found"):
         conftest._unavailable("java not found")
     monkeypatch.setenv("CI", "")
-    with pytest.raises(pytest.skip.Exception):
+    with pytest.raises(pytest.skip.Exception, match="java not found"):
         conftest._unavailable("java not found")
+
+
+GUARDED = """
+import pytest
+
+def test_skip():
+    pytest.skip("no oracle")
+
+@pytest.mark.skipif(True, reason="no oracle")
+def test_skipif():
+    pass
+
+def test_importorskip():
+    pytest.importorskip("no_such_oracle_module")
+
+def test_shared(shared):  # ../shared of this small suite is absent
+    pass
+
+def test_runs():
+    pass
+"""
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_any_skip_fails_under_ci(pytester, monkeypatch, ci):
+    """Whatever skips (a fixture of the guard, pytest.skip, a skipif mark, importorskip),
+    under CI=true it is a failure; elsewhere a skip."""
+    from pathlib import Path
+
+    import conftest
+
+    pytester.makeconftest(Path(conftest.__file__).read_text())
+    pytester.makepyfile(test_guarded=GUARDED)
+    monkeypatch.setenv("CI", ci)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    if ci:  # failed in the test, or in its setup (marks, fixtures): an error
+        outcomes = result.parseoutcomes()
+        assert outcomes.get("failed", 0) + outcomes.get("errors", 0) == 4, outcomes
+        assert outcomes["passed"] == 1 and "skipped" not in outcomes, outcomes
+        result.stdout.fnmatch_lines(["*test_skip - CI=true but*", "*test_shared - *CI=true but*"])
+    else:
+        result.assert_outcomes(passed=1, skipped=4)
+
+
+def _skips_on_its_own(tree):
+    """-> line numbers of the code in a parsed test file that skips without the guard:
+    pytest.skip/importorskip calls, skip/skipif marks, ImportError caught (a test that
+    returns when an oracle is missing)."""
+    import ast
+
+    lines = []
+    for node in ast.walk(tree):
+        called = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        if called and node.func.attr in ("skip", "importorskip"):
+            lines += [node.lineno] if getattr(node.func.value, "id", None) == "pytest" else []
+        if isinstance(node, ast.Attribute) and node.attr in ("skip", "skipif"):
+            lines += [node.lineno] if getattr(node.value, "attr", None) == "mark" else []
+        if isinstance(node, ast.ExceptHandler) and node.type is not None:
+            names = {getattr(n, "id", None) for n in ast.walk(node.type)}
+            lines += [node.lineno] if names & {"ImportError", "ModuleNotFoundError"} else []
+    return sorted(lines)
+
+
+def test_no_test_file_skips_on_its_own():
+    """A test needing ../shared, an oracle or an extra asks a conftest fixture for it (the one
+    guard); no test file skips, or returns early, by itself."""
+    import ast
+    from pathlib import Path
+
+    assert _skips_on_its_own(ast.parse(GUARDED)) == [5, 7, 12]  # the scan sees all three
+    found = {
+        path.name: _skips_on_its_own(ast.parse(path.read_text()))
+        for path in sorted(Path(__file__).parent.glob("*.py"))
+        if path.name != "conftest.py"
+    }
+    assert {name: lines for name, lines in found.items() if lines} == {}

@@ -48,7 +48,10 @@ def test_prepare_onto_an_existing_dataset_is_refused_without_force(pictures, tmp
     assert _prepare(pictures, out).exit_code == 0
     before = snapshot(out)
     result = _prepare(pictures, out, "--max-words", 3)
-    assert result.exit_code == 2 and f"{out}: already holds" in result.output
+    # its own dataset, of other settings: named as such (issue 24), still refused
+    assert result.exit_code == 2 and f"{out}: holds a dataset captioner prepare built" in (
+        result.output
+    )
     assert "--force" in result.output
     assert snapshot(out) == before
     load_coco_data(out)

@@ -159,20 +159,22 @@ def test_demo_pipeline_small(tmp_path, monkeypatch):
     assert result.exit_code in (0, 1), result.output
     assert "[5/5]" in result.output and "generated:" in result.output
     assert "CIDEr-D" in result.output and "grounding:" in result.output
-    runs = os.listdir(tmp_path / "runs")
-    assert len(runs) == 1 and os.path.exists(tmp_path / "runs" / runs[0] / "last.npz")
+    assert os.listdir(tmp_path / "runs") == ["demo"]
+    assert os.path.exists(tmp_path / "runs" / "demo" / "last.npz")
     # it ends with the run's report, and says where it is
-    page = os.path.join("runs", runs[0], "report.html")
-    assert f"      open {page} in a browser" in result.output.splitlines()
+    page = os.path.join("runs", "demo", "report.html")
+    assert f"report written to {page}" in result.output.splitlines()[-1]
     assert 'id="gallery"' in (tmp_path / page).read_text()
-    # A second run reuses the prepared scenes.
+    # A second run reuses the prepared scenes and the finished run (never cut to 1 epoch).
     again = run(
         "demo", "--out", tmp_path / "demo", "--train-images", 40, "--val-images", 8, "--epochs", 1
     )
     assert "using the scenes already prepared" in again.output
+    assert "[3/5] runs/demo: already trained, 2 epochs (delete it to retrain)" in again.output
+    assert os.listdir(tmp_path / "runs") == ["demo"]
     # The demo's model captions a photograph only after saying, once, what it was trained on.
     photos = [tmp_path / "demo" / "new_picture.jpg", tmp_path / "demo" / "new_picture.jpg"]
-    result = run("sample", *photos, "--checkpoint", tmp_path / "runs" / runs[0] / "last.npz")
+    result = run("sample", *photos, "--checkpoint", tmp_path / "runs" / "demo" / "last.npz")
     assert result.exit_code == 0, result.output
     assert result.output.count("trained by `captioner demo` on rendered shapes") == 1
     assert result.output.count(str(photos[0])) == 2

@@ -288,7 +288,7 @@ def test_interrupted_run_resumes_to_the_same_dataset(tmp_path, monkeypatch):
         "chunk_00000.npz",
         "chunk_00001.npz",
     ]
-    assert not (tmp_path / "b" / "coco2014_captions.h5").exists()
+    assert sorted(os.listdir(tmp_path / "b")) == [P.WORK_DIR]  # no dataset file yet
 
     calls.clear()
     resumed = P.prepare_dataset(tmp_path / "img", ann, tmp_path / "b", workers=1, **args)
@@ -326,6 +326,37 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
             P.prepare_dataset(tmp_path / "img", ann, tmp_path / "out", progress=False)
     finally:
         os.close(fd)
+
+
+def test_vocabulary_defaults_are_cs231ns():
+    """Words seen at least 5 times (CS231n's threshold); captions of 15 words plus <START>
+    and <END> (17 columns, as coco2014_captions.h5)."""
+    toks = [["cat"]] * 5 + [["dog"]] * 4
+    assert P.build_vocab(toks) == [*P.SPECIALS, "cat"]
+    w2i = {w: i for i, w in enumerate(P.build_vocab(toks))}
+    caps = P.encode_captions([["cat"] * 20], w2i)
+    assert caps.shape == (1, 17) and (caps[0, 1:16] == w2i["cat"]).all() and caps[0, 16] == 2
+
+
+def test_prepare_tokenizes_as_the_metrics_do():
+    """Captions become the COCO evaluation's tokens (PTB rules), so training words and
+    scored words agree: "man's" -> "man 's", "well-made" stays one word."""
+    from captioner import metrics
+
+    caption = "A man's well-made hat, isn't it? Two dogs."
+    assert P.tokenize(caption) == metrics.tokenize(caption)
+    assert P.tokenize(caption) == [
+        "a",
+        "man",
+        "'s",
+        "well-made",
+        "hat",
+        "is",
+        "n't",
+        "it",
+        "two",
+        "dogs",
+    ]
 
 
 def test_a_caption_of_megabytes_costs_what_its_kept_words_cost():

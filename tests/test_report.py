@@ -6,14 +6,15 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from captioner import checkpoint, demo, metrics, report, training
-from captioner.data import load_coco_data
-from captioner.evaluation import evaluate_model
+from captioner.data import load_coco_data, split_file
+from captioner.evaluation import caption_split, evaluate_model
 from captioner.model import CaptioningRNN
 from fixtures import build_dataset
 from helpers import run
@@ -96,21 +97,30 @@ def test_history_records_gradient_norm_and_clipping(trained):
     assert state["clipped_history"] == h["clipped"]
 
 
-def test_per_image_cider_is_the_evaluate_number():
-    refs = {
+PER_IMAGE = (
+    {
         1: ["a dog on a couch", "a brown dog sleeping"],
         2: ["two cats on a bed", "cats sleep"],
         3: ["a red bus on a street", "a bus in the city"],
-    }
-    res = {1: "a dog sleeping on a couch", 2: "a cat on a bed", 3: "a bus"}
+    },
+    {1: "a dog sleeping on a couch", 2: "a cat on a bed", 3: "a bus"},
+)
+
+
+def test_per_image_cider_is_the_evaluate_number():
+    refs, res = PER_IMAGE
     scores, _, per_image = metrics.score(refs, res, meteor=False, per_image=True)
     assert scores == metrics.score(refs, res, meteor=False)[0]
     assert np.mean(list(per_image.values())) == pytest.approx(scores["CIDEr"], abs=1e-12)
     assert max(per_image, key=per_image.get) == 1  # the one that matches a reference best
-    try:
-        from pycocoevalcap.cider.cider import Cider
-    except ImportError:
-        return
+
+
+@pytest.mark.usefixtures("toolkit")
+def test_per_image_cider_is_the_toolkits():
+    from pycocoevalcap.cider.cider import Cider
+
+    refs, res = PER_IMAGE
+    _, _, per_image = metrics.score(refs, res, meteor=False, per_image=True)
     tok = {i: [" ".join(metrics.tokenize(c)) for c in cs] for i, cs in refs.items()}
     hyps = {i: [" ".join(metrics.tokenize(c))] for i, c in res.items()}
     _, each = Cider().compute_score(tok, hyps)
@@ -275,8 +285,9 @@ def _point_at(run_dir, data_dir):
 def test_missing_pictures_become_placeholders(trained, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(trained / "data", data)
-    lines = (data / "val2014_urls.txt").read_text().splitlines()
-    (data / "val2014_urls.txt").write_text(  # in the dataset's picture folder, but gone
+    urls = Path(split_file(data, "val", "urls.txt"))  # as prepare named it
+    lines = urls.read_text().splitlines()
+    urls.write_text(  # in the dataset's picture folder, but gone
         "".join(f"{trained}/images/gone/{os.path.basename(u)}\n" for u in lines)
     )
     run_dir = tmp_path / "run"
@@ -484,19 +495,6 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-def _chromium():
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path:
-        return path
-    if os.environ.get("CI") == "true":
-        pytest.fail(
-            "CI=true but chromium is not installed; .ci/run installs it (apt-get install chromium)"
-        )
-    pytest.skip(
-        "headless Chromium not installed (apt-get install chromium); the browser test needs it"
-    )
-
-
 def _browse(chromium, profile, *args):
     import subprocess
 
@@ -519,8 +517,7 @@ def _browse(chromium, profile, *args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
-def test_report_in_headless_chromium(trained, tmp_path):
-    chromium = _chromium()
+def test_report_in_headless_chromium(trained, tmp_path, chromium):
     page = tmp_path / "report.html"
     assert run("report", trained / "run", "--out", page, "--no-meteor").exit_code == 0
     html = page.read_text()
@@ -575,6 +572,216 @@ def test_help_does_not_import_the_report_libraries():
     assert out.splitlines()[-1] == "[]"
 
 
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """Datasets of 3 and 200 val images (rendered scenes) with 8 tiny runs on each."""
+    root = tmp_path_factory.mktemp("layouts")
+    annotations = demo.write_demo_images(root / "images", 220, seed=9)
+    names = sorted(p.name for p in (root / "images").glob("*.jpg"))
+    out = {}
+    for n_val in (3, 200):
+        (root / f"val{n_val}.txt").write_text("".join(f"{n}\n" for n in names[-n_val:]))
+        data = root / f"data{n_val}"
+        result = run(
+            "prepare",
+            "--images",
+            root / "images",
+            "--captions",
+            annotations,
+            "--split-by",
+            root / f"val{n_val}.txt",
+            "--min-count",
+            1,
+            "--out",
+            data,
+        )
+        assert result.exit_code == 0, result.output
+        runs = []
+        for k in range(8):
+            run_dir = root / f"runs{n_val}" / f"lstm-with-a-long-name-{k}"
+            result = run(
+                "train",
+                "--data",
+                data,
+                "--epochs",
+                2,
+                "--hidden-dim",
+                16,
+                "--wordvec-dim",
+                8,
+                "--batch-size",
+                100,
+                "--seed",
+                k,
+                "--quiet",
+                "--out",
+                run_dir,
+            )
+            assert result.exit_code == 0, result.output
+            runs.append(run_dir)
+        out[n_val] = runs
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_val", [3, 200])
+@pytest.mark.parametrize("n_runs", [1, 4, 8])
+def test_report_layout_in_headless_chromium(layouts, tmp_path, chromium, n_val, n_runs):
+    """The page at the widths people use: no horizontal scrolling at 1366 or 1920 px, a gallery
+    section for each of best / worst / random with no picture twice, a screenshot of each."""
+    page = tmp_path / "report.html"
+    runs = layouts[n_val][:n_runs]
+    result = run("report", *runs, "--out", page, "--no-meteor", "--count", 6)
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    gallery = html[html.index('id="gallery"') :]
+    assert gallery.count("<h3>") == 3 * n_runs  # best, worst, random: none empty
+    for part in gallery.split("<h3>")[1:]:
+        assert 'class="item"' in part
+    first_run = gallery.split("<h3>")[1:4]
+    shown = [t for part in first_run for t in re.findall(r'class="name">([^<&]+)', part)]
+    assert len(shown) == len(set(shown)) == min(n_val, 6), shown
+    copy = tmp_path / "checked.html"
+    copy.write_text(html.replace("<head>", "<head>\n" + CHECKS, 1))
+    for width in (1366, 1920):
+        done = _browse(
+            chromium,
+            tmp_path / f"profile{width}",
+            "--virtual-time-budget=10000",
+            f"--window-size={width},900",
+            "--dump-dom",
+            copy.as_uri(),
+        )
+        found = re.search(r'<pre id="__checks">(.*?)</pre>', done.stdout, re.S)
+        assert found, (done.stdout[-2000:], done.stderr[-2000:])
+        checks = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+        assert checks["errors"] == [] and checks["undecoded"] == [], checks
+        assert checks["overflow"] <= 0, f"wider than a {width} px screen"
+        shot = tmp_path / f"report-{width}.png"
+        _browse(
+            chromium,
+            tmp_path / f"shot{width}",
+            f"--screenshot={shot}",
+            f"--window-size={width},3000",
+            page.as_uri(),
+        )
+        with Image.open(shot) as im:
+            assert im.size == (width, 3000)
+        print(f"report screenshot ({n_runs} runs, {n_val} images, {width} px): {shot}")
+
+
+# ---------------------------------------------------------------- what the report says
+
+
+@pytest.fixture(scope="module")
+def unk_run(tmp_path_factory):
+    """A run on a dataset whose train captions hold known <UNK>s, trained 2 epochs; its
+    best.npz then replaced by another model's weights (so best and last differ)."""
+    import h5py
+
+    root = tmp_path_factory.mktemp("unk")
+    data_dir = build_dataset(
+        root / "data",
+        n_train_images=12,
+        captions_per_image=3,
+        n_val_images=9,
+        feature_dim=8,
+        vocab_size=40,
+        seed=4,
+    )
+    with h5py.File(data_dir / "coco2014_captions.h5", "r+") as f:
+        caps = f["train_captions"][()]
+        caps[:7, 2] = 3  # the second word of 7 captions becomes <UNK> (id 3)
+        f["train_captions"][...] = caps
+    data = load_coco_data(data_dir)
+    model = CaptioningRNN(data["word_to_idx"], input_dim=8, wordvec_dim=8, hidden_dim=16)
+    (root / "run").mkdir()
+    training.train(
+        data,
+        model,
+        str(root / "run"),
+        progress=False,
+        log=lambda *_: None,
+        epochs=2,
+        batch_size=12,
+        lr=1e-2,
+        val_size=10,
+        data_dir=str(data_dir),
+        features="pca",
+    )
+    params, meta, optim, history = checkpoint.load(root / "run" / "best.npz")
+    other = CaptioningRNN(data["word_to_idx"], input_dim=8, wordvec_dim=8, hidden_dim=16, seed=7)
+    checkpoint.save(root / "run" / "best.npz", other.params, meta, optim, history)
+    return root, data_dir
+
+
+def _words(caps, vocab):
+    """(word tokens, <UNK> tokens) of captions, counted by hand."""
+    n = unk = 0
+    for row in caps:
+        for t in row[1:]:
+            if vocab[t] == "<END>":
+                break
+            n, unk = n + 1, unk + (vocab[t] == "<UNK>")
+    return n, unk
+
+
+def test_report_card_counts_unk_share_and_checkpoint(unk_run):
+    root, data_dir = unk_run
+    r = report.gather_run(root / "run")
+    assert r["card"]["checkpoint"] == str(root / "run" / "best.npz")
+    assert r["card"]["steps"] == 6 and r["card"]["epochs_done"] == 2  # from last.npz
+    out = report.caption_run(r, "val", count=9, beam_size=1, meteor=False, log=lambda *_: None)
+    d = load_coco_data(data_dir)
+    n, unk = _words(d["train_captions"], d["idx_to_word"])
+    assert unk == 7
+    assert out["sizes"] == {
+        "train_captions": 36,
+        "train_images": 12,
+        "split_captions": 27,
+        "split_images": 9,
+        "unk_share": pytest.approx(unk / n, abs=1e-12),
+    }
+    assert out["decoding"].endswith("best.npz")
+    # the captions are best.npz's, which differ from last.npz's
+    best = checkpoint.load_model(root / "run" / "best.npz")[0]
+    last = checkpoint.load_model(root / "run" / "last.npz")[0]
+    want = evaluate_model(best, d, "val", meteor=False, beam_size=1)[2]
+    other = evaluate_model(last, d, "val", meteor=False, beam_size=1)[2]
+    assert want != other
+    shown = {g["image_id"]: g["caption"] for s in out["gallery"].values() for g in s}
+    assert shown == {e["image_id"]: e["caption"] for e in want if e["image_id"] in shown}
+    # without best.npz the report captions with last.npz, and says so
+    (root / "run" / "best.npz").rename(root / "best.npz")
+    try:
+        r = report.gather_run(root / "run")
+        assert r["card"]["checkpoint"] == str(root / "run" / "last.npz")
+        out = report.caption_run(r, "val", count=9, beam_size=1, meteor=False, log=print)
+        assert out["decoding"].endswith("last.npz")
+        shown = {g["image_id"]: g["caption"] for s in out["gallery"].values() for g in s}
+        assert shown == {e["image_id"]: e["caption"] for e in other if e["image_id"] in shown}
+    finally:
+        (root / "best.npz").rename(root / "run" / "best.npz")
+
+
+def test_report_best_and_worst_galleries_hold_the_highest_and_lowest_cider(unk_run):
+    root, data_dir = unk_run
+    r = report.gather_run(root / "run")
+    out = report.caption_run(r, "val", count=9, beam_size=1, meteor=False, log=lambda *_: None)
+    d = load_coco_data(data_dir)
+    ids, generated, refs = caption_split(r["model"], d, "val", beam_size=1)
+    _, _, cider = metrics.score(
+        dict(zip(ids, refs)), dict(zip(ids, generated)), meteor=False, per_image=True
+    )
+    ranked = sorted(ids, key=lambda i: -cider[i])
+    assert len({round(cider[i], 9) for i in ranked[:4] + ranked[-4:]}) >= 5  # no tie decides
+    gallery = out["gallery"]
+    assert [g["image_id"] for g in gallery["best"]] == ranked[:3]
+    assert [g["image_id"] for g in gallery["worst"]] == ranked[::-1][:3]
+    for g in gallery["best"] + gallery["worst"] + gallery["random"]:
+        assert g["cider"] == pytest.approx(cider[g["image_id"]], abs=1e-12)
+
+
 # ---------------------------------------------------------------- issue 23: hostile folders
 
 
@@ -596,10 +803,11 @@ def test_report_reads_only_its_run_and_its_dataset_pictures(trained, tmp_path):
     (tmp_path / "runs" / "gradients.json").write_text(json.dumps({"summary": "s3cr3t-2"}))
     data = tmp_path / "data"
     shutil.copytree(trained / "data", data)
-    n = len((data / "val2014_urls.txt").read_text().splitlines())
+    urls, images = (Path(split_file(data, "val", f"{k}.txt")) for k in ("urls", "images"))
+    n = len(urls.read_text().splitlines())
     names = [secret / "private.png", "../secret/private.png", "../secret/../secret/private.png"]
-    (data / "val2014_urls.txt").write_text("".join(f"{names[k % 3]}\n" for k in range(n)))
-    (data / "val2014_images.txt").write_text("".join(f"{names[k % 3]}\n" for k in range(n)))
+    urls.write_text("".join(f"{names[k % 3]}\n" for k in range(n)))
+    images.write_text("".join(f"{names[k % 3]}\n" for k in range(n)))
     _point_at(run_dir, data)
     out = tmp_path / "r.html"
     result = run("report", run_dir, "--out", out, "--count", 3, "--no-meteor")

@@ -8,13 +8,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from captioner import checkpoint, sweep, training
 from captioner.errors import CaptionerError
 from fixtures import build_dataset
-from helpers import run
+from helpers import assert_same_checkpoint, run
 
 CLI = [sys.executable, "-c", "from captioner.cli import main; main()"]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
@@ -45,18 +44,6 @@ def dataset(tmp_path_factory):
             seed=4,
         )
     )
-
-
-def params(path):
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files if k.startswith("param/")}
-
-
-def assert_same_params(a, b):
-    pa, pb = params(a), params(b)
-    assert set(pa) == set(pb)
-    for k in pa:
-        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
 
 
 def test_grid_parsing_and_plan():
@@ -152,7 +139,8 @@ def test_sweep_runs_ranks_skips_and_its_runs_are_ordinary(dataset, tmp_path):
         ref,
     )
     assert r.exit_code == 0, r.output
-    assert_same_params(out / "cell=lstm,lr=2e-2" / "last.npz", ref / "last.npz")
+    assert_same_checkpoint(out / "cell=lstm,lr=2e-2" / "last.npz", ref / "last.npz")
+    assert_same_checkpoint(out / "cell=lstm,lr=2e-2" / "best.npz", ref / "best.npz")
     got = json.loads((out / "cell=lstm,lr=2e-2" / "history.json").read_text())
     assert got["settings"] == json.loads((ref / "history.json").read_text())["settings"]
     r = run("evaluate", "--checkpoint", out / "cell=rnn,lr=5e-3" / "best.npz", "--no-meteor")
@@ -179,6 +167,10 @@ def test_sweep_runs_ranks_skips_and_its_runs_are_ordinary(dataset, tmp_path):
     assert r.exit_code == 0, r.output
     assert [row["epochs"] for row in json.loads(r.stdout)] == [3] * 4
     assert "resuming" in (out / "cell=rnn,lr=5e-3" / "train.log").read_text()
+    # a resumed sweep run is what `captioner train --resume` writes
+    r = run("train", "--resume", ref, "--epochs", 3, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert_same_checkpoint(out / "cell=lstm,lr=2e-2" / "last.npz", ref / "last.npz")
     r = run(*command(3, "--batch-size", 10))
     assert r.exit_code == 2 and "holds a run with other settings (batch_size)" in r.output
 
@@ -256,12 +248,51 @@ def test_killed_sweep_resumes_unfinished_runs_and_skips_finished(dataset, tmp_pa
     assert r.stdout.count("finished, skipped") == len(done)
     assert any("resuming" in (out / n / "train.log").read_text() for n in names)
     for name in names:
-        assert_same_params(out / name / "last.npz", straight / name / "last.npz")
+        assert_same_checkpoint(out / name / "last.npz", straight / name / "last.npz")
         path = str(out / name / "last.npz")
         model, meta, optim, history = checkpoint.load_model(path)
         state = training.resume_state(meta, optim, history, path=path)
         assert state["step"] == len(state["loss_history"]) == 4 * 15  # no step done twice
         assert not [n for n in os.listdir(out / name) if n.startswith(".tmp-")]
+
+
+def test_sweep_children_get_cores_over_parallel_blas_threads(dataset, tmp_path, monkeypatch):
+    """Each local run's interpreter starts with BLAS held to cores // parallel threads (a
+    sitecustomize on PYTHONPATH records the environment every child starts with)."""
+    spy, seen = tmp_path / "spy", tmp_path / "seen"
+    spy.mkdir()
+    seen.mkdir()
+    (spy / "sitecustomize.py").write_text(
+        "import json, os\n"
+        "if os.environ.get('BLAS_SPY'):\n"
+        "    with open(os.path.join(os.environ['BLAS_SPY'], str(os.getpid())), 'w') as f:\n"
+        f"        json.dump({{v: os.environ.get(v) for v in {sweep.BLAS_VARS!r}}}, f)\n"
+    )
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(spy), os.environ.get("PYTHONPATH")]))
+    )
+    monkeypatch.setenv("BLAS_SPY", str(seen))
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda _pid: set(range(8)))  # 8 cores
+    for parallel, threads in ((3, "2"), (2, "4")):
+        r = run(
+            "sweep",
+            "--data",
+            dataset,
+            *SMALL,
+            "--epochs",
+            1,
+            "--grid",
+            "lr=1e-3,2e-3,3e-3",
+            "--parallel",
+            parallel,
+            "--out",
+            tmp_path / f"p{parallel}",
+        )
+        assert r.exit_code == 0, r.output
+        children = [json.loads(p.read_text()) for p in seen.iterdir()]
+        assert children == [dict.fromkeys(sweep.BLAS_VARS, threads)] * 3, parallel
+        for p in seen.iterdir():
+            p.unlink()
 
 
 def _one_line_error(r, *words):

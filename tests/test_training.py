@@ -45,24 +45,60 @@ def small_model(data, cell="lstm", seed=0):
 SMALL = dict(batch_size=16, lr=5e-3, val_size=20, save_every=0)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
-def test_resume_is_bit_identical(dataset, tmp_path, cell):
+@pytest.mark.parametrize(
+    ("cell", "optimizer"), [("rnn", "adam"), ("lstm", "adam"), ("rnn", "sgd")]
+)
+def test_resume_is_bit_identical(dataset, tmp_path, cell, optimizer):
+    """Also with SGD, whose optimizer state holds no arrays at all."""
     data = load_coco_data(dataset)
     straight = small_model(data, cell)
-    training.train(data, straight, None, progress=False, log=lambda *_: None, epochs=3, **SMALL)
+    settings = dict(SMALL, optimizer=optimizer)
+    want = training.train(
+        data, straight, None, progress=False, log=lambda *_: None, epochs=3, **settings
+    )
 
     run_dir = str(tmp_path / "run")
     os.makedirs(run_dir)
     first = small_model(data, cell)
-    training.train(data, first, run_dir, progress=False, log=lambda *_: None, epochs=2, **SMALL)
+    training.train(data, first, run_dir, progress=False, log=lambda *_: None, epochs=2, **settings)
     model, meta, optim, history = checkpoint.load_model(os.path.join(run_dir, "last.npz"))
     state = training.resume_state(meta, optim, history)
     assert state["epoch"] == 2 and len(state["loss_history"]) == state["step"]
-    training.train(
-        data, model, run_dir, state=state, progress=False, log=lambda *_: None, epochs=3, **SMALL
+    got = training.train(
+        data,
+        model,
+        run_dir,
+        state=state,
+        progress=False,
+        log=lambda *_: None,
+        epochs=3,
+        **settings,
     )
-    for k in straight.params:
-        np.testing.assert_array_equal(model.params[k], straight.params[k], err_msg=k)
+    assert_same_training(got, model, want, straight)
+    h = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert h["loss"] == [round(x, 5) for x in want["loss_history"]]
+
+
+def assert_same_training(state, model, want, want_model):
+    """Two training states are the same run: parameters, optimizer state (Adam's m, v, t and
+    the decayed learning rate), the per-step loss, gradient-norm and clipping histories and
+    the per-epoch records (timings aside), bit for bit."""
+    for k in want_model.params:
+        np.testing.assert_array_equal(model.params[k], want_model.params[k], err_msg=k)
+    assert state["optim"].keys() == want["optim"].keys()
+    for k, cfg in want["optim"].items():
+        assert state["optim"][k].keys() == cfg.keys(), k
+        for name, v in cfg.items():
+            np.testing.assert_array_equal(state["optim"][k][name], v, err_msg=f"{k}/{name}")
+    for key in ("loss_history", "grad_norm_history", "clipped_history"):
+        assert state[key] == want[key], key
+    untimed = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    assert untimed(state["epochs"]) == untimed(want["epochs"])
+    assert (state["step"], state["epoch"], state["best"]) == (
+        want["step"],
+        want["epoch"],
+        want["best"],
+    )
 
 
 def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
@@ -70,7 +106,7 @@ def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
     data = load_coco_data(dataset)
     straight = small_model(data)
     settings = dict(SMALL, epochs=2)
-    training.train(data, straight, None, progress=False, log=lambda *_: None, **settings)
+    want = training.train(data, straight, None, progress=False, log=lambda *_: None, **settings)
 
     run_dir = str(tmp_path)
     partial = small_model(data)
@@ -95,9 +131,10 @@ def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
     model, meta, optim, history = checkpoint.load_model(saved["step7"])
     state = training.resume_state(meta, optim, history)
     assert state["epoch"] == 0 and state["step_in_epoch"] == 7
-    training.train(data, model, None, state=state, progress=False, log=lambda *_: None, **settings)
-    for k in straight.params:
-        np.testing.assert_array_equal(model.params[k], straight.params[k], err_msg=k)
+    got = training.train(
+        data, model, None, state=state, progress=False, log=lambda *_: None, **settings
+    )
+    assert_same_training(got, model, want, straight)
 
 
 def test_nan_loss_stops_with_clear_message(dataset, tmp_path):
@@ -162,7 +199,7 @@ def test_pickle_is_refused_without_running(tmp_path):
         checkpoint.load(evil)
     raw = tmp_path / "raw.npz"
     raw.write_bytes(pickle.dumps(_Payload(str(target))))
-    with pytest.raises(CaptionerError):
+    with pytest.raises(CaptionerError, match="raw.npz: holds pickled objects, refused"):
         checkpoint.load(raw)
     assert not target.exists()
 
@@ -403,3 +440,76 @@ def test_overfit_gives_the_verdict_to_library_callers(dataset):
     assert short["exact"] == sum(a == b for a, b in zip(short["sampled"], short["truth"]))
     lstm = training.overfit(data, "lstm", n=8, epochs=2, hidden_dim=16, wordvec_dim=8)
     assert lstm["limit"] == 0.5 and lstm["passed"] == (lstm["final_loss"] < 0.5)
+
+
+# ---------------------------------------------------------------- one step, by hand
+
+
+def _one_step(data, **settings):
+    """(params before, gradients at them, params after) of one SGD step over all of train."""
+    model = small_model(data, "rnn")
+    rng = np.random.default_rng(0)
+    for k in ("b_proj", "b", "b_vocab"):  # nonzero biases, so a decayed bias would show
+        model.params[k][:] = rng.standard_normal(model.params[k].shape)
+    before = {k: v.copy() for k, v in model.params.items()}
+    n = len(data["train_captions"])
+    _, grads = model.loss(*training.batch(data, "train", np.arange(n)))
+    s = dict(optimizer="sgd", lr=0.1, epochs=1, batch_size=n, val_size=0, save_every=0)
+    training.train(data, model, None, progress=False, log=lambda *_: None, **s | settings)
+    return before, grads, model.params
+
+
+def test_clipping_scales_the_gradients_by_c_over_their_norm(dataset):
+    data = load_coco_data(dataset)
+    before, grads, after = _one_step(data, clip_norm=0.05)
+    norm = np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    assert norm > 1.0  # far above the clip norm: clipped or not is no rounding question
+    for k, g in grads.items():
+        want = before[k] - 0.1 * g * (0.05 / norm)
+        np.testing.assert_allclose(after[k], want, rtol=1e-4, atol=1e-7, err_msg=k)
+    # below the clip norm the gradients are left alone
+    before, grads, after = _one_step(data, clip_norm=1e6)
+    for k, g in grads.items():
+        np.testing.assert_allclose(after[k], before[k] - 0.1 * g, rtol=1e-4, atol=1e-7)
+
+
+def test_weight_decay_adds_lambda_w_to_the_weight_matrices_only(dataset):
+    """L2 weight decay as CS231n's solvers and PyTorch's `weight_decay` users expect:
+    dW += lambda * W for the weight matrices (W_embed, W_proj, Wx, Wh, W_vocab), applied
+    after clipping; the biases (b_proj, b, b_vocab) do not decay."""
+    data = load_coco_data(dataset)
+    lam = 0.5
+    before, grads, after = _one_step(data, weight_decay=lam)
+    decayed = sorted(k for k in grads if not np.allclose(after[k], before[k] - 0.1 * grads[k]))
+    assert decayed == ["W_embed", "W_proj", "W_vocab", "Wh", "Wx"]
+    for k, g in grads.items():
+        dw = g + lam * before[k] if k in decayed else g
+        np.testing.assert_allclose(after[k], before[k] - 0.1 * dw, rtol=1e-4, atol=1e-7)
+
+
+def test_learning_rate_decays_once_per_epoch(dataset):
+    data = load_coco_data(dataset)
+    state = training.train(
+        data,
+        small_model(data),
+        None,
+        progress=False,
+        log=lambda *_: None,
+        epochs=3,
+        **dict(SMALL, lr=1e-2, lr_decay=0.5),
+    )
+    assert [r["lr"] for r in state["epochs"]] == [1e-2, 5e-3, 2.5e-3]
+    assert {cfg["learning_rate"] for cfg in state["optim"].values()} == {1.25e-3}
+
+
+def test_resume_from_a_checkpoint_without_gradient_history(dataset, tmp_path):
+    """Checkpoints written before the gradient norms were kept hold only the loss."""
+    data = load_coco_data(dataset)
+    model = small_model(data)
+    training.train(
+        data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
+    )
+    _, meta, optim, history = checkpoint.load_model(tmp_path / "last.npz")
+    state = training.resume_state(meta, optim, {"loss": history["loss"]})
+    assert state["loss_history"] == list(history["loss"]) and len(state["loss_history"]) > 0
+    assert state["grad_norm_history"] == state["clipped_history"] == []

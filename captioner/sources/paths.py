@@ -2,9 +2,11 @@
 
 read_member is the one way a zip member is read: its declared size is checked against a
 limit for its kind before a byte is inflated (a 2 MB zip can declare, and inflate to,
-gigabytes), and zipfile never inflates a member past its declared size.
+gigabytes), and zipfile never inflates a member past its declared size. read_file does the
+same for a file on disk (a Karpathy-format JSON).
 """
 
+import os
 import zipfile
 
 from captioner.errors import CaptionerError
@@ -27,3 +29,35 @@ def read_member(zf, member, limit, label, what, fix):
     check_member(info, limit, label, what, fix)
     with zf.open(info) as f:
         return f.read(limit + 1)
+
+
+def read_zip_member(zip_path, member, limit, what, fix):
+    """read_member of the zip at zip_path; a missing member, a bad CRC, truncated data or an
+    I/O error is one line naming zip_path:member."""
+    label = f"{zip_path}:{member}"
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            return read_member(zf, member, limit, label, what, fix)
+    except CaptionerError:
+        raise
+    except KeyError:
+        raise CaptionerError(f"{label}: no such member in the zip; {fix}") from None
+    except Exception as e:  # bad CRC, truncated data, zlib errors, I/O
+        raise CaptionerError(f"{label}: cannot read it from the zip ({e}); {fix}") from None
+
+
+def read_file(path, limit, what, fix):
+    """The bytes of a regular file, refused unread when it is larger than `limit`."""
+    if not os.path.isfile(path):
+        raise CaptionerError(f"{path}: not found or not a regular file; {fix}")
+    size = os.path.getsize(path)
+    if size > limit:
+        raise CaptionerError(
+            f"{path}: {size:,} bytes, over the {limit:,}-byte limit for {what}; {fix}",
+            exit_code=1,
+        )
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit + 1)
+    except OSError as e:
+        raise CaptionerError(f"{path}: cannot read it ({e.strerror}); {fix}") from None

@@ -1,0 +1,106 @@
+"""`make mutate`: mutation testing (mutmut) of the core the numbers depend on, per module.
+
+    .venv/bin/python scripts/mutate.py [GROUP ...]     run those groups (default: all), then
+                                                       print the scores
+    .venv/bin/python scripts/mutate.py --sample N [GROUP ...]    N mutants of each, evenly
+                                                       spread (a quicker estimate)
+    .venv/bin/python scripts/mutate.py --scores [--survivors]   only print the scores
+
+mutmut (configured in pyproject.toml) copies the tree to mutants/, records which of the
+selected tests run which function, then judges each mutant by those tests alone, fastest
+first. Its results persist in mutants/: a rerun only judges what changed. The score is
+killed / judged, where judged counts survivors, mutants no test runs, and timeouts.
+Runs niced (the machine may be shared); MUTATE_JOBS sets the worker processes (default 2).
+"""
+
+import fnmatch
+import os
+import subprocess
+import sys
+from collections import Counter, defaultdict
+
+GROUPS = {
+    "optim.py": ["captioner.optim.*"],
+    "training step": [
+        "captioner.training.x_train__mutmut_*",
+        "captioner.training.x_resume_state*",
+        "captioner.training.x__split_optim*",
+        "captioner.training.x__join_optim*",
+        "captioner.training.x_batch*",
+    ],
+    "packed.py": ["captioner.packed.*"],
+    "layers.py": ["captioner.layers.*"],
+    "metrics.py": ["captioner.metrics.*"],
+    "splits and vocabulary": [
+        "captioner.coco.x_read_split*",
+        "captioner.coco.x__karpathy*",
+        "captioner.prepare.x_build_vocab*",
+        "captioner.prepare.x_encode_captions*",
+        "captioner.prepare.x_tokenize*",
+        "captioner.prepare.x__tokenize*",
+        "captioner.prepare.x__read_split_file*",
+    ],
+}
+
+
+def results():
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        capture_output=True,
+        text=True,
+    ).stdout  # its exit status is 1 while a run is under way
+    for line in out.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if name.startswith("captioner."):
+            yield name, status
+
+
+def _in(group, name):
+    return any(fnmatch.fnmatch(name, p) for p in GROUPS[group])
+
+
+def run(groups, sample=None):
+    """Judge every mutant of the groups, or `sample` of each, evenly spread over it."""
+    names = [name for name, _ in results()] if sample else []
+    for group in groups:
+        chosen = GROUPS[group]
+        if sample:
+            mine = [n for n in names if _in(group, n)]
+            chosen = mine[:: max(1, len(mine) // sample)][:sample]
+        print(f"== {group}: {'all' if not sample else len(chosen)} mutants", flush=True)
+        subprocess.run(
+            ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children"]
+            + [os.environ.get("MUTATE_JOBS", "2"), *chosen],
+            check=True,
+        )
+
+
+def scores(argv):
+    counts, survivors = defaultdict(Counter), defaultdict(list)
+    for name, status in results():
+        group = next((g for g in GROUPS if _in(g, name)), None)
+        if group is None:
+            continue
+        counts[group][status] += 1
+        if status in ("survived", "no tests", "timeout"):
+            survivors[group].append(f"{name}: {status}")
+    head = ("killed", "survived", "no tests", "timeout", "not run", "score")
+    print(f"{'module':24}" + "".join(f"{h:>10}" for h in head))
+    for group in GROUPS:
+        c = counts[group]
+        judged = c["killed"] + c["survived"] + c["no tests"] + c["timeout"]
+        score = f"{100 * c['killed'] / judged:.1f}%" if judged else "-"
+        row = (c["killed"], c["survived"], c["no tests"], c["timeout"], c["not checked"], score)
+        print(f"{group:24}" + "".join(f"{x:>10}" for x in row))
+    if "--survivors" in argv:
+        for group in GROUPS:
+            for line in survivors[group]:
+                print(line)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if "--scores" not in args:
+        sample = int(args[args.index("--sample") + 1]) if "--sample" in args else None
+        run([a for a in args if a in GROUPS] or list(GROUPS), sample)
+    scores(args)
