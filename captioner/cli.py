@@ -13,7 +13,7 @@ import threading
 
 import click
 
-from . import __version__, config, limits
+from . import __version__, config, encoders, limits
 from .cells import CELLS
 from .errors import CaptionerError, printable
 
@@ -133,6 +133,17 @@ def data_option(f):
         show_default=True,
         help="Dataset directory in the CS231n coco_captioning layout (env CAPTIONER_DATA).",
     )(f)
+
+
+def encoder_option(default, what):
+    """--encoder NAME (captioner.encoders), for the commands that encode pictures."""
+    return click.option(
+        "--encoder",
+        type=click.Choice(list(encoders.ENCODERS)),
+        default=default,
+        show_default=True,
+        help=f"The picture encoder {what}.",
+    )
 
 
 def _load_data(data, features, splits=("train", "val"), max_train=None, fallback=None):
@@ -944,12 +955,13 @@ def sample(
             _echo(f"  truth: {t}")
 
     if images:
-        from . import encoder, picture_files
+        from . import picture_files
 
         for out in (json_out, html_out):
             if out:
                 picture_files.check_writable(out)
-        if meta["features"].get("encoder") != encoder.ENCODER_NAME:
+        enc = encoders.by_feature_id(meta["features"].get("encoder"))
+        if enc is None:
             raise CaptionerError(
                 f"{ckpt}: trained on {meta['features'].get('encoder')} features, which cannot be "
                 f"computed from a picture (the CS231n VGG-16 PCA basis is not published); caption "
@@ -960,7 +972,11 @@ def sample(
         files, bad = picture_files.find_pictures(images)
         # a progress bar for more than a few pictures, on a terminal (not in pipes and logs)
         results = caption_images(
-            model, files, progress=len(files) > 8 and sys.stderr.isatty(), **decoding
+            model,
+            files,
+            progress=len(files) > 8 and sys.stderr.isatty(),
+            encoder=enc.name,
+            **decoding,
         )
         for path, caps, _ in results:
             if caps is not None:
@@ -1112,25 +1128,42 @@ def report(
     show_default=True,
     help="Classes to list (of the 1000).",
 )
-def encode(images, top):
-    """Run the NumPy SqueezeNet 1.1 encoder: top ImageNet classes of each picture
-    (folders: every picture in them, as `sample` reads them).
+@encoder_option(encoders.DEFAULT, "to run")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array, a picture an entry.")
+def encode(images, top, encoder, as_json):
+    """Run a NumPy image encoder (EfficientNet-Lite0 or SqueezeNet 1.1): top ImageNet
+    classes of each picture (folders: every picture in them, as `sample` reads them).
 
     \b
     Example:
       captioner encode photo.jpg --top 5
       captioner encode photos/
+      captioner encode photo.jpg --encoder squeezenet --json
     """
-    from . import encoder, picture_files
+    from . import picture_files
+    from .encoder import top_k
 
     files, bad = picture_files.find_pictures(images)
-    _, logits, ok, errors = encoder.encode_files(files)
-    tops = dict(zip(ok, encoder.top_k(logits, top)))
-    for path in files:
-        if path in tops:
-            _echo(path)
-            for idx, name, prob in tops[path]:
-                _echo(f"  {prob:6.1%}  {idx:3d}  {name}")
+    _, logits, ok, errors = encoders.encode_files(files, encoder)
+    tops = dict(zip(ok, top_k(logits, top)))
+    if as_json:
+        import json
+
+        records = [
+            {
+                "file": path,
+                "top": [{"index": i, "label": n, "probability": p} for i, n, p in tops[path]],
+            }
+            for path in files
+            if path in tops
+        ]
+        click.echo(json.dumps(records))
+    else:
+        for path in files:
+            if path in tops:
+                _echo(path)
+                for idx, name, prob in tops[path]:
+                    _echo(f"  {prob:6.1%}  {idx:3d}  {name}")
     errors = bad + errors
     for _path, message in errors:
         _echo(f"captioner: error: {message}", err=True)
@@ -1406,8 +1439,9 @@ def evaluate(
     type=click.IntRange(1, limits.MAX_PREPARE_BATCH),
     default=32,
     show_default=True,
-    help=f"Pictures per shard and per SqueezeNet batch (at most {limits.MAX_PREPARE_BATCH}).",
+    help=f"Pictures per shard and per encoder batch (at most {limits.MAX_PREPARE_BATCH}).",
 )
+@encoder_option(encoders.DEFAULT, "that computes the features")
 @click.option(
     "--workers",
     type=click.IntRange(1, 1024),
@@ -1449,8 +1483,10 @@ def prepare(
     seed,
     force,
     scheduler,
+    encoder,
 ):
-    """Build a dataset in the CS231n layout from pictures, with NumPy SqueezeNet features.
+    """Build a dataset in the CS231n layout from pictures, with NumPy EfficientNet-Lite0 (or
+    SqueezeNet) features.
 
     \b
     Interrupted? Run the same command again: it resumes where it stopped.
@@ -1504,7 +1540,12 @@ def prepare(
                 "--split karpathy|official goes with --coco (use --split-by here)"
             )
     options = dict(
-        vocab=vocab, min_count=min_count, max_words=max_words, batch_size=batch_size, force=force
+        vocab=vocab,
+        min_count=min_count,
+        max_words=max_words,
+        batch_size=batch_size,
+        force=force,
+        encoder=encoder,
     )
     try:
         with _shard_executor(scheduler, workers) as shards:
@@ -1529,6 +1570,7 @@ def prepare(
                     batch_size=batch_size,
                     seed=seed,
                     force=force,
+                    encoder=encoder,
                     **shards,
                 )
     except KeyboardInterrupt as e:
@@ -1616,7 +1658,8 @@ def _shard_executor(scheduler, workers):
 )
 @click.option("--epochs", type=COUNT, default=20, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-def demo(out, train_images, val_images, epochs, seed):
+@encoder_option(encoders.DEMO, "for the rendered scenes")
+def demo(out, train_images, val_images, epochs, seed, encoder):
     """The whole pipeline offline, in a few minutes: rendered scenes -> prepare -> train ->
     evaluate -> caption a new picture.
 
@@ -1639,6 +1682,7 @@ def demo(out, train_images, val_images, epochs, seed):
             seed=seed,
             log=_echo,
             progress=_training_bar(quiet=False),
+            encoder=encoder,
         )
     except Interrupted as e:
         _echo(f"\n{e}; continue with: {again}", err=True)
@@ -1713,6 +1757,13 @@ def info(data, features, ckpt):
         f"images, vocabulary {_plural(len(d['idx_to_word']), 'word')}, {d['encoder']} features "
         f"({d['feature_dim']}-d)"
     )
+    from .data import feature_attrs
+
+    attrs = feature_attrs(d["base_dir"], d["feature_kind"])
+    if "feature_layout" in attrs:
+        _echo(f"  layout: {attrs['feature_layout']}")
+    if "encoder_weights_sha256" in attrs:
+        _echo(f"  encoder weights: sha256 {attrs['encoder_weights_sha256']}")
     for split in SPLITS:
         if f"{split}_captions" in d:
             caps = d[f"{split}_captions"]

@@ -528,6 +528,14 @@ def dataset_name(base_dir):
 DEMO_SOURCE = "captioner demo: rendered coloured shapes on plain backgrounds"
 
 
+def feature_attrs(base_dir, kind, split="train"):
+    """The attributes of a split's 'features' (encoder, source, encoder_weights_sha256,
+    feature_layout: what `prepare` records) as str; {} when there are none."""
+    with _open_h5(feature_file(base_dir, split, kind)) as f:
+        attrs = dict(f["features"].attrs) if "features" in f else {}
+    return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in attrs.items()}
+
+
 def dataset_source(base_dir, attr="source"):
     """attrs['source'] of base_dir's feature files (what write_dataset was told the
     pictures were), or another of write_dataset's attributes ('pictures'), or None;
@@ -590,6 +598,7 @@ def write_dataset(
     name=None,
     names="coco2014",
     attrs=None,
+    feature_attrs=None,
 ):
     """Write a complete coco_captioning folder; returns out_dir.
 
@@ -603,7 +612,8 @@ def write_dataset(
     pictures from there only). name: the dataset's short name (the captions file's
     attrs['dataset'], e.g. flickr8k); names: the file names, a key of NAMINGS ('plain'
     for anything but COCO 2014). attrs: {name: str} also stored on the captions file
-    (prepare's record of its inputs).
+    (prepare's record of its inputs). feature_attrs: {name: value} stored on each features
+    dataset as str (prepare: the encoder's weights sha256 and layout).
     """
     out_dir = str(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -641,6 +651,8 @@ def write_dataset(
                     ds.attrs["source"] = str(source)
                 if pictures is not None:
                     ds.attrs["pictures"] = os.path.abspath(pictures)
+                for key, value in (feature_attrs or {}).items():
+                    ds.attrs[key] = str(value)
         for what in ("images", "urls"):
             lines = d.get(what)
             if lines is not None:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from captioner import atomic
-from captioner.data import DEMO_SOURCE, captions_file
+from captioner.data import DEMO_SOURCE
 from captioner.errors import CaptionerError
 
 # Far apart in the encoder's feature space, not just in hue: a linear probe on our SqueezeNet
@@ -320,23 +320,27 @@ def run_demo(
     epochs=20,
     seed=0,
     log=print,
-    run_dir=RUN_DIR,
+    run_dir=None,
+    encoder=None,
     progress=None,
 ):
     """Render scenes -> prepare -> train -> evaluate on held-out scenes -> caption a new picture.
 
+    encoder: a captioner.encoders name (None: encoders.DEMO); a dataset of another encoder's
+    features in out_dir is rebuilt.
     Each stage is the library call behind the CLI command it prints. The model is trained in
-    run_dir (runs/demo): a run found there, interrupted or finished, is continued rather than
-    started again (progress: as training.train's). Steps 4-5 and the report use best.npz,
-    the model the run kept. Ctrl-C
-    while training raises runs.Interrupted after saving last.npz. Returns a summary dict;
-    'grounded' is True when the model's CIDEr-D is at least twice what it gets from the mean
-    feature (i.e. the captions come from the pixels, not from the caption statistics).
+    run_dir (None: runs/demo, or runs/demo-{kind} for an encoder other than the demo's, so
+    each encoder's run is kept): a run found there, interrupted or finished, is continued
+    rather than started again (progress: as training.train's). Steps 4-5 and the report use
+    best.npz, the model the run kept. Ctrl-C while training raises runs.Interrupted after
+    saving last.npz. Returns a summary dict; 'grounded' is True when the model's CIDEr-D is
+    at least twice what it gets from the mean feature (i.e. the captions come from the
+    pixels, not from the caption statistics).
     """
     import time
 
-    from . import checkpoint, training
-    from .data import load_coco_data
+    from . import checkpoint, encoders, training
+    from .data import feature_file, load_coco_data
     from .evaluation import evaluate_model
     from .pictures import caption_images
     from .prepare import prepare_dataset
@@ -353,7 +357,10 @@ def run_demo(
     t0 = time.perf_counter()
     images_dir = os.path.join(out_dir, "images")
     dataset = os.path.join(out_dir, "dataset")
-    if os.path.exists(captions_file(dataset)):
+    enc = encoders.get(encoders.DEMO if encoder is None else encoder)
+    if run_dir is None:
+        run_dir = RUN_DIR if enc.name == encoders.DEMO else f"{RUN_DIR}-{enc.kind}"
+    if os.path.exists(feature_file(dataset, "train", enc.kind)):
         log(
             f"[1-2/5] using the scenes already prepared in {dataset} (delete {out_dir} to rebuild)"
         )
@@ -367,10 +374,17 @@ def run_demo(
         )
         log(
             f"[2/5] captioner prepare --images {images_dir} --captions {annotations} "
-            f"--split-by {val_list} --min-count 1 --out {dataset}"
+            f"--split-by {val_list} --min-count 1 --encoder {enc.name} --out {dataset}"
         )
         prepare_dataset(
-            images_dir, annotations, dataset, split_by=val_list, min_count=1, source=DEMO_SOURCE
+            images_dir,
+            annotations,
+            dataset,
+            split_by=val_list,
+            min_count=1,
+            source=DEMO_SOURCE,
+            encoder=enc.name,
+            force=True,  # only ever the demo's own dataset (of another encoder): checked above
         )
     data = load_coco_data(dataset)
 
@@ -437,7 +451,7 @@ def run_demo(
     picture = os.path.join(out_dir, "new_picture.jpg")
     render_scene(scene).save(picture, quality=92)
     log(f"[5/5] captioner sample {picture} --checkpoint {best_path}")
-    ((_, beams, _),) = caption_images(model, [picture])
+    ((_, beams, _),) = caption_images(model, [picture], encoder=enc.name)
     log(f"      generated: {beams[0][0]}")
     for truth in scene_captions(scene, rng, 3):
         log(f"      a human-style caption: {truth}")
@@ -485,6 +499,12 @@ def _demo_run(run_dir, dataset, data):
         raise CaptionerError(
             f"{run_dir}: holds a run trained on {saved}, not on the demo's {dataset}; "
             f"delete {run_dir} (or move it away) and run the demo again"
+        )
+    trained_on = meta["features"].get("encoder")
+    if trained_on != data["encoder"]:  # the demo was run before with another --encoder
+        raise CaptionerError(
+            f"{run_dir}: holds a demo run trained on {trained_on} features, not on "
+            f"{data['encoder']}; delete {run_dir} (or move it away) and run the demo again"
         )
     checkpoint.check_compatible(path, meta, data)
     return model, state

@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover
     from numpy.core.multiarray import _reconstruct
 
 ENCODER_NAME = "squeezenet1.1-fire9-2x2-l2"
+LAYOUT = "fire9 13x13x512 (ReLU), mean over a 2x2 grid of overlapping 7x7 windows, L2 to sqrt(D)"
 FEATURE_DIM = 2048
 INPUT_SIZE = 227
 NUM_CLASSES = 1000
@@ -250,7 +251,7 @@ def _cached_weights(path_key):
     return load_weights(path_key)
 
 
-def _default_params():
+def default_params():
     return _cached_weights(str(cache_root()))
 
 
@@ -265,15 +266,15 @@ def conv1x1(x, w, b):
     return np.maximum(out, 0, out=out)
 
 
-def _taps(x, stride):
-    """3x3 im2col: x (N,H,W,C) (already padded) -> (N,Ho,Wo,9C), tap order (kh, kw, c)."""
+def taps(x, stride, k=3):
+    """k x k im2col: x (N,H,W,C) (already padded) -> (N,Ho,Wo,k*k*C), tap order (kh, kw, c)."""
     n, h, w, c = x.shape
-    ho, wo = (h - 3) // stride + 1, (w - 3) // stride + 1
-    cols = np.empty((n, ho, wo, 9 * c), dtype=x.dtype)
-    for i in range(3):
-        for j in range(3):
-            k = (3 * i + j) * c
-            cols[..., k : k + c] = x[
+    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+    cols = np.empty((n, ho, wo, k * k * c), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            t = (k * i + j) * c
+            cols[..., t : t + c] = x[
                 :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride
             ]
     return cols
@@ -283,7 +284,7 @@ def conv3x3(x, w, b, stride=1, pad=0):
     """x (N,H,W,C), w (3,3,C,F) HWIO, b (F,) -> relu(conv) (N,Ho,Wo,F)."""
     if pad:
         x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    cols = _taps(x, stride)
+    cols = taps(x, stride)
     f = w.shape[-1]
     # HWIO reshaped to (9C, F) has rows in (kh, kw, c) order, the order _taps writes
     out = (cols.reshape(-1, cols.shape[-1]) @ w.reshape(-1, f)).reshape(*cols.shape[:-1], f)
@@ -313,7 +314,7 @@ def fire(x, params, name):
     s = conv1x1(x, params[f"{name}.squeeze1x1.w"], params[f"{name}.squeeze1x1.b"])
     w1, w3 = params[f"{name}.expand1x1.w"][0, 0], params[f"{name}.expand3x3.w"]
     e1, e3 = w1.shape[1], w3.shape[-1]
-    cols = _taps(np.pad(s, ((0, 0), (1, 1), (1, 1), (0, 0))), 1)
+    cols = taps(np.pad(s, ((0, 0), (1, 1), (1, 1), (0, 0))), 1)
     n, h, w, _ = s.shape
     out = np.empty((n * h * w, e1 + e3), dtype=np.float32)
     np.matmul(s.reshape(-1, s.shape[-1]), w1, out=out[:, :e1])
@@ -590,56 +591,16 @@ def _decode(f, fail):
 
 def encode_images(images, batch_size=32, params=None):
     """List of PIL images -> logits (N,1000) float32, features (N,FEATURE_DIM) float32."""
-    params = _default_params() if params is None else params
-    logits, feats = (
-        [np.zeros((0, NUM_CLASSES), np.float32)],
-        [np.zeros((0, FEATURE_DIM), np.float32)],
-    )
-    for i in range(0, len(images), batch_size):
-        batch = np.stack([preprocess(im) for im in images[i : i + batch_size]])
-        lg, ft = forward(params, batch)
-        logits.append(lg)
-        feats.append(ft)
-    return np.concatenate(logits), np.concatenate(feats)
+    from captioner import encoders
+
+    return encoders.encode_images(images, "squeezenet", batch_size, params)
 
 
 def encode_files(paths, batch_size=32, progress=False, params=None):
-    """Encode picture files, skipping bad ones.
+    """SqueezeNet's encoders.encode_files: (features, logits, ok_paths, errors)."""
+    from captioner import encoders
 
-    Returns (features (M,FEATURE_DIM) float32, logits (M,1000) float32,
-    ok_paths [M paths, same order as rows], errors [(path, one-line message)]).
-    Only CaptionerError from open_image is collected; bugs still raise.
-    """
-    params = _default_params() if params is None else params
-    paths = list(paths)
-    feats, logits, ok, errors, pending = [], [], [], [], []
-
-    def flush():
-        if pending:
-            lg, ft = forward(params, np.stack([x for _, x in pending]))
-            logits.append(lg)
-            feats.append(ft)
-            ok.extend(p for p, _ in pending)
-            pending.clear()
-
-    it = paths
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(paths, desc="encoding", unit="img")
-    for p in it:
-        try:
-            x = preprocess(open_image(p))
-        except CaptionerError as e:
-            errors.append((p, str(e)))
-            continue
-        pending.append((p, x))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-    feats = np.concatenate(feats) if feats else np.zeros((0, FEATURE_DIM), np.float32)
-    logits = np.concatenate(logits) if logits else np.zeros((0, NUM_CLASSES), np.float32)
-    return feats, logits, ok, errors
+    return encoders.encode_files(paths, "squeezenet", batch_size, progress, params)
 
 
 # ---------------------------------------------------------------- labels

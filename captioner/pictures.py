@@ -1,10 +1,10 @@
-"""Captioning picture files: encode them with the NumPy SqueezeNet, then decode.
+"""Captioning picture files: encode them with the model's own encoder, then decode.
 
 Used by `captioner sample FILES` and the demo; `captioner prepare` encodes pictures with
-the same encoder (captioner.shards.encode_shard) but writes features, not captions.
+the same encoders (captioner.shards.encode_shard) but writes features, not captions.
 """
 
-from . import encoder
+from . import encoders
 from .errors import CaptionerError
 
 
@@ -40,22 +40,26 @@ def caption_images(
     temperature=None,
     rng=None,
     progress=False,
+    encoder="squeezenet",
 ):
-    """Caption picture files with a CaptioningRNN trained on encoder features.
+    """Caption picture files with a CaptioningRNN trained on `encoder`'s features
+    (a captioner.encoders name: the one whose feature id the checkpoint records).
 
     -> one (path, [(caption, logprob), ...] best first, None) per path, in order;
     (path, None, one-line error) for a picture that cannot be read. Decoding as in
     caption_features; batch_size: pictures encoded at once; progress: a bar while encoding.
     """
-    dim = model.params["W_proj"].shape[0]
-    if dim != encoder.FEATURE_DIM:
+    dim, net = model.params["W_proj"].shape[0], encoders.module(encoder)
+    if dim != net.FEATURE_DIM:
         raise CaptionerError(
             f"this model takes {dim}-d features but the picture encoder "
-            f"({encoder.ENCODER_NAME}) gives {encoder.FEATURE_DIM}-d; caption "
+            f"({net.ENCODER_NAME}) gives {net.FEATURE_DIM}-d; caption "
             f"pictures with a model trained on a `captioner prepare` dataset"
         )
     paths = list(paths)
-    feats, _, ok, errors = encoder.encode_files(paths, batch_size=batch_size, progress=progress)
+    feats, _, ok, errors = encoders.encode_files(
+        paths, encoder, batch_size=batch_size, progress=progress
+    )
     hyps = (
         caption_features(model, feats, beam_size, n_best, max_length, temperature, rng)
         if ok

@@ -6,8 +6,9 @@ Flickr8k zips; prepare_karpathy: any dataset in Karpathy's format, pictures in a
 zip (captioner.sources). All go through _build: the pictures are cut into shards of
 `batch_size` (captioner.shards: encoded by worker processes or any concurrent.futures
 executor), each shard's result goes to its own file in out_dir/.prepare/, and the dataset is
-written in the CS231n layout (captioner.data) with the encoder's features
-({split}_squeezenet.h5; a COCO 2014 dataset keeps the CS231n names, train2014_squeezenet.h5).
+written in the CS231n layout (captioner.data) with the features of one of captioner.encoders
+({split}_{kind}.h5, e.g. val_lite0.h5; a COCO 2014 dataset keeps the CS231n names,
+train2014_lite0.h5).
 
     manifest.json        what is being built (encoder, number of chunks and images)
     chunk_00000.npz      names (n,), ok (n,) bool, errors (n,) str ('' when ok),
@@ -36,7 +37,7 @@ import time
 
 import numpy as np
 
-from captioner import atomic, data, encoder, limits, shards
+from captioner import atomic, data, encoders, limits, shards
 from captioner.errors import CaptionerError
 from captioner.sources.coco import read_annotations
 from captioner.sources.paths import unsafe_name, unsafe_text
@@ -44,7 +45,6 @@ from captioner.vocab import SPECIALS, build_vocab, encode_captions  # noqa: F401
 
 LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
-KIND = "squeezenet"  # -> {split}_squeezenet.h5
 WORK_DIR = ".prepare"
 try:  # the PTB tokenizer of the COCO toolkit, so training words are the words scored
     from captioner.metrics import tokenize as _ptb_tokenize
@@ -105,13 +105,21 @@ def _file_identity(path):
 
 def _chunk_key(spec, identities):
     """A chunk's features depend on the encoder, the batch size and these exact pictures."""
+    net = encoders.module(spec["encoder"])
     blob = json.dumps(
-        [encoder.ENCODER_NAME, spec["batch_size"], spec["names"], spec["refs"], identities]
+        [
+            net.ENCODER_NAME,
+            net.WEIGHTS_SHA256,
+            spec["batch_size"],
+            spec["names"],
+            spec["refs"],
+            identities,
+        ]
     )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _read_chunk(path, names, key):
+def _read_chunk(path, names, key, dim):
     """A finished chunk file -> dict, or None when absent, unreadable, or not made from
     the same pictures (their names, places and sizes/mtimes: `key`)."""
     try:
@@ -122,7 +130,7 @@ def _read_chunk(path, names, key):
             c["features"] = z["features"] if "features" in z.files else None
     except Exception:  # half-written by another tool, or garbage: just encode it again
         return None
-    if c["features"] is None or c["features"].shape != (int(c["ok"].sum()), encoder.FEATURE_DIM):
+    if c["features"] is None or c["features"].shape != (int(c["ok"].sum()), dim):
         return None
     return c
 
@@ -131,9 +139,9 @@ class _ChunkRows:
     """The ok feature rows of a list of chunk files, read slice by slice (what
     data.write_dataset asks for), so a big dataset never sits in RAM whole."""
 
-    def __init__(self, paths, counts):
+    def __init__(self, paths, counts, dim):
         self.paths, self.starts = paths, np.concatenate([[0], np.cumsum(counts)]).astype(int)
-        self.shape = (int(self.starts[-1]), encoder.FEATURE_DIM)
+        self.shape = (int(self.starts[-1]), dim)
 
     def __getitem__(self, rows):
         start, stop, _ = rows.indices(self.shape[0])
@@ -163,7 +171,7 @@ def default_workers():
         return os.cpu_count() or 1
 
 
-def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard):
+def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard, enc):
     """Encode every shard whose chunk file is not already done, through `executor`
     (None: shards.default_executor(workers)). -> (chunk paths, images found done)."""
     for name in os.listdir(work):  # chunks of a longer image list, or a killed writer's temp files
@@ -173,14 +181,17 @@ def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard):
     atomic.write_json(
         os.path.join(work, "manifest.json"),
         {
-            "encoder": encoder.ENCODER_NAME,
+            "encoder": encoders.module(enc).ENCODER_NAME,
             "chunks": len(specs),
             "images": sum(len(s["names"]) for s in specs),
         },
     )
     paths = [os.path.join(work, f"chunk_{k:05d}.npz") for k in range(len(specs))]
+    dim = encoders.module(enc).FEATURE_DIM
     todo = [
-        s for s in specs if _read_chunk(paths[s["index"]], s["names"], keys[s["index"]]) is None
+        s
+        for s in specs
+        if _read_chunk(paths[s["index"]], s["names"], keys[s["index"]], dim) is None
     ]
     total = sum(len(s["names"]) for s in specs)
     done = total - sum(len(s["names"]) for s in todo)
@@ -257,6 +268,7 @@ def prepare_dataset(
     on_shard=None,
     source=None,
     force=False,
+    encoder=None,
 ):
     """Pictures + COCO captions json -> a coco_captioning folder in out_dir. Returns a summary:
 
@@ -273,6 +285,7 @@ def prepare_dataset(
     concurrent.futures.Executor to run the shards instead (captioner.shards); workers
     then only sets how many shards are in flight. on_shard(k): called after chunk k is
     written. source: what the pictures are (data.write_dataset; the demo marks its own).
+    encoder: a captioner.encoders name (None: encoders.DEFAULT).
     File names outside images_dir, or that cannot be written one a line, are skipped
     with the reason. out_dir may hold only prepare's own work: an interrupted run (resumed)
     or a finished dataset (the same inputs: done_before; others: refused unless force).
@@ -359,6 +372,7 @@ def prepare_dataset(
         t0,
         source,
         pictures=images_dir,
+        encoder=encoder,
         built=built,
         split_fix="list more val pictures in --split-by"
         if split_by is not None
@@ -371,7 +385,7 @@ def prepare_coco(coco_dir, out_dir, split="karpathy", progress=True, **options):
     out_dir, reading the pictures out of the zips. split 'karpathy': train (train +
     restval), val and test of Karpathy's dataset_coco.json, its raw sentences as captions;
     'official': train2014 / val2014 with captions_{train,val}2014.json. options: vocab,
-    min_count, max_words, batch_size, workers, executor, on_shard, force (as
+    min_count, max_words, batch_size, workers, executor, on_shard, force, encoder (as
     prepare_dataset). Returns the summary of prepare_dataset (with a 'test' entry for
     karpathy). The files keep the CS231n release's names (coco2014_captions.h5, ...)."""
     from captioner.sources import coco
@@ -431,6 +445,7 @@ def _prepare_read(
     executor=None,
     on_shard=None,
     force=False,
+    encoder=None,
 ):
     """Check the options, read() -> ({split: [item]}, skipped, notes), tokenise, _build.
     what: source, name and names of the dataset (data.write_dataset)."""
@@ -469,6 +484,7 @@ def _prepare_read(
         on_shard,
         str(where),
         t0,
+        encoder=encoder,
         built=built,
         **what,
     )
@@ -523,12 +539,16 @@ def _build(
     names="plain",
     built=None,
     split_fix="put more pictures in that split of the dataset's split lists",
+    encoder=None,
 ):
     """Encode split_items ({split: [item]}) in shards and write the dataset (pictures: the
     folder of the picture files, recorded in it for `report`; source, name and names: see
     data.write_dataset). built: the record of the dataset already in out_dir (_check_out):
     the same inputs again mean nothing to do; other inputs are refused (force rebuilds).
-    split_fix: what to do about a split of a few pictures."""
+    split_fix: what to do about a split of a few pictures. encoder: a captioner.encoders name
+    (None: the default for photographs)."""
+    enc = encoders.get(encoders.DEFAULT if encoder is None else encoder)
+    about = encoders.describe(enc)
     # Shards never straddle the splits, so each split's rows are a run of whole chunks.
     specs, keys, shard_split, shard_items = [], [], [], []
     for s, its in split_items.items():
@@ -539,13 +559,14 @@ def _build(
                 names=[it["name"] for it in part],
                 refs=[it["ref"] for it in part],
                 batch_size=batch_size,
+                encoder=enc.name,
             )
             keys.append(_chunk_key(spec, [it["ident"] for it in part]))
             specs.append(spec)
             shard_split.append(s)
             shard_items.append(part)
 
-    record = _record(keys, split_items, vocab, min_count, max_words, source)
+    record = _record(keys, split_items, vocab, min_count, max_words, source, enc.name)
     if built is not None:
         if built.get("record") == record:  # this very dataset: nothing to do
             return dict(
@@ -574,12 +595,12 @@ def _build(
     lock = _lock(work)
     try:
         chunk_paths, resumed = _encode_chunks(
-            work, specs, keys, executor, workers, progress, on_shard
+            work, specs, keys, executor, workers, progress, on_shard, enc
         )
         split_chunks = {s: [] for s in split_items}
         ok_items = {s: [] for s in split_items}
         for k, s in enumerate(shard_split):
-            c = _read_chunk(chunk_paths[k], specs[k]["names"], keys[k])
+            c = _read_chunk(chunk_paths[k], specs[k]["names"], keys[k], about["dim"])
             if c is None:
                 raise CaptionerError(
                     f"{chunk_paths[k]}: changed while prepare was running; rerun it"
@@ -628,7 +649,7 @@ def _build(
             splits[s] = dict(
                 captions=caps,
                 image_idxs=np.array(split_rows[s], dtype=np.int32),
-                features=_ChunkRows(*zip(*split_chunks[s])),
+                features=_ChunkRows(*zip(*split_chunks[s]), about["dim"]),
                 images=[it["name"] for it in ok_items[s]],
                 urls=[it["url"] for it in ok_items[s]],
             )
@@ -639,8 +660,8 @@ def _build(
             )
         summary = dict(
             dataset=name,
-            encoder=encoder.ENCODER_NAME,
-            feature_kind=KIND,
+            encoder=about["feature_id"],
+            feature_kind=enc.kind,
             vocab_size=len(idx_to_word),
             **summary_splits,
             skipped=skipped,
@@ -654,10 +675,14 @@ def _build(
                 new,
                 splits,
                 idx_to_word,
-                kind=KIND,
-                encoder=encoder.ENCODER_NAME,
+                kind=enc.kind,
+                encoder=about["feature_id"],
                 source=source,
                 pictures=pictures,
+                feature_attrs={
+                    "encoder_weights_sha256": about["weights_sha256"],
+                    "feature_layout": about["layout"],
+                },
                 name=name,
                 names=names,
                 attrs=stamp,
@@ -739,11 +764,13 @@ def _read_record(path):
         return {}
 
 
-def _record(keys, split_items, vocab, min_count, max_words, source):
-    """A hash of everything the dataset is made of: the pictures (their chunk keys), the
-    splits, the caption tokens and the vocabulary settings."""
+def _record(keys, split_items, vocab, min_count, max_words, source, encoder):
+    """A hash of everything the dataset is made of: the pictures and their encoder (the chunk
+    keys hold its weights' hash too), the splits, the caption tokens and the vocabulary
+    settings."""
     h = hashlib.sha256()
-    h.update(json.dumps([keys, vocab[1] if vocab else min_count, max_words, source]).encode())
+    blob = [keys, vocab[1] if vocab else min_count, max_words, source, encoder]
+    h.update(json.dumps(blob).encode())
     for s, its in split_items.items():
         h.update(s.encode())
         for it in its:

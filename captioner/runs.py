@@ -209,9 +209,10 @@ def newest_best(root="runs"):
 def checkpoint_data(ckpt, meta, data, split, default=None):
     """The split a checkpoint captions: from the folder data, or when that is the
     default, from the folder the checkpoint was trained on."""
+    from . import encoders
     from .checkpoint import check_compatible
     from .config import DATA_DEFAULT
-    from .data import available_splits, captions_file, open_dataset
+    from .data import _available_kinds, available_splits, captions_file, feature_file, open_dataset
 
     saved = meta.get("training", {}).get("settings", {}).get("data_dir")
     folder = saved if data == (default or DATA_DEFAULT) and saved else data
@@ -223,6 +224,15 @@ def checkpoint_data(ckpt, meta, data, split, default=None):
             f"`captioner prepare --flickr8k DIR`, `--karpathy FILE` or `--coco DIR "
             f"--split karpathy`, or pass another --split"
         )
-    d = open_dataset(folder, meta["features"]["kind"], splits=(split,))
+    f = meta["features"]
+    others = _available_kinds(folder, split) - {f["kind"]}
+    if others and not os.path.isfile(feature_file(folder, split, f["kind"])):
+        enc = encoders.by_feature_id(f.get("encoder"))
+        raise CaptionerError(
+            f"{folder}: has {', '.join(sorted(others))} features, but {ckpt} was trained on "
+            f"{f.get('encoder')} ({f['kind']}) features; pass the --data it was trained on"
+            + (f", or build one with `captioner prepare --encoder {enc.name}`" if enc else "")
+        )
+    d = open_dataset(folder, f["kind"], splits=(split,))
     check_compatible(ckpt, meta, d)
     return d

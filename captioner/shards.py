@@ -7,15 +7,16 @@ The interface (what a local process pool, Dask's `Client.get_executor()` or any 
             "names": [str, ...],        # the pictures' names in the dataset (n of them)
             "refs": [ref, ...],         # where each picture is: a file path (str), or
                                         #   [zip path, member name] for a picture inside a zip
-            "batch_size": B}            # SqueezeNet batch size (fixed: it affects the bits)
+            "batch_size": B,            # encoder batch size (fixed: it affects the bits)
+            "encoder": name}            # captioner.encoders name (absent: squeezenet)
     encode_shard(spec) -> {"index": k, "names": (n,) str, "ok": (n,) bool,
-                           "errors": (n,) str ('' when ok), "features": (m, 2048) float32}
+                           "errors": (n,) str ('' when ok), "features": (m, D) float32}
 
 encode_shard opens the pictures itself, so it runs in any process, on any machine that
 sees the same paths. It returns arrays and writes nothing: the client alone writes the
 chunk files (captioner.atomic) and the dataset, so the result is the same bits whatever
 executes the shards and in whatever order they finish. A shard's features depend only
-on its own pictures and batch size (SqueezeNet has no batch statistics).
+on its own pictures, batch size and encoder (neither network has batch statistics).
 
 default_executor(workers): a ProcessPoolExecutor of `workers` 'spawn'ed processes with
 BLAS held to one thread each (so N workers do not run N x cores threads). One BLAS thread
@@ -48,20 +49,21 @@ def encode_shard(spec):
     """Encode one shard (see the module docstring) -> its result dict."""
     import numpy as np
 
-    from captioner import encoder
+    from captioner import encoders
 
+    net = encoders.module(spec.get("encoder", "squeezenet"))
     names, refs = list(spec["names"]), list(spec["refs"])
     pictures, errors = [], {}
     for i, ref in enumerate(refs):
         try:
-            pictures.append((i, encoder.preprocess(open_picture(ref))))
+            pictures.append((i, net.preprocess(open_picture(ref))))
         except CaptionerError as e:
             errors[i] = str(e)
     batch = int(spec["batch_size"])
-    params = encoder._default_params()
-    feats = [np.zeros((0, encoder.FEATURE_DIM), np.float32)]
+    params = net.default_params()
+    feats = [np.zeros((0, net.FEATURE_DIM), np.float32)]
     for s in range(0, len(pictures), batch):
-        feats.append(encoder.forward(params, np.stack([x for _, x in pictures[s : s + batch]]))[1])
+        feats.append(net.forward(params, np.stack([x for _, x in pictures[s : s + batch]]))[1])
     ok = np.zeros(len(names), dtype=bool)
     ok[[i for i, _ in pictures]] = True
     return {

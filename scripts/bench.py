@@ -20,16 +20,18 @@ Sections (each is skipped, with the reason printed, when what it needs is missin
            captions, CS231n sizes), each with its fraction of the GEMM floor.
   decode   greedy (model.sample) and beam-3 search over 1,000 images; beam 3 over 5,000.
   metrics  captioner.metrics.score vs pycocoevalcap's Bleu + Rouge + Cider, 5,000 images.
-  encoder  encode_images, images/s in batches of 32.
+  encoder  EfficientNet-Lite0 vs SqueezeNet images/s in batches of 32 (encode_images, and
+           forward alone), and Lite0 vs PyTorch's conv2d on the same folded weights.
   memory   a COCO-size dataset (400,135 captions, 82,783 images, 512-d and 4096-d features,
            1.5 GB) written to a temp dir, then `captioner train --max-train 10000 --epochs 1`
            in a fresh process per run: peak RSS (VmHWM) and time per step for pca, fc7
            streamed from HDF5 (the default) and fc7 read into RAM (load_coco_data lazy=False).
   startup  wall time of `captioner --help`, and of `captioner sample PICTURE --checkpoint CKPT`
            (reference-size LSTM) with a warm and a cold encoder weights cache.
-  prepare  `captioner prepare` on 416 real COCO JPEGs (the 13 of ../shared repeated), 1 worker
-           vs all cores, each in a fresh process, interleaved: images/s, the ratio (>= 1.7x),
-           identical features, peak RSS (< 1.5 GiB), projected time for COCO 2014.
+  prepare  `captioner prepare` (default encoder) on 416 real COCO JPEGs (the 13 of ../shared
+           repeated), 1 worker vs all cores, each in a fresh process, interleaved: images/s,
+           the ratio (>= 1.7x), identical features, peak RSS (< 1.5 GiB; < 400 MiB a worker),
+           projected time for COCO 2014.
   cluster  prepare through a local 2-worker Dask cluster vs 2 local worker processes vs 1
            process (images/s, same pictures, same dataset); a sweep of 4 small runs with
            --parallel 1 vs 2 (wall time). Needs the cluster extra.

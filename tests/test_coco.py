@@ -247,7 +247,7 @@ def test_karpathy_split_from_the_zips(release, tmp_path):
     assert len(names) == 13
     assert all(n.startswith(("train2014/COCO_train2014_", "val2014/COCO_val2014_")) for n in names)
     assert d["test_urls"] == [f"http://images.cocodataset.org/{n}" for n in d["test_images"]]
-    assert d["test_features"].shape == (3, 2048) and len(d["test_captions"]) == 15
+    assert d["test_features"].shape == (3, 2560) and len(d["test_captions"]) == 15  # Lite0
     # workers 2 through real processes: the same dataset, bit for bit; and shards run by
     # spawned processes finishing in the reverse of the order they were handed out
     s2 = P.prepare_coco(

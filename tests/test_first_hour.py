@@ -220,6 +220,11 @@ def test_prepare_recognises_its_own_finished_dataset(pictures, tmp_path):
     other = run(*args, "--min-count", 2, "--val-fraction", 0.4, "--out", tmp_path / "d")
     assert other.exit_code == 2
     assert "holds a dataset captioner prepare built from other pictures" in other.output
+    # another encoder (the default is EfficientNet-Lite0): not this dataset either
+    other = run(*args, "--min-count", 1, "--val-fraction", 0.4, "--encoder", "squeezenet",
+                "--out", tmp_path / "d")  # fmt: skip
+    assert other.exit_code == 2 and "nothing to do" not in other.output
+    assert "holds a dataset captioner prepare built from other pictures" in other.output
     # a folder with a file prepare did not make is still refused
     (tmp_path / "d" / "notes.txt").write_text("mine")
     mine = run(*args, "--min-count", 1, "--val-fraction", 0.4, "--out", tmp_path / "d")

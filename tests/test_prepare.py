@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner import encoder as E
+from captioner import efficientnet as L
 from captioner import prepare as P
 from captioner import shards as S
-from captioner.data import decode_captions, load_coco_data, load_vocab
+from captioner.data import decode_captions, feature_attrs, load_coco_data, load_vocab
 from captioner.errors import CaptionerError
 from helpers import assert_same_dataset
 
@@ -178,14 +178,21 @@ def test_real_coco_pictures_make_a_loadable_dataset(shared, tmp_path):
     assert not (tmp_path / "ds" / P.WORK_DIR).exists()
 
     d = load_coco_data(tmp_path / "ds")
-    assert d["feature_kind"] == "squeezenet" and d["encoder"] == E.ENCODER_NAME
-    assert d["train_features"].shape == (10, E.FEATURE_DIM) and d["val_features"].shape == (
+    # photographs get EfficientNet-Lite0 features by default, and the dataset says so
+    assert d["feature_kind"] == "lite0" and d["encoder"] == L.ENCODER_NAME
+    attrs = feature_attrs(tmp_path / "ds", "lite0", "val")
+    assert {k: attrs[k] for k in ("encoder", "encoder_weights_sha256", "feature_layout")} == {
+        "encoder": L.ENCODER_NAME,
+        "encoder_weights_sha256": L.WEIGHTS_SHA256,
+        "feature_layout": L.LAYOUT,
+    }
+    assert d["train_features"].shape == (10, L.FEATURE_DIM) and d["val_features"].shape == (
         3,
-        E.FEATURE_DIM,
+        L.FEATURE_DIM,
     )
     # the encoder's per-image normalisation: every row has RMS 1, whatever the picture
     norms = np.linalg.norm(np.concatenate([d["train_features"], d["val_features"]]), axis=1)
-    np.testing.assert_allclose(norms, np.sqrt(E.FEATURE_DIM), rtol=1e-4)
+    np.testing.assert_allclose(norms, np.sqrt(L.FEATURE_DIM), rtol=1e-4)
     assert d["idx_to_word"] == load_vocab(vocab)[1]  # reused as is
     assert d["train_captions"].shape[1] == 17
     assert sorted(d["train_images"] + d["val_images"]) == sorted(
