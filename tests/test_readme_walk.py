@@ -110,8 +110,9 @@ def test_the_readme_marks_its_offline_walk():
 
 
 @pytest.mark.slow
-def test_readme_walk_from_a_fresh_clone(tmp_path):
+def test_readme_walk_from_a_fresh_clone(tmp_path, shared):
     clone = tmp_path / "captioner"
+    (tmp_path / "shared").symlink_to(shared)  # ../shared beside the clone, as beside a checkout
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     env = dict(
         os.environ,
