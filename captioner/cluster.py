@@ -37,6 +37,43 @@ def _dask():
 
 
 @contextlib.contextmanager
+def _io_loop():
+    """A running Tornado IO loop in a thread of its own, for the cluster and the client.
+    Without one, each of them starts a loop thread and gives it 10 s (hard-coded in Dask's
+    LoopRunner) to run: on a loaded machine that fails with a bare `assert loop is not
+    None`. Here the wait has no deadline; a loop that cannot start raises instead."""
+    import asyncio
+    import threading
+
+    from tornado.ioloop import IOLoop
+
+    running, loops, stop = threading.Event(), [], []
+
+    async def main():
+        stop.append(asyncio.Event())
+        loops.append(IOLoop.current())
+        running.set()
+        await stop[0].wait()
+
+    def run():
+        try:
+            asyncio.run(main())
+        finally:
+            running.set()  # also when the loop failed to start, so the wait below ends
+
+    thread = threading.Thread(target=run, name="dask IO loop", daemon=True)
+    thread.start()
+    running.wait()
+    if not loops:
+        raise RuntimeError("the IO loop for Dask did not start (see the error above)")
+    try:
+        yield loops[0]
+    finally:
+        loops[0].add_callback(stop[0].set)
+        thread.join()
+
+
+@contextlib.contextmanager
 def client(address, n_workers=None, timeout=None):
     """A connected distributed.Client, closed on exit (with its LocalCluster for "local").
 
@@ -45,6 +82,12 @@ def client(address, n_workers=None, timeout=None):
     """
     distributed = _dask()
     timeout = CONNECT_TIMEOUT if timeout is None else timeout
+    with _io_loop() as loop, _connected(distributed, address, n_workers, timeout, loop) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def _connected(distributed, address, n_workers, timeout, loop):
     cluster = None
     try:
         if address == "local":
@@ -57,9 +100,10 @@ def client(address, n_workers=None, timeout=None):
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=None,
+                    loop=loop,
                 )
             address = cluster.scheduler_address
-        c = distributed.Client(address, timeout=timeout, set_as_default=False)
+        c = distributed.Client(address, timeout=timeout, set_as_default=False, loop=loop)
     except (OSError, TimeoutError, ValueError) as e:
         if cluster is not None:
             cluster.close()

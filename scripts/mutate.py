@@ -11,6 +11,7 @@ selected tests run which function, then judges each mutant by those tests alone,
 first. Its results persist in mutants/: a rerun only judges what changed. The score is
 killed / judged, where judged counts survivors, mutants no test runs, and timeouts.
 Runs niced (the machine may be shared); MUTATE_JOBS sets the worker processes (default 2).
+The tests in mutants/ find ../shared (the real-data tests) through CAPTIONER_SHARED.
 """
 
 import fnmatch
@@ -18,6 +19,7 @@ import os
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 
 GROUPS = {
     "optim.py": ["captioner.optim.*"],
@@ -34,6 +36,8 @@ GROUPS = {
     "splits and vocabulary": [
         "captioner.sources.coco.x_read_split*",
         "captioner.sources.coco.x__karpathy*",
+        "captioner.sources.karpathy.x_parse*",
+        "captioner.sources.karpathy.x_read__*",
         "captioner.vocab.x_build_vocab*",
         "captioner.vocab.x_encode_captions*",
         "captioner.prepare.x_tokenize*",
@@ -61,6 +65,9 @@ def _in(group, name):
 
 def run(groups, sample=None):
     """Judge every mutant of the groups, or `sample` of each, evenly spread over it."""
+    shared = Path(__file__).resolve().parents[2] / "shared"
+    if shared.is_dir():
+        os.environ.setdefault("CAPTIONER_SHARED", str(shared))
     names = [name for name, _ in results()] if sample else []
     for group in groups:
         chosen = GROUPS[group]

@@ -126,17 +126,14 @@ def build_release(shared, folder, karpathy_extra=(), member_extra=()):
 
 # ----------------------------------------------------------------------------- the mirror
 
-_RELEASE = {}
 
-
-@pytest.fixture
+@pytest.fixture(scope="session")
 def release(shared, tmp_path_factory):
     """(folder, {name: bytes}) of the four zips, built once per session (through `shared`,
-    so it is skipped or failed as the other real-data tests are)."""
-    if "r" not in _RELEASE:
-        folder = tmp_path_factory.mktemp("release")
-        _RELEASE["r"] = folder, build_release(shared, folder)
-    return _RELEASE["r"]
+    so it is skipped or failed as the other real-data tests are). A fixture, not a module
+    global: a second pytest session in the process (mutmut's) gets a folder of its own."""
+    folder = tmp_path_factory.mktemp("release")
+    return folder, build_release(shared, folder)
 
 
 @pytest.fixture
