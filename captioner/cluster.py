@@ -12,6 +12,7 @@ paths that the client and the workers share.
 """
 
 import contextlib
+import gc
 import logging
 from concurrent.futures import CancelledError
 
@@ -69,6 +70,9 @@ def _io_loop():
     try:
         yield loops[0]
     finally:
+        # A Client whose connection failed is left in reference cycles; collected now, it
+        # closes itself on a running loop, not at some later collection on a closed one.
+        gc.collect()
         loops[0].add_callback(stop[0].set)
         thread.join()
 
@@ -88,7 +92,7 @@ def client(address, n_workers=None, timeout=None):
 
 @contextlib.contextmanager
 def _connected(distributed, address, n_workers, timeout, loop):
-    cluster = None
+    cluster, unreachable = None, None
     try:
         if address == "local":
             import dask
@@ -105,13 +109,17 @@ def _connected(distributed, address, n_workers, timeout, loop):
             address = cluster.scheduler_address
         c = distributed.Client(address, timeout=timeout, set_as_default=False, loop=loop)
     except (OSError, TimeoutError, ValueError) as e:
+        # raised below, outside this block: e's traceback holds the half-built Client, which
+        # must be left to _io_loop's collection while its loop still runs
+        unreachable = str(e)
+    if unreachable is not None:
         if cluster is not None:
             cluster.close()
         raise CaptionerError(
-            f"{address}: cannot reach a Dask scheduler ({e}); start one with "
+            f"{address}: cannot reach a Dask scheduler ({unreachable}); start one with "
             f"`dask scheduler` and pass its tcp://HOST:PORT, or use "
             f"--scheduler local"
-        ) from None
+        )
     # The client logs its failed reconnections with tracebacks; what they mean for the
     # command is said below, in one line.
     log = logging.getLogger("distributed.client")
