@@ -219,6 +219,29 @@ def test_float32_follows_inputs(rng, fwd, bwd, k):
         np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "fwd, bwd, k", [(c.forward, c.backward, c.gates) for c in CELLS.values()], ids=list(CELLS)
+)
+@pytest.mark.parametrize("wide", ["x", "h0", "Wx", "Wh", "b"])
+def test_one_float64_input_gives_float64_results(rng, fwd, bwd, k, wide):
+    """NumPy's promotion, as in CS231n's code: with any one input in float64, h is float64
+    (not rounded to float32), and a float64 dout gives float64 gradients of every input."""
+    N, T, D, H = 2, 3, 4, 5
+    names = ["x", "h0", "Wx", "Wh", "b"]
+    shapes = [(N, T, D), (N, H), (D, k * H), (H, k * H), (k * H,)]
+    args64 = [rng.standard_normal(s) * 0.3 for s in shapes]
+    args = [a if n == wide else a.astype(np.float32) for n, a in zip(names, args64)]
+    args64 = [a.astype(np.float32).astype(np.float64) for a in args64]  # the same values
+    h, cache = fwd(*args)
+    h64, cache64 = fwd(*args64)
+    assert h.dtype == np.float64
+    np.testing.assert_allclose(h, h64, rtol=1e-5, atol=1e-6)
+    dout = rng.standard_normal(h.shape)
+    for g, g64 in zip(bwd(dout, cache), bwd(dout, cache64)):
+        assert g.dtype == np.float64
+        np.testing.assert_allclose(g, g64, rtol=1e-4, atol=1e-5)
+
+
 def test_word_embedding_repeated_ids(rng):
     V, D = 5, 3
     x = np.array([[0, 3, 1, 3], [2, 3, 3, 0]])  # id 3 four times, 4 never
