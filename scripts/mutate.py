@@ -4,12 +4,15 @@
                                                        print the scores
     .venv/bin/python scripts/mutate.py --sample N [GROUP ...]    N mutants of each, evenly
                                                        spread (a quicker estimate)
+    .venv/bin/python scripts/mutate.py --again [GROUP ...]    judge the survivors again too
+                                                       (after new tests)
     .venv/bin/python scripts/mutate.py --scores [--survivors]   only print the scores
 
 mutmut (configured in pyproject.toml) copies the tree to mutants/, records which of the
 selected tests run which function, then judges each mutant by those tests alone, fastest
-first. Its results persist in mutants/: a rerun only judges what changed. The score is
-killed / judged, where judged counts survivors, mutants no test runs, and timeouts.
+first. Its results persist in mutants/: a rerun only judges mutants without a verdict
+(those of new or changed functions). The score is killed / judged, where judged counts
+survivors, mutants no test runs, and timeouts.
 Runs niced (the machine may be shared); MUTATE_JOBS sets the worker processes (default 2).
 The tests in mutants/ find ../shared (the real-data tests) through CAPTIONER_SHARED.
 """
@@ -47,6 +50,9 @@ GROUPS = {
 }
 
 
+LIVE = ("survived", "no tests", "timeout")  # not killed
+
+
 def results():
     out = subprocess.run(
         [sys.executable, "-m", "mutmut", "results", "--all", "true"],
@@ -63,21 +69,26 @@ def _in(group, name):
     return any(fnmatch.fnmatch(name, p) for p in GROUPS[group])
 
 
-def run(groups, sample=None):
-    """Judge every mutant of the groups, or `sample` of each, evenly spread over it."""
+def run(groups, sample=None, again=False):
+    """Judge the mutants of the groups (or `sample` of each, evenly spread) that have no
+    verdict yet; again: the survivors too (after new tests)."""
     shared = Path(__file__).resolve().parents[2] / "shared"
     if shared.is_dir():
         os.environ.setdefault("CAPTIONER_SHARED", str(shared))
-    names = [name for name, _ in results()] if sample else []
+    status = dict(results())  # empty before the first run: then mutmut judges every mutant
     for group in groups:
-        chosen = GROUPS[group]
+        mine = [n for n in status if _in(group, n)]
         if sample:
-            mine = [n for n in names if _in(group, n)]
-            chosen = mine[:: max(1, len(mine) // sample)][:sample]
-        print(f"== {group}: {'all' if not sample else len(chosen)} mutants", flush=True)
+            mine = mine[:: max(1, len(mine) // sample)][:sample]
+        todo = [n for n in mine if status[n] == "not checked" or (again and status[n] in LIVE)]
+        if not status:
+            todo = GROUPS[group]
+        elif not todo:
+            continue
+        print(f"== {group}: {len(todo)} of {len(mine)} mutants to judge", flush=True)
         subprocess.run(
             ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children"]
-            + [os.environ.get("MUTATE_JOBS", "2"), *chosen],
+            + [os.environ.get("MUTATE_JOBS", "2"), *todo],
             check=True,
         )
 
@@ -89,7 +100,7 @@ def scores(argv):
         if group is None:
             continue
         counts[group][status] += 1
-        if status in ("survived", "no tests", "timeout"):
+        if status in LIVE:
             survivors[group].append(f"{name}: {status}")
     head = ("killed", "survived", "no tests", "timeout", "not run", "score")
     print(f"{'module':24}" + "".join(f"{h:>10}" for h in head))
@@ -109,5 +120,5 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if "--scores" not in args:
         sample = int(args[args.index("--sample") + 1]) if "--sample" in args else None
-        run([a for a in args if a in GROUPS] or list(GROUPS), sample)
+        run([a for a in args if a in GROUPS] or list(GROUPS), sample, "--again" in args)
     scores(args)
