@@ -388,8 +388,9 @@ def test_bad_karpathy_file_is_refused(release, tmp_path, doc, message):
         zf.writestr("dataset_coco.json", json.dumps(doc))
     with pytest.raises(
         CaptionerError, match=rf"caption_datasets\.zip:dataset_coco\.json: {message}"
-    ):
+    ) as err:
         P.prepare_coco(folder, tmp_path / "out", progress=False)
+    assert "; not Karpathy's dataset_coco.json ({" in str(err.value)  # and what it should be
 
 
 def test_bad_coco_annotations_are_refused(release, tmp_path):
