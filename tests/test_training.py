@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import pickle
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,29 @@ def test_nan_loss_stops_with_clear_message(dataset, tmp_path):
             data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
         )
     assert not os.path.exists(tmp_path / "last.npz")  # nothing NaN was saved
+
+
+def test_a_signal_mid_epoch_stops_after_the_step_and_saves_it(dataset, tmp_path):
+    """A SIGTERM as step 1 ends: training stops at that step boundary, last.npz holds step 1,
+    and Interrupted names the signal (the CLI exits with 128 + its number)."""
+    data = load_coco_data(dataset)
+
+    def progress(epoch, epochs, step, steps, loss):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(runs.Interrupted) as err:
+        training.train(
+            data,
+            small_model(data),
+            str(tmp_path),
+            progress=progress,
+            log=lambda *_: None,
+            epochs=1,
+            **SMALL,
+        )
+    assert (err.value.signum, err.value.path) == (signal.SIGTERM, str(tmp_path / "last.npz"))
+    assert checkpoint.load_model(tmp_path / "last.npz")[1]["training"]["step"] == 1
 
 
 def test_an_infinite_gradient_stops_training_even_with_a_finite_loss(dataset, tmp_path):
