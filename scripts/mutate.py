@@ -4,8 +4,8 @@
                                                        print the scores
     .venv/bin/python scripts/mutate.py --sample N [GROUP ...]    N mutants of each, evenly
                                                        spread (a quicker estimate)
-    .venv/bin/python scripts/mutate.py --again [GROUP ...]    judge the survivors again too
-                                                       (after new tests)
+    .venv/bin/python scripts/mutate.py --again [GROUP ...]    judge the survivors again
+                                                       (after new tests), only them
     .venv/bin/python scripts/mutate.py --scores [--survivors]   only print the scores
 
 mutmut (configured in pyproject.toml) copies the tree to mutants/, records which of the
@@ -71,21 +71,20 @@ def _in(group, name):
 
 def run(groups, sample=None, again=False):
     """Judge the mutants of the groups (or `sample` of each, evenly spread) that have no
-    verdict yet; again: the survivors too (after new tests)."""
+    verdict yet; again: only the survivors, again (after new tests)."""
     shared = Path(__file__).resolve().parents[2] / "shared"
     if shared.is_dir():
         os.environ.setdefault("CAPTIONER_SHARED", str(shared))
     status = dict(results())  # empty before the first run: then mutmut judges every mutant
+    todo = []
     for group in groups:
         mine = [n for n in status if _in(group, n)]
         if sample:
             mine = mine[:: max(1, len(mine) // sample)][:sample]
-        todo = [n for n in mine if status[n] == "not checked" or (again and status[n] in LIVE)]
-        if not status:
-            todo = GROUPS[group]
-        elif not todo:
-            continue
-        print(f"== {group}: {len(todo)} of {len(mine)} mutants to judge", flush=True)
+        mine = [n for n in mine if status[n] in (LIVE if again else ("not checked",))]
+        todo += mine if status else GROUPS[group]
+        print(f"== {group}: {len(mine) if status else 'all'} mutants to judge", flush=True)
+    if todo:  # one mutmut run: each begins by running the whole test selection once
         subprocess.run(
             ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children"]
             + [os.environ.get("MUTATE_JOBS", "2"), *todo],
