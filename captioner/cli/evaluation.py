@@ -11,13 +11,15 @@ from .. import encoders, limits
 from ..cells import CELLS
 from .options import (
     COUNT,
-    MAX_LENGTH,
     NON_NEGATIVE,
     POSITIVE,
     SEED,
     SPLITS,
+    beam_size_option,
     data_option,
     load_data,
+    max_length_option,
+    no_meteor_option,
 )
 from .output import echo, plural
 
@@ -42,20 +44,8 @@ from .output import echo, plural
 @click.option(
     "--max-images", type=COUNT, default=None, help="Only the first N images of the split."
 )
-@click.option(
-    "--beam-size",
-    type=click.IntRange(1, limits.MAX_BEAM),
-    default=3,
-    show_default=True,
-    help=f"1 is greedy (at most {limits.MAX_BEAM}).",
-)
-@click.option(
-    "--max-length",
-    type=MAX_LENGTH,
-    default=16,
-    show_default=True,
-    help=f"Words per caption at most (up to {limits.MAX_LENGTH}).",
-)
+@beam_size_option
+@max_length_option
 @click.option(
     "--length-norm",
     type=NON_NEGATIVE,
@@ -75,7 +65,7 @@ from .output import echo, plural
     default=None,
     help="COCO annotations to score --results against.",
 )
-@click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap).")
+@no_meteor_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option(
     "--save-results",
@@ -178,13 +168,7 @@ def evaluate(
 @click.option(
     "--count", type=COUNT, default=5, show_default=True, help="Dataset images to caption."
 )
-@click.option(
-    "--beam-size",
-    type=click.IntRange(1, limits.MAX_BEAM),
-    default=3,
-    show_default=True,
-    help=f"1 is greedy (at most {limits.MAX_BEAM}).",
-)
+@beam_size_option
 @click.option(
     "--n-best",
     type=click.IntRange(1, limits.MAX_N_BEST),
@@ -198,13 +182,7 @@ def evaluate(
     default=None,
     help="Sample words at this temperature instead of beam search (diverse captions).",
 )
-@click.option(
-    "--max-length",
-    type=MAX_LENGTH,
-    default=16,
-    show_default=True,
-    help=f"Words per caption at most (up to {limits.MAX_LENGTH}).",
-)
+@max_length_option
 @click.option("--seed", type=SEED, default=None, help="Pick the same images / samples again.")
 @click.option(
     "--json",
@@ -532,27 +510,15 @@ def gradients(
     show_default=True,
     help="Gallery pictures per run: a third best, a third worst, a third at random.",
 )
-@click.option(
-    "--beam-size",
-    type=click.IntRange(1, limits.MAX_BEAM),
-    default=3,
-    show_default=True,
-    help=f"1 is greedy (at most {limits.MAX_BEAM}).",
-)
-@click.option(
-    "--max-length",
-    type=MAX_LENGTH,
-    default=16,
-    show_default=True,
-    help=f"Words per caption at most (up to {limits.MAX_LENGTH}).",
-)
+@beam_size_option
+@max_length_option
 @click.option(
     "--max-images",
     type=COUNT,
     default=None,
     help="Score only the first N images of the split (default: all).",
 )
-@click.option("--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap).")
+@no_meteor_option
 @click.option("--seed", type=SEED, default=0, show_default=True, help="The random gallery sample.")
 @click.option("--force", is_flag=True, help="Let --out replace an existing file.")
 @click.option(

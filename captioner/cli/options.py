@@ -86,6 +86,26 @@ def encoder_option(default, what):
     )
 
 
+# the decoding and scoring options of evaluate, sample and report
+beam_size_option = click.option(
+    "--beam-size",
+    type=click.IntRange(1, limits.MAX_BEAM),
+    default=3,
+    show_default=True,
+    help=f"1 is greedy (at most {limits.MAX_BEAM}).",
+)
+max_length_option = click.option(
+    "--max-length",
+    type=MAX_LENGTH,
+    default=16,
+    show_default=True,
+    help=f"Words per caption at most (up to {limits.MAX_LENGTH}).",
+)
+no_meteor_option = click.option(
+    "--no-meteor", is_flag=True, help="Skip METEOR (it needs Java and pycocoevalcap)."
+)
+
+
 def load_data(data, features, splits=("train", "val"), max_train=None, fallback=None):
     """The dataset that --data and --features name (numpy and h5py imported here)."""
     from ..data import DEMO_DATA, open_dataset
