@@ -92,6 +92,7 @@ def client(address, n_workers=None, timeout=None):
 
 @contextlib.contextmanager
 def _connected(distributed, address, n_workers, timeout, loop):
+    """client() on `loop`: the Client (and LocalCluster), Dask's failures as one line each."""
     cluster, unreachable = None, None
     try:
         if address == "local":
