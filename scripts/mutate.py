@@ -11,8 +11,8 @@
 mutmut (configured in pyproject.toml) copies the tree to mutants/, records which of the
 selected tests run which function, then judges each mutant by those tests alone, fastest
 first. Its results persist in mutants/: a rerun only judges mutants without a verdict
-(those of new or changed functions). The score is killed / judged, where judged counts
-survivors, mutants no test runs, and timeouts.
+(mutmut drops the verdicts of a function that changed when it next copies the tree). The
+score is killed / judged, where judged counts survivors, mutants no test runs, and timeouts.
 Runs niced (the machine may be shared); MUTATE_JOBS sets the worker processes (default 2).
 The tests in mutants/ find ../shared (the real-data tests) through CAPTIONER_SHARED.
 """
