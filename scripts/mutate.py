@@ -76,6 +76,8 @@ def run(groups, sample=None, again=False):
     if shared.is_dir():
         os.environ.setdefault("CAPTIONER_SHARED", str(shared))
     status = dict(results())  # empty before the first run: then mutmut judges every mutant
+    if sample and not status:
+        sys.exit("no mutants yet to sample from: run one group first (e.g. optim.py)")
     todo = []
     for group in groups:
         mine = [n for n in status if _in(group, n)]
