@@ -228,11 +228,13 @@ def train_runs(parent, plan, parallel=1, scheduler=None, progress=None, log=prin
         else:
             todo.append(run_dir)
 
-    def setup():
+    def setup():  # a finished run is kept as it is, run.json too
         from . import runs
 
         for name, setting, seed in planned:
             run_dir = os.path.join(parent, name)
+            if run_dir not in todo:
+                continue
             runs.make_dir(run_dir)
             spec, path = run_spec(plan, setting, seed), os.path.join(run_dir, "run.json")
             if not os.path.exists(path) or sweep._read(path) != spec:
