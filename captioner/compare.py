@@ -147,13 +147,14 @@ def load_plan(parent, epochs=None, data_dir=None, seed_list=None, flag="--resume
 
 def _add(plan, key, values, path, fixed=False):
     """Append to plan[key] (seeds, cells) the new ones of values, which must hold all the
-    plan's; the plan is saved and its results dropped. values None: unchanged."""
+    plan's; the plan is saved and its results dropped. values None: unchanged; fixed: no
+    value can be added (a single seed)."""
     if values is None or list(values) == plan[key]:
         return
     if fixed or not set(plan[key]) <= set(values):
         raise CaptionerError(
             f"{path}: {key} {_list(plan[key])}; --resume can add {key} to a comparison"
-            f"{' of several' if key == 'seeds' else ''}, not drop any; start a new comparison "
+            f"{' of several' if fixed else ''}, not drop any; start a new comparison "
             f"with another --out"
         )
     plan[key] += [v for v in dict.fromkeys(values) if v not in plan[key]]
