@@ -318,6 +318,15 @@ def test_seeded_compare_resumes_in_parallel_to_the_serial_result(data, tmp_path)
     assert result.exit_code == 2 and "not both" in result.output
 
 
+def test_a_single_seed_comparison_takes_no_more_seeds(reference):
+    """Its runs' names hold no seed, so seeds cannot be added to it; the plan is left as it was."""
+    ref, _ = reference
+    plan = (ref / "compare.json").read_bytes()
+    result = run("compare", "--resume", ref, "--seeds", 2)
+    assert result.exit_code == 2 and "to a comparison of several, not drop" in result.output
+    assert (ref / "compare.json").read_bytes() == plan
+
+
 def test_a_cell_added_on_resume_leaves_the_old_runs_and_trains_like_train(data, seeded, tmp_path):
     out = tmp_path / "cmp"
     shutil.copytree(seeded, out)
