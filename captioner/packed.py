@@ -44,6 +44,19 @@ def buffer(work, key, shape, dtype):
     return block[:size].reshape(shape)
 
 
+def transposed(W, work, key):
+    """W.T as a C-contiguous copy (in work[key] when work is given).
+
+    Why: the backward recurrences multiply by Wh.T once per step. OpenBLAS packs the
+    whole weight matrix on every call, and packing the transposed view reads it with a
+    stride: d @ Wh.T on 25 rows took 1.7x as long as d @ transposed(Wh) here (1.2x on
+    100 rows). The copy is paid once per backward pass.
+    """
+    out = buffer(work, key, W.shape[::-1], W.dtype)
+    np.copyto(out, W.T)
+    return out
+
+
 def _page_aligned(size, dtype, page=4096):
     """np.empty(size, dtype) starting on a page boundary."""
     raw = np.empty(size * np.dtype(dtype).itemsize + page, np.uint8)
@@ -217,6 +230,7 @@ def rnn_packed_backward(dh, cache, work=None):
     n0 = int(batch_sizes[0]) if len(batch_sizes) else 0
     tmp = buffer(work, "tmp", (n0, h.shape[1]), h.dtype)
     dprev = None
+    WhT = transposed(Wh, work, "WhT")
     for t in range(len(batch_sizes) - 1, -1, -1):
         n = batch_sizes[t]
         lo, hi = offs[t], offs[t] + n
@@ -226,7 +240,7 @@ def rnn_packed_backward(dh, cache, work=None):
         np.multiply(h[lo:hi], h[lo:hi], out=tmp[:n])
         np.subtract(1, tmp[:n], out=tmp[:n])
         d *= tmp[:n]
-        dprev = d @ Wh.T
+        dprev = d @ WhT
     dh0 = dprev if dprev is not None else np.zeros((0, h.shape[1]), dtype=h.dtype)
     return da, dh0, hprev.T @ da
 
@@ -360,6 +374,7 @@ def lstm_packed_backward(dh, cache, work=None):
     dc, dph, dpc = (buffer(work, k, (n0, H), c.dtype) for k in ("dc", "dph", "dpc"))
     scratch = buffer(work, "tmp", (n0, 4 * H), c.dtype)
     m = 0  # rows carrying dprev_h / dprev_c from step t + 1
+    WhT = transposed(Wh, work, "WhT")
     for t in range(len(batch_sizes) - 1, -1, -1):
         n = batch_sizes[t]
         lo, hi = offs[t], offs[t] + n
@@ -369,7 +384,7 @@ def lstm_packed_backward(dh, cache, work=None):
         lstm_cell_backward(
             d, dpc[:m], gates[lo:hi], prev_c, tc[lo:hi], da[lo:hi], dc[:n], scratch[:n]
         )
-        np.matmul(da[lo:hi], Wh.T, out=dph[:n])
+        np.matmul(da[lo:hi], WhT, out=dph[:n])
         np.multiply(dc[:n], gates[lo:hi, H : 2 * H], out=dpc[:n])
         m = n
     return da, dph[:m].copy(), hprev.T @ da
@@ -440,6 +455,7 @@ def gru_packed_backward(dh, cache, work=None):
     n0 = int(batch_sizes[0]) if len(batch_sizes) else 0
     dph, tmp = (buffer(work, k, (n0, H), hprev.dtype) for k in ("dph", "tmp"))
     m = 0  # rows carrying dprev_h from step t + 1
+    WhT = transposed(Wh, work, "WhT")
     for t in range(len(batch_sizes) - 1, -1, -1):
         n = batch_sizes[t]
         lo, hi = offs[t], offs[t] + n
@@ -467,7 +483,7 @@ def gru_packed_backward(dh, cache, work=None):
         dar *= omz
         dhh[lo:hi, : 2 * H] = dg[:, : 2 * H]
         # dprev_h = d z + dhh @ Wh.T: kept through z, and fed the gates
-        np.matmul(dhh[lo:hi], Wh.T, out=dph[:n])
+        np.matmul(dhh[lo:hi], WhT, out=dph[:n])
         np.multiply(d, z, out=tmp[:n])
         dph[:n] += tmp[:n]
         m = n

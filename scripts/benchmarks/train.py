@@ -71,7 +71,7 @@ class TorchWorker:
     lets the bench interleave PyTorch steps with its own so both see the same machine load.
     """
 
-    def __init__(self, npz, cell, packed=False, warmup=3):
+    def __init__(self, npz, cell, packed=False, warmup=3, threads=2):
         cmd = [
             sys.executable,
             str(SCRIPTS / "torch_baseline.py"),
@@ -82,7 +82,7 @@ class TorchWorker:
             "--warmup",
             str(warmup),
             "--threads",
-            "2",
+            str(threads),
             "--serve",
         ] + (["--packed"] if packed else [])
         self.p = subprocess.Popen(
