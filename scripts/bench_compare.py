@@ -2,6 +2,13 @@
 (forward + backward + Adam) and of greedy / beam-3 decoding, at the CS231n size.
 
     python scripts/bench_compare.py OLD_CHECKOUT [--rounds 15]
+    python scripts/bench_compare.py OLD_CHECKOUT --grid [--rounds 9]
+
+--grid times the training step instead over a grid of batch sizes, vocabularies and hidden
+sizes (GRID), each point against PyTorch too when torch is installed (scripts/torch_baseline.py
+in a subprocess, as many BLAS threads as numpy): old, new and PyTorch steps interleaved, the
+same weights and real COCO val captions for all three; prints new/old, old/PyTorch and
+new/PyTorch per point.
 
 OLD_CHECKOUT is a tree holding another version's captioner/ (e.g. `git worktree add
 /tmp/old main`). Each round times old then new (then new then old, alternating), so load
@@ -13,12 +20,19 @@ import argparse
 import importlib
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# (cell, batch, vocabulary, hidden): batches 25-500 at the CS231n sizes, then ~9,500 words
+# (the COCO road's vocabulary) and hidden 256 at a small and the reference batch
+GRID = [("lstm", n, 1004, 512) for n in (25, 50, 100, 500)]
+GRID += [("lstm", n, 9500, 512) for n in (25, 100)] + [("lstm", n, 1004, 256) for n in (25, 100)]
+GRID += [("rnn", n, 1004, 512) for n in (25, 100)]
 
 
 def import_captioner(tree, alias):
@@ -47,13 +61,94 @@ def captions(rng, N=100, T=16, V=1004):
     return caps
 
 
+def grid(old, new, rounds):
+    """The --grid table (module doc)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import importlib.util
+
+    from benchmarks.common import REF, SHARED, blas_threads
+    from benchmarks.softmax import vocabularies
+    from benchmarks.train import TorchWorker
+
+    have_torch = importlib.util.find_spec("torch") is not None
+    encoded = {len(w2i): (w2i, caps) for _, w2i, caps in vocabularies(REF["T"]) or []}
+    if not encoded:
+        sys.exit(f"--grid needs real captions: {SHARED / 'coco'} lacks captions_val2014.json")
+    print(
+        f"training step, {rounds} interleaved rounds, medians; numpy and PyTorch on "
+        f"{blas_threads()} BLAS threads"
+    )
+    print(
+        f"{'cell':5s} {'batch':>5s} {'V':>6s} {'H':>4s} {'old ms':>8s} {'new ms':>8s} "
+        f"{'new/old':>8s}"
+        + (f" {'torch ms':>9s} {'old/torch':>9s} {'new/torch':>9s}" * have_torch)
+    )
+    tmp = tempfile.TemporaryDirectory()
+    for cell, N, V, H in GRID:
+        V_real = min(encoded, key=lambda v: abs(v - V))
+        w2i, all_caps = encoded[V_real]
+        rng = np.random.default_rng(N)
+        caps = all_caps[rng.choice(len(all_caps), N, replace=False)]
+        feats = rng.standard_normal((N, REF["D"])).astype(np.float32)
+        steps, losses = {}, []
+        for tag, mods in (("old", old), ("new", new)):
+            m = mods["model"].CaptioningRNN(w2i, REF["D"], REF["W"], H, cell, np.float32, seed=0)
+            params0 = {k: v.copy() for k, v in m.params.items()}
+            losses.append(m.loss(feats, caps)[0])
+            cfg = {k: {"learning_rate": 1e-3} for k in m.params}
+
+            def step(m=m, cfg=cfg, adam=mods["optim"].adam, feats=feats, caps=caps):
+                _, grads = m.loss(feats, caps)
+                for k, w in m.params.items():
+                    m.params[k], cfg[k] = adam(w, grads[k], cfg[k])
+
+            steps[tag] = step
+        assert losses[0] == losses[1], (cell, N, V, losses)
+        worker = None
+        if have_torch:
+            npz = Path(tmp.name) / "grid.npz"
+            np.savez(
+                npz,
+                features=feats,
+                captions=caps,
+                **{f"{cell}_{k}": v for k, v in params0.items()},
+            )
+            worker = TorchWorker(npz, cell)
+            steps["torch"] = worker.step
+        for tag in ("old", "new"):
+            steps[tag]()  # warm-up: buffers allocated
+        times = {t: [] for t in steps}
+        for r in range(rounds):
+            for tag in list(steps)[:: 1 if r % 2 == 0 else -1]:
+                t0 = time.perf_counter()
+                own = steps[tag]()
+                times[tag].append(own if tag == "torch" else time.perf_counter() - t0)
+        if worker:
+            worker.close()
+        ms = {t: statistics.median(v) * 1e3 for t, v in times.items()}
+        line = (
+            f"{cell:5s} {N:5d} {V_real:6d} {H:4d} {ms['old']:8.1f} {ms['new']:8.1f} "
+            f"{ms['new'] / ms['old']:8.3f}"
+        )
+        if have_torch:
+            line += (
+                f" {ms['torch']:9.1f} {ms['old'] / ms['torch']:9.3f} "
+                f"{ms['new'] / ms['torch']:9.3f}"
+            )
+        print(line, flush=True)
+    tmp.cleanup()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("old", type=Path)
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--grid", action="store_true", help="the training step over GRID (doc)")
     args = ap.parse_args(argv)
     old = import_captioner(args.old, "old_captioner")
     new = import_captioner(ROOT, "new_captioner")
+    if args.grid:
+        return grid(old, new, args.rounds)
     V, D, W, H = 1004, 512, 256, 512
     w2i = {
         w: i
