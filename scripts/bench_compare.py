@@ -7,8 +7,8 @@
 --grid times the training step instead over a grid of batch sizes, vocabularies and hidden
 sizes (GRID), each point against PyTorch too when torch is installed (scripts/torch_baseline.py
 in a subprocess, as many BLAS threads as numpy): old, new and PyTorch steps interleaved, the
-same weights and real COCO val captions for all three; prints new/old, old/PyTorch and
-new/PyTorch per point.
+same weights and real COCO val captions for all three; prints new/old (wall and, steadier
+on a shared machine, this process's CPU time), old/PyTorch and new/PyTorch per point.
 
 OLD_CHECKOUT is a tree holding another version's captioner/ (e.g. `git worktree add
 /tmp/old main`). Each round times old then new (then new then old, alternating), so load
@@ -80,7 +80,7 @@ def grid(old, new, rounds):
     )
     print(
         f"{'cell':5s} {'batch':>5s} {'V':>6s} {'H':>4s} {'old ms':>8s} {'new ms':>8s} "
-        f"{'new/old':>8s}"
+        f"{'new/old':>8s} {'CPU n/o':>8s}"
         + (f" {'torch ms':>9s} {'old/torch':>9s} {'new/torch':>9s}" * have_torch)
     )
     tmp = tempfile.TemporaryDirectory()
@@ -117,18 +117,21 @@ def grid(old, new, rounds):
             steps["torch"] = worker.step
         for tag in ("old", "new"):
             steps[tag]()  # warm-up: buffers allocated
-        times = {t: [] for t in steps}
+        times, cpu = {t: [] for t in steps}, {"old": [], "new": []}
         for r in range(rounds):
             for tag in list(steps)[:: 1 if r % 2 == 0 else -1]:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 own = steps[tag]()
                 times[tag].append(own if tag == "torch" else time.perf_counter() - t0)
+                if tag != "torch":
+                    cpu[tag].append(time.process_time() - c0)
         if worker:
             worker.close()
         ms = {t: statistics.median(v) * 1e3 for t, v in times.items()}
         line = (
             f"{cell:5s} {N:5d} {V_real:6d} {H:4d} {ms['old']:8.1f} {ms['new']:8.1f} "
-            f"{ms['new'] / ms['old']:8.3f}"
+            f"{ms['new'] / ms['old']:8.3f} "
+            f"{statistics.median(cpu['new']) / statistics.median(cpu['old']):8.3f}"
         )
         if have_torch:
             line += (

@@ -105,10 +105,10 @@ def run(rep, args):
                     loss0=(r["loss0_ours"], r["loss0_torch"]),
                 )
                 value = (
-                    f"{ratio:.2f}x ({r['ours_ms']:.0f} vs {r['torch_ms']:.0f} ms); GEMM floor "
-                    f"at this shape {shape_floor:.0f} ms = {shape_floor / r['ours_ms']:.0%} of "
-                    f"captioner's step, {shape_floor / r['torch_ms']:.0%} of PyTorch's; "
-                    f"big-GEMM-rate floor {fraction:.0%} vs PyTorch {torch_fraction:.0%}"
+                    f"{ratio:.2f}x ({r['ours_ms']:.0f} vs {r['torch_ms']:.0f} ms); floor at "
+                    f"this shape {shape_floor:.0f} ms: {shape_floor / r['ours_ms']:.0%} vs "
+                    f"PyTorch {shape_floor / r['torch_ms']:.0%}; at the big-GEMM rate "
+                    f"{fraction:.0%} vs {torch_fraction:.0%}"
                 )
                 figure = f"{cell} batch {N}: captioner / PyTorch"
                 if cell == "lstm" and N == 25:
