@@ -36,7 +36,11 @@ GRID += [("rnn", n, 1004, 512) for n in (25, 100)]
 
 
 def import_captioner(tree, alias):
-    """Import tree/captioner as a fresh package and rename its modules to `alias`."""
+    """Import tree/captioner as a fresh package and rename its modules to `alias`.
+
+    -> {"model", "optim", "decoding": module, "modules": {"captioner...": module}}. Code
+    that imports captioner.X as it runs (cells.py picks a cell's functions so) would get
+    whichever tree holds that name: call this tree's code through use()."""
     for name in [m for m in sys.modules if m == "captioner" or m.startswith("captioner.")]:
         del sys.modules[name]
     sys.path.insert(0, str(tree))
@@ -46,9 +50,31 @@ def import_captioner(tree, alias):
         }
     finally:
         sys.path.remove(str(tree))
-    for name in [m for m in sys.modules if m == "captioner" or m.startswith("captioner.")]:
-        sys.modules[alias + name[len("captioner") :]] = sys.modules.pop(name)
+    mods["modules"] = {}
+    for name in _ours(sys.modules):
+        mods["modules"][name] = sys.modules[alias + name[len("captioner") :]] = sys.modules.pop(
+            name
+        )
     return mods
+
+
+def _ours(modules):
+    return [m for m in modules if m == "captioner" or m.startswith("captioner.")]
+
+
+def use(mods, fn):
+    """fn, called with mods' tree (import_captioner) as `captioner` in sys.modules."""
+
+    def run(*args, **kwargs):
+        for name in _ours(sys.modules):
+            del sys.modules[name]
+        sys.modules.update(mods["modules"])
+        try:
+            return fn(*args, **kwargs)
+        finally:  # modules this tree imported during the call are its own
+            mods["modules"].update({n: sys.modules[n] for n in _ours(sys.modules)})
+
+    return run
 
 
 def captions(rng, N=100, T=16, V=1004):
@@ -92,9 +118,11 @@ def grid(old, new, rounds):
         feats = rng.standard_normal((N, REF["D"])).astype(np.float32)
         steps, losses = {}, []
         for tag, mods in (("old", old), ("new", new)):
-            m = mods["model"].CaptioningRNN(w2i, REF["D"], REF["W"], H, cell, np.float32, seed=0)
+            m = use(mods, mods["model"].CaptioningRNN)(
+                w2i, REF["D"], REF["W"], H, cell, np.float32, seed=0
+            )
             params0 = {k: v.copy() for k, v in m.params.items()}
-            losses.append(m.loss(feats, caps)[0])
+            losses.append(use(mods, m.loss)(feats, caps)[0])
             cfg = {k: {"learning_rate": 1e-3} for k in m.params}
 
             def step(m=m, cfg=cfg, adam=mods["optim"].adam, feats=feats, caps=caps):
@@ -102,7 +130,7 @@ def grid(old, new, rounds):
                 for k, w in m.params.items():
                     m.params[k], cfg[k] = adam(w, grads[k], cfg[k])
 
-            steps[tag] = step
+            steps[tag] = use(mods, step)
         assert losses[0] == losses[1], (cell, N, V, losses)
         worker = None
         if have_torch:
@@ -165,7 +193,7 @@ def main(argv=None):
     dec_feats = rng.standard_normal((1000, D)).astype(np.float32)
 
     def contenders(mods, cell):
-        m = mods["model"].CaptioningRNN(w2i, D, W, H, cell_type=cell, dtype=np.float32, seed=0)
+        m = use(mods, mods["model"].CaptioningRNN)(w2i, D, W, H, cell, np.float32, seed=0)
         cfg = {k: {"learning_rate": 1e-3} for k in m.params}
         adam = mods["optim"].adam
 
@@ -174,26 +202,26 @@ def main(argv=None):
             for k, w in m.params.items():
                 m.params[k], cfg[k] = adam(w, grads[k], cfg[k])
 
-        return m, step
+        return m, use(mods, step)
 
     results = {}
     for cell in ("lstm", "rnn"):
         (mo, so), (mn, sn) = contenders(old, cell), contenders(new, cell)
-        lo, ln = mo.loss(feats, caps)[0], mn.loss(feats, caps)[0]
+        lo, ln = use(old, mo.loss)(feats, caps)[0], use(new, mn.loss)(feats, caps)[0]
         assert lo == ln, (cell, lo, ln)
         results[f"{cell} training step"] = {"old": so, "new": sn}
     dec = {}
     for tag, mods in (("old", old), ("new", new)):
-        m = mods["model"].CaptioningRNN(w2i, D, W, H, cell_type="lstm", dtype=np.float32, seed=0)
-        dec[tag] = (m, mods["decoding"].beam_search)
+        m = use(mods, mods["model"].CaptioningRNN)(w2i, D, W, H, "lstm", np.float32, seed=0)
+        dec[tag] = (m, use(mods, m.sample), use(mods, mods["decoding"].beam_search))
     results["greedy, 1000 images"] = {
-        t: (lambda m=m: m.sample(dec_feats, max_length=16)) for t, (m, _) in dec.items()
+        t: (lambda s=s: s(dec_feats, max_length=16)) for t, (_, s, _) in dec.items()
     }
     results["beam 3, 1000 images"] = {
         t: (lambda m=m, b=b: b(m, dec_feats, beam_size=3, max_length=16))
-        for t, (m, b) in dec.items()
+        for t, (m, _, b) in dec.items()
     }
-    a, b = dec["old"][0].sample(dec_feats[:50]), dec["new"][0].sample(dec_feats[:50])
+    a, b = dec["old"][1](dec_feats[:50]), dec["new"][1](dec_feats[:50])
     assert np.array_equal(a, b)
 
     print(f"{'figure':28s} {'old ms':>9s} {'new ms':>9s} {'new/old':>8s}")
