@@ -12,6 +12,7 @@ paths that the client and the workers share.
 """
 
 import contextlib
+import gc
 import logging
 from concurrent.futures import CancelledError
 
@@ -37,6 +38,46 @@ def _dask():
 
 
 @contextlib.contextmanager
+def _io_loop():
+    """A running Tornado IO loop in a thread of its own, for the cluster and the client.
+    Without one, each of them starts a loop thread and gives it 10 s (hard-coded in Dask's
+    LoopRunner) to run: on a loaded machine that fails with a bare `assert loop is not
+    None`. Here the wait has no deadline; a loop that cannot start raises instead."""
+    import asyncio
+    import threading
+
+    from tornado.ioloop import IOLoop
+
+    running, loops, stop = threading.Event(), [], []
+
+    async def main():
+        stop.append(asyncio.Event())
+        loops.append(IOLoop.current())
+        running.set()
+        await stop[0].wait()
+
+    def run():
+        try:
+            asyncio.run(main())
+        finally:
+            running.set()  # also when the loop failed to start, so the wait below ends
+
+    thread = threading.Thread(target=run, name="dask IO loop", daemon=True)
+    thread.start()
+    running.wait()
+    if not loops:
+        raise RuntimeError("the IO loop for Dask did not start (see the error above)")
+    try:
+        yield loops[0]
+    finally:
+        # A Client whose connection failed is left in reference cycles; collected now, it
+        # closes itself on a running loop, not at some later collection on a closed one.
+        gc.collect()
+        loops[0].add_callback(stop[0].set)
+        thread.join()
+
+
+@contextlib.contextmanager
 def client(address, n_workers=None, timeout=None):
     """A connected distributed.Client, closed on exit (with its LocalCluster for "local").
 
@@ -45,7 +86,14 @@ def client(address, n_workers=None, timeout=None):
     """
     distributed = _dask()
     timeout = CONNECT_TIMEOUT if timeout is None else timeout
-    cluster = None
+    with _io_loop() as loop, _connected(distributed, address, n_workers, timeout, loop) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def _connected(distributed, address, n_workers, timeout, loop):
+    """client() on `loop`: the Client (and LocalCluster), Dask's failures as one line each."""
+    cluster, unreachable = None, None
     try:
         if address == "local":
             import dask
@@ -57,17 +105,22 @@ def client(address, n_workers=None, timeout=None):
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=None,
+                    loop=loop,
                 )
             address = cluster.scheduler_address
-        c = distributed.Client(address, timeout=timeout, set_as_default=False)
+        c = distributed.Client(address, timeout=timeout, set_as_default=False, loop=loop)
     except (OSError, TimeoutError, ValueError) as e:
+        # raised below, outside this block: e's traceback holds the half-built Client, which
+        # must be left to _io_loop's collection while its loop still runs
+        unreachable = str(e)
+    if unreachable is not None:
         if cluster is not None:
             cluster.close()
         raise CaptionerError(
-            f"{address}: cannot reach a Dask scheduler ({e}); start one with "
+            f"{address}: cannot reach a Dask scheduler ({unreachable}); start one with "
             f"`dask scheduler` and pass its tcp://HOST:PORT, or use "
             f"--scheduler local"
-        ) from None
+        )
     # The client logs its failed reconnections with tracebacks; what they mean for the
     # command is said below, in one line.
     log = logging.getLogger("distributed.client")

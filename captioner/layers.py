@@ -72,7 +72,7 @@ def rnn_forward(x, h0, Wx, Wh, b, lengths=None):
     """
     N, T, _ = x.shape
     active = _active_steps(lengths, N, T)
-    h = np.zeros((N, T, h0.shape[1]), dtype=np.result_type(x, h0, Wx))
+    h = np.zeros((N, T, h0.shape[1]), dtype=np.result_type(x, h0, Wx, Wh, b))
     caches = []
     prev_h = h0
     for t in range(T):
@@ -166,7 +166,7 @@ def lstm_forward(x, h0, Wx, Wh, b, lengths=None):
     -> h (N, T, H), cache. lengths as in rnn_forward."""
     N, T, _ = x.shape
     active = _active_steps(lengths, N, T)
-    h = np.zeros((N, T, h0.shape[1]), dtype=np.result_type(x, h0, Wx))
+    h = np.zeros((N, T, h0.shape[1]), dtype=np.result_type(x, h0, Wx, Wh, b))
     caches = []
     prev_h, prev_c = h0, np.zeros_like(h0, dtype=h.dtype)
     for t in range(T):
@@ -250,7 +250,7 @@ def gru_forward(x, h0, Wx, Wh, b, lengths=None):
     -> h (N, T, H), cache. lengths as in rnn_forward."""
     N, T, _ = x.shape
     active = _active_steps(lengths, N, T)
-    h = np.zeros((N, T, h0.shape[1]), dtype=np.result_type(x, h0, Wx))
+    h = np.zeros((N, T, h0.shape[1]), dtype=np.result_type(x, h0, Wx, Wh, b))
     caches = []
     prev_h = h0
     for t in range(T):

@@ -4,13 +4,17 @@
                                                        print the scores
     .venv/bin/python scripts/mutate.py --sample N [GROUP ...]    N mutants of each, evenly
                                                        spread (a quicker estimate)
+    .venv/bin/python scripts/mutate.py --again [GROUP ...]    judge the survivors again
+                                                       (after new tests), only them
     .venv/bin/python scripts/mutate.py --scores [--survivors]   only print the scores
 
 mutmut (configured in pyproject.toml) copies the tree to mutants/, records which of the
 selected tests run which function, then judges each mutant by those tests alone, fastest
-first. Its results persist in mutants/: a rerun only judges what changed. The score is
-killed / judged, where judged counts survivors, mutants no test runs, and timeouts.
+first. Its results persist in mutants/: a rerun only judges mutants without a verdict
+(mutmut drops the verdicts of a function that changed when it next copies the tree). The
+score is killed / judged, where judged counts survivors, mutants no test runs, and timeouts.
 Runs niced (the machine may be shared); MUTATE_JOBS sets the worker processes (default 2).
+The tests in mutants/ find ../shared (the real-data tests) through CAPTIONER_SHARED.
 """
 
 import fnmatch
@@ -18,6 +22,7 @@ import os
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 
 GROUPS = {
     "optim.py": ["captioner.optim.*"],
@@ -34,6 +39,8 @@ GROUPS = {
     "splits and vocabulary": [
         "captioner.sources.coco.x_read_split*",
         "captioner.sources.coco.x__karpathy*",
+        "captioner.sources.karpathy.x_parse*",
+        "captioner.sources.karpathy.x_read__*",
         "captioner.vocab.x_build_vocab*",
         "captioner.vocab.x_encode_captions*",
         "captioner.prepare.x_tokenize*",
@@ -41,6 +48,9 @@ GROUPS = {
         "captioner.prepare.x__read_split_file*",
     ],
 }
+
+
+LIVE = ("survived", "no tests", "timeout")  # not killed
 
 
 def results():
@@ -59,18 +69,27 @@ def _in(group, name):
     return any(fnmatch.fnmatch(name, p) for p in GROUPS[group])
 
 
-def run(groups, sample=None):
-    """Judge every mutant of the groups, or `sample` of each, evenly spread over it."""
-    names = [name for name, _ in results()] if sample else []
+def run(groups, sample=None, again=False):
+    """Judge the mutants of the groups (or `sample` of each, evenly spread) that have no
+    verdict yet; again: only the survivors, again (after new tests)."""
+    shared = Path(__file__).resolve().parents[2] / "shared"
+    if shared.is_dir():
+        os.environ.setdefault("CAPTIONER_SHARED", str(shared))
+    status = dict(results())  # empty before the first run: then mutmut judges every mutant
+    if sample and not status:
+        sys.exit("no mutants yet to sample from: run one group first (e.g. optim.py)")
+    todo = []
     for group in groups:
-        chosen = GROUPS[group]
+        mine = [n for n in status if _in(group, n)]
         if sample:
-            mine = [n for n in names if _in(group, n)]
-            chosen = mine[:: max(1, len(mine) // sample)][:sample]
-        print(f"== {group}: {'all' if not sample else len(chosen)} mutants", flush=True)
+            mine = mine[:: max(1, len(mine) // sample)][:sample]
+        mine = [n for n in mine if status[n] in (LIVE if again else ("not checked",))]
+        todo += mine if status else GROUPS[group]
+        print(f"== {group}: {len(mine) if status else 'all'} mutants to judge", flush=True)
+    if todo:  # one mutmut run: each begins by running the whole test selection once
         subprocess.run(
             ["nice", "-n", "19", sys.executable, "-m", "mutmut", "run", "--max-children"]
-            + [os.environ.get("MUTATE_JOBS", "2"), *chosen],
+            + [os.environ.get("MUTATE_JOBS", "2"), *todo],
             check=True,
         )
 
@@ -82,7 +101,7 @@ def scores(argv):
         if group is None:
             continue
         counts[group][status] += 1
-        if status in ("survived", "no tests", "timeout"):
+        if status in LIVE:
             survivors[group].append(f"{name}: {status}")
     head = ("killed", "survived", "no tests", "timeout", "not run", "score")
     print(f"{'module':24}" + "".join(f"{h:>10}" for h in head))
@@ -102,5 +121,5 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if "--scores" not in args:
         sample = int(args[args.index("--sample") + 1]) if "--sample" in args else None
-        run([a for a in args if a in GROUPS] or list(GROUPS), sample)
+        run([a for a in args if a in GROUPS] or list(GROUPS), sample, "--again" in args)
     scores(args)

@@ -4,13 +4,11 @@ import os
 # (and stall badly on a busy machine). Set before numpy is first imported.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
 
-pytest_plugins = ("pytester",)  # test_limits runs the guard on a small suite of its own
+from fixtures import SHARED  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+pytest_plugins = ("pytester",)  # test_limits runs the guard on a small suite of its own
 
 # The one guard for what a test needs and a machine may lack (../shared, an oracle, an
 # extra, a program, root): a test asks for it through a fixture below, which skips on a

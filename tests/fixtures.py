@@ -7,15 +7,19 @@ yet learnable: a captioner can overfit train and do better than chance on val.
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from captioner.data import write_dataset
 
-SHARED_VOCAB = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "coco" / "coco2014_vocab.json"
+# ../shared beside the checkout; CAPTIONER_SHARED names it for a copy of the tests elsewhere
+# (mutmut runs them in mutants/, where ../shared is not beside them).
+SHARED = Path(
+    os.environ.get("CAPTIONER_SHARED") or Path(__file__).resolve().parents[1].parent / "shared"
 )
+SHARED_VOCAB = SHARED / "coco" / "coco2014_vocab.json"
 SPECIALS = ["<NULL>", "<START>", "<END>", "<UNK>"]
 MAX_LEN = 17  # <START> + 15 words + <END>
 

@@ -76,6 +76,14 @@ def test_loss_is_minus_log_probs_and_probs_sum_to_one():
     assert loss == pytest.approx(-picked.sum() / 4, rel=1e-12)
 
 
+def test_log_softmax_is_exact_at_large_logits():
+    """Shifted by each row's maximum: logits of +-1000 neither overflow nor lose the answer."""
+    x = np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, -1000.0]])
+    np.testing.assert_allclose(
+        L.log_softmax(x), [[0, -1000, -2000], [-np.log(2), -np.log(2), -1000 - np.log(2)]]
+    )
+
+
 def test_a_cluster_without_targets_gets_zero_gradient():
     rng = np.random.default_rng(4)
     h, y, mask, W_head, b_head, tails = layer_inputs(rng, 3, 4)

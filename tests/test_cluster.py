@@ -462,10 +462,19 @@ def test_without_scheduler_dask_is_not_imported(tmp_path):
 
 
 @pytest.mark.usefixtures("dask")
-def test_local_cluster_workers_and_their_environment(dataset, tmp_path):
+def test_local_cluster_workers_and_their_environment(dataset, tmp_path, monkeypatch):
     """--scheduler local: worker processes on 127.0.0.1 with one BLAS thread and without
-    Dask's MALLOC_TRIM_THRESHOLD_ (see captioner.cluster); a sweep runs through it."""
+    Dask's MALLOC_TRIM_THRESHOLD_ (see captioner.cluster); a sweep runs through it. Dask
+    never starts an IO-loop thread of its own here (it gives one 10 s, which a loaded machine
+    missed): captioner.cluster runs the loop."""
+    import distributed.utils
+
     from captioner import cluster
+
+    def no_thread(*args, **kwargs):
+        raise AssertionError("Dask started an IO-loop thread of its own")
+
+    monkeypatch.setattr(distributed.utils, "_CollectErrorThread", no_thread)
 
     def no_captioner():
         raise ModuleNotFoundError("No module named 'captioner'", name="captioner")

@@ -126,17 +126,14 @@ def build_release(shared, folder, karpathy_extra=(), member_extra=()):
 
 # ----------------------------------------------------------------------------- the mirror
 
-_RELEASE = {}
 
-
-@pytest.fixture
+@pytest.fixture(scope="session")
 def release(shared, tmp_path_factory):
     """(folder, {name: bytes}) of the four zips, built once per session (through `shared`,
-    so it is skipped or failed as the other real-data tests are)."""
-    if "r" not in _RELEASE:
-        folder = tmp_path_factory.mktemp("release")
-        _RELEASE["r"] = folder, build_release(shared, folder)
-    return _RELEASE["r"]
+    so it is skipped or failed as the other real-data tests are). A fixture, not a module
+    global: a second pytest session in the process (mutmut's) gets a folder of its own."""
+    folder = tmp_path_factory.mktemp("release")
+    return folder, build_release(shared, folder)
 
 
 @pytest.fixture
@@ -327,6 +324,24 @@ def test_official_split_from_the_annotations(release, tmp_path):
     assert d["val_urls"][0].startswith("http://images.cocodataset.org/val2014/COCO_val2014_")
 
 
+def test_an_official_picture_with_an_unsafe_url_is_skipped_with_the_reason(release, tmp_path):
+    """A coco_url with a line break would break the one-URL-a-line *_urls.txt."""
+    folder = tmp_path / "r"
+    shutil.copytree(release[0], folder)
+    with zipfile.ZipFile(folder / "annotations_trainval2014.zip") as zf:
+        anns = {n: json.loads(zf.read(n)) for n in zf.namelist() if n.endswith(".json")}
+    first = anns["annotations/captions_val2014.json"]["images"][0]
+    first["coco_url"] += "\nhttp://elsewhere/"
+    (folder / "annotations_trainval2014.zip").write_bytes(
+        zipped({n: json.dumps(a) for n, a in anns.items()})
+    )
+    splits, skipped = coco.read_split(folder, "official")
+    name = f"val2014/{first['file_name']}"
+    assert [n for n, _ in skipped] == [name]
+    assert skipped[0][1].startswith("coco_url contains a line break")
+    assert name not in [it["name"] for it in splits["val"]] and len(splits["val"]) == 7
+
+
 def test_karpathy_file_naming_pictures_not_in_the_zips_is_refused(shared, tmp_path):
     ghost = {
         "filepath": "train2014",
@@ -391,8 +406,9 @@ def test_bad_karpathy_file_is_refused(release, tmp_path, doc, message):
         zf.writestr("dataset_coco.json", json.dumps(doc))
     with pytest.raises(
         CaptionerError, match=rf"caption_datasets\.zip:dataset_coco\.json: {message}"
-    ):
+    ) as err:
         P.prepare_coco(folder, tmp_path / "out", progress=False)
+    assert "; not Karpathy's dataset_coco.json ({" in str(err.value)  # and what it should be
 
 
 def test_bad_coco_annotations_are_refused(release, tmp_path):

@@ -505,6 +505,23 @@ def test_old_and_new_file_names_load_alike(tmp_path):
     )
 
 
+def test_a_karpathy_name_linking_outside_the_pictures_folder_is_refused(tmp_path):
+    """A picture of --images that is a symbolic link to a file outside it is not read."""
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "secret.jpg").write_bytes(b"not for the dataset")
+    (tmp_path / "pics" / "in.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "secret.jpg", tmp_path / "pics" / "link.jpg")
+    entry = lambda f: {"filename": f, "split": "train", "sentences": [{"raw": "a dog"}]}
+    doc = {"images": [entry("in.jpg")]}
+    (tmp_path / "k.json").write_text(json.dumps(doc))
+    splits, skipped, _ = karpathy.read(tmp_path / "k.json", tmp_path / "pics")
+    assert [it["name"] for it in splits["train"]] == ["in.jpg"] and skipped == []
+    doc["images"].append(entry("link.jpg"))
+    (tmp_path / "k.json").write_text(json.dumps(doc))
+    with pytest.raises(CaptionerError, match=r"'link.jpg': resolves outside the pictures"):
+        karpathy.read(tmp_path / "k.json", tmp_path / "pics")
+
+
 def test_karpathy_filepath_names_a_folder_inside_the_pictures(tmp_path, release):
     """COCO-style entries carry a folder ('filepath'): looked up under --images, in a zip too."""
     doc = json.loads(release["dataset_flickr8k.json"])

@@ -1,6 +1,8 @@
 """Float64 gradient checks of every layer against centered differences, and the fast
 (packed) recurrences against the readable ones."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -219,6 +221,29 @@ def test_float32_follows_inputs(rng, fwd, bwd, k):
         np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "fwd, bwd, k", [(c.forward, c.backward, c.gates) for c in CELLS.values()], ids=list(CELLS)
+)
+@pytest.mark.parametrize("wide", ["x", "h0", "Wx", "Wh", "b"])
+def test_one_float64_input_gives_float64_results(rng, fwd, bwd, k, wide):
+    """NumPy's promotion, as in CS231n's code: with any one input in float64, h is float64
+    (not rounded to float32), and a float64 dout gives float64 gradients of every input."""
+    N, T, D, H = 2, 3, 4, 5
+    names = ["x", "h0", "Wx", "Wh", "b"]
+    shapes = [(N, T, D), (N, H), (D, k * H), (H, k * H), (k * H,)]
+    args64 = [rng.standard_normal(s) * 0.3 for s in shapes]
+    args = [a if n == wide else a.astype(np.float32) for n, a in zip(names, args64)]
+    args64 = [a.astype(np.float32).astype(np.float64) for a in args64]  # the same values
+    h, cache = fwd(*args)
+    h64, cache64 = fwd(*args64)
+    assert h.dtype == np.float64
+    np.testing.assert_allclose(h, h64, rtol=1e-5, atol=1e-6)
+    dout = rng.standard_normal(h.shape)
+    for g, g64 in zip(bwd(dout, cache), bwd(dout, cache64)):
+        assert g.dtype == np.float64
+        np.testing.assert_allclose(g, g64, rtol=1e-4, atol=1e-5)
+
+
 def test_word_embedding_repeated_ids(rng):
     V, D = 5, 3
     x = np.array([[0, 3, 1, 3], [2, 3, 3, 0]])  # id 3 four times, 4 never
@@ -313,6 +338,23 @@ def test_packed_work_buffers_change_nothing(rng, fwd, bwd, k):
     for bs in (small, big, small):
         for x, y in zip(run(bs, work), run(bs, None)):
             np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_packed_cores_saturate_silently_and_exactly(rng, cell):
+    """Pre-activations of +-1000 (exp overflows inside the fast tanh and sigmoid): the packed
+    forward gives the readable layers' h, with no overflow warning on the user's terminal."""
+    c = CELLS[cell]
+    N, T, H = 3, 2, 4
+    x, h0 = rng.standard_normal((N, T, 1)) * 1000, rng.standard_normal((N, H))
+    Wx, Wh = rng.choice([-1.0, 1.0], (1, c.gates * H)), np.zeros((H, c.gates * H))
+    b = np.zeros(c.gates * H)
+    want, _ = c.forward(x, h0, Wx, Wh, b)
+    a = (x.transpose(1, 0, 2).reshape(N * T, 1) @ Wx + b).astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h, _ = c.packed_forward(a, h0, Wh, np.array([N] * T))
+    np.testing.assert_allclose(h.reshape(T, N, H).transpose(1, 0, 2), want, atol=1e-12)
 
 
 def test_lstm_cell_forward_equals_step(rng):

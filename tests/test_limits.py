@@ -499,7 +499,7 @@ def test_skipif():
 def test_importorskip():
     pytest.importorskip("no_such_oracle_module")
 
-def test_shared(shared):  # ../shared of this small suite is absent
+def test_shared(shared):  # ../shared of this small suite is absent (CAPTIONER_SHARED)
     pass
 
 def test_runs():
@@ -518,6 +518,8 @@ def test_any_skip_fails_under_ci(pytester, monkeypatch, ci):
     pytester.makeconftest(Path(conftest.__file__).read_text())
     pytester.makepyfile(test_guarded=GUARDED)
     monkeypatch.setenv("CI", ci)
+    monkeypatch.setenv("PYTHONPATH", str(Path(conftest.__file__).parent))  # its imports
+    monkeypatch.setenv("CAPTIONER_SHARED", str(pytester.path / "absent"))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     if ci:  # failed in the test, or in its setup (marks, fixtures): an error
         outcomes = result.parseoutcomes()

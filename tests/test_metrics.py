@@ -31,6 +31,7 @@ def toks(d):
         ("she'll we've I'm they'd", "she 'll we 've i 'm they 'd"),
         ("I cannot go, gonna wanna", "i can not go gon na wan na"),
         ("a x-ray, t-shirt, co-ed -- well - yes", "a x-ray t-shirt co-ed well yes"),
+        ("a - b -- c --- d ---- e ----- f", "a b c d e ----- f"),  # 3 or 4 hyphens are --
         ("The U.S. flag in the U.S. The end", "the u.s. flag in the u.s. the end"),
         (
             "a hat (red) and [green] {x}",

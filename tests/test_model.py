@@ -190,13 +190,18 @@ def test_float32_matches_float64(cell):
         np.testing.assert_allclose(m32.params[k], m64.params[k], rtol=1e-6)
     feats = rng.standard_normal((6, 16))
     caps = make_captions(rng, 6, 10)
-    l32, g32 = m32.loss(feats, caps)
-    l64, g64 = m64.loss(feats, caps)
-    assert abs(l32 - l64) < 1e-5 * abs(l64)
-    for k in PARAM_NAMES:
-        np.testing.assert_allclose(
-            g32[k], g64[k], rtol=1e-3, atol=1e-4 * np.abs(g64[k]).max(), err_msg=k
-        )
+    full = np.where(
+        caps == NULL, 4, caps
+    )  # every step has a target (the fast path's other branch)
+    for c in (caps, full):
+        l32, g32 = m32.loss(feats, c)
+        l64, g64 = m64.loss(feats, c)
+        assert abs(l32 - l64) < 1e-5 * abs(l64)
+        for k in PARAM_NAMES:
+            assert g32[k].dtype == np.float32, k  # computed in float32, not only stored so
+            np.testing.assert_allclose(
+                g32[k], g64[k], rtol=1e-3, atol=1e-4 * np.abs(g64[k]).max(), err_msg=k
+            )
 
 
 def test_init_conventions():

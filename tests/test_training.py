@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import pickle
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,47 @@ def test_nan_loss_stops_with_clear_message(dataset, tmp_path):
     assert not os.path.exists(tmp_path / "last.npz")  # nothing NaN was saved
 
 
+def test_a_signal_mid_epoch_stops_after_the_step_and_saves_it(dataset, tmp_path):
+    """A SIGTERM as step 1 ends: training stops at that step boundary, last.npz holds step 1,
+    and Interrupted names the signal (the CLI exits with 128 + its number)."""
+    data = load_coco_data(dataset)
+
+    def progress(epoch, epochs, step, steps, loss):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(runs.Interrupted) as err:
+        training.train(
+            data,
+            small_model(data),
+            str(tmp_path),
+            progress=progress,
+            log=lambda *_: None,
+            epochs=1,
+            **SMALL,
+        )
+    assert (err.value.signum, err.value.path) == (signal.SIGTERM, str(tmp_path / "last.npz"))
+    assert checkpoint.load_model(tmp_path / "last.npz")[1]["training"]["step"] == 1
+
+
+def test_an_infinite_gradient_stops_training_even_with_a_finite_loss(dataset, tmp_path):
+    data = load_coco_data(dataset)
+    model = small_model(data)
+    real_loss = model.loss
+
+    def loss(*args):
+        value, grads = real_loss(*args)
+        grads["W_vocab"][0, 0] = np.inf
+        return value, grads
+
+    model.loss = loss
+    with pytest.raises(CaptionerError, match="diverged at epoch 1, step 1"):
+        training.train(
+            data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
+        )
+    assert not os.path.exists(tmp_path / "last.npz")
+
+
 def test_checkpoint_round_trip_and_metadata(dataset, tmp_path):
     data = load_coco_data(dataset)
     model = small_model(data, "rnn")
@@ -163,6 +205,8 @@ def test_checkpoint_round_trip_and_metadata(dataset, tmp_path):
     assert meta["vocab"] == data["idx_to_word"] and meta["model"]["cell_type"] == "rnn"
     h = json.loads((tmp_path / "history.json").read_text())
     assert len(h["loss"]) == meta["training"]["step"] == len(history["loss"])
+    for k in ("loss", "grad_norm", "clipped"):  # what report and compare plot, per step
+        np.testing.assert_allclose(h[k], history[k], atol=5e-6, err_msg=k)
     assert h["epochs"][0]["val_loss"] > 0
 
 
@@ -448,7 +492,7 @@ def test_progress_is_a_callback(dataset):
     at the start of every epoch, then one per step with the running loss."""
     data = load_coco_data(dataset)
     calls = []
-    training.train(
+    state = training.train(
         data,
         small_model(data),
         None,
@@ -461,7 +505,10 @@ def test_progress_is_a_callback(dataset):
     assert len(calls) == 2 * (steps + 1)
     assert calls[0] == (0, 2, 0, steps, None) and calls[steps + 1] == (1, 2, 0, steps, None)
     assert [c[2] for c in calls[1 : steps + 1]] == list(range(1, steps + 1))
-    assert all(c[4] > 0 for c in calls[1 : steps + 1])
+    running = [c[4] for c in calls[1 : steps + 1]]
+    assert running[0] == state["loss_history"][0]
+    for prev, now, raw in zip(running, running[1:], state["loss_history"][1:steps]):
+        assert now == pytest.approx(0.9 * prev + 0.1 * raw, rel=1e-12)  # a running mean
 
 
 # ---------------------------------------------------------------- one step, by hand
