@@ -283,37 +283,18 @@ def _load(data_dir, features, max_train):
 
 def _train(run_dir, spec, log, progress=None):
     """What `captioner train --out run_dir` (or `--resume run_dir --epochs E`) does."""
-
-    if any(os.path.exists(os.path.join(run_dir, n)) for n in ("last.npz", "best.npz")):
-        last = runs.find_checkpoint(run_dir)  # last.npz, or best.npz if killed in between
-        model, meta, state = training.resume_run(last)
-        settings = dict(state["settings"], epochs=spec["epochs"])
-        data_dir = spec.get("data", settings["data_dir"])  # the spec's: the data may have moved
-        data = _load(data_dir, meta["features"]["kind"], settings.get("max_train"))
-        checkpoint.check_compatible(last, meta, data)
-        log(f"resuming {last} at epoch {state['epoch'] + 1}, step {state['step']}")
-    else:
-        data = _load(spec["data"], spec["features"], spec["max_train"])
-        model = training.new_model(
-            data,
-            spec["cell"],
-            spec["hidden_dim"],
-            spec["wordvec_dim"],
-            spec["seed"],
-            spec.get("forget_bias", 0.0),
-            spec.get("softmax", "full"),
-            spec.get("softmax_cutoffs"),
-        )
-        settings = config.settings_of(spec, os.path.abspath(spec["data"]), data["feature_kind"])
-        state = None
-    log(
-        f"{len(data['train_captions']):,} training captions, {model.cell_type} hidden "
-        f"{model.hidden_dim}, {data['encoder']} features ({data['feature_dim']}-d) -> {run_dir}"
+    run = runs.start_or_resume(
+        run_dir,
+        spec,
+        _load,
+        resume=run_dir if runs.has_checkpoint(run_dir) else None,
+        epochs=spec["epochs"],
+        data_dir=spec.get("data"),  # the spec's: the data may have moved
+        new_dir=False,
+        log=log,
     )
-    state = training.train(
-        data, model, run_dir, state=state, progress=progress, log=log, **settings
-    )
-    return state, data
+    state = runs.train_in(run.data, run.model, run_dir, run.state, progress, log, **run.settings)
+    return state, run.data
 
 
 def _score(run_dir, state, data):
@@ -467,7 +448,7 @@ def _main(argv):
     except CaptionerError as e:
         print(f"captioner: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except runs.Interrupted as e:
+    except training.Interrupted as e:
         print(f"{argv[0]}: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner import checkpoint, download, encoder, evaluation, limits, training
+from captioner import checkpoint, download, encoder, evaluation, limits, runs
 from captioner.data import load_coco_data
 from captioner.errors import CaptionerError
 from captioner.model import CaptioningRNN
@@ -63,7 +63,7 @@ def ckpt(tmp_path_factory):
     data = load_coco_data(d)
     model = CaptioningRNN(data["word_to_idx"], input_dim=8, wordvec_dim=8, hidden_dim=8, seed=0)
     os.makedirs(root / "run")
-    training.train(
+    runs.train_in(
         data,
         model,
         str(root / "run"),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner import checkpoint, demo, metrics, report, training
+from captioner import checkpoint, demo, metrics, report, runs, training
 from captioner.data import load_coco_data, split_file
 from captioner.evaluation import caption_split, evaluate_model
 from captioner.model import CaptioningRNN
@@ -696,7 +696,7 @@ def unk_run(tmp_path_factory):
     data = load_coco_data(data_dir)
     model = CaptioningRNN(data["word_to_idx"], input_dim=8, wordvec_dim=8, hidden_dim=16)
     (root / "run").mkdir()
-    training.train(
+    runs.train_in(
         data,
         model,
         str(root / "run"),

@@ -54,18 +54,18 @@ def test_resume_is_bit_identical(dataset, tmp_path, cell, optimizer):
     data = load_coco_data(dataset)
     straight = small_model(data, cell)
     settings = dict(SMALL, optimizer=optimizer)
-    want = training.train(
+    want = runs.train_in(
         data, straight, None, progress=False, log=lambda *_: None, epochs=3, **settings
     )
 
     run_dir = str(tmp_path / "run")
     os.makedirs(run_dir)
     first = small_model(data, cell)
-    training.train(data, first, run_dir, progress=False, log=lambda *_: None, epochs=2, **settings)
+    runs.train_in(data, first, run_dir, progress=False, log=lambda *_: None, epochs=2, **settings)
     model, meta, optim, history = checkpoint.load_model(os.path.join(run_dir, "last.npz"))
     state = training.resume_state(meta, optim, history)
     assert state["epoch"] == 2 and len(state["loss_history"]) == state["step"]
-    got = training.train(
+    got = runs.train_in(
         data,
         model,
         run_dir,
@@ -107,7 +107,7 @@ def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
     data = load_coco_data(dataset)
     straight = small_model(data)
     settings = dict(SMALL, epochs=2)
-    want = training.train(data, straight, None, progress=False, log=lambda *_: None, **settings)
+    want = runs.train_in(data, straight, None, progress=False, log=lambda *_: None, **settings)
 
     run_dir = str(tmp_path)
     partial = small_model(data)
@@ -124,7 +124,7 @@ def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
 
     checkpoint.save = spy
     try:
-        training.train(
+        runs.train_in(
             data, partial, run_dir, progress=False, log=lambda *_: None, **settings_partial
         )
     finally:
@@ -132,7 +132,7 @@ def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
     model, meta, optim, history = checkpoint.load_model(saved["step7"])
     state = training.resume_state(meta, optim, history)
     assert state["epoch"] == 0 and state["step_in_epoch"] == 7
-    got = training.train(
+    got = runs.train_in(
         data, model, None, state=state, progress=False, log=lambda *_: None, **settings
     )
     assert_same_training(got, model, want, straight)
@@ -143,7 +143,7 @@ def test_nan_loss_stops_with_clear_message(dataset, tmp_path):
     model = small_model(data)
     model.params["W_vocab"][:] = np.nan
     with pytest.raises(CaptionerError, match="diverged"):
-        training.train(
+        runs.train_in(
             data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
         )
     assert not os.path.exists(tmp_path / "last.npz")  # nothing NaN was saved
@@ -152,7 +152,7 @@ def test_nan_loss_stops_with_clear_message(dataset, tmp_path):
 def test_checkpoint_round_trip_and_metadata(dataset, tmp_path):
     data = load_coco_data(dataset)
     model = small_model(data, "rnn")
-    training.train(
+    runs.train_in(
         data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
     )
     loaded, meta, optim, history = checkpoint.load_model(tmp_path / "last.npz")
@@ -448,7 +448,7 @@ def test_progress_is_a_callback(dataset):
     at the start of every epoch, then one per step with the running loss."""
     data = load_coco_data(dataset)
     calls = []
-    training.train(
+    runs.train_in(
         data,
         small_model(data),
         None,
@@ -477,7 +477,7 @@ def _one_step(data, **settings):
     n = len(data["train_captions"])
     _, grads = model.loss(*training.batch(data, "train", np.arange(n)))
     s = dict(optimizer="sgd", lr=0.1, epochs=1, batch_size=n, val_size=0, save_every=0)
-    training.train(data, model, None, progress=False, log=lambda *_: None, **s | settings)
+    runs.train_in(data, model, None, progress=False, log=lambda *_: None, **s | settings)
     return before, grads, model.params
 
 
@@ -511,7 +511,7 @@ def test_weight_decay_adds_lambda_w_to_the_weight_matrices_only(dataset):
 
 def test_learning_rate_decays_once_per_epoch(dataset):
     data = load_coco_data(dataset)
-    state = training.train(
+    state = runs.train_in(
         data,
         small_model(data),
         None,
@@ -528,7 +528,7 @@ def test_resume_from_a_checkpoint_without_gradient_history(dataset, tmp_path):
     """Checkpoints written before the gradient norms were kept hold only the loss."""
     data = load_coco_data(dataset)
     model = small_model(data)
-    training.train(
+    runs.train_in(
         data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
     )
     _, meta, optim, history = checkpoint.load_model(tmp_path / "last.npz")
