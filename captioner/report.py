@@ -4,8 +4,8 @@
     report.write_report(["runs/demo"], "report.html", split="val", count=24, beam_size=3)
 
 gather_run reads a run directory (history and checkpoints); caption_run captions a split with
-the run's best checkpoint and scores it with captioner.metrics (the functions `evaluate` uses);
-diversity measures how varied the captions are; the plots are matplotlib (Agg) PNGs and the
+the run's best checkpoint and scores it with captioner.metrics (the functions `evaluate` uses,
+and metrics.diversity: how varied the captions are); the plots are matplotlib (Agg) PNGs and the
 pictures JPEG thumbnails, both inlined as data: URIs, so the page needs no server or network.
 The page itself is Jinja2 (captioner/templates/report.html.j2).
 
@@ -29,7 +29,6 @@ import itertools
 import json
 import math
 import os
-from collections import Counter
 
 import numpy as np
 
@@ -39,7 +38,6 @@ from .picture_files import check_writable
 from .vocab import SPECIALS
 
 THUMB_SIZE = 160  # px, longest side of a gallery thumbnail
-REPEATED_SHOWN = 10  # most repeated captions listed
 MAX_EMBEDDED_BYTES = 20 * 2**20  # a gradients*.png / compare*.png / gradients.json
 
 
@@ -129,45 +127,6 @@ def unk_share(captions, idx_to_word):
     if "<UNK>" not in ids or not words.any():
         return 0.0
     return float((caps[words] == ids["<UNK>"]).mean())
-
-
-def diversity(generated, references, vocab_size=None):
-    """How varied the generated captions are.
-
-    generated: N captions (str), one per image; references: N lists of str.
-    -> dict: n, distinct (count and share), words_used (distinct words in generated) and
-    ref_words_used, length histograms (gen_lengths, ref_lengths: {length: count}), repeated
-    (the most frequent captions, [(caption, count)]), few/few_share (the share of images whose
-    caption is one of the `few` most frequent ones) and warning (a sentence, or None).
-    """
-    n = len(generated)
-    counts = Counter(generated)
-    gen_words = [c.split() for c in generated]
-    ref_words = [r.split() for rs in references for r in rs]
-    few = max(1, min(5, n // 10))
-    few_share = sum(c for _, c in counts.most_common(few)) / max(n, 1)
-    warning = None
-    if n >= 2 and few_share >= 0.5:
-        warning = (
-            f"{few_share:.0%} of the {n} images get one of the same {few} caption"
-            f"{'s' if few > 1 else ''}: the model mostly ignores the picture"
-        )
-    return {
-        "n": n,
-        "distinct": len(counts),
-        "distinct_share": len(counts) / max(n, 1),
-        "words_used": len({w for ws in gen_words for w in ws}),
-        "ref_words_used": len({w for ws in ref_words for w in ws}),
-        "vocab_size": vocab_size,
-        "gen_lengths": dict(sorted(Counter(map(len, gen_words)).items())),
-        "ref_lengths": dict(sorted(Counter(map(len, ref_words)).items())),
-        "mean_length": float(np.mean([len(w) for w in gen_words])) if n else 0.0,
-        "ref_mean_length": float(np.mean([len(w) for w in ref_words])) if ref_words else 0.0,
-        "repeated": [(c, k) for c, k in counts.most_common(REPEATED_SHOWN) if k > 1],
-        "few": few,
-        "few_share": few_share,
-        "warning": warning,
-    }
 
 
 def smooth(values, window=None):
@@ -307,7 +266,7 @@ def caption_run(
     -> dict (see the keys below); 'missing' holds a reason when the dataset is gone."""
     from .data import dataset_source
     from .evaluation import decode_split
-    from .metrics import score
+    from .metrics import diversity, score
 
     d, train, why = _load_split(run, split, log)
     if d is None:
