@@ -331,7 +331,8 @@ def run_demo(
     Each stage is the library call behind the CLI command it prints. The model is trained in
     run_dir (None: runs/demo, or runs/demo-{kind} for an encoder other than the demo's, so
     each encoder's run is kept): a run found there, interrupted or finished, is continued
-    rather than started again (progress: as training.train's). Steps 4-5 and the report use
+    rather than started again (progress: the library's progress callback, as
+    training.train's, for encoding and training). Steps 4-5 and the report use
     best.npz, the model the run kept. Ctrl-C while training raises training.Interrupted after
     saving last.npz. Returns a summary dict; 'grounded' is True when the model's CIDEr-D is
     at least twice what it gets from the mean feature (i.e. the captions come from the
@@ -385,6 +386,7 @@ def run_demo(
             source=DEMO_SOURCE,
             encoder=enc.name,
             force=True,  # only ever the demo's own dataset (of another encoder): checked above
+            progress=progress,
         )
     data = load_coco_data(dataset)
 

@@ -161,12 +161,12 @@ def train(
     on_step, on_epoch_end: functions f(state) called after every step and after every epoch
     (its record last in state['epochs'], before it is logged): what a run adds to the
     loop, the scores, the best epoch and the checkpoints, comes through them
-    (runs.train_in). progress: None, or progress(epoch, epochs, step, steps, loss) called at
-    the start of every epoch (loss None) and after each step (step of steps done in this
-    epoch, loss a running mean): the CLI draws its progress bar from it. log(line): epoch
-    records. Ctrl-C / SIGTERM stop at the next step boundary with Interrupted (after
-    on_epoch_end at an epoch's end, before on_step otherwise); a non-finite loss or
-    gradient with Diverged.
+    (runs.train_in). progress: None, or progress(desc, done, total, unit, **figures), the
+    library's progress callback (the CLI draws a bar from it): called at the start of every
+    epoch ("epoch 3/10", steps done, steps of the epoch, "batch") and after each step, with
+    loss=the running mean loss. log(line): epoch records. Ctrl-C / SIGTERM stop at the next
+    step boundary with Interrupted (after on_epoch_end at an epoch's end, before on_step
+    otherwise); a non-finite loss or gradient with Diverged.
     """
     s = dict(DEFAULTS, **settings)
     state = state or fresh_state(s)
@@ -188,8 +188,9 @@ def train(
             order = np.random.default_rng([s["seed"], epoch]).permutation(n)
             start = state["step_in_epoch"]
             t0 = time.perf_counter()
+            desc = f"epoch {epoch + 1}/{s['epochs']}"
             if progress:
-                progress(epoch, s["epochs"], start, steps_per_epoch, None)
+                progress(desc, start, steps_per_epoch, "batch")
             running = None
             for it in range(start, steps_per_epoch):
                 idx = order[it * B : (it + 1) * B]
@@ -214,7 +215,7 @@ def train(
                 state["step_in_epoch"] = it + 1
                 running = loss if running is None else 0.9 * running + 0.1 * loss
                 if progress:
-                    progress(epoch, s["epochs"], it + 1, steps_per_epoch, running)
+                    progress(desc, it + 1, steps_per_epoch, "batch", loss=running)
                 if flag.signum is not None:
                     raise Interrupted(flag.signum)
                 for f in on_step:

@@ -318,7 +318,7 @@ def test_full_disk_while_unpacking_keeps_old_data(tmp_path, monkeypatch):
 
     monkeypatch.setattr(download.shutil, "copyfileobj", full)
     with pytest.raises(CaptionerError, match="No space left"):
-        download.install_zip(str(zpath), str(target), shapes=None, required=(), progress=False)
+        download.install_zip(str(zpath), str(target), shapes=None, required=())
     assert (target / "mine.txt").read_text() == "keep me"
     assert sorted(os.listdir(target.parent)) == ["coco_captioning"]  # no half-unpacked folder left
 
@@ -443,7 +443,7 @@ def test_zip_bomb_and_zip_bigger_than_the_disk_are_refused_before_unpacking(tmp_
     )
     for z in (bomb, plain):
         with pytest.raises(CaptionerError, match="GiB is free"):
-            download.install_zip(str(z), str(target), shapes=None, required=(), progress=False)
+            download.install_zip(str(z), str(target), shapes=None, required=())
     assert os.listdir(target.parent) == []
 
 

@@ -452,16 +452,17 @@ def test_progress_is_a_callback(dataset):
         data,
         small_model(data),
         None,
-        progress=lambda *a: calls.append(a),
+        progress=lambda *a, **figures: calls.append((*a, figures)),
         log=lambda *_: None,
         epochs=2,
         **SMALL,
     )
     steps = -(-len(data["train_captions"]) // SMALL["batch_size"])
     assert len(calls) == 2 * (steps + 1)
-    assert calls[0] == (0, 2, 0, steps, None) and calls[steps + 1] == (1, 2, 0, steps, None)
-    assert [c[2] for c in calls[1 : steps + 1]] == list(range(1, steps + 1))
-    assert all(c[4] > 0 for c in calls[1 : steps + 1])
+    assert calls[0] == ("epoch 1/2", 0, steps, "batch", {})
+    assert calls[steps + 1] == ("epoch 2/2", 0, steps, "batch", {})
+    assert [c[1] for c in calls[1 : steps + 1]] == list(range(1, steps + 1))
+    assert all(c[4]["loss"] > 0 for c in calls[1 : steps + 1])
 
 
 # ---------------------------------------------------------------- one step, by hand
