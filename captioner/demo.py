@@ -14,6 +14,7 @@ centre crop (which cuts 6.25% per side) never cuts an object, and neighbours nev
 """
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -22,6 +23,8 @@ from PIL import Image, ImageDraw
 from captioner import atomic
 from captioner.data import DEMO_SOURCE
 from captioner.errors import CaptionerError
+
+LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
 # Far apart in the encoder's feature space, not just in hue: a linear probe on our SqueezeNet
 # features (600 one-object scenes) confused orange with yellow and purple with blue/red, 76%
@@ -319,7 +322,7 @@ def run_demo(
     n_val=200,
     epochs=20,
     seed=0,
-    log=print,
+    log=LOG.info,
     run_dir=None,
     encoder=None,
     progress=None,

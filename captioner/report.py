@@ -27,6 +27,7 @@ import glob
 import io
 import itertools
 import json
+import logging
 import math
 import os
 
@@ -36,6 +37,8 @@ from . import atomic, config
 from .errors import CaptionerError
 from .picture_files import check_writable
 from .vocab import SPECIALS
+
+LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
 THUMB_SIZE = 160  # px, longest side of a gallery thumbnail
 MAX_EMBEDDED_BYTES = 20 * 2**20  # a gradients*.png / compare*.png / gradients.json
@@ -185,7 +188,7 @@ def _load_split(run, split, log):
     return d, train or d, None
 
 
-def _picture(data, split, idx, folder, outside_pictures=False, log=print):
+def _picture(data, split, idx, folder, outside_pictures=False, log=LOG.info):
     """How the gallery shows image idx: ('img', data URI) | ('link', url) | ('missing', text).
     folder: the dataset's recorded picture folder (None: it records none)."""
     urls, names = data.get(f"{split}_urls"), data.get(f"{split}_images")
@@ -259,7 +262,7 @@ def caption_run(
     max_images=None,
     meteor=True,
     seed=0,
-    log=print,
+    log=LOG.info,
     outside_pictures=False,
 ):
     """Caption `split` with the run's checkpoint; scores, per-image CIDEr-D, gallery, diversity.
@@ -557,7 +560,7 @@ def _read_own(path, folder, log):
     return None
 
 
-def gradient_outputs(run_dir, seen=None, log=print):
+def gradient_outputs(run_dir, seen=None, log=LOG.info):
     """Plots and summary written by `captioner gradients` / `compare` in run_dir or its parent:
     -> [{'title', 'src' (data URI) | 'table' | 'summary' (a note)}], in name order.
     seen: real paths already shown (runs of one comparison share their parent's files)."""
@@ -663,7 +666,7 @@ def build_report(
     max_images=None,
     meteor=True,
     seed=0,
-    log=print,
+    log=LOG.info,
     outside_pictures=False,
 ):
     """-> the HTML text of the report on run_dirs (see the module docstring)."""

@@ -1,15 +1,18 @@
-"""Run directories: where a training run lives on disk, one writer at a time, and how
-Ctrl-C / SIGTERM stop it cleanly.
+"""Runs: where a training run lives on disk, one writer at a time, and how it starts,
+continues and is saved.
 
 A run directory holds `last.npz`, `best.npz`, `history.json` and, while a process writes
-to it (or after it was stopped), `train.lock`. The loop
-itself is captioner.training; the checkpoint file is captioner.checkpoint.
+to it (or after it was stopped), `train.lock`. start_or_resume() prepares a run, new or
+continued, the same way for train, compare, sweep and the demo; train_in() runs the loop
+(captioner.training) with a run's callbacks: scores, the best epoch, the checkpoints
+(captioner.checkpoint).
 """
 
 import contextlib
 import datetime
 import fcntl
 import json
+import logging
 import os
 from typing import NamedTuple
 
@@ -18,6 +21,8 @@ import numpy as np
 from . import atomic, checkpoint, config, training
 from .errors import CaptionerError
 from .evaluation import periodic_scores
+
+LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
 # ---------------------------------------------------------------- directories and the lock
 
@@ -219,7 +224,7 @@ def start_or_resume(
     return Run(run_dir, model, data, state, settings)
 
 
-def train_in(data, model, run_dir, state=None, progress=None, log=print, **settings):
+def train_in(data, model, run_dir, state=None, progress=None, log=LOG.info, **settings):
     """training.train, with what a run adds through its callbacks: BLEU-4 and CIDEr-D every
     eval_every epochs (evaluation.periodic_scores), the best epoch by keep_best, and in
     run_dir (None: nothing is written) last.npz every save_every steps, at each epoch's end

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -28,6 +29,8 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 
 from . import atomic, checkpoint, config, runs, training
 from .errors import CaptionerError
+
+LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
 # The settings of one run: `captioner train`'s options plus the data (captioner.config).
 RUN_KEYS = config.RUN_KEYS
@@ -317,7 +320,7 @@ def _score(run_dir, state, data):
 # ---------------------------------------------------------------- many runs
 
 
-def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
+def run_sweep(out, base, grid, parallel=1, scheduler=None, log=LOG.info):
     """Every run of the grid to its end -> (summary rows, {run_dir: error line}).
 
     scheduler None: `parallel` local subprocesses at a time, BLAS threads split
@@ -335,7 +338,7 @@ def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
     return summarize(out), failed
 
 
-def run_all(todo, setup, parallel=1, scheduler=None, task=run_one, log=print):
+def run_all(todo, setup, parallel=1, scheduler=None, task=run_one, log=LOG.info):
     """Run task (a top-level function of captioner taking a run directory, run_one or
     alike) on every run directory of todo, after setup() (called once the scheduler is
     reached, so a bad address writes nothing). -> {run_dir: error line} of the failed."""

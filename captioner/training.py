@@ -9,6 +9,7 @@ epoch. The data order of epoch e is a permutation seeded by (seed, e), so a resu
 replays exactly the batches it would have seen.
 """
 
+import logging
 import math
 import signal
 import threading
@@ -20,6 +21,8 @@ from . import adaptive, cells, config
 from .errors import CaptionerError
 from .model import CaptioningRNN
 from .optim import OPTIMIZERS
+
+LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
 DEFAULTS = config.DEFAULTS  # the settings of a run, from captioner.config
 # the options new_model reads
@@ -152,7 +155,7 @@ def evaluate_loss(model, data, rows, batch_size=100):
 
 
 def train(
-    data, model, state=None, progress=None, log=print, on_step=(), on_epoch_end=(), **settings
+    data, model, state=None, progress=None, log=LOG.info, on_step=(), on_epoch_end=(), **settings
 ):
     """The training loop: train `model` on data['train_*'] and return the final state dict.
 
