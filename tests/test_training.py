@@ -443,6 +443,34 @@ def test_overfit_gives_the_verdict_to_library_callers(dataset):
     assert lstm["limit"] == 0.5 and lstm["passed"] == (lstm["final_loss"] < 0.5)
 
 
+def test_the_loop_reaches_a_run_only_through_its_callbacks(dataset, tmp_path, monkeypatch):
+    """training.train alone keeps no best epoch and writes nothing; on_step follows every
+    step, on_epoch_end every epoch, before its line is logged (so a score it adds shows)."""
+    monkeypatch.chdir(tmp_path)
+    data = load_coco_data(dataset)
+    seen, lines = [], []
+
+    def score(state):
+        state["epochs"][-1]["Bleu_4"] = 0.25
+        seen.append(("epoch", state["epoch"], state["step_in_epoch"]))
+
+    state = training.train(
+        data,
+        small_model(data),
+        log=lines.append,
+        on_step=[lambda state: seen.append(("step", state["step"]))],
+        on_epoch_end=[score],
+        epochs=2,
+        **SMALL,
+    )
+    steps = -(-len(data["train_captions"]) // SMALL["batch_size"])
+    want = [("step", k) for k in range(1, steps + 1)] + [("epoch", 1, 0)]
+    want += [("step", k) for k in range(steps + 1, 2 * steps + 1)] + [("epoch", 2, 0)]
+    assert seen == want
+    assert len(lines) == 2 and all("Bleu_4 0.250" in line for line in lines)
+    assert state["best"] is None and list(tmp_path.iterdir()) == []
+
+
 def test_progress_is_a_callback(dataset):
     """The loop reports progress through a callback (the CLI draws the bar): one call
     at the start of every epoch, then one per step with the running loss."""
