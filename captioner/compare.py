@@ -31,6 +31,8 @@ LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
 PLAN = "compare.json"
 EVAL_IMAGES = 200  # val images captioned for BLEU-4 / CIDEr-D
+# settings the plan lists (one run per value), not kept among its shared settings
+PER_RUN = ("weight_decay", "forget_bias", "seed")
 
 
 def settings_of(plan):
@@ -59,7 +61,8 @@ def run_names(plan):
 
 
 def new_plan(parent, cells, weight_decays, forget_biases, seed_list, settings, model, count):
-    """Start a comparison in `parent` (created): write its plan. model: {"hidden_dim",
+    """Start a comparison in `parent` (created): write its plan. settings: the runs'
+    shared training settings (config.settings_of; PER_RUN's are dropped); model: {"hidden_dim",
     "wordvec_dim"}; count: val captions for the gradient flow. -> plan dict."""
     from . import runs
 
@@ -83,7 +86,7 @@ def new_plan(parent, cells, weight_decays, forget_biases, seed_list, settings, m
         "forget_biases": [float(b) for b in forget_biases],
         "seeds": [int(s) for s in seed_list],
         "model": dict(model),
-        "settings": {k: v for k, v in settings.items() if k != "seed"},
+        "settings": {k: v for k, v in settings.items() if k not in PER_RUN},
         "gradient_captions": count,
         "results": None,
     }

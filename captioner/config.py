@@ -240,6 +240,14 @@ def settings_of(values, data_dir, feature_kind):
     return dict(s, data_dir=data_dir, features=feature_kind, max_train=values.get("max_train"))
 
 
+def options_conflict(values):
+    """A rule between train settings that values ({name: value}, the options) break -> a
+    message naming the flags, else None."""
+    if values["keep_best"] == "cider" and not values["eval_every"]:
+        return "--keep-best cider needs --eval-every N"
+    return None
+
+
 def saved_values(meta, settings):
     """What a checkpoint says every setting was: {name: value}."""
     saved = dict(DEFAULTS)

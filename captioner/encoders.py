@@ -53,6 +53,21 @@ def by_feature_id(feature_id):
     return None
 
 
+def of_checkpoint(ckpt, meta):
+    """The entry that computes a checkpoint's features from a picture (`sample` on picture
+    files); CaptionerError when none does (CS231n's VGG-16 PCA features)."""
+    feature_id = meta["features"].get("encoder")
+    enc = by_feature_id(feature_id)
+    if enc is None:
+        raise CaptionerError(
+            f"{ckpt}: trained on {feature_id} features, which cannot be "
+            f"computed from a picture (the CS231n VGG-16 PCA basis is not published); caption "
+            f"dataset images with --split val, or build a dataset with `captioner prepare` "
+            f"and train on it"
+        )
+    return enc
+
+
 def describe(enc):
     """-> {'encoder', 'feature_id', 'dim', 'weights_sha256', 'layout'} (a dataset's attrs)."""
     m = module(enc)

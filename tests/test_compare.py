@@ -211,10 +211,11 @@ def test_plan_takes_every_cell(tmp_path):
         (0.0,),
         (0.0, 1.0),
         (0,),
-        {"epochs": 1},
+        {"epochs": 1, "weight_decay": 0.0, "forget_bias": 0.0, "seed": 0},
         {"hidden_dim": 6, "wordvec_dim": 5},
         20,
     )
+    assert plan["settings"] == {"epochs": 1}  # the per-run settings are the plan's lists
     assert cmp.load_plan(tmp_path / "c")["cells"] == plan["cells"] == ["rnn", "lstm", "gru"]
     names = [n for n, _, _ in cmp.run_names(plan)]
     assert names == ["rnn", "lstm-fb0", "lstm-fb1", "gru"]

@@ -2,7 +2,8 @@
 
 import pytest
 
-from captioner import checkpoint, cli, config, sweep, training
+from captioner import checkpoint, config, sweep, training
+from captioner.cli import cli
 from captioner.config import TRAIN_CONFIG
 
 
@@ -17,11 +18,11 @@ def test_every_setting_reaches_every_place(setting):
     the report's command line and the --resume check."""
     s = setting
     if s.option:
-        for command in (cli.train, cli.compare, cli.sweep):
+        for command in (cli.commands[n] for n in ("train", "compare", "sweep")):
             assert s.name in option_names(command), command.name
         assert s.name in sweep.RUN_KEYS
     else:
-        assert s.name not in option_names(cli.train)
+        assert s.name not in option_names(cli.commands["train"])
     if s.part in ("settings", "data"):
         ok, _ = checkpoint.SETTINGS[s.saved_as]
         value = s.default if s.default is not None else (s.low or 1)
@@ -60,6 +61,14 @@ def test_every_setting_reaches_every_place(setting):
         line = config.train_command(settings, meta["model"], "runs/x")
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
         assert f"{s.flag} {shown}" in line
+
+
+def test_options_conflict_keep_best_cider_needs_eval_every():
+    """train, compare and sweep refuse --keep-best cider without --eval-every (one rule)."""
+    values = dict(training.DEFAULTS, keep_best="cider", eval_every=0)
+    assert config.options_conflict(values) == "--keep-best cider needs --eval-every N"
+    assert config.options_conflict(dict(values, eval_every=2)) is None
+    assert config.options_conflict(dict(values, keep_best="loss")) is None
 
 
 def test_defaults_are_what_train_has_always_used():
