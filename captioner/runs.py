@@ -128,10 +128,7 @@ def new_run_dir(out, cell):
     if found:  # never write over files this run did not create: a run, or anything else
         check_unlocked(out)  # a run still writing here gets the clearer "another train" message
         if {"last.npz", "best.npz"} & set(found):
-            raise CaptionerError(
-                f"{out}: already holds a run; continue it with --resume {out} "
-                f"or choose another --out"
-            )
+            raise _holds_a_run(out)
         if "compare.json" in found:
             raise CaptionerError(
                 f"{out}: already holds a comparison; continue it with "
@@ -142,6 +139,12 @@ def new_run_dir(out, cell):
         )
     make_dir(out)
     return out
+
+
+def _holds_a_run(path):
+    return CaptionerError(
+        f"{path}: already holds a run; continue it with --resume {path} or choose another --out"
+    )
 
 
 def make_dir(path):
@@ -233,10 +236,7 @@ def train_in(data, model, run_dir, state=None, progress=None, log=LOG.info, **se
     the last good one."""
     s = dict(config.DEFAULTS, **settings)
     if state is None and run_dir and has_checkpoint(run_dir):
-        raise CaptionerError(
-            f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
-            f"or choose another --out"
-        )
+        raise _holds_a_run(run_dir)
     state = state or training.fresh_state(s)
     on_epoch_end = [keep_best(s["keep_best"])]
     if s["eval_every"]:
