@@ -27,7 +27,7 @@ import subprocess
 import sys
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 
-from . import atomic, checkpoint, config, runs, training
+from . import atomic, checkpoint, config, runs
 from .errors import CaptionerError
 
 LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
@@ -400,7 +400,7 @@ def _run_subprocess(run_dir, blas_threads, children, task=run_one):
         [
             sys.executable,
             "-m",
-            "captioner.sweep",
+            "captioner.cli.worker",
             run_dir,
             str(os.getpid()),
             f"{task.__module__}:{task.__name__}",
@@ -422,40 +422,6 @@ def _run_subprocess(run_dir, blas_threads, children, task=run_one):
             lines[-1] if lines else f"exit status {p.returncode}; see {run_dir}/train.log"
         )
     return _read(os.path.join(run_dir, "result.json"))
-
-
-def _die_with_parent(parent):
-    """Linux: SIGTERM this process when the sweep that started it dies (even by kill -9),
-    so no orphan keeps training; SIGTERM saves last.npz first."""
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before prctl
-        sys.exit(143)
-
-
-def _main(argv):
-    """python -m captioner.sweep RUN_DIR PARENT_PID [MODULE:TASK]: one run of a local sweep
-    (or of another caller of run_all, whose task it names)."""
-    import importlib
-
-    _die_with_parent(int(argv[1]))
-    task = run_one
-    if len(argv) > 2:
-        module, _, name = argv[2].partition(":")
-        task = getattr(importlib.import_module(module), name)
-    try:
-        task(argv[0])
-    except CaptionerError as e:
-        print(f"captioner: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except training.Interrupted as e:
-        print(f"{argv[0]}: {e}", file=sys.stderr)
-        sys.exit(128 + e.signum)
-    except KeyboardInterrupt:
-        sys.exit(130)
 
 
 # ---------------------------------------------------------------- the table
@@ -560,7 +526,3 @@ def as_json(rows):
         }
         for r in rows
     ]
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1:])
