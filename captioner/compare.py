@@ -94,11 +94,11 @@ def new_plan(parent, cells, weight_decays, forget_biases, seed_list, settings, m
     return plan
 
 
-def load_plan(parent, epochs=None, data_dir=None, seed_list=None, flag="--resume"):
-    """The plan of a comparison to resume; epochs, data_dir (the dataset moved) and seed_list
-    (more seeds: those of the plan and new ones), all optional, change it and are saved.
-    Plans of one seed and no forget-gate bias (written before those existed) read as such.
-    flag: the option that named parent. -> plan dict."""
+def load_plan(parent, epochs=None, data_dir=None, seed_list=None, flag="--resume", cells=None):
+    """The plan of a comparison to resume; epochs, data_dir (the dataset moved), seed_list
+    and cells (more seeds or cells: those of the plan and new ones), all optional, change it
+    and are saved. Plans of one seed and no forget-gate bias (written before those existed)
+    read as such. flag: the option that named parent. -> plan dict."""
     from .data import read_json
 
     path = os.path.join(parent, PLAN)
@@ -135,15 +135,9 @@ def load_plan(parent, epochs=None, data_dir=None, seed_list=None, flag="--resume
     why = why or checkpoint.settings_problem(plan["settings"], "settings")
     if why:
         raise CaptionerError(f"{path}: {why}; start a new comparison with another --out")
-    if seed_list is not None and list(seed_list) != plan["seeds"]:
-        if len(plan["seeds"]) == 1 or not set(plan["seeds"]) <= set(seed_list):
-            raise CaptionerError(
-                f"{path}: seeds {_list(plan['seeds'])}; --resume can add seeds to a comparison of "
-                f"several, not drop any; start a new comparison with another --out"
-            )
-        plan["seeds"] += [s for s in seed_list if s not in plan["seeds"]]
-        plan["results"] = None
-        atomic.write_json(path, plan, what="comparison plan")
+    # a run's name holds its seed only when there are several: one seed cannot become more
+    _add(plan, "seeds", seed_list, path, fixed=len(plan["seeds"]) == 1)
+    _add(plan, "cells", cells, path)  # the runs of the plan's cells keep their names
     changed = {}
     if epochs is not None and epochs != plan["settings"].get("epochs"):
         changed["epochs"] = epochs
@@ -153,6 +147,23 @@ def load_plan(parent, epochs=None, data_dir=None, seed_list=None, flag="--resume
         plan["settings"].update(changed)
         atomic.write_json(path, plan, what="comparison plan")
     return plan
+
+
+def _add(plan, key, values, path, fixed=False):
+    """Append to plan[key] (seeds, cells) the new ones of values, which must hold all the
+    plan's; the plan is saved and its results dropped. values None: unchanged; fixed: no
+    value can be added (a single seed)."""
+    if values is None or list(values) == plan[key]:
+        return
+    if fixed or not set(plan[key]) <= set(values):
+        raise CaptionerError(
+            f"{path}: {key} {_list(plan[key])}; --resume can add {key} to a comparison"
+            f"{' of several' if fixed else ''}, not drop any; start a new comparison "
+            f"with another --out"
+        )
+    plan[key] += [v for v in dict.fromkeys(values) if v not in plan[key]]
+    plan["results"] = None
+    atomic.write_json(path, plan, what="comparison plan")
 
 
 def run_spec(plan, setting, seed):
@@ -225,11 +236,13 @@ def train_runs(parent, plan, parallel=1, scheduler=None, progress=None, log=LOG.
         else:
             todo.append(run_dir)
 
-    def setup():
+    def setup():  # a finished run is kept as it is, run.json too
         from . import runs
 
         for name, setting, seed in planned:
             run_dir = os.path.join(parent, name)
+            if run_dir not in todo:
+                continue
             runs.make_dir(run_dir)
             spec, path = run_spec(plan, setting, seed), os.path.join(run_dir, "run.json")
             if not os.path.exists(path) or sweep._read(path) != spec:

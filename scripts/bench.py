@@ -3,6 +3,7 @@
     python scripts/bench.py                 # everything (~3.5 min on 2 cores)
     python scripts/bench.py --quick         # fewer repetitions
     python scripts/bench.py --only train,decode --json
+    python scripts/bench.py --only batch --threads 1   # numpy and PyTorch on one BLAS thread
 
 Sections (each is skipped, with the reason printed, when what it needs is missing):
   train    one training step (forward + backward + Adam) at the CS231n COCO config, LSTM
@@ -17,7 +18,8 @@ Sections (each is skipped, with the reason printed, when what it needs is missin
            V ~ 9,500 (real COCO val captions), interleaved: adaptive <= 0.4x full at ~9,500,
            and <= 1.3x the full step at 1,004.
   batch    LSTM and RNN training steps vs PyTorch at batch 25, 50, 100 and 500 (real COCO
-           captions, CS231n sizes), each with its fraction of the GEMM floor.
+           captions, CS231n sizes), each with its fraction of the GEMM floor at its shapes
+           (the step's matrix products alone) and of the big-GEMM-rate floor.
   decode   greedy (model.sample) and beam-3 search over 1,000 images; beam 3 over 5,000.
   metrics  captioner.metrics.score vs pycocoevalcap's Bleu + Rouge + Cider, 5,000 images.
   encoder  EfficientNet-Lite0 vs SqueezeNet images/s in batches of 32 (encode_images, and
@@ -47,6 +49,7 @@ Never asserts: a missed target is a FAIL row, and the exit status is 0.
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -57,6 +60,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # captioner
 
 from benchmarks.common import (  # noqa: E402
     Report,
+    blas_threads,
     cpu_snapshot,
     load_average,
     log,
@@ -96,7 +100,19 @@ def main(argv=None):
     ap.add_argument(
         "--json", action="store_true", help="print one JSON object instead of the table"
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="BLAS threads for numpy and the PyTorch baselines alike (default: one per core); "
+        "restarts the bench with OPENBLAS_NUM_THREADS and OMP_NUM_THREADS set",
+    )
     args = ap.parse_args(argv)
+    if args.threads and os.environ.get("OPENBLAS_NUM_THREADS") != str(args.threads):
+        # numpy reads the variables when it loads OpenBLAS: only a fresh process obeys them
+        n = str(args.threads)
+        os.environ.update(OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n)
+        rest = sys.argv[1:] if argv is None else argv
+        os.execv(sys.executable, [sys.executable, str(Path(__file__).resolve()), *rest])
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
@@ -173,7 +189,10 @@ def main(argv=None):
             f"machine: {info['cpu']}; {info['cores']} cores ({info['cores_usable']} usable); "
             f"Python {info['python']}; numpy {info['numpy']}, BLAS {info['blas']}"
         )
-        print(f"BLAS config: {info.get('blas_config', '')}; threads: {threads}")
+        print(
+            f"BLAS config: {info.get('blas_config', '')}; threads: {threads}; "
+            f"numpy and PyTorch baselines on {blas_threads()} BLAS threads"
+        )
         print(
             f"load average {info['loadavg_start']} at start, {info['loadavg_end']} at end; "
             f"run took {info['bench_seconds']:.0f} s"

@@ -318,6 +318,44 @@ def test_seeded_compare_resumes_in_parallel_to_the_serial_result(data, tmp_path)
     assert result.exit_code == 2 and "not both" in result.output
 
 
+def test_a_single_seed_comparison_takes_no_more_seeds(reference):
+    """Its runs' names hold no seed, so seeds cannot be added to it; the plan is left as it was."""
+    ref, _ = reference
+    plan = (ref / "compare.json").read_bytes()
+    result = run("compare", "--resume", ref, "--seeds", 2)
+    assert result.exit_code == 2 and "to a comparison of several, not drop" in result.output
+    assert (ref / "compare.json").read_bytes() == plan
+
+
+def test_a_cell_added_on_resume_leaves_the_old_runs_and_trains_like_train(data, seeded, tmp_path):
+    out = tmp_path / "cmp"
+    shutil.copytree(seeded, out)
+    spec = json.loads((out / "rnn-seed0" / "run.json").read_text())  # as written before #23:
+    (out / "rnn-seed0" / "run.json").write_text(json.dumps(dict(spec, gradient_captions=25)))
+    kept = {(n, f): (out / n / f).read_bytes() for n in SEEDED_RUNS for f in os.listdir(out / n)}
+    result = run("compare", "--resume", out, "--cell", "gru", "--quiet")  # dropping rnn, lstm
+    assert result.exit_code == 2 and "can add cells" in result.output, result.output
+    cells = ["--cell", "rnn", "--cell", "lstm", "--cell", "gru", "--cell", "gru"]
+    result = run("compare", "--resume", out, *cells, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert all(f"{name}: done earlier" in result.output for name in SEEDED_RUNS)
+    for (name, f), before in kept.items():  # the old runs: kept as they were, file by file
+        assert (out / name / f).read_bytes() == before, (name, f)
+    alone = tmp_path / "alone"
+    args = ["--cell", "gru", "--seed", 1, "--epochs", 2, "--out", alone]
+    assert run("train", "--data", data, *TINY[:-4], "--lr", 5e-3, *args).exit_code == 0
+    assert_same_checkpoint(out / "gru-seed1" / "last.npz", alone / "last.npz")
+    plan = json.loads((out / "compare.json").read_text())
+    old = json.loads((seeded / "compare.json").read_text())["results"]
+    res = plan["results"]
+    assert plan["cells"] == ["rnn", "lstm", "gru"]
+    assert [s["name"] for s in res["settings"]] == ["rnn", "lstm-fb0", "lstm-fb1", "gru"]
+    assert untimed(res["settings"][:3]) == untimed(old["settings"])
+    assert res["settings"][3]["runs"] == ["gru-seed0", "gru-seed1"]
+    claims = {(v["a"], v["b"], v["figure"]) for v in res["verdicts"]}
+    assert ("gru", "rnn", "val_loss") in claims and "gru val" in result.output
+
+
 def test_gradients_over_the_seeds_of_a_setting(data, seeded):
     res = json.loads((seeded / "compare.json").read_text())["results"]
     result = run("gradients", "--runs", seeded, "--count", 25, "--json")

@@ -189,7 +189,7 @@ def compare(ctx, out, resume, quiet, count, n_seeds, plot, force, parallel, sche
     cell, --weight-decay, LSTM --forget-bias (each repeatable) and seed, each in a run
     directory under --out. Prints each figure's mean, spread and per-seed values, and per
     claim in how many seeds it holds. Interrupted? `--resume DIR` continues where it stopped
-    (with --seeds N or --seed: adds seeds).
+    (with --seeds N or --seed: adds seeds; with --cell: adds cells).
     Example:
       captioner compare --data data/demo/dataset --epochs 10 --seeds 3 --parallel 2 \\
           --out runs/cmp --plot loss.png
@@ -211,6 +211,7 @@ def compare(ctx, out, resume, quiet, count, n_seeds, plot, force, parallel, sche
             options["epochs"] if "epochs" in given else None,
             options["data"] if "data" in given else None,
             seeds if n_seeds or "seed" in given else None,
+            cells=options["cell"] if "cell" in given else None,
         )
         echo(f"resuming the comparison in {parent}")
     else:

@@ -83,6 +83,13 @@ def adam_step(model, features, captions):
     return step
 
 
+def blas_threads():
+    """The BLAS thread count numpy runs with (OPENBLAS_NUM_THREADS, else one per core):
+    PyTorch baselines get as many, so both sides use the same."""
+    env = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    return int(env) if env and env.isdigit() else os.cpu_count()
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 

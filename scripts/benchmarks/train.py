@@ -27,6 +27,7 @@ from benchmarks.common import (
     SHARED,
     START,
     adam_step,
+    blas_threads,
     coco_like_captions,
     interleaved,
     log,
@@ -71,7 +72,7 @@ class TorchWorker:
     lets the bench interleave PyTorch steps with its own so both see the same machine load.
     """
 
-    def __init__(self, npz, cell, packed=False, warmup=3):
+    def __init__(self, npz, cell, packed=False, warmup=3, threads=None):
         cmd = [
             sys.executable,
             str(SCRIPTS / "torch_baseline.py"),
@@ -82,7 +83,7 @@ class TorchWorker:
             "--warmup",
             str(warmup),
             "--threads",
-            "2",
+            str(threads or blas_threads()),
             "--serve",
         ] + (["--packed"] if packed else [])
         self.p = subprocess.Popen(
@@ -248,9 +249,11 @@ def _train_cell(
     c=REF,
     textbook_baseline=True,
     torch_packed=True,
+    extra=None,
 ):
     """Interleaved timing of one training step of one cell: ours, PyTorch, textbook, GEMM.
-    c: the sizes (REF, or another batch size N)."""
+    c: the sizes (REF, or another batch size N); extra: more contenders, name -> fn(),
+    timed in the same rounds (their medians come back as res[name + "_ms"])."""
     import textbook
 
     sizes = {k: c[k] for k in ("N", "T", "V", "D", "W", "H")}
@@ -261,6 +264,7 @@ def _train_cell(
     contenders = {}
     gemm, gemm_flops = gemm_fn(c["N"] * c["T"], c["H"], 4 * c["H"])
     contenders["gemm"] = gemm
+    contenders.update(extra or {})
 
     model = None
     if not reason:
