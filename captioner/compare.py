@@ -19,11 +19,15 @@ same options, wherever it runs. A killed compare resumes run by run: finished ru
 kept, the others continue from their last.npz, exactly as `train --resume` would.
 """
 
+import logging
 import os
 
-from . import atomic, checkpoint, gradients, seeds, sweep, training
+from . import atomic, checkpoint, gradients, seeds, sweep
 from .cells import CELLS, WITH_FORGET_GATE
 from .errors import CaptionerError
+from .evaluation import greedy_scores
+
+LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
 PLAN = "compare.json"
 EVAL_IMAGES = 200  # val images captioned for BLEU-4 / CIDEr-D
@@ -196,7 +200,7 @@ def score_run(run_dir, state, data):
     gradient_captions val captions (of the comparison's plan, in run_dir's parent)."""
     count = load_plan(os.path.dirname(os.path.abspath(run_dir)))["gradient_captions"]
     model, _, _, _ = checkpoint.load_model(os.path.join(run_dir, "last.npz"))
-    scores = training.eval_metrics(model, data, EVAL_IMAGES)
+    scores, _ = greedy_scores(model, data, EVAL_IMAGES)
     feats, caps = gradients.first_captions(data, "val", count)
     records = state["epochs"]
     steps = records[-1]["step"] if records else 0
@@ -219,10 +223,10 @@ def score_run(run_dir, state, data):
 # ---------------------------------------------------------------- all runs
 
 
-def train_runs(parent, plan, parallel=1, scheduler=None, progress=None, log=print):
+def train_runs(parent, plan, parallel=1, scheduler=None, progress=None, log=LOG.info):
     """Train (or finish) every run of the plan; parallel 1 without a scheduler trains in
     this process (progress: as training.train's), else through sweep.run_all. Raises CaptionerError
-    naming a failed run, runs.Interrupted on Ctrl-C / SIGTERM after saving the current run."""
+    naming a failed run, training.Interrupted on Ctrl-C / SIGTERM after saving the current run."""
     planned = run_names(plan)
     todo = []
     for name, _, _ in planned:

@@ -237,7 +237,10 @@ def settings_of(values, data_dir, feature_kind):
     """Option values {name: value} -> the training settings a run keeps (checkpoint):
     DEFAULTS' keys taken from values, then where the data came from."""
     s = {k: values[k] for k in DEFAULTS if k in values}
-    return dict(s, data_dir=data_dir, features=feature_kind, max_train=values.get("max_train"))
+    s.update(data_dir=data_dir, features=feature_kind)
+    if "max_train" in values:  # an option of train, compare and sweep; not of the demo
+        s["max_train"] = values["max_train"]
+    return s
 
 
 def options_conflict(values):

@@ -14,6 +14,7 @@ centre crop (which cuts 6.25% per side) never cuts an object, and neighbours nev
 """
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -22,6 +23,8 @@ from PIL import Image, ImageDraw
 from captioner import atomic
 from captioner.data import DEMO_SOURCE
 from captioner.errors import CaptionerError
+
+LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
 # Far apart in the encoder's feature space, not just in hue: a linear probe on our SqueezeNet
 # features (600 one-object scenes) confused orange with yellow and purple with blue/red, 76%
@@ -319,7 +322,7 @@ def run_demo(
     n_val=200,
     epochs=20,
     seed=0,
-    log=print,
+    log=LOG.info,
     run_dir=None,
     encoder=None,
     progress=None,
@@ -331,20 +334,21 @@ def run_demo(
     Each stage is the library call behind the CLI command it prints. The model is trained in
     run_dir (None: runs/demo, or runs/demo-{kind} for an encoder other than the demo's, so
     each encoder's run is kept): a run found there, interrupted or finished, is continued
-    rather than started again (progress: as training.train's). Steps 4-5 and the report use
-    best.npz, the model the run kept. Ctrl-C while training raises runs.Interrupted after
+    rather than started again (progress: the library's progress callback, as
+    training.train's, for encoding and training). Steps 4-5 and the report use
+    best.npz, the model the run kept. Ctrl-C while training raises training.Interrupted after
     saving last.npz. Returns a summary dict; 'grounded' is True when the model's CIDEr-D is
     at least twice what it gets from the mean feature (i.e. the captions come from the
     pixels, not from the caption statistics).
     """
     import time
 
-    from . import checkpoint, encoders, training
+    from . import checkpoint, encoders
     from .data import feature_file, load_coco_data
     from .evaluation import evaluate_model
     from .pictures import caption_images
     from .prepare import prepare_dataset
-    from .runs import new_run_dir, run_lock
+    from .runs import has_checkpoint, run_lock, start_or_resume, train_in
 
     # a folder of the user's own (e.g. ~/Pictures) is refused: the demo writes only its own
     atomic.check_fresh_dir(
@@ -385,44 +389,52 @@ def run_demo(
             source=DEMO_SOURCE,
             encoder=enc.name,
             force=True,  # only ever the demo's own dataset (of another encoder): checked above
+            progress=progress,
         )
     data = load_coco_data(dataset)
 
-    state = _demo_run(run_dir, dataset, data)
-    if state is None:
-        run_dir = new_run_dir(run_dir, "demo")
+    options = dict(
+        cell="lstm",
+        hidden_dim=256,
+        wordvec_dim=128,
+        seed=seed,
+        epochs=epochs,
+        batch_size=100,
+        lr=2e-3,
+        lr_decay=0.97,
+        val_size=500,
+        data=dataset,
+        features=data["feature_kind"],
+    )
+    resume = run_dir if has_checkpoint(run_dir) else None
+    run = start_or_resume(
+        run_dir,
+        options,
+        lambda *_, **__: data,
+        resume=resume,
+        check=_check_demo_run(run_dir, dataset, data),
+    )
+    settings = run.settings
+    if resume is None:
         log(
             f"[3/5] captioner train --data {dataset} --cell lstm --hidden-dim 256 "
             f"--wordvec-dim 128 --epochs {epochs} --lr 2e-3 --lr-decay 0.97 --out {run_dir}"
         )
-        model = training.new_model(data, "lstm", hidden_dim=256, wordvec_dim=128, seed=seed)
-        settings = dict(
-            epochs=epochs,
-            batch_size=100,
-            lr=2e-3,
-            lr_decay=0.97,
-            seed=seed,
-            val_size=500,
-            data_dir=os.path.abspath(dataset),
-            features=data["feature_kind"],
-        )
     else:
-        model, state = state
-        settings = dict(state["settings"])
         settings["epochs"] = max(settings["epochs"], epochs)  # --epochs may extend, never cut
-        if state["epoch"] < settings["epochs"]:
+        if run.state["epoch"] < settings["epochs"]:
             log(
                 f"[3/5] captioner train --resume {run_dir}: continuing the demo's run at "
-                f"epoch {state['epoch'] + 1}/{settings['epochs']} (delete {run_dir} to start over)"
+                f"epoch {run.state['epoch'] + 1}/{settings['epochs']} (delete {run_dir} to "
+                f"start over)"
             )
         else:
             log(
-                f"[3/5] {run_dir}: already trained, {state['epoch']} epochs (delete it to retrain)"
+                f"[3/5] {run_dir}: already trained, {run.state['epoch']} epochs (delete it to "
+                f"retrain)"
             )
-    with run_lock(run_dir):
-        state = training.train(
-            data, model, run_dir, state=state, progress=progress, log=log, **settings
-        )
+    with run_lock(run.run_dir):
+        state = train_in(data, run.model, run.run_dir, run.state, progress, log, **settings)
 
     # the model the run kept (lowest val loss), as `captioner report` and `sample` use
     best_path = os.path.join(run_dir, "best.npz")
@@ -484,27 +496,22 @@ def run_demo(
     return summary
 
 
-def _demo_run(run_dir, dataset, data):
-    """(model, training state) of the demo run already in run_dir, to continue; None when
-    run_dir holds no checkpoint (new_run_dir then refuses anything else found there)."""
-    from . import checkpoint, training
-    from .runs import find_checkpoint
+def _check_demo_run(run_dir, dataset, data):
+    """start_or_resume's check of the demo run already in run_dir: trained on the demo's
+    dataset, of the same encoder."""
 
-    if not any(os.path.isfile(os.path.join(run_dir, f"{n}.npz")) for n in ("last", "best")):
-        return None
-    path = find_checkpoint(run_dir)
-    model, meta, state = training.resume_run(path)
-    saved = state["settings"].get("data_dir")
-    if saved != os.path.abspath(dataset):
-        raise CaptionerError(
-            f"{run_dir}: holds a run trained on {saved}, not on the demo's {dataset}; "
-            f"delete {run_dir} (or move it away) and run the demo again"
-        )
-    trained_on = meta["features"].get("encoder")
-    if trained_on != data["encoder"]:  # the demo was run before with another --encoder
-        raise CaptionerError(
-            f"{run_dir}: holds a demo run trained on {trained_on} features, not on "
-            f"{data['encoder']}; delete {run_dir} (or move it away) and run the demo again"
-        )
-    checkpoint.check_compatible(path, meta, data)
-    return model, state
+    def check(_path, meta, settings):
+        saved = settings.get("data_dir")
+        if saved != os.path.abspath(dataset):
+            raise CaptionerError(
+                f"{run_dir}: holds a run trained on {saved}, not on the demo's {dataset}; "
+                f"delete {run_dir} (or move it away) and run the demo again"
+            )
+        trained_on = meta["features"].get("encoder")
+        if trained_on != data["encoder"]:  # the demo was run before with another --encoder
+            raise CaptionerError(
+                f"{run_dir}: holds a demo run trained on {trained_on} features, not on "
+                f"{data['encoder']}; delete {run_dir} (or move it away) and run the demo again"
+            )
+
+    return check

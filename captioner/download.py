@@ -25,7 +25,6 @@ import zipfile
 import zlib
 
 import h5py
-from tqdm import tqdm
 
 from captioner import atomic
 from captioner.data import CAPTIONS_FILE, FIX_DATA, close_coco_data, load_coco_data
@@ -69,7 +68,7 @@ SIZE_MARGIN = 0.05
 def download_coco(
     dest_dir="data",
     url=COCO_URL,
-    progress=True,
+    progress=None,
     shapes=COCO_SHAPES,
     required=COCO_FILES,
     force=False,
@@ -89,7 +88,7 @@ def download_coco(
     dest_dir = str(dest_dir)
     target = os.path.join(dest_dir, COCO_DIR)
     if not force and os.path.isfile(os.path.join(target, CAPTIONS_FILE)):
-        _say(progress, f"{target} already present (pass force=True / --force to reinstall)")
+        _say(f"{target} already present (pass force=True / --force to reinstall)")
         return target
     # installs are whole-folder swaps, so anything else there is not ours: never replace it
     atomic.check_fresh_dir(target, force, "folder", flag="--dest", can_force=False)
@@ -105,7 +104,7 @@ def download_coco(
             max_bytes=COCO_ZIP_MAX_BYTES,
             again=again,
         )
-    install_zip(zip_path, target, shapes=shapes, required=required, progress=progress)
+    install_zip(zip_path, target, shapes=shapes, required=required)
     if not keep_zip:
         os.remove(zip_path)
     return target
@@ -121,9 +120,8 @@ def _make_dest(dest_dir):
         ) from None
 
 
-def _say(progress, msg):
-    if progress:
-        LOG.info(printable(msg))  # the CLI shows the "captioner" log on stderr
+def _say(msg):
+    LOG.info(printable(msg))  # the CLI shows the "captioner" log on stderr
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -206,17 +204,10 @@ def _fetch_once(url, part, progress, timeout, max_bytes=None):
             total = int(length) if length and length.isdigit() else None
         limit = total if total is not None else max_bytes
         size = have
-        with (
-            _open_part(part, append) as f,
-            tqdm(
-                total=total,
-                initial=have,
-                unit="B",
-                unit_scale=True,
-                desc=os.path.basename(part),
-                disable=None if progress else True,  # None: only on a terminal
-            ) as bar,
-        ):
+        desc = os.path.basename(part)
+        if progress:
+            progress(desc, have, total, "B")
+        with _open_part(part, append) as f:
             while True:
                 chunk = resp.read(CHUNK)
                 if not chunk:
@@ -225,7 +216,8 @@ def _fetch_once(url, part, progress, timeout, max_bytes=None):
                 if limit is not None and size > limit:
                     break
                 f.write(chunk)
-                bar.update(len(chunk))
+                if progress:
+                    progress(desc, size, total, "B")
     if limit is not None and size > limit:
         os.remove(part)
         said = "announced" if total is not None else "expected"
@@ -265,7 +257,7 @@ def _one_line(text):
 def fetch_resumable(
     url,
     dest,
-    progress=True,
+    progress=None,
     retries=3,
     timeout=60,
     check=None,
@@ -398,7 +390,7 @@ def _check_sizes(members, zip_path, parent):
         )
 
 
-def install_zip(zip_path, target, shapes=COCO_SHAPES, required=COCO_FILES, progress=True):
+def install_zip(zip_path, target, shapes=COCO_SHAPES, required=COCO_FILES):
     """Safely unpack a coco_captioning zip into `target` (replacing it only on success)."""
     try:
         zf = zipfile.ZipFile(zip_path)
@@ -418,7 +410,7 @@ def install_zip(zip_path, target, shapes=COCO_SHAPES, required=COCO_FILES, progr
         _check_sizes(members, zip_path, parent)
         tmp = tempfile.mkdtemp(prefix=f".{COCO_DIR}.tmp-", dir=parent)
         try:
-            _say(progress, f"extracting {zip_path} ...")
+            _say(f"extracting {zip_path} ...")
             for rel, info in members.items():
                 out = os.path.join(tmp, rel)
                 os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -430,7 +422,7 @@ def install_zip(zip_path, target, shapes=COCO_SHAPES, required=COCO_FILES, progr
                         f"{zip_path}: entry '{info.filename}' is corrupt ({e}); delete "
                         f"the zip and rerun `captioner download`"
                     ) from None
-            _say(progress, "checking the files ...")
+            _say("checking the files ...")
             _validate(tmp, shapes, zip_path)
             _swap_in(tmp, target)
         except OSError as e:  # a full disk, a read-only folder: the old data stays as it was
@@ -490,7 +482,7 @@ def _check_fetched(check, name, part, url, again):
 
 
 def download_files(
-    dest_dir, urls, sizes, check, what, again, progress=True, retries=3, timeout=60
+    dest_dir, urls, sizes, check, what, again, progress=None, retries=3, timeout=60
 ):
     """Fetch the files of a release into dest_dir, each kept as it is (never unpacked).
 
@@ -519,7 +511,6 @@ def download_files(
             f"another --dest"
         )
     _say(
-        progress,
         f"{dest_dir}: {len(todo)} file(s) to fetch, {need / 1e9:.2f} GB "
         f"({free / 1e9:.1f} GB free); the zips are kept as they are (never unpacked)",
     )
@@ -552,7 +543,7 @@ def _urls(files, official, mirror):
 def download_coco_images(
     dest_dir="data/coco2014",
     mirror=None,
-    progress=True,
+    progress=None,
     retries=3,
     timeout=60,
     again="captioner download --images",
@@ -574,7 +565,7 @@ def download_coco_images(
 def download_flickr8k(
     dest_dir="data/flickr8k",
     mirror=None,
-    progress=True,
+    progress=None,
     retries=3,
     timeout=60,
     again="captioner download --flickr8k",

@@ -596,7 +596,7 @@ def encode_images(images, batch_size=32, params=None):
     return encoders.encode_images(images, "squeezenet", batch_size, params)
 
 
-def encode_files(paths, batch_size=32, progress=False, params=None):
+def encode_files(paths, batch_size=32, progress=None, params=None):
     """SqueezeNet's encoders.encode_files: (features, logits, ok_paths, errors)."""
     from captioner import encoders
 

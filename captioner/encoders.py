@@ -96,8 +96,9 @@ def encode_images(images, enc, batch_size=32, params=None):
     return np.concatenate(logits), np.concatenate(feats)
 
 
-def encode_files(paths, enc, batch_size=32, progress=False, params=None):
-    """Encode picture files, skipping bad ones.
+def encode_files(paths, enc, batch_size=32, progress=None, params=None):
+    """Encode picture files, skipping bad ones. progress: None, or progress(desc, done,
+    total, unit) called before each picture and at the end (the CLI draws a bar).
 
     Returns (features (M,D) float32, logits (M,1000) float32, ok_paths [M paths, same
     order as rows], errors [(path, one-line message)]). Only CaptionerError from
@@ -119,12 +120,10 @@ def encode_files(paths, enc, batch_size=32, progress=False, params=None):
             ok.extend(p for p, _ in pending)
             pending.clear()
 
-    it = list(paths)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="encoding", unit="img")
-    for p in it:
+    paths = list(paths)
+    for k, p in enumerate(paths):
+        if progress:
+            progress("encoding", k, len(paths), "img")
         try:
             x = m.preprocess(open_image(p))
         except CaptionerError as e:
@@ -134,6 +133,8 @@ def encode_files(paths, enc, batch_size=32, progress=False, params=None):
         if len(pending) >= batch_size:
             flush()
     flush()
+    if progress:
+        progress("encoding", len(paths), len(paths), "img")
     feats = np.concatenate(feats) if feats else np.zeros((0, m.FEATURE_DIM), np.float32)
     logits = np.concatenate(logits) if logits else np.zeros((0, m.NUM_CLASSES), np.float32)
     return feats, logits, ok, errors

@@ -76,6 +76,19 @@ def greedy_scores(model, data, max_images=None):
     return scores, len(ids)
 
 
+def periodic_scores(model, data, every, n_images):
+    """training.train's on_epoch_end adding BLEU-4 and CIDEr-D of greedy captions of the
+    first n_images val images (a fixed subset) to every `every`-th epoch's record."""
+
+    def evaluate(state):
+        record = state["epochs"][-1]
+        if record["epoch"] % every == 0:
+            scores, _ = greedy_scores(model, data, n_images)
+            record.update(Bleu_4=scores["Bleu_4"], CIDEr=scores["CIDEr"])
+
+    return evaluate
+
+
 def evaluate_model(model, data, split="val", meteor=True, **decode):
     """-> (scores, notes, results in the COCO results format)."""
     ids, generated, refs = caption_split(model, data, split, **decode)

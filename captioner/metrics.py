@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import threading
+from collections import Counter
 
 import numpy as np
 
@@ -625,7 +626,51 @@ def _meteor(hyps, refs):
         proc.wait()
 
 
-KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")  # as COCO reports
+# ---------------------------------------------------------------------------------------------
+# score(): the metrics of one table. An entry takes the tokenised captions (_Captions) and returns
+# {score key: corpus figure, or per-image figures whose mean is the corpus figure}; METEOR raises
+# _Skipped when it cannot run. Adding a metric is one entry; the diversity figures follow.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Skipped(Exception):
+    """A metric that cannot run here; its message is score()'s note."""
+
+
+class _Captions:
+    """The captions being scored, tokenised as the toolkit does, in the order of ids."""
+
+    def __init__(self, references, results):
+        self.ids = list(results)
+        self.res_tok = {i: tokenize(results[i]) for i in self.ids}
+        self.refs_tok = {i: [tokenize(c) for c in references[i]] for i in self.ids}
+
+    @functools.cached_property
+    def ngrams(self):  # shared by BLEU and CIDEr-D
+        return _ngram_table(*_split_words(self.refs_tok, self.res_tok, self.ids), 4)
+
+
+def _bleu_scores(c):
+    return {f"Bleu_{k + 1}": b for k, b in enumerate(_bleu(*c.ngrams, 4)[0])}
+
+
+def _meteor_score(c):
+    value, why = _meteor(
+        [" ".join(c.res_tok[i]) for i in c.ids],
+        [[" ".join(r) for r in c.refs_tok[i]] for i in c.ids],
+    )
+    if value is None:
+        raise _Skipped(why)
+    return {"METEOR": value}
+
+
+METRICS = {  # name -> (the score keys it gives, entry), in the order COCO reports them
+    "BLEU": (("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"), _bleu_scores),
+    "METEOR": (("METEOR",), _meteor_score),
+    "ROUGE_L": (("ROUGE_L",), lambda c: {"ROUGE_L": rouge_l(c.refs_tok, c.res_tok, True)[1]}),
+    "CIDEr": (("CIDEr",), lambda c: {"CIDEr": _cider_d(*c.ngrams)}),
+}
+KEYS = tuple(k for keys, _ in METRICS.values() for k in keys)
 
 
 def score(references, results, meteor=True, per_image=False):
@@ -635,8 +680,8 @@ def score(references, results, meteor=True, per_image=False):
     references: {image_id: [caption, ...]} (may hold more images than results);
     results: {image_id: caption}. Captions are raw strings, tokenised here.
     Returns (scores, notes): scores {"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr": float};
-    METEOR is absent when it cannot run, and notes says why. per_image=True adds a third
-    value, {image_id: CIDEr-D of that image}, whose mean is scores["CIDEr"].
+    METEOR is absent when it cannot run (or meteor is False), and notes says why. per_image=True
+    adds a third value, {image_id: CIDEr-D of that image}, whose mean is scores["CIDEr"].
     """
     if not results:
         raise CaptionerError("results: nothing to score; give at least one caption")
@@ -651,28 +696,70 @@ def score(references, results, meteor=True, per_image=False):
                 f"results: image id {i!r} has a {type(caption).__name__} caption, "
                 "expected a string"
             )
-    ids = list(results)
-    res_tok = {i: tokenize(results[i]) for i in ids}
-    refs_tok = {i: [tokenize(c) for c in references[i]] for i in ids}
-    hyps, refs = _split_words(refs_tok, res_tok, ids)
-    img, lens, grams = _ngram_table(hyps, refs, 4)
-    b, _ = _bleu(img, lens, grams, 4)
-    scores = {f"Bleu_{k + 1}": b[k] for k in range(4)}
-    notes = []
-    if meteor:
-        value, why = _meteor(
-            [" ".join(res_tok[i]) for i in ids], [[" ".join(r) for r in refs_tok[i]] for i in ids]
-        )
-        if value is None:
-            notes.append(why)
-        else:
-            scores["METEOR"] = value
-    scores["ROUGE_L"] = rouge_l(refs_tok, res_tok)
-    cider = _cider_d(img, lens, grams)
-    scores["CIDEr"] = float(np.mean(cider))
+    captions = _Captions(references, results)
+    scores, notes, images = {}, [], {}
+    for name, (_, metric) in METRICS.items():
+        if name == "METEOR" and not meteor:
+            continue
+        try:
+            figures = metric(captions)
+        except _Skipped as e:
+            notes.append(str(e))
+            continue
+        for key, value in figures.items():
+            if isinstance(value, np.ndarray):
+                images[key] = value
+                value = np.mean(value)
+            scores[key] = float(value)
     if per_image:
-        return scores, notes, {i: float(c) for i, c in zip(ids, cider)}
+        return scores, notes, {i: float(c) for i, c in zip(captions.ids, images["CIDEr"])}
     return scores, notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Diversity: how varied the generated captions are (the report's figures beside the scores).
+# ---------------------------------------------------------------------------------------------
+
+REPEATED_SHOWN = 10  # most repeated captions listed
+
+
+def diversity(generated, references, vocab_size=None):
+    """How varied the generated captions are.
+
+    generated: N captions (str), one per image; references: N lists of str.
+    -> dict: n, distinct (count and share), words_used (distinct words in generated) and
+    ref_words_used, length histograms (gen_lengths, ref_lengths: {length: count}), repeated
+    (the most frequent captions, [(caption, count)]), few/few_share (the share of images whose
+    caption is one of the `few` most frequent ones) and warning (a sentence, or None).
+    """
+    n = len(generated)
+    counts = Counter(generated)
+    gen_words = [c.split() for c in generated]
+    ref_words = [r.split() for rs in references for r in rs]
+    few = max(1, min(5, n // 10))
+    few_share = sum(c for _, c in counts.most_common(few)) / max(n, 1)
+    warning = None
+    if n >= 2 and few_share >= 0.5:
+        warning = (
+            f"{few_share:.0%} of the {n} images get one of the same {few} caption"
+            f"{'s' if few > 1 else ''}: the model mostly ignores the picture"
+        )
+    return {
+        "n": n,
+        "distinct": len(counts),
+        "distinct_share": len(counts) / max(n, 1),
+        "words_used": len({w for ws in gen_words for w in ws}),
+        "ref_words_used": len({w for ws in ref_words for w in ws}),
+        "vocab_size": vocab_size,
+        "gen_lengths": dict(sorted(Counter(map(len, gen_words)).items())),
+        "ref_lengths": dict(sorted(Counter(map(len, ref_words)).items())),
+        "mean_length": float(np.mean([len(w) for w in gen_words])) if n else 0.0,
+        "ref_mean_length": float(np.mean([len(w) for w in ref_words])) if ref_words else 0.0,
+        "repeated": [(c, k) for c, k in counts.most_common(REPEATED_SHOWN) if k > 1],
+        "few": few,
+        "few_share": few_share,
+        "warning": warning,
+    }
 
 
 # ---------------------------------------------------------------------------------------------

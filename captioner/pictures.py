@@ -39,7 +39,7 @@ def caption_images(
     batch_size=32,
     temperature=None,
     rng=None,
-    progress=False,
+    progress=None,
     encoder="squeezenet",
 ):
     """Caption picture files with a CaptioningRNN trained on `encoder`'s features
@@ -47,7 +47,7 @@ def caption_images(
 
     -> one (path, [(caption, logprob), ...] best first, None) per path, in order;
     (path, None, one-line error) for a picture that cannot be read. Decoding as in
-    caption_features; batch_size: pictures encoded at once; progress: a bar while encoding.
+    caption_features; batch_size: pictures encoded at once; progress: as encoders.encode_files'.
     """
     dim, net = model.params["W_proj"].shape[0], encoders.module(encoder)
     if dim != net.FEATURE_DIM:

@@ -195,17 +195,9 @@ def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard, enc
     ]
     total = sum(len(s["names"]) for s in specs)
     done = total - sum(len(s["names"]) for s in todo)
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=total,
-        initial=done,
-        unit="img",
-        desc="encoding",
-        disable=None if progress else True,  # None: only on a terminal, never in logs
-        smoothing=0.1,
-    )
-    failed = [0]
+    if progress:
+        progress("encoding", done, total, "img")
+    encoded, failed = [done], [0]
 
     def write(result):
         k = int(result["index"])
@@ -213,20 +205,23 @@ def _encode_chunks(work, specs, keys, executor, workers, progress, on_shard, enc
         arrays["key"] = np.array(keys[k])
         atomic.write_bytes(paths[k], lambda f: np.savez(f, **arrays), what="chunk file")
         failed[0] += int((~result["ok"]).sum())
-        bar.update(len(result["names"]))
-        if failed[0]:
-            bar.set_postfix(skipped=failed[0])
+        encoded[0] += len(result["names"])
+        if progress:
+            progress(
+                "encoding",
+                encoded[0],
+                total,
+                "img",
+                **({"skipped": failed[0]} if failed[0] else {}),
+            )
         if on_shard is not None:
             on_shard(k)
 
-    try:
-        if executor is None:
-            with shards.default_executor(workers) as pool:
-                shards.run_shards(pool, todo, write, max_pending=2 * workers)
-        else:
-            shards.run_shards(executor, todo, write, max_pending=2 * workers)
-    finally:
-        bar.close()
+    if executor is None:
+        with shards.default_executor(workers) as pool:
+            shards.run_shards(pool, todo, write, max_pending=2 * workers)
+    else:
+        shards.run_shards(executor, todo, write, max_pending=2 * workers)
     return paths, done
 
 
@@ -261,7 +256,7 @@ def prepare_dataset(
     min_count=5,
     max_words=15,
     batch_size=32,
-    progress=True,
+    progress=None,
     seed=0,
     workers=None,
     executor=None,
@@ -284,7 +279,9 @@ def prepare_dataset(
     workers: encoding processes (default: all cores); executor: any
     concurrent.futures.Executor to run the shards instead (captioner.shards); workers
     then only sets how many shards are in flight. on_shard(k): called after chunk k is
-    written. source: what the pictures are (data.write_dataset; the demo marks its own).
+    written. progress: None, or progress(desc, done, total, unit, **figures) called as the
+    captions are read and the pictures encoded (the CLI draws a bar from it). source: what
+    the pictures are (data.write_dataset; the demo marks its own).
     encoder: a captioner.encoders name (None: encoders.DEFAULT).
     File names outside images_dir, or that cannot be written one a line, are skipped
     with the reason. out_dir may hold only prepare's own work: an interrupted run (resumed)
@@ -380,7 +377,7 @@ def prepare_dataset(
     )
 
 
-def prepare_coco(coco_dir, out_dir, split="karpathy", progress=True, **options):
+def prepare_coco(coco_dir, out_dir, split="karpathy", progress=None, **options):
     """The COCO 2014 zips of `captioner download --images` (in coco_dir) -> a dataset in
     out_dir, reading the pictures out of the zips. split 'karpathy': train (train +
     restval), val and test of Karpathy's dataset_coco.json, its raw sentences as captions;
@@ -391,8 +388,8 @@ def prepare_coco(coco_dir, out_dir, split="karpathy", progress=True, **options):
     from captioner.sources import coco
 
     def read():
-        if progress:  # Karpathy's file is 160 MB of JSON: say what the first minute is spent on
-            LOG.info(f"{coco_dir}: reading the {split} split's captions and the zips' directories")
+        # Karpathy's file is 160 MB of JSON: say what the first minute is spent on
+        LOG.info(f"{coco_dir}: reading the {split} split's captions and the zips' directories")
         return coco.read_split(str(coco_dir), split) + ([],)
 
     what = dict(
@@ -440,7 +437,7 @@ def _prepare_read(
     min_count=5,
     max_words=15,
     batch_size=32,
-    progress=True,
+    progress=None,
     workers=None,
     executor=None,
     on_shard=None,
@@ -491,21 +488,16 @@ def _prepare_read(
     return dict(summary, notes=notes)
 
 
-def _tokenize(items, skipped, progress=False):
+def _tokenize(items, skipped, progress=None):
     """Tokenise each item's captions (-> item['tokens']); items left without a caption go to
     skipped. -> (items with captions, number of empty captions). A caption is read up to
     limits.MAX_CAPTION_CHARS characters (COCO's longest has ~250; at most 100 words are
     kept): a crafted caption of megabytes costs no more than that."""
-    from tqdm import tqdm
-
     empty, out = 0, []
-    for it in tqdm(
-        items,
-        desc="captions",
-        unit="img",
-        disable=None if progress and len(items) >= 1000 else True,  # None: a terminal only
-        mininterval=1.0,
-    ):
+    show = progress if progress and len(items) >= 1000 else None  # a flash otherwise
+    for k, it in enumerate(items):
+        if show:
+            show("captions", k, len(items), "img")
         # interned: COCO's ~7 million caption words are ~30,000 distinct strings
         caps = [c[: limits.MAX_CAPTION_CHARS] for c in it.pop("captions")]
         toks = [[sys.intern(w) for w in tokenize(c)] for c in caps]
@@ -515,6 +507,8 @@ def _tokenize(items, skipped, progress=False):
             out.append(it)
         else:
             skipped.append((it["name"], "no captions in the annotations"))
+    if show:
+        show("captions", len(items), len(items), "img")
     return out, empty
 
 

@@ -4,8 +4,8 @@
     report.write_report(["runs/demo"], "report.html", split="val", count=24, beam_size=3)
 
 gather_run reads a run directory (history and checkpoints); caption_run captions a split with
-the run's best checkpoint and scores it with captioner.metrics (the functions `evaluate` uses);
-diversity measures how varied the captions are; the plots are matplotlib (Agg) PNGs and the
+the run's best checkpoint and scores it with captioner.metrics (the functions `evaluate` uses,
+and metrics.diversity: how varied the captions are); the plots are matplotlib (Agg) PNGs and the
 pictures JPEG thumbnails, both inlined as data: URIs, so the page needs no server or network.
 The page itself is Jinja2 (captioner/templates/report.html.j2).
 
@@ -27,9 +27,9 @@ import glob
 import io
 import itertools
 import json
+import logging
 import math
 import os
-from collections import Counter
 
 import numpy as np
 
@@ -38,8 +38,9 @@ from .errors import CaptionerError
 from .picture_files import check_writable
 from .vocab import SPECIALS
 
+LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
+
 THUMB_SIZE = 160  # px, longest side of a gallery thumbnail
-REPEATED_SHOWN = 10  # most repeated captions listed
 MAX_EMBEDDED_BYTES = 20 * 2**20  # a gradients*.png / compare*.png / gradients.json
 
 
@@ -131,45 +132,6 @@ def unk_share(captions, idx_to_word):
     return float((caps[words] == ids["<UNK>"]).mean())
 
 
-def diversity(generated, references, vocab_size=None):
-    """How varied the generated captions are.
-
-    generated: N captions (str), one per image; references: N lists of str.
-    -> dict: n, distinct (count and share), words_used (distinct words in generated) and
-    ref_words_used, length histograms (gen_lengths, ref_lengths: {length: count}), repeated
-    (the most frequent captions, [(caption, count)]), few/few_share (the share of images whose
-    caption is one of the `few` most frequent ones) and warning (a sentence, or None).
-    """
-    n = len(generated)
-    counts = Counter(generated)
-    gen_words = [c.split() for c in generated]
-    ref_words = [r.split() for rs in references for r in rs]
-    few = max(1, min(5, n // 10))
-    few_share = sum(c for _, c in counts.most_common(few)) / max(n, 1)
-    warning = None
-    if n >= 2 and few_share >= 0.5:
-        warning = (
-            f"{few_share:.0%} of the {n} images get one of the same {few} caption"
-            f"{'s' if few > 1 else ''}: the model mostly ignores the picture"
-        )
-    return {
-        "n": n,
-        "distinct": len(counts),
-        "distinct_share": len(counts) / max(n, 1),
-        "words_used": len({w for ws in gen_words for w in ws}),
-        "ref_words_used": len({w for ws in ref_words for w in ws}),
-        "vocab_size": vocab_size,
-        "gen_lengths": dict(sorted(Counter(map(len, gen_words)).items())),
-        "ref_lengths": dict(sorted(Counter(map(len, ref_words)).items())),
-        "mean_length": float(np.mean([len(w) for w in gen_words])) if n else 0.0,
-        "ref_mean_length": float(np.mean([len(w) for w in ref_words])) if ref_words else 0.0,
-        "repeated": [(c, k) for c, k in counts.most_common(REPEATED_SHOWN) if k > 1],
-        "few": few,
-        "few_share": few_share,
-        "warning": warning,
-    }
-
-
 def smooth(values, window=None):
     """Trailing moving average (N,) -> (N,); the first values average what there is."""
     v = np.asarray(values, dtype=np.float64)
@@ -226,7 +188,7 @@ def _load_split(run, split, log):
     return d, train or d, None
 
 
-def _picture(data, split, idx, folder, outside_pictures=False, log=print):
+def _picture(data, split, idx, folder, outside_pictures=False, log=LOG.info):
     """How the gallery shows image idx: ('img', data URI) | ('link', url) | ('missing', text).
     folder: the dataset's recorded picture folder (None: it records none)."""
     urls, names = data.get(f"{split}_urls"), data.get(f"{split}_images")
@@ -300,14 +262,14 @@ def caption_run(
     max_images=None,
     meteor=True,
     seed=0,
-    log=print,
+    log=LOG.info,
     outside_pictures=False,
 ):
     """Caption `split` with the run's checkpoint; scores, per-image CIDEr-D, gallery, diversity.
     -> dict (see the keys below); 'missing' holds a reason when the dataset is gone."""
     from .data import dataset_source
     from .evaluation import decode_split
-    from .metrics import score
+    from .metrics import diversity, score
 
     d, train, why = _load_split(run, split, log)
     if d is None:
@@ -598,7 +560,7 @@ def _read_own(path, folder, log):
     return None
 
 
-def gradient_outputs(run_dir, seen=None, log=print):
+def gradient_outputs(run_dir, seen=None, log=LOG.info):
     """Plots and summary written by `captioner gradients` / `compare` in run_dir or its parent:
     -> [{'title', 'src' (data URI) | 'table' | 'summary' (a note)}], in name order.
     seen: real paths already shown (runs of one comparison share their parent's files)."""
@@ -704,7 +666,7 @@ def build_report(
     max_images=None,
     meteor=True,
     seed=0,
-    log=print,
+    log=LOG.info,
     outside_pictures=False,
 ):
     """-> the HTML text of the report on run_dirs (see the module docstring)."""

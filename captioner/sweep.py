@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -26,8 +27,10 @@ import subprocess
 import sys
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 
-from . import atomic, checkpoint, config, runs, training
+from . import atomic, checkpoint, config, runs
 from .errors import CaptionerError
+
+LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
 # The settings of one run: `captioner train`'s options plus the data (captioner.config).
 RUN_KEYS = config.RUN_KEYS
@@ -283,37 +286,18 @@ def _load(data_dir, features, max_train):
 
 def _train(run_dir, spec, log, progress=None):
     """What `captioner train --out run_dir` (or `--resume run_dir --epochs E`) does."""
-
-    if any(os.path.exists(os.path.join(run_dir, n)) for n in ("last.npz", "best.npz")):
-        last = runs.find_checkpoint(run_dir)  # last.npz, or best.npz if killed in between
-        model, meta, state = training.resume_run(last)
-        settings = dict(state["settings"], epochs=spec["epochs"])
-        data_dir = spec.get("data", settings["data_dir"])  # the spec's: the data may have moved
-        data = _load(data_dir, meta["features"]["kind"], settings.get("max_train"))
-        checkpoint.check_compatible(last, meta, data)
-        log(f"resuming {last} at epoch {state['epoch'] + 1}, step {state['step']}")
-    else:
-        data = _load(spec["data"], spec["features"], spec["max_train"])
-        model = training.new_model(
-            data,
-            spec["cell"],
-            spec["hidden_dim"],
-            spec["wordvec_dim"],
-            spec["seed"],
-            spec.get("forget_bias", 0.0),
-            spec.get("softmax", "full"),
-            spec.get("softmax_cutoffs"),
-        )
-        settings = config.settings_of(spec, os.path.abspath(spec["data"]), data["feature_kind"])
-        state = None
-    log(
-        f"{len(data['train_captions']):,} training captions, {model.cell_type} hidden "
-        f"{model.hidden_dim}, {data['encoder']} features ({data['feature_dim']}-d) -> {run_dir}"
+    run = runs.start_or_resume(
+        run_dir,
+        spec,
+        _load,
+        resume=run_dir if runs.has_checkpoint(run_dir) else None,
+        epochs=spec["epochs"],
+        data_dir=spec.get("data"),  # the spec's: the data may have moved
+        new_dir=False,
+        log=log,
     )
-    state = training.train(
-        data, model, run_dir, state=state, progress=progress, log=log, **settings
-    )
-    return state, data
+    state = runs.train_in(run.data, run.model, run_dir, run.state, progress, log, **run.settings)
+    return state, run.data
 
 
 def _score(run_dir, state, data):
@@ -336,7 +320,7 @@ def _score(run_dir, state, data):
 # ---------------------------------------------------------------- many runs
 
 
-def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
+def run_sweep(out, base, grid, parallel=1, scheduler=None, log=LOG.info):
     """Every run of the grid to its end -> (summary rows, {run_dir: error line}).
 
     scheduler None: `parallel` local subprocesses at a time, BLAS threads split
@@ -354,7 +338,7 @@ def run_sweep(out, base, grid, parallel=1, scheduler=None, log=print):
     return summarize(out), failed
 
 
-def run_all(todo, setup, parallel=1, scheduler=None, task=run_one, log=print):
+def run_all(todo, setup, parallel=1, scheduler=None, task=run_one, log=LOG.info):
     """Run task (a top-level function of captioner taking a run directory, run_one or
     alike) on every run directory of todo, after setup() (called once the scheduler is
     reached, so a bad address writes nothing). -> {run_dir: error line} of the failed."""
@@ -416,7 +400,7 @@ def _run_subprocess(run_dir, blas_threads, children, task=run_one):
         [
             sys.executable,
             "-m",
-            "captioner.sweep",
+            "captioner.cli.worker",
             run_dir,
             str(os.getpid()),
             f"{task.__module__}:{task.__name__}",
@@ -438,40 +422,6 @@ def _run_subprocess(run_dir, blas_threads, children, task=run_one):
             lines[-1] if lines else f"exit status {p.returncode}; see {run_dir}/train.log"
         )
     return _read(os.path.join(run_dir, "result.json"))
-
-
-def _die_with_parent(parent):
-    """Linux: SIGTERM this process when the sweep that started it dies (even by kill -9),
-    so no orphan keeps training; SIGTERM saves last.npz first."""
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before prctl
-        sys.exit(143)
-
-
-def _main(argv):
-    """python -m captioner.sweep RUN_DIR PARENT_PID [MODULE:TASK]: one run of a local sweep
-    (or of another caller of run_all, whose task it names)."""
-    import importlib
-
-    _die_with_parent(int(argv[1]))
-    task = run_one
-    if len(argv) > 2:
-        module, _, name = argv[2].partition(":")
-        task = getattr(importlib.import_module(module), name)
-    try:
-        task(argv[0])
-    except CaptionerError as e:
-        print(f"captioner: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except runs.Interrupted as e:
-        print(f"{argv[0]}: {e}", file=sys.stderr)
-        sys.exit(128 + e.signum)
-    except KeyboardInterrupt:
-        sys.exit(130)
 
 
 # ---------------------------------------------------------------- the table
@@ -576,7 +526,3 @@ def as_json(rows):
         }
         for r in rows
     ]
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1:])

@@ -1,25 +1,28 @@
 """Training: the epoch loop, exact resume, the overfit check.
 
-train() writes into a run directory (captioner.runs): `last.npz` every `save_every`
-steps, at the end of each epoch and on Ctrl-C / SIGTERM, `best.npz` (best validation
-loss, or CIDEr-D with keep_best='cider') and `history.json`. Everything that decides
-what happens next is in the checkpoint (captioner.checkpoint): parameters, optimizer
-state, epoch and step within the epoch. The data order of epoch e is a permutation
-seeded by (seed, e), so a resumed run replays exactly the batches it would have seen.
+train() is the loop: steps over shuffled batches, the optimizer update, an epoch record
+(train and val loss). What a run adds, the BLEU-4 / CIDEr-D scores, the best epoch and
+its checkpoints, reaches the loop through callbacks (captioner.runs: start_or_resume,
+train_in). Everything that decides what happens next is in the state, which a checkpoint
+holds (captioner.checkpoint): parameters, optimizer state, epoch and step within the
+epoch. The data order of epoch e is a permutation seeded by (seed, e), so a resumed run
+replays exactly the batches it would have seen.
 """
 
-import datetime
+import logging
 import math
-import os
+import signal
+import threading
 import time
 
 import numpy as np
 
-from . import adaptive, atomic, cells, checkpoint, config
+from . import adaptive, cells, config
 from .errors import CaptionerError
 from .model import CaptioningRNN
 from .optim import OPTIMIZERS
-from .runs import Interrupted, SignalFlag
+
+LOG = logging.getLogger("captioner")  # the CLI shows it on stderr
 
 DEFAULTS = config.DEFAULTS  # the settings of a run, from captioner.config
 # the options new_model reads
@@ -115,13 +118,16 @@ def resume_state(meta, optim_arrays, history, dtype=np.float32, path="checkpoint
     return state
 
 
-def resume_run(path, data=None):
-    """Continue the run whose checkpoint is path (what train --resume, compare and sweep
-    do): -> (model, meta, state). data given: checked to fit the model first."""
-    model, meta, optim, history = checkpoint.load_model(path)
-    if data is not None:
-        checkpoint.check_compatible(path, meta, data)
-    return model, meta, resume_state(meta, optim, history, path=path)
+def saved_state(state):
+    """What a checkpoint keeps of a training state (resume_state reads it back) ->
+    (meta['training'] JSON, optimizer arrays, the per-step histories)."""
+    scalars, arrays = _split_optim(state["optim"])
+    meta = {k: v for k, v in state.items() if not k.endswith("history") and k != "optim"}
+    history = {
+        k: np.asarray(state.get(f"{k}_history", []), dtype=np.float64)
+        for k in ("loss", "grad_norm", "clipped")
+    }
+    return meta | {"optim": scalars}, arrays, history
 
 
 def _val_subset(data, n, seed):
@@ -148,27 +154,24 @@ def evaluate_loss(model, data, rows, batch_size=100):
     return total / len(rows)
 
 
-def train(data, model, run_dir=None, state=None, progress=None, log=print, **settings):
-    """Train `model` on data['train_*'] and return the final state dict.
+def train(
+    data, model, state=None, progress=None, log=LOG.info, on_step=(), on_epoch_end=(), **settings
+):
+    """The training loop: train `model` on data['train_*'] and return the final state dict.
 
-    settings: see DEFAULTS; other keys (the data path, ...) are kept in the
-    checkpoint for --resume. state: from resume_state() to continue a run.
-    run_dir None trains without writing anything (the overfit check).
-    progress: None, or progress(epoch, epochs, step, steps, loss) called at the start of
-    every epoch (loss None) and after each step (step of steps done in this epoch, loss
-    a running mean): the CLI draws its progress bar from it. log(line): epoch records.
+    settings: see DEFAULTS; other keys (the data path, ...) are kept in state['settings'].
+    state: from resume_state() to continue a run (or fresh_state()).
+    on_step, on_epoch_end: functions f(state) called after every step and after every epoch
+    (its record last in state['epochs'], before it is logged): what a run adds to the
+    loop, the scores, the best epoch and the checkpoints, comes through them
+    (runs.train_in). progress: None, or progress(desc, done, total, unit, **figures), the
+    library's progress callback (the CLI draws a bar from it): called at the start of every
+    epoch ("epoch 3/10", steps done, steps of the epoch, "batch") and after each step, with
+    loss=the running mean loss. log(line): epoch records. Ctrl-C / SIGTERM stop at the next
+    step boundary with Interrupted (after on_epoch_end at an epoch's end, before on_step
+    otherwise); a non-finite loss or gradient with Diverged.
     """
     s = dict(DEFAULTS, **settings)
-    if (
-        state is None
-        and run_dir
-        and any(os.path.exists(os.path.join(run_dir, f"{n}.npz")) for n in ("last", "best"))
-    ):
-        raise CaptionerError(
-            f"{run_dir}: already holds a run; continue it with --resume "
-            f"{run_dir} "
-            f"or choose another --out"
-        )
     state = state or fresh_state(s)
     state["settings"].update(epochs=s["epochs"])
     update = OPTIMIZERS[s["optimizer"]]
@@ -182,48 +185,15 @@ def train(data, model, run_dir=None, state=None, progress=None, log=print, **set
     steps_per_epoch = math.ceil(n / B)
     val_rows = _val_subset(data, s["val_size"], s["seed"])
 
-    def save(name):
-        if run_dir is None:
-            return None
-        path = os.path.join(run_dir, f"{name}.npz")
-        scalars, arrays = _split_optim(state["optim"])
-        meta = dict(
-            checkpoint.model_meta(model, data),
-            created=datetime.datetime.now().isoformat(timespec="seconds"),
-            training={k: v for k, v in state.items() if not k.endswith("history") and k != "optim"}
-            | {"optim": scalars},
-        )
-        checkpoint.save(
-            path,
-            model.params,
-            meta,
-            arrays,
-            {
-                "loss": np.asarray(losses, dtype=np.float64),
-                "grad_norm": np.asarray(norms, dtype=np.float64),
-                "clipped": np.asarray(clips, dtype=np.float64),
-            },
-        )
-        history = {
-            "settings": state["settings"],
-            "epochs": state["epochs"],
-            "best": state["best"],
-            "step": state["step"],
-            "loss": [round(x, 5) for x in losses],
-            "grad_norm": [round(x, 5) for x in norms],
-            "clipped": [int(c) for c in clips],
-        }
-        atomic.write_json(os.path.join(run_dir, "history.json"), history)
-        return path
-
     with SignalFlag() as flag:
         while state["epoch"] < s["epochs"]:
             epoch = state["epoch"]
             order = np.random.default_rng([s["seed"], epoch]).permutation(n)
             start = state["step_in_epoch"]
             t0 = time.perf_counter()
+            desc = f"epoch {epoch + 1}/{s['epochs']}"
             if progress:
-                progress(epoch, s["epochs"], start, steps_per_epoch, None)
+                progress(desc, start, steps_per_epoch, "batch")
             running = None
             for it in range(start, steps_per_epoch):
                 idx = order[it * B : (it + 1) * B]
@@ -231,12 +201,7 @@ def train(data, model, run_dir=None, state=None, progress=None, log=print, **set
                 loss = float(loss)
                 norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
                 if not (math.isfinite(loss) and math.isfinite(norm)):
-                    where = f"; last good checkpoint: {run_dir}/last.npz" if run_dir else ""
-                    raise CaptionerError(
-                        f"training diverged at epoch {epoch + 1}, step {it + 1}: "
-                        f"loss is {loss}; lower --lr or set --clip-norm{where}",
-                        exit_code=1,
-                    )
+                    raise Diverged(epoch + 1, it + 1, loss)
                 if s["clip_norm"] and norm > s["clip_norm"]:
                     scale = s["clip_norm"] / norm
                     for g in grads.values():
@@ -253,12 +218,11 @@ def train(data, model, run_dir=None, state=None, progress=None, log=print, **set
                 state["step_in_epoch"] = it + 1
                 running = loss if running is None else 0.9 * running + 0.1 * loss
                 if progress:
-                    progress(epoch, s["epochs"], it + 1, steps_per_epoch, running)
+                    progress(desc, it + 1, steps_per_epoch, "batch", loss=running)
                 if flag.signum is not None:
-                    path = save("last")
-                    raise Interrupted(flag.signum, path)
-                if run_dir and s["save_every"] and state["step"] % s["save_every"] == 0:
-                    save("last")
+                    raise Interrupted(flag.signum)
+                for f in on_step:
+                    f(state)
             record = {
                 "epoch": epoch + 1,
                 "step": state["step"],
@@ -269,42 +233,64 @@ def train(data, model, run_dir=None, state=None, progress=None, log=print, **set
             }
             if val_rows is not None:
                 record["val_loss"] = evaluate_loss(model, data, val_rows, B)
-            if s["eval_every"] and (epoch + 1) % s["eval_every"] == 0:
-                record.update(eval_metrics(model, data, s["eval_images"]))
             for cfg in state["optim"].values():
                 cfg["learning_rate"] *= s["lr_decay"]
             state["epochs"].append(record)
             state["epoch"] += 1
             state["step_in_epoch"] = 0
+            for f in on_epoch_end:
+                f(state)
             log(format_record(record, s["epochs"]))
-            better = _improved(state["best"], record, s["keep_best"])
-            if better:
-                state["best"] = better
-            # best first: a kill in between never leaves `last` naming a best.npz that was
-            # not written (a resume replays the epoch and saves it)
-            if better and run_dir:
-                save("best")
-            save("last")
             if flag.signum is not None:
-                raise Interrupted(
-                    flag.signum, os.path.join(run_dir, "last.npz") if run_dir else None
-                )
+                raise Interrupted(flag.signum)
     return state
 
 
-def _improved(best, record, keep_best):
-    key = {"loss": "val_loss", "cider": "CIDEr"}[keep_best]
-    if key not in record:
-        key = "train_loss"
-    value = record[key]
-    higher = key == "CIDEr"
-    if best is None or best["metric"] != key:
-        better = True
-    else:
-        better = value > best["value"] if higher else value < best["value"]
-    if better:
-        return {"metric": key, "value": value, "epoch": record["epoch"]}
-    return None
+class Interrupted(Exception):
+    """Training stopped by a signal at a step boundary; exit with 128 + signum. path: the
+    checkpoint saved on the way out (runs.train_in), if any."""
+
+    def __init__(self, signum, path=None):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; saved {path}")
+        self.signum, self.path = signum, path
+
+
+class Diverged(CaptionerError):
+    """A non-finite loss or gradient: nothing of that step is kept. checkpoint: the last
+    good one of the run, if it writes one."""
+
+    def __init__(self, epoch, step, loss, checkpoint=None):
+        where = f"; last good checkpoint: {checkpoint}" if checkpoint else ""
+        super().__init__(
+            f"training diverged at epoch {epoch}, step {step}: loss is {loss}; lower --lr or "
+            f"set --clip-norm{where}",
+            exit_code=1,
+        )
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+class SignalFlag:
+    """Defer SIGINT/SIGTERM to a step boundary: parameters are updated in place,
+    so stopping mid-update would save a half-stepped model. A second signal stops at once."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
 
 
 def format_record(r, epochs):
@@ -317,14 +303,6 @@ def format_record(r, epochs):
     parts.append(f"lr {r['lr']:.2e}")
     parts.append(f"{r['seconds']:.1f}s")
     return "  ".join(parts)
-
-
-def eval_metrics(model, data, n_images):
-    """BLEU-4 and CIDEr-D of greedy captions on the first n_images val images (a fixed subset)."""
-    from .evaluation import greedy_scores
-
-    scores, _ = greedy_scores(model, data, n_images)
-    return {"Bleu_4": scores["Bleu_4"], "CIDEr": scores["CIDEr"]}
 
 
 # ---------------------------------------------------------------- overfit

@@ -142,7 +142,7 @@ def step_ratios(vocabs, hiddens, rounds=5):
 
 
 def run(out, min_count, hidden, epochs):
-    from captioner import checkpoint, training
+    from captioner import checkpoint, runs
     from captioner.data import load_coco_data
     from captioner.evaluation import evaluate_model
     from captioner.model import CaptioningRNN
@@ -154,7 +154,7 @@ def run(out, min_count, hidden, epochs):
     )
     run_dir = out / "runs" / f"mc{min_count}-h{hidden}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = training.train(
+    state = runs.train_in(
         d,
         model,
         str(run_dir),

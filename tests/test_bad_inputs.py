@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner import checkpoint, download, encoder, training
+from captioner import checkpoint, download, encoder, runs
 from captioner.data import load_coco_data
 from captioner.model import CaptioningRNN
 from fileserver import gets, serving
@@ -70,7 +70,7 @@ def good(tmp_path_factory):
         d["word_to_idx"], input_dim=8, wordvec_dim=8, hidden_dim=8, cell_type="lstm", seed=0
     )
     os.makedirs(root / "run")
-    training.train(
+    runs.train_in(
         d,
         model,
         str(root / "run"),

@@ -214,7 +214,7 @@ def test_refuses_unsafe_entries(tmp_path, dataset_dir, existing, entry, why):
     with pytest.raises(
         CaptionerError, match=f"coco_captioning.zip: refusing unsafe entry .*{why}"
     ):
-        install_zip(zpath, existing, shapes=None, progress=False)
+        install_zip(zpath, existing, shapes=None)
     assert_untouched(existing)
     assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
 
@@ -225,7 +225,7 @@ def test_corrupt_zip(tmp_path, existing):
     with pytest.raises(
         CaptionerError, match=r"coco_captioning.zip: not a valid zip file.*delete it"
     ):
-        install_zip(zpath, existing, shapes=None, progress=False)
+        install_zip(zpath, existing, shapes=None)
     assert_untouched(existing)
 
 
@@ -240,7 +240,7 @@ def test_corrupt_entry_fails_crc(tmp_path, dataset_dir, existing):
     with pytest.raises(
         CaptionerError, match=r"entry 'coco_captioning/train2014_vgg16_fc7.h5' is corrupt"
     ):
-        install_zip(zpath, existing, shapes=None, progress=False)
+        install_zip(zpath, existing, shapes=None)
     assert_untouched(existing)
 
 
@@ -255,7 +255,7 @@ def test_missing_files(tmp_path, dataset_dir, existing):
         match=r"coco_captioning.zip: missing coco2014_vocab.json, "
         r"val2014_vgg16_fc7.h5",
     ):
-        install_zip(zpath, existing, shapes=None, progress=False)
+        install_zip(zpath, existing, shapes=None)
     assert_untouched(existing)
 
 
@@ -265,7 +265,7 @@ def test_bad_content_named_by_file_in_zip(tmp_path, dataset_dir, existing):
     (src / "val2014_urls.txt").write_text("only one line\n")
     zpath = make_zip(tmp_path / "coco_captioning.zip", src)
     with pytest.raises(CaptionerError) as err:
-        install_zip(zpath, existing, shapes=None, progress=False)
+        install_zip(zpath, existing, shapes=None)
     msg = str(err.value)
     assert (
         msg.startswith(f"{zpath}: bad content: val2014_urls.txt: has 1 lines")
@@ -281,14 +281,14 @@ def test_custom_shapes_and_replacing_existing_data(tmp_path, dataset_dir, existi
         ("coco2014_captions.h5", "val_captions"): (6, 17),
         ("val2014_vgg16_fc7.h5", "features"): (3, 16),
     }
-    install_zip(zpath, existing, shapes=shapes, progress=False)
+    install_zip(zpath, existing, shapes=shapes)
     assert sorted(os.listdir(existing)) == sorted(COCO_FILES)  # old folder replaced as a whole
     assert leftovers(tmp_path) == []
     shapes[("val2014_vgg16_fc7.h5", "features")] = (3, 4096)
     with pytest.raises(
         CaptionerError, match=r"val2014_vgg16_fc7.h5 'features' has shape \(3, 16\), expected"
     ):
-        install_zip(zpath, existing, shapes=shapes, progress=False)
+        install_zip(zpath, existing, shapes=shapes)
     assert sorted(os.listdir(existing)) == sorted(COCO_FILES)
 
 
@@ -408,5 +408,5 @@ def test_a_zip_naming_one_file_twice_is_refused(tmp_path, dataset_dir, existing)
     with pytest.raises(
         CaptionerError, match="entry 'coco_captioning/coco2014_vocab.json' appears twice"
     ):
-        install_zip(zpath, existing, shapes=None, progress=False)
+        install_zip(zpath, existing, shapes=None)
     assert_untouched(existing)

@@ -317,6 +317,31 @@ def test_progress_bars_stay_out_of_logs(tmp_path):
     assert "\r" not in result.output and "batch/s" not in result.output
 
 
+def test_one_progress_bar_draws_every_kind_of_library_progress(monkeypatch):
+    """The CLI's bar over the library's progress(desc, done, total, unit, **figures): a new
+    bar per task, figures as its postfix, quiet draws nothing."""
+    import io
+
+    from captioner.cli.output import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    assert progress_bar(quiet=True) is None
+    show = progress_bar()
+    show("epoch 1/2", 0, 3, "batch")
+    for step in (1, 2, 3):
+        show("epoch 1/2", step, 3, "batch", loss=0.5)
+    show("coco.zip.part", 0, 2**20, "B")
+    show("coco.zip.part", 2**20, 2**20, "B")
+    text = screen.getvalue()
+    assert "epoch 1/2" in text and "3/3" in text and "loss=0.500" in text
+    assert "coco.zip.part" in text and "1.05M/1.05M" in text
+
+
 def test_download_error_names_what_is_kept_and_the_users_own_command(tmp_path, monkeypatch):
     import collections
     import shutil

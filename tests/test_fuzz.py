@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from captioner import checkpoint, metrics, training
+from captioner import checkpoint, metrics, runs, training
 from captioner.data import close_coco_data, load_coco_data, load_vocab
 from captioner.errors import CaptionerError
 from captioner.model import CaptioningRNN
@@ -54,7 +54,7 @@ def base(tmp_path_factory):
         d["word_to_idx"], input_dim=6, wordvec_dim=4, hidden_dim=4, cell_type="lstm", seed=0
     )
     (root / "run").mkdir()
-    training.train(
+    runs.train_in(
         d,
         model,
         str(root / "run"),

@@ -203,7 +203,7 @@ def test_fresh_lstm_forget_gate_starts_near_half():
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """A small dataset (30 val captions) and a checkpoint trained on it."""
-    from captioner import training
+    from captioner import runs
     from captioner.data import load_coco_data
     from fixtures import build_dataset
 
@@ -222,7 +222,7 @@ def tiny_data(tmp_path_factory):
         d["word_to_idx"], input_dim=8, wordvec_dim=6, hidden_dim=7, cell_type="rnn", seed=0
     )
     os.makedirs(root / "run")
-    training.train(
+    runs.train_in(
         d,
         model,
         str(root / "run"),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner import checkpoint, download, encoder, evaluation, limits, training
+from captioner import checkpoint, download, encoder, evaluation, limits, runs
 from captioner.data import load_coco_data
 from captioner.errors import CaptionerError
 from captioner.model import CaptioningRNN
@@ -63,7 +63,7 @@ def ckpt(tmp_path_factory):
     data = load_coco_data(d)
     model = CaptioningRNN(data["word_to_idx"], input_dim=8, wordvec_dim=8, hidden_dim=8, seed=0)
     os.makedirs(root / "run")
-    training.train(
+    runs.train_in(
         data,
         model,
         str(root / "run"),
@@ -318,7 +318,7 @@ def test_full_disk_while_unpacking_keeps_old_data(tmp_path, monkeypatch):
 
     monkeypatch.setattr(download.shutil, "copyfileobj", full)
     with pytest.raises(CaptionerError, match="No space left"):
-        download.install_zip(str(zpath), str(target), shapes=None, required=(), progress=False)
+        download.install_zip(str(zpath), str(target), shapes=None, required=())
     assert (target / "mine.txt").read_text() == "keep me"
     assert sorted(os.listdir(target.parent)) == ["coco_captioning"]  # no half-unpacked folder left
 
@@ -443,7 +443,7 @@ def test_zip_bomb_and_zip_bigger_than_the_disk_are_refused_before_unpacking(tmp_
     )
     for z in (bomb, plain):
         with pytest.raises(CaptionerError, match="GiB is free"):
-            download.install_zip(str(z), str(target), shapes=None, required=(), progress=False)
+            download.install_zip(str(z), str(target), shapes=None, required=())
     assert os.listdir(target.parent) == []
 
 

@@ -336,3 +336,25 @@ def test_missing_file_and_unscorable_results(tmp_path):
 def test_tokenize_never_fails_and_gives_clean_tokens(text):
     tokens = M.tokenize(text)
     assert all(t and " " not in t and t not in M.PUNCTUATIONS and t == t.lower() for t in tokens)
+
+
+def test_diversity_numbers_and_the_same_caption_warning():
+    refs = [["a b c", "a b"]] * 20
+    varied = [f"caption {i} words" for i in range(20)]
+    d = M.diversity(varied, refs, vocab_size=50)
+    assert d["distinct"] == 20 and d["distinct_share"] == 1.0 and d["warning"] is None
+    assert d["words_used"] == 22 and d["ref_words_used"] == 3 and d["gen_lengths"] == {3: 20}
+    assert d["ref_lengths"] == {3: 20, 2: 20} and d["repeated"] == [] and d["few"] == 2
+    same = ["a dog"] * 12 + ["a cat"] * 4 + [f"x {i}" for i in range(4)]
+    d = M.diversity(same, refs)
+    assert d["distinct"] == 6 and d["repeated"][:2] == [("a dog", 12), ("a cat", 4)]
+    assert d["few_share"] == pytest.approx(16 / 20) and "80% of the 20 images" in d["warning"]
+
+
+def test_score_is_driven_by_the_metrics_table(monkeypatch):
+    """A metric is one entry of metrics.METRICS: score() reports it, per-image figures averaged."""
+    lengths = lambda c: {"Length": np.array([len(c.res_tok[i]) for i in c.ids], float)}
+    monkeypatch.setattr(M, "METRICS", M.METRICS | {"Length": (("Length",), lengths)})
+    scores, notes = M.score({1: ["a dog runs"], 2: ["a cat sits"]}, {1: "a dog runs", 2: "a cat"})
+    assert scores["Length"] == 2.5 and list(scores)[-1] == "Length"
+    assert "METEOR" in scores or notes  # the table's METEOR ran, or said why not

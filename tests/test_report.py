@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner import checkpoint, demo, metrics, report, training
+from captioner import checkpoint, demo, metrics, report, runs, training
 from captioner.data import load_coco_data, split_file
 from captioner.evaluation import caption_split, evaluate_model
 from captioner.model import CaptioningRNN
@@ -125,19 +125,6 @@ def test_per_image_cider_is_the_toolkits():
     hyps = {i: [" ".join(metrics.tokenize(c))] for i, c in res.items()}
     _, each = Cider().compute_score(tok, hyps)
     assert [per_image[i] for i in refs] == pytest.approx(list(each), abs=1e-9)
-
-
-def test_diversity_numbers_and_the_same_caption_warning():
-    refs = [["a b c", "a b"]] * 20
-    varied = [f"caption {i} words" for i in range(20)]
-    d = report.diversity(varied, refs, vocab_size=50)
-    assert d["distinct"] == 20 and d["distinct_share"] == 1.0 and d["warning"] is None
-    assert d["words_used"] == 22 and d["ref_words_used"] == 3 and d["gen_lengths"] == {3: 20}
-    assert d["ref_lengths"] == {3: 20, 2: 20} and d["repeated"] == [] and d["few"] == 2
-    same = ["a dog"] * 12 + ["a cat"] * 4 + [f"x {i}" for i in range(4)]
-    d = report.diversity(same, refs)
-    assert d["distinct"] == 6 and d["repeated"][:2] == [("a dog", 12), ("a cat", 4)]
-    assert d["few_share"] == pytest.approx(16 / 20) and "80% of the 20 images" in d["warning"]
 
 
 def test_unk_share_counts_words_only():
@@ -696,7 +683,7 @@ def unk_run(tmp_path_factory):
     data = load_coco_data(data_dir)
     model = CaptioningRNN(data["word_to_idx"], input_dim=8, wordvec_dim=8, hidden_dim=16)
     (root / "run").mkdir()
-    training.train(
+    runs.train_in(
         data,
         model,
         str(root / "run"),

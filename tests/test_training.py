@@ -55,18 +55,18 @@ def test_resume_is_bit_identical(dataset, tmp_path, cell, optimizer):
     data = load_coco_data(dataset)
     straight = small_model(data, cell)
     settings = dict(SMALL, optimizer=optimizer)
-    want = training.train(
+    want = runs.train_in(
         data, straight, None, progress=False, log=lambda *_: None, epochs=3, **settings
     )
 
     run_dir = str(tmp_path / "run")
     os.makedirs(run_dir)
     first = small_model(data, cell)
-    training.train(data, first, run_dir, progress=False, log=lambda *_: None, epochs=2, **settings)
+    runs.train_in(data, first, run_dir, progress=False, log=lambda *_: None, epochs=2, **settings)
     model, meta, optim, history = checkpoint.load_model(os.path.join(run_dir, "last.npz"))
     state = training.resume_state(meta, optim, history)
     assert state["epoch"] == 2 and len(state["loss_history"]) == state["step"]
-    got = training.train(
+    got = runs.train_in(
         data,
         model,
         run_dir,
@@ -108,7 +108,7 @@ def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
     data = load_coco_data(dataset)
     straight = small_model(data)
     settings = dict(SMALL, epochs=2)
-    want = training.train(data, straight, None, progress=False, log=lambda *_: None, **settings)
+    want = runs.train_in(data, straight, None, progress=False, log=lambda *_: None, **settings)
 
     run_dir = str(tmp_path)
     partial = small_model(data)
@@ -125,7 +125,7 @@ def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
 
     checkpoint.save = spy
     try:
-        training.train(
+        runs.train_in(
             data, partial, run_dir, progress=False, log=lambda *_: None, **settings_partial
         )
     finally:
@@ -133,7 +133,7 @@ def test_resume_mid_epoch_is_bit_identical(dataset, tmp_path):
     model, meta, optim, history = checkpoint.load_model(saved["step7"])
     state = training.resume_state(meta, optim, history)
     assert state["epoch"] == 0 and state["step_in_epoch"] == 7
-    got = training.train(
+    got = runs.train_in(
         data, model, None, state=state, progress=False, log=lambda *_: None, **settings
     )
     assert_same_training(got, model, want, straight)
@@ -144,7 +144,7 @@ def test_nan_loss_stops_with_clear_message(dataset, tmp_path):
     model = small_model(data)
     model.params["W_vocab"][:] = np.nan
     with pytest.raises(CaptionerError, match="diverged"):
-        training.train(
+        runs.train_in(
             data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
         )
     assert not os.path.exists(tmp_path / "last.npz")  # nothing NaN was saved
@@ -155,12 +155,12 @@ def test_a_signal_mid_epoch_stops_after_the_step_and_saves_it(dataset, tmp_path)
     and Interrupted names the signal (the CLI exits with 128 + its number)."""
     data = load_coco_data(dataset)
 
-    def progress(epoch, epochs, step, steps, loss):
-        if step == 1:
+    def progress(desc, done, total, unit, **figures):
+        if done == 1:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(runs.Interrupted) as err:
-        training.train(
+    with pytest.raises(training.Interrupted) as err:
+        runs.train_in(
             data,
             small_model(data),
             str(tmp_path),
@@ -185,7 +185,7 @@ def test_an_infinite_gradient_stops_training_even_with_a_finite_loss(dataset, tm
 
     model.loss = loss
     with pytest.raises(CaptionerError, match="diverged at epoch 1, step 1"):
-        training.train(
+        runs.train_in(
             data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
         )
     assert not os.path.exists(tmp_path / "last.npz")
@@ -194,7 +194,7 @@ def test_an_infinite_gradient_stops_training_even_with_a_finite_loss(dataset, tm
 def test_checkpoint_round_trip_and_metadata(dataset, tmp_path):
     data = load_coco_data(dataset)
     model = small_model(data, "rnn")
-    training.train(
+    runs.train_in(
         data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
     )
     loaded, meta, optim, history = checkpoint.load_model(tmp_path / "last.npz")
@@ -487,25 +487,54 @@ def test_overfit_gives_the_verdict_to_library_callers(dataset):
     assert lstm["limit"] == 0.5 and lstm["passed"] == (lstm["final_loss"] < 0.5)
 
 
+def test_the_loop_reaches_a_run_only_through_its_callbacks(dataset, tmp_path, monkeypatch):
+    """training.train alone keeps no best epoch and writes nothing; on_step follows every
+    step, on_epoch_end every epoch, before its line is logged (so a score it adds shows)."""
+    monkeypatch.chdir(tmp_path)
+    data = load_coco_data(dataset)
+    seen, lines = [], []
+
+    def score(state):
+        state["epochs"][-1]["Bleu_4"] = 0.25
+        seen.append(("epoch", state["epoch"], state["step_in_epoch"]))
+
+    state = training.train(
+        data,
+        small_model(data),
+        log=lines.append,
+        on_step=[lambda state: seen.append(("step", state["step"]))],
+        on_epoch_end=[score],
+        epochs=2,
+        **SMALL,
+    )
+    steps = -(-len(data["train_captions"]) // SMALL["batch_size"])
+    want = [("step", k) for k in range(1, steps + 1)] + [("epoch", 1, 0)]
+    want += [("step", k) for k in range(steps + 1, 2 * steps + 1)] + [("epoch", 2, 0)]
+    assert seen == want
+    assert len(lines) == 2 and all("Bleu_4 0.250" in line for line in lines)
+    assert state["best"] is None and list(tmp_path.iterdir()) == []
+
+
 def test_progress_is_a_callback(dataset):
     """The loop reports progress through a callback (the CLI draws the bar): one call
     at the start of every epoch, then one per step with the running loss."""
     data = load_coco_data(dataset)
     calls = []
-    state = training.train(
+    state = runs.train_in(
         data,
         small_model(data),
         None,
-        progress=lambda *a: calls.append(a),
+        progress=lambda *a, **figures: calls.append((*a, figures)),
         log=lambda *_: None,
         epochs=2,
         **SMALL,
     )
     steps = -(-len(data["train_captions"]) // SMALL["batch_size"])
     assert len(calls) == 2 * (steps + 1)
-    assert calls[0] == (0, 2, 0, steps, None) and calls[steps + 1] == (1, 2, 0, steps, None)
-    assert [c[2] for c in calls[1 : steps + 1]] == list(range(1, steps + 1))
-    running = [c[4] for c in calls[1 : steps + 1]]
+    assert calls[0] == ("epoch 1/2", 0, steps, "batch", {})
+    assert calls[steps + 1] == ("epoch 2/2", 0, steps, "batch", {})
+    assert [c[1] for c in calls[1 : steps + 1]] == list(range(1, steps + 1))
+    running = [c[4]["loss"] for c in calls[1 : steps + 1]]
     assert running[0] == state["loss_history"][0]
     for prev, now, raw in zip(running, running[1:], state["loss_history"][1:steps]):
         assert now == pytest.approx(0.9 * prev + 0.1 * raw, rel=1e-12)  # a running mean
@@ -524,7 +553,7 @@ def _one_step(data, **settings):
     n = len(data["train_captions"])
     _, grads = model.loss(*training.batch(data, "train", np.arange(n)))
     s = dict(optimizer="sgd", lr=0.1, epochs=1, batch_size=n, val_size=0, save_every=0)
-    training.train(data, model, None, progress=False, log=lambda *_: None, **s | settings)
+    runs.train_in(data, model, None, progress=False, log=lambda *_: None, **s | settings)
     return before, grads, model.params
 
 
@@ -558,7 +587,7 @@ def test_weight_decay_adds_lambda_w_to_the_weight_matrices_only(dataset):
 
 def test_learning_rate_decays_once_per_epoch(dataset):
     data = load_coco_data(dataset)
-    state = training.train(
+    state = runs.train_in(
         data,
         small_model(data),
         None,
@@ -575,7 +604,7 @@ def test_resume_from_a_checkpoint_without_gradient_history(dataset, tmp_path):
     """Checkpoints written before the gradient norms were kept hold only the loss."""
     data = load_coco_data(dataset)
     model = small_model(data)
-    training.train(
+    runs.train_in(
         data, model, str(tmp_path), progress=False, log=lambda *_: None, epochs=1, **SMALL
     )
     _, meta, optim, history = checkpoint.load_model(tmp_path / "last.npz")

@@ -19,7 +19,7 @@ from .options import (
     options_given,
     same_command,
 )
-from .output import echo, interrupted, plural
+from .output import echo, interrupted, plural, progress_bar
 
 
 @click.command()
@@ -64,7 +64,9 @@ def download(dest, url, images, flickr8k, mirror):
             raise click.UsageError("--flickr8k goes alone (a mirror of it: --mirror URL)")
         from ..download import download_flickr8k
 
-        path = download_flickr8k(dest or "data/flickr8k", mirror=mirror, again=same_command())
+        path = download_flickr8k(
+            dest or "data/flickr8k", mirror=mirror, progress=progress_bar(), again=same_command()
+        )
         echo(
             f"Flickr8k pictures and captions ready in {path}; next: captioner prepare "
             f"--flickr8k {path} --out {path}-ds"
@@ -75,7 +77,9 @@ def download(dest, url, images, flickr8k, mirror):
             raise click.UsageError("--url is for the CS231n zip; with --images use --mirror")
         from ..download import download_coco_images
 
-        path = download_coco_images(dest or "data/coco2014", mirror=mirror, again=same_command())
+        path = download_coco_images(
+            dest or "data/coco2014", mirror=mirror, progress=progress_bar(), again=same_command()
+        )
         echo(
             f"COCO 2014 pictures and captions ready in {path}; next: captioner prepare "
             f"--coco {path} --out {path}-karpathy"
@@ -87,7 +91,9 @@ def download(dest, url, images, flickr8k, mirror):
         )
     from ..download import COCO_URL, download_coco
 
-    path = download_coco(dest or "data", url=url or COCO_URL, again=same_command())
+    path = download_coco(
+        dest or "data", url=url or COCO_URL, progress=progress_bar(), again=same_command()
+    )
     echo(f"COCO captioning data ready in {path}")
 
 
@@ -290,6 +296,7 @@ def prepare(
         batch_size=batch_size,
         force=force,
         encoder=encoder,
+        progress=progress_bar(),
     )
     try:
         with _shard_executor(scheduler, workers) as shards:
@@ -315,6 +322,7 @@ def prepare(
                     seed=seed,
                     force=force,
                     encoder=encoder,
+                    progress=options["progress"],
                     **shards,
                 )
     except KeyboardInterrupt as e:

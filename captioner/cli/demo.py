@@ -7,7 +7,7 @@ import click
 
 from .. import encoders
 from .options import COUNT, SEED, encoder_option, same_command
-from .output import echo, interrupted, training_bar
+from .output import echo, interrupted, progress_bar
 
 
 @click.command()
@@ -40,7 +40,7 @@ def demo(out, train_images, val_images, epochs, seed, encoder):
       captioner demo --out data/demo
     """
     from ..demo import run_demo
-    from ..runs import Interrupted
+    from ..training import Interrupted
 
     again = same_command()  # `captioner demo` = `make demo` when no option was given
     try:
@@ -51,7 +51,7 @@ def demo(out, train_images, val_images, epochs, seed, encoder):
             epochs=epochs,
             seed=seed,
             log=echo,
-            progress=training_bar(quiet=False),
+            progress=progress_bar(leave=False),
             encoder=encoder,
         )
     except Interrupted as e:

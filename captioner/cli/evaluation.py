@@ -21,7 +21,7 @@ from .options import (
     max_length_option,
     no_meteor_option,
 )
-from .output import echo, plural
+from .output import echo, plural, progress_bar
 
 
 @click.command()
@@ -262,11 +262,11 @@ def sample(
         enc = encoders.of_checkpoint(ckpt, meta)
         note = _demo_note(meta)
         files, bad = picture_files.find_pictures(images)
-        # a progress bar for more than a few pictures, on a terminal (not in pipes and logs)
+        # a progress bar for more than a few pictures (on a terminal: not in pipes and logs)
         results = caption_images(
             model,
             files,
-            progress=len(files) > 8 and sys.stderr.isatty(),
+            progress=progress_bar() if len(files) > 8 else None,
             encoder=enc.name,
             **decoding,
         )

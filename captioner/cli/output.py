@@ -1,5 +1,5 @@
 """What the CLI prints, and how it ends: one escaped line per message, user errors and
-Ctrl-C/SIGTERM as one line and an exit code (never a traceback), the training progress
+Ctrl-C/SIGTERM as one line and an exit code (never a traceback), the library's progress
 bar, and the library's log shown on stderr. Only the CLI prints; this is where."""
 
 import signal
@@ -79,32 +79,41 @@ def show_library_log():
     log.propagate = False
 
 
-def training_bar(quiet):
-    """training.train's progress callback drawing a tqdm bar per epoch; None when quiet."""
+def progress_bar(quiet=False, leave=True):
+    """The library's progress callback, progress(desc, done, total, unit, **figures) (training,
+    prepare, download, encoding), drawn as a tqdm bar, a new one for each desc; None when
+    quiet. leave: the finished bar stays on screen."""
     if quiet:
         return None
     from tqdm import tqdm
 
-    bar = None
+    # the bar, and the (desc, done) it shows: off a terminal tqdm keeps neither
+    bar, shown = None, (None, 0)
 
-    def show(epoch, epochs, step, steps, loss):
-        nonlocal bar
-        if loss is None:  # an epoch starts
+    def show(desc, done, total, unit="it", **figures):
+        nonlocal bar, shown
+        if bar is None or shown[0] != desc or done < shown[1]:  # a new task
             if bar is not None:
                 bar.close()
             bar = tqdm(
-                initial=step,
-                total=steps,
-                desc=f"epoch {epoch + 1}/{epochs}",
+                initial=done,
+                total=total,
+                desc=desc,
+                unit=unit,
+                unit_scale=unit == "B",
                 disable=None,  # only on a terminal, never in logs
-                leave=False,
-                unit="batch",
+                leave=leave,
                 dynamic_ncols=True,
             )
-            return
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-        bar.update(1)
-        if step == steps:
+        else:
+            if figures:
+                bar.set_postfix(
+                    {k: f"{v:.3f}" if isinstance(v, float) else v for k, v in figures.items()},
+                    refresh=False,
+                )
+            bar.update(done - shown[1])
+        shown = (desc, done)
+        if total is not None and done >= total:
             bar.close()
             bar = None
 

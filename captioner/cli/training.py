@@ -19,7 +19,7 @@ from .options import (
     options_given,
     train_options,
 )
-from .output import echo, interrupted, plural, training_bar
+from .output import echo, interrupted, plural, progress_bar
 
 
 @click.command()
@@ -33,51 +33,41 @@ def train(ctx, out, resume, quiet, **options):
       captioner train --cell lstm --epochs 10 --out runs/lstm
       captioner train --resume runs/lstm --epochs 20
     """
-    from .. import checkpoint, runs, training
+    from .. import runs, training
 
     given = options_given(ctx)
-    data, cell = options["data"], options["cell"]
-    if resume:
-        path = runs.find_checkpoint(resume)
-        model, meta, state = training.resume_run(path)
-        settings = dict(state["settings"])
-        problem = config.resume_contradiction(
-            {k: v for k, v in options.items() if k in given}, meta, settings, path
-        )
+
+    def check(path, meta, settings):  # --resume continues a run with its own settings
+        typed = {k: v for k, v in options.items() if k in given}
+        problem = config.resume_contradiction(typed, meta, settings, path)
         if problem:
             raise click.UsageError(problem)
-        if "epochs" in given:
-            settings["epochs"] = options["epochs"]
-        data_dir = data if "data" in given else settings.get("data_dir", data)
-        d = load_data(data_dir, meta["features"]["kind"], max_train=settings.get("max_train"))
-        checkpoint.check_compatible(path, meta, d)
-        run_dir = os.path.dirname(path) or os.curdir  # as the user wrote it, not absolute
-        if out is not None and os.path.abspath(out) != os.path.abspath(run_dir):
-            run_dir = runs.new_run_dir(out, cell)  # never over another run's checkpoints
-        echo(f"resuming {path} at epoch {state['epoch'] + 1}, step {state['step']}")
-    else:
+
+    if not resume:
         check_settings(options)
-        d = load_data(data, options["features"], max_train=options["max_train"])
-        model = training.new_model(d, **{k: options[k] for k in training.MODEL_OPTIONS})
-        settings = config.settings_of(options, os.path.abspath(d["base_dir"]), d["feature_kind"])
-        state = None
-        run_dir = runs.new_run_dir(out, cell)
-    echo(
-        f"{len(d['train_captions']):,} training captions, {model.cell_type} "
-        f"hidden {model.hidden_dim}, {d['encoder']} features ({d['feature_dim']}-d) -> {run_dir}"
+    run = runs.start_or_resume(
+        out,
+        options,
+        load_data,
+        resume=resume,
+        epochs=options["epochs"] if "epochs" in given else None,
+        data_dir=options["data"] if "data" in given else None,
+        check=check,
+        log=echo,
     )
+    run_dir = run.run_dir
     with runs.run_lock(run_dir):
         try:
-            state = training.train(
-                d,
-                model,
+            state = runs.train_in(
+                run.data,
+                run.model,
                 run_dir,
-                state=state,
-                progress=training_bar(quiet),
+                run.state,
+                progress=progress_bar(quiet, leave=False),
                 log=echo,
-                **settings,
+                **run.settings,
             )
-        except runs.Interrupted as e:
+        except training.Interrupted as e:
             echo(f"\n{e}; continue with: captioner train --resume {run_dir}", err=True)
             ctx.exit(128 + e.signum)
         except (
@@ -206,7 +196,7 @@ def compare(ctx, out, resume, quiet, count, n_seeds, plot, force, parallel, sche
       captioner compare --resume runs/cmp
     """
     from .. import compare as cmp
-    from .. import plots, runs
+    from .. import plots, runs, training
 
     if plot:
         plots.check_writable(plot, force)
@@ -243,8 +233,10 @@ def compare(ctx, out, resume, quiet, count, n_seeds, plot, force, parallel, sche
             count,
         )
     try:
-        cmp.train_runs(parent, plan, parallel, scheduler, progress=training_bar(quiet), log=echo)
-    except runs.Interrupted as e:
+        cmp.train_runs(
+            parent, plan, parallel, scheduler, progress=progress_bar(quiet, leave=False), log=echo
+        )
+    except training.Interrupted as e:
         echo(f"\n{e}; continue with: captioner compare --resume {parent}", err=True)
         ctx.exit(128 + e.signum)
     except KeyboardInterrupt:
