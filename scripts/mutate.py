@@ -32,6 +32,11 @@ GROUPS = {
         "captioner.training.x__split_optim*",
         "captioner.training.x__join_optim*",
         "captioner.training.x_batch*",
+        # saving and keeping the best epoch, reached through the loop's callbacks
+        "captioner.runs.x_train_in*",
+        "captioner.runs.x_saver*",
+        "captioner.runs.x_save_epoch*",
+        "captioner.runs.x_keep_best*",
     ],
     "packed.py": ["captioner.packed.*"],
     "layers.py": ["captioner.layers.*"],
